@@ -1,0 +1,248 @@
+"""Shared test fixtures for the whole trtalk test suite.
+
+Everything here is synthetic and deterministic (fixed seeds, fixed encoder
+settings), generated with numpy, OpenCV and PyAV into pytest temp dirs once
+per session:
+
+* ``face_image_path``   - the bundled astronaut photo (skips if absent).
+* ``speech_wave``       - 3.0 s of speech-like float32 audio, 16 kHz mono.
+* ``speech_wav_path``   - ``speech_wave`` as a 16-bit PCM wav.
+* ``speech_mp3_path``   - ``speech_wave`` as mp3 (libmp3lame, 16 kHz mono).
+* ``pose_video_path``   - 2.0 s, 25 fps, 256x256 H.264 mp4 of the photo with
+  a slow head-like motion, no audio.
+* ``talking_video_path``- the same video with the first 2.0 s of
+  ``speech_wave`` muxed as AAC.
+"""
+
+from __future__ import annotations
+
+import logging
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import trtalk
+
+SPEECH_SR = 16_000
+SPEECH_SECONDS = 3.0
+VIDEO_FPS = 25
+VIDEO_SECONDS = 2.0
+VIDEO_SIZE = 256
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ images
+
+
+def _astronaut_path() -> Path:
+    return Path(trtalk.__file__).parent / "assets" / "astronaut.png"
+
+
+@pytest.fixture(scope="session")
+def face_image_path() -> Path:
+    """Path to ``trtalk/assets/astronaut.png`` (a frontal face photo).
+
+    Skips the test when the asset is not in the tree.
+    """
+    path = _astronaut_path()
+    if not path.is_file():
+        pytest.skip(f"test asset {path} is missing")
+    return path
+
+
+# ------------------------------------------------------------------ audio
+
+
+def make_speech_wave(seconds: float = SPEECH_SECONDS, sr: int = SPEECH_SR,
+                     seed: int = 1234) -> np.ndarray:
+    """Deterministic speech-like signal, float32 mono in [-1, 1].
+
+    Voiced stretches of 0.5-0.9 s (a harmonic series on f0 100-220 Hz that
+    drifts slowly, with 5.5 Hz vibrato, shaped by three formant bumps, and
+    an amplitude envelope of ~4 syllables per second with a short noise
+    burst at each syllable onset) alternate with silent gaps of 0.2-0.4 s.
+    The signal starts with 0.15 s of silence and is peak-normalised to 0.5.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    out = np.zeros(n, np.float64)
+    cursor = int(0.15 * sr)
+    while cursor < n:
+        seg_len = int(rng.uniform(0.5, 0.9) * sr)
+        seg_len = min(seg_len, n - cursor)
+        if seg_len < int(0.1 * sr):
+            break
+        t = np.arange(seg_len) / sr
+        f0_base = rng.uniform(100.0, 220.0)
+        drift = 1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 6.3))
+        vibrato = 1.0 + 0.02 * np.sin(2 * np.pi * 5.5 * t)
+        f0 = f0_base * drift * vibrato
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        formants = (rng.uniform(500, 800), rng.uniform(1100, 1800), rng.uniform(2300, 3000))
+        voiced = np.zeros(seg_len)
+        for k in range(1, 30):
+            fk = f0_base * k
+            if fk > 0.45 * sr:
+                break
+            gain = sum(np.exp(-0.5 * ((fk - fm) / 150.0) ** 2) for fm in formants)
+            voiced += (0.15 + gain) / k * np.sin(k * phase)
+        # syllable envelope: ~4 raised-cosine bumps per second
+        syll = max(1, int(round(seg_len / sr * 4.0)))
+        bounds = np.linspace(0, seg_len, syll + 1).astype(int)
+        env = np.zeros(seg_len)
+        noise = np.zeros(seg_len)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            m = b - a
+            env[a:b] = np.sin(np.pi * np.arange(m) / m) ** 1.5 * rng.uniform(0.6, 1.0)
+            burst = min(m, int(0.03 * sr))
+            noise[a:a + burst] = rng.standard_normal(burst) * np.linspace(0.3, 0.0, burst)
+        out[cursor:cursor + seg_len] = voiced * env + noise
+        cursor += seg_len + int(rng.uniform(0.2, 0.4) * sr)
+    out *= 0.5 / np.max(np.abs(out))
+    return out.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def speech_wave() -> np.ndarray:
+    """3.0 s of synthetic speech, float32 mono at 16 kHz, shape ``(48000,)``.
+
+    Deterministic (seeded); see :func:`make_speech_wave`.  Do not modify it
+    in place: the array is shared by the whole session.
+    """
+    wave_ = make_speech_wave()
+    wave_.setflags(write=False)
+    return wave_
+
+
+@pytest.fixture(scope="session")
+def speech_wav_path(speech_wave: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``speech_wave`` as a 16-bit PCM mono 16 kHz ``speech.wav``."""
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    pcm = np.round(np.clip(speech_wave, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SPEECH_SR)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def _encode_audio_file(path: Path, samples: np.ndarray, codec: str, sr: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=sr, layout="mono")
+        stream.codec_context.bit_rate = 64_000
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, np.float32)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = sr
+        frame.pts = 0
+        frame.time_base = Fraction(1, sr)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def speech_mp3_path(speech_wave: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``speech_wave`` as ``speech.mp3`` (libmp3lame, 16 kHz mono, 64 kb/s).
+
+    The PyPI ``av`` wheel ships libmp3lame.  Should a build lack every mp3
+    encoder, the fixture falls back to AAC in ``speech.m4a`` (and logs it),
+    so tests still get a compressed audio file.  MP3 adds encoder delay:
+    decoded length is a little above 3.0 s.
+    """
+    out_dir = tmp_path_factory.mktemp("speech_mp3")
+    for codec in ("libmp3lame", "mp3"):
+        try:
+            av.codec.Codec(codec, "w")
+        except Exception:  # noqa: BLE001
+            continue
+        path = out_dir / "speech.mp3"
+        _encode_audio_file(path, speech_wave, codec, SPEECH_SR)
+        return path
+    log.warning("no mp3 encoder in this PyAV build; speech_mp3_path is an m4a (AAC)")
+    path = out_dir / "speech.m4a"
+    _encode_audio_file(path, speech_wave, "aac", SPEECH_SR)
+    return path
+
+
+# ------------------------------------------------------------------ video
+
+
+def head_motion_frames(photo_rgb: np.ndarray, n_frames: int, fps: float = VIDEO_FPS,
+                       size: int = VIDEO_SIZE) -> list[np.ndarray]:
+    """Frames of ``photo_rgb`` with a slow head-like wobble, ``size`` square.
+
+    For frame time t the photo is rotated by ``8 * sin(2 pi t / 2)`` degrees
+    about the face centre and shifted by up to (4, 3) px, then the square
+    around the face is cropped and resized to ``size`` -- all as one
+    ``cv2.warpAffine``.  The face centre and crop are fixed fractions of the
+    photo (tuned for the 512x512 astronaut: face at ~(0.44, 0.23) of the
+    width/height, crop side 0.44 of the shorter side).
+    """
+    h, w = photo_rgb.shape[:2]
+    cx, cy = 0.44 * w, 0.23 * h
+    crop = 0.44 * min(h, w)
+    scale = size / crop
+    frames = []
+    for i in range(n_frames):
+        t = i / fps
+        angle = 8.0 * np.sin(2 * np.pi * t / 2.0)
+        tx = 4.0 * np.sin(2 * np.pi * t / 1.3)
+        ty = 3.0 * np.sin(2 * np.pi * t / 1.7 + 0.5)
+        m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
+        # move the (rotated, scaled) face centre to the output centre, plus jitter
+        m[0, 2] += size / 2 - cx + tx * scale
+        m[1, 2] += size / 2 - cy + ty * scale
+        frames.append(
+            cv2.warpAffine(photo_rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT101)
+        )
+    return frames
+
+
+def _photo_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, f"cannot read {path}"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def pose_video_path(face_image_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2.0 s, 25 fps (50 frames), 256x256 H.264 ``pose.mp4``, no audio track.
+
+    The astronaut photo with a slow head-like motion (see
+    :func:`head_motion_frames`), written with :class:`Mp4Sink`.
+    """
+    from trtalk.runtime.sinks import Mp4Sink
+
+    frames = head_motion_frames(_photo_rgb(face_image_path), int(VIDEO_SECONDS * VIDEO_FPS))
+    path = tmp_path_factory.mktemp("pose") / "pose.mp4"
+    with Mp4Sink(path, fps=VIDEO_FPS) as sink:
+        for f in frames:
+            sink.write(f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``pose_video_path`` (2.0 s, 25 fps, 256x256 H.264) plus an AAC
+    audio track holding the first 2.0 s of ``speech_wave`` (16 kHz mono).
+    """
+    from trtalk.runtime.sinks import Mp4Sink
+
+    frames = head_motion_frames(_photo_rgb(face_image_path), int(VIDEO_SECONDS * VIDEO_FPS))
+    audio = np.asarray(speech_wave[: int(VIDEO_SECONDS * SPEECH_SR)])
+    path = tmp_path_factory.mktemp("talking") / "talking.mp4"
+    with Mp4Sink(path, fps=VIDEO_FPS, audio=audio, sample_rate=SPEECH_SR) as sink:
+        for f in frames:
+            sink.write(f)
+    return path

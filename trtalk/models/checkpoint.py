@@ -1,0 +1,179 @@
+"""Reading PC-AVS checkpoints: the official folder of .pth files or one trtalk safetensors file.
+
+Official layout (``checkpoints/demo/`` of the published demo.zip): ``latest_net_G.pth``,
+``latest_net_V.pth``, ``latest_net_E.pth``, ``latest_net_A_sync.pth``, each a plain state_dict.
+They are read with ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects) and
+checked key by key and shape by shape before loading; any mismatch is a `TrtalkError` that names
+the file and the key. Two tolerances, both documented: a uniform ``module.`` prefix (DataParallel
+saves) is stripped, and missing BatchNorm ``num_batches_tracked`` counters (older PyTorch) are
+filled in, since inference never reads them.
+
+``convert`` writes one safetensors file: tensors under ``G.``, ``V.``, ``E.``, ``A_sync.``
+prefixes, and a metadata record (format, architecture, options as JSON, source, version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from trtalk import __version__
+from trtalk.errors import TrtalkError
+from trtalk.models.pcavs import NETWORKS, PCAVS, PCAVSConfig
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_FILES = {name: f"latest_net_{name}.pth" for name in NETWORKS}
+FORMAT = "trtalk.pcavs"
+FORMAT_VERSION = "1"
+ARCHITECTURE = "PC-AVS: netG modulate, netV resnext, netE fan, netA_sync ressesync"
+_BN_COUNTER = "num_batches_tracked"
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape) or "scalar"
+
+
+def check_state_dict(state: dict, module: torch.nn.Module, source: str, net: str) -> dict:
+    """Validate ``state`` against ``module``'s keys and shapes; return the dict to load.
+
+    Raises TrtalkError naming ``source`` and the first offending key.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TrtalkError(f"{source} is not a PC-AVS net{net} state_dict (expected a dict of tensors)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_BN_COUNTER)]
+    unexpected = [k for k in state if k not in expected]
+    for keys, what in ((missing, "missing"), (unexpected, "unexpected")):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise TrtalkError(f"{source} does not match the PC-AVS net{net} architecture: "
+                              f"{what} key '{keys[0]}'{more}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise TrtalkError(f"{source}: key '{k}' has shape {_fmt_shape(v.shape)}, "
+                              f"net{net} expects {_fmt_shape(expected[k].shape)}")
+    out = dict(state)
+    for k, v in expected.items():
+        out.setdefault(k, v)  # only BN counters can be absent here
+    return out
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with objects, random bytes ...
+        raise TrtalkError(f"cannot read checkpoint {path}: truncated, corrupt or not a plain "
+                          f"state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+
+
+def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
+    paths = {n: folder / f for n, f in OFFICIAL_FILES.items()}
+    absent = [p.name for p in paths.values() if not p.is_file()]
+    if absent:
+        raise TrtalkError(f"checkpoint folder {folder} has no {absent[0]} "
+                          f"(expected {', '.join(OFFICIAL_FILES.values())})")
+    model = PCAVS(config)
+    for name, path in paths.items():
+        net = model.network(name)
+        net.load_state_dict(check_state_dict(_torch_load(path), net, str(path), name))
+    return model
+
+
+def _load_safetensors(path: Path, config: PCAVSConfig | None) -> PCAVS:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise TrtalkError(f"cannot read checkpoint {path}: truncated or not a safetensors file "
+                          f"({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise TrtalkError(f"{path} is not a trtalk PC-AVS file (metadata format is "
+                          f"{meta.get('format')!r}); make one with `trtalk convert`")
+    if config is None:
+        config = PCAVSConfig.from_json(meta["config"])
+    model = PCAVS(config)
+    for name in NETWORKS:
+        prefix = f"{name}."
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        net = model.network(name)
+        net.load_state_dict(check_state_dict(part, net, f"{path} [{name}]", name))
+    stray = [k for k in tensors if k.split(".", 1)[0] not in NETWORKS]
+    if stray:
+        raise TrtalkError(f"{path}: unexpected key '{stray[0]}' outside the G/V/E/A_sync groups")
+    return model
+
+
+def load_pcavs(path: str | os.PathLike, config: PCAVSConfig | None = None,
+               device: str | torch.device = "cpu") -> PCAVS:
+    """Load an official checkpoint folder or a trtalk .safetensors file, in eval mode.
+
+    ``config`` defaults to the official demo options for a folder and to the file's own
+    metadata for safetensors.
+    """
+    p = Path(path)
+    if p.is_dir():
+        model = _load_folder(p, config or PCAVSConfig())
+    elif p.is_file():
+        model = _load_safetensors(p, config)
+    else:
+        raise TrtalkError(f"checkpoint not found: {p} (give the official checkpoint folder "
+                          f"or a .safetensors file from `trtalk convert`)")
+    log.info("loaded PC-AVS checkpoint %s", p)
+    return model.to(device).eval()
+
+
+def save_official_folder(model: PCAVS, folder: str | os.PathLike) -> Path:
+    """Write ``model`` in the official layout (four latest_net_*.pth state_dicts)."""
+    from trtalk.fsutil import atomic_output
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, fname in OFFICIAL_FILES.items():
+        with atomic_output(folder / fname) as tmp:
+            torch.save(model.network(name).state_dict(), tmp)
+    return folder
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, config: PCAVSConfig | None = None) -> Path:
+    """Convert an official checkpoint folder (or a trtalk file) to one safetensors file.
+
+    ``config`` is recorded in the file's metadata; it defaults as in `load_pcavs`.
+    """
+    from safetensors.torch import save_file
+
+    from trtalk.fsutil import atomic_output, check_writable
+
+    out = Path(out)
+    check_writable(out)
+    model = load_pcavs(src, config)
+    tensors = {f"{name}.{k}": v.detach().contiguous().clone()
+               for name in NETWORKS for k, v in model.network(name).state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": ARCHITECTURE,
+            "config": model.config.to_json(), "source": Path(src).name,
+            "trtalk_version": __version__}
+    with atomic_output(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return out
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """SHA-256 over the checkpoint's file(s), in a stable order (for manifests and caches)."""
+    p = Path(path)
+    files = [p / f for f in OFFICIAL_FILES.values()] if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,120 @@
+"""PC-AVS pose encoder (`netE`, "fan"): FAN hourglass trunk -> 512 feature, plus its heads.
+
+Inference uses ``to_headpose`` and ``headpose_embed`` (-> 12-d pose code) on the trunk feature
+and ``mouth_embed`` (512 -> 500) on the audio feature. ``classifier``, ``to_mouth``, ``mouth_fc``
+and ``headpose_fc`` are training heads; they are in the checkpoint and kept here, unused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+
+
+class ConvBlock(nn.Module):
+    """Pre-activation (BN, ReLU, conv) block with three branches concatenated (out/2, /4, /4)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = _conv3x3(cin, cout // 2)
+        self.bn2 = nn.BatchNorm2d(cout // 2)
+        self.conv2 = _conv3x3(cout // 2, cout // 4)
+        self.bn3 = nn.BatchNorm2d(cout // 4)
+        self.conv3 = _conv3x3(cout // 4, cout // 4)
+        self.downsample = None
+        if cin != cout:
+            self.downsample = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(True),
+                                            nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1 = self.conv1(F.relu(self.bn1(x)))
+        o2 = self.conv2(F.relu(self.bn2(o1)))
+        o3 = self.conv3(F.relu(self.bn3(o2)))
+        res = x if self.downsample is None else self.downsample(x)
+        return torch.cat((o1, o2, o3), 1) + res
+
+
+class HourGlass(nn.Module):
+    """Recursive hourglass of ``depth`` levels on 256 channels (modules b1_L, b2_L, b2_plus_1, b3_L)."""
+
+    def __init__(self, depth: int = 4, features: int = 256):
+        super().__init__()
+        self.depth = depth
+        for level in range(depth, 0, -1):
+            self.add_module(f"b1_{level}", ConvBlock(features, features))
+            self.add_module(f"b2_{level}", ConvBlock(features, features))
+            if level == 1:
+                self.add_module("b2_plus_1", ConvBlock(features, features))
+            self.add_module(f"b3_{level}", ConvBlock(features, features))
+
+    def _level(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        up1 = self._modules[f"b1_{level}"](x)
+        low = self._modules[f"b2_{level}"](F.max_pool2d(x, 2, stride=2))
+        low = self._level(level - 1, low) if level > 1 else self._modules["b2_plus_1"](low)
+        low = self._modules[f"b3_{level}"](low)
+        return up1 + F.interpolate(low, size=up1.shape[2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._level(self.depth, x)
+
+
+class FANTrunk(nn.Module):
+    """FAN with one hourglass; 68 heatmaps at 56x56 -> conv6 (stride 2) -> 28x28 -> fc -> 512."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = ConvBlock(64, 128)
+        self.conv3 = ConvBlock(128, 128)
+        self.conv4 = ConvBlock(128, 256)
+        self.m0 = HourGlass(4, 256)
+        self.top_m_0 = ConvBlock(256, 256)
+        self.conv_last0 = nn.Conv2d(256, 256, 1)
+        self.l0 = nn.Conv2d(256, 68, 1)
+        self.bn_end0 = nn.BatchNorm2d(256)
+        self.conv6 = nn.Conv2d(68, 1, 3, 2, 1)
+        self.fc = nn.Linear(28 * 28, 512)
+        self.bn5 = nn.BatchNorm2d(68)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.conv2(x), 2)
+        x = self.conv4(self.conv3(x))
+        x = self.top_m_0(self.m0(x))
+        x = self.bn_end0(self.conv_last0(x))
+        heat = self.l0(F.relu(x))
+        x = self.conv6(F.relu(self.bn5(heat)))
+        return self.fc(F.relu(x.flatten(1)))
+
+
+def _mlp(dim: int = 512) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
+class PoseEncoder(nn.Module):
+    """netE: ``forward(image B x 3 x 224 x 224) -> pose code B x 12``; ``embed_mouth`` for audio."""
+
+    def __init__(self, num_classes: int = 5830, pose_dim: int = 12, clip_len: int = 1):
+        super().__init__()
+        self.model = FANTrunk()
+        self.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
+        self.to_mouth = _mlp()
+        self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, 512 - pose_dim))
+        self.mouth_fc = nn.Sequential(nn.ReLU(), nn.Linear(512 * clip_len, num_classes))
+        self.to_headpose = _mlp()
+        self.headpose_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, pose_dim))
+        self.headpose_fc = nn.Sequential(nn.ReLU(), nn.Linear(pose_dim * clip_len, num_classes))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.headpose_embed(self.to_headpose(self.model(image)))
+
+    def embed_mouth(self, audio_feature: torch.Tensor) -> torch.Tensor:
+        """Audio feature (B x 512, already weighted) -> mouth code B x 500."""
+        return self.mouth_embed(audio_feature)

@@ -1,0 +1,206 @@
+"""PC-AVS generator (`netG`, "modulate"): a StyleGAN2-style decoder from 7x7 to 224x224.
+
+Parameter names and shapes are those of the official ``latest_net_G.pth``. The style MLP
+(``style.*``) and the constant input (``input.input``) are in the checkpoint and kept here, but
+inference never uses them: PC-AVS feeds the style vector directly (input_is_latent) and starts
+from the identity map (512x7x7) instead of the constant.
+
+Noise injection: every StyledConv adds ``weight * noise``. ``noise_mode`` chooses the noise:
+``"fixed"`` (default) uses the checkpoint's ``noises.noise_i`` buffers, so a frame depends only
+on its inputs (needed by tests, export and stable video); ``"random"`` draws fresh noise every
+call as the published demo does; ``"zero"`` drops it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from trtalk.models.modconv import blur_kernel, modulated_conv2d, upsample2x_fir
+
+OFFICIAL_CHANNELS: dict[int, int] = {7: 512, 14: 512, 28: 512, 56: 512, 112: 256, 224: 128}
+NOISE_MODES = ("fixed", "random", "zero")
+LRELU_GAIN = math.sqrt(2.0)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with run-time weight scaling (equalized learning rate)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return F.leaky_relu(out + self.bias * self.lr_mul, 0.2) * LRELU_GAIN
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-8)
+
+
+class ModulatedConv2d(nn.Module):
+    """Modulated conv layer; ``weight`` is 1 x O x I x k x k as in the checkpoint."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
+        self.demodulate, self.upsample = demodulate, upsample
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size ** 2)
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        if upsample:
+            self.blur = _KernelHolder(blur_kernel(gain=4.0))
+        self.impl = "auto"
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        s = self.modulation(style)
+        return modulated_conv2d(x, self.weight * self.scale, s, demodulate=self.demodulate,
+                                up=self.upsample,
+                                blur=self.blur.kernel if self.upsample else None, impl=self.impl)
+
+
+class _KernelHolder(nn.Module):
+    """Holds a blur kernel as the buffer ``kernel`` (the official key ``*.blur.kernel``)."""
+
+    def __init__(self, kernel: torch.Tensor):
+        super().__init__()
+        self.register_buffer("kernel", kernel)
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+
+class FusedLeakyReLU(nn.Module):
+    """bias add, leaky ReLU(0.2), times sqrt(2); ``bias`` is 1 x C x 1 x 1 as in the checkpoint."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x + self.bias, 0.2) * LRELU_GAIN
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_ch)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        out = self.conv(x, style)
+        if noise is not None:
+            out = out + self.noise.weight * noise
+        return self.activate(out)
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True):
+        super().__init__()
+        if upsample:
+            self.upsample = _KernelHolder(blur_kernel(gain=4.0))
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + upsample2x_fir(skip, self.upsample.kernel)
+        return out
+
+
+class _Buffers(nn.Module):
+    pass
+
+
+class Generator(nn.Module):
+    """netG: ``forward(style B x 2560, id_map B x 512 x 7 x 7) -> image B x 3 x 224 x 224`` in [-1, 1]."""
+
+    def __init__(self, style_dim: int = 2560, size: int = 224, n_mlp: int = 8,
+                 channels: dict[int, int] | None = None, noise_mode: str = "fixed"):
+        super().__init__()
+        self.style_dim, self.size = style_dim, size
+        self.channels = dict(channels or OFFICIAL_CHANNELS)
+        self.init_size = 7
+        self.log_size = int(math.log2(size // self.init_size))
+        self.num_layers = self.log_size * 2 + 1
+        self.noise_mode = noise_mode
+
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(style_dim, style_dim, lr_mul=0.01, activation=True) for _ in range(n_mlp)])
+        c0 = self.channels[self.init_size]
+        self.input = _ConstantInput(c0, self.init_size)
+        self.conv1 = StyledConv(c0, c0, style_dim)
+        self.to_rgb1 = ToRGB(c0, style_dim, upsample=False)
+        self.noises = _Buffers()
+        for i in range(self.num_layers):
+            res = self.init_size * 2 ** ((i + 1) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = c0
+        for i in range(1, self.log_size + 1):
+            out_ch = self.channels[self.init_size * 2 ** i]
+            self.convs.append(StyledConv(in_ch, out_ch, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, style_dim))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim))
+            in_ch = out_ch
+
+    @property
+    def noise_mode(self) -> str:
+        return self._noise_mode
+
+    @noise_mode.setter
+    def noise_mode(self, mode: str) -> None:
+        if mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {mode!r}")
+        self._noise_mode = mode
+
+    def set_modconv_impl(self, impl: str) -> None:
+        """Choose the modulated-convolution implementation of every layer (see modconv.py)."""
+        for m in self.modules():
+            if isinstance(m, ModulatedConv2d):
+                m.impl = impl
+
+    def _noise(self, i: int, x: torch.Tensor, upsampled: bool = False) -> torch.Tensor | None:
+        """Noise for layer ``i``, whose output is ``x``'s size (twice it when ``upsampled``)."""
+        if self._noise_mode == "zero":
+            return None
+        if self._noise_mode == "fixed":
+            return getattr(self.noises, f"noise_{i}").to(x.dtype)
+        b, _, h, w = x.shape
+        f = 2 if upsampled else 1
+        return torch.randn(b, 1, h * f, w * f, device=x.device, dtype=x.dtype)
+
+    def forward(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(id_map, style, self._noise(0, id_map))
+        skip = self.to_rgb1(out, style, None)
+        for k, to_rgb in enumerate(self.to_rgbs):
+            up, same = self.convs[2 * k], self.convs[2 * k + 1]
+            out = up(out, style, self._noise(2 * k + 1, out, upsampled=True))
+            out = same(out, style, self._noise(2 * k + 2, out))
+            skip = to_rgb(out, style, skip)
+        return torch.tanh(skip)
+
+
+class _ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))

@@ -1,0 +1,346 @@
+"""Media probing and frame reading for images, image folders, video and audio.
+
+Frames are always ``H x W x 3`` RGB ``uint8``.  Images are read with OpenCV,
+everything else with PyAV.  Problems a user can cause (missing file, garbage
+file, a folder with no images, a video with no frames) raise
+:class:`trtalk.errors.TrtalkError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import av
+import cv2
+import numpy as np
+
+from trtalk.errors import TrtalkError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MediaInfo",
+    "MediaKind",
+    "composite_side_by_side",
+    "is_image_path",
+    "iter_frames",
+    "list_image_folder",
+    "natural_sort_key",
+    "probe",
+    "read_image",
+]
+
+#: Extensions treated as still images (lower case, with the dot).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+
+MediaKind = Literal["image", "video", "audio", "folder"]
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe` found out about a path.
+
+    Attributes:
+        path: the probed path.
+        kind: ``'image'`` (one still), ``'folder'`` (a directory of stills,
+            frames in natural order), ``'video'`` (a container with a video
+            stream, audio optional) or ``'audio'`` (audio only).
+        has_video: True when :func:`iter_frames` can yield frames (images and
+            folders included; cover art in audio files does not count).
+        has_audio: True when the container has an audio stream.
+        fps: video frame rate (average if variable), None for stills/audio.
+        num_frames: frame count (1 for an image, the image count for a
+            folder; for video the container's count, or an estimate from
+            duration x fps when the container does not store one; None for
+            audio).
+        duration_s: duration in seconds (video stream if any, else audio;
+            None for stills).
+        width, height: frame size in pixels as :func:`iter_frames` yields it
+            (display rotation applied); 0 for audio-only files.
+    """
+
+    path: Path
+    kind: MediaKind
+    has_video: bool
+    has_audio: bool
+    fps: float | None
+    num_frames: int | None
+    duration_s: float | None
+    width: int
+    height: int
+
+
+# ---------------------------------------------------------------- images
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """True when the extension is one of :data:`IMAGE_EXTENSIONS`."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def natural_sort_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting ``f2`` before ``f10`` (digit runs compare as numbers)."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts if p)
+
+
+def list_image_folder(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``folder`` (hidden files skipped), natural order.
+
+    Raises:
+        TrtalkError: ``folder`` holds no image files.
+    """
+    folder = Path(folder)
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and is_image_path(p)
+    ]
+    if not files:
+        raise TrtalkError(
+            f"folder {folder} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return sorted(files, key=lambda p: natural_sort_key(p.name))
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one image file as ``H x W x 3`` RGB uint8.
+
+    Grey images are expanded to 3 channels, alpha is dropped, 16-bit images
+    are scaled to 8 bit.  Reads bytes first so non-ASCII paths work
+    everywhere.
+
+    Raises:
+        TrtalkError: missing or undecodable file.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise TrtalkError(f"image {path} does not exist") from None
+    except OSError as exc:
+        raise TrtalkError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise TrtalkError(f"cannot read image {path}: not a valid image file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- PyAV
+
+
+def _open_av(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except av.FFmpegError as exc:
+        raise TrtalkError(f"cannot open {path} as media: {_av_reason(exc)}") from None
+    except OSError as exc:
+        raise TrtalkError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def _av_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+
+
+def _real_video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
+    """Video streams that are actual video, not cover art."""
+    out = []
+    for s in container.streams.video:
+        try:
+            if s.disposition & av.stream.Disposition.attached_pic:
+                continue
+        except (AttributeError, TypeError):  # older PyAV
+            pass
+        out.append(s)
+    return out
+
+
+def _rotation_quarters(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that make ``frame`` upright (0..3).
+
+    ``frame.rotation`` is the counter-clockwise angle the display matrix
+    applies (phone portrait videos: -90), so rotating the pixels
+    counter-clockwise by it gives what players show.
+    """
+    try:
+        rot = int(frame.rotation)
+    except AttributeError:  # older PyAV
+        return 0
+    return round(rot / 90) % 4
+
+
+def _apply_rotation(frame: av.VideoFrame, rgb: np.ndarray) -> np.ndarray:
+    """Rotate ``rgb`` (decoded from ``frame``) upright per its display matrix."""
+    k = _rotation_quarters(frame)
+    return rgb if k == 0 else np.ascontiguousarray(np.rot90(rgb, k))
+
+
+def _stream_duration(stream: av.stream.Stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def _first_frame(container: av.container.InputContainer, stream: av.stream.Stream,
+                 path: Path) -> av.frame.Frame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError as exc:
+        raise TrtalkError(f"cannot decode {path}: {_av_reason(exc)}") from None
+    raise TrtalkError(f"{path} has a {stream.type} stream but no decodable frames (empty media?)")
+
+
+def _probe_av(path: Path) -> MediaInfo:
+    container = _open_av(path)
+    try:
+        videos = _real_video_streams(container)
+        audios = list(container.streams.audio)
+        if not videos and not audios:
+            raise TrtalkError(f"{path} has no video or audio stream")
+        container_dur = (
+            container.duration / av.time_base if container.duration is not None else None
+        )
+        if videos:
+            vs = videos[0]
+            rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+            fps = float(rate) if rate else None
+            duration = _stream_duration(vs) or container_dur
+            first = _first_frame(container, vs, path)
+            width, height = first.width, first.height
+            if _rotation_quarters(first) % 2:
+                width, height = height, width
+            num_frames = int(vs.frames) if vs.frames else None
+            if num_frames is None and duration and fps:
+                num_frames = max(1, round(duration * fps))
+            return MediaInfo(path, "video", True, bool(audios), fps, num_frames,
+                             duration, width, height)
+        aus = audios[0]
+        duration = _stream_duration(aus) or container_dur
+        _first_frame(container, aus, path)
+        if duration is not None and duration <= 0:
+            raise TrtalkError(f"{path} has an empty audio stream")
+        return MediaInfo(path, "audio", False, True, None, None, duration, 0, 0)
+    finally:
+        container.close()
+
+
+# ---------------------------------------------------------------- public
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Inspect ``path`` and say what it is; cheap (decodes at most one frame).
+
+    Images are recognised by extension (:data:`IMAGE_EXTENSIONS`), a
+    directory is a folder of images, anything else is opened with PyAV.  The
+    first frame of the chosen stream is decoded so an unreadable or empty
+    file fails here rather than mid-run.
+
+    Raises:
+        TrtalkError: missing path, unreadable/garbage file, a folder without
+            images, media with no streams or no frames.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TrtalkError(f"{path} does not exist")
+    if path.is_dir():
+        files = list_image_folder(path)
+        first = read_image(files[0])
+        return MediaInfo(path, "folder", True, False, None, len(files), None,
+                         first.shape[1], first.shape[0])
+    if is_image_path(path):
+        img = read_image(path)
+        return MediaInfo(path, "image", True, False, None, 1, None, img.shape[1], img.shape[0])
+    return _probe_av(path)
+
+
+def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
+    """Return an iterator over the frames of an image, image folder or video.
+
+    Frames are ``H x W x 3`` RGB uint8:
+
+    * image: exactly one frame;
+    * folder: every image in natural order (``f2`` before ``f10``); sizes
+      are not forced to match;
+    * video: every decoded frame of the first video stream, display rotation
+      applied; the container is closed when iteration finishes, fails, or the
+      iterator is closed / garbage-collected early.
+
+    A missing path, an image-less folder or an unopenable file raise right
+    away (at the call), decoding errors while iterating.
+
+    Raises:
+        TrtalkError: as :func:`probe`, plus audio-only input and decoding
+            errors mid-stream.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TrtalkError(f"{path} does not exist")
+    if path.is_dir():
+        return (read_image(f) for f in list_image_folder(path))
+    if is_image_path(path):
+        return iter([read_image(path)])
+    container = _open_av(path)
+    if not _real_video_streams(container):
+        container.close()
+        raise TrtalkError(f"{path} has no video frames (audio only?); give a video or image")
+    return _iter_video(container, path)
+
+
+def _iter_video(container: av.container.InputContainer, path: Path) -> Iterator[np.ndarray]:
+    try:
+        stream = _real_video_streams(container)[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24")
+                count += 1
+                yield _apply_rotation(frame, rgb)
+        except av.FFmpegError as exc:
+            raise TrtalkError(
+                f"cannot decode {path} after {count} frames: {_av_reason(exc)}"
+            ) from None
+        if count == 0:
+            raise TrtalkError(f"{path} has a video stream but no decodable frames")
+    finally:
+        container.close()
+
+
+def composite_side_by_side(panels: Sequence[np.ndarray], height: int = 224) -> np.ndarray:
+    """Resize each panel to ``height`` (keeping aspect) and join left to right.
+
+    Used for ``--layout side-by-side`` (reference | generated | pose source).
+    Panels are ``H x W x 3`` RGB uint8 (``H x W`` grey is expanded); the
+    result is ``height x sum(W_i * height / H_i) x 3`` uint8, each panel width
+    rounded to the nearest pixel (at least 1).
+
+    Raises:
+        ValueError: no panels, or a panel that is not an image array.
+    """
+    if not panels:
+        raise ValueError("composite_side_by_side needs at least one panel")
+    if height < 1:
+        raise ValueError(f"height must be >= 1, got {height}")
+    out = []
+    for i, p in enumerate(panels):
+        p = np.asarray(p)
+        if p.ndim == 2:
+            p = np.repeat(p[:, :, None], 3, axis=2)
+        if p.ndim != 3 or p.shape[2] != 3 or p.shape[0] == 0 or p.shape[1] == 0:
+            raise ValueError(f"panel {i} must be HxWx3, got shape {p.shape}")
+        if p.dtype != np.uint8:
+            raise ValueError(f"panel {i} must be uint8, got {p.dtype}")
+        h, w = p.shape[:2]
+        new_w = max(1, round(w * height / h))
+        if (h, w) != (height, new_w):
+            interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
+            p = cv2.resize(np.ascontiguousarray(p), (new_w, height), interpolation=interp)
+        out.append(p)
+    return np.ascontiguousarray(np.hstack(out))

@@ -1,0 +1,494 @@
+"""Frame sinks: where generated frames go.
+
+A sink takes RGB frames one at a time (``write``) and finishes with
+``close``.  Two implementations share the interface described by
+:class:`FrameSink`:
+
+* :class:`Mp4Sink` encodes H.264 video (yuv420p) plus, optionally, the driving
+  audio as AAC into an mp4 file, atomically: the file appears under its real
+  name only when ``close`` finishes cleanly.
+* :class:`NullSink` counts frames and discards them (benchmarks, dry runs).
+
+Frames are ``H x W x 3`` RGB ``uint8`` arrays, C-contiguous or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import av
+import cv2
+import numpy as np
+
+from trtalk.errors import TrtalkError
+from trtalk.fsutil import atomic_output, check_writable
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FrameSink",
+    "Mp4Sink",
+    "NullSink",
+    "available_video_encoder",
+    "VIDEO_ENCODER_PREFERENCE",
+]
+
+#: Encoders tried in order; the first one that exists in this PyAV/FFmpeg
+#: build *and* opens is used.  ``h264`` resolves to FFmpeg's default H.264
+#: encoder, whatever that is in the build.
+VIDEO_ENCODER_PREFERENCE: tuple[str, ...] = ("libx264", "h264", "libopenh264", "mpeg4")
+
+_AAC_BIT_RATE = 64_000
+_AAC_FALLBACK_RATE = 48_000
+
+
+@runtime_checkable
+class FrameSink(Protocol):
+    """What the engine and a streaming runtime need from a frame consumer."""
+
+    @property
+    def frames_written(self) -> int:
+        """Frames accepted by ``write`` so far."""
+        ...
+
+    def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
+        """Consume one ``H x W x 3`` RGB uint8 frame shown at ``pts_s`` seconds."""
+        ...
+
+    def close(self) -> None:
+        """Finish; idempotent."""
+        ...
+
+
+def _encoder_opens(name: str) -> bool:
+    """True when encoder ``name`` exists and opens for a small yuv420p stream.
+
+    Existence alone is not enough: hardware encoders (``h264_nvenc``...) are
+    compiled in but fail to open without their device.
+    """
+    try:
+        codec = av.codec.Codec(name, "w")
+        ctx = av.CodecContext.create(codec)
+        ctx.width = 64
+        ctx.height = 64
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.framerate = Fraction(25)
+        ctx.open()
+    except Exception as exc:  # noqa: BLE001 - any failure means "unusable"
+        log.debug("video encoder %s unusable: %s", name, exc)
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def available_video_encoder() -> str:
+    """Return the FFmpeg name of the encoder :class:`Mp4Sink` will use.
+
+    Tries :data:`VIDEO_ENCODER_PREFERENCE` in order and logs a warning when
+    it has to fall back from ``libx264``.  The answer is cached per process.
+
+    Raises:
+        TrtalkError: no usable video encoder in this PyAV build.
+    """
+    available = av.codecs_available
+    for name in VIDEO_ENCODER_PREFERENCE:
+        if name not in available:
+            continue
+        if _encoder_opens(name):
+            resolved = av.codec.Codec(name, "w").name
+            if resolved != "libx264":
+                log.warning(
+                    "libx264 is not usable in this PyAV build; encoding video with %s "
+                    "(%s) instead, expect larger files or lower quality",
+                    name,
+                    resolved,
+                )
+            return name
+    raise TrtalkError(
+        "this PyAV build has no usable video encoder (tried "
+        + ", ".join(VIDEO_ENCODER_PREFERENCE)
+        + "); install the PyPI 'av' wheel, which bundles libx264"
+    )
+
+
+def _aac_rate_for(sample_rate: int) -> int:
+    """Encoder rate: the input rate if AAC accepts it, else 48 kHz."""
+    rates = av.codec.Codec("aac", "w").audio_rates
+    if rates is None or sample_rate in rates:
+        return sample_rate
+    log.info("aac encoder does not take %d Hz; resampling audio to %d Hz",
+             sample_rate, _AAC_FALLBACK_RATE)
+    return _AAC_FALLBACK_RATE
+
+
+def _check_frame(frame_rgb: np.ndarray) -> np.ndarray:
+    if not isinstance(frame_rgb, np.ndarray):
+        raise TypeError(f"frame must be a numpy array, got {type(frame_rgb).__name__}")
+    if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
+        raise ValueError(
+            f"frame must be HxWx3 uint8 RGB, got shape {frame_rgb.shape} dtype {frame_rgb.dtype}"
+        )
+    if frame_rgb.shape[0] < 2 or frame_rgb.shape[1] < 2:
+        raise ValueError(f"frame too small to encode: {frame_rgb.shape}")
+    return frame_rgb
+
+
+class _Aborted(Exception):
+    """Thrown into ``atomic_output`` to make it discard the temp file."""
+
+
+class Mp4Sink:
+    """Write RGB frames (and optionally mono audio) to an H.264/AAC mp4.
+
+    Usage::
+
+        with Mp4Sink("out.mp4", fps=25, audio=wave, sample_rate=16000) as sink:
+            for frame in frames:          # HxWx3 RGB uint8
+                sink.write(frame)
+        # out.mp4 exists only now, and only if the block raised nothing
+
+    Promises:
+
+    * **Atomic.**  Everything goes to a hidden temp file next to ``path``
+      (see :func:`trtalk.fsutil.atomic_output`); ``close`` after a clean run
+      renames it onto ``path``.  An exception (Ctrl-C included) in the
+      ``with`` block, or a failure while finishing, removes the temp file and
+      leaves ``path`` as it was.  A sink garbage-collected without ``close``
+      is discarded the same way.
+    * **Video.**  H.264 via libx264 at ``crf`` (falling back to FFmpeg's
+      ``h264``, ``libopenh264`` and finally ``mpeg4`` with a logged warning;
+      :func:`available_video_encoder` says which), pixel format yuv420p,
+      stream time base ``1/fps``.  Odd widths/heights are padded to even by
+      repeating the last column/row (yuv420p needs even sizes).  All frames
+      must have the same size: ``size`` (W, H) if given, else the first
+      frame's.
+    * **Audio.**  ``audio`` is float32 mono in [-1, 1] at ``sample_rate`` Hz,
+      encoded as AAC (at ``sample_rate`` if the encoder takes it, else
+      resampled to 48 kHz).  Audio is muxed interleaved with the video, up to
+      each frame's end time, and at ``close`` it is **trimmed or padded with
+      silence to exactly the video's end time** ``(last_pts + 1) / fps``,
+      which is ``frames_written / fps`` when ``pts_s`` is never given.  So
+      audio and video durations agree (the container's audio duration is
+      exact; decoders may return up to one AAC frame, 1024 samples, of
+      trailing padding).
+    * ``frames_written`` counts frames accepted by ``write``.
+
+    ``write(frame, pts_s)`` takes an optional presentation time in seconds;
+    it is rounded to the frame grid (``round(pts_s * fps)``) and must
+    increase strictly.  Without it frames are consecutive.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float = 25.0,
+        size: tuple[int, int] | None = None,
+        audio: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        crf: int = 18,
+    ) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if size is not None and (len(size) != 2 or min(size) < 2):
+            raise ValueError(f"size must be (W, H) with both >= 2, got {size}")
+        if audio is not None:
+            audio = np.asarray(audio)
+            if audio.ndim == 2 and 1 in audio.shape:
+                audio = audio.reshape(-1)
+            if audio.ndim != 1:
+                raise ValueError(f"audio must be mono 1-D float32, got shape {audio.shape}")
+            audio = np.ascontiguousarray(np.clip(audio.astype(np.float32, copy=False), -1.0, 1.0))
+            if sample_rate <= 0:
+                raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self._path = Path(path)
+        self._fps = float(fps)
+        self._rate = Fraction(self._fps).limit_denominator(10_000)
+        self._size = (int(size[0]), int(size[1])) if size is not None else None
+        self._audio = audio
+        self._sample_rate = int(sample_rate)
+        self._crf = int(crf)
+
+        self._frames_written = 0
+        self._last_pts = -1
+        self._audio_sent = 0  # samples at self._sample_rate already handed to the encoder
+        self._closed = True  # until the container is open; keeps __del__ quiet on early errors
+        self._vstream: av.VideoStream | None = None
+        self._astream: av.AudioStream | None = None
+        self._pad: tuple[int, int] = (0, 0)  # (bottom, right)
+
+        check_writable(self._path)
+        self._atomic = atomic_output(self._path)
+        self._tmp = self._atomic.__enter__()
+        try:
+            self._container = av.open(
+                str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
+            )
+        except BaseException:
+            with contextlib.suppress(_Aborted):
+                self._atomic.__exit__(_Aborted, _Aborted(), None)
+            raise
+        self._closed = False
+        log.debug("Mp4Sink writing %s via %s", self._path, self._tmp)
+
+    # -- properties -----------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """Final output path (exists only after a clean ``close``)."""
+        return self._path
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(W, H) of the frames, before even-padding; None until known."""
+        return self._size
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames_written
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def video_codec(self) -> str | None:
+        """FFmpeg name of the video encoder in use (None before the first frame)."""
+        return None if self._vstream is None else self._vstream.codec_context.name
+
+    # -- context manager ------------------------------------------------
+    def __enter__(self) -> Mp4Sink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                log.warning("Mp4Sink for %s was never closed; discarding it", self._path)
+                self.abort()
+        except Exception:  # noqa: BLE001 - never raise from __del__
+            pass
+
+    # -- writing --------------------------------------------------------
+    def _open_streams(self, width: int, height: int) -> None:
+        enc_w, enc_h = width + width % 2, height + height % 2
+        self._pad = (enc_h - height, enc_w - width)
+        if self._pad != (0, 0):
+            log.info("padding %dx%d frames to %dx%d for yuv420p", width, height, enc_w, enc_h)
+        name = available_video_encoder()
+        vs = self._container.add_stream(name, rate=self._rate)
+        vs.width = enc_w
+        vs.height = enc_h
+        vs.pix_fmt = "yuv420p"
+        vs.codec_context.time_base = 1 / self._rate
+        vs.time_base = 1 / self._rate
+        resolved = vs.codec_context.name
+        if resolved == "libx264":
+            vs.options = {"crf": str(self._crf), "preset": "medium"}
+        elif resolved == "mpeg4":
+            vs.codec_context.bit_rate = max(500_000, int(enc_w * enc_h * self._fps * 0.25))
+        else:
+            vs.codec_context.bit_rate = max(500_000, int(enc_w * enc_h * self._fps * 0.15))
+        self._vstream = vs
+        if self._audio is not None:
+            enc_rate = _aac_rate_for(self._sample_rate)
+            aus = self._container.add_stream("aac", rate=enc_rate, layout="mono")
+            aus.codec_context.bit_rate = _AAC_BIT_RATE
+            self._astream = aus
+
+    def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
+        """Encode one ``H x W x 3`` RGB uint8 frame.
+
+        Args:
+            frame_rgb: the frame; must match ``size`` (or the first frame).
+            pts_s: presentation time in seconds; rounded to the ``1/fps``
+                grid and must increase strictly.  Default: right after the
+                previous frame.
+
+        Raises:
+            ValueError: wrong shape/dtype/size, non-increasing ``pts_s``,
+                or the sink is closed.
+        """
+        if self._closed:
+            raise ValueError(f"write() on a closed Mp4Sink ({self._path})")
+        frame_rgb = _check_frame(frame_rgb)
+        h, w = frame_rgb.shape[:2]
+        if self._size is None:
+            self._size = (w, h)
+        if (w, h) != self._size:
+            raise ValueError(
+                f"frame is {w}x{h} but this Mp4Sink was set up for "
+                f"{self._size[0]}x{self._size[1]} (W x H)"
+            )
+        if pts_s is None:
+            pts = self._last_pts + 1
+        else:
+            pts = round(pts_s * self._rate)
+            if pts <= self._last_pts:
+                raise ValueError(
+                    f"pts_s={pts_s} maps to frame slot {pts}, not after the previous "
+                    f"slot {self._last_pts} at {float(self._fps)} fps"
+                )
+        if self._vstream is None:
+            self._open_streams(w, h)
+        assert self._vstream is not None
+        bottom, right = self._pad
+        if bottom or right:
+            frame_rgb = cv2.copyMakeBorder(
+                np.ascontiguousarray(frame_rgb), 0, bottom, 0, right, cv2.BORDER_REPLICATE
+            )
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
+        vf.pts = pts
+        vf.time_base = 1 / self._rate
+        for packet in self._vstream.encode(vf):
+            self._container.mux(packet)
+        self._last_pts = pts
+        self._frames_written += 1
+        self._push_audio_until(Fraction(pts + 1) / self._rate)
+
+    def _push_audio_until(self, t_end: Fraction) -> None:
+        """Encode audio up to ``t_end`` seconds, padding past its end with silence."""
+        if self._astream is None or self._audio is None:
+            return
+        target = round(t_end * self._sample_rate)
+        if target <= self._audio_sent:
+            return
+        chunk = self._audio[self._audio_sent:target]
+        missing = target - self._audio_sent - chunk.shape[0]
+        if missing > 0:
+            chunk = np.concatenate([chunk, np.zeros(missing, np.float32)])
+        af = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        af.sample_rate = self._sample_rate
+        af.pts = self._audio_sent
+        af.time_base = Fraction(1, self._sample_rate)
+        for packet in self._astream.encode(af):
+            self._container.mux(packet)
+        self._audio_sent = target
+
+    # -- finishing ------------------------------------------------------
+    def close(self) -> None:
+        """Flush the encoders and move the file into place.  Idempotent.
+
+        The audio has already been fed up to the video's end time, so it
+        ends exactly with the last frame (anything beyond is dropped).  On
+        any failure here the temp file is removed and the error propagates.
+
+        Raises:
+            TrtalkError: no frame was ever written (nothing is saved).
+        """
+        if self._closed:
+            return
+        try:
+            if self._frames_written == 0:
+                raise TrtalkError(
+                    f"no frames were produced for {self._path}; nothing was saved "
+                    "(is the input audio empty?)"
+                )
+            assert self._vstream is not None
+            for packet in self._vstream.encode(None):
+                self._container.mux(packet)
+            if self._astream is not None:
+                for packet in self._astream.encode(None):
+                    self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._atomic.__exit__(None, None, None)
+        log.info(
+            "wrote %s: %d frames at %g fps (%.2f s)%s",
+            self._path,
+            self._frames_written,
+            self._fps,
+            (self._last_pts + 1) / self._fps,
+            " with audio" if self._astream is not None else "",
+        )
+
+    def abort(self) -> None:
+        """Stop without saving: close the container and delete the temp file.
+
+        ``path`` is left as it was before this sink was created.  Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._container.close()
+        with contextlib.suppress(_Aborted):
+            self._atomic.__exit__(_Aborted, _Aborted(), None)
+        log.debug("discarded %s", self._tmp)
+
+
+class NullSink:
+    """A sink that counts frames and throws them away.
+
+    Same constructor and interface as :class:`Mp4Sink` so the two are
+    interchangeable; ``path`` and the encoding arguments are ignored.  Frames
+    are still checked to be ``H x W x 3`` uint8 so bugs show up in dry runs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        fps: float = 25.0,
+        size: tuple[int, int] | None = None,
+        audio: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        crf: int = 18,
+    ) -> None:
+        self._fps = float(fps)
+        self._frames_written = 0
+        self._closed = False
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames_written
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
+        """Check and count one frame."""
+        if self._closed:
+            raise ValueError("write() on a closed NullSink")
+        _check_frame(frame_rgb)
+        self._frames_written += 1
+
+    def close(self) -> None:
+        self._closed = True
+
+    def abort(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> NullSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
