@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up trtalk in ./.venv on a fresh machine: PyTorch first (so pip does not pull the multi-GB
+# CUDA build where a CPU build is wanted), then the package with its test and export extras.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[test,export]"
+echo "trtalk installed in $(pwd)/.venv"
