@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Frames per second of the warp avatar at 256x256, end to end, on the CPU.
+
+What one frame costs here: decoding the pose video's frame, mediapipe face
+mesh tracking on it and the rigid pose fit, the mouth parameters (the
+whole-file mel is computed inside the timed region and amortised over the
+frames), deforming the mesh and rasterising the backward warp field and mouth
+masks, and the warp network (torch or ONNX Runtime). Encoding is reported
+separately (``--encode`` adds an H.264/AAC Mp4Sink to the timed loop).
+
+Prints a table and writes JSON with the machine, library versions and the
+exact command to ``benchmarks/results/warp_fps_cpu.json`` (``--out``).
+
+    python benchmarks/warp_fps.py [--repeats 3] [--seconds 4] [--encode]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trtalk.audio import load_audio, num_video_frames  # noqa: E402
+from trtalk.face import read_image  # noqa: E402
+from trtalk.runtime.media import iter_frames  # noqa: E402
+from trtalk.runtime.sinks import Mp4Sink  # noqa: E402
+from trtalk.warp.avatar import rotation_clamped  # noqa: E402
+from trtalk.warp.drive import PoseTracker, mouth_params  # noqa: E402
+from trtalk.warp.render import DEFAULT_AUDIO, DEFAULT_FACE, WarpRenderConfig, WarpRenderer  # noqa: E402
+
+
+def make_pose_video(path: Path, photo: np.ndarray, n: int, fps: float = 25.0, size: int = 256) -> None:
+    """The photo rotating +-8 degrees in-plane about the face, like the test fixture."""
+    h, w = photo.shape[:2]
+    cx, cy, crop = 0.44 * w, 0.23 * h, 0.44 * min(h, w)
+    with Mp4Sink(path, fps=fps) as sink:
+        for i in range(n):
+            m = cv2.getRotationMatrix2D((cx, cy), 8.0 * np.sin(np.pi * i / fps), size / crop)
+            m[0, 2] += size / 2 - cx
+            m[1, 2] += size / 2 - cy
+            sink.write(cv2.warpAffine(photo, m, (size, size), borderMode=cv2.BORDER_REFLECT101))
+
+
+def run_once(photo: np.ndarray, wave: np.ndarray, pose: Path, backend: str, encode_to: Path | None) -> dict:
+    renderer = WarpRenderer(photo, WarpRenderConfig(backend=backend))
+    av_ = renderer.avatar
+    n = num_video_frames(len(wave), 25.0)
+    tracker = PoseTracker()
+    # Warm-up outside the timing: first mediapipe call and first torch call allocate.
+    tracker.update(next(iter(iter_frames(pose))))
+    tracker.close()
+    tracker = PoseTracker()
+    t = {"pose": 0.0, "mouth": 0.0, "warp_field": 0.0, "net": 0.0, "encode": 0.0}
+    sink = Mp4Sink(encode_to, fps=25.0, audio=wave) if encode_to else None
+    frames = iter_frames(pose)
+    t0 = time.perf_counter()
+    a = time.perf_counter()
+    mouth = mouth_params(wave, n)
+    t["mouth"] += time.perf_counter() - a
+    rot = np.eye(3)
+    for i in range(n):
+        a = time.perf_counter()
+        f = next(frames, None)
+        if f is not None:
+            rot = tracker.update(f)
+        b = time.perf_counter()
+        pts = av_.deform(float(mouth[i, 0]), float(mouth[i, 1]), rotation_clamped(rot, renderer.cfg.avatar))
+        w = av_.warp_inputs(pts, float(mouth[i, 0]))
+        c = time.perf_counter()
+        out = renderer.net(w.grid, w.cavity, w.teeth)
+        d = time.perf_counter()
+        if sink is not None:
+            sink.write(out)
+        e = time.perf_counter()
+        t["pose"] += b - a
+        t["warp_field"] += c - b
+        t["net"] += d - c
+        t["encode"] += e - d
+    if sink is not None:
+        a = time.perf_counter()
+        sink.close()
+        t["encode"] += time.perf_counter() - a
+    total = time.perf_counter() - t0
+    tracker.close()
+    return {"frames": n, "seconds": total, "fps": n / total,
+            "ms_per_frame": {k: 1000 * v / n for k, v in t.items()}}
+
+
+def machine_info() -> dict:
+    import mediapipe
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__, "mediapipe": mediapipe.__version__,
+        "numpy": np.__version__, "opencv": cv2.__version__,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
+    ap.add_argument("--encode", action="store_true", help="also time H.264/AAC encoding in the loop")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "warp_fps_cpu.json")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # as `trtalk demo` does (see trtalk/warp/cli.py)
+
+    photo = read_image(DEFAULT_FACE)
+    wave = load_audio(DEFAULT_AUDIO)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pose = Path(tmp) / "pose.mp4"
+        make_pose_video(pose, photo, num_video_frames(len(wave), 25.0))
+        for backend in args.backends:
+            runs = [run_once(photo, wave, pose, backend, Path(tmp) / "out.mp4" if args.encode else None)
+                    for _ in range(args.repeats)]
+            best = sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]  # the median run
+            results[backend] = {"median": best, "fps_all": [round(r["fps"], 1) for r in runs]}
+            ms = " ".join(f"{k}={v:.1f}" for k, v in best["ms_per_frame"].items())
+            print(f"{backend:12s} {best['fps']:6.1f} fps (median of {args.repeats}; runs {results[backend]['fps_all']})"
+                  f"  ms/frame: {ms}")
+    report = {
+        "benchmark": "warp avatar 256x256, audio features + pose tracking + warp" + (" + encoding" if args.encode else ""),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "machine": machine_info(),
+        "inputs": {"face": str(DEFAULT_FACE.relative_to(ROOT)), "audio": str(DEFAULT_AUDIO.relative_to(ROOT)),
+                   "pose": "synthetic 256x256 rotating astronaut, 25 fps", "size": 256},
+        "results": results,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The warp avatar's geometry: the photo's face mesh, its deformation and the backward warp field.
+
+Everything here is CPU/numpy "control" work; the pixels are moved by
+:class:`trtalk.warp.net.WarpNet`.
+
+Layout. The avatar is a ``size x size`` (default 256) face-centred square
+crop of the photo (``Avatar.crop``, RGB uint8; ``Avatar.crop_M`` maps photo
+pixels to crop pixels). Its control points (``Avatar.rest``, Nx3 crop pixels
+plus depth) are the 468 mesh points, then a ring of "soft" anchors around
+the face that follow the head at half strength, then a ring of fixed anchors
+on the crop border so the warp fades into the untouched background. A
+Delaunay triangulation of the rest points' 2D positions (``Avatar.triangles``)
+makes the warp piecewise affine.
+
+Per frame, :meth:`Avatar.deform` moves the points (jaw and lips by the mouth
+parameters, then a rigid 3D rotation about a pivot behind the face, then an
+orthographic projection), and :meth:`Avatar.warp_inputs` rasterises, in the
+output image, which triangle covers each pixel (nearest triangle drawn last,
+so a turned head occludes correctly) and turns it into a backward sampling
+grid plus the mouth-cavity and teeth masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+from trtalk.errors import TrtalkError
+from trtalk.warp import mesh as M
+
+logger = logging.getLogger(__name__)
+
+NUM_MESH = 468
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    """How the avatar is cut out and how far it may move.
+
+    ``crop_scale``: crop side in units of the face mesh's larger extent.
+    ``jaw_drop``: lower-lip travel at mouth open = 1, in interocular distances.
+    ``lip_raise``: upper-lip lift at open = 1, same unit.
+    ``pucker``: inward travel of the mouth corners at rounding = 1, in mouth half-widths.
+    ``max_yaw``/``max_pitch``/``max_roll``: clamps in degrees; beyond these an
+    orthographic 2D warp of one photo looks broken.
+    ``min_face_px``: a face smaller than this (mesh extent in photo pixels) is refused;
+    ``warn_face_px``: below this it works but is upscaled and blurry, so we warn.
+    """
+
+    size: int = 256
+    crop_scale: float = 1.9
+    jaw_drop: float = 0.2
+    lip_raise: float = 0.04
+    pucker: float = 0.22
+    max_yaw: float = 25.0
+    max_pitch: float = 15.0
+    max_roll: float = 20.0
+    min_face_px: float = 40.0
+    warn_face_px: float = 100.0
+    warn_photo_angle: float = 25.0
+
+
+@dataclass(frozen=True)
+class WarpInputs:
+    """One frame's inputs to the warp network (numpy, float32).
+
+    ``grid``: (size, size, 2) backward sampling positions, normalised to
+    [-1, 1] as ``torch.nn.functional.grid_sample`` (align_corners=False)
+    wants them: ``grid[y, x] = (u, v)`` for the source crop pixel to show at
+    output pixel (x, y). ``cavity``/``teeth``: (size, size) in [0, 1].
+    """
+
+    grid: np.ndarray
+    cavity: np.ndarray
+    teeth: np.ndarray
+
+
+def _face_frame(mesh2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(origin at the lip centre, u axis along the eyes, v axis down the face, interocular distance)."""
+    origin = (mesh2d[M.UPPER_LIP_MID] + mesh2d[M.LOWER_LIP_MID]) / 2
+    u = mesh2d[M.EYE_OUTER_RIGHT] - mesh2d[M.EYE_OUTER_LEFT]
+    s = float(np.linalg.norm(u))
+    u = u / max(s, 1e-9)
+    v = np.array([-u[1], u[0]])
+    return origin, u, v, s
+
+
+def _inside(poly: np.ndarray, pts: np.ndarray, tol: float) -> np.ndarray:
+    c = poly.astype(np.float32).reshape(-1, 1, 2)
+    return np.array([cv2.pointPolygonTest(c, (float(x), float(y)), True) >= -tol for x, y in pts])
+
+
+class Avatar:
+    """A photo turned into a deformable, warpable face (see the module docstring).
+
+    Raises :class:`TrtalkError` when the photo has no face or the face is
+    too small; logs a warning for a small or strongly turned face.
+    """
+
+    def __init__(self, photo_rgb: np.ndarray, mesh3d: np.ndarray, cfg: AvatarConfig = AvatarConfig(),
+                 name: str = "the avatar photo") -> None:
+        self.cfg = cfg
+        self.photo = photo_rgb
+        mesh3d = np.asarray(mesh3d, dtype=np.float64)
+        lo, hi = mesh3d[:, :2].min(axis=0), mesh3d[:, :2].max(axis=0)
+        extent = float((hi - lo).max())
+        if extent < cfg.min_face_px:
+            raise TrtalkError(
+                f"the face in {name} is only {extent:.0f} px across; use a photo where it is at least "
+                f"{cfg.min_face_px:.0f} px (ideally {cfg.warn_face_px:.0f}+)"
+            )
+        if extent < cfg.warn_face_px:
+            logger.warning("the face in %s is small (%.0f px across); the avatar will be blurry", name, extent)
+        yaw, pitch, roll = M.absolute_pose(mesh3d)
+        # Pitch carries the anatomical chin-forward offset (see absolute_pose), hence the extra room.
+        if abs(yaw) > cfg.warn_photo_angle or abs(roll) > cfg.warn_photo_angle or abs(pitch) > cfg.warn_photo_angle + 15:
+            logger.warning(
+                "the face in %s is turned (yaw %.0f, pitch %.0f, roll %.0f deg); a frontal photo animates best",
+                name, yaw, pitch, roll,
+            )
+        self.photo_pose = (yaw, pitch, roll)
+
+        # Face-centred square crop, scaled to size x size.
+        size = cfg.size
+        centre = (lo + hi) / 2
+        side = extent * cfg.crop_scale
+        scale = size / side
+        self.crop_M = np.array(
+            [[scale, 0.0, size / 2 - scale * centre[0]], [0.0, scale, size / 2 - scale * centre[1]]]
+        )
+        self.crop = cv2.warpAffine(photo_rgb, self.crop_M, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)
+        mesh = np.empty_like(mesh3d)
+        mesh[:, :2] = mesh3d[:, :2] @ self.crop_M[:, :2].T + self.crop_M[:, 2]
+        mesh[:, 2] = mesh3d[:, 2] * scale
+        self.mesh = mesh
+
+        origin, u, v, s = _face_frame(mesh[:, :2])
+        self.interocular = s
+        # Pivot of the head rotation: behind the face, near the skull's centre,
+        # so yaw swings the face sideways a little as a real head does.
+        self.pivot = np.array([mesh[:, 0].mean(), mesh[:, 1].mean(), mesh[:, 2].mean() + 0.7 * s])
+
+        # Soft ring: 24 points around the face at 1.35x the hull, following the head at half strength.
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        half = (mesh[:, :2].max(axis=0) - mesh[:, :2].min(axis=0)) / 2 * 1.35
+        mid = (mesh[:, :2].max(axis=0) + mesh[:, :2].min(axis=0)) / 2
+        ring = np.stack([mid[0] + half[0] * np.cos(ang), mid[1] + half[1] * np.sin(ang)], axis=1)
+        ring = np.clip(ring, 2.0, size - 3.0)
+        # Fixed border: 8 points per side including corners (pixel-edge positions).
+        t = np.linspace(-0.5, size - 0.5, 9)
+        border = np.concatenate([
+            np.stack([t, np.full_like(t, -0.5)], 1), np.stack([t, np.full_like(t, size - 0.5)], 1),
+            np.stack([np.full_like(t[1:-1], -0.5), t[1:-1]], 1), np.stack([np.full_like(t[1:-1], size - 0.5), t[1:-1]], 1),
+        ])
+        self.n_ring, self.n_border = len(ring), len(border)
+        anchors = np.concatenate([ring, border])
+        anchors3 = np.concatenate([anchors, np.full((len(anchors), 1), mesh[:, 2].mean())], axis=1)
+        self.rest = np.concatenate([mesh, anchors3]).astype(np.float64)
+        # Anchor strength of the head rotation: 1 on the mesh, 0.5 on the ring, 0 on the border.
+        self.follow = np.concatenate([np.ones(NUM_MESH), np.full(len(ring), 0.5), np.zeros(len(border))])
+        self.triangles = Delaunay(self.rest[:, :2]).simplices.astype(np.int32)
+        # Triangles touching an anchor are drawn first (behind the face) whatever their depth.
+        self._behind = (self.triangles >= NUM_MESH).any(axis=1)
+
+        self._mouth_weights(origin, u, v, s)
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+        self._xs, self._ys = xs.ravel(), ys.ravel()
+        logger.debug("avatar: face %.0f px, crop scale %.2f, %d points, %d triangles",
+                     extent, scale, len(self.rest), len(self.triangles))
+
+    # -- mouth rig --------------------------------------------------------
+
+    def _mouth_weights(self, origin: np.ndarray, u: np.ndarray, v: np.ndarray, s: float) -> None:
+        """Per-point (jaw, lip-raise, pucker) weights and directions in the rest face frame."""
+        pts = self.mesh[:, :2]
+        rel = pts - origin
+        pu, pv = rel @ u, rel @ v
+        inner_up, inner_lo = pts[list(M.INNER_UPPER_LIP)], pts[list(M.INNER_LOWER_LIP)]
+        hw = float(np.linalg.norm(pts[M.OUTER_UPPER_LIP[-1]] - pts[M.OUTER_UPPER_LIP[0]])) / 2
+        # Split line between upper and lower lip: the mid-line of the inner contours, as v(u).
+        split_pts = (inner_up + inner_lo) / 2 - origin
+        su, sv = split_pts @ u, split_pts @ v
+        order = np.argsort(su)
+        split_v = np.interp(pu, su[order], sv[order])
+        below = pv - split_v
+
+        upper_lip = np.concatenate([pts[list(M.OUTER_UPPER_LIP)], inner_up[::-1]])
+        lower_lip = np.concatenate([pts[list(M.OUTER_LOWER_LIP)], inner_lo[::-1]])
+        in_upper = _inside(upper_lip, pts, 0.5)
+        in_lower = _inside(lower_lip, pts, 0.5)
+        lateral = 1.0 / (1.0 + (pu / hw) ** 2)
+        # Off the lips, a smooth ramp across the split line avoids tearing the cheeks at the corners.
+        ramp = np.clip(0.5 + below / (0.06 * s), 0.0, 1.0)
+        jaw = lateral * ramp
+        jaw[in_lower] = lateral[in_lower]
+        jaw[in_upper] = 0.0
+        jaw[list(M.MOUTH_CORNERS)] = 0.5 * lateral[list(M.MOUTH_CORNERS)]
+        # The chin and jaw move less the nearer they are to the ear (the hinge); the lateral factor does that.
+        raise_ = np.zeros(NUM_MESH)
+        raise_[in_upper] = np.exp(-((pu[in_upper] / hw) ** 2))
+        near_corner = np.exp(-(((np.abs(pu) - hw) / (0.6 * hw)) ** 2)) * np.exp(-((below / (0.5 * hw)) ** 2))
+        self._jaw = jaw * self.cfg.jaw_drop * s
+        self._raise = raise_ * self.cfg.lip_raise * s
+        self._pucker = near_corner * np.sign(pu) * self.cfg.pucker * hw
+        self._u, self._v = u, v
+        self.mouth_half_width = hw
+
+    def deform(self, open_: float, rounding: float, rotation: np.ndarray) -> np.ndarray:
+        """Deformed control points, Nx3 in crop pixels (x, y, depth), for one frame.
+
+        ``open_`` and ``rounding`` in [0, 1]; ``rotation`` a 3x3 head rotation
+        (identity = the photo's pose), applied about :attr:`pivot`.
+        """
+        p = self.rest.copy()
+        mesh = p[:NUM_MESH]
+        # Rounding narrows the mouth, which reads as a smaller opening too.
+        open_eff = open_ * (1.0 - 0.3 * rounding)
+        dv = open_eff * (self._jaw - self._raise)
+        du = -rounding * self._pucker
+        mesh[:, :2] += dv[:, None] * self._v + du[:, None] * self._u
+        # The jaw swings back a little as it drops.
+        mesh[:, 2] += 0.3 * open_eff * self._jaw
+        rot = np.asarray(rotation, dtype=np.float64)
+        moved = (p - self.pivot) @ rot.T + self.pivot
+        return p + self.follow[:, None] * (moved - p)
+
+    # -- rasterisation ----------------------------------------------------
+
+    def warp_inputs(self, deformed: np.ndarray, open_: float) -> WarpInputs:
+        """Backward grid and mouth masks for deformed points (from :meth:`deform`)."""
+        size = self.cfg.size
+        tri = self.triangles
+        dst = deformed[:, :2]
+        src = self.rest[:, :2]
+        # Per-triangle affine, src = L @ dst + t, in closed form: batched
+        # np.linalg.solve costs ~10 ms for 1000 tiny systems, this ~0.2 ms.
+        d = dst[tri]  # T x 3 x 2
+        r = src[tri]
+        e1, e2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
+        f1, f2 = r[:, 1] - r[:, 0], r[:, 2] - r[:, 0]
+        det = e1[:, 0] * e2[:, 1] - e2[:, 0] * e1[:, 1]
+        ok = np.abs(det) > 1e-6
+        inv_det = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        # inv([e1 e2]) = [[e2y, -e2x], [-e1y, e1x]] / det; L = [f1 f2] @ that.
+        l00 = (f1[:, 0] * e2[:, 1] - f2[:, 0] * e1[:, 1]) * inv_det
+        l01 = (-f1[:, 0] * e2[:, 0] + f2[:, 0] * e1[:, 0]) * inv_det
+        l10 = (f1[:, 1] * e2[:, 1] - f2[:, 1] * e1[:, 1]) * inv_det
+        l11 = (-f1[:, 1] * e2[:, 0] + f2[:, 1] * e1[:, 0]) * inv_det
+        # Collapsed triangles (a closed mouth's slit) cover no pixels; make them a plain translation.
+        l00 = np.where(ok, l00, 1.0)
+        l11 = np.where(ok, l11, 1.0)
+        tx = np.where(ok, r[:, 0, 0] - l00 * d[:, 0, 0] - l01 * d[:, 0, 1], r[:, :, 0].mean(1) - d[:, :, 0].mean(1))
+        ty = np.where(ok, r[:, 0, 1] - l10 * d[:, 0, 0] - l11 * d[:, 0, 1], r[:, :, 1].mean(1) - d[:, :, 1].mean(1))
+        # Row T (index -1 after the id shift) is the identity, for pixels no triangle covers.
+        table = np.stack([l00, l01, l10, l11, tx, ty]).astype(np.float32)
+        table = np.concatenate([table, np.array([[1], [0], [0], [1], [0], [0]], np.float32)], axis=1)
+
+        ids = np.zeros((size, size), np.uint16)
+        depth = deformed[tri, 2].mean(axis=1)
+        depth[self._behind] = np.inf
+        order = np.argsort(-depth, kind="stable")  # farthest first; nearest drawn last wins
+        fixed = np.round(d * 16.0).astype(np.int32)  # 4 fractional bits for cv2's sub-pixel fill
+        # cv2 fills pixel centres at integer coordinates; our points use the same convention.
+        for k in order:
+            cv2.fillConvexPoly(ids, fixed[k], int(k) + 1, lineType=cv2.LINE_8, shift=4)
+        idx = ids.ravel().astype(np.intp) - 1
+        c = [np.take(row, idx) for row in table]
+        xs, ys = self._xs, self._ys
+        grid = np.empty((size * size, 2), np.float32)
+        # Pixel centre i -> normalised (i + 0.5) * 2 / size - 1 (grid_sample, align_corners=False).
+        k = np.float32(2.0 / size)
+        grid[:, 0] = (c[0] * xs + c[1] * ys + c[4] + 0.5) * k - 1.0
+        grid[:, 1] = (c[2] * xs + c[3] * ys + c[5] + 0.5) * k - 1.0
+        cavity, teeth = self._mouth_masks(dst, open_)
+        return WarpInputs(grid.reshape(size, size, 2), cavity, teeth)
+
+    def _mouth_masks(self, dst: np.ndarray, open_: float) -> tuple[np.ndarray, np.ndarray]:
+        size = self.cfg.size
+        cavity = np.zeros((size, size), np.uint8)
+        teeth = np.zeros((size, size), np.uint8)
+        if open_ <= 0.02:
+            z = np.zeros((size, size), np.float32)
+            return z, z
+        up = dst[list(M.INNER_UPPER_LIP)]
+        lo = dst[list(M.INNER_LOWER_LIP)]
+        poly = np.concatenate([up, lo[::-1]])
+        cv2.fillPoly(cavity, [np.round(poly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+        # Upper teeth: a band hanging from the upper lip, a fifth of the opening tall at most.
+        band = 0.055 * self.interocular
+        tpoly = np.concatenate([up, (up + self._v * band)[::-1]])
+        cv2.fillPoly(teeth, [np.round(tpoly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+        # Fade the shading in over the first part of the opening, so a photo
+        # with parted lips is left alone at rest.
+        fade = float(np.clip(open_ / 0.25, 0.0, 1.0)) / 255.0
+        # A slight blur softens the lip edge of the cavity, as lips shade the inside of the mouth.
+        cav = cv2.GaussianBlur(cavity, (3, 3), 0).astype(np.float32) * fade
+        tee = cv2.GaussianBlur(np.minimum(teeth, cavity), (3, 3), 0).astype(np.float32) / 255.0
+        return cav, tee
+
+
+def rotation_clamped(rotation: np.ndarray, cfg: AvatarConfig) -> np.ndarray:
+    """``rotation`` with its yaw/pitch/roll clamped to the config's limits."""
+    yaw, pitch, roll = M.matrix_to_euler(rotation)
+    return M.euler_to_matrix(
+        float(np.clip(yaw, -cfg.max_yaw, cfg.max_yaw)),
+        float(np.clip(pitch, -cfg.max_pitch, cfg.max_pitch)),
+        float(np.clip(roll, -cfg.max_roll, cfg.max_roll)),
+    )
