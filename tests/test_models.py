@@ -266,3 +266,15 @@ def test_safetensors_from_elsewhere_rejected(tmp_path):
     p2.write_bytes(b"\x00\x01garbage")
     with pytest.raises(TrtalkError, match="y.safetensors"):
         load_pcavs(p2)
+
+
+def test_convert_cli(official_folder, tmp_path, capsys):
+    from trtalk.cli import main
+
+    out = tmp_path / "m.safetensors"
+    assert main(["convert", str(official_folder), "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert isinstance(load_pcavs(out), PCAVS)
+    assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trtalk: error: checkpoint not found") and not (tmp_path / "x.safetensors").exists()
