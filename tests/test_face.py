@@ -400,7 +400,7 @@ def test_bad_media_raise_trtalk_errors(tmp_path: Path) -> None:
         read_frames(tmp_path / "missing.mp4")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TrtalkError, match="no image files"):
+    with pytest.raises(TrtalkError, match="contains no images"):
         read_frames(empty)
     bad_png = tmp_path / "bad.png"
     bad_png.write_bytes(b"not a png at all")
