@@ -4,11 +4,43 @@ Install PyTorch first (`pip install torch==2.13.0`; on machines without a GPU th
 build), then `pip install -e .[test]`. scripts/install.sh does both in a virtual environment.
 """
 
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 here = Path(__file__).parent
+
+
+class BuildPyWithKernels(build_py):
+    """Also build the CUDA kernel library (csrc/) when nvcc is present.
+
+    Never fails the install: without nvcc, or if the compile fails, trtalk runs its plain-PyTorch
+    reference path. TRTALK_BUILD_KERNELS=0 skips the build.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if os.environ.get("TRTALK_BUILD_KERNELS", "1") == "0":
+            return
+        import importlib.util
+
+        # Load build.py on its own: the trtalk.kernels package imports torch, which a pip
+        # build environment does not have.
+        sys.path.insert(0, str(here))
+        try:
+            spec = importlib.util.spec_from_file_location("_trtalk_kernels_build",
+                                                          here / "trtalk" / "kernels" / "build.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        finally:
+            sys.path.pop(0)
+        try_build = mod.try_build
+        dest = here / "trtalk" / "kernels" if self.editable_mode else Path(self.build_lib) / "trtalk" / "kernels"
+        lib = try_build(out=dest)
+        print(f"trtalk kernels: {lib or 'not built (reference path will be used)'}")
 
 setup(
     name="trtalk",
@@ -19,7 +51,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trtalk", "trtalk.*"]),
-    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.md"]},
+    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.md", "kernels/*.so"]},
+    cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch>=2.1",
         # mediapipe 0.10.21 is the last release that ships its face models in the wheel; it needs numpy<2.
@@ -32,10 +65,12 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxslim>=0.1.40"],
+        # onnxscript: the dynamo exporter (the TorchScript one fails on the dynamic-batch blur).
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxslim>=0.1.40", "onnxscript>=0.5"],
+        "gpu": ["cuda-python>=12"],
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
-        "test": ["pytest>=7", "librosa>=0.10"],
+        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12"],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )

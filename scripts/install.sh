@@ -8,5 +8,6 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test,export]"
+# trt-rtx: TensorRT for RTX builds engines ahead of time even on a CPU-only machine (~100 MB).
+.venv/bin/python -m pip install -q -e ".[test,export,trt-rtx]"
 echo "trtalk installed in $(pwd)/.venv"

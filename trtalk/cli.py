@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
     "trtalk.models.cli",
     "trtalk.warp.cli",
+    "trtalk.export.cli",
 )
 
 

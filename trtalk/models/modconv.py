@@ -8,7 +8,8 @@
 - ``"decomposed"``: the same algebra with the weight kept fixed: scale the input channels by the
   style, convolve with the shared weight, scale the output channels by the demodulation factor.
   Valid for any batch, and exportable to ONNX (no per-sample weights in the graph).
-- ``"cuda"``: reserved for the fused kernels of csrc/ (not built yet); asking for it raises.
+- ``"cuda"``: the fused kernels of csrc/ through `trtalk.kernels.ops`; raises TrtalkError where
+  they cannot run (CPU tensors, library not built, no or unsupported GPU), never falls back.
 - ``"auto"``: ``"decomposed"`` (it wins on CPU; the kernels issue revisits the choice on GPU).
 
 The 2x upsampling form is a stride-2 transposed convolution followed by the [1,3,3,1] blur
@@ -101,11 +102,14 @@ def _decomposed(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dem
     return out
 
 
-def _cuda(*args, **kwargs) -> torch.Tensor:
-    from trtalk.errors import TrtalkError
+def _cuda(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool,
+          up: bool, blur: torch.Tensor | None) -> torch.Tensor:
+    """The fused kernels of csrc/ (`trtalk.kernels.ops`); TrtalkError when they cannot run here
+    (CPU tensors, library not built, no GPU or an unsupported one). No silent fallback."""
+    from trtalk.kernels import ops
 
-    raise TrtalkError("modulated-conv impl 'cuda' is not available in this build; "
-                      "use impl='decomposed' or 'grouped'")
+    return ops.modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up, blur=blur,
+                                impl="cuda")
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ IMPLS: dict[str, ModConvImpl] = {
     for spec in (
         ModConvImpl("grouped", _grouped, False, "official per-sample weights + grouped conv"),
         ModConvImpl("decomposed", _decomposed, True, "input scale, shared-weight conv, demod scale"),
-        ModConvImpl("cuda", _cuda, False, "fused CUDA kernels (csrc/)"),
+        ModConvImpl("cuda", _cuda, False, "fused CUDA kernels (csrc/, trtalk.kernels.ops)"),
     )
 }
 

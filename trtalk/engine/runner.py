@@ -1,0 +1,238 @@
+"""Choose a backend kind, get the four stages, and run them like the PyTorch model.
+
+`open_runner(kind, source, device)` returns a `StageRunner` whose ``encode_identity``,
+``encode_pose``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
+(torch tensors in and out, NCHW, float32), so the renderer can use either.
+
+``source`` is one of: None (seeded random weights, loudly warned), a checkpoint (official folder
+or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` instance (torch only).
+For onnxruntime and tensorrt a checkpoint is exported first into the cache,
+``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trtalk import __version__
+from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
+from trtalk.engine.cache import EngineCache, cache_root, check_engine
+from trtalk.errors import TrtalkError
+from trtalk.export.manifest import MANIFEST_NAME, Manifest
+from trtalk.export.stages import STAGES, StageSpec
+from trtalk.models.pcavs import PCAVS, PCAVSConfig
+
+log = logging.getLogger(__name__)
+
+KINDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class RunnerOptions:
+    """Options of `open_backends` beyond kind / source / device."""
+
+    precision: str | None = None  # None: fp32 on CPU, fp16 on CUDA for torch and tensorrt
+    max_batch: int = 8
+    cache_dir: str | os.PathLike | None = None
+    compute_capability: str | None = None  # tensorrt-rtx target; None = the local GPU
+    flavour: str | None = None  # "tensorrt" | "tensorrt-rtx"; None = datacenter if installed
+    config: PCAVSConfig | None = None
+    cuda_graphs: bool = False
+    seed: int = 0  # seed of the random weights when there is no checkpoint
+
+
+def _is_export_dir(p: Path) -> bool:
+    return p.is_dir() and (p / MANIFEST_NAME).is_file()
+
+
+def _specs_from_manifest(m: Manifest) -> dict[str, StageSpec]:
+    return {s: StageSpec(s, tuple(r.inputs), tuple(r.outputs)) for s, r in m.graphs.items()}
+
+
+def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: int,
+                  cache_dir: str | os.PathLike | None = None,
+                  config: PCAVSConfig | None = None, seed: int = 0) -> Path:
+    """An export directory for ``source`` (checkpoint or None = random), made once per cache key."""
+    from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
+
+    if source is not None and _is_export_dir(Path(source)):
+        return Path(source)
+    model, record = load_model(source, seed=seed, config=config)
+    cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
+    tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
+    root = cache_root(cache_dir) / "exports"
+    final = root / f"{tag}-{precision}-b{max_batch}-v{__version__}"
+    if _is_export_dir(final):
+        log.info("using cached export %s", final)
+        return final
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtalkError(f"cannot create export cache {root}: {exc.strerror or exc}") from None
+    tmp = root / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch),
+                     model=model, checkpoint_record=record)
+        try:
+            os.rename(tmp, final)  # atomic publish of the whole directory
+        except OSError:
+            if not _is_export_dir(final):  # not a concurrent twin that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _torch_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
+    from trtalk.export.exporter import load_model
+    from trtalk.export.stages import stage_specs
+
+    if isinstance(source, PCAVS):
+        model = source
+    else:
+        if source is not None and _is_export_dir(Path(source)):
+            raise TrtalkError(f"--backend torch needs a checkpoint, not the export directory {source}")
+        model, _ = load_model(source, seed=opts.seed, config=opts.config)
+    specs = stage_specs(model)
+    return {s: TorchBackend(specs[s], model, device=device, precision=opts.precision,
+                            max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs)
+            for s in STAGES}
+
+
+def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
+    precision = opts.precision or "fp32"
+    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed)
+    m = Manifest.read(d)
+    specs = _specs_from_manifest(m)
+    return {s: OrtBackend(specs[s], m.graph_path(d, s), device=device, precision=m.precision,
+                          max_batch=max(opts.max_batch, 64)) for s in STAGES}
+
+
+def _pick_flavour(opts: RunnerOptions) -> str:
+    if opts.flavour:
+        return opts.flavour
+    try:
+        import tensorrt  # noqa: F401
+
+        return "tensorrt"
+    except ImportError:
+        return "tensorrt-rtx"
+
+
+def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "object"]]:
+    """Engine path and key per stage: from the export's own engines when they match, else the cache.
+
+    Builds what is missing (on this machine, for ``opts.compute_capability`` or the local GPU).
+    """
+    from trtalk.export.tensorrt import BuildOptions, build_engine, engine_key
+
+    precision = opts.precision or "fp16"
+    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed)
+    m = Manifest.read(d)
+    bopts = BuildOptions(flavour=_pick_flavour(opts), max_batch=m.max_batch,
+                         compute_capability=opts.compute_capability)
+    cache = EngineCache(opts.cache_dir)
+    specs = _specs_from_manifest(m)
+    out = {}
+    for s in STAGES:
+        key = engine_key(m.graphs[s].sha256, m.precision, bopts)
+        shipped = m.engines.get(s)
+        if shipped:
+            ok, reason, _ = check_engine(d / shipped["file"], key)
+            if ok:
+                out[s] = (d / shipped["file"], key)
+                continue
+            log.info("export's %s engine not usable here (%s); using the engine cache", s, reason)
+        graph = m.graph_path(d, s)
+        rec = cache.get_or_build(s, key, lambda tmp, _g=graph, _s=specs[s]: build_engine(
+            _g, _s, m.precision, bopts, tmp))
+        out[s] = (rec.path, key)
+    return out
+
+
+def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
+    from trtalk.engine.tensorrt_backend import TensorRTBackend, cuda_device_count
+
+    if cuda_device_count() == 0:
+        raise TrtalkError("--backend tensorrt needs a CUDA GPU and none is visible here; "
+                          "use --backend onnxruntime or --backend torch")
+    engines = tensorrt_engines(source, opts)
+    d = ensure_export(source, opts.precision or "fp16", opts.max_batch, opts.cache_dir, opts.config,
+                      opts.seed)
+    specs = _specs_from_manifest(Manifest.read(d))
+    return {s: TensorRTBackend(specs[s], p, flavour=k.flavour, device=device, key=k,
+                               max_batch=k.max_batch, precision=k.precision,
+                               cuda_graphs=opts.cuda_graphs)
+            for s, (p, k) in engines.items()}
+
+
+def open_backends(kind: str, source=None, device: str = "cpu",
+                  options: RunnerOptions | None = None) -> dict[str, Backend]:
+    """The four stage backends of ``kind`` ("torch", "onnxruntime", "tensorrt"), loaded."""
+    opts = options or RunnerOptions()
+    if kind not in KINDS:
+        raise TrtalkError(f"unknown backend {kind!r}; choose one of {', '.join(KINDS)}")
+    if device.startswith("cuda") and kind == "torch" and not torch.cuda.is_available():
+        raise TrtalkError(f"--device {device}: no CUDA device visible; use --device cpu")
+    make = {"torch": _torch_backends, "onnxruntime": _ort_backends, "tensorrt": _trt_backends}[kind]
+    backends = make(source, device, opts)
+    for b in backends.values():
+        b.load()
+    return backends
+
+
+class StageRunner:
+    """The PCAVS inference surface over four backends; torch tensors in and out (float32)."""
+
+    def __init__(self, backends: dict[str, Backend]):
+        missing = [s for s in STAGES if s not in backends]
+        if missing:
+            raise ValueError(f"no backend for stage {missing[0]}")
+        self.backends = backends
+
+    @property
+    def name(self) -> str:
+        b = self.backends["generator"]
+        return f"{b.kind}({b.device}, {b.dtype})"
+
+    def encode_identity(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x 3 x 224 x 224 in [-1, 1] -> (id_vector B x 2048, id_map B x 512 x 7 x 7)."""
+        out = self.backends["identity"].run({"image": image})
+        return out["id_vector"], out["id_map"]
+
+    def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
+        """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12."""
+        return self.backends["pose"].run({"image": image})["pose"]
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel window B x 1 x 80 x 20 -> mouth code B x 500 (1.2 weight applied)."""
+        return self.backends["audio"].run({"mel": mel})["mouth"]
+
+    @staticmethod
+    def style(id_vector: torch.Tensor, mouth: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        return PCAVS.style(id_vector, mouth, pose)
+
+    def generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
+        """Style B x 2560 + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
+        return self.backends["generator"].run({"style": style, "id_map": id_map})["image"]
+
+
+def open_runner(kind: str, source=None, device: str = "cpu",
+                options: RunnerOptions | None = None, *, seed: int | None = None) -> StageRunner:
+    """`open_backends` wrapped in a `StageRunner` (what ``trtalk render --backend`` uses).
+
+    ``seed`` (random weights when ``source`` is None) overrides ``options.seed``.
+    """
+    opts = options or RunnerOptions()
+    if seed is not None:
+        opts = dataclasses.replace(opts, seed=seed)
+    return StageRunner(open_backends(kind, source, device, opts))

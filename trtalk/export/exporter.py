@@ -1,0 +1,192 @@
+"""`export_pcavs`: a checkpoint -> an export directory of four ONNX graphs (+ engines) + manifest.
+
+The directory is only ever seen complete: graphs are written into a hidden staging folder inside
+it, moved in by rename, and ``manifest.json`` (the file every reader starts from) is written last,
+atomically. A failed export removes its staging folder and leaves no manifest that names
+half-written files (an older manifest is removed before the first file is replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trtalk import __version__
+from trtalk.errors import TrtalkError
+from trtalk.export.manifest import MANIFEST_NAME, Manifest
+from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
+from trtalk.export.stages import STAGES, stage_module, stage_specs
+from trtalk.fsutil import check_writable
+from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
+from trtalk.models.pcavs import PCAVS, PCAVSConfig
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("onnx", "tensorrt", "tensorrt-rtx")
+MODCONV_CHOICES = ("decomposed", "plugin")
+RANDOM_SEED = 0
+
+
+@dataclass
+class ExportOptions:
+    """Options of `trtalk export` (see `export_pcavs`)."""
+
+    out: Path
+    checkpoint: Path | None = None  # None: seeded random weights (loudly warned, recorded)
+    precision: str = "fp16"
+    max_batch: int = 8
+    target: str = "onnx"
+    modconv: str = "decomposed"
+    seed: int = RANDOM_SEED
+    compute_capability: str | None = None  # TensorRT targets: e.g. "sm89"; None = builder default
+    config: PCAVSConfig | None = None  # architecture override (tests use PCAVSConfig.small())
+    stages: tuple[str, ...] = STAGES
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise TrtalkError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise TrtalkError(f"--target must be one of {', '.join(TARGETS)}")
+        if self.modconv not in MODCONV_CHOICES:
+            raise TrtalkError(f"--modconv must be one of {', '.join(MODCONV_CHOICES)}")
+        if self.modconv == "plugin":
+            if self.target == "tensorrt-rtx":
+                raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
+                                  "or --target tensorrt (datacenter TensorRT >= 10) for the plugin")
+            if self.precision != "fp32":
+                raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
+                                  "fp16 I/O at build time); add --precision fp32")
+        if not 1 <= self.max_batch <= 1024:
+            raise TrtalkError("--max-batch must be between 1 and 1024")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+
+
+def prepare_out_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and check that files can be written there (TrtalkError if not)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrtalkError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtalkError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+    check_writable(out / MANIFEST_NAME)
+    return out
+
+
+def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
+               config: PCAVSConfig | None = None) -> tuple[PCAVS, dict]:
+    """The model to export and its manifest record (path, sha256, random_weights, seed)."""
+    if checkpoint is None:
+        log.warning("!!! NO --checkpoint GIVEN: exporting SEEDED RANDOM WEIGHTS (seed %d). The "
+                    "graphs produce noise, not faces; use them for tests and benchmarks only. !!!",
+                    seed)
+        model = PCAVS.random(seed, config)
+        return model, {"path": None, "sha256": None, "random_weights": True, "seed": seed}
+    model = load_pcavs(checkpoint, config)
+    return model, {"path": str(checkpoint), "sha256": checkpoint_hash(checkpoint),
+                   "random_weights": False, "seed": None}
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxslim
+
+    v = {"trtalk": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+         "onnxslim": onnxslim.__version__}
+    try:
+        import onnxscript
+
+        v["onnxscript"] = onnxscript.__version__
+    except ImportError:  # pragma: no cover - export_stage refuses without it
+        pass
+    return v
+
+
+def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
+                 checkpoint_record: dict | None = None) -> Manifest:
+    """Export the stages of a PC-AVS model to ``opts.out`` and return the written manifest.
+
+    ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
+    """
+    opts.validate()
+    out = prepare_out_dir(opts.out)
+    build_opts = None
+    if opts.target in ("tensorrt", "tensorrt-rtx"):
+        from trtalk.export.tensorrt import BuildOptions, import_tensorrt, resolve_compute_capability
+
+        # Fail fast (missing TensorRT, no GPU to target) before minutes of export.
+        build_opts = BuildOptions(flavour=opts.target, max_batch=opts.max_batch,
+                                  compute_capability=opts.compute_capability)
+        import_tensorrt(opts.target)
+        resolve_compute_capability(build_opts)
+    if model is None:
+        model, checkpoint_record = load_model(opts.checkpoint, opts.seed, opts.config)
+    elif checkpoint_record is None:
+        checkpoint_record = {"path": None, "sha256": None, "random_weights": True, "seed": None}
+    specs = stage_specs(model)
+    manifest = Manifest(
+        checkpoint=checkpoint_record, config=asdict(model.config),
+        options={"precision": opts.precision, "io_dtype": "float32", "max_batch": opts.max_batch,
+                 "opset": OPSET, "modconv": opts.modconv, "noise_mode": "fixed",
+                 "target": opts.target,
+                 "fp32_islands": list(FP32_ISLANDS) if opts.precision == "fp16" else []},
+        versions=_versions())
+    manifest.config["gen_channels"] = {str(k): v for k, v in model.config.gen_channels.items()}
+
+    staging = out / f".staging-{secrets.token_hex(4)}"
+    staging.mkdir()
+    t_all = time.perf_counter()
+    try:
+        for i, stage in enumerate(opts.stages, 1):
+            log.info("[%d/%d] exporting %s ...", i, len(opts.stages), stage)
+            module = stage_module(model, stage, modconv="decomposed", noise_mode="fixed")
+            if stage == "generator" and opts.modconv == "plugin":
+                from trtalk.export.plugin import export_plugin_stage
+
+                manifest.graphs[stage] = export_plugin_stage(module.netG, specs[stage],
+                                                             staging / f"{stage}.onnx")
+            else:
+                manifest.graphs[stage] = export_stage(module, specs[stage], staging / f"{stage}.onnx",
+                                                      precision=opts.precision,
+                                                      max_batch=opts.max_batch)
+            del module
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        for rec in manifest.graphs.values():
+            for name in (rec.external_data, rec.file):  # data first: a graph never lacks its data
+                if name:
+                    os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    manifest.write(out)  # the graphs are complete and usable even if an engine build fails
+    if build_opts is not None:
+        from trtalk.export.tensorrt import build_export_engines
+
+        manifest.engines = build_export_engines(out, manifest, build_opts)
+        manifest.write(out)
+    log.info("export finished in %.1f s: %s", time.perf_counter() - t_all, out / MANIFEST_NAME)
+    return manifest
+
+
+def describe(manifest: Manifest) -> str:
+    """A short human summary (the CLI prints it)."""
+    lines = []
+    for stage, rec in manifest.graphs.items():
+        ins = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.inputs)
+        outs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.outputs)
+        lines.append(f"{stage:9s} {rec.file:16s} {rec.bytes / 1e6:8.1f} MB  {ins} -> {outs}")
+    for stage, eng in manifest.engines.items():
+        lines.append(f"{stage:9s} engine {eng['file']} ({eng['bytes'] / 1e6:.1f} MB, "
+                     f"built in {eng['build_seconds']:.1f} s)")
+    return "\n".join(lines) + "\n" + json.dumps(manifest.checkpoint)

@@ -1,0 +1,174 @@
+"""The four runtime stages of PC-AVS as standalone modules with named, fixed I/O.
+
+A *stage* is one network call of the per-frame pipeline. Every backend (torch, onnxruntime,
+tensorrt) and the export manifest use these names, in this order:
+
+    identity:  image  B x 3 x 224 x 224           -> id_vector B x 2048, id_map B x 512 x 7 x 7
+    pose:      image  B x 3 x 224 x 224           -> pose B x 12
+    audio:     mel    B x 1 x 80 x 20             -> mouth B x 500   (1.2 weight + netE.mouth_embed inside)
+    generator: style  B x 2560, id_map B x 512x7x7 -> image B x 3 x 224 x 224 in [-1, 1]
+
+All tensors are NCHW (or B x D) float; "batch" is the one dynamic axis.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trtalk.models.pcavs import ID_DIM, MOUTH_DIM, PCAVS
+
+STAGES = ("identity", "pose", "audio", "generator")
+BATCH = "batch"  # the symbolic name of the dynamic batch axis in every graph and manifest
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named stage input or output; ``shape[0]`` is the symbolic batch ``"batch"``."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        """The shape with the batch axis set to ``batch``."""
+        return tuple(batch if s == BATCH else int(s) for s in self.shape)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def stage_specs(model: PCAVS, dtype: str = "float32") -> dict[str, StageSpec]:
+    """I/O specs of the four stages for ``model``'s config (``dtype`` of every I/O tensor)."""
+    c = model.config
+    img = (BATCH, 3, c.crop_size, c.crop_size)
+    idmap = (BATCH, 512, 7, 7)
+
+    def t(name: str, shape: tuple) -> TensorSpec:
+        return TensorSpec(name, shape, dtype)
+
+    return {
+        "identity": StageSpec("identity", (t("image", img),),
+                              (t("id_vector", (BATCH, ID_DIM)), t("id_map", idmap))),
+        "pose": StageSpec("pose", (t("image", img),), (t("pose", (BATCH, c.pose_dim)),)),
+        "audio": StageSpec("audio", (t("mel", (BATCH, 1, 80, 20)),), (t("mouth", (BATCH, MOUTH_DIM)),)),
+        "generator": StageSpec("generator", (t("style", (BATCH, c.style_dim)), t("id_map", idmap)),
+                               (t("image", img),)),
+    }
+
+
+class IdentityStage(nn.Module):
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netV = model.netV
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vec, id_map = self.netV(image)
+        return vec, id_map
+
+
+class PoseStage(nn.Module):
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netE = model.netE
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.netE(image)
+
+
+class AudioStage(nn.Module):
+    """netA_sync, the 1.2 mouth weight and netE.mouth_embed: one graph = one runtime stage."""
+
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netA_sync = model.netA_sync
+        self.mouth_embed = model.netE.mouth_embed  # shared, not copied: only this part of netE
+        self.weight = float(model.config.mouth_weight)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.mouth_embed(self.weight * self.netA_sync(mel))
+
+
+class GeneratorStage(nn.Module):
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netG = model.netG
+
+    def forward(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
+        return self.netG(style, id_map)
+
+
+_STAGE_CLASSES: dict[str, type[nn.Module]] = {
+    "identity": IdentityStage, "pose": PoseStage, "audio": AudioStage, "generator": GeneratorStage}
+
+
+class CastIO(nn.Module):
+    """Runs ``inner`` in ``compute_dtype`` with float32 inputs and outputs (casts inside the graph)."""
+
+    def __init__(self, inner: nn.Module, compute_dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner
+        self.compute_dtype = compute_dtype
+
+    def forward(self, *args: torch.Tensor):
+        out = self.inner(*(a.to(self.compute_dtype) for a in args))
+        if isinstance(out, tuple):
+            return tuple(o.float() for o in out)
+        return out.float()
+
+
+def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
+                 noise_mode: str = "fixed", copy_model: bool = True) -> nn.Module:
+    """The eval-mode module of ``stage``; positional inputs and outputs follow `stage_specs`.
+
+    The generator is switched to ``modconv`` and ``noise_mode``. With ``copy_model`` the
+    stage works on a deep copy, so ``model`` itself is never changed (export may cast to fp16).
+    """
+    if stage not in _STAGE_CLASSES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    mod = _STAGE_CLASSES[stage](model)
+    if copy_model:
+        mod = copy.deepcopy(mod)
+    if stage == "generator":
+        mod.netG.set_modconv_impl(modconv)
+        mod.netG.noise_mode = noise_mode
+    return mod.eval()
+
+
+def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Deterministic inputs in the stage's ranges: images and styles in [-1, 1], mel in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for t in spec.inputs:
+        x = torch.rand(t.concrete(batch), generator=gen)
+        if t.name == "mel":
+            pass
+        elif t.name == "id_map":
+            x = x * 2.0  # pooled post-ReLU-ish activations: non-negative, O(1)
+        else:
+            x = x * 2.0 - 1.0
+        out.append(x.to(dtype))
+    return tuple(out)
