@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.models.cli",
     "trtalk.warp.cli",
     "trtalk.export.cli",
+    "trtalk.runtime.stream_cli",
 )
 
 
