@@ -128,6 +128,11 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
         # Fail fast (missing TensorRT, no GPU to target) before minutes of export.
         build_opts = BuildOptions(flavour=opts.target, max_batch=opts.max_batch,
                                   compute_capability=opts.compute_capability)
+        if opts.modconv == "plugin":
+            from trtalk.export.trt_plugin import PLUGIN_VERSION
+
+            build_opts.python_plugin = True
+            build_opts.plugin_version = f"python-{PLUGIN_VERSION}"
         import_tensorrt(opts.target)
         resolve_compute_capability(build_opts)
     if model is None:

@@ -79,6 +79,7 @@ class BuildOptions:
     workspace_mb: int | None = None
     plugin_library: str | None = None
     plugin_version: str = "none"
+    python_plugin: bool = False  # the graph has trtalk::ModulatedConv2d nodes (trt_plugin.py)
 
     @property
     def opt(self) -> int:
@@ -185,6 +186,21 @@ def _load_plugin(trt: ModuleType, opts: BuildOptions, builder) -> None:
     builder.get_plugin_registry().load_library(str(path))
 
 
+def _parse_with_python_plugin(trt: ModuleType, parser, onnx_path: str | Path, opts: BuildOptions) -> bool:
+    """Register the Python IPluginV3 creator of trtalk::ModulatedConv2d, tag the graph's custom
+    nodes with its namespace/version (how the ONNX parser finds a plugin) and parse it."""
+    if opts.flavour == "tensorrt-rtx":
+        raise TrtalkError("TensorRT-RTX has no plugin layers; build the plugin-form graph with "
+                          "--target tensorrt (datacenter TensorRT >= 10)")
+    import onnx
+
+    from trtalk.export.trt_plugin import register_creator, tag_for_tensorrt
+
+    register_creator(trt)
+    model = tag_for_tensorrt(onnx.load(str(onnx_path)))
+    return parser.parse(model.SerializeToString(), str(Path(onnx_path).parent))
+
+
 def _network_io(trt: ModuleType, network) -> list[dict]:
     io = []
     for mode, n, get in (("input", network.num_inputs, network.get_input),
@@ -219,7 +235,11 @@ def build_engine(onnx_path: str | Path, spec: StageSpec, precision: str, opts: B
     t0 = time.perf_counter()
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
     parser = trt.OnnxParser(network, lg.trt_logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if opts.python_plugin:
+        parsed = _parse_with_python_plugin(trt, parser, onnx_path, opts)
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errs = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or lg.errors
         raise TrtalkError(f"TensorRT cannot parse {onnx_path}: {errs[0] if errs else 'unknown error'}")
     parse_s = time.perf_counter() - t0
