@@ -33,9 +33,10 @@ Array = Union[np.ndarray, torch.Tensor]
 class Backend(abc.ABC):
     """Runs one stage. Subclasses implement `load` and `_run_batch` (one chunk, numpy or torch)."""
 
-    def __init__(self, spec: StageSpec, max_batch: int):
+    def __init__(self, spec: StageSpec, max_batch: int, precision: str = "fp32"):
         self.spec = spec
         self._max_batch = int(max_batch)
+        self._precision = precision
         self._loaded = False
 
     # -- properties of the contract
@@ -55,9 +56,9 @@ class Backend(abc.ABC):
         """Where it computes: "cpu", "cuda", "cuda:0" ..."""
 
     @property
-    @abc.abstractmethod
     def dtype(self) -> str:
         """Compute precision: "float32" or "float16" (I/O is float32 either way)."""
+        return "float16" if self._precision == "fp16" else "float32"
 
     @property
     def kind(self) -> str:
@@ -137,10 +138,6 @@ class TorchBackend(Backend):
     @property
     def device(self) -> str:
         return str(self._device)
-
-    @property
-    def dtype(self) -> str:
-        return "float16" if self._precision == "fp16" else "float32"
 
     def load(self) -> "TorchBackend":
         if self._loaded:
@@ -231,10 +228,6 @@ class OrtBackend(Backend):
     @property
     def device(self) -> str:
         return self._device
-
-    @property
-    def dtype(self) -> str:
-        return "float16" if self._precision == "fp16" else "float32"
 
     @property
     def providers(self) -> list[str]:

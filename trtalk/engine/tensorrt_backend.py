@@ -80,10 +80,6 @@ class TensorRTBackend(Backend):
     def device(self) -> str:
         return self._device
 
-    @property
-    def dtype(self) -> str:
-        return "float16" if self._precision == "fp16" else "float32"
-
     def load(self) -> "TensorRTBackend":
         if self._loaded:
             return self
