@@ -68,9 +68,10 @@ setup(
         # onnxscript: the dynamo exporter (the TorchScript one fails on the dynamic-batch blur).
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxslim>=0.1.40", "onnxscript>=0.5"],
         "gpu": ["cuda-python>=12"],
+        "bench": ["matplotlib>=3.7"],
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
-        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12"],
+        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.warp.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
+    "trtalk.bench.cli",
 )
 
 

@@ -48,6 +48,7 @@ class RunnerOptions:
     config: PCAVSConfig | None = None
     cuda_graphs: bool = False
     seed: int = 0  # seed of the random weights when there is no checkpoint
+    threads: int | None = None  # onnxruntime intra-op threads; None = its default
 
 
 def _is_export_dir(p: Path) -> bool:
@@ -114,7 +115,7 @@ def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     m = Manifest.read(d)
     specs = _specs_from_manifest(m)
     return {s: OrtBackend(specs[s], m.graph_path(d, s), device=device, precision=m.precision,
-                          max_batch=max(opts.max_batch, 64)) for s in STAGES}
+                          max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in STAGES}
 
 
 def _pick_flavour(opts: RunnerOptions) -> str:

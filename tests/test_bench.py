@@ -1,0 +1,110 @@
+"""`trtalk bench` end to end on the CPU with tiny iteration counts (schema, limits, report, plots)
+and `trtalk bench --stream` on a short real-time stream. Never asserts absolute times."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BACKENDS = ["torch-ref", "torch", "onnxruntime", "torch-fp16"]
+
+
+def _trtalk(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    # --threads 1: a concurrent CI job makes multi-threaded OpenMP spin; one thread stays steady.
+    proc = subprocess.run([sys.executable, "-m", "trtalk.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    _trtalk("bench", "--model-config", "small", "--batch", "1,2", "--iters", "2", "--warmup", "1",
+            "--backends", ",".join(BACKENDS), "--precision", "fp32", "--threads", "1",
+            "--cache-dir", str(out / "cache"), "--out", str(out / "report"))
+    return out / "report"
+
+
+def test_results_schema_every_backend_present(bench_out: Path):
+    r = json.loads((bench_out / "results.json").read_text())
+    labels = {run["backend"] for run in r["runs"]}
+    assert labels == set(BACKENDS)
+    for run in r["runs"]:
+        if run["available"]:
+            assert [b["batch"] for b in run["batches"]] == [1, 2]
+            for row in run["batches"]:
+                for s in ("identity", "pose", "audio", "generator", "frame"):
+                    ms = row["ms"][s]
+                    assert 0 < ms["p50"] <= ms["p90"] <= ms["p99"]
+                assert row["frames_per_s"] > 0
+        else:
+            assert isinstance(run["reason"], str) and run["reason"]
+    fp16 = next(run for run in r["runs"] if run["backend"] == "torch-fp16")
+    assert not fp16["available"] and "CUDA" in fp16["reason"]  # this suite runs on CPU
+    for name in ("torch-ref", "torch", "onnxruntime"):
+        assert next(run for run in r["runs"] if run["backend"] == name)["available"], name
+    assert "torch" in r["speedup_vs_torch_ref_p50"]
+
+
+def test_flops_and_fraction_of_peak(bench_out: Path):
+    r = json.loads((bench_out / "results.json").read_text())
+    flops = r["flops_per_frame"]
+    assert set(flops) == {"identity", "pose", "audio", "generator"}
+    assert all(f > 0 for f in flops.values())
+    # Small dev model: its generator is narrow; the official one is the largest stage.
+    assert r["flops_vs_design"]["pose"]["verdict"] == "near DESIGN"
+    assert r["flops_vs_design"]["identity"]["verdict"] == "near DESIGN"
+    peak = r["peaks"]["fp32"]
+    assert peak["flops"] > 0 and peak["estimate"] is True
+    for run in r["runs"]:
+        for row in run["batches"]:
+            for s, frac in row["fraction_of_peak"].items():
+                assert 0 < frac <= 1, (run["label"], s, frac)
+
+
+def test_official_generator_has_the_most_flops():
+    """The official networks' FLOPs (counted, batch 1): the generator dominates, near DESIGN's."""
+    from trtalk.bench.flops import DESIGN_GFLOP, count_stage_flops
+    from trtalk.models.pcavs import PCAVS
+
+    flops = count_stage_flops(PCAVS.random(0))
+    assert max(flops, key=flops.get) == "generator"
+    for s, f in flops.items():
+        assert f / 1e9 == pytest.approx(DESIGN_GFLOP[s], rel=0.05), s
+
+
+def test_report_files_and_provenance(bench_out: Path):
+    r = json.loads((bench_out / "results.json").read_text())
+    assert r["command"].startswith("trtalk bench ") and "--model-config small" in r["command"]
+    m = r["machine"]
+    for k in ("cpu", "cpu_cores", "torch", "onnxruntime", "trtalk", "platform"):
+        assert m[k], k
+    assert r["targets"]["measured_here"] is False
+    md = (bench_out / "results.md").read_text()
+    assert r["command"] in md and "not measured on this machine" in md and "torch-fp16" in md
+    pngs = sorted(bench_out.glob("*.png"))
+    assert {p.name for p in pngs} >= {"latency_vs_batch.png", "frame_breakdown_b1.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+    assert not list(bench_out.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_stream_latency(tmp_path: Path):
+    _trtalk("bench", "--stream", "--stream-duration", "2", "--stream-pose", "still", "--stream-batch", "2",
+            "--threads", "1", "--out", str(tmp_path))
+    s = json.loads((tmp_path / "stream.json").read_text())
+    assert s["lookahead_s"] >= 0.12
+    lat = s["latency_ms"]
+    assert lat["algorithmic_lookahead"]["p50"] >= 120.0 - 1e-6
+    for key in ("mic_to_frame (compute + queueing)", "speech_to_frame (lookahead + compute + queueing)"):
+        assert lat[key]["p50"] is not None and lat[key]["p50"] <= lat[key]["p99"]
+    assert s["frames"] > 0 and s["fps"] > 0
+    assert s["command"].startswith("trtalk bench --stream")
+    assert (tmp_path / "stream.md").read_text().count("lookahead") >= 1

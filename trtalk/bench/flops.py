@@ -1,0 +1,56 @@
+"""FLOPs per stage per frame, counted from the PyTorch graph (not typed by hand).
+
+`torch.utils.flop_counter.FlopCounterMode` runs each stage module once at batch 1 and counts the
+FLOPs of its matmuls and convolutions (2 per multiply-add; elementwise ops are not counted). The
+generator is counted in the official formulation (``modconv="grouped"``), the useful work every
+backend does; the decomposed form differs only by the elementwise style/demodulation scaling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from trtalk.export.stages import STAGES, example_inputs, stage_module, stage_specs
+from trtalk.models.pcavs import PCAVS
+
+log = logging.getLogger(__name__)
+
+# GFLOP per 224x224 frame of the official networks (DESIGN.md, torch FLOP counter).
+DESIGN_GFLOP = {"identity": 8.6, "pose": 12.7, "audio": 0.94, "generator": 69.4}
+#: Relative difference from DESIGN_GFLOP still called "near" (rounding of the design numbers).
+NEAR_TOLERANCE = 0.05
+
+
+def count_stage_flops(model: PCAVS) -> dict[str, int]:
+    """FLOPs of one frame (batch 1) per stage of ``model``; ``model`` itself is not changed."""
+    specs = stage_specs(model)
+    out: dict[str, int] = {}
+    for stage in STAGES:
+        mod = stage_module(model, stage, modconv="grouped", noise_mode="fixed")
+        args = example_inputs(specs[stage], batch=1)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            mod(*args)
+        out[stage] = int(counter.get_total_flops())
+        del mod
+    return out
+
+
+def compare_with_design(flops: dict[str, int], official: bool) -> dict[str, dict]:
+    """Per stage: counted GFLOP, DESIGN's number, relative difference and a verdict string."""
+    out = {}
+    for stage, f in flops.items():
+        g = f / 1e9
+        ref = DESIGN_GFLOP[stage]
+        rel = (g - ref) / ref
+        if not official:
+            verdict = "small dev model: not comparable" if stage == "generator" else (
+                "near DESIGN" if abs(rel) <= NEAR_TOLERANCE else "differs from DESIGN")
+        else:
+            verdict = "near DESIGN" if abs(rel) <= NEAR_TOLERANCE else "DIFFERS from DESIGN"
+        out[stage] = {"gflop": round(g, 4), "design_gflop": ref, "rel_diff": round(rel, 4),
+                      "verdict": verdict}
+    return out

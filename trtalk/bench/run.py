@@ -1,0 +1,591 @@
+"""Timing of every backend on the four stages and on whole frames; the streaming measure.
+
+Promises of `run_bench`:
+
+- Every requested backend appears in the result, once per precision it was asked in; one that
+  cannot run here has ``available: False`` and a one-line ``reason`` (nothing is silently
+  skipped).
+- Per backend and batch: identity (timed alone; once per avatar, so *not* part of a frame),
+  pose, audio and generator latencies, and the whole frame = pose + audio + style + generator run
+  back to back, each iteration timed as one unit; p50/p90/p99 in ms over ``iters`` runs after
+  ``warmup`` runs. On CUDA with CUDA events (the work is asynchronous), on CPU with
+  ``time.perf_counter``.
+- frames/s = batch / frame p50. FLOP/s = counted FLOPs x batch / p50, and its fraction of the
+  device peak for the backend's precision.
+- Memory: on CUDA ``torch.cuda.max_memory_allocated`` (torch's allocator only: onnxruntime /
+  TensorRT allocations are outside it, so also the device's used memory from ``mem_get_info``);
+  on CPU the peak resident set size of the whole process, sampled every 2 ms from
+  /proc/self/statm while the backend runs (``ru_maxrss`` where /proc is absent), and its growth
+  over the RSS before the backend was loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from trtalk.bench.flops import compare_with_design, count_stage_flops
+from trtalk.bench.peaks import device_peak, machine_info, machine_tag
+from trtalk.errors import TrtalkError
+from trtalk.export.stages import STAGES, example_inputs, stage_specs
+from trtalk.models.pcavs import PCAVS, PCAVSConfig
+
+log = logging.getLogger(__name__)
+
+#: Backends `trtalk bench` knows, in report order, with what each one is.
+BACKENDS: dict[str, str] = {
+    "torch-ref": "official formulation: eager fp32, generator modconv 'grouped' (per-sample weights)",
+    "torch": "eager fp32, decomposed modulated convs",
+    "torch-fp16": "eager fp16 + channels_last, decomposed (CUDA only)",
+    "torch-cudagraph": "fp16 + channels_last + one CUDA graph per batch, decomposed (CUDA only)",
+    "torch-compile": "torch.compile (inductor) of the decomposed model",
+    "onnxruntime": "ONNX Runtime over the exported graphs (CUDA EP when installed, else CPU)",
+    "tensorrt": "TensorRT (or TensorRT-RTX) engines built from the exported graphs (CUDA only)",
+}
+FRAME_STAGES = ("pose", "audio", "generator")
+PRECISIONS = ("fp32", "fp16")
+FIXED_PRECISION = {"torch-ref": "fp32", "torch": "fp32", "torch-fp16": "fp16", "torch-cudagraph": "fp16"}
+
+# Performance targets of the project (H100, FP16, batch 1 unless said): for the report only.
+TARGETS = (
+    {"what": "generator latency, batch 1", "target": "<= 0.5 ms", "metric": "generator_ms_b1"},
+    {"what": "frame latency (pose + audio + generator), batch 1", "target": "<= 1 ms",
+     "metric": "frame_ms_b1"},
+    {"what": "speed-up of the frame over torch-ref, batch 1", "target": ">= 20x", "metric": "speedup_b1"},
+    {"what": "frames/s at batch 64", "target": ">= 3000", "metric": "fps_b64"},
+)
+TARGET_DEVICE = "H100, FP16"
+
+
+@dataclass
+class BenchConfig:
+    """Options of one `trtalk bench` run (see `trtalk bench --help`)."""
+
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    precisions: list[str] | None = None  # None: fp32 on CPU; fp16 then fp32 on CUDA
+    warmup: int = 3
+    iters: int = 20
+    device: str = "cpu"
+    checkpoint: Path | None = None
+    model_config: str = "official"  # "official" | "small"
+    seed: int = 0
+    cache_dir: Path | None = None
+    threads: int | None = None  # CPU threads for torch and onnxruntime; None = their defaults
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise TrtalkError("--threads must be >= 1")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise TrtalkError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+        if not self.backends:
+            raise TrtalkError("--backends is empty")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise TrtalkError("--batch takes positive integers, e.g. 1,8,32,64")
+        if self.precisions is not None:
+            bad = [p for p in self.precisions if p not in PRECISIONS]
+            if bad or not self.precisions:
+                raise TrtalkError(f"--precision takes fp32 and/or fp16, got {','.join(self.precisions)}")
+        if self.warmup < 0 or self.iters < 1:
+            raise TrtalkError("--warmup must be >= 0 and --iters >= 1")
+        if self.model_config not in ("official", "small"):
+            raise TrtalkError("--model-config is official or small")
+        if self.checkpoint is not None and self.model_config == "small":
+            raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TrtalkError(f"--device {self.device}: this torch sees no CUDA device; use --device cpu")
+
+    @property
+    def pcavs_config(self) -> PCAVSConfig:
+        return PCAVSConfig.small() if self.model_config == "small" else PCAVSConfig()
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def wanted_precisions(self) -> list[str]:
+        if self.precisions is not None:
+            return list(self.precisions)
+        return ["fp16", "fp32"] if self.is_cuda else ["fp32"]
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+class RssSampler:
+    """Peak resident set size of this process while the ``with`` block runs (bytes)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.baseline = current_rss()
+        self.peak = self.baseline or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            rss = current_rss()
+            if rss is not None and rss > self.peak:
+                self.peak = rss
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        rss = current_rss()
+        if rss is not None:
+            self.peak = max(self.peak, rss)
+
+
+def current_rss() -> int | None:
+    """Resident set size now (bytes), from /proc/self/statm; None where there is no /proc."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50": round(float(p50), 4), "p90": round(float(p90), 4), "p99": round(float(p99), 4),
+            "mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4), "n": int(a.size)}
+
+
+class Timer:
+    """Marks points in a sequence of GPU/CPU work; ``intervals()`` -> ms between marks."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+# ------------------------------------------------------------------------------ backends
+
+
+@dataclass
+class Variant:
+    """One row group of the report: a backend at one precision."""
+
+    backend: str
+    precision: str
+    label: str
+    reason: str | None = None  # why it cannot run here (None: it can)
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_variants(cfg: BenchConfig) -> list[Variant]:
+    """Backend x precision rows, with the reasons known before loading anything."""
+    out: list[Variant] = []
+    cuda = cfg.is_cuda
+    for b in cfg.backends:
+        fixed = FIXED_PRECISION.get(b)
+        precs = [fixed] if fixed else cfg.wanted_precisions()
+        for p in precs:
+            label = b if (fixed or len(precs) == 1) else f"{b} {p}"
+            v = Variant(b, p, label, device=cfg.device)
+            if b in ("torch-fp16", "torch-cudagraph", "tensorrt") and not cuda:
+                v.reason = (f"needs a CUDA GPU; running on {cfg.device} "
+                            f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+            elif b == "torch-compile" and p == "fp16" and not cuda:
+                v.reason = "fp16 torch.compile needs a CUDA GPU (fp16 convolutions on CPU are not a real path)"
+            elif b == "onnxruntime" and p == "fp16" and not cuda:
+                v.notes.append("fp16 graph on the CPU provider: runs through casts, expect it slower")
+            out.append(v)
+    return out
+
+
+def _torch_variant(model: PCAVS, v: Variant, cfg: BenchConfig) -> dict[str, Any]:
+    from trtalk.engine.backend import TorchBackend
+
+    specs = stage_specs(model)
+    modconv = "grouped" if v.backend == "torch-ref" else "decomposed"
+    backends = {s: TorchBackend(specs[s], model, device=cfg.device, precision=v.precision,
+                                max_batch=max(cfg.batches), modconv=modconv,
+                                cuda_graphs=v.backend == "torch-cudagraph").load()
+                for s in STAGES}
+    if v.backend == "torch-compile":
+        for b in backends.values():
+            b.module = torch.compile(b.module)
+        v.notes.append("compile time is in the warm-up (recompiles per batch size), not in the latencies")
+    return backends
+
+
+def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig) -> dict[str, Any]:
+    """The four loaded stage backends of ``v``; raises with a reason where it cannot run."""
+    if v.backend.startswith("torch"):
+        return _torch_variant(model, v, cfg)
+    from trtalk.engine.runner import RunnerOptions, open_backends
+
+    opts = RunnerOptions(precision=v.precision, max_batch=max(cfg.batches), cache_dir=cfg.cache_dir,
+                         config=cfg.pcavs_config, seed=cfg.seed)
+    source = str(cfg.checkpoint) if cfg.checkpoint is not None else None
+    if v.backend == "onnxruntime":
+        device = cfg.device
+        if cfg.is_cuda:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                device = "cpu"
+                v.notes.append("this onnxruntime has no CUDA provider: measured on the CPU")
+        v.device = device
+        return open_backends("onnxruntime", source, device, dataclasses.replace(opts, threads=cfg.threads))
+    return open_backends("tensorrt", source, cfg.device, opts)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def _inputs(model: PCAVS, batch: int, device: str) -> dict[str, torch.Tensor]:
+    specs = stage_specs(model)
+    (image,) = example_inputs(specs["identity"], batch, seed=1)
+    (mel,) = example_inputs(specs["audio"], batch, seed=2)
+    style, id_map = example_inputs(specs["generator"], batch, seed=3)
+    return {k: v.to(device) for k, v in
+            {"image": image, "mel": mel, "id_vector": style[:, :2048].contiguous(), "id_map": id_map}.items()}
+
+
+def time_identity(backends: dict[str, Any], x: dict[str, torch.Tensor], cfg: BenchConfig) -> list[float]:
+    ms: list[float] = []
+    for i in range(cfg.warmup + cfg.iters):
+        t = Timer(cfg.is_cuda and x["image"].is_cuda)
+        t.mark()
+        backends["identity"].run({"image": x["image"]})
+        t.mark()
+        if i >= cfg.warmup:
+            ms += t.intervals()
+    return ms
+
+
+def time_frames(backends: dict[str, Any], x: dict[str, torch.Tensor], cfg: BenchConfig) -> dict[str, list[float]]:
+    """Runs pose -> audio -> style + generator ``warmup + iters`` times; ms per part and frame."""
+    out: dict[str, list[float]] = {"pose": [], "audio": [], "generator": [], "frame": []}
+    for i in range(cfg.warmup + cfg.iters):
+        t = Timer(cfg.is_cuda and x["image"].is_cuda)
+        t.mark()
+        pose = backends["pose"].run({"image": x["image"]})["pose"]
+        t.mark()
+        mouth = backends["audio"].run({"mel": x["mel"]})["mouth"]
+        t.mark()
+        style = torch.cat([x["id_vector"], mouth, pose], dim=1)
+        backends["generator"].run({"style": style, "id_map": x["id_map"]})
+        t.mark()
+        if i >= cfg.warmup:
+            p, a, g = t.intervals()
+            out["pose"].append(p)
+            out["audio"].append(a)
+            out["generator"].append(g)
+            out["frame"].append(p + a + g)
+    return out
+
+
+def _memory_cuda(device: str) -> dict[str, Any]:
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return {"kind": "cuda: torch.cuda.max_memory_allocated (torch allocator only) + device used "
+                    "memory from cudaMemGetInfo",
+            "torch_peak_bytes": int(torch.cuda.max_memory_allocated(torch.device(device))),
+            "device_used_bytes": int(total - free)}
+
+
+def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, int]) -> dict[str, Any]:
+    """Measure one variant over all batches; never raises for a backend that cannot run."""
+    entry: dict[str, Any] = {"label": v.label, "backend": v.backend, "precision": v.precision,
+                             "description": BACKENDS[v.backend], "available": v.reason is None,
+                             "reason": v.reason, "device": v.device, "notes": v.notes, "batches": []}
+    if v.reason is not None:
+        log.info("%s: unavailable (%s)", v.label, v.reason)
+        return entry
+    rss_before = current_rss()
+    on_cuda = cfg.is_cuda
+    peak = None
+    try:
+        with RssSampler() as rss:
+            t0 = time.perf_counter()
+            backends = open_variant(model, v, cfg)
+            entry["load_s"] = round(time.perf_counter() - t0, 3)
+            entry["device"] = v.device
+            peak = device_peak(v.device, v.precision)
+            entry["peak"] = peak.to_dict()
+            entry["stage_backends"] = {s: repr(b) for s, b in backends.items()}
+            for batch in cfg.batches:
+                if on_cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                x = _inputs(model, batch, cfg.device)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    ident = time_identity(backends, x, cfg)
+                    parts = time_frames(backends, x, cfg)
+                row: dict[str, Any] = {"batch": batch, "wall_s": round(time.perf_counter() - t0, 3),
+                                       "timer": "cuda events" if on_cuda else "time.perf_counter",
+                                       "ms": {"identity": percentiles(ident),
+                                              **{k: percentiles(s) for k, s in parts.items()}}}
+                frame_ms = row["ms"]["frame"]["p50"]
+                row["frames_per_s"] = round(batch / (frame_ms / 1e3), 3)
+                row["achieved_tflops"] = {}
+                row["fraction_of_peak"] = {}
+                frame_flops = sum(flops[s] for s in FRAME_STAGES)
+                for s, f in [*flops.items(), ("frame", frame_flops)]:
+                    rate = f * batch / (row["ms"][s]["p50"] / 1e3)
+                    row["achieved_tflops"][s] = round(rate / 1e12, 6)
+                    row["fraction_of_peak"][s] = round(rate / peak.flops, 6) if peak.flops else None
+                if on_cuda:
+                    row["memory"] = _memory_cuda(cfg.device)
+                log.info("%s b=%d: frame p50 %.3f ms (%.1f frames/s), generator p50 %.3f ms",
+                         v.label, batch, frame_ms, row["frames_per_s"], row["ms"]["generator"]["p50"])
+                entry["batches"].append(row)
+                del x
+            del backends
+    except (TrtalkError, Exception) as exc:  # noqa: BLE001 - any failure is reported, not raised
+        log.warning("%s: cannot run here: %s", v.label, _reason(exc))
+        entry["available"] = bool(entry["batches"])
+        entry["reason"] = _reason(exc) if not entry["batches"] else None
+        if entry["batches"]:
+            entry["notes"].append(f"stopped after batch {entry['batches'][-1]['batch']}: {_reason(exc)}")
+    finally:
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+    entry["host_memory"] = {
+        "kind": "host: peak RSS of the whole process while this backend ran, sampled every 2 ms "
+                "from /proc/self/statm; growth = peak - RSS before it was loaded",
+        "peak_rss_bytes": int(rss.peak) if rss_before is not None else None,
+        "growth_bytes": int(rss.peak - rss_before) if rss_before is not None else None,
+        "process_ru_maxrss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+    }
+    return entry
+
+
+def _summaries(runs: list[dict[str, Any]], flops: dict[str, int]) -> dict[str, Any]:
+    """Speed-ups over torch-ref per stage and batch; the target metrics of the best backend."""
+    avail = [r for r in runs if r["available"] and r["batches"]]
+    by_label = {r["label"]: {b["batch"]: b for b in r["batches"]} for r in avail}
+    ref = by_label.get("torch-ref")
+    speedups: dict[str, dict[str, dict[str, float]]] = {}
+    if ref:
+        for label, rows in by_label.items():
+            speedups[label] = {}
+            for batch, row in rows.items():
+                if batch in ref:
+                    speedups[label][str(batch)] = {
+                        s: round(ref[batch]["ms"][s]["p50"] / row["ms"][s]["p50"], 3)
+                        for s in ("identity", *FRAME_STAGES, "frame")}
+    best: dict[str, Any] = {}
+
+    def pick(batch: int, key: Callable[[dict], float]) -> tuple[str, dict] | None:
+        c = [(label, rows[batch]) for label, rows in by_label.items() if batch in rows]
+        return min(c, key=lambda lr: key(lr[1])) if c else None
+
+    b1 = pick(1, lambda r: r["ms"]["frame"]["p50"])
+    if b1:
+        best["generator_ms_b1"] = {"value": min(rows[1]["ms"]["generator"]["p50"] for rows in by_label.values()
+                                                if 1 in rows), "backend": pick(1, lambda r: r["ms"]["generator"]["p50"])[0]}
+        best["frame_ms_b1"] = {"value": b1[1]["ms"]["frame"]["p50"], "backend": b1[0]}
+        if ref and 1 in ref:
+            best["speedup_b1"] = {"value": round(ref[1]["ms"]["frame"]["p50"] / b1[1]["ms"]["frame"]["p50"], 3),
+                                  "backend": b1[0]}
+    b64 = pick(64, lambda r: -r["frames_per_s"])
+    if b64:
+        best["fps_b64"] = {"value": b64[1]["frames_per_s"], "backend": b64[0]}
+    return {"speedup_vs_torch_ref_p50": speedups, "best": best}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the whole comparison; the result is what `trtalk.bench.report` writes (results.json)."""
+    from trtalk.export.exporter import load_model
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    info = machine_info(cfg.device)
+    t0 = time.perf_counter()
+    model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
+                               config=cfg.pcavs_config)
+    model = model.eval()
+    flops = count_stage_flops(model)
+    flop_check = compare_with_design(flops, official=cfg.model_config == "official")
+    log.info("FLOPs per frame (GFLOP): %s", {s: round(f / 1e9, 3) for s, f in flops.items()})
+    runs = [bench_variant(model, v, cfg, flops) for v in plan_variants(cfg)]
+    on_gpu = cfg.is_cuda and info.get("gpu")
+    result = {
+        "schema": "trtalk-bench/1",
+        "command": cfg.command,
+        "machine": info,
+        "machine_tag": machine_tag(info),
+        "config": {**{k: (str(v) if isinstance(v, Path) else v)
+                      for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)},
+                   "precisions": cfg.wanted_precisions(),
+                   "weights": "checkpoint" if cfg.checkpoint else f"seeded random (seed {cfg.seed}); "
+                              "timing does not depend on weight values",
+                   "checkpoint_sha256": record.get("sha256")},
+        "frame_definition": "frame = pose + audio + style concat + generator for `batch` frames, run back "
+                            "to back; identity is encoded once per avatar and is shown but NOT in the frame",
+        "flops_per_frame": {s: int(f) for s, f in flops.items()},
+        "flops_frame": int(sum(flops[s] for s in FRAME_STAGES)),
+        "flops_method": "torch.utils.flop_counter.FlopCounterMode on the PyTorch stage modules at batch 1 "
+                        "(generator in the official grouped form); matmul/conv FLOPs, 2 per MAC",
+        "flops_vs_design": flop_check,
+        "peaks": {p: device_peak(cfg.device, p).to_dict() for p in cfg.wanted_precisions()},
+        "runs": runs,
+        "targets": {"device": TARGET_DEVICE, "measured_here": bool(on_gpu), "items": list(TARGETS)},
+        "wall_s": None,
+    }
+    result.update(_summaries(runs, flops))
+    result["wall_s"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+# ------------------------------------------------------------------------------ streaming
+
+
+@dataclass
+class StreamBenchConfig:
+    """Options of `trtalk bench --stream`."""
+
+    duration_s: float = 5.0
+    pose: str = "video"  # "video": synthesised head motion; "still": the avatar's own pose
+    backend: str = "torch"
+    device: str = "cpu"
+    model_config: str = "small"
+    checkpoint: Path | None = None
+    batch: int = 4
+    fps: float = 25.0
+    seed: int = 0
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0:
+            raise TrtalkError("--stream-duration must be > 0 s")
+        if self.pose not in ("video", "still"):
+            raise TrtalkError("--stream-pose is video or still")
+        if self.model_config not in ("official", "small"):
+            raise TrtalkError("--model-config is official or small")
+
+
+def head_motion_video(path: Path, photo: Path, seconds: float, fps: float = 25.0, size: int = 256) -> None:
+    """Write an mp4 of ``photo`` with a slow head-like wobble (rotation +-8 deg, a few px shift).
+
+    Same motion as the test suite's pose fixture: rotation ``8 sin(2 pi t / 2)`` deg about the face
+    centre (0.44, 0.23 of the astronaut photo), shifts (4 sin(2 pi t / 1.3), 3 sin(2 pi t / 1.7 +
+    0.5)) px, the square around the face cropped to ``size``.
+    """
+    import cv2
+
+    from trtalk.runtime.media import iter_frames
+    from trtalk.runtime.sinks import Mp4Sink
+
+    rgb = next(iter(iter_frames(photo)))
+    h, w = rgb.shape[:2]
+    cx, cy, crop = 0.44 * w, 0.23 * h, 0.44 * min(h, w)
+    scale = size / crop
+    with Mp4Sink(path, fps=fps) as sink:
+        for i in range(max(2, int(round(seconds * fps)))):
+            t = i / fps
+            m = cv2.getRotationMatrix2D((cx, cy), 8.0 * np.sin(2 * np.pi * t / 2.0), scale)
+            m[0, 2] += size / 2 - cx + 4.0 * np.sin(2 * np.pi * t / 1.3) * scale
+            m[1, 2] += size / 2 - cy + 3.0 * np.sin(2 * np.pi * t / 1.7 + 0.5) * scale
+            sink.write(cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REFLECT101))
+
+
+def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
+    """Run the live runtime on a real-time clock from file sources; its latency report, split.
+
+    The avatar is trtalk/assets/astronaut.png, the audio trtalk/assets/demo_speech.wav (looped if
+    shorter than the duration), the pose a synthesised head-motion video (written into
+    ``workdir``) or the avatar's own pose. The latency report is the runtime's own
+    (`trtalk.runtime.latency`): lookahead = where the frame's audio window ends past the frame's
+    time (algorithmic); mic->frame = emission - capture of the last audio sample needed (compute
+    + queueing); speech->frame = both.
+    """
+    from trtalk.audio import audio_lookahead_s
+    from trtalk.runtime.clock import RealClock
+    from trtalk.runtime.sinks import NullSink
+    from trtalk.runtime.sources import AudioFileSource
+    from trtalk.runtime.stream import StreamConfig, StreamPipeline, make_stream_runner, pose_file_source
+
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
+    mc = "full" if cfg.model_config == "official" else "small"
+    runner, random_weights = make_stream_runner(cfg.checkpoint, cfg.backend, cfg.device, mc, cfg.seed)
+    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch,
+                        device=cfg.device)
+    audio = AudioFileSource(speech)
+    if len(audio.wave) / 16000.0 < cfg.duration_s:  # loop a short file (running gain, then)
+        audio.close()
+        audio = AudioFileSource(speech, loop=True)
+    pose = None
+    if cfg.pose == "video":
+        video = workdir / "pose.mp4"
+        head_motion_video(video, avatar, min(cfg.duration_s, 4.0), cfg.fps)
+        pose = pose_file_source(video, scfg)
+    t0 = time.perf_counter()
+    with NullSink() as sink:
+        pipe = StreamPipeline(scfg, runner, audio, pose, [sink], RealClock(), random_weights)
+        setup_s = time.perf_counter() - t0
+        report = pipe.run()
+    rep = report.to_dict()
+    lookahead_s = audio_lookahead_s(cfg.fps)
+    mic = rep["mic_to_frame_ms"]
+    compute = rep["compute_ms_per_frame"]
+    return {
+        "schema": "trtalk-bench-stream/1",
+        "command": cfg.command,
+        "machine": machine_info(cfg.device),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
+                   if k != "command"},
+        "inputs": {"avatar": "trtalk/assets/astronaut.png", "audio": "trtalk/assets/demo_speech.wav",
+                   "pose": "synthesised head-motion video (rotation +-8 deg), looped" if cfg.pose == "video"
+                   else "still: the avatar's own pose", "clock": "real time"},
+        "setup_s": round(setup_s, 3),
+        "lookahead_s": lookahead_s,
+        "latency_ms": {
+            "algorithmic_lookahead": rep["lookahead_ms"],
+            "mic_to_frame (compute + queueing)": mic,
+            "speech_to_frame (lookahead + compute + queueing)": rep["speech_to_frame_ms"],
+            "compute_per_frame": compute,
+            "queueing_p50_estimate": (round(mic["p50"] - compute, 3)
+                                      if mic["p50"] is not None and compute is not None else None),
+        },
+        "fps": rep["fps_achieved"],
+        "frames": rep["frames"],
+        "frames_dropped": rep["frames_dropped"],
+        "report": rep,
+    }
+
