@@ -32,6 +32,7 @@ from trtalk.audio import load_audio, mel_spectrogram, mel_windows, num_video_fra
 from trtalk.errors import TrtalkError
 from trtalk.face import AlignedClip, PasteBack, align_frames, open_media, to_tensor
 from trtalk.fsutil import check_writable
+from trtalk.models.pcavs import PCAVSConfig
 from trtalk.runtime.media import composite_side_by_side
 from trtalk.runtime.sinks import Mp4Sink
 
@@ -110,24 +111,28 @@ def _check_config(cfg: RenderConfig) -> None:
     check_writable(cfg.output)
 
 
-def make_runner(cfg: RenderConfig) -> tuple[Runner, bool]:
-    """The inference backend for ``cfg`` and whether it runs on seeded random weights."""
+def make_runner(checkpoint: Path | None, backend: str = "torch", device: str = "cpu", seed: int = 0,
+                noise: str = "fixed", config: PCAVSConfig | None = None) -> tuple[Runner, bool]:
+    """The inference backend and whether it runs on seeded random weights (warned loudly).
+
+    ``config`` overrides the architecture (tests use `PCAVSConfig.small()`).
+    """
     from trtalk.models import PCAVS, load_pcavs
 
-    random_weights = cfg.checkpoint is None
-    if cfg.backend != "torch":
-        from trtalk.engine import open_runner  # the export issue's backends
+    random_weights = checkpoint is None
+    if backend != "torch":
+        from trtalk.engine import RunnerOptions, open_runner
 
-        return open_runner(cfg.backend, cfg.checkpoint, cfg.device, seed=cfg.seed), random_weights
+        return open_runner(backend, checkpoint, device, RunnerOptions(config=config), seed=seed), random_weights
     if random_weights:
-        log.warning("no --checkpoint given: rendering with SEEDED RANDOM WEIGHTS (seed %d); the "
+        log.warning("no --checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the "
                     "face will not look like the input. Pass the official PC-AVS checkpoint folder "
-                    "or a `trtalk convert` file to get real results.", cfg.seed)
-        model = PCAVS.random(seed=cfg.seed)
+                    "or a `trtalk convert` file to get real results.", seed)
+        model = PCAVS.random(seed=seed, config=config)
     else:
-        model = load_pcavs(cfg.checkpoint)
-    model.netG.noise_mode = cfg.noise
-    return model.to(cfg.device).eval(), random_weights
+        model = load_pcavs(checkpoint, config)
+    model.netG.noise_mode = noise
+    return model.to(device).eval(), random_weights
 
 
 def _stamp(frame: np.ndarray, text: str) -> np.ndarray:
@@ -165,7 +170,8 @@ class Renderer:
         _check_config(cfg)
         self.cfg = cfg
         if runner is None:
-            runner, random_weights = make_runner(cfg)
+            runner, random_weights = make_runner(cfg.checkpoint, cfg.backend, cfg.device, cfg.seed,
+                                                 cfg.noise)
         self.runner = runner
         self.random_weights = random_weights
         self.device = torch.device(cfg.device)

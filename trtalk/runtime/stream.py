@@ -276,19 +276,13 @@ def make_stream_runner(checkpoint: Path | None, backend: str = "torch", device: 
         raise TrtalkError(f"unknown --model-config {model_config!r}; use full or small")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrtalkError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
-    if model_config == "small" and backend == "torch":
-        from trtalk.models import PCAVS
-        from trtalk.models.pcavs import PCAVSConfig
-
-        if checkpoint is None:
-            log.warning("no --checkpoint: streaming with SEEDED RANDOM WEIGHTS (small dev model, seed %d)", seed)
-            return PCAVS.random(seed=seed, config=PCAVSConfig.small()).to(device).eval(), True
+    if model_config == "small" and checkpoint is not None:
         raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or the option")
-    from trtalk.runtime.render import RenderConfig, make_runner
+    from trtalk.models.pcavs import PCAVSConfig
+    from trtalk.runtime.render import make_runner
 
-    cfg = RenderConfig(output=Path("unused.mp4"), checkpoint=checkpoint, device=device, seed=seed,
-                       backend=backend)
-    return make_runner(cfg)
+    return make_runner(checkpoint, backend, device, seed,
+                       config=PCAVSConfig.small() if model_config == "small" else None)
 
 
 # --------------------------------------------------------------------------- pose state
