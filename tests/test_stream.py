@@ -222,6 +222,17 @@ def test_ten_seconds_fast_replay(avatar: Path, wave10: np.ndarray, pose_video_pa
     assert data["frames"] == 250 and data["lookahead_ms"]["p50"] == pytest.approx(120.0)
 
 
+def test_duration_limit_reads_only_the_audio_it_needs(avatar: Path, wave10: np.ndarray) -> None:
+    """--duration 1 on a 10 s file, virtual clock: 25 frames, and the audio taken stops near
+    what the last frame's window needs (it used to drain the whole file: 9 s of false drift)."""
+    cfg = StreamConfig(avatar=avatar, batch=4, duration=1.0)
+    pipe = StreamPipeline(cfg, StubRunner(), AudioFileSource(wave=wave10, capacity=16), None,
+                          [ListSink()], VirtualClock())
+    report = pipe.run()
+    assert report.frames == 25 and report.video_s == pytest.approx(1.0)
+    assert 1.0 + 0.08 <= report.audio_s <= 1.0 + 0.5  # lookahead 80-120 ms + at most a few blocks
+
+
 def test_mic_failure_silence_then_recovery(avatar: Path, wave10: np.ndarray,
                                            caplog: pytest.LogCaptureFixture) -> None:
     """Mic lost at 3 s, back at 5 s: the stream goes on, those windows are silence, one warning."""

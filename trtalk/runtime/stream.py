@@ -506,7 +506,10 @@ class StreamPipeline:
         q = self.audio_src.queue
         cap = self.cfg.batch if not self.realtime else 10 ** 6
         while not stop.is_set():
-            while (item := q.get_nowait()) is not None:
+            # Take audio only as far as the frames we may emit need: on a virtual clock the whole
+            # file is available at once, and reading past the end frame would count as drift.
+            want = self.need_samples(k + min(cap, 10 ** 4))
+            while self.audio_pos < want and (item := q.get_nowait()) is not None:
                 self._on_audio_item(item)
             n = self._frames_ready(k, cap)
             end = self._end_frame()
