@@ -29,6 +29,7 @@ being unplugged and plugged back, for testing the consumers' fault handling.
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import sys
@@ -198,7 +199,7 @@ class FrameProcessor(Protocol):
     def __call__(self, frame: VideoFrame) -> Any: ...
 
 
-class Source:
+class Source(abc.ABC):
     """Base of all sources: one capture thread feeding ``queue``; a context manager.
 
     ``start(t0, clock)`` launches the thread; ``close()`` stops it, joins it and releases the
@@ -240,8 +241,9 @@ class Source:
             except QueueClosed:
                 pass
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The capture loop, run on the source's thread until ``stopping`` or the end."""
 
     @property
     def stopping(self) -> bool:
