@@ -399,3 +399,16 @@ def test_cli_sigint_finalises_recording(avatar: Path, tmp_path: Path) -> None:
     data = json.loads(js.read_text())
     assert data["frames"] >= 1 and data["realtime"] is True
     assert data["speech_to_frame_ms"]["p50"] >= 120.0
+
+
+def test_recorder_pads_odd_frame_sizes(tmp_path: Path) -> None:
+    """Webcam paste-back frames can be odd-sized; yuv420p needs even: padded, not refused."""
+    out = tmp_path / "odd.mp4"
+    with LiveRecorder(out, fps=FPS) as rec:
+        rec.write_audio(np.zeros(16000, np.float32))
+        for k in range(25):
+            rec.write(np.full((71, 101, 3), 10 * (k % 20), np.uint8))
+    v_s, a_s, n = _probe_av(out)
+    assert n == 25 and v_s == pytest.approx(1.0) and abs(a_s - v_s) <= 1024 / 16000 + 1e-6
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (102, 72)

@@ -23,7 +23,7 @@ import numpy as np
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
-from trtalk.runtime.sinks import available_video_encoder
+from trtalk.runtime.sinks import available_video_encoder, pad_to_even
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +140,14 @@ class LiveRecorder:
             raise ValueError(f"write() on a closed recorder ({self.path})")
         h, w = frame_rgb.shape[:2]
         if self._size is None:
-            if w % 2 or h % 2:
-                raise ValueError(f"recorder needs even frame sizes, got {w}x{h}")
             self._size = (w, h)
-            self._open_streams(w, h)
+            self._open_streams(w + w % 2, h + h % 2)
         if (w, h) != self._size:
             raise ValueError(f"frame is {w}x{h}, the recording is {self._size[0]}x{self._size[1]}")
         slot = self._last_slot + 1 if pts_s is None else round(pts_s * self._rate)
         if slot <= self._last_slot:
             raise ValueError(f"pts_s={pts_s} is not after the previous frame")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pad_to_even(frame_rgb)), format="rgb24")
         vf.pts = slot
         vf.time_base = 1 / self._rate
         for packet in self._vs.encode(vf):

@@ -129,6 +129,14 @@ def _aac_rate_for(sample_rate: int) -> int:
     return _AAC_FALLBACK_RATE
 
 
+def pad_to_even(frame_rgb: np.ndarray) -> np.ndarray:
+    """Pad an odd width/height by repeating the last column/row (yuv420p needs even sizes)."""
+    h, w = frame_rgb.shape[:2]
+    if not (h % 2 or w % 2):
+        return frame_rgb
+    return cv2.copyMakeBorder(np.ascontiguousarray(frame_rgb), 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+
+
 def _check_frame(frame_rgb: np.ndarray) -> np.ndarray:
     if not isinstance(frame_rgb, np.ndarray):
         raise TypeError(f"frame must be a numpy array, got {type(frame_rgb).__name__}")
@@ -222,7 +230,6 @@ class Mp4Sink:
         self._closed = True  # until the container is open; keeps __del__ quiet on early errors
         self._vstream: av.VideoStream | None = None
         self._astream: av.AudioStream | None = None
-        self._pad: tuple[int, int] = (0, 0)  # (bottom, right)
 
         check_writable(self._path)
         self._atomic = atomic_output(self._path)
@@ -292,8 +299,7 @@ class Mp4Sink:
     # -- writing --------------------------------------------------------
     def _open_streams(self, width: int, height: int) -> None:
         enc_w, enc_h = width + width % 2, height + height % 2
-        self._pad = (enc_h - height, enc_w - width)
-        if self._pad != (0, 0):
+        if (enc_w, enc_h) != (width, height):
             log.info("padding %dx%d frames to %dx%d for yuv420p", width, height, enc_w, enc_h)
         name = available_video_encoder()
         vs = self._container.add_stream(name, rate=self._rate)
@@ -352,11 +358,7 @@ class Mp4Sink:
         if self._vstream is None:
             self._open_streams(w, h)
         assert self._vstream is not None
-        bottom, right = self._pad
-        if bottom or right:
-            frame_rgb = cv2.copyMakeBorder(
-                np.ascontiguousarray(frame_rgb), 0, bottom, 0, right, cv2.BORDER_REPLICATE
-            )
+        frame_rgb = pad_to_even(frame_rgb)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
         vf.pts = pts
         vf.time_base = 1 / self._rate
