@@ -28,29 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trtalk.kernels import ops  # noqa: E402
 from trtalk.models import modconv  # noqa: E402
-from trtalk.models.generator import OFFICIAL_CHANNELS, Generator  # noqa: E402
+from trtalk.bench.peaks import gpu_peak  # noqa: E402
+from trtalk.models.generator import OFFICIAL_CHANNELS, Generator, modconv_layers  # noqa: E402
 from trtalk.models.pcavs import PCAVSConfig  # noqa: E402
 
 log = logging.getLogger("benchmarks.kernels")
 
 IMPLS = ("grouped", "decomposed", "cuda")
 # FP16 dense tensor-core peak, TFLOP/s (vendor data sheets), matched on the device name.
-FP16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 989.4,
-                    "H200": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
-
-
-def layers(channels: dict[int, int]) -> list[tuple]:
-    """(name, in_ch, out_ch, k, in_res, demodulate, up) of every modulated conv of the generator."""
-    res = sorted(channels)
-    c0 = channels[res[0]]
-    out = [("conv1", c0, c0, 3, res[0], True, False), ("to_rgb1", c0, 3, 1, res[0], False, False)]
-    for lo, hi in zip(res[:-1], res[1:]):
-        cin, cout = channels[lo], channels[hi]
-        out += [(f"up{hi}", cin, cout, 3, lo, True, True), (f"conv{hi}", cout, cout, 3, hi, True, False),
-                (f"to_rgb{hi}", cout, 3, 1, hi, False, False)]
-    return out
-
-
 def layer_flops(layer: tuple, batch: int) -> float:
     """Useful multiply-adds x 2 of one layer (the up form counted as its 4 phase convs)."""
     _, cin, cout, k, res, _, up = layer
@@ -97,11 +82,11 @@ def machine(device: torch.device) -> dict:
 
 
 def peak_tflops(info: dict) -> float | None:
-    name = info.get("gpu", "")
-    for key, value in FP16_PEAK_TFLOPS.items():
-        if key in name:
-            return value
-    return None
+    """Data-sheet dense FP16 tensor peak of the GPU in ``info`` (the table of trtalk.bench.peaks)."""
+    if not info.get("gpu"):
+        return None
+    flops = gpu_peak(info["gpu"], "fp16", tf32=False).flops
+    return None if flops is None else flops / 1e12
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -118,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     blur = modconv.blur_kernel(gain=4.0).to(device)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": info,
               "dtype": str(dtype), "batches": batches, "unavailable": skip, "layers": [], "generator": []}
-    for layer in layers(channels):
+    for layer in modconv_layers(channels):
         name, cin, cout, k, res, demod, up = layer
         hw = min(res, crop) if crop else res
         for b in batches:

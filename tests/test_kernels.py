@@ -28,7 +28,7 @@ import torch
 from trtalk.errors import TrtalkError
 from trtalk.kernels import build, loader, ops, reference
 from trtalk.models import modconv
-from trtalk.models.generator import OFFICIAL_CHANNELS, Generator
+from trtalk.models.generator import Generator, modconv_layers
 from trtalk.models.pcavs import PCAVSConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,19 +37,7 @@ BLUR = modconv.blur_kernel(gain=4.0)
 
 # ----------------------------------------------------------------------------- layer shapes
 
-def generator_layers(channels: dict[int, int] = OFFICIAL_CHANNELS) -> list[tuple]:
-    """(name, in_ch, out_ch, k, in_res, demodulate, up) of every modulated conv of netG."""
-    res = sorted(channels)
-    c0 = channels[res[0]]
-    layers = [("conv1", c0, c0, 3, res[0], True, False), ("to_rgb1", c0, 3, 1, res[0], False, False)]
-    for lo, hi in zip(res[:-1], res[1:]):
-        cin, cout = channels[lo], channels[hi]
-        layers += [(f"up{hi}", cin, cout, 3, lo, True, True), (f"conv{hi}", cout, cout, 3, hi, True, False),
-                   (f"to_rgb{hi}", cout, 3, 1, hi, False, False)]
-    return layers
-
-
-LAYERS = generator_layers()
+LAYERS = modconv_layers()
 CROP = 8  # spatial crop for CPU reference tests (the algebra does not depend on H, W)
 
 
@@ -212,7 +200,7 @@ def _plugin_parity(config: PCAVSConfig, batches: tuple[int, ...]) -> float:
     torch.manual_seed(0)
     g = Generator(style_dim=config.style_dim, channels=config.gen_channels).eval()
     model = plugin.export_plugin_graph(g, batch=2)
-    assert plugin.count_plugin_nodes(model) == len(generator_layers(config.gen_channels))
+    assert plugin.count_plugin_nodes(model) == len(modconv_layers(config.gen_channels))
     sess = plugin.ort_session(model)
     g.set_modconv_impl("decomposed")
     worst = 0.0

@@ -23,6 +23,20 @@ from trtalk.models.modconv import blur_kernel, modulated_conv2d, upsample2x_fir
 
 OFFICIAL_CHANNELS: dict[int, int] = {7: 512, 14: 512, 28: 512, 56: 512, 112: 256, 224: 128}
 NOISE_MODES = ("fixed", "random", "zero")
+
+
+def modconv_layers(channels: dict[int, int] | None = None) -> list[tuple[str, int, int, int, int, bool, bool]]:
+    """``(name, in_ch, out_ch, kernel, in_res, demodulate, up)`` of every modulated conv of a
+    generator with ``channels`` (default: the official ones), in forward order."""
+    channels = channels or OFFICIAL_CHANNELS
+    res = sorted(channels)
+    c0 = channels[res[0]]
+    out = [("conv1", c0, c0, 3, res[0], True, False), ("to_rgb1", c0, 3, 1, res[0], False, False)]
+    for lo, hi in zip(res[:-1], res[1:]):
+        cin, cout = channels[lo], channels[hi]
+        out += [(f"up{hi}", cin, cout, 3, lo, True, True), (f"conv{hi}", cout, cout, 3, hi, True, False),
+                (f"to_rgb{hi}", cout, 3, 1, hi, False, False)]
+    return out
 LRELU_GAIN = math.sqrt(2.0)
 
 
