@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trtalk.kernels import ops  # noqa: E402
 from trtalk.models import modconv  # noqa: E402
-from trtalk.bench.peaks import gpu_peak  # noqa: E402
+from trtalk.bench.peaks import gpu_peak, machine_info, machine_tag  # noqa: E402
 from trtalk.models.generator import OFFICIAL_CHANNELS, Generator, modconv_layers  # noqa: E402
 from trtalk.models.pcavs import PCAVSConfig  # noqa: E402
 
@@ -72,15 +71,6 @@ def timed(fn, device: torch.device, warmup: int, iters: int) -> float:
     return times[len(times) // 2]
 
 
-def machine(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cpu": platform.processor() or platform.machine(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["capability"] = "sm_%d%d" % torch.cuda.get_device_capability(device)
-    return info
-
-
 def peak_tflops(info: dict) -> float | None:
     """Data-sheet dense FP16 tensor peak of the GPU in ``info`` (the table of trtalk.bench.peaks)."""
     if not info.get("gpu"):
@@ -98,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     skip = unavailable(device)
     impls = [i for i in IMPLS if i not in skip]
-    info = machine(device)
+    info = machine_info(str(device))
     peak = peak_tflops(info)
     blur = modconv.blur_kernel(gain=4.0).to(device)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": info,
@@ -169,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     r = run(args)
-    tag = "smoke" if args.smoke else r["machine"].get("gpu", "cpu").replace(" ", "_")
+    tag = "smoke" if args.smoke else machine_tag(r["machine"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"kernels_{tag}.json").write_text(json.dumps(r, indent=1))
