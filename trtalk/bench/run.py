@@ -105,8 +105,9 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise TrtalkError(f"--device {self.device}: this torch sees no CUDA device; use --device cpu")
+        from trtalk.runtime.render import check_device
+
+        check_device(self.device)
 
     @property
     def pcavs_config(self) -> PCAVSConfig:

@@ -98,13 +98,18 @@ def pingpong(t: int, n: int) -> int:
     return r if period % 2 == 0 else n - 1 - r
 
 
+def check_device(device: str) -> None:
+    """TrtalkError when ``device`` names CUDA and this PyTorch has none (render, stream, bench)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrtalkError(f"--device {device} asked for, but PyTorch sees no CUDA device; use --device cpu")
+
+
 def _check_config(cfg: RenderConfig) -> None:
     if cfg.layout not in LAYOUTS:
         raise TrtalkError(f"unknown layout {cfg.layout!r}; choose {' or '.join(LAYOUTS)}")
     if cfg.fps <= 0 or cfg.batch < 1:
         raise TrtalkError("--fps must be > 0 and --batch >= 1")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrtalkError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+    check_device(cfg.device)
     for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", cfg.pose)):
         if p is not None and not Path(p).exists():
             raise TrtalkError(f"{label} {p} does not exist")

@@ -274,8 +274,9 @@ def make_stream_runner(checkpoint: Path | None, backend: str = "torch", device: 
     """The inference backend and whether it runs on seeded random weights (warned)."""
     if model_config not in ("full", "small"):
         raise TrtalkError(f"unknown --model-config {model_config!r}; use full or small")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrtalkError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+    from trtalk.runtime.render import check_device
+
+    check_device(device)
     if model_config == "small" and checkpoint is not None:
         raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or the option")
     from trtalk.models.pcavs import PCAVSConfig
