@@ -15,6 +15,8 @@ from trtalk.audio import load_audio, num_video_frames
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
 from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
+from trtalk.runtime.family import PCAVSFamily
+from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.render import RenderConfig, Renderer, pingpong
 
 
@@ -56,7 +58,7 @@ def small_model() -> PCAVS:
 
 
 def _render(cfg: RenderConfig, model: PCAVS):
-    return Renderer(cfg, runner=model, random_weights=True).run()
+    return Renderer(cfg, PCAVSFamily(model, random_weights=True)).run()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,7 @@ def test_silent_audio_renders_a_closed_steady_mouth(face_image_path, speech_wave
     def run(audio):
         rec = _Recording(small_model)
         res = Renderer(RenderConfig(output=tmp_path / f"{audio.stem}.mp4", face=face_image_path, audio=audio),
-                       runner=rec, random_weights=True).run()
+                       PCAVSFamily(rec, random_weights=True)).run()
         return res, torch.cat(rec.images)
 
     res, silent = run(_write_wav(tmp_path / "silence.wav", np.zeros(8000, np.float32)))
@@ -209,8 +211,13 @@ def test_bad_input_one_line_error_exit_2_no_output(case, face_image_path, speech
     assert leftovers == []
 
 
-def test_bad_layout_and_device(face_image_path, speech_wav_path, tmp_path):
+def test_bad_layout_and_device(face_image_path, speech_wav_path, tmp_path, monkeypatch):
     with pytest.raises(TrtalkError, match="layout"):
-        Renderer(RenderConfig(output=tmp_path / "o.mp4", layout="grid"), runner=object())
+        Renderer(RenderConfig(output=tmp_path / "o.mp4", layout="grid"), PCAVSFamily(object()))
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TrtalkError, match="cuda"):
-        Renderer(RenderConfig(output=tmp_path / "o.mp4", device="cuda"), runner=object())
+        ModelOptions(model="pcavs", device="cuda").open()
+    with pytest.raises(TrtalkError, match="banana"):
+        ModelOptions(model="pcavs", device="banana").open()

@@ -38,10 +38,10 @@ from trtalk.runtime.clock import RealClock, VirtualClock
 from trtalk.runtime.livesinks import LiveRecorder
 from trtalk.runtime.sinks import NullSink
 from trtalk.runtime.sources import AudioFileSource, BoundedQueue, SourceEvent
+from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.stream import (
     StreamConfig,
     StreamPipeline,
-    make_stream_runner,
     pose_file_source,
 )
 
@@ -240,7 +240,7 @@ def test_mic_failure_silence_then_recovery(avatar: Path, wave10: np.ndarray,
     cfg = StreamConfig(avatar=avatar)
     loud = np.clip(wave10 + 0.2 * np.sin(np.arange(len(wave10)) * 0.3), -1, 1).astype(np.float32)
     audio = AudioFileSource(wave=loud, fail_at_s=3.0, resume_at_s=5.0)
-    with caplog.at_level(logging.INFO, logger="trtalk.runtime.stream"):
+    with caplog.at_level(logging.INFO, logger="trtalk.runtime"):
         report = StreamPipeline(cfg, runner, audio, None, [NullSink()], VirtualClock()).run()
     assert report.frames == 250
     assert report.audio_silence_s == pytest.approx(2.0, abs=0.01)
@@ -260,7 +260,7 @@ def test_camera_failure_holds_pose_and_recovers(avatar: Path, wave10: np.ndarray
     cfg = StreamConfig(avatar=avatar, pose_smoothing=0.0, lost_hold_s=0.3, lost_ease_s=1.0)
     audio = AudioFileSource(wave=wave10[: 6 * 16000])
     pose = pose_file_source(pose_video_path, cfg, fail_at_s=2.0, resume_at_s=4.0)
-    with caplog.at_level(logging.INFO, logger="trtalk.runtime.stream"):
+    with caplog.at_level(logging.INFO, logger="trtalk.runtime"):
         pipe = StreamPipeline(cfg, runner, audio, pose, [NullSink()], VirtualClock())
         report = pipe.run()
     assert report.frames == 150
@@ -275,9 +275,9 @@ def test_camera_failure_holds_pose_and_recovers(avatar: Path, wave10: np.ndarray
     assert np.all(np.diff(d) <= 1e-6)  # monotone approach
     # recovered: the pose follows the video again
     assert np.abs(poses[105:] - ref).max() > 1e-3
-    held = np.flatnonzero(pipe.pose_held)
+    held = np.flatnonzero(pipe.pose.held)
     assert report.camera_lost_s == pytest.approx(2.0, abs=0.05), (held.tolist(), [
-        (s.index, s.found) for s in pipe._samples][-5:])
+        (s.index, s.found) for s in pipe.pose._samples][-5:])
     warns = [r for r in caplog.records if r.levelno == logging.WARNING and "camera" in r.getMessage()]
     assert len(warns) == 1
     assert any("camera is back" in r.getMessage() for r in caplog.records)
@@ -347,14 +347,13 @@ def test_devices_lists_everything(capsys: pytest.CaptureFixture) -> None:
 
 def test_small_model_end_to_end(avatar: Path, tmp_path: Path) -> None:
     """The real (small-config, random-weight) networks through the runtime: 0.6 s, recorded."""
-    runner, random_weights = make_stream_runner(None, model_config="small")
-    assert random_weights
+    family = ModelOptions(model="pcavs", model_config="small").open()
+    assert family.random_weights
     x = make_speech_wave(0.6, seed=3)
     cfg = StreamConfig(avatar=avatar, batch=8)
     out = tmp_path / "small.mp4"
     with LiveRecorder(out, fps=FPS) as rec:
-        report = StreamPipeline(cfg, runner, AudioFileSource(wave=x), None, [rec], VirtualClock(),
-                                random_weights=True).run()
+        report = StreamPipeline(cfg, family, AudioFileSource(wave=x), None, [rec], VirtualClock()).run()
     assert report.frames == 15
     v_s, a_s, n = _probe_av(out)
     assert n == 15 and abs(a_s - v_s) <= 1024 / 16000 + 1e-6
@@ -367,7 +366,7 @@ def test_cli_sigint_finalises_recording(avatar: Path, tmp_path: Path) -> None:
     js = tmp_path / "stats.json"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "trtalk.cli", "stream", "--avatar", str(avatar), "--audio", str(wav),
-           "--pose-static", "--record", str(out), "--realtime", "--model-config", "small",
+           "--pose-static", "--record", str(out), "--realtime", "--model", "pcavs", "--model-config", "small",
            "--stats", "0.5", "--stats-json", str(js), "--batch", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                             cwd=Path(__file__).resolve().parent.parent)

@@ -43,19 +43,39 @@ from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
-#: Backends `trtalk bench` knows, in report order, with what each one is.
-BACKENDS: dict[str, str] = {
-    "torch-ref": "official formulation: eager fp32, generator modconv 'grouped' (per-sample weights)",
-    "torch": "eager fp32, decomposed modulated convs",
-    "torch-fp16": "eager fp16 + channels_last, decomposed (CUDA only)",
-    "torch-cudagraph": "fp16 + channels_last + one CUDA graph per batch, decomposed (CUDA only)",
-    "torch-compile": "torch.compile (inductor) of the decomposed model",
-    "onnxruntime": "ONNX Runtime over the exported graphs (CUDA EP when installed, else CPU)",
-    "tensorrt": "TensorRT (or TensorRT-RTX) engines built from the exported graphs (CUDA only)",
+@dataclass(frozen=True)
+class Preset:
+    """One row group of the comparison: a runner backend with runner options (`RunnerOptions`)."""
+
+    backend: str
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+    cuda_only: bool = False
+
+    @property
+    def precision(self) -> str | None:
+        return self.options.get("precision")
+
+
+#: The rows `trtalk bench` compares, in report order: each is `open_runner` with options.
+PRESETS: dict[str, Preset] = {
+    "torch-ref": Preset("torch", "official formulation: eager fp32, generator modconv 'grouped' "
+                        "(per-sample weights)", {"modconv": "grouped", "precision": "fp32"}),
+    "torch": Preset("torch", "eager fp32, decomposed modulated convs", {"precision": "fp32"}),
+    "torch-fp16": Preset("torch", "eager fp16 + channels_last, decomposed", {"precision": "fp16"}, True),
+    "torch-cudagraph": Preset("torch", "fp16 + channels_last + one CUDA graph per batch, decomposed",
+                              {"precision": "fp16", "cuda_graphs": True}, True),
+    "torch-compile": Preset("torch", "torch.compile (inductor) of the decomposed model", {"compile": True}),
+    "triton": Preset("torch", "fp16, generator modconv 'triton' (fused Triton kernels)",
+                     {"precision": "fp16", "modconv": "triton"}, True),
+    "onnxruntime": Preset("onnxruntime", "ONNX Runtime over the exported graphs (CUDA EP when "
+                          "installed, else CPU)"),
+    "tensorrt": Preset("tensorrt", "TensorRT (or TensorRT-RTX) engines built from the exported graphs",
+                       {}, True),
 }
+BACKENDS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
 FRAME_STAGES = ("pose", "audio", "generator")
 PRECISIONS = ("fp32", "fp16")
-FIXED_PRECISION = {"torch-ref": "fp32", "torch": "fp32", "torch-fp16": "fp16", "torch-cudagraph": "fp16"}
 
 # Performance targets of the project (H100, FP16, batch 1 unless said): for the report only.
 TARGETS = (
@@ -105,7 +125,7 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
-        from trtalk.runtime.render import check_device
+        from trtalk.engine.runner import check_device
 
         check_device(self.device)
 
@@ -212,12 +232,12 @@ def plan_variants(cfg: BenchConfig) -> list[Variant]:
     out: list[Variant] = []
     cuda = cfg.is_cuda
     for b in cfg.backends:
-        fixed = FIXED_PRECISION.get(b)
+        fixed = PRESETS[b].precision
         precs = [fixed] if fixed else cfg.wanted_precisions()
         for p in precs:
             label = b if (fixed or len(precs) == 1) else f"{b} {p}"
             v = Variant(b, p, label, device=cfg.device)
-            if b in ("torch-fp16", "torch-cudagraph", "tensorrt") and not cuda:
+            if PRESETS[b].cuda_only and not cuda:
                 v.reason = (f"needs a CUDA GPU; running on {cfg.device} "
                             f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
             elif b == "torch-compile" and p == "fp16" and not cuda:
@@ -228,42 +248,30 @@ def plan_variants(cfg: BenchConfig) -> list[Variant]:
     return out
 
 
-def _torch_variant(model: PCAVS, v: Variant, cfg: BenchConfig) -> dict[str, Any]:
-    from trtalk.engine.backend import TorchBackend
+def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig):
+    """The loaded runner of ``v`` (`open_runner` with the preset's options); raises with a reason
+    where it cannot run."""
+    from trtalk.engine.runner import RunnerOptions, open_runner
 
-    specs = stage_specs(model)
-    modconv = "grouped" if v.backend == "torch-ref" else "decomposed"
-    backends = {s: TorchBackend(specs[s], model, device=cfg.device, precision=v.precision,
-                                max_batch=max(cfg.batches), modconv=modconv,
-                                cuda_graphs=v.backend == "torch-cudagraph").load()
-                for s in STAGES}
-    if v.backend == "torch-compile":
-        for b in backends.values():
-            b.module = torch.compile(b.module)
-        v.notes.append("compile time is in the warm-up (recompiles per batch size), not in the latencies")
-    return backends
+    preset = PRESETS[v.backend]
+    opts = RunnerOptions(**{"precision": v.precision, **preset.options}, max_batch=max(cfg.batches),
+                         cache_dir=cfg.cache_dir, config=cfg.pcavs_config, seed=cfg.seed,
+                         threads=cfg.threads if preset.backend == "onnxruntime" else None)
+    if preset.backend == "torch":
+        source = model
+        if opts.compile:
+            v.notes.append("compile time is in the warm-up (recompiles per batch size), not in the latencies")
+    else:
+        source = str(cfg.checkpoint) if cfg.checkpoint is not None else None
+    device = cfg.device
+    if preset.backend == "onnxruntime" and cfg.is_cuda:
+        import onnxruntime as ort
 
-
-def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig) -> dict[str, Any]:
-    """The four loaded stage backends of ``v``; raises with a reason where it cannot run."""
-    if v.backend.startswith("torch"):
-        return _torch_variant(model, v, cfg)
-    from trtalk.engine.runner import RunnerOptions, open_backends
-
-    opts = RunnerOptions(precision=v.precision, max_batch=max(cfg.batches), cache_dir=cfg.cache_dir,
-                         config=cfg.pcavs_config, seed=cfg.seed)
-    source = str(cfg.checkpoint) if cfg.checkpoint is not None else None
-    if v.backend == "onnxruntime":
-        device = cfg.device
-        if cfg.is_cuda:
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                device = "cpu"
-                v.notes.append("this onnxruntime has no CUDA provider: measured on the CPU")
-        v.device = device
-        return open_backends("onnxruntime", source, device, dataclasses.replace(opts, threads=cfg.threads))
-    return open_backends("tensorrt", source, cfg.device, opts)
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            device = "cpu"
+            v.notes.append("this onnxruntime has no CUDA provider: measured on the CPU")
+    v.device = device
+    return open_runner(preset.backend, source, device, opts)
 
 
 def _reason(exc: BaseException) -> str:
@@ -283,31 +291,25 @@ def _inputs(model: PCAVS, batch: int, device: str) -> dict[str, torch.Tensor]:
             {"image": image, "mel": mel, "id_vector": style[:, :2048].contiguous(), "id_map": id_map}.items()}
 
 
-def time_identity(backends: dict[str, Any], x: dict[str, torch.Tensor], cfg: BenchConfig) -> list[float]:
+def time_identity(runner: Any, x: dict[str, torch.Tensor], cfg: BenchConfig) -> list[float]:
     ms: list[float] = []
     for i in range(cfg.warmup + cfg.iters):
         t = Timer(cfg.is_cuda and x["image"].is_cuda)
         t.mark()
-        backends["identity"].run({"image": x["image"]})
+        runner.encode_identity(x["image"])
         t.mark()
         if i >= cfg.warmup:
             ms += t.intervals()
     return ms
 
 
-def time_frames(backends: dict[str, Any], x: dict[str, torch.Tensor], cfg: BenchConfig) -> dict[str, list[float]]:
-    """Runs pose -> audio -> style + generator ``warmup + iters`` times; ms per part and frame."""
+def time_frames(runner: Any, x: dict[str, torch.Tensor], cfg: BenchConfig) -> dict[str, list[float]]:
+    """Runs the frame's networks (`Runner.frame`) ``warmup + iters`` times; ms per part and frame."""
     out: dict[str, list[float]] = {"pose": [], "audio": [], "generator": [], "frame": []}
     for i in range(cfg.warmup + cfg.iters):
         t = Timer(cfg.is_cuda and x["image"].is_cuda)
         t.mark()
-        pose = backends["pose"].run({"image": x["image"]})["pose"]
-        t.mark()
-        mouth = backends["audio"].run({"mel": x["mel"]})["mouth"]
-        t.mark()
-        style = torch.cat([x["id_vector"], mouth, pose], dim=1)
-        backends["generator"].run({"style": style, "id_map": x["id_map"]})
-        t.mark()
+        runner.frame(x["mel"], x["image"], x["id_vector"], x["id_map"], mark=t.mark)
         if i >= cfg.warmup:
             p, a, g = t.intervals()
             out["pose"].append(p)
@@ -339,12 +341,12 @@ def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, i
     try:
         with RssSampler() as rss:
             t0 = time.perf_counter()
-            backends = open_variant(model, v, cfg)
+            runner = open_variant(model, v, cfg)
             entry["load_s"] = round(time.perf_counter() - t0, 3)
             entry["device"] = v.device
             peak = device_peak(v.device, v.precision)
             entry["peak"] = peak.to_dict()
-            entry["stage_backends"] = {s: repr(b) for s, b in backends.items()}
+            entry["stage_backends"] = {s: repr(b) for s, b in runner.backends.items()}
             for batch in cfg.batches:
                 if on_cuda:
                     torch.cuda.synchronize()
@@ -352,8 +354,8 @@ def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, i
                 x = _inputs(model, batch, cfg.device)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    ident = time_identity(backends, x, cfg)
-                    parts = time_frames(backends, x, cfg)
+                    ident = time_identity(runner, x, cfg)
+                    parts = time_frames(runner, x, cfg)
                 row: dict[str, Any] = {"batch": batch, "wall_s": round(time.perf_counter() - t0, 3),
                                        "timer": "cuda events" if on_cuda else "time.perf_counter",
                                        "ms": {"identity": percentiles(ident),
@@ -373,7 +375,7 @@ def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, i
                          v.label, batch, frame_ms, row["frames_per_s"], row["ms"]["generator"]["p50"])
                 entry["batches"].append(row)
                 del x
-            del backends
+            del runner
     except (TrtalkError, Exception) as exc:  # noqa: BLE001 - any failure is reported, not raised
         log.warning("%s: cannot run here: %s", v.label, _reason(exc))
         entry["available"] = bool(entry["batches"])
@@ -539,12 +541,13 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     from trtalk.runtime.clock import RealClock
     from trtalk.runtime.sinks import NullSink
     from trtalk.runtime.sources import AudioFileSource
-    from trtalk.runtime.stream import StreamConfig, StreamPipeline, make_stream_runner, pose_file_source
+    from trtalk.runtime.options import ModelOptions
+    from trtalk.runtime.stream import StreamConfig, StreamPipeline, pose_file_source
 
     assets = Path(__file__).resolve().parents[1] / "assets"
     avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
-    mc = "full" if cfg.model_config == "official" else "small"
-    runner, random_weights = make_stream_runner(cfg.checkpoint, cfg.backend, cfg.device, mc, cfg.seed)
+    family = ModelOptions(model="pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
+                          seed=cfg.seed, model_config=cfg.model_config).open(cfg.fps)
     scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch,
                         device=cfg.device)
     audio = AudioFileSource(speech)
@@ -558,7 +561,7 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
         pose = pose_file_source(video, scfg)
     t0 = time.perf_counter()
     with NullSink() as sink:
-        pipe = StreamPipeline(scfg, runner, audio, pose, [sink], RealClock(), random_weights)
+        pipe = StreamPipeline(scfg, family, audio, pose, [sink], RealClock())
         setup_s = time.perf_counter() - t0
         report = pipe.run()
     rep = report.to_dict()

@@ -115,15 +115,20 @@ class Backend(abc.ABC):
 
 
 class TorchBackend(Backend):
-    """The PyTorch stage module (decomposed modulated convs, fixed noise, as exported).
+    """The PyTorch stage module (decomposed modulated convs unless said, as exported).
 
-    CPU: eager float32. CUDA (GPU-ONLY CODE PATH, not exercised by the CPU test suite): float16
-    weights and activations with float32 I/O, channels_last, and optionally one CUDA graph per
-    batch size (``cuda_graphs=True``) replayed on static input buffers.
+    CPU: eager, float32 unless ``precision="fp16"``. CUDA: float16 weights and activations by
+    default, float32 I/O, 4-D tensors in channels_last. Options (each also runs on CPU in the
+    tests, except the device calls themselves): ``cuda_graphs`` captures one graph per batch
+    size and replays it on static input buffers (through ``graph_api``, a stand-in in tests);
+    ``compile`` wraps the module in ``torch.compile`` (``compile_backend`` picks Inductor or a
+    stand-in); ``channels_last`` (default: on CUDA) converts the 4-D weights and inputs.
     """
 
     def __init__(self, spec: StageSpec, model, *, device: str = "cpu", precision: str | None = None,
-                 max_batch: int = 64, cuda_graphs: bool = False, modconv: str = "decomposed"):
+                 max_batch: int = 64, cuda_graphs: bool = False, modconv: str = "decomposed",
+                 noise: str = "fixed", compile: bool = False, compile_backend: str = "inductor",
+                 channels_last: bool | None = None, graph_api: "GraphAPI | None" = None):
         super().__init__(spec, max_batch)
         self._device = torch.device(device)
         if self._device.type == "cuda" and not torch.cuda.is_available():
@@ -131,7 +136,12 @@ class TorchBackend(Backend):
         self._precision = precision or ("fp16" if self._device.type == "cuda" else "fp32")
         self._model = model
         self._modconv = modconv
-        self._cuda_graphs = cuda_graphs and self._device.type == "cuda"
+        self._noise = noise
+        self._compile = compile
+        self._compile_backend = compile_backend
+        self._channels_last = self._device.type == "cuda" if channels_last is None else channels_last
+        self._graph_api = graph_api or (CudaGraphAPI() if cuda_graphs else None)
+        self._cuda_graphs = cuda_graphs
         self._graphs: dict[int, tuple] = {}
         self.module: torch.nn.Module | None = None
 
@@ -139,15 +149,19 @@ class TorchBackend(Backend):
     def device(self) -> str:
         return str(self._device)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.float16 if self._precision == "fp16" else torch.float32
+
     def load(self) -> "TorchBackend":
         if self._loaded:
             return self
-        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode="fixed")
-        mod = mod.to(self._device)
-        if self._precision == "fp16":  # GPU-ONLY in practice (fp16 convs are slow/absent on CPU)
-            mod = mod.half()
-            if self._device.type == "cuda":
-                mod = mod.to(memory_format=torch.channels_last)
+        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode=self._noise)
+        mod = mod.to(self._device, self.compute_dtype)
+        if self._channels_last:
+            to_channels_last(mod)
+        if self._compile:
+            mod = torch.compile(mod, backend=self._compile_backend)
         self.module = mod
         self._model = None  # the stage holds its own copy; drop the reference
         self._loaded = True
@@ -155,9 +169,8 @@ class TorchBackend(Backend):
 
     def _forward(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         assert self.module is not None
-        cdt = torch.float16 if self._precision == "fp16" else torch.float32
-        args = [a.to(self._device, cdt) for a in args]
-        if self._device.type == "cuda":
+        args = [a.to(self._device, self.compute_dtype) for a in args]
+        if self._channels_last:
             args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a
                     for a in args]
         with torch.inference_mode():
@@ -166,33 +179,83 @@ class TorchBackend(Backend):
         return tuple(o.float() for o in out)
 
     def _forward_graphed(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """GPU-ONLY: capture once per batch size, then copy into static inputs and replay."""
+        """Capture once per batch size (after two warm-up runs), then copy inputs and replay."""
+        api = self._graph_api
+        assert api is not None
         b = int(args[0].shape[0])
         if b not in self._graphs:
             static_in = [a.to(self._device).clone() for a in args]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            with api.side_stream():
                 for _ in range(2):  # warm up (cudnn autotune, allocator) outside the capture
                     self._forward(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._forward(static_in)
+            graph, static_out = api.capture(lambda: self._forward(static_in))
             self._graphs[b] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[b]
         for dst, src in zip(static_in, args):
             dst.copy_(src, non_blocking=True)
-        graph.replay()
+        api.replay(graph)
         return tuple(o.clone() for o in static_out)
 
     def _run_batch(self, inputs: dict[str, Array], as_torch: bool) -> dict[str, Array]:
         args = [inputs[n] if as_torch else torch.from_numpy(inputs[n]) for n in self.spec.input_names]
         caller_device = args[0].device
-        out = self._forward_graphed(args) if self._cuda_graphs else self._forward(args)
+        out = self._forward_graphed(args) if self._graph_api is not None else self._forward(args)
         if as_torch:
             return {n: o.to(caller_device) for n, o in zip(self.spec.output_names, out)}
         return {n: o.cpu().numpy() for n, o in zip(self.spec.output_names, out)}
+
+
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Convert the module's 4-D parameters and buffers to channels_last, in place; others stay.
+
+    ``Module.to(memory_format=channels_last)`` refuses modules that hold 5-D tensors (the
+    modulated convs' B x O x I x k x k weights), which is what crashed every fp16 path on GPU.
+    """
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+class GraphAPI(abc.ABC):
+    """What `TorchBackend` needs to capture and replay a graph; CUDA's below, stand-ins in tests."""
+
+    @abc.abstractmethod
+    def side_stream(self):
+        """Context manager: the warm-up runs on a side stream (synchronised on exit)."""
+
+    @abc.abstractmethod
+    def capture(self, fn) -> tuple[object, tuple[torch.Tensor, ...]]:
+        """Record ``fn()`` once; (graph, its static outputs)."""
+
+    @abc.abstractmethod
+    def replay(self, graph: object) -> None:
+        """Run the recorded work again on the static buffers."""
+
+
+class CudaGraphAPI(GraphAPI):
+    """torch.cuda graphs: the only lines of the graph path that need a GPU."""
+
+    def side_stream(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                yield
+            torch.cuda.current_stream().wait_stream(stream)
+        return ctx()
+
+    def capture(self, fn):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph, out
+
+    def replay(self, graph) -> None:
+        graph.replay()
 
 
 # ------------------------------------------------------------------------------- onnxruntime

@@ -1,8 +1,10 @@
-"""Choose a backend kind, get the four stages, and run them like the PyTorch model.
+"""The one runner: choose a backend, get the four stages, run them like the PyTorch model.
 
-`open_runner(kind, source, device)` returns a `StageRunner` whose ``encode_identity``,
+`open_runner(backend, source, device, options)` returns a `Runner` whose ``encode_identity``,
 ``encode_pose``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
-(torch tensors in and out, NCHW, float32), so the renderer can use either.
+(torch tensors in and out, NCHW, float32). Render, stream, serve and bench all get their
+networks here; every option in `RunnerOptions` means the same on every backend, or
+`open_runner` refuses it with a one-line error (nothing is silently ignored).
 
 ``source`` is one of: None (seeded random weights, loudly warned), a checkpoint (official folder
 or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` instance (torch only).
@@ -16,6 +18,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
 import secrets
 from dataclasses import dataclass
@@ -33,12 +36,17 @@ from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
-KINDS = ("torch", "onnxruntime", "tensorrt")
+#: Every backend `open_runner` knows (the CLIs' ``--backend`` choices come from here).
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+KINDS = BACKENDS  # older name
+PRECISIONS = ("fp32", "fp16")
+NOISE_MODES = ("fixed", "random", "zero")
+MODCONV_IMPLS = ("decomposed", "grouped", "cuda", "triton")
 
 
 @dataclass
 class RunnerOptions:
-    """Options of `open_backends` beyond kind / source / device."""
+    """How the networks run, beyond backend / source / device. Same meaning on every backend."""
 
     precision: str | None = None  # None: fp32 on CPU, fp16 on CUDA for torch and tensorrt
     max_batch: int = 8
@@ -46,9 +54,50 @@ class RunnerOptions:
     compute_capability: str | None = None  # tensorrt-rtx target; None = the local GPU
     flavour: str | None = None  # "tensorrt" | "tensorrt-rtx"; None = datacenter if installed
     config: PCAVSConfig | None = None
-    cuda_graphs: bool = False
+    cuda_graphs: bool = False  # torch and tensorrt: one CUDA graph per batch size
+    compile: bool = False  # torch only: torch.compile each stage module
+    modconv: str = "decomposed"  # torch only: the generator's modulated-conv implementation
+    noise: str = "fixed"  # generator noise; the exported graphs hold the fixed buffers
     seed: int = 0  # seed of the random weights when there is no checkpoint
     threads: int | None = None  # onnxruntime intra-op threads; None = its default
+
+    def check(self, backend: str, device: str) -> None:
+        """TrtalkError naming the option when ``backend`` on ``device`` cannot honour it."""
+        if backend not in BACKENDS:
+            raise TrtalkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise TrtalkError(f"unknown precision {self.precision!r}; choose fp32 or fp16")
+        if self.noise not in NOISE_MODES:
+            raise TrtalkError(f"unknown noise mode {self.noise!r}; choose {', '.join(NOISE_MODES)}")
+        if self.modconv not in MODCONV_IMPLS:
+            raise TrtalkError(f"unknown modconv {self.modconv!r}; choose {', '.join(MODCONV_IMPLS)}")
+        if self.max_batch < 1:
+            raise TrtalkError("the largest batch must be >= 1")
+        if backend != "torch":
+            if self.noise != "fixed":
+                raise TrtalkError(f"--noise {self.noise} needs --backend torch: the {backend} graphs "
+                                  f"hold the checkpoint's fixed noise buffers")
+            if self.modconv != "decomposed":
+                raise TrtalkError(f"--modconv {self.modconv} needs --backend torch ({backend} runs the "
+                                  f"exported decomposed graph)")
+            if self.compile:
+                raise TrtalkError(f"compile is a torch option; {backend} builds its own graph")
+        if self.cuda_graphs and not device.startswith("cuda"):
+            raise TrtalkError(f"CUDA graphs need --device cuda, not {device}")
+        if backend == "onnxruntime" and self.cuda_graphs:
+            raise TrtalkError("CUDA graphs are not offered for onnxruntime; use torch or tensorrt")
+
+
+def check_device(device: str) -> None:
+    """TrtalkError when ``device`` is not cpu/cuda[:N], or names CUDA and torch sees none."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
+        raise TrtalkError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrtalkError(f"--device {device} asked for, but PyTorch sees no CUDA device; use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise TrtalkError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def _is_export_dir(p: Path) -> bool:
@@ -105,7 +154,8 @@ def _torch_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backe
         model, _ = load_model(source, seed=opts.seed, config=opts.config)
     specs = stage_specs(model)
     return {s: TorchBackend(specs[s], model, device=device, precision=opts.precision,
-                            max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs)
+                            max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs,
+                            modconv=opts.modconv, noise=opts.noise, compile=opts.compile)
             for s in STAGES}
 
 
@@ -176,29 +226,34 @@ def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
             for s, (p, k) in engines.items()}
 
 
-def open_backends(kind: str, source=None, device: str = "cpu",
+def open_backends(backend: str, source=None, device: str = "cpu",
                   options: RunnerOptions | None = None) -> dict[str, Backend]:
-    """The four stage backends of ``kind`` ("torch", "onnxruntime", "tensorrt"), loaded."""
+    """The four stage backends of ``backend`` ("torch", "onnxruntime", "tensorrt"), loaded."""
     opts = options or RunnerOptions()
-    if kind not in KINDS:
-        raise TrtalkError(f"unknown backend {kind!r}; choose one of {', '.join(KINDS)}")
-    if device.startswith("cuda") and kind == "torch" and not torch.cuda.is_available():
-        raise TrtalkError(f"--device {device}: no CUDA device visible; use --device cpu")
-    make = {"torch": _torch_backends, "onnxruntime": _ort_backends, "tensorrt": _trt_backends}[kind]
+    opts.check(backend, device)
+    if backend == "torch":
+        check_device(device)
+    elif not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
+        raise TrtalkError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    make = {"torch": _torch_backends, "onnxruntime": _ort_backends, "tensorrt": _trt_backends}[backend]
     backends = make(source, device, opts)
     for b in backends.values():
         b.load()
     return backends
 
 
-class StageRunner:
-    """The PCAVS inference surface over four backends; torch tensors in and out (float32)."""
+class Runner:
+    """The PC-AVS inference surface over four stage backends; torch tensors in and out (float32).
 
-    def __init__(self, backends: dict[str, Backend]):
+    ``random_weights`` says the networks are seeded random weights (no checkpoint).
+    """
+
+    def __init__(self, backends: dict[str, Backend], random_weights: bool = False):
         missing = [s for s in STAGES if s not in backends]
         if missing:
             raise ValueError(f"no backend for stage {missing[0]}")
         self.backends = backends
+        self.random_weights = random_weights
 
     @property
     def name(self) -> str:
@@ -226,14 +281,40 @@ class StageRunner:
         """Style B x 2560 + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
         return self.backends["generator"].run({"style": style, "id_map": id_map})["image"]
 
+    def frame(self, mel: torch.Tensor, pose_image: torch.Tensor, id_vector: torch.Tensor,
+              id_map: torch.Tensor, mark=None) -> torch.Tensor:
+        """The networks of B frames back to back: pose, audio, style, generator -> images.
 
-def open_runner(kind: str, source=None, device: str = "cpu",
-                options: RunnerOptions | None = None, *, seed: int | None = None) -> StageRunner:
-    """`open_backends` wrapped in a `StageRunner` (what ``trtalk render --backend`` uses).
+        ``mark()`` is called after each of the three (the bench times the parts with it).
+        """
+        pose = self.encode_pose(pose_image)
+        if mark:
+            mark()
+        mouth = self.encode_audio(mel)
+        if mark:
+            mark()
+        image = self.generate(self.style(id_vector, mouth, pose), id_map)
+        if mark:
+            mark()
+        return image
 
-    ``seed`` (random weights when ``source`` is None) overrides ``options.seed``.
+
+def open_runner(backend: str = "torch", source=None, device: str = "cpu",
+                options: RunnerOptions | None = None, *, seed: int | None = None) -> Runner:
+    """The networks of ``source`` on ``backend``, ready to run: what every front end uses.
+
+    ``source``: None (seeded random weights, warned loudly), a checkpoint folder or file, an
+    export directory, or a `PCAVS` instance (torch only). ``seed`` overrides ``options.seed``.
     """
     opts = options or RunnerOptions()
     if seed is not None:
         opts = dataclasses.replace(opts, seed=seed)
-    return StageRunner(open_backends(kind, source, device, opts))
+    random_weights = source is None
+    if random_weights:
+        log.warning("no checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the face "
+                    "will not look like the input. Pass the official PC-AVS checkpoint folder or a "
+                    "`trtalk convert` file to get real results.", opts.seed)
+    return Runner(open_backends(backend, source, device, opts), random_weights)
+
+
+StageRunner = Runner  # older name

@@ -95,6 +95,9 @@ class LiveRecorder:
         aus.codec_context.bit_rate = 64_000
         self._as = aus
 
+    #: the pipeline hands this sink the audio that drove the lips (`write_audio`)
+    accepts_audio = True
+
     def write_audio(self, samples: np.ndarray) -> None:
         """Append mono float32 samples (clipped to [-1, 1]) to the audio track."""
         if self._closed:

@@ -63,81 +63,127 @@ def mouth_params(wave: np.ndarray, num_frames: int, fps: float = 25.0,
 def mouth_params_from_mel(mel: np.ndarray, num_frames: int, fps: float = 25.0,
                           cfg: MouthConfig = MouthConfig()) -> np.ndarray:
     """As :func:`mouth_params`, from a precomputed (T, 80) mel."""
-    b0, b1 = cfg.voice_bands
-    level = mel[:, b0:b1].mean(axis=1) if len(mel) else np.zeros(0)
-    lo_band = mel[:, b0:b0 + (b1 - b0) // 3].mean(axis=1) if len(mel) else np.zeros(0)
-    hi_band = mel[:, b0 + (b1 - b0) // 3:b1].mean(axis=1) if len(mel) else np.zeros(0)
-    half = max(1, int(round(cfg.window_ms / 1000 * _MEL_FPS / 2)))
-    # Follower coefficients were tuned at 25 fps; keep the same time constants at other rates.
-    att = 1.0 - (1.0 - cfg.attack) ** (25.0 / fps)
-    rel = 1.0 - (1.0 - cfg.release) ** (25.0 / fps)
+    half = _half_window(cfg)
+    follower = MouthFollower(fps, cfg)
     out = np.zeros((num_frames, 2), np.float32)
-    state = np.zeros(2)
     for i in range(num_frames):
         c = int(round(i / fps * _MEL_FPS)) + _MEL_CENTRE_OFFSET
-        a, b = max(c - half, 0), min(c + half + 1, len(level))
-        if b > a:
-            lev = float(level[a:b].mean())
-            shape = float(lo_band[a:b].mean() - hi_band[a:b].mean())
-        else:
-            lev, shape = 0.0, 0.0
-        open_t = float(np.clip((lev - cfg.open_floor) / (cfg.open_ceil - cfg.open_floor), 0.0, 1.0))
-        round_t = float(np.clip((shape - cfg.round_floor) / (cfg.round_ceil - cfg.round_floor), 0.0, 1.0))
-        round_t *= min(1.0, open_t * 3.0)  # only voiced sounds round the lips
-        target = np.array([open_t, round_t])
-        k = np.where(target > state, att, rel)
-        state = state + k * (target - state)
-        out[i] = state
-    # Snap the follower's long tail to exactly closed so silence shows the rest face.
-    out[out < 0.02] = 0.0
+        a, b = max(c - half, 0), min(c + half + 1, len(mel))
+        out[i] = follower.step(*mouth_targets(mel[a:b] if b > a else mel[:0], cfg))
     return out
 
 
-def idle_motion(num_frames: int, fps: float = 25.0) -> Iterator[np.ndarray]:
-    """The built-in head motion: slow yaw/pitch/roll sinusoids (+-10, +-5, +-3 degrees)."""
-    for i in range(num_frames):
-        t = i / fps
-        yield M.euler_to_matrix(
-            10.0 * math.sin(2 * math.pi * t / 4.0),
+#: Row of a frame's 20-row PC-AVS mel window (``trtalk.audio.window_start``) on which the
+#: warp avatar's mouth is centred: window_start = round(100 t / fps) - 8, centre = round(100 t /
+#: fps) + 3 (the frontend's 3-frame offset), so 11 rows in at every frame rate.
+WINDOW_CENTRE_ROW = 11
+
+
+def mouth_from_window(window_tf: np.ndarray, cfg: MouthConfig = MouthConfig()) -> tuple[float, float]:
+    """(open, rounding) targets of one frame from its (20, 80) time x freq PC-AVS mel window."""
+    half = _half_window(cfg)
+    lo, hi = WINDOW_CENTRE_ROW - half, WINDOW_CENTRE_ROW + half + 1
+    return mouth_targets(window_tf[max(lo, 0):hi], cfg)
+
+
+def _half_window(cfg: MouthConfig) -> int:
+    return max(1, int(round(cfg.window_ms / 1000 * _MEL_FPS / 2)))
+
+
+def mouth_targets(rows_tf: np.ndarray, cfg: MouthConfig = MouthConfig()) -> tuple[float, float]:
+    """(open, rounding) targets in [0, 1] from the mel rows around a frame (time x freq)."""
+    if len(rows_tf) == 0:
+        return 0.0, 0.0
+    b0, b1 = cfg.voice_bands
+    third = b0 + (b1 - b0) // 3
+    lev = float(rows_tf[:, b0:b1].mean())
+    shape = float(rows_tf[:, b0:third].mean() - rows_tf[:, third:b1].mean())
+    open_t = float(np.clip((lev - cfg.open_floor) / (cfg.open_ceil - cfg.open_floor), 0.0, 1.0))
+    round_t = float(np.clip((shape - cfg.round_floor) / (cfg.round_ceil - cfg.round_floor), 0.0, 1.0))
+    round_t *= min(1.0, open_t * 3.0)  # only voiced sounds round the lips
+    return open_t, round_t
+
+
+class MouthFollower:
+    """Attack/release follower of the mouth targets, one call per video frame in order."""
+
+    def __init__(self, fps: float, cfg: MouthConfig = MouthConfig()) -> None:
+        # Follower coefficients were tuned at 25 fps; keep the same time constants at other rates.
+        self.att = 1.0 - (1.0 - cfg.attack) ** (25.0 / fps)
+        self.rel = 1.0 - (1.0 - cfg.release) ** (25.0 / fps)
+        self.state = np.zeros(2)
+
+    def step(self, open_t: float, round_t: float) -> np.ndarray:
+        """The smoothed (open, rounding); values under 0.02 snap to exactly closed (rest face)."""
+        target = np.array([open_t, round_t])
+        k = np.where(target > self.state, self.att, self.rel)
+        self.state = self.state + k * (target - self.state)
+        out = self.state.astype(np.float32)
+        out[out < 0.02] = 0.0
+        return out
+
+
+def idle_euler(t: float) -> tuple[float, float, float]:
+    """The built-in head motion at time ``t`` s: (yaw, pitch, roll) sinusoids (+-10, +-5, +-3 deg)."""
+    return (10.0 * math.sin(2 * math.pi * t / 4.0),
             5.0 * math.sin(2 * math.pi * t / 3.1 + 1.0),
-            3.0 * math.sin(2 * math.pi * t / 5.3 + 2.0),
-        )
+            3.0 * math.sin(2 * math.pi * t / 5.3 + 2.0))
+
+
+def idle_motion(num_frames: int, fps: float = 25.0) -> Iterator[np.ndarray]:
+    """The built-in head motion as rotation matrices, one per frame."""
+    for i in range(num_frames):
+        yield M.euler_to_matrix(*idle_euler(i / fps))
+
+
+class MeshRotation:
+    """Head rotation of successive face meshes relative to the first one, as smoothed Euler angles.
+
+    ``update(mesh)`` takes a 468x3 mesh (or None: no face, the previous angles repeat) and
+    returns (yaw, pitch, roll) in degrees; the first mesh is the reference (zero angles). A light
+    exponential smoothing removes mediapipe's frame-to-frame jitter (about half a degree).
+    """
+
+    def __init__(self, smoothing: float = 0.5) -> None:
+        self._ref: np.ndarray | None = None
+        self._subset: np.ndarray | None = None
+        self._euler = np.zeros(3)
+        self._smoothing = smoothing
+        self.missed = 0
+
+    def update(self, mesh: np.ndarray | None) -> np.ndarray:
+        if mesh is None:
+            self.missed += 1
+            return self._euler.copy()
+        if self._ref is None:
+            self._ref, self._subset = mesh, M.rigid_subset(mesh)
+            return self._euler.copy()
+        rot, _, _ = M.rigid_fit(self._ref[self._subset], mesh[self._subset])
+        e = np.array(M.matrix_to_euler(rot))
+        self._euler = self._smoothing * self._euler + (1 - self._smoothing) * e
+        return self._euler.copy()
 
 
 class PoseTracker:
     """Head rotation of successive frames of one video, relative to its first face.
 
-    Feed frames in order to :meth:`update`; it returns a 3x3 rotation
-    (identity for the first frame with a face). Frames without a face repeat
-    the previous rotation. A light exponential smoothing removes mediapipe's
-    frame-to-frame jitter (about half a degree).
+    Feed frames in order to :meth:`update`; it returns a 3x3 rotation (identity for the first
+    frame with a face); frames without a face repeat the previous rotation (see `MeshRotation`).
     """
 
     def __init__(self, smoothing: float = 0.5) -> None:
         from trtalk.face import FaceMeshDetector
 
         self._det = FaceMeshDetector(static_image_mode=False, max_num_faces=1)
-        self._ref: np.ndarray | None = None
-        self._subset: np.ndarray | None = None
-        self._last = np.eye(3)
-        self._euler = np.zeros(3)
-        self._smoothing = smoothing
-        self.missed = 0
+        self._rot = MeshRotation(smoothing)
+
+    @property
+    def missed(self) -> int:
+        return self._rot.missed
 
     def update(self, frame_rgb: np.ndarray) -> np.ndarray:
         faces = self._det.detect3d(frame_rgb)
-        if not faces:
-            self.missed += 1
-            return self._last
-        pts = faces[0]
-        if self._ref is None:
-            self._ref, self._subset = pts, M.rigid_subset(pts)
-            return self._last
-        rot, _, _ = M.rigid_fit(self._ref[self._subset], pts[self._subset])
-        e = np.array(M.matrix_to_euler(rot))
-        self._euler = self._smoothing * self._euler + (1 - self._smoothing) * e
-        self._last = M.euler_to_matrix(*self._euler)
-        return self._last
+        return M.euler_to_matrix(*self._rot.update(faces[0] if faces else None))
 
     def close(self) -> None:
         self._det.close()

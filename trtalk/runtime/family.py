@@ -1,0 +1,261 @@
+"""Model families: what the frame step needs from a network family, and the two trtalk has.
+
+A family turns the step's inputs into frames:
+
+    avatar  = make_avatar(photo)                 # once per avatar (identity, its own pose)
+    mouth   = mouth(mel windows, frame indices)  # B x 1 x 80 x 20 -> B x M
+    pose    = pose(pose samples)                 # tracked camera / video frames -> B x P
+    frames  = generate(avatar, mouth, pose)      # -> B x H x W x 3 uint8 crops
+
+- `PCAVSFamily`: the PC-AVS networks through a `trtalk.engine.Runner` (any backend): identity
+  encoder, audio encoder + mouth embedding, pose encoder on the aligned 224 crop, the official
+  style composition (`PCAVS.style`), the generator.
+- `WarpFamily`: the built-in warp avatar (no trained weights): mouth opening and rounding from the
+  same mel windows (attack/release follower), head rotation from the tracked face mesh relative to
+  the first one, a dense warp of the photo.
+
+Pose codes are what the pipeline smooths and holds when the face is lost, so each family says
+what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pose source at all
+(`still_pose`: the avatar's own pose for PC-AVS, the warp avatar's gentle built-in motion).
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from trtalk.errors import TrtalkError
+
+log = logging.getLogger(__name__)
+
+#: The model families a front end can ask for (``--model``).
+FAMILIES = ("pcavs", "warp")
+
+
+@dataclass
+class Avatar:
+    """One identity, prepared once: the photo, the family's crop of it and its encodings.
+
+    ``crop_m`` maps photo pixels to the generated crop (paste-back); ``crop`` is the family's
+    view of the photo (shown in the side-by-side layout); ``ref_pose`` is the avatar's own pose
+    code (1-D); ``state`` is the family's per-avatar data (identity codes, the warp mesh).
+    """
+
+    image: np.ndarray
+    crop: np.ndarray
+    crop_m: np.ndarray
+    ref_pose: torch.Tensor
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoseInput:
+    """What a family may read from one tracked frame: the aligned 224 crop and the face mesh."""
+
+    crop: np.ndarray | None
+    mesh: np.ndarray | None
+
+
+class ModelFamily(abc.ABC):
+    """A network family behind the frame step (see the module docstring)."""
+
+    name: str = ""
+    #: side of the square frames `generate` returns (paste-back maps the photo to it)
+    output_size: int = 224
+
+    def __init__(self, random_weights: bool = False) -> None:
+        self.random_weights = random_weights
+
+    @abc.abstractmethod
+    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
+                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
+        """The avatar of RGB ``image``; an aligned ``crop``/``crop_m``/``mesh`` skip re-detection."""
+
+    @abc.abstractmethod
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """Mouth codes B x M from mel windows B x 1 x 80 x 20 of video frames ``frames`` (in order)."""
+
+    @abc.abstractmethod
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """Pose codes B x P of tracked frames that have a face (in order)."""
+
+    @abc.abstractmethod
+    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
+        """Pose codes B x P when there is no pose source."""
+
+    @abc.abstractmethod
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        """Frames B x H x W x 3 uint8 (H = W = `output_size`)."""
+
+    def reset(self) -> None:
+        """Forget per-stream state (followers, pose references) before a new stream."""
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8 (round half away from zero after scaling)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- PC-AVS
+
+
+class PCAVSFamily(ModelFamily):
+    """PC-AVS over a runner (`trtalk.engine.Runner` or anything with its five methods).
+
+    Pose codes are cached by crop content (``pose_cache`` entries, LRU): a looping file or a still
+    costs one encoding per distinct frame.
+    """
+
+    name = "pcavs"
+    output_size = 224
+
+    def __init__(self, runner: Any, random_weights: bool | None = None, device: str = "cpu",
+                 pose_cache: int = 256) -> None:
+        if random_weights is None:
+            random_weights = bool(getattr(runner, "random_weights", False))
+        super().__init__(random_weights)
+        self.runner = runner
+        self.device = torch.device(device)
+        self.pose_cache_size = pose_cache
+        self._pose_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
+        #: pose encoder calls' frames (cache misses), for the stream report
+        self.pose_encodings = 0
+
+    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
+                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
+        from trtalk.face import align_frames, to_tensor
+
+        if crop is None or crop_m is None:
+            clip = align_frames([image], name=name)
+            if not bool(clip.found[0]):
+                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
+                                  f"frontal face")
+            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+        x = to_tensor(crop).to(self.device)
+        id_vec, id_map = self.runner.encode_identity(x)
+        ref_pose = self.runner.encode_pose(x)[0]
+        return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map})
+
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        return self.runner.encode_audio(mel.to(self.device))
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        from trtalk.face import to_tensor
+
+        keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
+        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
+        if todo:
+            codes = self.runner.encode_pose(to_tensor(np.stack(list(todo.values()))).to(self.device))
+            self.pose_encodings += len(todo)
+            for k, code in zip(todo, codes):
+                self._pose_cache[k] = code
+        out = []
+        for k in keys:
+            self._pose_cache.move_to_end(k)
+            out.append(self._pose_cache[k])
+        while len(self._pose_cache) > self.pose_cache_size:
+            self._pose_cache.popitem(last=False)
+        return torch.stack(out)
+
+    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
+        return avatar.ref_pose.expand(len(frames), -1)
+
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        from trtalk.models.pcavs import PCAVS
+
+        b = mouth.shape[0]
+        id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
+        style = PCAVS.style(id_vec.expand(b, -1), mouth, pose.to(mouth.device, mouth.dtype))
+        with torch.no_grad():
+            return to_uint8(self.runner.generate(style, id_map.expand(b, -1, -1, -1)))
+
+
+# ----------------------------------------------------------------------------- warp avatar
+
+
+class WarpFamily(ModelFamily):
+    """The landmark-driven warp avatar (`trtalk.warp`): no weights, nothing downloaded.
+
+    Mouth code = (open, rounding) after the attack/release follower; pose code = (yaw, pitch,
+    roll) in degrees relative to the first tracked face; ``backend`` "torch" or "onnxruntime"
+    runs the warp network.
+    """
+
+    name = "warp"
+
+    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
+        super().__init__(random_weights=False)
+        from trtalk.warp.render import WarpRenderConfig
+
+        self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
+        self.fps = fps
+        self.output_size = self.cfg.avatar.size
+        self._renderers: dict[int, Any] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        from trtalk.warp.drive import MeshRotation, MouthFollower
+
+        self._follower = MouthFollower(self.fps, self.cfg.mouth)
+        self._rotation = MeshRotation()
+
+    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
+                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
+        from trtalk.warp.render import WarpRenderer
+
+        renderer = WarpRenderer(image, self.cfg, name, mesh=mesh)
+        av = renderer.avatar
+        return Avatar(image, av.crop, av.crop_M, torch.zeros(3), {"renderer": renderer})
+
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        from trtalk.warp.drive import mouth_from_window
+
+        windows = mel.detach().float().cpu().numpy()[:, 0].transpose(0, 2, 1)  # B x 20 x 80
+        return torch.from_numpy(np.stack([self._follower.step(*mouth_from_window(w, self.cfg.mouth))
+                                          for w in windows]))
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._rotation.update(p.mesh) for p in inputs])).float()
+
+    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
+        from trtalk.warp.drive import idle_euler
+
+        return torch.tensor([idle_euler(k / fps) for k in frames], dtype=torch.float32)
+
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        from trtalk.warp import mesh as M
+
+        renderer = avatar.state["renderer"]
+        frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p)))
+                  for m, p in zip(mouth, pose)]
+        return np.stack(frames)
+
+
+def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
+                device: str = "cpu", options: Any = None, *, fps: float = 25.0) -> ModelFamily:
+    """The family ``model`` ready to run: PC-AVS through `trtalk.engine.open_runner`, or the warp
+    avatar (its network on torch or onnxruntime, on the CPU)."""
+    if model not in FAMILIES:
+        raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
+    if model == "warp":
+        if checkpoint is not None:
+            raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")
+        if backend not in ("torch", "onnxruntime"):
+            raise TrtalkError(f"the warp avatar runs on torch or onnxruntime, not {backend}")
+        if device != "cpu":
+            raise TrtalkError("the warp avatar runs on the CPU (its warp is a few ms a frame); "
+                              "drop --device or use --model pcavs")
+        return WarpFamily(fps=fps, backend=backend)
+    from trtalk.engine.runner import open_runner
+
+    runner = open_runner(backend, checkpoint, device, options)
+    return PCAVSFamily(runner, device=device)

@@ -1,0 +1,301 @@
+"""The one pipeline: sources in, frame step, sinks out; render and stream are its front ends.
+
+Threads: one capture thread per source (:mod:`trtalk.runtime.sources`; a camera's thread also
+runs face tracking, so mediapipe lives in one thread) and one inference thread -- the caller of
+:meth:`Pipeline.run` -- which turns audio into mel (`AudioPath`), picks poses (`PosePath`), runs
+the frame step (`FrameStep`) and writes the sinks. Every hand-over is a bounded queue.
+
+Timeline. ``t0`` is the clock time the sources start. Output frame k shows time
+``t_k = t0 + k / fps``; its audio window is the official one, mel rows
+``[window_start(k), window_start(k) + 20)``, which ends ``audio_lookahead_s(fps)`` after ``t_k``
+(120 ms at 25 fps). So a frame can only be made once audio up to ``t_k + 0.12 s`` has been
+captured: the built-in audio latency is that lookahead plus the audio block.
+
+Clocks. On a real-time clock, frames whose due time passed by more than ``max_delay_s`` are
+dropped (counted as ``frames_late``), at most ``batch`` frames go through the generator at once
+(fewer when the measured cost per frame would make a batch outlast ``max_delay_s``), and full
+source queues drop their oldest items. On a virtual clock nothing is dropped: sources wait for
+room, and frames are emitted at their ideal times (``t_k + lookahead``), so a replay (and
+`trtalk render`) runs as fast as the machine allows with the timestamps of a real-time run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from trtalk.configcli import option
+from trtalk.errors import TrtalkError
+from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
+from trtalk.runtime.clock import Clock, RealClock
+from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
+from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
+from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, Source
+from trtalk.runtime.step import Background, FrameStep
+
+log = logging.getLogger(__name__)
+
+#: Background of frame k for paste-back, given the pose sample it used (None: the default).
+BackgroundFn = Callable[[int, "PoseSample | None"], "Background | None"]
+
+
+@dataclass
+class PipelineConfig:
+    """Options of the pipeline (shared by `trtalk render` and `trtalk stream`: each field is one
+    flag of both, with the same meaning)."""
+
+    fps: float = option(25.0, help="output frame rate")
+    duration: float | None = option(None, metavar="S", help="stop after S seconds of output")
+    batch: int = option(4, help="most frames per generator call")
+    layout: Literal["generated", "side-by-side"] = option(
+        "generated", help="the generated frame only, or avatar | generated | pose source")
+    paste_back: bool = option(False, help="paste the generated face back into the photo or camera frame")
+    audio_gain: float | None = option(None, help="fixed gain on the audio", default_text="the whole-file "
+                                      "gain for files, a running RMS estimate live")
+    pose_smoothing: float | None = option(None, help="exponential smoothing of pose codes in [0, 1)",
+                                          default_text="0.5 live, 0 for files aligned as a whole")
+    audio_timeout_s: float = option(0.25, section="live timing",
+                                    help="seconds without audio before the microphone counts as lost")
+    max_delay_s: float = option(0.5, section="live timing", help="frames later than this are dropped")
+    lost_hold_s: float = option(0.3, section="live timing", help="hold the last pose this long when the face is lost")
+    lost_ease_s: float = option(1.0, section="live timing", help="then ease to the avatar's pose over this long")
+    camera_timeout_s: float = option(0.5, section="live timing",
+                                     help="seconds without a camera frame before it counts as lost")
+    gain: GainConfig = option(default_factory=GainConfig, cli=False)
+
+    def pose_config(self) -> PoseConfig:
+        return PoseConfig(self.pose_smoothing, self.lost_hold_s, self.lost_ease_s, self.camera_timeout_s)
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise TrtalkError(f"--fps must be a positive number, got {self.fps}")
+        if self.fps > 240:
+            raise TrtalkError(f"--fps {self.fps:g} is more than 240; use a video frame rate such as 25 or 30")
+        if self.batch < 1:
+            raise TrtalkError("--batch must be >= 1")
+        if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
+            raise TrtalkError("--duration must be a positive number of seconds")
+        if self.pose_smoothing is not None and not 0 <= self.pose_smoothing < 1:
+            raise TrtalkError("--pose-smoothing must be in [0, 1)")
+        if self.audio_gain is not None and not self.audio_gain > 0:
+            raise TrtalkError("the audio gain must be > 0")
+
+
+class Pipeline:
+    """Runs one session: ``run()`` blocks until the audio ends, ``duration`` is reached, ``stop``
+    is set, or a sink asks to stop; returns the :class:`LatencyReport`.
+
+    The pipeline starts and closes the sources; it writes but does not close the sinks (their
+    owner does, so a recording is finalised even when ``run`` raises). ``pose_source`` None means
+    the family's still pose. ``background`` chooses what paste-back pastes into (default: the pose
+    sample's frame when kept, else the avatar photo).
+    """
+
+    def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
+                 pose_source: Source | None, sinks: Sequence[Any], clock: Clock | None = None,
+                 background: BackgroundFn | None = None) -> None:
+        self.cfg = cfg
+        self.family = family
+        self.avatar = avatar
+        self.audio_src = audio
+        self.pose_src = pose_source
+        self.sinks = list(sinks)
+        self.clock: Clock = clock or RealClock()
+        self.realtime = self.clock.realtime
+        self.step = FrameStep(family, avatar, layout=cfg.layout, paste_back=cfg.paste_back)
+        fixed = cfg.audio_gain
+        if fixed is None and isinstance(audio, AudioFileSource) and not audio.loop:
+            from trtalk.audio import rms_gain
+
+            fixed = rms_gain(audio.wave)
+        self.gain = GainControl(cfg.gain, fixed)
+        self.audio = AudioPath(cfg.fps, self.gain, audio.name,
+                               [s for s in self.sinks if getattr(s, "accepts_audio", False)])
+        self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        self.background = background or self._default_background
+        from trtalk.audio import audio_lookahead_s
+
+        self.lookahead_s = audio_lookahead_s(cfg.fps)
+        self.latency = LatencyRecorder(cfg.fps, self.realtime)
+        self.t0 = 0.0
+        self.last_slot = -1
+        self.limit = None if cfg.duration is None else int(math.floor(cfg.duration * cfg.fps + 0.5))
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _end_frame(self) -> int | None:
+        ends = [e for e in (self.audio.final_frames, self.limit) if e is not None]
+        return min(ends) if ends else None
+
+    def _frames_ready(self, k: int, cap: int) -> int:
+        end = self._end_frame()
+        n = 0
+        while n < cap and (end is None or k + n < end) and self.audio.complete(k + n):
+            n += 1
+        return n
+
+    def _wait_audio(self, k: int, stop: threading.Event) -> int:
+        """Frames k.. whose audio is complete (0 when stopping or at the end)."""
+        q = self.audio_src.queue
+        cap = self.cfg.batch if not self.realtime else 10 ** 6
+        while not stop.is_set():
+            # Take audio only as far as the frames we may emit need: on a virtual clock the whole
+            # file is available at once, and reading past the end frame would count as drift.
+            want = self.audio.need_samples(k + min(cap, 10 ** 4))
+            while self.audio.pos < want and (item := q.get_nowait()) is not None:
+                self.audio.on_item(item)
+            n = self._frames_ready(k, cap)
+            end = self._end_frame()
+            if end is not None and k >= end:
+                return 0
+            if n >= cap or (n > 0 and (self.realtime or self.audio.ended)):
+                return n
+            if n > 0 and end is not None and k + n >= end:
+                return n
+            item = q.get(timeout=0.02 if self.realtime else 0.1)
+            if item is not None:
+                self.audio.on_item(item)
+            elif self.realtime:
+                need = self.audio.need_samples(k)
+                due = self.t0 + need / SAMPLE_RATE
+                now = self.clock.now()
+                if now > due + self.cfg.audio_timeout_s:
+                    self.audio.warn_lost("no audio for %.0f ms" % (1000 * (now - due)))
+                    self.audio.fill_silence(need, now)
+            elif q.closed and not len(q):  # source closed under us
+                self.audio.end()
+        return 0
+
+    def _realtime_batch(self) -> int:
+        """Frames per generator call live: up to ``batch``, but no more than fit in
+        ``max_delay_s`` at the measured cost per frame -- batching buys throughput with latency,
+        and when even one frame takes longer than a frame interval only the newest is worth it."""
+        if self.latency.frames == 0:
+            return 1
+        per_frame = self.latency.compute_s / self.latency.frames
+        if per_frame <= 0:
+            return self.cfg.batch
+        return max(1, min(self.cfg.batch, int(self.cfg.max_delay_s / per_frame)))
+
+    def _drop_late(self, idx: list[int]) -> list[int]:
+        now = self.clock.now()
+        late = [j for j in idx[:-1]
+                if now - (self.t0 + self.audio.need_samples(j) / SAMPLE_RATE) > self.cfg.max_delay_s]
+        keep = idx[len(late):]
+        cap = self._realtime_batch()
+        if len(keep) > cap:
+            late += keep[: len(keep) - cap]
+            keep = keep[len(keep) - cap:]
+        if late:
+            self.latency.drop("frames_late", len(late))
+        return keep
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _default_background(self, k: int, sample: PoseSample | None) -> Background | None:
+        if self.pose_src is None:
+            return None  # the avatar photo
+        frame_s = sample if sample is not None and sample.frame is not None else self.pose.last_sample
+        good = self.pose.last_good_sample
+        if frame_s is None or frame_s.frame is None:
+            return None
+        if good is None:
+            # No face seen yet: the camera frame itself.
+            return Background(frame_s.frame, None)
+        m = sample.crop_m if sample is not None and sample.crop_m is not None else good.crop_m
+        return Background(frame_s.frame, m)
+
+    def _process(self, idx: list[int], stop: threading.Event) -> None:
+        t_start = time.perf_counter()
+        fps = self.cfg.fps
+        mel = torch.from_numpy(np.stack([self.audio.window(k) for k in idx]))
+        audio_cap = [self.audio.captured(k, self.clock.now) for k in idx]
+        pose_codes, samples = self.pose.codes(idx, stop)
+        backgrounds = [self.background(k, s) for k, s in zip(idx, samples)] if self.cfg.paste_back else None
+        panels = [s.crop if s is not None else None for s in samples]
+        frames = self.step(idx, mel, pose_codes, backgrounds, panels)
+        self.latency.compute_s += time.perf_counter() - t_start
+        for k, frame, sample, a_cap in zip(idx, frames, samples, audio_cap):
+            pose_cap = sample.captured if sample is not None else None
+            if not self.realtime:
+                self.clock.advance_to(max(a_cap, pose_cap if pose_cap is not None else -math.inf))
+            for s in self.sinks:
+                s.write(frame, k / fps)
+            self.last_slot = k
+            t_k = self.t0 + k / fps
+            self.latency.add(FrameTiming(k, t_k, self.t0 + self.audio.need_samples(k) / SAMPLE_RATE,
+                                         a_cap, pose_cap, self.clock.now()))
+        self.audio.prune(idx[-1] + 1)
+
+    def _stop_requested(self) -> bool:
+        return any(getattr(s, "stop_requested", False) for s in self.sinks)
+
+    def run(self, stop: threading.Event | None = None,
+            progress: Callable[[int, int | None], None] | None = None) -> LatencyReport:
+        """Run to the end; ``progress(frames done, total or None)`` after every batch."""
+        stop = stop or threading.Event()
+        self.family.reset()
+        self.t0 = self.clock.now()
+        self.audio.t0 = self.pose.t0 = self.t0
+        started: list[Source] = []
+        next_stats = time.monotonic() + (self.cfg.stats_interval_s or math.inf)
+        try:
+            for src in (self.audio_src, self.pose_src):
+                if src is not None:
+                    src.start(self.t0, self.clock)
+                    started.append(src)
+            log.info("audio lookahead %.0f ms at %g fps (+ the audio block)", 1000 * self.lookahead_s,
+                     self.cfg.fps)
+            k = 0
+            while not stop.is_set() and not self._stop_requested():
+                n = self._wait_audio(k, stop)
+                if n == 0:
+                    break
+                idx = list(range(k, k + n))
+                if self.realtime:
+                    idx = self._drop_late(idx)
+                self._process(idx, stop)
+                k = idx[-1] + 1
+                if progress is not None:
+                    progress(k, self._end_frame())
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + (self.cfg.stats_interval_s or math.inf)
+                    log.info("stats: %s", self.report().summary())
+        finally:
+            for src in started:
+                src.close()
+        return self.report()
+
+    def report(self) -> LatencyReport:
+        queues = {self.audio_src.name: self.audio_src.queue.stats()}
+        if self.pose_src is not None:
+            queues[self.pose_src.name] = self.pose_src.queue.stats()
+        video_s = (self.last_slot + 1) / self.cfg.fps
+        # How far the consumed audio ran past what the last frame needed (bounded buffering).
+        drift = 0.0
+        if self.last_slot >= 0:
+            drift = (self.audio.pos - self.audio.need_samples(self.last_slot)) / SAMPLE_RATE
+        return self.latency.report(
+            queues=queues,
+            audio_s=self.audio.pos / SAMPLE_RATE,
+            video_s=video_s,
+            audio_silence_s=self.audio.silence_samples / SAMPLE_RATE,
+            audio_clock_offset_ms=1000 * self.audio.clock_offset_max,
+            camera_lost_s=self.pose.camera_lost_frames / self.cfg.fps,
+            extra={"audio_buffered_past_need_ms": round(1000 * drift, 3),
+                   "pose_encodings": getattr(self.family, "pose_encodings", 0),
+                   "audio_lost_episodes": self.audio.lost_episodes,
+                   "camera_lost_episodes": self.pose.camera_lost_episodes,
+                   "audio_gain": round(self.gain.gain(), 6),
+                   "gain_mode": "fixed" if self.gain.fixed is not None else "running",
+                   "model": self.family.name,
+                   "random_weights": self.family.random_weights},
+        )

@@ -1,0 +1,103 @@
+"""The frame step: written once, called by render, stream, demo and bench.
+
+For a batch of output frames k:
+
+    mouth  = family.mouth(mel windows, k)            # audio window -> mouth code
+    pose   = the pose path's codes (family.pose)     # pose sample -> pose code (smoothed, held)
+    crops  = family.generate(avatar, mouth, pose)    # style composition + generator
+    frames = compose(crops)                          # paste-back, layout, "random weights" stamp
+
+The pipeline (`trtalk.runtime.pipeline`) decides which frames are due and feeds the step; the
+family (`trtalk.runtime.family`) owns the networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from trtalk.errors import TrtalkError
+from trtalk.runtime.family import Avatar, ModelFamily
+
+LAYOUTS = ("generated", "side-by-side")
+RANDOM_WEIGHTS_NOTE = "random weights - no checkpoint"
+
+
+@dataclass(frozen=True)
+class Background:
+    """A frame to paste the generated crop into, and the map from its pixels to the crop
+    (None: show the frame as it is, e.g. a camera before the first face was seen)."""
+
+    frame: np.ndarray
+    crop_m: np.ndarray | None
+
+
+def stamp(frame: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``frame`` with ``text`` on its bottom edge (white on a darkened band)."""
+    out = np.ascontiguousarray(frame).copy()
+    h, w = out.shape[:2]
+    scale = max(0.35, w / 900)
+    (_, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    y0 = h - th - base - 6
+    out[y0:] = out[y0:] // 3
+    cv2.putText(out, text, (4, h - base - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return out
+
+
+class FrameStep:
+    """One avatar's frame step over a family (see the module docstring).
+
+    ``layout``: "generated" (the frame only) or "side-by-side" (avatar | frame | pose source).
+    ``paste_back``: the crop goes back into the background frame given per frame (else the
+    avatar's photo). Frames of a family on random weights are stamped so.
+    """
+
+    def __init__(self, family: ModelFamily, avatar: Avatar, *, layout: str = "generated",
+                 paste_back: bool = False) -> None:
+        if layout not in LAYOUTS:
+            raise TrtalkError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
+        self.family = family
+        self.avatar = avatar
+        self.layout = layout
+        self.paster = None
+        if paste_back:
+            from trtalk.face import PasteBack
+
+            self.paster = PasteBack(crop_size=family.output_size)
+
+    def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        """Generated crops B x H x W x 3 uint8 of ``frames`` from their mel windows and pose codes."""
+        with torch.no_grad():
+            mouth = self.family.mouth(mel, frames)
+            return self.family.generate(self.avatar, mouth, pose)
+
+    def compose(self, crop: np.ndarray, background: Background | None = None,
+                pose_panel: np.ndarray | None = None) -> np.ndarray:
+        """The output frame of one generated crop."""
+        out = crop
+        if self.paster is not None:
+            bg = background or Background(self.avatar.image, self.avatar.crop_m)
+            out = bg.frame if bg.crop_m is None else self.paster(bg.frame, crop, bg.crop_m)
+        if self.layout == "side-by-side":
+            from trtalk.runtime.media import composite_side_by_side
+
+            panel = pose_panel if pose_panel is not None else self.avatar.crop
+            out = composite_side_by_side([self.avatar.crop, out, panel],
+                                         height=min(512, out.shape[0]) if self.paster else crop.shape[0])
+        if self.family.random_weights:
+            out = stamp(out, RANDOM_WEIGHTS_NOTE)
+        return out
+
+    def __call__(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
+                 backgrounds: Sequence[Background | None] | None = None,
+                 pose_panels: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        crops = self.infer(frames, mel, pose)
+        n = len(crops)
+        bgs = backgrounds if backgrounds is not None else [None] * n
+        panels = pose_panels if pose_panels is not None else [None] * n
+        return [self.compose(c, b, p) for c, b, p in zip(crops, bgs, panels)]
