@@ -282,3 +282,37 @@ def test_list_defaults_are_not_shared_between_parses() -> None:
     first.batches.append(99)
     assert config_from_args(Everything, p.parse_args(["-o", "x"])).batches == [1, 8]
 
+
+def test_converted_subcommands_keep_their_flags(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    import trtalk.cli
+    from trtalk.export.exporter import ExportOptions
+    from trtalk.models.cli import ConvertOptions
+    from trtalk.warp.cli import DEFAULT_OUT, DemoOptions
+
+    monkeypatch.setattr(trtalk.cli, "SUBCOMMAND_MODULES",
+                        ("trtalk.models.cli", "trtalk.warp.cli", "trtalk.export.cli",
+                         "trtalk.runtime.devices"))
+    p = trtalk.cli.build_parser()
+
+    def cfg(argv: list[str]):
+        args = p.parse_args(argv)
+        return config_from_args(args.func.cls, args)
+
+    assert cfg(["export", "--out", "o"]) == ExportOptions(out=Path("o"))
+    assert cfg(["export", "--out", "o", "--checkpoint", "c", "--precision", "fp32", "--max-batch", "4",
+                "--target", "tensorrt", "--modconv", "plugin", "--compute-capability", "sm89",
+                "--seed", "3"]) == \
+        ExportOptions(out=Path("o"), checkpoint=Path("c"), precision="fp32", max_batch=4, target="tensorrt",
+                      modconv="plugin", compute_capability="sm89", seed=3)
+    assert cfg(["convert", "ck", "-o", "x.safetensors"]) == ConvertOptions(Path("ck"), Path("x.safetensors"))
+    assert cfg(["demo"]) == DemoOptions(output=DEFAULT_OUT)
+    assert cfg(["demo", "-o", "d.mp4", "--audio", "a.wav", "--pose", "p.mp4", "--face", "f.png",
+                "--paste-back", "--fps", "30", "--backend", "onnxruntime"]) == \
+        DemoOptions(Path("d.mp4"), Path("a.wav"), Path("p.mp4"), Path("f.png"), True, 30.0, "onnxruntime")
+    assert p.parse_args(["devices"]).func.cls is None
+    assert trtalk.cli.main(["demo", "--fps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "trtalk: error: --fps must be positive, got 0.0"
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(["export", "--out", "o", "--target", "coreml"])
+    assert exc.value.code == 2
