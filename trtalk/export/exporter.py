@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from trtalk import __version__
+from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
@@ -37,18 +38,25 @@ RANDOM_SEED = 0
 
 @dataclass
 class ExportOptions:
-    """Options of `trtalk export` (see `export_pcavs`)."""
+    """Options of `trtalk export` (see `export_pcavs`); each field is also its flag."""
 
-    out: Path
-    checkpoint: Path | None = None  # None: seeded random weights (loudly warned, recorded)
-    precision: str = "fp16"
-    max_batch: int = 8
-    target: str = "onnx"
-    modconv: str = "decomposed"
-    seed: int = RANDOM_SEED
-    compute_capability: str | None = None  # TensorRT targets: e.g. "sm89"; None = builder default
-    config: PCAVSConfig | None = None  # architecture override (tests use PCAVSConfig.small())
-    stages: tuple[str, ...] = STAGES
+    out: Path = option(help="output directory")
+    checkpoint: Path | None = option(None, help="official checkpoint folder or trtalk .safetensors",
+                                     default_text="random weights")  # None: loudly warned, recorded
+    precision: str = option("fp16", choices=PRECISIONS,
+                            help="graph precision (fp16: fp16 weights/activations, fp32 I/O)")
+    max_batch: int = option(8, help="largest batch of the engines")
+    target: str = option("onnx", choices=TARGETS, help="what to produce")
+    modconv: str = option("decomposed", choices=MODCONV_CHOICES,
+                          help="modulated-conv form in the generator graph (plugin: custom "
+                               "trtalk::ModulatedConv2d nodes for the TensorRT plugin; fp32, "
+                               "datacenter TensorRT)")
+    seed: int = option(RANDOM_SEED, help="seed of the random weights (no --checkpoint)")
+    compute_capability: str | None = option(
+        None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
+        default_text="the local GPU")  # TensorRT targets; None = builder default
+    config: PCAVSConfig | None = option(None, cli=False)  # architecture override (tests: small())
+    stages: tuple[str, ...] = option(STAGES, cli=False)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
+from trtalk.configcli import add_command, option
 from trtalk.models.checkpoint import convert
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Options of `trtalk convert`."""
+
+    checkpoint: Path = option(positional=True,
+                              help="official checkpoint folder (or a trtalk .safetensors file)")
+    output: Path = option(short="-o", help="output .safetensors path")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an official PC-AVS checkpoint folder to safetensors",
-                       description="Read checkpoints/demo/latest_net_{G,V,E,A_sync}.pth and write one "
-                                   ".safetensors file that every trtalk command accepts as --checkpoint.")
-    p.add_argument("checkpoint", help="official checkpoint folder (or a trtalk .safetensors file)")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.set_defaults(func=_run)
+    add_command(sub, "convert", ConvertOptions, _run,
+                help="convert an official PC-AVS checkpoint folder to safetensors",
+                description="Read checkpoints/demo/latest_net_{G,V,E,A_sync}.pth and write one "
+                            ".safetensors file that every trtalk command accepts as --checkpoint.")
 
 
-def _run(args: argparse.Namespace) -> int:
-    out = convert(args.checkpoint, args.output)
+def _run(opts: ConvertOptions) -> int:
+    out = convert(opts.checkpoint, opts.output)
     print(f"wrote {out}")
     return 0

@@ -69,11 +69,13 @@ def list_backends() -> dict[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("devices", help="list microphones, cameras, virtual camera, GPUs and backends")
-    p.set_defaults(func=_run)
+    from trtalk.configcli import add_command
+
+    add_command(sub, "devices", None, _run,
+                help="list microphones, cameras, virtual camera, GPUs and backends")
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run() -> int:
     from trtalk.runtime.livesinks import virtual_camera_status
 
     mics, problem = list_microphones()

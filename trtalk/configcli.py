@@ -1,0 +1,520 @@
+"""Command-line flags generated from config dataclasses, and the dataclass built back from them.
+
+A subcommand's options are one dataclass; each field is one flag. The flag's name, type, default
+and help come from the field (``option(...)`` puts help, short alias, choices and the rest in
+the field's metadata), so a new option is one line and a flag means the same thing wherever the
+same field (or the same shared sub-config) is used. A front end::
+
+    @dataclass
+    class RenderOptions:
+        output: Path = option(Path("out/render.mp4"), short="-o", help="output mp4")
+        fps: float = option(25.0, help="output frame rate")
+        model: ModelOptions = option(default_factory=ModelOptions, prefix="")  # shared, unprefixed
+
+    def register(sub):  # args.func(args) builds a RenderOptions and returns _run(options)
+        add_command(sub, "render", RenderOptions, _run, help="render a talking-face mp4")
+
+By hand: ``add_config_args(parser, RenderOptions)``, then ``config_from_args(RenderOptions, args)``.
+`to_argv` spells a config back as arguments (logs, re-runs); `inconsistent_flags` lists flags that
+mean different things in different subcommands (a test over ``trtalk.cli.build_parser()``).
+
+Types, from the annotation (``from __future__ import annotations`` is fine: hints are resolved
+with ``typing.get_type_hints``, so the dataclass must be defined at module level):
+
+- ``str``, ``int``, ``float``, ``Path``: ``--name VALUE``.
+- ``bool``: default False -> ``--name``; default True -> ``--name`` / ``--no-name``;
+  ``bool | None`` (default None) -> ``--name`` / ``--no-name``, None when neither is given.
+  ``negative="--fast"`` renames the off switch.
+- ``X | None``: as X, None when not given.
+- ``list[X]`` / ``tuple[X, ...]``: one comma-separated value (``--batch 1,8,32``).
+- ``Literal["a", "b"]`` or ``choices=(...)``: argparse choices (each item of a list is checked).
+- A dataclass: its fields become flags too, named ``--<field>-<sub-field>`` (``prefix="x-"`` to
+  choose, ``prefix=""`` to include them as they are: the way to share one set of flags).
+- Anything else: ``type=`` (a ``str -> value`` callable) or ``cli=False`` (not a flag; give it
+  in ``config_from_args(..., name=value)`` or leave its default). A field without ``option``
+  metadata is a flag with no help.
+
+A field with no default is a required flag (or, with ``positional=True``, a positional argument).
+Fields that share ``exclusive="name"`` form a mutually exclusive group; ``section="title"`` lists
+fields under a titled group in ``--help``. Help shows the default as ``(default: X)`` (None and
+False are not shown; ``default_text="the local GPU"`` says it in words).
+
+Validation stays in the dataclass (``__post_init__``): a ``ValueError`` raised there reaches the
+user as a one-line `TrtalkError`; a `TrtalkError` passes through. A field whose type cannot be a
+flag fails when the parser is built (TypeError), not when a user runs the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+from trtalk.errors import TrtalkError
+
+__all__ = ["OptionSpec", "add_command", "add_config_args", "config_from_args", "inconsistent_flags",
+           "option", "to_argv"]
+
+T = TypeVar("T")
+
+META_KEY = "trtalk.cli"
+
+
+class _NoConst:
+    """Marks "no const" (None is a valid const)."""
+
+    def __repr__(self) -> str:
+        return "<no const>"
+
+
+_NO_CONST: Any = _NoConst()
+_SCALARS: dict[type, Callable[[str], Any]] = {str: str, int: int, float: float, Path: Path}
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one dataclass field appears on the command line (see `option` for the meaning)."""
+
+    help: str = ""
+    flags: tuple[str, ...] = ()
+    short: str | None = None
+    choices: tuple[Any, ...] | None = None
+    metavar: str | None = None
+    hidden: bool = False
+    type: Callable[[str], Any] | None = None
+    exclusive: str | None = None
+    section: str | None = None
+    const: Any = _NO_CONST
+    negative: str | None = None
+    negative_help: str | None = None
+    positional: bool = False
+    default_text: str | None = None
+    prefix: str | None = None
+    cli: bool = True
+
+
+def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MISSING,
+           flags: str | Sequence[str] | None = None, short: str | None = None,
+           choices: Iterable[Any] | None = None, metavar: str | None = None, hidden: bool = False,
+           type: Callable[[str], Any] | None = None, exclusive: str | None = None,
+           section: str | None = None, const: Any = _NO_CONST, negative: str | None = None,
+           negative_help: str | None = None, positional: bool = False,
+           default_text: str | None = None, prefix: str | None = None, cli: bool = True,
+           **field_kwargs: Any) -> Any:
+    """A `dataclasses.field` that is also a command-line flag.
+
+    default / default_factory: the field's default (none: a required flag).
+    help: the flag's help; ``(default: X)`` is appended (``default_text`` replaces X).
+    flags: the flag names, replacing ``--field-name`` (e.g. ``("--stats",)``); short: an alias
+    added in front (``"-o"``). choices: allowed values (also read from a ``Literal`` type).
+    metavar: the value's name in usage. hidden: a working flag left out of ``--help``.
+    type: ``str -> value`` parser replacing the one from the annotation.
+    exclusive: name of a mutually exclusive group; section: title of a help group.
+    const: the value when the flag is given bare (the value is then optional: ``--mic`` or
+    ``--mic 2``). negative / negative_help: the off switch of a bool (``--no-name`` by default
+    where there is one). positional: a positional argument instead of a flag.
+    prefix: for a dataclass-typed field, the prefix of its sub-flags (default ``"<field>-"``).
+    cli: False keeps the field off the command line.
+    Other keyword arguments go to `dataclasses.field`.
+    """
+    if isinstance(flags, str):
+        flags = (flags,)
+    spec = OptionSpec(help=help, flags=tuple(flags or ()), short=short,
+                      choices=tuple(choices) if choices is not None else None, metavar=metavar,
+                      hidden=hidden, type=type, exclusive=exclusive, section=section, const=const,
+                      negative=negative, negative_help=negative_help, positional=positional,
+                      default_text=default_text, prefix=prefix, cli=cli)
+    metadata = dict(field_kwargs.pop("metadata", None) or {})
+    metadata[META_KEY] = spec
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata,
+                             **field_kwargs)
+
+
+# --------------------------------------------------------------------------- field analysis
+
+
+@dataclass
+class _Opt:
+    """One flag: where its value goes (``path`` into the config, ``dest`` in the namespace)."""
+
+    path: tuple[str, ...]
+    dest: str
+    flags: list[str]
+    spec: OptionSpec
+    default: Any  # MISSING: required
+    parse: Callable[[str], Any] | None  # None: a bool switch
+    choices: tuple[Any, ...] | None
+    optional: bool  # `X | None`
+    sequence: type | None  # list or tuple for comma-separated values
+    negative: str | None  # the off switch of a bool
+    section: str | None
+    hidden: bool
+
+    @property
+    def name(self) -> str:
+        """The flag as messages and `to_argv` spell it (the first long one)."""
+        return next((fl for fl in self.flags if fl.startswith("--")), self.flags[-1])
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _scalar(hint: Any, where: str) -> tuple[Callable[[str], Any], tuple[Any, ...] | None]:
+    """(parser, choices) of a scalar annotation."""
+    if typing.get_origin(hint) is Literal:
+        values = typing.get_args(hint)
+        kinds = {type(v) for v in values}
+        if len(kinds) != 1 or next(iter(kinds)) not in _SCALARS:
+            raise TypeError(f"{where}: Literal values must all be str, int or float")
+        return _SCALARS[next(iter(kinds))], tuple(values)
+    if hint in _SCALARS:
+        return _SCALARS[hint], None
+    raise TypeError(f"{where}: cannot make a flag of type {hint!r}; give option(type=...) "
+                    f"or option(cli=False)")
+
+
+def _class_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except NameError as exc:
+        raise TypeError(f"cannot resolve the annotations of {cls.__qualname__} ({exc}); define it at "
+                        "module level with every annotated name importable at run time") from None
+
+
+def _options(cls: type, prefix: str = "", defaults: Any = None, section: str | None = None,
+             hidden: bool = False, path: tuple[str, ...] = ()) -> list[_Opt]:
+    """The flags of dataclass ``cls``; ``defaults`` (an instance) overrides the field defaults."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = _class_hints(cls)
+    out: list[_Opt] = []
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(META_KEY, OptionSpec())
+        if not f.init or not spec.cli:
+            continue
+        where = f"{cls.__qualname__}.{f.name}"
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            sub_prefix = spec.prefix if spec.prefix is not None else f.name.replace("_", "-") + "-"
+            out += _options(hint, prefix + sub_prefix, None if default is MISSING else default,
+                            spec.section or section, spec.hidden or hidden, path + (f.name,))
+            continue
+        inner, optional = _split_optional(hint)
+        sequence = None
+        parse: Callable[[str], Any] | None
+        if spec.type is not None:
+            parse, choices = spec.type, None
+        elif inner is bool:
+            parse, choices = None, None
+        else:
+            origin, args = typing.get_origin(inner), typing.get_args(inner)
+            if origin is list and len(args) == 1:
+                sequence, inner = list, args[0]
+            elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+                sequence, inner = tuple, args[0]
+            elif origin in (list, tuple):
+                raise TypeError(f"{where}: only list[X] and tuple[X, ...] can be flags")
+            parse, choices = _scalar(inner, where)
+        choices = spec.choices if spec.choices is not None else choices
+        if parse is None and (spec.positional or spec.const is not _NO_CONST or choices):
+            raise TypeError(f"{where}: a bool flag takes no value (positional, const and choices "
+                            "do not apply)")
+        dest = (prefix + f.name).replace("-", "_")
+        # A prefix applies to long flags; short ones are kept only where there is no prefix.
+        long = [("--" + prefix + fl[2:]) if fl.startswith("--") else fl
+                for fl in spec.flags if fl.startswith("--") or not prefix]
+        long = long or ["--" + (prefix + f.name).replace("_", "-")]
+        shorts = [spec.short] if spec.short and not prefix else []
+        negative = None
+        if parse is None and (spec.negative or default is True or optional):
+            if spec.negative is None:
+                main = next((fl for fl in long if fl.startswith("--")), None)
+                if main is None:
+                    raise TypeError(f"{where}: a bool with only short flags needs negative=")
+                negative = "--no-" + main[2:]
+            elif spec.negative.startswith("--"):
+                negative = "--" + prefix + spec.negative[2:]
+            else:
+                negative = spec.negative
+        if parse is None and not optional and default is MISSING:
+            default = False  # a bool field without default is a switch that is off
+        out.append(_Opt(path + (f.name,), dest, shorts + long, spec, default, parse, choices,
+                        optional, sequence, negative, spec.section or section, spec.hidden or hidden))
+    return out
+
+
+# --------------------------------------------------------------------------- parser side
+
+
+def _list_parser(parse: Callable[[str], Any], choices: tuple[Any, ...] | None,
+                 container: type) -> Callable[[str], Any]:
+    name = getattr(parse, "__name__", "value")
+
+    def parse_list(text: str) -> Any:
+        try:
+            items = [parse(t.strip()) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {name}, got {text!r}") from None
+        bad = [i for i in items if choices is not None and i not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {bad[0]!r} (choose from {', '.join(map(str, choices))})")
+        return container(items)
+
+    parse_list.__name__ = f"{name} list"
+    return parse_list
+
+
+def _show(value: Any) -> str | None:
+    if value is None or value is MISSING or isinstance(value, bool):
+        return None
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, str) and not value:
+        return "''"
+    return str(value)
+
+
+def _help(opt: _Opt) -> str:
+    if opt.hidden:
+        return argparse.SUPPRESS
+    text = opt.spec.help.replace("%", "%%")
+    shown = opt.spec.default_text
+    if shown is None:
+        shown = "on" if opt.parse is None and opt.default is True else _show(opt.default)
+    if shown:
+        shown = shown.replace("%", "%%")
+        text = f"{text} (default: {shown})" if text else f"default: {shown}"
+    return text
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type,
+                    *, prefix: str = "", required_exclusive: Iterable[str] = ()) -> None:
+    """Add one flag per field of dataclass ``cls`` (and of its dataclass fields) to ``parser``.
+
+    ``prefix`` goes in front of every long flag and dest (``"stream-"`` -> ``--stream-batch``,
+    ``args.stream_batch``); pass the same to `config_from_args`. ``required_exclusive``: the
+    ``exclusive`` groups of which one flag must be given.
+    """
+    sections: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
+    required = set(required_exclusive)
+    seen: dict[str, tuple[str, ...]] = {}
+    for opt in _options(cls, prefix):
+        if opt.dest in seen:
+            raise TypeError(f"{'.'.join(opt.path)} and {'.'.join(seen[opt.dest])} both map to "
+                            f"args.{opt.dest}; give one of them another prefix or name")
+        seen[opt.dest] = opt.path
+        container: Any = parser
+        if opt.section:
+            if opt.section not in sections:
+                sections[opt.section] = parser.add_argument_group(opt.section)
+            container = sections[opt.section]
+        if opt.spec.exclusive:
+            name = opt.spec.exclusive
+            if name not in groups:
+                groups[name] = container.add_mutually_exclusive_group(required=name in required)
+            container = groups[name]
+        _add(container, opt)
+    missing = required - set(groups)
+    if missing:
+        raise TypeError(f"required_exclusive names no exclusive group of {cls.__qualname__}: "
+                        f"{', '.join(sorted(missing))}")
+
+
+def _add(container: Any, opt: _Opt) -> None:
+    spec, help_text = opt.spec, _help(opt)
+    if opt.parse is None:  # a switch
+        if opt.negative is None:
+            container.add_argument(*opt.flags, dest=opt.dest, action="store_true", default=opt.default,
+                                   help=help_text)
+            return
+        if not opt.spec.exclusive:  # --x and --no-x exclude each other
+            container = container.add_mutually_exclusive_group()
+        container.add_argument(*opt.flags, dest=opt.dest, action="store_const", const=True,
+                               default=opt.default, help=help_text)
+        neg_help = argparse.SUPPRESS if opt.hidden else \
+            (spec.negative_help or f"turn off {opt.name}").replace("%", "%%")
+        container.add_argument(opt.negative, dest=opt.dest, action="store_const", const=False,
+                               default=opt.default, help=neg_help)
+        return
+    parse = opt.parse
+    choices = opt.choices
+    metavar = spec.metavar
+    if opt.sequence is not None:
+        parse = _list_parser(parse, choices, opt.sequence)
+        if metavar is None:
+            metavar = ("{" + ",".join(map(str, choices)) + "}" if choices else opt.dest.upper()) + "[,...]"
+        choices = None
+    kwargs: dict[str, Any] = {"type": parse, "help": help_text}
+    if choices is not None:
+        kwargs["choices"] = choices
+    if metavar is not None:
+        kwargs["metavar"] = metavar
+    if spec.const is not _NO_CONST:
+        kwargs.update(nargs="?", const=spec.const)
+    if spec.positional:
+        if opt.default is not MISSING:
+            kwargs.update(nargs="?", default=opt.default)
+        container.add_argument(opt.dest, **kwargs)
+        return
+    if opt.default is MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = opt.default
+    container.add_argument(*opt.flags, dest=opt.dest, **kwargs)
+
+
+# --------------------------------------------------------------------------- back to the config
+
+
+def _build(cls: type, values: Mapping[tuple[str, ...], Any], defaults: Any,
+           path: tuple[str, ...], overrides: Mapping[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    hints = _class_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        p = path + (f.name,)
+        if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get(META_KEY, OptionSpec()).cli:
+            sub_default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+            kwargs[f.name] = _build(hints[f.name], values, None if sub_default is MISSING else sub_default,
+                                    p, {})
+        elif p in values:
+            kwargs[f.name] = values[p]
+    kwargs.update(overrides)
+    if defaults is not None:
+        return dataclasses.replace(defaults, **kwargs)
+    return cls(**kwargs)
+
+
+def config_from_args(cls: type[T], namespace: argparse.Namespace, *, prefix: str = "",
+                     **overrides: Any) -> T:
+    """The ``cls`` instance that the flags in ``namespace`` describe (see `add_config_args`).
+
+    ``overrides`` set top-level fields directly (``cli=False`` fields, values the front end
+    computes). A ``ValueError`` from the dataclass's validation becomes a one-line `TrtalkError`.
+    """
+    values = {}
+    for opt in _options(cls, prefix):
+        if not hasattr(namespace, opt.dest):
+            raise TypeError(f"the namespace has no {opt.dest!r}: was add_config_args({cls.__qualname__}"
+                            f"{', prefix=' + repr(prefix) if prefix else ''}) called on its parser?")
+        value = getattr(namespace, opt.dest)
+        if opt.sequence is not None and value is not None:
+            value = opt.sequence(value)  # not the parser's default object itself
+        values[opt.path] = value
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__qualname__} has no field {', '.join(sorted(unknown))}")
+    try:
+        return _build(cls, values, None, (), overrides)
+    except TrtalkError:
+        raise
+    except ValueError as exc:
+        raise TrtalkError(" ".join(str(exc).split()) or f"invalid {cls.__qualname__}") from None
+
+
+def to_argv(cfg: Any, *, prefix: str = "") -> list[str]:
+    """Command-line arguments that `config_from_args` turns back into ``cfg`` (non-defaults only).
+
+    For logs and for re-running a command; ValueError when a value has no flag spelling (None for
+    a field whose default is not None).
+    """
+    argv: list[str] = []
+    positional: list[str] = []
+    for opt in _options(type(cfg), prefix):
+        value = cfg
+        for name in opt.path:
+            value = getattr(value, name)
+        if opt.default is not MISSING and value == opt.default and not opt.spec.positional:
+            continue
+        if opt.parse is None:
+            if value is None or (value is False and opt.negative is None):
+                raise ValueError(f"{'.'.join(opt.path)}={value!r} has no flag")
+            argv.append(opt.name if value else opt.negative)
+            continue
+        if value is None:
+            raise ValueError(f"{'.'.join(opt.path)}=None has no flag (its default is {opt.default!r})")
+        text = ",".join(map(str, value)) if opt.sequence is not None else str(value)
+        if opt.spec.positional:
+            positional.append(text)
+        elif opt.spec.const is not _NO_CONST and value == opt.spec.const:
+            argv.append(opt.name)
+        else:
+            argv += [opt.name, text]
+    return argv + positional
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+class _Command:
+    """``args.func``: builds the config from the parsed flags and calls the subcommand with it."""
+
+    def __init__(self, cls: type | None, run: Callable[..., int | None]) -> None:
+        self.cls, self.run = cls, run
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        if self.cls is None:
+            return int(self.run() or 0)
+        return int(self.run(config_from_args(self.cls, args)) or 0)
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type | None,
+                run: Callable[..., int | None], *, help: str, description: str | None = None,
+                required_exclusive: Iterable[str] = (), **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` whose flags are the fields of ``cls`` and whose ``func`` runs
+    ``run(cls_instance) -> exit status`` (``run()`` when ``cls`` is None: a command without
+    options). Returns the subparser (for flags that are not config fields, e.g. ``--version``)."""
+    p = subparsers.add_parser(name, help=help, description=description, **parser_kwargs)
+    if cls is not None:
+        add_config_args(p, cls, required_exclusive=required_exclusive)
+    p.set_defaults(func=_Command(cls, run))
+    return p
+
+
+def inconsistent_flags(parser: argparse.ArgumentParser, *, compare_help: bool = False) -> list[str]:
+    """Flags that mean different things in different subcommands of ``parser``: the same flag
+    with another dest, action, value type or choices (and help text, with ``compare_help``).
+    One line per disagreement; [] when all agree. Defaults may differ between subcommands."""
+    seen: dict[str, tuple[str, tuple]] = {}
+    problems = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command, sub in action.choices.items():
+            for a in sub._actions:
+                if isinstance(a, argparse._HelpAction):
+                    continue
+                key: tuple = (a.dest, type(a).__name__.strip("_"), getattr(a.type, "__name__", a.type),
+                              tuple(a.choices) if a.choices is not None else None)
+                if compare_help:
+                    key += ((a.help or "").split(" (default:")[0],)
+                for flag in a.option_strings:
+                    if flag not in seen:
+                        seen[flag] = (command, key)
+                    elif seen[flag][1] != key:
+                        problems.append(f"{flag}: {seen[flag][0]} {seen[flag][1]} vs {command} {key}")
+    return problems
