@@ -19,7 +19,6 @@ from trtalk.errors import TrtalkError
 SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
     "trtalk.models.cli",
-    "trtalk.warp.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",

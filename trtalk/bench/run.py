@@ -546,10 +546,10 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
 
     assets = Path(__file__).resolve().parents[1] / "assets"
     avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
-    family = ModelOptions(model="pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
-                          seed=cfg.seed, model_config=cfg.model_config).open(cfg.fps)
-    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch,
-                        device=cfg.device)
+    model = ModelOptions(model="pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
+                         seed=cfg.seed, model_config=cfg.model_config)
+    family = model.open(cfg.fps)
+    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
     audio = AudioFileSource(speech)
     if len(audio.wave) / 16000.0 < cfg.duration_s:  # loop a short file (running gain, then)
         audio.close()

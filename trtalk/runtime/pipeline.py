@@ -70,6 +70,7 @@ class PipelineConfig:
     camera_timeout_s: float = option(0.5, section="live timing",
                                      help="seconds without a camera frame before it counts as lost")
     gain: GainConfig = option(default_factory=GainConfig, cli=False)
+    stats_interval_s: float | None = option(None, cli=False)  # log stats this often (stream --stats)
 
     def pose_config(self) -> PoseConfig:
         return PoseConfig(self.pose_smoothing, self.lost_hold_s, self.lost_ease_s, self.camera_timeout_s)

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import check_writable
 from trtalk.runtime.clock import VirtualClock
 from trtalk.runtime.family import ModelFamily
+from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import ClipPoseSource, PoseSample, align_clip, pingpong
 from trtalk.runtime.sources import AudioFileSource
@@ -47,13 +49,17 @@ __all__ = ["DEFAULT_AUDIO", "DEFAULT_FACE", "LAYOUTS", "RANDOM_WEIGHTS_NOTE", "R
 
 @dataclass
 class RenderConfig(PipelineConfig):
-    """Options of `trtalk render` beyond the pipeline's; paths default to the built-in assets."""
+    """Options of `trtalk render` (and `trtalk demo`): the pipeline's, the input files, the model."""
 
-    output: Path = Path("out/render.mp4")
-    face: Path = DEFAULT_FACE
-    audio: Path = DEFAULT_AUDIO
-    pose: Path | None = None
-    batch: int = 8
+    output: Path = option(Path("out/render.mp4"), short="-o", help="output mp4")
+    face: Path = option(DEFAULT_FACE, help="identity: image, folder of frames or video",
+                        default_text="the built-in photo")
+    audio: Path = option(DEFAULT_AUDIO, help="speech: wav/mp3/m4a or a video's audio track",
+                         default_text="the built-in clip")
+    pose: Path | None = option(None, help="head pose: video or image, looped forward and backward",
+                               default_text="the face source itself")
+    batch: int = option(8, help="most frames per generator call")
+    model: ModelOptions = option(default_factory=ModelOptions, prefix="")
 
 
 @dataclass

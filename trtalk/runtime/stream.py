@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.runtime.clock import Clock
 from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily
+from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import BackgroundFn, Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import PoseSample, PoseState, PoseTracker, RunningAligner
 from trtalk.runtime.sources import Source, VideoFileSource
@@ -29,11 +31,11 @@ DEFAULT_AVATAR = ASSETS / "astronaut.png"
 
 @dataclass
 class StreamConfig(PipelineConfig):
-    """Options of a stream: the pipeline's, the avatar photo and where the networks run."""
+    """Options of a stream: the pipeline's, the avatar photo and the model."""
 
-    avatar: Path = DEFAULT_AVATAR
-    device: str = "cpu"
-    pose_cache: int = 256
+    avatar: Path = option(DEFAULT_AVATAR, help="photo of the face to animate", default_text="the built-in photo")
+    model: ModelOptions = option(default_factory=ModelOptions, prefix="")
+    pose_cache: int = option(256, cli=False)
 
 
 def load_avatar(path: str | Path, family: ModelFamily) -> Avatar:
@@ -51,7 +53,7 @@ def as_family(runner_or_family: Any, cfg: StreamConfig, random_weights: bool | N
     """A family as is; a PC-AVS runner (anything with encode_* and generate) wrapped in one."""
     if isinstance(runner_or_family, ModelFamily):
         return runner_or_family
-    return PCAVSFamily(runner_or_family, random_weights, device=cfg.device, pose_cache=cfg.pose_cache)
+    return PCAVSFamily(runner_or_family, random_weights, device=cfg.model.device, pose_cache=cfg.pose_cache)
 
 
 class StreamPipeline(Pipeline):
