@@ -75,7 +75,7 @@ def test_pingpong_matches_official_loop():
 def test_cli_render_photo_mp3_pose_video_full_size(face_image_path, short_mp3, pose_video_path, tmp_path, capsys):
     """The issue's done-when case, through the CLI, with the full-size networks (random weights)."""
     out = tmp_path / "out.mp4"
-    rc = main(["render", "--face", str(face_image_path), "--audio", str(short_mp3), "--pose",
+    rc = main(["render", "--model", "pcavs", "--face", str(face_image_path), "--audio", str(short_mp3), "--pose",
                str(pose_video_path), "-o", str(out), "--batch", "4"])
     assert rc == 0
     summary = capsys.readouterr().out

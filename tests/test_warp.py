@@ -118,14 +118,41 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
 # ---------------------------------------------------------------- head pose
 
 
+class _Frames:
+    """Sink that keeps the frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+
+    def write(self, frame: np.ndarray, pts_s: float | None = None) -> None:
+        self.frames.append(frame)
+
+
+def _warp_frames(face: Path, wave: np.ndarray, pose: Path | None = None) -> tuple[list[np.ndarray], list]:
+    """The warp avatar through the pipeline (as `trtalk render --model warp`): frames, mouth codes."""
+    from trtalk.runtime.clock import VirtualClock
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pose_path import clip_pose_source
+    from trtalk.runtime.sources import AudioFileSource
+    from trtalk.runtime.stream import StreamConfig, StreamPipeline
+
+    family = WarpFamily()
+    mouths: list = []
+    inner = family.mouth
+    family.mouth = lambda mel, frames: mouths.append(inner(mel, frames)) or mouths[-1]
+    sink = _Frames()
+    src = clip_pose_source(pose) if pose is not None else None
+    StreamPipeline(StreamConfig(avatar=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
+                   VirtualClock()).run()
+    return sink.frames, mouths
+
+
 def test_head_follows_pose_video_roll(pose_video_path: Path, face_image_path: Path) -> None:
     """The fixture video rotates the face in-plane by 8 sin(pi t) degrees: output roll must follow."""
-    from trtalk.face import read_image
     from trtalk.runtime.media import iter_frames
-    from trtalk.warp.render import render_frames
 
     silence = np.zeros(int(2.0 * 16000), np.float32)
-    out = list(render_frames(read_image(face_image_path), silence, pose_video_path))
+    out, _ = _warp_frames(face_image_path, silence, pose_video_path)
     src = list(iter_frames(pose_video_path))[: len(out)]
     roll_out, roll_src = _poses(out)[:, 2], _poses(src)[:, 2]
     r = float(np.corrcoef(roll_out, roll_src)[0, 1])
@@ -136,9 +163,7 @@ def test_head_follows_pose_video_roll(pose_video_path: Path, face_image_path: Pa
 
 def test_head_follows_pose_video_yaw(renderer, tmp_path: Path, face_image_path: Path) -> None:
     """A pose video that turns the head (yaw +-10 deg, rendered by the avatar itself) is followed."""
-    from trtalk.face import read_image
     from trtalk.runtime.sinks import Mp4Sink
-    from trtalk.warp.render import render_frames
 
     n = 40
     yaw = 10.0 * np.sin(2 * np.pi * np.arange(n) / FPS / 1.6)
@@ -147,7 +172,7 @@ def test_head_follows_pose_video_yaw(renderer, tmp_path: Path, face_image_path: 
         for y in yaw:
             sink.write(renderer.frame(0.0, 0.0, M.euler_to_matrix(float(y), 0.0, 0.0)))
     silence = np.zeros(int(n / FPS * 16000), np.float32)
-    out = list(render_frames(read_image(face_image_path), silence, pose_path))
+    out, _ = _warp_frames(face_image_path, silence, pose_path)
     measured = _poses(out)[:, 0]
     r = float(np.corrcoef(measured, yaw[: len(measured)])[0, 1])
     assert r > 0.8, f"output yaw correlates with the driving yaw at r={r:.2f}"
@@ -193,15 +218,13 @@ def test_rest_pose_reproduces_the_crop(renderer) -> None:
 
 
 def test_silent_audio_keeps_mouth_closed(face_image_path: Path, pose_video_path: Path) -> None:
-    from trtalk.face import read_image
     from trtalk.warp.drive import mouth_params
-    from trtalk.warp.render import RenderStats, render_frames
 
     silence = np.zeros(16000, np.float32)
     assert not mouth_params(silence, 25).any()
-    stats = RenderStats()
-    frames = list(render_frames(read_image(face_image_path), silence, stats=stats))
-    assert len(frames) == 25 and stats.mouth is not None and not stats.mouth.any()
+    frames, mouths = _warp_frames(face_image_path, silence)
+    assert len(frames) == 25 and sum(len(m) for m in mouths) == 25
+    assert not np.concatenate([m.numpy() for m in mouths]).any()
 
 
 def test_mouth_params_track_envelope(speech_wave: np.ndarray) -> None:
@@ -257,3 +280,16 @@ def test_turned_photo_warns(renderer, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="trtalk.warp.avatar"):
         Avatar(a.photo, turned)
     assert "turned" in caplog.text
+
+
+def test_pipeline_mouth_equals_offline_mouth_params(face_image_path: Path, speech_wave: np.ndarray) -> None:
+    """The warp family reads its mouth from each frame's PC-AVS mel window in the pipeline; that
+    equals the whole-file `mouth_params` except in the last frames, where the window pads silence."""
+    from trtalk.warp.drive import mouth_params
+
+    frames, mouths = _warp_frames(face_image_path, speech_wave)
+    live = np.concatenate([m.numpy() for m in mouths])
+    offline = mouth_params(speech_wave, len(frames))
+    assert live.shape == offline.shape == (75, 2)
+    np.testing.assert_allclose(live[:-3], offline[:-3], atol=1e-5)
+    assert live[:, 0].max() > 0.3  # the mouth does open
