@@ -3,63 +3,61 @@ or with ``--stream`` the live runtime's mic-to-frame latency."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from trtalk.bench.run import PRESETS
+from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
 
 log = logging.getLogger(__name__)
 
 
-def _csv(kind: type, what: str):
-    def parse(text: str) -> list:
-        try:
-            return [kind(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}") from None
-    return parse
+@dataclass
+class BenchCommand:
+    """`trtalk bench`: what to compare and where to write it; ``--stream`` measures the live runtime."""
+
+    backends: list[Literal[tuple(PRESETS)]] = option(  # type: ignore[valid-type]
+        default_factory=lambda: list(PRESETS), help="comma-separated rows to compare",
+        default_text="all")
+    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64], help="comma-separated batch sizes")
+    precision: list[Literal["fp32", "fp16"]] | None = option(
+        None, help="fp32,fp16 for the backends whose precision is a choice",
+        default_text="fp32 on CPU, fp16,fp32 on CUDA")
+    warmup: int | None = option(None, help="untimed runs per batch", default_text="3 CPU, 10 CUDA")
+    iters: int | None = option(None, help="timed runs per batch", default_text="10 CPU, 100 CUDA")
+    device: str | None = option(None, help="cpu or cuda[:N]", default_text="cuda when visible")
+    out: Path | None = option(None, help="output folder", default_text="benchmarks/results/<machine>")
+    checkpoint: Path | None = option(None, help="official checkpoint folder or converted file")
+    model_config: Literal["official", "small"] | None = option(
+        None, help="official networks, or the small dev generator (tests)",
+        default_text="official; small for --stream on CPU")
+    cache_dir: Path | None = option(None, help="export / engine cache", default_text="trtalk's")
+    seed: int = option(0, help="seed of the random weights")
+    threads: int | None = option(None, help="CPU threads for torch and onnxruntime (1 is steadier on a busy machine)")
+    stream: bool = option(False, section="streaming (--stream)",
+                          help="measure the live runtime instead (stream.json/.md)")
+    stream_duration: float = option(5.0, section="streaming (--stream)", metavar="S", help="seconds of stream")
+    stream_pose: Literal["video", "still"] = option("video", section="streaming (--stream)",
+                                                    help="synthesised head-motion video or the avatar's still pose")
+    stream_backend: Literal["torch", "onnxruntime", "tensorrt"] = option(
+        "torch", section="streaming (--stream)", help="backend of the streamed networks")
+    stream_batch: int = option(4, section="streaming (--stream)", help="most frames per generator call")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from trtalk.bench.run import BACKENDS
-
-    p = sub.add_parser(
-        "bench", help="benchmark every backend side by side (tables, plots), or the live stream",
-        description="Time identity / pose / audio / generator and whole frames on each backend and "
-                    "batch, with FLOPs and fraction of peak; write results.json, results.md and PNG "
-                    "plots into --out (default benchmarks/results/<cpu|gpu name>). Seeded random "
-                    "weights unless --checkpoint. Backends that cannot run here are listed with the "
-                    "reason. --stream instead measures the streaming runtime's latency.")
-    p.add_argument("--backends", type=_csv(str, "--backends"), default=list(BACKENDS),
-                   help=f"comma-separated, from {','.join(BACKENDS)} (default: all)")
-    p.add_argument("--batch", type=_csv(int, "--batch"), default=[1, 8, 32, 64], help="batch sizes (1,8,32,64)")
-    p.add_argument("--precision", type=_csv(str, "--precision"), default=None,
-                   help="fp32,fp16 for the backends whose precision is a choice (default: fp32 on CPU, "
-                        "fp16,fp32 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs per batch (3 CPU, 10 CUDA)")
-    p.add_argument("--iters", type=int, default=None, help="timed runs per batch (10 CPU, 100 CUDA)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when visible)")
-    p.add_argument("--out", type=Path, default=None, help="output folder")
-    p.add_argument("--checkpoint", type=Path, default=None, help="official checkpoint folder or converted file")
-    p.add_argument("--model-config", default=None, choices=("official", "small"),
-                   help="official networks (default), or the small dev generator (tests; the default "
-                        "of --stream on CPU)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="export / engine cache (default trtalk's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and onnxruntime (default: theirs; 1 is steadier on a busy machine)")
-    s = p.add_argument_group("streaming (--stream)")
-    s.add_argument("--stream", action="store_true", help="measure the live runtime instead (stream.json/.md)")
-    s.add_argument("--stream-duration", type=float, default=5.0, metavar="S", help="seconds of stream (5)")
-    s.add_argument("--stream-pose", default="video", choices=("video", "still"),
-                   help="synthesised head-motion video or the avatar's still pose")
-    s.add_argument("--stream-backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
-    s.add_argument("--stream-batch", type=int, default=4, help="most frames per generator call")
-    p.set_defaults(func=_run)
+def register(sub) -> None:
+    add_command(sub, "bench", BenchCommand, _run,
+                help="benchmark every backend side by side (tables, plots), or the live stream",
+                description="Time identity / pose / audio / generator and whole frames on each backend and "
+                            "batch, with FLOPs and fraction of peak; write results.json, results.md and PNG "
+                            "plots into --out (default benchmarks/results/<cpu|gpu name>). Seeded random "
+                            "weights unless --checkpoint. Backends that cannot run here are listed with the "
+                            "reason. --stream instead measures the streaming runtime's latency.")
 
 
 def _command(argv: list[str] | None = None) -> str:
@@ -67,7 +65,7 @@ def _command(argv: list[str] | None = None) -> str:
     return "trtalk " + " ".join(shlex.quote(a) for a in args)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: BenchCommand) -> int:
     import torch
 
     from trtalk.bench.peaks import machine_info, machine_tag
