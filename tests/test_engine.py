@@ -333,14 +333,14 @@ def test_render_through_ort_runner_matches_torch(ort_runner, torch_runner, face_
     """`trtalk render --backend onnxruntime` path: the renderer drives a StageRunner the same way."""
     import av
 
+    from trtalk.runtime.family import PCAVSFamily
     from trtalk.runtime.render import RenderConfig, Renderer
 
     frames = {}
     for name, runner in (("ort", ort_runner), ("torch", torch_runner)):
         out = tmp_path / f"{name}.mp4"
-        cfg = RenderConfig(output=out, face=face_image_path, audio=speech_wav_path, batch=3,
-                           backend="onnxruntime" if name == "ort" else "torch")
-        res = Renderer(cfg, runner=runner, random_weights=True).run()
+        cfg = RenderConfig(output=out, face=face_image_path, audio=speech_wav_path, batch=3)
+        res = Renderer(cfg, PCAVSFamily(runner, random_weights=True)).run()
         with av.open(str(out)) as c:
             frames[name] = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
         assert res.frames == len(frames[name]) == 75

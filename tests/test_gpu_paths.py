@@ -123,3 +123,34 @@ def test_runner_noise_option_reaches_the_generator(model: PCAVS) -> None:
         r = open_runner("torch", model, "cpu", RunnerOptions(noise=noise))
         outs[noise] = r.generate(style, id_map)
     assert (outs["fixed"] - outs["zero"]).abs().max().item() > 1e-4
+
+
+def test_graphed_runner_one_graph_per_bucket_matches_eager(model: PCAVS) -> None:
+    """cuda_graphs at the runner level: frame / synthesize / encode_pose each record one graph per
+    batch bucket (padded), and replays give the eager numbers."""
+    from trtalk.engine.graphs import GraphedFunction, bucket_for
+
+    fake = FakeGraphs()
+    graphed = open_runner("torch", model, "cpu", RunnerOptions(cuda_graphs=True, graph_api=fake))
+    eager = open_runner("torch", model, "cpu")
+    assert graphed.graphed and not eager.graphed
+    assert all(not b._cuda_graphs for b in graphed.backends.values())  # stages stay eager inside
+    specs = stage_specs(model)
+    for batch, seed in ((1, 1), (3, 2), (3, 3), (2, 4)):
+        (image,) = example_inputs(specs["pose"], batch, seed=seed)
+        (mel,) = example_inputs(specs["audio"], batch, seed=seed + 10)
+        style, id_map = example_inputs(specs["generator"], batch, seed=seed + 20)
+        id_vec = style[:, :2048].contiguous()
+        torch.testing.assert_close(graphed.frame(mel, image, id_vec, id_map),
+                                   eager.frame(mel, image, id_vec, id_map), atol=1e-5, rtol=0)
+        pose = eager.encode_pose(image)
+        torch.testing.assert_close(graphed.synthesize(mel, pose, id_vec, id_map),
+                                   eager.synthesize(mel, pose, id_vec, id_map), atol=1e-5, rtol=0)
+    assert graphed._frame_graph.captured == [1, 2, 4]  # batches 1, 3 (bucket 4), 2
+    assert bucket_for(3) == 4 and bucket_for(65) == 64
+    with pytest.raises(ValueError, match="one replay"):
+        graphed.frame(mel, image, id_vec, id_map, mark=lambda: None)
+    # Larger than the largest bucket: chunks.
+    fn = GraphedFunction(lambda a: a * 2, "cpu", FakeGraphs(), buckets=(1, 2))
+    torch.testing.assert_close(fn(torch.arange(5.0)[:, None]), torch.arange(5.0)[:, None] * 2)
+    assert fn.captured == [1, 2]

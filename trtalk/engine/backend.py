@@ -22,6 +22,7 @@ from typing import Mapping, Union
 import numpy as np
 import torch
 
+from trtalk.engine.graphs import CudaGraphAPI, GraphAPI
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import StageSpec, stage_module
 
@@ -128,7 +129,7 @@ class TorchBackend(Backend):
     def __init__(self, spec: StageSpec, model, *, device: str = "cpu", precision: str | None = None,
                  max_batch: int = 64, cuda_graphs: bool = False, modconv: str = "decomposed",
                  noise: str = "fixed", compile: bool = False, compile_backend: str = "inductor",
-                 channels_last: bool | None = None, graph_api: "GraphAPI | None" = None):
+                 channels_last: bool | None = None, graph_api: GraphAPI | None = None):
         super().__init__(spec, max_batch)
         self._device = torch.device(device)
         if self._device.type == "cuda" and not torch.cuda.is_available():
@@ -215,47 +216,6 @@ def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
         if t.dim() == 4:
             t.data = t.data.contiguous(memory_format=torch.channels_last)
     return module
-
-
-class GraphAPI(abc.ABC):
-    """What `TorchBackend` needs to capture and replay a graph; CUDA's below, stand-ins in tests."""
-
-    @abc.abstractmethod
-    def side_stream(self):
-        """Context manager: the warm-up runs on a side stream (synchronised on exit)."""
-
-    @abc.abstractmethod
-    def capture(self, fn) -> tuple[object, tuple[torch.Tensor, ...]]:
-        """Record ``fn()`` once; (graph, its static outputs)."""
-
-    @abc.abstractmethod
-    def replay(self, graph: object) -> None:
-        """Run the recorded work again on the static buffers."""
-
-
-class CudaGraphAPI(GraphAPI):
-    """torch.cuda graphs: the only lines of the graph path that need a GPU."""
-
-    def side_stream(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                yield
-            torch.cuda.current_stream().wait_stream(stream)
-        return ctx()
-
-    def capture(self, fn):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
-        return graph, out
-
-    def replay(self, graph) -> None:
-        graph.replay()
 
 
 # ------------------------------------------------------------------------------- onnxruntime

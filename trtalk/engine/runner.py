@@ -28,6 +28,7 @@ import torch
 
 from trtalk import __version__
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
+from trtalk.engine.graphs import CudaGraphAPI, GraphAPI, GraphedFunction
 from trtalk.engine.cache import EngineCache, cache_root, check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
@@ -60,6 +61,7 @@ class RunnerOptions:
     noise: str = "fixed"  # generator noise; the exported graphs hold the fixed buffers
     seed: int = 0  # seed of the random weights when there is no checkpoint
     threads: int | None = None  # onnxruntime intra-op threads; None = its default
+    graph_api: GraphAPI | None = None  # stand-in for CUDA graphs (tests); None = torch.cuda
 
     def check(self, backend: str, device: str) -> None:
         """TrtalkError naming the option when ``backend`` on ``device`` cannot honour it."""
@@ -82,7 +84,7 @@ class RunnerOptions:
                                   f"exported decomposed graph)")
             if self.compile:
                 raise TrtalkError(f"compile is a torch option; {backend} builds its own graph")
-        if self.cuda_graphs and not device.startswith("cuda"):
+        if self.cuda_graphs and not device.startswith("cuda") and self.graph_api is None:
             raise TrtalkError(f"CUDA graphs need --device cuda, not {device}")
         if backend == "onnxruntime" and self.cuda_graphs:
             raise TrtalkError("CUDA graphs are not offered for onnxruntime; use torch or tensorrt")
@@ -245,15 +247,27 @@ def open_backends(backend: str, source=None, device: str = "cpu",
 class Runner:
     """The PC-AVS inference surface over four stage backends; torch tensors in and out (float32).
 
-    ``random_weights`` says the networks are seeded random weights (no checkpoint).
+    ``random_weights`` says the networks are seeded random weights (no checkpoint). With
+    ``graphs`` (a `GraphAPI`; CUDA graphs from `open_runner(..., RunnerOptions(cuda_graphs=True))`
+    on the torch backend) `encode_pose`, `synthesize` (audio + style + generator, what the frame
+    step calls) and `frame` (pose + audio + style + generator) each replay one recorded graph per
+    batch bucket.
     """
 
-    def __init__(self, backends: dict[str, Backend], random_weights: bool = False):
+    def __init__(self, backends: dict[str, Backend], random_weights: bool = False,
+                 graphs: GraphAPI | None = None, device: str = "cpu"):
         missing = [s for s in STAGES if s not in backends]
         if missing:
             raise ValueError(f"no backend for stage {missing[0]}")
         self.backends = backends
         self.random_weights = random_weights
+        self.graphed = graphs is not None
+        if graphs is not None:
+            self.encode_pose = GraphedFunction(self._encode_pose, device, graphs)  # type: ignore[method-assign]
+            self.encode_audio = GraphedFunction(self._encode_audio, device, graphs)  # type: ignore[method-assign]
+            self.generate = GraphedFunction(self._generate, device, graphs)  # type: ignore[method-assign]
+            self.synthesize = GraphedFunction(self._synthesize, device, graphs)  # type: ignore[method-assign]
+            self._frame_graph = GraphedFunction(self._frame, device, graphs)
 
     @property
     def name(self) -> str:
@@ -267,10 +281,16 @@ class Runner:
 
     def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
         """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12."""
+        return self._encode_pose(image)
+
+    def _encode_pose(self, image: torch.Tensor) -> torch.Tensor:
         return self.backends["pose"].run({"image": image})["pose"]
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Mel window B x 1 x 80 x 20 -> mouth code B x 500 (1.2 weight applied)."""
+        return self._encode_audio(mel)
+
+    def _encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         return self.backends["audio"].run({"mel": mel})["mouth"]
 
     @staticmethod
@@ -279,21 +299,42 @@ class Runner:
 
     def generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
         """Style B x 2560 + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
+        return self._generate(style, id_map)
+
+    def _generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
         return self.backends["generator"].run({"style": style, "id_map": id_map})["image"]
+
+    def synthesize(self, mel: torch.Tensor, pose: torch.Tensor, id_vector: torch.Tensor,
+                   id_map: torch.Tensor) -> torch.Tensor:
+        """Mel windows + pose codes + identity (all B rows) -> images: audio, style, generator."""
+        return self._synthesize(mel, pose, id_vector, id_map)
+
+    def _synthesize(self, mel, pose, id_vector, id_map) -> torch.Tensor:
+        mouth = self._encode_audio(mel)
+        return self._generate(self.style(id_vector, mouth, pose.to(mouth.dtype)), id_map)
 
     def frame(self, mel: torch.Tensor, pose_image: torch.Tensor, id_vector: torch.Tensor,
               id_map: torch.Tensor, mark=None) -> torch.Tensor:
         """The networks of B frames back to back: pose, audio, style, generator -> images.
 
-        ``mark()`` is called after each of the three (the bench times the parts with it).
+        ``mark()`` is called after each of the three (the bench times the parts with it); a
+        graphed runner replays the whole frame as one graph and cannot time its parts (mark None).
         """
-        pose = self.encode_pose(pose_image)
+        if self.graphed:
+            if mark is not None:
+                raise ValueError("a graphed frame is one replay: time its parts with the graphed "
+                                 "encode_pose / encode_audio / generate instead")
+            return self._frame_graph(mel, pose_image, id_vector, id_map)
+        return self._frame(mel, pose_image, id_vector, id_map, mark)
+
+    def _frame(self, mel, pose_image, id_vector, id_map, mark=None) -> torch.Tensor:
+        pose = self._encode_pose(pose_image)
         if mark:
             mark()
-        mouth = self.encode_audio(mel)
+        mouth = self._encode_audio(mel)
         if mark:
             mark()
-        image = self.generate(self.style(id_vector, mouth, pose), id_map)
+        image = self._generate(self.style(id_vector, mouth, pose), id_map)
         if mark:
             mark()
         return image
@@ -309,12 +350,19 @@ def open_runner(backend: str = "torch", source=None, device: str = "cpu",
     opts = options or RunnerOptions()
     if seed is not None:
         opts = dataclasses.replace(opts, seed=seed)
+    opts.check(backend, device)
     random_weights = source is None
     if random_weights:
         log.warning("no checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the face "
                     "will not look like the input. Pass the official PC-AVS checkpoint folder or a "
                     "`trtalk convert` file to get real results.", opts.seed)
-    return Runner(open_backends(backend, source, device, opts), random_weights)
+    graphs = None
+    if opts.cuda_graphs and backend == "torch":
+        # One graph per frame batch at the runner level; the stage backends stay eager (a graph
+        # cannot be captured around another graph's replay).
+        graphs = opts.graph_api or CudaGraphAPI()
+        opts = dataclasses.replace(opts, cuda_graphs=False)
+    return Runner(open_backends(backend, source, device, opts), random_weights, graphs, device)
 
 
 StageRunner = Runner  # older name

@@ -73,8 +73,7 @@ class FrameStep:
     def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
         """Generated crops B x H x W x 3 uint8 of ``frames`` from their mel windows and pose codes."""
         with torch.no_grad():
-            mouth = self.family.mouth(mel, frames)
-            return self.family.generate(self.avatar, mouth, pose)
+            return self.family.synthesize(self.avatar, mel, frames, pose)
 
     def compose(self, crop: np.ndarray, background: Background | None = None,
                 pose_panel: np.ndarray | None = None) -> np.ndarray:
