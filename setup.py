@@ -42,6 +42,8 @@ class BuildPyWithKernels(build_py):
         lib = try_build(out=dest)
         print(f"trtalk kernels: {lib or 'not built (reference path will be used)'}")
 
+TRITON = "triton>=3.0,<4; platform_system == 'Linux'"
+
 setup(
     name="trtalk",
     version="0.1.0",
@@ -71,7 +73,11 @@ setup(
         "bench": ["matplotlib>=3.7"],
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
-        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12", "matplotlib>=3.7"],
+        # Triton kernels (modconv impl "triton"); its wheels are Linux-only. The test extra has it
+        # too: CI checks the kernels in Triton's CPU interpreter.
+        "triton": [TRITON],
+        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12", "matplotlib>=3.7",
+                 TRITON],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )

@@ -10,6 +10,10 @@
   Valid for any batch, and exportable to ONNX (no per-sample weights in the graph).
 - ``"cuda"``: the fused kernels of csrc/ through `trtalk.kernels.ops`; raises TrtalkError where
   they cannot run (CPU tensors, library not built, no or unsupported GPU), never falls back.
+- ``"triton"``: the fused Triton kernel through `trtalk.kernels.triton_ops` (implicit GEMM, NHWC,
+  the up form as four blur-folded phases); CUDA tensors, or CPU tensors in Triton's interpreter
+  with TRITON_INTERPRET=1 set before triton is first imported; raises TrtalkError where it
+  cannot run, never falls back.
 - ``"auto"``: ``"decomposed"`` (it wins on CPU; the kernels issue revisits the choice on GPU).
 
 The 2x upsampling form is a stride-2 transposed convolution followed by the [1,3,3,1] blur
@@ -112,6 +116,15 @@ def _cuda(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulat
                                 impl="cuda")
 
 
+def _triton(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool,
+            up: bool, blur: torch.Tensor | None) -> torch.Tensor:
+    """The fused Triton kernel (`trtalk.kernels.triton_ops`); TrtalkError where it cannot run."""
+    from trtalk.kernels import triton_ops
+
+    return triton_ops.modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up, blur=blur,
+                                       impl="triton")
+
+
 @dataclass(frozen=True)
 class ModConvImpl:
     """One way of computing the modulated convolution."""
@@ -128,6 +141,7 @@ IMPLS: dict[str, ModConvImpl] = {
         ModConvImpl("grouped", _grouped, False, "official per-sample weights + grouped conv"),
         ModConvImpl("decomposed", _decomposed, True, "input scale, shared-weight conv, demod scale"),
         ModConvImpl("cuda", _cuda, False, "fused CUDA kernels (csrc/, trtalk.kernels.ops)"),
+        ModConvImpl("triton", _triton, False, "fused Triton kernel (trtalk.kernels.triton_ops)"),
     )
 }
 
@@ -154,7 +168,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         demodulate: normalise each output channel's effective weight to unit L2 norm (eps 1e-8).
         up: 2x upsampling form: stride-2 transposed conv then ``blur`` (needs ``blur``).
         blur: the 4x4 blur kernel with gain 4 (`blur_kernel(gain=4)`), used only when ``up``.
-        impl: "grouped" (official reference), "decomposed", "cuda" or "auto".
+        impl: "grouped" (official reference), "decomposed", "cuda", "triton" or "auto".
 
     Returns:
         B x O x H' x W' with H' = 2H when ``up`` else H (padding k//2).
