@@ -4,7 +4,8 @@
     python benchmarks/kernels.py --smoke         # anywhere, seconds: CPU reference paths only
 
 Implementations: ``grouped`` (official per-sample weights + grouped conv), ``decomposed``
-(input scaling + cuDNN/oneDNN conv + demod scaling), ``cuda`` (the fused kernels of csrc/).
+(input scaling + cuDNN/oneDNN conv + demod scaling), ``cuda`` (the fused kernels of csrc/),
+``triton`` (the fused Triton kernels of trtalk/kernels/triton_modconv.py).
 Writes ``kernels_<tag>.json`` and ``.md`` (machine, command, per-layer and whole-generator times,
 TFLOP/s and % of the GPU's FP16 dense peak for the kernels) into --out, and picks
 ``default_impl`` = the fastest available impl for the whole generator at the largest batch.
@@ -33,7 +34,7 @@ from trtalk.models.pcavs import PCAVSConfig  # noqa: E402
 
 log = logging.getLogger("benchmarks.kernels")
 
-IMPLS = ("grouped", "decomposed", "cuda")
+IMPLS = ("grouped", "decomposed", "cuda", "triton")
 # FP16 dense tensor-core peak, TFLOP/s (vendor data sheets), matched on the device name.
 def layer_flops(layer: tuple, batch: int) -> float:
     """Useful multiply-adds x 2 of one layer (the up form counted as its 4 phase convs)."""
@@ -47,6 +48,11 @@ def unavailable(device: torch.device) -> dict[str, str]:
     reason = ops.cuda_unavailable_reason(torch.empty(1, device=device))
     if reason:
         out["cuda"] = reason
+    from trtalk.kernels.triton_ops import triton_unavailable_reason
+
+    reason = triton_unavailable_reason(torch.empty(1, device=device))
+    if reason:
+        out["triton"] = reason
     return out
 
 
