@@ -212,7 +212,7 @@ def rtx_engines(export_fp16: Path):
 
 
 def test_rtx_fp16_engines_match_manifest(rtx_engines):
-    from trtalk.engine.cache import check_engine, read_sidecar
+    from trtalk.export.engine_file import check_engine, read_sidecar
     from trtalk.export.tensorrt import expected_io
 
     d, engines = rtx_engines
