@@ -99,7 +99,7 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     gap must be within 0.04 interocular distances of the photo's own (~0.12;
     the astronaut smiles with parted lips) -- while speech opens it to ~0.3.
     """
-    from trtalk.runtime.media import iter_frames
+    from trtalk.media.read import iter_frames
 
     frames = list(iter_frames(demo_mp4))
     gaps = _lip_gaps(frames)
@@ -121,7 +121,7 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
 def test_head_follows_pose_video_roll(pose_video_path: Path, face_image_path: Path) -> None:
     """The fixture video rotates the face in-plane by 8 sin(pi t) degrees: output roll must follow."""
     from trtalk.face import read_image
-    from trtalk.runtime.media import iter_frames
+    from trtalk.media.read import iter_frames
     from trtalk.warp.render import render_frames
 
     silence = np.zeros(int(2.0 * 16000), np.float32)
@@ -137,7 +137,7 @@ def test_head_follows_pose_video_roll(pose_video_path: Path, face_image_path: Pa
 def test_head_follows_pose_video_yaw(renderer, tmp_path: Path, face_image_path: Path) -> None:
     """A pose video that turns the head (yaw +-10 deg, rendered by the avatar itself) is followed."""
     from trtalk.face import read_image
-    from trtalk.runtime.sinks import Mp4Sink
+    from trtalk.media.mp4 import Mp4Sink
     from trtalk.warp.render import render_frames
 
     n = 40

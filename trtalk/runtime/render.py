@@ -33,8 +33,8 @@ from trtalk.errors import TrtalkError
 from trtalk.face import AlignedClip, PasteBack, align_frames, open_media, to_tensor
 from trtalk.fsutil import check_writable
 from trtalk.models.pcavs import PCAVSConfig
-from trtalk.runtime.media import composite_side_by_side
-from trtalk.runtime.sinks import Mp4Sink
+from trtalk.media.frames import composite_side_by_side
+from trtalk.media.mp4 import Mp4Sink
 
 log = logging.getLogger(__name__)
 

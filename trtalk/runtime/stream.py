@@ -244,7 +244,7 @@ def load_avatar(path: str | Path, runner: Any, device: str = "cpu") -> Avatar:
     """Align ``path`` (an image) and encode identity and reference pose, cached per image content
     and runner. No face -> TrtalkError (before any stream starts)."""
     from trtalk.face import align_frames
-    from trtalk.runtime.media import iter_frames
+    from trtalk.media.read import iter_frames
 
     path = Path(path)
     if not path.is_file():
@@ -376,7 +376,7 @@ class StreamPipeline:
         self.audio_src = audio
         self.pose_src = pose_source
         self.sinks = list(sinks)
-        self.audio_sinks = [s for s in self.sinks if hasattr(s, "write_audio")]
+        self.audio_sinks = [s for s in self.sinks if s.accepts_audio]
         self.clock: Clock = clock or RealClock()
         self.random_weights = random_weights
         self.device = torch.device(cfg.device)
@@ -530,7 +530,7 @@ class StreamPipeline:
                 if now > due + self.cfg.audio_timeout_s:
                     self._audio_lost_warning("no audio for %.0f ms" % (1000 * (now - due)))
                     self._fill_silence(need, now)
-            elif self.audio_src.queue._closed and not len(q):  # source closed under us
+            elif self.audio_src.queue.closed and not len(q):  # source closed under us
                 self._end_audio()
         return 0
 
@@ -587,7 +587,7 @@ class StreamPipeline:
             item = q.get(timeout=0.1)
             if item is not None:
                 self._on_pose_item(item)
-            elif q._closed:
+            elif q.closed:
                 self.pose_ended = True
 
     def _select_pose(self, t: float) -> tuple[PoseSample | None, bool]:

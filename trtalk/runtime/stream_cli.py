@@ -10,9 +10,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtalk.errors import TrtalkError
+
+if TYPE_CHECKING:
+    from trtalk.media.sinks import FrameSink
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     devices.register(sub)
 
 
-def _make_sink(args: argparse.Namespace) -> Any:
-    from trtalk.runtime.livesinks import LiveRecorder, PreviewSink, VirtualCamSink
-    from trtalk.runtime.sinks import NullSink
+def _make_sink(args: argparse.Namespace) -> FrameSink:
+    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.media.sinks import NullSink
+    from trtalk.runtime.livesinks import PreviewSink, VirtualCamSink
 
     if args.virtual_cam:
         return VirtualCamSink(fps=args.fps)
@@ -77,7 +81,7 @@ def _make_sink(args: argparse.Namespace) -> Any:
             args.record.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrtalkError(f"cannot write {args.record}: {exc.strerror or exc}") from None
-        return LiveRecorder(args.record, fps=args.fps)
+        return Mp4Sink(args.record, fps=args.fps, push_audio=True, live=True)
     return NullSink()
 
 

@@ -111,7 +111,7 @@ def _pose_stream(pose_path: Path | None, num_frames: int, fps: float) -> tuple[I
     """
     if pose_path is None:
         return idle_motion(num_frames, fps), None
-    from trtalk.runtime.media import iter_frames, probe
+    from trtalk.media.read import iter_frames, probe
 
     info = probe(pose_path)
     if not info.has_video:
@@ -175,7 +175,7 @@ def render_demo(out_path: Path, face_path: Path = DEFAULT_FACE, audio_path: Path
     from trtalk.audio import load_audio, num_video_frames
     from trtalk.face import read_image
     from trtalk.fsutil import check_writable
-    from trtalk.runtime.sinks import Mp4Sink
+    from trtalk.media.mp4 import Mp4Sink
 
     for p, what in ((face_path, "face image"), (audio_path, "audio file"), (pose_path, "pose video")):
         if p is not None and not Path(p).exists():
