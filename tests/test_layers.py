@@ -226,3 +226,15 @@ def test_core_imports_without_mediapipe_and_pyav() -> None:
                          cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "av blocked"  # the block held: nothing above needed PyAV
+
+
+def test_test_fixtures_import_without_pyav() -> None:
+    """tests/conftest.py imports PyAV only inside the helpers that write media."""
+    code = ("import sys\nsys.modules['av'] = None\n"
+            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+            "import conftest\nprint(conftest.write_wav.__name__)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "write_wav"
