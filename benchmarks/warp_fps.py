@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from trtalk.audio import load_audio, num_video_frames  # noqa: E402
 from trtalk.face import read_image  # noqa: E402
-from trtalk.runtime.media import iter_frames  # noqa: E402
-from trtalk.runtime.sinks import Mp4Sink  # noqa: E402
+from trtalk.media.read import iter_frames  # noqa: E402
+from trtalk.media.mp4 import Mp4Sink  # noqa: E402
 from trtalk.warp.avatar import rotation_clamped  # noqa: E402
 from trtalk.warp.drive import PoseTracker, mouth_params  # noqa: E402
 from trtalk.warp.render import DEFAULT_AUDIO, DEFAULT_FACE, WarpRenderConfig, WarpRenderer  # noqa: E402

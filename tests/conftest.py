@@ -2,7 +2,10 @@
 
 Everything here is synthetic and deterministic (fixed seeds, fixed encoder
 settings), generated with numpy, OpenCV and PyAV into pytest temp dirs once
-per session:
+per session.  PyAV is imported only inside the helpers that write media, so
+collecting the suite does not need it.
+
+Fixtures:
 
 * ``face_image_path``   - the bundled astronaut photo (skips if absent).
 * ``speech_wave``       - 3.0 s of speech-like float32 audio, 16 kHz mono.
@@ -12,16 +15,24 @@ per session:
   a slow head-like motion, no audio.
 * ``talking_video_path``- the same video with the first 2.0 s of
   ``speech_wave`` muxed as AAC.
+
+Media writers for tests (the one copy of each; tests import them from here):
+
+* :func:`write_wav` - 16-bit PCM wav.
+* :func:`write_audio_file` - any PyAV audio encoder (mp3, aac, pcm), mono or multi-channel.
+* :func:`write_video` - a raw PyAV video writer (codec, crf, display rotation, audio track), for
+  inputs the product's own :class:`~trtalk.media.mp4.Mp4Sink` cannot make.
+* :func:`mp3_encoder` - the name of this PyAV build's mp3 encoder, or None.
 """
 
 from __future__ import annotations
 
 import logging
 import wave
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -120,33 +131,105 @@ def speech_wave() -> np.ndarray:
     return wave_
 
 
-@pytest.fixture(scope="session")
-def speech_wav_path(speech_wave: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``speech_wave`` as a 16-bit PCM mono 16 kHz ``speech.wav``."""
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    pcm = np.round(np.clip(speech_wave, -1.0, 1.0) * 32767.0).astype("<i2")
+# ------------------------------------------------------------------ media writers
+
+
+def write_wav(path: Path, samples: np.ndarray, sr: int = SPEECH_SR) -> Path:
+    """Write float samples in [-1, 1] (clipped) as a 16-bit PCM mono wav; returns ``path``."""
+    pcm = np.round(np.clip(np.asarray(samples, np.float64), -1.0, 1.0) * 32767.0).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(SPEECH_SR)
+        w.setframerate(sr)
         w.writeframes(pcm.tobytes())
     return path
 
 
-def _encode_audio_file(path: Path, samples: np.ndarray, codec: str, sr: int) -> None:
+def _encode_audio(container, stream, samples: np.ndarray, sr: int) -> None:
+    """Encode float ``samples`` (n,) mono or (channels, n) into ``stream`` and flush it."""
+    import av
+
+    planar = np.ascontiguousarray(np.atleast_2d(samples), np.float32)
+    layout = {1: "mono", 2: "stereo"}[planar.shape[0]]
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+    frame.sample_rate = sr
+    frame.pts = 0
+    frame.time_base = Fraction(1, sr)
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
+def write_audio_file(path: Path, samples: np.ndarray, codec: str, sr: int = SPEECH_SR) -> Path:
+    """Encode float ``samples`` ((n,) mono or (2, n) stereo) with the PyAV encoder ``codec``
+    (``libmp3lame``, ``aac``, ``pcm_s16le``...) at ``sr`` Hz, 64 kb/s where it applies."""
+    import av
+
+    channels = np.atleast_2d(samples).shape[0]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=sr, layout="mono")
+        stream = container.add_stream(codec, rate=sr, layout="mono" if channels == 1 else "stereo")
         stream.codec_context.bit_rate = 64_000
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples, np.float32)[None, :], format="flt", layout="mono"
-        )
-        frame.sample_rate = sr
-        frame.pts = 0
-        frame.time_base = Fraction(1, sr)
-        for packet in stream.encode(frame):
-            container.mux(packet)
+        _encode_audio(container, stream, samples, sr)
+    return path
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = VIDEO_FPS, *,
+                crf: int | None = None, preset: str | None = None, rotation: float | None = None,
+                audio: np.ndarray | None = None, audio_rate: int = SPEECH_SR) -> Path:
+    """Write RGB uint8 ``frames`` as an H.264 (libx264, else mpeg4) yuv420p video.
+
+    ``crf``/``preset`` go to libx264; ``rotation`` sets the display matrix (degrees, as phones
+    record portrait video); ``audio`` ((n,) or (2, n) float) adds an AAC track at ``audio_rate``.
+    """
+    import av
+
+    h, w = frames[0].shape[:2]
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {k: str(v) for k, v in (("crf", crf), ("preset", preset)) if v is not None}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        astream = None
+        if audio is not None:
+            channels = np.atleast_2d(audio).shape[0]
+            astream = container.add_stream("aac", rate=audio_rate,
+                                           layout="mono" if channels == 1 else "stereo")
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+        if astream is not None:
+            _encode_audio(container, astream, audio, audio_rate)
+    return path
+
+
+def mp3_encoder() -> str | None:
+    """This PyAV build's mp3 encoder (``libmp3lame`` in the PyPI wheel), or None."""
+    import av
+
+    for name in ("libmp3lame", "mp3"):
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # noqa: BLE001 - not built into this FFmpeg
+            continue
+        return name
+    return None
+
+
+# ------------------------------------------------------------------ audio files
+
+
+@pytest.fixture(scope="session")
+def speech_wav_path(speech_wave: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``speech_wave`` as a 16-bit PCM mono 16 kHz ``speech.wav``."""
+    return write_wav(tmp_path_factory.mktemp("speech") / "speech.wav", speech_wave)
 
 
 @pytest.fixture(scope="session")
@@ -159,18 +242,11 @@ def speech_mp3_path(speech_wave: np.ndarray, tmp_path_factory: pytest.TempPathFa
     decoded length is a little above 3.0 s.
     """
     out_dir = tmp_path_factory.mktemp("speech_mp3")
-    for codec in ("libmp3lame", "mp3"):
-        try:
-            av.codec.Codec(codec, "w")
-        except Exception:  # noqa: BLE001
-            continue
-        path = out_dir / "speech.mp3"
-        _encode_audio_file(path, speech_wave, codec, SPEECH_SR)
-        return path
+    codec = mp3_encoder()
+    if codec is not None:
+        return write_audio_file(out_dir / "speech.mp3", speech_wave, codec)
     log.warning("no mp3 encoder in this PyAV build; speech_mp3_path is an m4a (AAC)")
-    path = out_dir / "speech.m4a"
-    _encode_audio_file(path, speech_wave, "aac", SPEECH_SR)
-    return path
+    return write_audio_file(out_dir / "speech.m4a", speech_wave, "aac")
 
 
 # ------------------------------------------------------------------ video
@@ -221,7 +297,7 @@ def pose_video_path(face_image_path: Path, tmp_path_factory: pytest.TempPathFact
     The astronaut photo with a slow head-like motion (see
     :func:`head_motion_frames`), written with :class:`Mp4Sink`.
     """
-    from trtalk.runtime.sinks import Mp4Sink
+    from trtalk.media.mp4 import Mp4Sink
 
     frames = head_motion_frames(_photo_rgb(face_image_path), int(VIDEO_SECONDS * VIDEO_FPS))
     path = tmp_path_factory.mktemp("pose") / "pose.mp4"
@@ -237,7 +313,7 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
     """Like ``pose_video_path`` (2.0 s, 25 fps, 256x256 H.264) plus an AAC
     audio track holding the first 2.0 s of ``speech_wave`` (16 kHz mono).
     """
-    from trtalk.runtime.sinks import Mp4Sink
+    from trtalk.media.mp4 import Mp4Sink
 
     frames = head_motion_frames(_photo_rgb(face_image_path), int(VIDEO_SECONDS * VIDEO_FPS))
     audio = np.asarray(speech_wave[: int(VIDEO_SECONDS * SPEECH_SR)])

@@ -7,14 +7,12 @@ librosa's Slaney filterbank, then the official dB / normalise steps.
 
 from __future__ import annotations
 
-import fractions
 import math
-import wave as wavelib
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from conftest import mp3_encoder, write_audio_file, write_video, write_wav
 
 from trtalk.audio import (
     MelConfig,
@@ -194,53 +192,16 @@ def _tone(n: int, rate: int) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / rate)).astype(np.float32)
 
 
-def _encode_audio(stream: av.audio.stream.AudioStream, container, n: int, rate: int) -> None:
-    """Encode a stereo 440 Hz tone; PyAV converts format and re-chunks to the frame size."""
-    tone = _tone(n, rate)
-    frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-    frame.rate, frame.pts, frame.time_base = rate, 0, fractions.Fraction(1, rate)
-    for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode(None):
-        container.mux(packet)
-
-
-def _write_audio(path: Path, codec: str, rate: int, seconds: float) -> None:
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream(codec, rate=rate, layout="stereo")
-        _encode_audio(stream, c, int(rate * seconds), rate)
-
-
-def _write_video(path: Path, audio_rate: int | None, seconds: float = 1.0) -> None:
-    with av.open(str(path), "w") as c:
-        vcodec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        vs = c.add_stream(vcodec, rate=25)
-        vs.width, vs.height, vs.pix_fmt = 64, 64, "yuv420p"
-        astream = c.add_stream("aac", rate=audio_rate, layout="stereo") if audio_rate else None
-        for i in range(int(25 * seconds)):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 9, np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in vs.encode(frame):
-                c.mux(packet)
-        for packet in vs.encode(None):
-            c.mux(packet)
-        if astream is not None:
-            _encode_audio(astream, c, int(audio_rate * seconds), audio_rate)
+def _tone_video(path: Path, audio_rate: int | None, seconds: float = 1.0) -> None:
+    """A 64x64 grey-ramp video of ``seconds`` at 25 fps, with a stereo 440 Hz tone if ``audio_rate``."""
+    frames = [np.full((64, 64, 3), i * 9, np.uint8) for i in range(int(25 * seconds))]
+    tone = None if audio_rate is None else np.stack([_tone(int(audio_rate * seconds), audio_rate)] * 2)
+    write_video(path, frames, fps=25, audio=tone, audio_rate=audio_rate or SR)
 
 
 def _peak_hz(wave: np.ndarray) -> float:
     spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
     return float(np.argmax(spec)) * SR / len(wave)
-
-
-def _mp3_codec() -> str | None:
-    for name in ("libmp3lame", "mp3"):
-        try:
-            av.codec.Codec(name, "w")
-            return name
-        except Exception:  # not built into this FFmpeg
-            continue
-    return None
 
 
 # Length tolerance at 16 kHz: PCM must match to 1 sample (the resampler is
@@ -256,9 +217,10 @@ _LOSSY_TOL = 420
 )
 def test_load_audio_formats(tmp_path: Path, suffix: str, codec: str, rate: int, tol: int) -> None:
     if codec == "mp3":
-        codec = _mp3_codec() or pytest.skip("this PyAV build has no mp3 encoder")
+        codec = mp3_encoder() or pytest.skip("this PyAV build has no mp3 encoder")
     path = tmp_path / f"tone.{suffix}"
-    _write_audio(path, codec, rate, seconds=1.5)
+    tone = _tone(int(rate * 1.5), rate)
+    write_audio_file(path, np.stack([tone, tone]), codec, rate)
     wave = load_audio(path)
     assert wave.dtype == np.float32 and wave.ndim == 1
     assert abs(len(wave) - 24000) <= tol
@@ -269,7 +231,7 @@ def test_load_audio_formats(tmp_path: Path, suffix: str, codec: str, rate: int, 
 
 def test_load_audio_from_video(tmp_path: Path) -> None:
     path = tmp_path / "talk.mp4"
-    _write_video(path, audio_rate=48000)
+    _tone_video(path, audio_rate=48000)
     wave = load_audio(path)
     assert abs(len(wave) - 16000) <= _LOSSY_TOL
     assert abs(_peak_hz(wave) - 440.0) <= 1.5
@@ -286,14 +248,10 @@ def test_load_audio_errors(tmp_path: Path) -> None:
         load_audio(fake)
 
     silent = tmp_path / "silent.mp4"
-    _write_video(silent, audio_rate=None)
+    _tone_video(silent, audio_rate=None)
     with pytest.raises(TrtalkError, match=r"silent\.mp4 has no audio track"):
         load_audio(silent)
 
-    empty = tmp_path / "empty.wav"
-    with wavelib.open(str(empty), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)
     with pytest.raises(TrtalkError, match=r"empty\.wav is empty"):
         load_audio(empty)

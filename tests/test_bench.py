@@ -69,6 +69,7 @@ def test_flops_and_fraction_of_peak(bench_out: Path):
                 assert 0 < frac <= 1, (run["label"], s, frac)
 
 
+@pytest.mark.slow
 def test_official_generator_has_the_most_flops():
     """The official networks' FLOPs (counted, batch 1): the generator dominates, near DESIGN's."""
     from trtalk.bench.flops import DESIGN_GFLOP, count_stage_flops
@@ -100,11 +101,13 @@ def test_stream_latency(tmp_path: Path):
     _trtalk("bench", "--stream", "--stream-duration", "2", "--stream-pose", "still", "--stream-batch", "2",
             "--threads", "1", "--out", str(tmp_path))
     s = json.loads((tmp_path / "stream.json").read_text())
-    assert s["lookahead_s"] >= 0.12
+    assert s["lookahead_s"] == pytest.approx(0.12)  # 25 fps
     lat = s["latency_ms"]
-    assert lat["algorithmic_lookahead"]["p50"] >= 120.0 - 1e-6
-    for key in ("mic_to_frame (compute + queueing)", "speech_to_frame (lookahead + compute + queueing)"):
-        assert lat[key]["p50"] is not None and lat[key]["p50"] <= lat[key]["p99"]
+    assert lat["algorithmic_lookahead"]["p50"] == pytest.approx(120.0)
+    mic = lat["mic_to_frame (compute + queueing)"]
+    speech = lat["speech_to_frame (lookahead + compute + queueing)"]
+    assert 0.0 < mic["p50"] <= mic["p99"]  # real clock: computing a frame takes time
+    assert 120.0 < speech["p50"] <= speech["p99"]  # the lookahead plus that time
     assert s["frames"] > 0 and s["fps"] > 0
     assert s["command"].startswith("trtalk bench --stream")
     assert (tmp_path / "stream.md").read_text().count("lookahead") >= 1

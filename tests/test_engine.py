@@ -13,7 +13,8 @@ import torch
 
 from trtalk.engine import EngineCache, EngineKey, RunnerOptions, StageRunner, open_backends, open_runner
 from trtalk.engine.backend import OrtBackend
-from trtalk.engine.cache import cache_root, check_engine, sidecar_path, verify_user_engine, write_engine
+from trtalk.engine.cache import cache_root
+from trtalk.export.engine_file import check_engine, sidecar_path, verify_user_engine, write_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import STAGES, example_inputs, stage_specs
 from trtalk.models import PCAVS, PCAVSConfig
@@ -273,7 +274,7 @@ def test_user_engine_for_another_target_is_refused(tmp_path):
 
 
 def test_engine_for_another_gpu_or_version_is_refused():
-    from trtalk.export.tensorrt import check_engine_target
+    from trtalk.export.engine_file import check_engine_target
 
     key = _key().to_dict()
     check_engine_target(key, "1.7.1.116", "sm89")  # matches: no error

@@ -136,6 +136,7 @@ def test_fp32_parity_onnxruntime(export_fp32: Path, small_model: PCAVS, stage: s
         assert err <= FP32_TOL[stage], f"{stage}.{t.name}: max abs error {err:.3g}"
 
 
+@pytest.mark.slow
 def test_full_size_generator_fp32_parity(tmp_path: Path):
     """The official-width generator (224 MB of weights): ORT CPU within 1e-4 of PyTorch."""
     model = PCAVS.random(SEED, PCAVSConfig())
@@ -212,7 +213,7 @@ def rtx_engines(export_fp16: Path):
 
 
 def test_rtx_fp16_engines_match_manifest(rtx_engines):
-    from trtalk.engine.cache import check_engine, read_sidecar
+    from trtalk.export.engine_file import check_engine, read_sidecar
     from trtalk.export.tensorrt import expected_io
 
     d, engines = rtx_engines

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import write_video
 
 from trtalk.errors import TrtalkError
 from trtalk.face import (
@@ -55,24 +56,6 @@ def astronaut_points(astronaut: np.ndarray, detector: FaceMeshDetector) -> np.nd
 def _is_similarity(m: np.ndarray) -> bool:
     a, b, c, d = m[0, 0], m[0, 1], m[1, 0], m[1, 1]
     return bool(np.isclose(a, d, atol=1e-9) and np.isclose(b, -c, atol=1e-9) and a * d - b * c > 0)
-
-
-def _write_video(path: Path, frames: list[np.ndarray], fps: int = 25, rotation: float | None = None) -> None:
-    import av
-
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # High quality so the landmark jitter in the test is the detector's, not the codec's.
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 # -- the asset and landmarks ----------------------------------------------------
@@ -252,7 +235,7 @@ def test_align_single_image(astronaut: np.ndarray, detector: FaceMeshDetector) -
     assert clip.found.tolist() == [True] and clip.source_size == (512, 512) and clip.fps is None
     assert clip.matrices.shape == (1, 2, 3) and clip.crop_matrices.shape == (1, 2, 3)
     assert clip.landmarks is not None and clip.landmarks.shape == (1, 468, 3)
-    assert clip.points is not None
+    assert clip.points is not None and clip.points.shape == (1, 3, 2)
     aligned = apply_affine(clip.matrices[0], clip.points[0])
     # The mouth is put on the template by construction; the eyes follow the
     # least-squares fit, shifted by the same mouth correction.
@@ -304,7 +287,8 @@ def test_video_clip(tmp_path: Path, astronaut: np.ndarray, astronaut_points: np.
         frame = cv2.warpAffine(astronaut, move, (512, 512), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         frames.append(np.zeros_like(frame) if i in black else frame)
     video = tmp_path / "clip.mp4"
-    _write_video(video, frames, fps=25)
+    # High quality so the landmark jitter in the test is the detector's, not the codec's.
+    write_video(video, frames, fps=25, crf=12, preset="ultrafast")
 
     clip = align_file(video)
     assert len(clip) == n and clip.fps == pytest.approx(25.0)
@@ -312,7 +296,7 @@ def test_video_clip(tmp_path: Path, astronaut: np.ndarray, astronaut_points: np.
     assert set(np.flatnonzero(~clip.found).tolist()) == black
 
     # Lost frames: their points are interpolated between the neighbours'.
-    assert clip.points is not None
+    assert clip.points is not None and clip.points.shape == (n, 3, 2)
     filled, _ = interpolate_missing(clip.points)
     np.testing.assert_allclose(filled[9], filled[8] + (filled[11] - filled[8]) / 3, atol=1e-9)
     np.testing.assert_allclose(filled[20], (filled[19] + filled[21]) / 2, atol=1e-9)
@@ -333,7 +317,7 @@ def test_video_display_rotation_is_applied(tmp_path: Path) -> None:
     frame = np.zeros((64, 96, 3), np.uint8)
     frame[:16, :16] = 255  # marker in the stored frame's top-left corner
     video = tmp_path / "rotated.mp4"
-    _write_video(video, [frame] * 3, rotation=90)
+    write_video(video, [frame] * 3, rotation=90, crf=12, preset="ultrafast")
     frames, fps = read_frames(video)
     assert fps == pytest.approx(25.0)
     assert len(frames) == 3 and frames[0].shape == (96, 64, 3)
@@ -360,7 +344,7 @@ def test_folder_of_frames_natural_order(tmp_path: Path, astronaut: np.ndarray) -
     clip = align_file(folder, progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert len(clip) == 12 and clip.found.all() and clip.fps is None
     assert calls[0] == ("detect", 1, None) and calls[-1] == ("align", 12, 12) and len(calls) == 24
-    assert clip.points is not None
+    assert clip.points is not None and clip.points.shape == (12, 3, 2)
     mouth_x = clip.points[:, 2, 0]
     assert np.all(np.diff(mouth_x) > 0), mouth_x  # frames came in name order
     np.testing.assert_allclose(np.diff(mouth_x), 3.0, atol=1.5)

@@ -218,6 +218,7 @@ def test_plugin_graph_in_ort_matches_decomposed():
     assert _plugin_parity(PCAVSConfig.small(), (2, 3)) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("TRTALK_SKIP_SLOW")), reason="TRTALK_SKIP_SLOW set")
 def test_plugin_graph_in_ort_matches_decomposed_full_size():
     pytest.importorskip("onnxruntime_extensions")
@@ -307,7 +308,8 @@ def test_benchmark_smoke_runs(tmp_path: Path):
     import json
 
     data = json.loads((tmp_path / "kernels_smoke.json").read_text())
-    assert data["default_impl"] in ("grouped", "decomposed", "cuda")
+    last = data["generator"][-1]["ms"]  # the rule: fastest whole generator at the largest batch
+    assert {"grouped", "decomposed"} <= set(last) and data["default_impl"] == min(last, key=last.get)
     assert "cuda" in data["unavailable"] or torch.cuda.is_available()
     assert (tmp_path / "kernels_smoke.md").is_file()
 

@@ -1,4 +1,4 @@
-"""Tests for trtalk.fsutil, trtalk.runtime.sinks and trtalk.runtime.media."""
+"""Tests for trtalk.fsutil and trtalk.media (reading, frame helpers, sinks, the mp4 writer)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import pytest
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
-from trtalk.runtime.media import (
-    MediaInfo,
-    composite_side_by_side,
-    iter_frames,
-    natural_sort_key,
-    probe,
-)
-from trtalk.runtime.sinks import FrameSink, Mp4Sink, NullSink, available_video_encoder
+from trtalk.media.frames import composite_side_by_side
+from trtalk.media.mp4 import Mp4Sink, available_video_encoder
+from trtalk.media.read import MediaInfo, iter_frames, natural_sort_key, probe
+from trtalk.media.sinks import FrameSink, NullSink
 
 AAC_FRAME = 1024  # samples per AAC frame: the tolerance for audio vs video duration
 
@@ -197,6 +193,78 @@ def test_mp4sink_no_frames_saves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _decoded_audio(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+
+
+def test_mp4sink_pushed_audio_equals_whole_audio(tmp_path: Path) -> None:
+    """The two ways of giving the audio make the same audio track: pushed in odd pieces, ahead
+    of and behind the frames, it encodes as the whole wave given up front."""
+    sr, n, fps = 16000, 30, 25.0
+    t = np.arange(int(1.5 * sr)) / sr  # 1.5 s of audio for 1.2 s of video: trimmed
+    audio = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    whole, pushed = tmp_path / "whole.mp4", tmp_path / "pushed.mp4"
+    with Mp4Sink(whole, fps=fps, audio=audio) as sink:
+        assert not sink.accepts_audio
+        with pytest.raises(TypeError, match="push_audio"):
+            sink.write_audio(audio[:100])
+        for i in range(n):
+            sink.write(gradient(64, 48, shift=i))
+    pieces = np.array_split(audio, 37)  # ~649 samples each, frames need 640
+    with Mp4Sink(pushed, fps=fps, push_audio=True) as sink:
+        assert sink.accepts_audio
+        sink.write_audio(pieces[0])
+        for i in range(n):
+            sink.write(gradient(64, 48, shift=i))
+            sink.write_audio(pieces[i + 1])
+            # encoded audio never runs past what was pushed, nor past the frame's end
+            assert sink.audio_samples_written == min(sum(len(p) for p in pieces[: i + 2]),
+                                                     round((i + 1) / fps * sr))
+        for p in pieces[n + 1:]:
+            sink.write_audio(p)
+    a, b = _decoded_audio(whole), _decoded_audio(pushed)
+    assert a.shape == b.shape and abs(len(a) - n / fps * sr) <= AAC_FRAME
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert np.abs(a).max() > 0.2  # the tone is there, not silence
+    with pytest.raises(ValueError, match="not both"):
+        Mp4Sink(tmp_path / "x.mp4", audio=audio, push_audio=True)
+
+
+def test_mp4sink_live_keeps_the_recording_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C ends a live session: a live sink finalises the file (an offline one discards it,
+    see test_mp4sink_exception_leaves_nothing); other errors still discard it."""
+    target = tmp_path / "live.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Sink(target, fps=25, push_audio=True, live=True) as sink:
+            sink.write_audio(np.full(8000, 0.1, np.float32))
+            for i in range(10):
+                sink.write(gradient(64, 64, shift=i), pts_s=i / 25)
+            raise KeyboardInterrupt
+    info = probe(target)
+    assert info.num_frames == 10 and info.has_audio
+    assert leftovers(tmp_path) == []
+    # audio trimmed to the 0.4 s of video
+    assert abs(len(_decoded_audio(target)) - 0.4 * 16000) <= AAC_FRAME
+
+    broken = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError):
+        with Mp4Sink(broken, fps=25, push_audio=True, live=True) as sink:
+            sink.write(gradient(64, 64))
+            raise RuntimeError("encoder died")
+    assert not broken.exists() and leftovers(tmp_path) == []
+
+
+def test_frame_sink_audio_contract() -> None:
+    """The base contract: no audio, no stop request, unless a sink says otherwise."""
+    sink = NullSink()
+    assert not sink.accepts_audio and not sink.stop_requested
+    with pytest.raises(TypeError, match="takes no audio"):
+        sink.write_audio(np.zeros(10, np.float32))
+    with pytest.raises(TypeError):
+        FrameSink()  # abstract: write, close and frames_written must be given
+
+
 def test_null_sink() -> None:
     with NullSink("ignored.mp4", fps=25) as sink:
         assert isinstance(sink, FrameSink)
@@ -324,14 +392,14 @@ def test_composite_side_by_side() -> None:
 def test_mp4sink_encoder_and_audio_rate_fallbacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from trtalk.runtime import sinks
+    from trtalk.media import mp4
 
     available_video_encoder.cache_clear()
-    monkeypatch.setattr(sinks, "VIDEO_ENCODER_PREFERENCE", ("no_such_encoder", "mpeg4"))
-    monkeypatch.setattr(sinks, "_aac_rate_for", lambda sr: 48000)
+    monkeypatch.setattr(mp4, "VIDEO_ENCODER_PREFERENCE", ("no_such_encoder", "mpeg4"))
+    monkeypatch.setattr(mp4, "_aac_rate_for", lambda sr: 48000)
     target = tmp_path / "fallback.mp4"
     try:
-        with caplog.at_level("WARNING", logger="trtalk.runtime.sinks"):
+        with caplog.at_level("WARNING", logger="trtalk.media.mp4"):
             with Mp4Sink(target, fps=25, audio=np.zeros(16000, np.float32)) as sink:
                 for _ in range(25):
                     sink.write(gradient(64, 64))

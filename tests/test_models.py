@@ -46,6 +46,7 @@ def model() -> PCAVS:
     return PCAVS.random(seed=3)
 
 
+@pytest.mark.slow
 def test_official_key_names_and_shapes(model):
     for net, keys in OFFICIAL_KEYS.items():
         sd = model.network(net).state_dict()
@@ -102,6 +103,7 @@ def test_modconv_rejects_unknown_and_unbuilt_impl():
         modulated_conv2d(x, w, s, impl="cuda")
 
 
+@pytest.mark.slow
 def test_generator_grouped_vs_decomposed(model):
     g = model.netG
     torch.manual_seed(2)
@@ -138,6 +140,7 @@ def test_noise_modes():
         g.noise_mode = "loud"
 
 
+@pytest.mark.slow
 def test_official_composition(model):
     torch.manual_seed(4)
     ref = torch.rand(1, 3, 224, 224) * 2 - 1
@@ -154,6 +157,7 @@ def test_official_composition(model):
     assert torch.equal(out, manual)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_bit_identical(model, tmp_path):
     folder = save_official_folder(model, tmp_path / "demo")
     st = convert(folder, tmp_path / "model.safetensors")
@@ -190,6 +194,7 @@ def _copy_folder(src, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_missing_file(official_folder, tmp_path):
     d = _copy_folder(official_folder, tmp_path / "c")
     (d / "latest_net_E.pth").unlink()
@@ -202,6 +207,7 @@ def test_missing_path(tmp_path):
         load_pcavs(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_truncated_file(official_folder, tmp_path):
     d = _copy_folder(official_folder, tmp_path / "c")
     f = d / "latest_net_A_sync.pth"
@@ -216,6 +222,7 @@ def test_truncated_file(official_folder, tmp_path):
     ("extra", "unexpected key 'extra.weight'"),
     ("shape", "key 'model.fc.weight' has shape 5x784"),
 ])
+@pytest.mark.slow
 def test_key_and_shape_errors_name_file_and_key(official_folder, tmp_path, edit, match):
     d = _copy_folder(official_folder, tmp_path / "c")
     f = d / "latest_net_E.pth"
@@ -231,6 +238,7 @@ def test_key_and_shape_errors_name_file_and_key(official_folder, tmp_path, edit,
         load_pcavs(d)
 
 
+@pytest.mark.slow
 def test_other_architecture_and_pickled_objects_rejected(official_folder, tmp_path):
     d = _copy_folder(official_folder, tmp_path / "c")
     torch.save(torch.nn.Linear(3, 4).state_dict(), d / "latest_net_V.pth")
@@ -247,6 +255,7 @@ def test_other_architecture_and_pickled_objects_rejected(official_folder, tmp_pa
         load_pcavs(d)
 
 
+@pytest.mark.slow
 def test_module_prefix_and_missing_bn_counters_are_tolerated(official_folder, tmp_path):
     d = _copy_folder(official_folder, tmp_path / "c")
     f = d / "latest_net_A_sync.pth"
@@ -268,6 +277,7 @@ def test_safetensors_from_elsewhere_rejected(tmp_path):
         load_pcavs(p2)
 
 
+@pytest.mark.slow
 def test_convert_cli(official_folder, tmp_path, capsys):
     from trtalk.cli import main
 

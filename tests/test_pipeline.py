@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from trtalk.cli import main
+from trtalk.media.sinks import FrameSink
 
 
-class _Capture:
-    """Stands in for every mp4 writer: keeps the frames (before encoding) per output path."""
+class _Capture(FrameSink):
+    """Stands in for the mp4 writer: keeps the frames (before encoding) per output path."""
 
     frames: dict[str, list[np.ndarray]] = {}
 
@@ -20,33 +21,25 @@ class _Capture:
         self.path = str(path)
         _Capture.frames[self.path] = []
 
-    accepts_audio = True
+    @property
+    def frames_written(self) -> int:
+        return len(_Capture.frames[self.path])
 
     def write(self, frame: np.ndarray, pts_s: float | None = None) -> None:
         _Capture.frames[self.path].append(np.array(frame))
 
-    def write_audio(self, samples: np.ndarray) -> None:
-        pass
-
     def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
         pass
 
 
 @pytest.fixture()
 def capture(monkeypatch: pytest.MonkeyPatch):
-    import trtalk.runtime.livesinks as livesinks
-    import trtalk.runtime.sinks as sinks
+    import trtalk.media.mp4
+    import trtalk.runtime.render
 
     _Capture.frames = {}
-    monkeypatch.setattr(sinks, "Mp4Sink", _Capture)
-    if hasattr(livesinks, "LiveRecorder"):
-        monkeypatch.setattr(livesinks, "LiveRecorder", _Capture)
+    monkeypatch.setattr(trtalk.media.mp4, "Mp4Sink", _Capture)  # stream --record imports it here
+    monkeypatch.setattr(trtalk.runtime.render, "Mp4Sink", _Capture)
     return _Capture.frames
 
 

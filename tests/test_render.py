@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import wave as wavmod
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
+from conftest import mp3_encoder, write_audio_file, write_wav
 
 from trtalk.audio import load_audio, num_video_frames
 from trtalk.cli import main
@@ -18,27 +18,6 @@ from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
 from trtalk.runtime.family import PCAVSFamily
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.render import RenderConfig, Renderer, pingpong
-
-
-def _write_wav(path: Path, wave: np.ndarray, sr: int = 16000) -> Path:
-    with wavmod.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sr)
-        f.writeframes((np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
-def _write_mp3(path: Path, wave: np.ndarray, sr: int = 16000) -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libmp3lame", rate=sr, layout="mono")
-        frame = av.AudioFrame.from_ndarray((wave[None] * 32767).astype(np.int16), format="s16", layout="mono")
-        frame.sample_rate = sr
-        for pkt in s.encode(frame):
-            c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
-    return path
 
 
 def _inspect(path: Path) -> dict:
@@ -63,7 +42,8 @@ def _render(cfg: RenderConfig, model: PCAVS):
 
 @pytest.fixture(scope="module")
 def short_mp3(speech_wave, tmp_path_factory) -> Path:
-    return _write_mp3(tmp_path_factory.mktemp("a") / "short.mp3", speech_wave[:int(0.44 * 16000)])
+    codec = mp3_encoder() or pytest.skip("this PyAV build has no mp3 encoder")
+    return write_audio_file(tmp_path_factory.mktemp("a") / "short.mp3", speech_wave[:int(0.44 * 16000)], codec)
 
 
 def test_pingpong_matches_official_loop():
@@ -72,6 +52,7 @@ def test_pingpong_matches_official_loop():
     assert pingpong(5, 1) == 0
 
 
+@pytest.mark.slow
 def test_cli_render_photo_mp3_pose_video_full_size(face_image_path, short_mp3, pose_video_path, tmp_path, capsys):
     """The issue's done-when case, through the CLI, with the full-size networks (random weights)."""
     out = tmp_path / "out.mp4"
@@ -132,11 +113,11 @@ def test_silent_audio_renders_a_closed_steady_mouth(face_image_path, speech_wave
                        PCAVSFamily(rec, random_weights=True)).run()
         return res, torch.cat(rec.images)
 
-    res, silent = run(_write_wav(tmp_path / "silence.wav", np.zeros(8000, np.float32)))
+    res, silent = run(write_wav(tmp_path / "silence.wav", np.zeros(8000, np.float32)))
     assert res.frames == len(_inspect(res.output)["frames"]) == 13
     # Silence -> all-zero mel windows -> one mouth code; with a static pose every frame is the same.
     assert (silent - silent[0]).abs().max().item() < 1e-5
-    _, speech = run(_write_wav(tmp_path / "speech.wav", speech_wave[:8000]))
+    _, speech = run(write_wav(tmp_path / "speech.wav", speech_wave[:8000]))
     assert (speech - speech[0]).abs().max().item() > 1e-4  # random weights: a small but real change
 
 
@@ -148,7 +129,7 @@ def test_several_faces_uses_largest_and_says_so(face_image_path, speech_wav_path
     canvas[: small.shape[0], 300:] = small
     two = tmp_path / "two.png"
     cv2.imwrite(str(two), canvas)
-    short = _write_wav(tmp_path / "a.wav", np.zeros(4000, np.float32))
+    short = write_wav(tmp_path / "a.wav", np.zeros(4000, np.float32))
     with caplog.at_level(logging.WARNING):
         _render(RenderConfig(output=tmp_path / "t.mp4", face=two, audio=short), small_model)
     assert "largest" in caplog.text
@@ -182,7 +163,7 @@ def test_bad_input_one_line_error_exit_2_no_output(case, face_image_path, speech
         audio.write_bytes(b"")
         expect = "e.wav"
     elif case == "short_audio":
-        audio = _write_wav(tmp_path / "short.wav", np.zeros(1000, np.float32))
+        audio = write_wav(tmp_path / "short.wav", np.zeros(1000, np.float32))
         expect = "shorter than one"
     elif case == "no_audio_track":
         audio = pose_video_path

@@ -532,8 +532,8 @@ def head_motion_video(path: Path, photo: Path, seconds: float, fps: float = 25.0
     """
     import cv2
 
-    from trtalk.runtime.media import iter_frames
-    from trtalk.runtime.sinks import Mp4Sink
+    from trtalk.media.read import iter_frames
+    from trtalk.media.mp4 import Mp4Sink
 
     rgb = next(iter(iter_frames(photo)))
     h, w = rgb.shape[:2]
@@ -561,7 +561,7 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     """
     from trtalk.audio import audio_lookahead_s
     from trtalk.runtime.clock import RealClock
-    from trtalk.runtime.sinks import NullSink
+    from trtalk.media.sinks import NullSink
     from trtalk.runtime.sources import AudioFileSource
     from trtalk.runtime.options import ModelOptions
     from trtalk.runtime.stream import StreamConfig, StreamPipeline, pose_file_source

@@ -4,8 +4,9 @@ Import cost is kept low: the TensorRT backend and builder are imported only when
 """
 
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
-from trtalk.engine.cache import EngineCache, EngineKey
+from trtalk.engine.cache import EngineCache
 from trtalk.engine.runner import KINDS, RunnerOptions, StageRunner, open_backends, open_runner
+from trtalk.export.engine_file import EngineKey
 
 __all__ = ["Backend", "TorchBackend", "OrtBackend", "EngineCache", "EngineKey", "KINDS",
            "RunnerOptions", "StageRunner", "open_backends", "open_runner"]

@@ -9,7 +9,7 @@ async H2D / D2H copies on one stream (pinned host staging buffers), and optional
 capture of the enqueue, one graph per batch size.
 
 The engine file is never loaded blindly: its sidecar must exist and match (see
-`trtalk.engine.cache.check_engine`), so a truncated engine or one built for another GPU or
+`trtalk.export.engine_file.check_engine`), so a truncated engine or one built for another GPU or
 TensorRT version is refused with a one-line error before deserialisation.
 """
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from trtalk.engine.backend import Array, Backend
-from trtalk.engine.cache import EngineKey, verify_user_engine
 from trtalk.errors import TrtalkError
+from trtalk.export.engine_file import EngineKey, check_engine_target, local_compute_capability, verify_user_engine
 from trtalk.export.stages import StageSpec
-from trtalk.export.tensorrt import _local_cc, check_engine_target, import_tensorrt
+from trtalk.export.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class TensorRTBackend(Backend):
         self._max_batch = rec.key.max_batch
         trt = import_tensorrt(self.flavour)
         if self._key is None:  # an engine file the user named: it must suit this machine
-            check_engine_target(rec.key.to_dict(), str(trt.__version__), _local_cc())
+            check_engine_target(rec.key.to_dict(), str(trt.__version__), local_compute_capability())
         cudart = import_cudart()
         self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -16,7 +16,7 @@ One code path over two Python modules, imported lazily:
 Without a GPU neither flavour can deserialise an engine, and TensorRT-RTX's
 ``Runtime.get_engine_validity`` needs one too, so the engine's I/O (names, shapes with -1 for the
 batch, dtypes) is read from the parsed network at build time, checked against the stage spec,
-and recorded in the engine sidecar (see `trtalk.engine.cache`).
+and recorded in the engine sidecar (see `trtalk.export.engine_file`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from trtalk.engine.cache import EngineKey, EngineRecord, write_engine
 from trtalk.errors import TrtalkError
+from trtalk.export.engine_file import EngineKey, EngineRecord, local_compute_capability, write_engine
 from trtalk.export.stages import BATCH, StageSpec
 
 log = logging.getLogger(__name__)
@@ -86,24 +86,11 @@ class BuildOptions:
         return self.opt_batch or max(1, self.max_batch // 2)
 
 
-def _local_cc() -> str | None:
-    """``smXY`` of CUDA device 0, or None without one (torch answers; no CUDA import here)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return f"sm{major}{minor}"
-    except Exception:  # noqa: BLE001 - no usable CUDA is the answer
-        pass
-    return None
-
-
 def resolve_compute_capability(opts: BuildOptions) -> str:
     """The target recorded in the engine key: "sm89", or "current:sm90" for the local GPU."""
     cc = (opts.compute_capability or "").lower() or None
     if opts.flavour == "tensorrt":
-        local = _local_cc()
+        local = local_compute_capability()
         if local is None:
             raise TrtalkError("datacenter TensorRT builds only for the local GPU and this machine "
                               "has none; use --target tensorrt-rtx --compute-capability smXY")
@@ -112,7 +99,7 @@ def resolve_compute_capability(opts: BuildOptions) -> str:
                               f"not {cc}")
         return f"current:{local}"
     if cc in (None, "current"):
-        local = _local_cc()
+        local = local_compute_capability()
         if local is None:
             raise TrtalkError("no GPU here to build for: give --compute-capability, one of "
                               f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
@@ -121,22 +108,6 @@ def resolve_compute_capability(opts: BuildOptions) -> str:
         raise TrtalkError(f"TensorRT-RTX cannot target {cc}; choose one of "
                           f"{', '.join(RTX_COMPUTE_CAPABILITIES)} (or current, on a GPU machine)")
     return cc
-
-
-def check_engine_target(key: dict, installed_version: str, local_cc: str | None) -> None:
-    """Refuse (TrtalkError) an engine whose key names another TensorRT version or GPU.
-
-    For engines a user passes directly (no expected key to compare with): the sidecar's
-    ``trt_version`` must equal the installed one and its compute capability must be the local
-    GPU's (``smXY`` or ``current:smXY``).
-    """
-    if key.get("trt_version") != installed_version:
-        raise TrtalkError(f"engine built with {key.get('flavour')} {key.get('trt_version')}, this "
-                          f"machine has {installed_version}; rebuild it (trtalk export --target ...)")
-    cc = str(key.get("compute_capability", "")).split(":")[-1]
-    if local_cc is not None and cc != local_cc:
-        raise TrtalkError(f"engine built for {cc}, this GPU is {local_cc}; rebuild it with "
-                          f"--compute-capability {local_cc} (or on this machine)")
 
 
 def engine_key(graph_sha256: str, precision: str, opts: BuildOptions) -> EngineKey:

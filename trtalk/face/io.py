@@ -1,6 +1,6 @@
 """Reading the face input: one image, a folder of frames, or a video file.
 
-A thin re-iterable view over `trtalk.runtime.media` (which owns image/video decoding): frames
+A thin re-iterable view over `trtalk.media.read` (which owns image/video decoding): frames
 come out as HxWx3 RGB uint8, and a :class:`MediaSource` can be iterated more than once (each
 pass decodes again), which lets the two-pass alignment avoid holding a whole full-resolution
 video in memory.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trtalk.errors import TrtalkError
-from trtalk.runtime.media import (
+from trtalk.media.read import (
     IMAGE_EXTENSIONS,
     is_image_path,
     iter_frames,

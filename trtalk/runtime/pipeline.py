@@ -33,6 +33,7 @@ import torch
 
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
+from trtalk.media.sinks import FrameSink
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.runtime.family import Avatar, ModelFamily
@@ -101,7 +102,7 @@ class Pipeline:
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
-                 pose_source: Source | None, sinks: Sequence[Any], clock: Clock | None = None,
+                 pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None) -> None:
         self.cfg = cfg
         self.family = family
@@ -119,7 +120,7 @@ class Pipeline:
             fixed = rms_gain(audio.wave)
         self.gain = GainControl(cfg.gain, fixed)
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
-                               [s for s in self.sinks if getattr(s, "accepts_audio", False)])
+                               [s for s in self.sinks if s.accepts_audio])
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
         self.background = background or self._default_background
         from trtalk.audio import audio_lookahead_s
@@ -237,7 +238,7 @@ class Pipeline:
         self.audio.prune(idx[-1] + 1)
 
     def _stop_requested(self) -> bool:
-        return any(getattr(s, "stop_requested", False) for s in self.sinks)
+        return any(s.stop_requested for s in self.sinks)
 
     def run(self, stop: threading.Event | None = None,
             progress: Callable[[int, int | None], None] | None = None) -> LatencyReport:

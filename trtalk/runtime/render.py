@@ -34,6 +34,7 @@ from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import ClipPoseSource, PoseSample, align_clip, pingpong
 from trtalk.runtime.sources import AudioFileSource
 from trtalk.runtime.step import LAYOUTS, RANDOM_WEIGHTS_NOTE, Background
+from trtalk.media.mp4 import Mp4Sink
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,6 @@ class Renderer:
 
     def run(self, progress: ProgressFn | None = None) -> RenderResult:
         from trtalk.audio import num_video_frames
-        from trtalk.runtime.sinks import Mp4Sink
 
         cfg = self.cfg
         t0 = time.perf_counter()

@@ -185,6 +185,11 @@ class BoundedQueue(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called (items may still be left to ``get``)."""
+        return self._closed
+
     def stats(self) -> dict[str, int]:
         return {"capacity": self.capacity, "max_depth": self.max_depth, "dropped": self.dropped,
                 "items": self.puts}
@@ -462,7 +467,7 @@ class MicSource(Source):
 
 
 def _media_fps(path: Path) -> float | None:
-    from trtalk.runtime.media import probe
+    from trtalk.media.read import probe
 
     info = probe(path)
     return getattr(info, "fps", None)
@@ -484,7 +489,7 @@ class VideoFileSource(Source):
     def __init__(self, path: str | Path, fps: float | None = None, loop: bool = True,
                  fail_at_s: float | None = None, resume_at_s: float | None = None,
                  processor: FrameProcessor | None = None, capacity: int = 8) -> None:
-        from trtalk.runtime.media import is_image_path
+        from trtalk.media.read import is_image_path
 
         self.path = Path(path)
         super().__init__(f"video:{self.path.name}", capacity)
@@ -499,7 +504,7 @@ class VideoFileSource(Source):
         self.processor = processor
 
     def _frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        from trtalk.runtime.media import iter_frames
+        from trtalk.media.read import iter_frames
 
         if self.still:
             image = next(iter(iter_frames(self.path)))

@@ -83,7 +83,7 @@ class FrameStep:
             bg = background or Background(self.avatar.image, self.avatar.crop_m)
             out = bg.frame if bg.crop_m is None else self.paster(bg.frame, crop, bg.crop_m)
         if self.layout == "side-by-side":
-            from trtalk.runtime.media import composite_side_by_side
+            from trtalk.media.frames import composite_side_by_side
 
             panel = pose_panel if pose_panel is not None else self.avatar.crop
             out = composite_side_by_side([self.avatar.crop, out, panel],

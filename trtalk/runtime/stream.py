@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
+from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import Clock
 from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily
 from trtalk.runtime.options import ModelOptions
@@ -63,7 +64,7 @@ class StreamPipeline(Pipeline):
     """
 
     def __init__(self, cfg: StreamConfig, runner: Any, audio: Source, pose_source: Source | None,
-                 sinks: Sequence[Any], clock: Clock | None = None, random_weights: bool | None = None,
+                 sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
                  background: BackgroundFn | None = None) -> None:
         family = as_family(runner, cfg, random_weights)
         super().__init__(cfg, family, load_avatar(cfg.avatar, family), audio, pose_source, sinks,

@@ -16,6 +16,9 @@ from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
 from trtalk.runtime.stream import StreamConfig
 
+if TYPE_CHECKING:
+    from trtalk.media.sinks import FrameSink
+
 log = logging.getLogger(__name__)
 
 
@@ -60,8 +63,9 @@ def register(sub) -> None:
 
 
 def _make_sink(cmd: StreamCommand) -> Any:
-    from trtalk.runtime.livesinks import LiveRecorder, PreviewSink, VirtualCamSink
-    from trtalk.runtime.sinks import NullSink
+    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.media.sinks import NullSink
+    from trtalk.runtime.livesinks import PreviewSink, VirtualCamSink
 
     fps = cmd.stream.fps
     if cmd.virtual_cam:
@@ -73,7 +77,7 @@ def _make_sink(cmd: StreamCommand) -> Any:
             cmd.record.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrtalkError(f"cannot write {cmd.record}: {exc.strerror or exc}") from None
-        return LiveRecorder(cmd.record, fps=fps)
+        return Mp4Sink(cmd.record, fps=fps, push_audio=True, live=True)
     return NullSink()
 
 

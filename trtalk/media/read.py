@@ -1,8 +1,9 @@
 """Media probing and frame reading for images, image folders, video and audio.
 
 Frames are always ``H x W x 3`` RGB ``uint8``.  Images are read with OpenCV,
-everything else with PyAV.  Problems a user can cause (missing file, garbage
-file, a folder with no images, a video with no frames) raise
+everything else with PyAV (imported on first use, so importing this module
+does not need it).  Problems a user can cause (missing file, garbage file, a
+folder with no images, a video with no frames) raise
 :class:`trtalk.errors.TrtalkError` with a one-line message naming the file.
 """
 
@@ -11,16 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import av
 import cv2
 import numpy as np
 
 from trtalk.errors import TrtalkError
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MediaInfo",
     "MediaKind",
-    "composite_side_by_side",
     "is_image_path",
     "iter_frames",
     "list_image_folder",
@@ -136,6 +138,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _open_av(path: Path) -> av.container.InputContainer:
+    import av
+
     try:
         return av.open(str(path), mode="r")
     except av.FFmpegError as exc:
@@ -150,6 +154,8 @@ def _av_reason(exc: Exception) -> str:
 
 def _real_video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
     """Video streams that are actual video, not cover art."""
+    import av
+
     out = []
     for s in container.streams.video:
         try:
@@ -189,6 +195,8 @@ def _stream_duration(stream: av.stream.Stream) -> float | None:
 
 def _first_frame(container: av.container.InputContainer, stream: av.stream.Stream,
                  path: Path) -> av.frame.Frame:
+    import av
+
     try:
         for frame in container.decode(stream):
             return frame
@@ -198,6 +206,8 @@ def _first_frame(container: av.container.InputContainer, stream: av.stream.Strea
 
 
 def _probe_av(path: Path) -> MediaInfo:
+    import av
+
     container = _open_av(path)
     try:
         videos = _real_video_streams(container)
@@ -294,6 +304,8 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
 
 
 def _iter_video(container: av.container.InputContainer, path: Path) -> Iterator[np.ndarray]:
+    import av
+
     try:
         stream = _real_video_streams(container)[0]
         stream.thread_type = "AUTO"
@@ -311,36 +323,3 @@ def _iter_video(container: av.container.InputContainer, path: Path) -> Iterator[
             raise TrtalkError(f"{path} has a video stream but no decodable frames")
     finally:
         container.close()
-
-
-def composite_side_by_side(panels: Sequence[np.ndarray], height: int = 224) -> np.ndarray:
-    """Resize each panel to ``height`` (keeping aspect) and join left to right.
-
-    Used for ``--layout side-by-side`` (reference | generated | pose source).
-    Panels are ``H x W x 3`` RGB uint8 (``H x W`` grey is expanded); the
-    result is ``height x sum(W_i * height / H_i) x 3`` uint8, each panel width
-    rounded to the nearest pixel (at least 1).
-
-    Raises:
-        ValueError: no panels, or a panel that is not an image array.
-    """
-    if not panels:
-        raise ValueError("composite_side_by_side needs at least one panel")
-    if height < 1:
-        raise ValueError(f"height must be >= 1, got {height}")
-    out = []
-    for i, p in enumerate(panels):
-        p = np.asarray(p)
-        if p.ndim == 2:
-            p = np.repeat(p[:, :, None], 3, axis=2)
-        if p.ndim != 3 or p.shape[2] != 3 or p.shape[0] == 0 or p.shape[1] == 0:
-            raise ValueError(f"panel {i} must be HxWx3, got shape {p.shape}")
-        if p.dtype != np.uint8:
-            raise ValueError(f"panel {i} must be uint8, got {p.dtype}")
-        h, w = p.shape[:2]
-        new_w = max(1, round(w * height / h))
-        if (h, w) != (height, new_w):
-            interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
-            p = cv2.resize(np.ascontiguousarray(p), (new_w, height), interpolation=interp)
-        out.append(p)
-    return np.ascontiguousarray(np.hstack(out))

@@ -1,15 +1,8 @@
-"""Frame sinks: where generated frames go.
+"""The one mp4 writer: :class:`Mp4Sink`, H.264 video plus AAC audio, written atomically.
 
-A sink takes RGB frames one at a time (``write``) and finishes with
-``close``.  Two implementations share the interface described by
-:class:`FrameSink`:
-
-* :class:`Mp4Sink` encodes H.264 video (yuv420p) plus, optionally, the driving
-  audio as AAC into an mp4 file, atomically: the file appears under its real
-  name only when ``close`` finishes cleanly.
-* :class:`NullSink` counts frames and discards them (benchmarks, dry runs).
-
-Frames are ``H x W x 3`` RGB ``uint8`` arrays, C-contiguous or not.
+Used for every mp4 trtalk writes: ``trtalk render``, ``trtalk demo``, ``trtalk stream
+--record``.  The audio track is either given whole up front (offline rendering) or
+pushed piece by piece with ``write_audio`` while frames arrive (live recording).
 """
 
 from __future__ import annotations
@@ -18,27 +11,22 @@ import contextlib
 import functools
 import logging
 import os
+from collections import deque
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
 
 import av
-import cv2
 import numpy as np
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
+from trtalk.media.frames import check_frame, pad_to_even
+from trtalk.media.sinks import FrameSink
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "FrameSink",
-    "Mp4Sink",
-    "NullSink",
-    "available_video_encoder",
-    "VIDEO_ENCODER_PREFERENCE",
-]
+__all__ = ["Mp4Sink", "available_video_encoder", "VIDEO_ENCODER_PREFERENCE"]
 
 #: Encoders tried in order; the first one that exists in this PyAV/FFmpeg
 #: build *and* opens is used.  ``h264`` resolves to FFmpeg's default H.264
@@ -47,24 +35,8 @@ VIDEO_ENCODER_PREFERENCE: tuple[str, ...] = ("libx264", "h264", "libopenh264", "
 
 _AAC_BIT_RATE = 64_000
 _AAC_FALLBACK_RATE = 48_000
-
-
-@runtime_checkable
-class FrameSink(Protocol):
-    """What the engine and a streaming runtime need from a frame consumer."""
-
-    @property
-    def frames_written(self) -> int:
-        """Frames accepted by ``write`` so far."""
-        ...
-
-    def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
-        """Consume one ``H x W x 3`` RGB uint8 frame shown at ``pts_s`` seconds."""
-        ...
-
-    def close(self) -> None:
-        """Finish; idempotent."""
-        ...
+_CRF = 18  # x264 quality of offline files
+_LIVE_CRF = 20  # and of live recordings (encoded at the veryfast preset)
 
 
 def _encoder_opens(name: str) -> bool:
@@ -129,69 +101,74 @@ def _aac_rate_for(sample_rate: int) -> int:
     return _AAC_FALLBACK_RATE
 
 
-def pad_to_even(frame_rgb: np.ndarray) -> np.ndarray:
-    """Pad an odd width/height by repeating the last column/row (yuv420p needs even sizes)."""
-    h, w = frame_rgb.shape[:2]
-    if not (h % 2 or w % 2):
-        return frame_rgb
-    return cv2.copyMakeBorder(np.ascontiguousarray(frame_rgb), 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
-
-
-def _check_frame(frame_rgb: np.ndarray) -> np.ndarray:
-    if not isinstance(frame_rgb, np.ndarray):
-        raise TypeError(f"frame must be a numpy array, got {type(frame_rgb).__name__}")
-    if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
-        raise ValueError(
-            f"frame must be HxWx3 uint8 RGB, got shape {frame_rgb.shape} dtype {frame_rgb.dtype}"
-        )
-    if frame_rgb.shape[0] < 2 or frame_rgb.shape[1] < 2:
-        raise ValueError(f"frame too small to encode: {frame_rgb.shape}")
-    return frame_rgb
-
-
 class _Aborted(Exception):
     """Thrown into ``atomic_output`` to make it discard the temp file."""
 
 
-class Mp4Sink:
-    """Write RGB frames (and optionally mono audio) to an H.264/AAC mp4.
+class Mp4Sink(FrameSink):
+    """Write RGB frames and mono audio to an H.264/AAC mp4, atomically.
 
-    Usage::
+    Offline, with the whole audio track up front::
 
         with Mp4Sink("out.mp4", fps=25, audio=wave, sample_rate=16000) as sink:
             for frame in frames:          # HxWx3 RGB uint8
                 sink.write(frame)
         # out.mp4 exists only now, and only if the block raised nothing
 
+    Live, with the audio pushed as it arrives (``accepts_audio`` is True)::
+
+        with Mp4Sink("rec.mp4", fps=25, push_audio=True, live=True) as rec:
+            rec.write_audio(samples)      # any time, any amount
+            rec.write(frame, pts_s=t)
+
     Promises:
 
     * **Atomic.**  Everything goes to a hidden temp file next to ``path``
       (see :func:`trtalk.fsutil.atomic_output`); ``close`` after a clean run
-      renames it onto ``path``.  An exception (Ctrl-C included) in the
-      ``with`` block, or a failure while finishing, removes the temp file and
-      leaves ``path`` as it was.  A sink garbage-collected without ``close``
-      is discarded the same way.
+      renames it onto ``path``.  An exception in the ``with`` block (Ctrl-C
+      included, unless ``live``), or a failure while finishing, removes the
+      temp file and leaves ``path`` as it was.  A sink garbage-collected
+      without ``close`` is discarded the same way.
     * **Video.**  H.264 via libx264 at ``crf`` (falling back to FFmpeg's
       ``h264``, ``libopenh264`` and finally ``mpeg4`` with a logged warning;
       :func:`available_video_encoder` says which), pixel format yuv420p,
       stream time base ``1/fps``.  Odd widths/heights are padded to even by
-      repeating the last column/row (yuv420p needs even sizes).  All frames
-      must have the same size: ``size`` (W, H) if given, else the first
-      frame's.
-    * **Audio.**  ``audio`` is float32 mono in [-1, 1] at ``sample_rate`` Hz,
+      repeating the last column/row (:func:`trtalk.media.frames.pad_to_even`).
+      All frames must have the same size: ``size`` (W, H) if given, else the
+      first frame's.
+    * **Timestamps.**  ``write(frame, pts_s)`` takes an optional presentation
+      time in seconds, rounded to the frame grid (``round(pts_s * fps)``); it
+      must increase strictly, gaps are allowed (frames dropped live).  Without
+      it frames are consecutive.
+    * **Audio.**  Float32 mono in [-1, 1] (clipped) at ``sample_rate`` Hz,
       encoded as AAC (at ``sample_rate`` if the encoder takes it, else
-      resampled to 48 kHz).  Audio is muxed interleaved with the video, up to
-      each frame's end time, and at ``close`` it is **trimmed or padded with
-      silence to exactly the video's end time** ``(last_pts + 1) / fps``,
-      which is ``frames_written / fps`` when ``pts_s`` is never given.  So
-      audio and video durations agree (the container's audio duration is
-      exact; decoders may return up to one AAC frame, 1024 samples, of
-      trailing padding).
-    * ``frames_written`` counts frames accepted by ``write``.
+      resampled to 48 kHz).  There is an audio track when ``audio`` is given
+      or ``push_audio`` is set.  Audio is muxed interleaved with the video, up
+      to each frame's end time as far as it is known, and at ``close`` it is
+      **trimmed or padded with silence to exactly the video's end time**
+      ``(last_slot + 1) / fps`` (``frames_written / fps`` when ``pts_s`` is
+      never given).  So audio and video durations agree (the container's
+      audio duration is exact; decoders may return up to one AAC frame, 1024
+      samples, of trailing padding).  Pushed audio waiting to be encoded is
+      bounded by how far the audio runs ahead of the video, not by the
+      session length.
+    * ``frames_written`` counts frames accepted by ``write``;
+      ``audio_samples_written`` the samples encoded so far.
 
-    ``write(frame, pts_s)`` takes an optional presentation time in seconds;
-    it is rounded to the frame grid (``round(pts_s * fps)``) and must
-    increase strictly.  Without it frames are consecutive.
+    Args:
+        path: the mp4 to write.
+        fps: frame rate of the frame grid.
+        size: (W, H) every frame must have; default the first frame's.
+        audio: the whole audio track, or None.
+        sample_rate: rate of ``audio`` / of the pushed samples.
+        crf: x264 constant rate factor; default 18, or 20 when ``live``.
+        push_audio: the audio track is fed with :meth:`write_audio` while
+            frames are written (then ``accepts_audio`` is True); excludes ``audio``.
+        live: a recording of a live session: x264 runs at the veryfast preset
+            without lookahead (``tune=zerolatency``, so a killed session loses
+            the fewest frames), and a KeyboardInterrupt leaving the ``with``
+            block finalises the file instead of discarding it (Ctrl-C is how a
+            live session ends).
     """
 
     def __init__(
@@ -201,32 +178,37 @@ class Mp4Sink:
         size: tuple[int, int] | None = None,
         audio: np.ndarray | None = None,
         sample_rate: int = 16000,
-        crf: int = 18,
+        crf: int | None = None,
+        *,
+        push_audio: bool = False,
+        live: bool = False,
     ) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if size is not None and (len(size) != 2 or min(size) < 2):
             raise ValueError(f"size must be (W, H) with both >= 2, got {size}")
-        if audio is not None:
-            audio = np.asarray(audio)
-            if audio.ndim == 2 and 1 in audio.shape:
-                audio = audio.reshape(-1)
-            if audio.ndim != 1:
-                raise ValueError(f"audio must be mono 1-D float32, got shape {audio.shape}")
-            audio = np.ascontiguousarray(np.clip(audio.astype(np.float32, copy=False), -1.0, 1.0))
-            if sample_rate <= 0:
-                raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if audio is not None and push_audio:
+            raise ValueError("give the whole audio or push_audio=True, not both")
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self._path = Path(path)
         self._fps = float(fps)
         self._rate = Fraction(self._fps).limit_denominator(10_000)
         self._size = (int(size[0]), int(size[1])) if size is not None else None
-        self._audio = audio
         self._sample_rate = int(sample_rate)
-        self._crf = int(crf)
+        self._live = bool(live)
+        self._crf = int(crf) if crf is not None else (_LIVE_CRF if live else _CRF)
+        self._push = bool(push_audio)
+        self._has_audio = audio is not None or self._push
+
+        self._pending: deque[np.ndarray] = deque()  # audio received, not yet encoded
+        self._pending_n = 0
+        self._audio_out = 0  # samples at self._sample_rate handed to the encoder
+        if audio is not None:
+            self._queue_audio(self._mono(audio))
 
         self._frames_written = 0
         self._last_pts = -1
-        self._audio_sent = 0  # samples at self._sample_rate already handed to the encoder
         self._closed = True  # until the container is open; keeps __del__ quiet on early errors
         self._vstream: av.VideoStream | None = None
         self._astream: av.AudioStream | None = None
@@ -256,6 +238,10 @@ class Mp4Sink:
         return self._fps
 
     @property
+    def sample_rate(self) -> int:
+        return self._sample_rate
+
+    @property
     def size(self) -> tuple[int, int] | None:
         """(W, H) of the frames, before even-padding; None until known."""
         return self._size
@@ -263,6 +249,16 @@ class Mp4Sink:
     @property
     def frames_written(self) -> int:
         return self._frames_written
+
+    @property
+    def audio_samples_written(self) -> int:
+        """Audio samples (at ``sample_rate``) encoded so far."""
+        return self._audio_out
+
+    @property
+    def accepts_audio(self) -> bool:
+        """True when the audio track is pushed with :meth:`write_audio` (``push_audio``)."""
+        return self._push
 
     @property
     def closed(self) -> bool:
@@ -283,7 +279,7 @@ class Mp4Sink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
+        if exc_type is None or (self._live and issubclass(exc_type, KeyboardInterrupt)):
             self.close()
         else:
             self.abort()
@@ -296,7 +292,70 @@ class Mp4Sink:
         except Exception:  # noqa: BLE001 - never raise from __del__
             pass
 
-    # -- writing --------------------------------------------------------
+    # -- audio ----------------------------------------------------------
+    @staticmethod
+    def _mono(samples: np.ndarray) -> np.ndarray:
+        x = np.asarray(samples)
+        if x.ndim == 2 and 1 in x.shape:
+            x = x.reshape(-1)
+        if x.ndim != 1:
+            raise ValueError(f"audio must be mono 1-D float32, got shape {x.shape}")
+        return np.clip(x.astype(np.float32, copy=False), -1.0, 1.0)
+
+    def _queue_audio(self, x: np.ndarray) -> None:
+        if x.size:
+            self._pending.append(x)
+            self._pending_n += x.size
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Append mono float32 samples (clipped to [-1, 1]) to the audio track.
+
+        Raises:
+            TypeError: the sink was not opened with ``push_audio=True``.
+            ValueError: the sink is closed, or the samples are not mono.
+        """
+        if not self._push:
+            raise TypeError(f"this Mp4Sink ({self._path}) was not opened with push_audio=True")
+        if self._closed:
+            raise ValueError(f"write_audio() on a closed Mp4Sink ({self._path})")
+        self._queue_audio(self._mono(samples))
+
+    def _take(self, n: int) -> np.ndarray:
+        """The next ``n`` pending samples, zeros (silence) past what is pending."""
+        out = np.zeros(n, np.float32)
+        got = 0
+        while got < n and self._pending:
+            head = self._pending[0]
+            k = min(n - got, head.size)
+            out[got: got + k] = head[:k]
+            got += k
+            if k == head.size:
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[k:]
+        self._pending_n -= got
+        return out
+
+    def _encode_audio_until(self, t_end: Fraction, pad: bool) -> None:
+        """Encode audio up to ``t_end`` seconds; past the pending audio, silence if ``pad``,
+        else stop there (pushed audio still to come)."""
+        if self._astream is None:
+            return
+        target = round(t_end * self._sample_rate)
+        if not pad:
+            target = min(target, self._audio_out + self._pending_n)
+        n = target - self._audio_out
+        if n <= 0:
+            return
+        af = av.AudioFrame.from_ndarray(self._take(n)[None, :], format="flt", layout="mono")
+        af.sample_rate = self._sample_rate
+        af.pts = self._audio_out
+        af.time_base = Fraction(1, self._sample_rate)
+        for packet in self._astream.encode(af):
+            self._container.mux(packet)
+        self._audio_out = target
+
+    # -- video ----------------------------------------------------------
     def _open_streams(self, width: int, height: int) -> None:
         enc_w, enc_h = width + width % 2, height + height % 2
         if (enc_w, enc_h) != (width, height):
@@ -310,13 +369,16 @@ class Mp4Sink:
         vs.time_base = 1 / self._rate
         resolved = vs.codec_context.name
         if resolved == "libx264":
-            vs.options = {"crf": str(self._crf), "preset": "medium"}
+            if self._live:
+                vs.options = {"crf": str(self._crf), "preset": "veryfast", "tune": "zerolatency"}
+            else:
+                vs.options = {"crf": str(self._crf), "preset": "medium"}
         elif resolved == "mpeg4":
             vs.codec_context.bit_rate = max(500_000, int(enc_w * enc_h * self._fps * 0.25))
         else:
             vs.codec_context.bit_rate = max(500_000, int(enc_w * enc_h * self._fps * 0.15))
         self._vstream = vs
-        if self._audio is not None:
+        if self._has_audio:
             enc_rate = _aac_rate_for(self._sample_rate)
             aus = self._container.add_stream("aac", rate=enc_rate, layout="mono")
             aus.codec_context.bit_rate = _AAC_BIT_RATE
@@ -337,7 +399,7 @@ class Mp4Sink:
         """
         if self._closed:
             raise ValueError(f"write() on a closed Mp4Sink ({self._path})")
-        frame_rgb = _check_frame(frame_rgb)
+        frame_rgb = check_frame(frame_rgb)
         h, w = frame_rgb.shape[:2]
         if self._size is None:
             self._size = (w, h)
@@ -358,42 +420,22 @@ class Mp4Sink:
         if self._vstream is None:
             self._open_streams(w, h)
         assert self._vstream is not None
-        frame_rgb = pad_to_even(frame_rgb)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_rgb), format="rgb24")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pad_to_even(frame_rgb)), format="rgb24")
         vf.pts = pts
         vf.time_base = 1 / self._rate
         for packet in self._vstream.encode(vf):
             self._container.mux(packet)
         self._last_pts = pts
         self._frames_written += 1
-        self._push_audio_until(Fraction(pts + 1) / self._rate)
-
-    def _push_audio_until(self, t_end: Fraction) -> None:
-        """Encode audio up to ``t_end`` seconds, padding past its end with silence."""
-        if self._astream is None or self._audio is None:
-            return
-        target = round(t_end * self._sample_rate)
-        if target <= self._audio_sent:
-            return
-        chunk = self._audio[self._audio_sent:target]
-        missing = target - self._audio_sent - chunk.shape[0]
-        if missing > 0:
-            chunk = np.concatenate([chunk, np.zeros(missing, np.float32)])
-        af = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-        af.sample_rate = self._sample_rate
-        af.pts = self._audio_sent
-        af.time_base = Fraction(1, self._sample_rate)
-        for packet in self._astream.encode(af):
-            self._container.mux(packet)
-        self._audio_sent = target
+        # Whole audio is known: pad past its end right away. Pushed audio may still come.
+        self._encode_audio_until(Fraction(pts + 1) / self._rate, pad=not self._push)
 
     # -- finishing ------------------------------------------------------
     def close(self) -> None:
-        """Flush the encoders and move the file into place.  Idempotent.
+        """Equalise the audio to the video's end, flush the encoders and move the file
+        into place.  Idempotent.
 
-        The audio has already been fed up to the video's end time, so it
-        ends exactly with the last frame (anything beyond is dropped).  On
-        any failure here the temp file is removed and the error propagates.
+        On any failure here the temp file is removed and the error propagates.
 
         Raises:
             TrtalkError: no frame was ever written (nothing is saved).
@@ -407,6 +449,7 @@ class Mp4Sink:
                     "(is the input audio empty?)"
                 )
             assert self._vstream is not None
+            self._encode_audio_until(Fraction(self._last_pts + 1) / self._rate, pad=True)
             for packet in self._vstream.encode(None):
                 self._container.mux(packet)
             if self._astream is not None:
@@ -417,6 +460,7 @@ class Mp4Sink:
             self.abort()
             raise
         self._closed = True
+        self._pending.clear()
         self._atomic.__exit__(None, None, None)
         log.info(
             "wrote %s: %d frames at %g fps (%.2f s)%s",
@@ -435,62 +479,9 @@ class Mp4Sink:
         if self._closed:
             return
         self._closed = True
+        self._pending.clear()
         with contextlib.suppress(Exception):
             self._container.close()
         with contextlib.suppress(_Aborted):
             self._atomic.__exit__(_Aborted, _Aborted(), None)
         log.debug("discarded %s", self._tmp)
-
-
-class NullSink:
-    """A sink that counts frames and throws them away.
-
-    Same constructor and interface as :class:`Mp4Sink` so the two are
-    interchangeable; ``path`` and the encoding arguments are ignored.  Frames
-    are still checked to be ``H x W x 3`` uint8 so bugs show up in dry runs.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        fps: float = 25.0,
-        size: tuple[int, int] | None = None,
-        audio: np.ndarray | None = None,
-        sample_rate: int = 16000,
-        crf: int = 18,
-    ) -> None:
-        self._fps = float(fps)
-        self._frames_written = 0
-        self._closed = False
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames_written
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
-        """Check and count one frame."""
-        if self._closed:
-            raise ValueError("write() on a closed NullSink")
-        _check_frame(frame_rgb)
-        self._frames_written += 1
-
-    def close(self) -> None:
-        self._closed = True
-
-    def abort(self) -> None:
-        self._closed = True
-
-    def __enter__(self) -> NullSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
