@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from trtalk.errors import TrtalkError
-from trtalk.export.stages import StageSpec, stage_module
+from trtalk.export.stages import StageSpec, fuse_options, stage_module
+from trtalk.models.fuse import FuseOptions
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ class Backend(abc.ABC):
 
 
 class TorchBackend(Backend):
-    """The PyTorch stage module (decomposed modulated convs, fixed noise, as exported).
+    """The PyTorch stage module (decomposed modulated convs, fixed noise, as exported), with the
+    exact rewrites of `trtalk.models.fuse` (on CPU all but the blur fold, which is slower there).
 
     CPU: eager float32. CUDA (GPU-ONLY CODE PATH, not exercised by the CPU test suite): float16
     weights and activations with float32 I/O, channels_last, and optionally one CUDA graph per
@@ -142,7 +144,11 @@ class TorchBackend(Backend):
     def load(self) -> "TorchBackend":
         if self._loaded:
             return self
-        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode="fixed")
+        # The exact rewrites of the decomposed form, minus those measured slower on this device
+        # (on CPU the blur fold: see FuseOptions.for_device); none for the official "grouped".
+        fuse = FuseOptions.for_device(self._device) if fuse_options(self._modconv) else False
+        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode="fixed",
+                           fuse=fuse)
         mod = mod.to(self._device)
         if self._precision == "fp16":  # GPU-ONLY in practice (fp16 convs are slow/absent on CPU)
             mod = mod.half()

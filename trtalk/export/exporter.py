@@ -26,6 +26,7 @@ from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_st
 from trtalk.export.stages import STAGES, stage_module, stage_specs
 from trtalk.fsutil import check_writable
 from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
+from trtalk.models.fuse import FuseOptions
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 TARGETS = ("onnx", "tensorrt", "tensorrt-rtx")
 MODCONV_CHOICES = ("decomposed", "plugin")
 RANDOM_SEED = 0
+# Every exact rewrite (trtalk.models.fuse) goes into the graphs: they target GPUs (TensorRT),
+# where the blur fold trades 4x upsampling-conv arithmetic for a memory pass. On onnxruntime CPU
+# the fold costs time (the full-size generator ran ~1.5x slower with it, fp32, 1 thread).
+REWRITES = FuseOptions()
 
 
 @dataclass
@@ -144,6 +149,7 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
         checkpoint=checkpoint_record, config=asdict(model.config),
         options={"precision": opts.precision, "io_dtype": "float32", "max_batch": opts.max_batch,
                  "opset": OPSET, "modconv": opts.modconv, "noise_mode": "fixed",
+                 "rewrites": asdict(REWRITES),
                  "target": opts.target,
                  "fp32_islands": list(FP32_ISLANDS) if opts.precision == "fp16" else []},
         versions=_versions())
@@ -155,7 +161,8 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
     try:
         for i, stage in enumerate(opts.stages, 1):
             log.info("[%d/%d] exporting %s ...", i, len(opts.stages), stage)
-            module = stage_module(model, stage, modconv="decomposed", noise_mode="fixed")
+            module = stage_module(model, stage, modconv="decomposed", noise_mode="fixed",
+                                  fuse=REWRITES)
             if stage == "generator" and opts.modconv == "plugin":
                 from trtalk.export.plugin import export_plugin_stage
 
