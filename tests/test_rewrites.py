@@ -17,8 +17,7 @@ from trtalk.models.fan import BilinearResize
 from trtalk.models.fuse import (FixedBilinearUpsample, FixedSkipUpsample, FoldedUpModulatedConv2d,
                                 FuseOptions, bilinear_upsample2x, count_batchnorms, fold_batchnorm,
                                 fold_batchnorm_into_next, fold_up_blur, folded_up_modconv,
-                                fuse_audio_encoder, fuse_for_inference, fuse_generator,
-                                fuse_identity_encoder, fuse_pose_encoder, polyphase_up_weight,
+                                fuse_for_inference, fuse_generator, polyphase_up_weight,
                                 skip_upsample, skip_upsample_weight)
 from trtalk.models.generator import Generator, ModulatedConv2d
 from trtalk.models.modconv import blur_kernel, modulated_conv2d
@@ -213,7 +212,8 @@ def test_encoder_rewrites_match(small, stage):
         == BN_COUNTS[stage]
     with torch.no_grad():
         ref, got = ref_mod(*x), mod(*x)
-    for r, g in zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,)):
+    pairs = zip(ref if isinstance(ref, tuple) else (ref,), got if isinstance(got, tuple) else (got,))
+    for r, g in pairs:
         scale = float(r.abs().max())
         assert scale > 1e-3  # a live output, not all zeros
         err = _max_err(g, r)
