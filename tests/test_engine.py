@@ -60,9 +60,12 @@ def test_torch_runner_matches_model(model, torch_runner):
     mel = example_inputs(specs["audio"], batch=2, seed=2)[0]
     vec, idm = torch_runner.encode_identity(img)
     rv, rm = model.encode_identity(img)
-    assert torch.equal(vec, rv) and torch.equal(idm, rm)
-    assert torch.equal(torch_runner.encode_audio(mel), model.encode_audio(mel))
-    assert torch.equal(torch_runner.encode_pose(img), model.encode_pose(img))
+    # The torch backend runs the exact rewrites (BatchNorm folded ...): equal up to fp32 rounding.
+    close = dict(rtol=0.0, atol=1e-5)
+    torch.testing.assert_close(vec, rv, **close)
+    torch.testing.assert_close(idm, rm, **close)
+    torch.testing.assert_close(torch_runner.encode_audio(mel), model.encode_audio(mel), **close)
+    torch.testing.assert_close(torch_runner.encode_pose(img), model.encode_pose(img), **close)
     style = torch_runner.style(vec, model.encode_audio(mel), model.encode_pose(img))
     model.netG.set_modconv_impl("decomposed")
     torch.testing.assert_close(torch_runner.generate(style, idm), model.generate(style, idm))

@@ -24,7 +24,8 @@ import torch
 
 from trtalk.engine.graphs import CudaGraphAPI, GraphAPI
 from trtalk.errors import TrtalkError
-from trtalk.export.stages import StageSpec, stage_module
+from trtalk.export.stages import StageSpec, fuse_options, stage_module
+from trtalk.models.fuse import FuseOptions
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class Backend(abc.ABC):
 
 
 class TorchBackend(Backend):
-    """The PyTorch stage module (decomposed modulated convs unless said, as exported).
+    """The PyTorch stage module (decomposed modulated convs unless said, as exported), with the
+    exact rewrites of `trtalk.models.fuse` (on CPU all but the blur fold, which is slower there).
 
     CPU: eager, float32 unless ``precision="fp16"``. CUDA: float16 weights and activations by
     default, float32 I/O, 4-D tensors in channels_last. Options (each also runs on CPU in the
@@ -157,7 +159,11 @@ class TorchBackend(Backend):
     def load(self) -> "TorchBackend":
         if self._loaded:
             return self
-        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode=self._noise)
+        # The exact rewrites of the decomposed form, minus those measured slower on this device
+        # (on CPU the blur fold: see FuseOptions.for_device); none for the official "grouped".
+        fuse = FuseOptions.for_device(self._device) if fuse_options(self._modconv) else False
+        mod = stage_module(self._model, self.name, modconv=self._modconv, noise_mode=self._noise,
+                           fuse=fuse)
         mod = mod.to(self._device, self.compute_dtype)
         if self._channels_last:
             to_channels_last(mod)

@@ -112,8 +112,10 @@ def _specs_from_manifest(m: Manifest) -> dict[str, StageSpec]:
 
 def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: int,
                   cache_dir: str | os.PathLike | None = None,
-                  config: PCAVSConfig | None = None, seed: int = 0) -> Path:
-    """An export directory for ``source`` (checkpoint or None = random), made once per cache key."""
+                  config: PCAVSConfig | None = None, seed: int = 0, fold_up_blur: bool = False) -> Path:
+    """An export directory for ``source`` (checkpoint or None = random), made once per cache key.
+
+    ``fold_up_blur``: the blur folded into the upsampling convs (pays on GPUs, costs on CPU)."""
     from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
 
     if source is not None and _is_export_dir(Path(source)):
@@ -122,7 +124,7 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
     root = cache_root(cache_dir) / "exports"
-    final = root / f"{tag}-{precision}-b{max_batch}-v{__version__}"
+    final = root / f"{tag}-{precision}-b{max_batch}{'-fold' if fold_up_blur else ''}-v{__version__}"
     if _is_export_dir(final):
         log.info("using cached export %s", final)
         return final
@@ -132,7 +134,8 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
         raise TrtalkError(f"cannot create export cache {root}: {exc.strerror or exc}") from None
     tmp = root / f".{final.name}.{secrets.token_hex(4)}.tmp"
     try:
-        export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch),
+        export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch,
+                                   fold_up_blur=fold_up_blur),
                      model=model, checkpoint_record=record)
         try:
             os.rename(tmp, final)  # atomic publish of the whole directory
@@ -163,7 +166,8 @@ def _torch_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backe
 
 def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
     precision = opts.precision or "fp32"
-    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed)
+    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
+                      fold_up_blur=device.startswith("cuda"))
     m = Manifest.read(d)
     specs = _specs_from_manifest(m)
     return {s: OrtBackend(specs[s], m.graph_path(d, s), device=device, precision=m.precision,
@@ -189,7 +193,8 @@ def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "obje
     from trtalk.export.tensorrt import BuildOptions, build_engine, engine_key
 
     precision = opts.precision or "fp16"
-    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed)
+    d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
+                      fold_up_blur=True)
     m = Manifest.read(d)
     bopts = BuildOptions(flavour=_pick_flavour(opts), max_batch=m.max_batch,
                          compute_capability=opts.compute_capability)
@@ -220,7 +225,7 @@ def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
                           "use --backend onnxruntime or --backend torch")
     engines = tensorrt_engines(source, opts)
     d = ensure_export(source, opts.precision or "fp16", opts.max_batch, opts.cache_dir, opts.config,
-                      opts.seed)
+                      opts.seed, fold_up_blur=True)
     specs = _specs_from_manifest(Manifest.read(d))
     return {s: TensorRTBackend(specs[s], p, flavour=k.flavour, device=device, key=k,
                                max_batch=k.max_batch, precision=k.precision,

@@ -7,7 +7,7 @@ Layout (format "trtalk.export", version 1)::
       "checkpoint": {"path": str | null, "sha256": str, "random_weights": bool, "seed": int | null},
       "config": {...PCAVSConfig...},
       "options": {"precision", "io_dtype", "max_batch", "opset", "modconv", "noise_mode", "target",
-                  "fp32_islands": [...]},
+                  "fp32_islands": [...], "rewrites": {FuseOptions field: bool}},
       "versions": {"trtalk", "torch", "onnx", "onnxslim", "onnxscript"},
       "graphs": {stage: {"file", "sha256", "bytes", "external_data", "external_data_sha256",
                          "inputs": [{"name", "shape": ["batch", ...], "dtype"}], "outputs": [...],

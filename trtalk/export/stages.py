@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from trtalk.models.fuse import (FuseOptions, fuse_audio_encoder, fuse_generator,
+                                fuse_identity_encoder, fuse_pose_encoder)
 from trtalk.models.pcavs import ID_DIM, MOUTH_DIM, PCAVS
 
 STAGES = ("identity", "pose", "audio", "generator")
@@ -139,18 +141,49 @@ class CastIO(nn.Module):
         return out.float()
 
 
+def fuse_options(modconv: str, fuse: FuseOptions | bool | None = None) -> FuseOptions | None:
+    """The exact rewrites (`trtalk.models.fuse`) a stage gets: ``fuse`` None means all of them
+    for the decomposed form (``modconv`` "decomposed" or "auto") and none otherwise, so
+    ``"grouped"`` stays the official reference; True/False force all/none."""
+    if fuse is None:
+        fuse = modconv in ("decomposed", "auto")  # "auto" resolves to "decomposed"
+    if fuse is True:
+        return FuseOptions()
+    return fuse or None
+
+
+def _fuse_stage(mod: nn.Module, stage: str, options: FuseOptions) -> None:
+    """Swap the stage's networks for their rewritten copies (`trtalk.models.fuse`)."""
+    if stage == "identity":
+        mod.netV = fuse_identity_encoder(mod.netV, options)
+    elif stage == "pose":
+        mod.netE = fuse_pose_encoder(mod.netE, options)
+    elif stage == "audio":
+        mod.netA_sync = fuse_audio_encoder(mod.netA_sync, options)
+    else:
+        mod.netG = fuse_generator(mod.netG, options)
+
+
 def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
-                 noise_mode: str = "fixed", copy_model: bool = True) -> nn.Module:
+                 noise_mode: str = "fixed", copy_model: bool = True,
+                 fuse: FuseOptions | bool | None = None) -> nn.Module:
     """The eval-mode module of ``stage``; positional inputs and outputs follow `stage_specs`.
 
-    The generator is switched to ``modconv`` and ``noise_mode``. With ``copy_model`` the
-    stage works on a deep copy, so ``model`` itself is never changed (export may cast to fp16).
+    The generator is switched to ``modconv`` and ``noise_mode``. ``fuse`` picks the exact
+    inference rewrites (blur folded into the upsampling convs, fixed skip/bilinear upsampling
+    filters, BatchNorm folded; see `fuse_options`): by default all of them for the decomposed
+    form, none for ``"grouped"``. With ``copy_model`` the stage works on a deep copy, so
+    ``model`` itself is never changed (export may cast to fp16); rewritten networks are always
+    new copies.
     """
     if stage not in _STAGE_CLASSES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     mod = _STAGE_CLASSES[stage](model)
     if copy_model:
         mod = copy.deepcopy(mod)
+    options = fuse_options(modconv, fuse)
+    if options is not None:
+        _fuse_stage(mod, stage, options)
     if stage == "generator":
         mod.netG.set_modconv_impl(modconv)
         mod.netG.noise_mode = noise_mode

@@ -40,12 +40,20 @@ class ConvBlock(nn.Module):
         return torch.cat((o1, o2, o3), 1) + res
 
 
+class BilinearResize(nn.Module):
+    """Bilinear resize to ``size`` with align_corners=False, the hourglass's upsampling (no weights)."""
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class HourGlass(nn.Module):
     """Recursive hourglass of ``depth`` levels on 256 channels (modules b1_L, b2_L, b2_plus_1, b3_L)."""
 
     def __init__(self, depth: int = 4, features: int = 256):
         super().__init__()
         self.depth = depth
+        self.upsample = BilinearResize()
         for level in range(depth, 0, -1):
             self.add_module(f"b1_{level}", ConvBlock(features, features))
             self.add_module(f"b2_{level}", ConvBlock(features, features))
@@ -58,7 +66,7 @@ class HourGlass(nn.Module):
         low = self._modules[f"b2_{level}"](F.max_pool2d(x, 2, stride=2))
         low = self._level(level - 1, low) if level > 1 else self._modules["b2_plus_1"](low)
         low = self._modules[f"b3_{level}"](low)
-        return up1 + F.interpolate(low, size=up1.shape[2:], mode="bilinear", align_corners=False)
+        return up1 + self.upsample(low, tuple(up1.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._level(self.depth, x)

@@ -125,18 +125,26 @@ class StyledConv(nn.Module):
         return self.activate(out)
 
 
+class SkipUpsample(_KernelHolder):
+    """ToRGB's 2x upsampling of the running RGB skip: upfirdn2d(up=2) with the gain-4 blur
+    (the official key ``to_rgbs.N.upsample.kernel``)."""
+
+    def forward(self, skip: torch.Tensor) -> torch.Tensor:
+        return upsample2x_fir(skip, self.kernel)
+
+
 class ToRGB(nn.Module):
     def __init__(self, in_ch: int, style_dim: int, upsample: bool = True):
         super().__init__()
         if upsample:
-            self.upsample = _KernelHolder(blur_kernel(gain=4.0))
+            self.upsample = SkipUpsample(blur_kernel(gain=4.0))
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         out = self.conv(x, style) + self.bias
         if skip is not None:
-            out = out + upsample2x_fir(skip, self.upsample.kernel)
+            out = out + self.upsample(skip)
         return out
 
 
