@@ -28,6 +28,8 @@ Media writers for tests (the one copy of each; tests import them from here):
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import wave
 from collections.abc import Sequence
 from fractions import Fraction
@@ -38,6 +40,14 @@ import numpy as np
 import pytest
 
 import trtalk
+
+# Triton kernels run in Triton's interpreter on machines without a GPU. Triton reads the switch
+# when it is first imported (torch.compile imports it), so it is set here, before any test module.
+if "triton" not in sys.modules:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SPEECH_SR = 16_000
 SPEECH_SECONDS = 3.0

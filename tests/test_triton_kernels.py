@@ -187,9 +187,17 @@ def test_modconv_dispatch_many_tiles(monkeypatch: pytest.MonkeyPatch, up: bool):
 
 @needs_interpreter
 def test_generator_small_triton_matches_grouped():
+    """The whole generator with the fused StyledConv / ToRGB kernels (conv + noise + bias + leaky
+    ReLU; 1x1 conv + bias + upsampled skip) against the official grouped form."""
     c = PCAVSConfig.small()
     torch.manual_seed(0)
     g = Generator(style_dim=c.style_dim, size=c.crop_size, channels=c.gen_channels).eval()
+    with torch.no_grad():  # non-zero noise strengths and biases, so the fused epilogues count
+        for name, p in g.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.3)
+            elif name.endswith("activate.bias") or (name.endswith(".bias") and "to_rgb" in name):
+                p.normal_(0.0, 0.1)
     style, id_map = torch.randn(1, c.style_dim), torch.randn(1, 512, 7, 7)
     with torch.no_grad():
         g.set_modconv_impl("grouped")

@@ -85,6 +85,21 @@ class ModulatedConv2d(nn.Module):
                                 up=self.upsample,
                                 blur=self.blur.kernel if self.upsample else None, impl=self.impl)
 
+    def prepared(self, dtype: torch.dtype):
+        """The weight in the Triton kernel's layout (`trtalk.kernels.triton_ops.PreparedWeight`),
+        made once per dtype and device and remade only when the weight changes."""
+        from trtalk.kernels.triton_ops import prepare_weight
+
+        key = (dtype, self.weight.device, self.weight._version)
+        cached = getattr(self, "_prepared", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                pw = prepare_weight(self.weight * self.scale, up=self.upsample,
+                                    blur=self.blur.kernel if self.upsample else None, dtype=dtype)
+            cached = (key, pw)
+            self._prepared = cached
+        return cached[1]
+
 
 class _KernelHolder(nn.Module):
     """Holds a blur kernel as the buffer ``kernel`` (the official key ``*.blur.kernel``)."""
@@ -119,6 +134,13 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_ch)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if self.conv.impl == "triton":  # conv, noise, bias and activation in one kernel
+            from trtalk.kernels.triton_ops import styled_conv
+
+            c = self.conv
+            return styled_conv(x, c.prepared(x.dtype), c.modulation(style), self.activate.bias,
+                               noise, self.noise.weight if noise is not None else None,
+                               up=c.upsample, blur=c.blur.kernel if c.upsample else None)
         out = self.conv(x, style)
         if noise is not None:
             out = out + self.noise.weight * noise
@@ -142,6 +164,12 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        if self.conv.impl == "triton":  # 1x1 conv, bias and the upsampled skip in one kernel
+            from trtalk.kernels.triton_ops import to_rgb
+
+            c = self.conv
+            return to_rgb(x, c.prepared(x.dtype), c.modulation(style), self.bias, skip,
+                          self.upsample.kernel if skip is not None else None)
         out = self.conv(x, style) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)

@@ -14,10 +14,8 @@ from typing import Any, Literal
 
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.media.sinks import FrameSink
 from trtalk.runtime.stream import StreamConfig
-
-if TYPE_CHECKING:
-    from trtalk.media.sinks import FrameSink
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def register(sub) -> None:
     devices.register(sub)
 
 
-def _make_sink(cmd: StreamCommand) -> Any:
+def _make_sink(cmd: StreamCommand) -> FrameSink:
     from trtalk.media.mp4 import Mp4Sink
     from trtalk.media.sinks import NullSink
     from trtalk.runtime.livesinks import PreviewSink, VirtualCamSink
