@@ -122,29 +122,24 @@ def lws_analysis_window(n_fft: int = 1280, hop: int = 160) -> np.ndarray:
     return _window_cached(n_fft, hop)
 
 
+# Slaney mel scale: linear (200/3 Hz per mel) below 1 kHz, logarithmic above.
+_F_SP = 200.0 / 3.0
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    mel = hz / f_sp
-    above = hz >= min_log_hz
-    mel = np.where(above, min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep, mel)
-    return mel
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(hz, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(hz >= _MIN_LOG_HZ, log_part, hz / _F_SP)
 
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_hz_to_mel`."""
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    hz = mel * f_sp
-    above = mel >= min_log_mel
-    return np.where(above, min_log_hz * np.exp(logstep * (mel - min_log_mel)), hz)
+    return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL)), mel * _F_SP)
 
 
 @functools.lru_cache(maxsize=8)

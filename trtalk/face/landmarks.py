@@ -14,7 +14,6 @@ question below its own jitter (~0.5 px on the astronaut), so we do not adjust.
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -143,12 +142,7 @@ class FaceMeshDetector:
     def __enter__(self) -> FaceMeshDetector:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -187,13 +187,11 @@ ARCH_CONFIGS: dict[str, dict[str, tuple[KernelConfig, ...]]] = {
     "sm_86": {"conv": (C(64, 128, 32, 4, 3), C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 4),
                        C(32, 64, 64, 4, 2)),
               "rgb": (C(128, 16, 64, 4, 2), C(256, 16, 32, 4, 2))},
-    "sm_89": {"conv": (C(64, 128, 32, 4, 3), C(128, 64, 32, 4, 3), C(64, 64, 32, 4, 4),
-                       C(32, 64, 64, 4, 2)),
-              "rgb": (C(128, 16, 64, 4, 2), C(256, 16, 32, 4, 2))},
     "sm_90": {"conv": (C(128, 128, 64, 8, 3), C(128, 128, 32, 8, 4), C(64, 128, 64, 4, 4),
                        C(32, 64, 64, 4, 3)),
               "rgb": (C(128, 16, 64, 4, 3), C(256, 16, 64, 8, 3))},
 }
+ARCH_CONFIGS["sm_89"] = ARCH_CONFIGS["sm_86"]  # same shared memory per block and tensor cores
 SMEM_LIMIT = {"sm_80": 166912, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448}
 # Other GPUs (sm_75, sm_100, sm_120, ...): the conservative sm_86 table (100 KB fits them all).
 FALLBACK_ARCH = "sm_86"

@@ -199,6 +199,7 @@ class Mp4Sink(FrameSink):
         self._live = bool(live)
         self._crf = int(crf) if crf is not None else (_LIVE_CRF if live else _CRF)
         self._push = bool(push_audio)
+        self.accepts_audio = self._push  # the audio track is pushed with write_audio
         self._has_audio = audio is not None or self._push
 
         self._pending: deque[np.ndarray] = deque()  # audio received, not yet encoded
@@ -229,50 +230,16 @@ class Mp4Sink(FrameSink):
 
     # -- properties -----------------------------------------------------
     @property
-    def path(self) -> Path:
-        """Final output path (exists only after a clean ``close``)."""
-        return self._path
-
-    @property
-    def fps(self) -> float:
-        return self._fps
-
-    @property
-    def sample_rate(self) -> int:
-        return self._sample_rate
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        """(W, H) of the frames, before even-padding; None until known."""
-        return self._size
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames_written
-
-    @property
     def audio_samples_written(self) -> int:
         """Audio samples (at ``sample_rate``) encoded so far."""
         return self._audio_out
-
-    @property
-    def accepts_audio(self) -> bool:
-        """True when the audio track is pushed with :meth:`write_audio` (``push_audio``)."""
-        return self._push
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def video_codec(self) -> str | None:
         """FFmpeg name of the video encoder in use (None before the first frame)."""
         return None if self._vstream is None else self._vstream.codec_context.name
 
-    # -- context manager ------------------------------------------------
-    def __enter__(self) -> Mp4Sink:
-        return self
-
+    # -- context manager (entering is the base's) -------------------------
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import os
-from types import TracebackType
 
 import numpy as np
 
@@ -38,10 +37,19 @@ class FrameSink(abc.ABC):
     (a preview window closed with q); a live producer then ends the stream.  Base: never.
     """
 
+    #: counters a sink keeps; the base reads them (subclasses update them)
+    _frames_written: int = 0
+    _closed: bool = False
+
     @property
-    @abc.abstractmethod
     def frames_written(self) -> int:
         """Frames accepted by ``write`` so far."""
+        return self._frames_written
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has run."""
+        return self._closed
 
     @abc.abstractmethod
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
@@ -51,29 +59,19 @@ class FrameSink(abc.ABC):
     def close(self) -> None:
         """Finish; idempotent."""
 
-    @property
-    def accepts_audio(self) -> bool:
-        """True when :meth:`write_audio` takes the driving audio."""
-        return False
+    #: True when :meth:`write_audio` takes the driving audio (a sink sets it on itself)
+    accepts_audio: bool = False
+    #: True once the sink's user asked to stop the stream (a sink sets it on itself)
+    stop_requested: bool = False
 
     def write_audio(self, samples: np.ndarray) -> None:
         """Append float32 mono samples to the sink's audio (only when :attr:`accepts_audio`)."""
         raise TypeError(f"{type(self).__name__} takes no audio (accepts_audio is False)")
 
-    @property
-    def stop_requested(self) -> bool:
-        """True once the sink's user asked to stop the stream."""
-        return False
-
     def __enter__(self) -> FrameSink:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -97,14 +95,6 @@ class NullSink(FrameSink):
         self._fps = float(fps)
         self._frames_written = 0
         self._closed = False
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames_written
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
         """Check and count one frame."""

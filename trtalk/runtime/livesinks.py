@@ -66,11 +66,7 @@ class VirtualCamSink(FrameSink):
         self.fps = fps
         self.device = device
         self._cam: Any = None
-        self._frames = 0
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames
+        self._frames_written = 0
 
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
         if self._cam is None:
@@ -81,7 +77,7 @@ class VirtualCamSink(FrameSink):
                 raise TrtalkError(f"cannot open the virtual camera ({exc}); {virtual_camera_hint()}") from exc
             log.info("virtual camera %s: %dx%d at %g fps", self._cam.device, w, h, self.fps)
         self._cam.send(np.ascontiguousarray(frame_rgb))
-        self._frames += 1
+        self._frames_written += 1
 
     def close(self) -> None:
         if self._cam is not None:
@@ -109,24 +105,15 @@ class PreviewSink(FrameSink):
                               "use --record out.mp4") from exc
         self._cv2 = cv2
         self.title = title
-        self._frames = 0
-        self._stop = False
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames
-
-    @property
-    def stop_requested(self) -> bool:
-        """True once q or Esc was pressed in the window."""
-        return self._stop
+        self._frames_written = 0
+        self.stop_requested = False  # q or Esc pressed in the window
 
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
         cv2 = self._cv2
         cv2.imshow(self.title, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            self._stop = True
-        self._frames += 1
+            self.stop_requested = True
+        self._frames_written += 1
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

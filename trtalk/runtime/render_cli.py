@@ -22,17 +22,21 @@ class DemoConfig(RenderConfig):
     output: Path = option(Path("out/demo.mp4"), short="-o", help="output mp4")
 
 
+#: The two subcommands: (name, config, help, description).
+COMMANDS = (
+    ("render", RenderConfig, "render a talking-face mp4 from a face, a speech track and a pose source",
+     "Offline rendering: the stream's pipeline on a virtual clock. Without --checkpoint the built-in "
+     "warp avatar is used (--model pcavs runs PC-AVS on seeded random weights, stamped so); without "
+     "--face/--audio the built-in photo and speech clip."),
+    ("demo", DemoConfig, "render a talking-face clip with the built-in warp avatar (no model downloads)",
+     "`trtalk render` writing out/demo.mp4: the built-in photo speaking the built-in speech clip with a "
+     "gentle head motion, through the warp avatar."),
+)
+
+
 def register(sub) -> None:
-    add_command(sub, "render", RenderConfig, _run,
-                help="render a talking-face mp4 from a face, a speech track and a pose source",
-                description="Offline rendering: the stream's pipeline on a virtual clock. Without "
-                            "--checkpoint the built-in warp avatar is used (--model pcavs runs PC-AVS "
-                            "on seeded random weights, stamped so); without --face/--audio the "
-                            "built-in photo and speech clip.")
-    add_command(sub, "demo", DemoConfig, _run,
-                help="render a talking-face clip with the built-in warp avatar (no model downloads)",
-                description="`trtalk render` writing out/demo.mp4: the built-in photo speaking the "
-                            "built-in speech clip with a gentle head motion, through the warp avatar.")
+    for name, cls, help_, description in COMMANDS:
+        add_command(sub, name, cls, _run, help=help_, description=description)
 
 
 def _run(cfg: RenderConfig) -> int:
