@@ -364,3 +364,17 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_datacenter_tensorrt_networks_are_strongly_typed() -> None:
+    """TensorRT 11 has no BuilderFlag.FP16: the datacenter build asks for a strongly typed network
+    (the fp16 graph's dtypes decide), and only a TensorRT without that flag gets the FP16 flag."""
+    from types import SimpleNamespace
+
+    from trtalk.export.tensorrt import network_flags
+
+    trt11 = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
+    assert network_flags(trt11, "tensorrt") == 1 << 1
+    old = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0))
+    assert network_flags(old, "tensorrt") == 0
+    assert network_flags(trt11, "tensorrt-rtx") == 0

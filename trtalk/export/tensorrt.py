@@ -8,8 +8,9 @@ One code path over two Python modules, imported lazily:
   its enum lists SM75, SM80, SM86, SM89, SM120, SM121, or CURRENT = the local GPU). Networks are
   strongly typed: there is no FP16 flag, an FP16 engine comes from the fp16 graph. No plugins.
 - ``"tensorrt"``: datacenter TensorRT >= 10 (``import tensorrt``; its PyPI wheels download from
-  NVIDIA's host). Builds for the local GPU only; an fp16 engine is the fp16 graph built with
-  the FP16 builder flag; custom plugin libraries load through the plugin registry.
+  NVIDIA's host). Builds for the local GPU only; the network is strongly typed, as on
+  TensorRT-RTX (TensorRT 11 removed ``BuilderFlag.FP16``), so an fp16 engine is the fp16 graph;
+  custom plugin libraries load through the plugin registry.
   (WRITTEN AGAINST THE DOCUMENTED API, NOT RUN HERE: datacenter TensorRT cannot be installed on
   these machines.)
 
@@ -192,6 +193,17 @@ def expected_io(spec: StageSpec) -> list[dict]:
                for t in spec.outputs])
 
 
+def network_flags(trt: ModuleType, flavour: str) -> int:
+    """`Builder.create_network` flags: strongly typed on datacenter TensorRT where the module has
+    the flag (>= 9; the only mode in 11), so the graph's own dtypes decide the precision.
+    TensorRT-RTX networks are strongly typed without asking (0). Explicit batch is the only mode
+    in TensorRT >= 10, so no flag for it."""
+    if flavour == "tensorrt-rtx":
+        return 0
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_engine(onnx_path: str | Path, spec: StageSpec, precision: str, opts: BuildOptions,
                  out_path: Path) -> dict:
     """Parse ``onnx_path``, check its I/O against ``spec``, build, write bytes to ``out_path``.
@@ -204,7 +216,7 @@ def build_engine(onnx_path: str | Path, spec: StageSpec, precision: str, opts: B
     builder = trt.Builder(lg.trt_logger)
     _load_plugin(trt, opts, builder)
     t0 = time.perf_counter()
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
+    network = builder.create_network(network_flags(trt, opts.flavour))
     parser = trt.OnnxParser(network, lg.trt_logger)
     if opts.python_plugin:
         parsed = _parse_with_python_plugin(trt, parser, onnx_path, opts)
@@ -225,9 +237,9 @@ def build_engine(onnx_path: str | Path, spec: StageSpec, precision: str, opts: B
             config.num_compute_capabilities = 1
             if not config.set_compute_capability(getattr(trt.ComputeCapability, cc.upper()), 0):
                 raise TrtalkError(f"TensorRT-RTX refused compute capability {cc}")
-    elif precision == "fp16":
-        # Datacenter TensorRT is weakly typed by default: allow FP16 kernels (the fp16 graph's
-        # Casts still pin the fp32 islands).
+    elif precision == "fp16" and not network_flags(trt, opts.flavour):
+        # A datacenter TensorRT without strong typing (< 9): allow FP16 kernels (the fp16 graph's
+        # Casts still pin the fp32 islands). TensorRT 11 has no such flag: it is strongly typed.
         config.set_flag(trt.BuilderFlag.FP16)
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
