@@ -89,3 +89,116 @@ def test_config_schema_round_trip_and_sizes():
         assert PCAVSConfig.from_json(cfg.to_json()) == cfg
     # Counted on the meta device: the official networks are 0.57 GiB of float32.
     assert 0.5 < PCAVSConfig().model_bytes() / 2 ** 30 < 0.6
+
+
+# --------------------------------------------------------------------- 2. bounds on work
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["render", "--fps", "1e9"], "--fps 1e\\+09 is more than 240"),
+    (["render", "--batch", "100000"], "--batch 100000 is out of range: 1 to 256"),
+    (["stream", "--audio", "x.wav", "--batch", "0"], "--batch 0 is out of range"),
+    (["render", "--duration", "1e9"], "more than 86400 s"),
+    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch must be between 1 and 1024"),
+    (["bench", "--batch", "1,100000"], "batch 100000 is out of range: 1 to 256"),
+])
+def test_options_that_scale_work_are_bounded(tmp_path, capsys, monkeypatch, argv, match):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(argv + (["-o", str(tmp_path / "o.mp4")] if argv[0] == "render" else []),
+                           capsys)
+    assert re.search(match, line), line
+    assert list(tmp_path.iterdir()) == []  # nothing written, no folder created
+
+
+def test_render_estimates_memory_before_it_starts(tmp_path, capsys, monkeypatch, pose_video_path):
+    from trtalk.runtime.render import RenderConfig, estimate_memory
+
+    cfg = RenderConfig(face=pose_video_path, paste_back=True, output=tmp_path / "o.mp4")
+    parts = estimate_memory(cfg)
+    # 50 frames of 256x256 RGB kept for paste-back, and 50 aligned 224x224 crops.
+    assert parts["face frames (paste-back)"] == 50 * 256 * 256 * 3
+    assert parts["face clip"] > 50 * 224 * 224 * 3
+    monkeypatch.setenv("TRTALK_MEMORY_LIMIT_MB", "5")
+    line = _one_line_error(["render", "--face", str(pose_video_path), "--paste-back",
+                            "-o", str(tmp_path / "sub" / "o.mp4")], capsys)
+    assert "GiB in memory (face frames (paste-back)" in line and "TRTALK_MEMORY_LIMIT_MB" in line
+    assert list(tmp_path.iterdir()) == []  # the folder it created is gone again
+
+
+# --------------------------------------------------------------------- 3. signals, stale temps
+
+
+def test_on_signals_turns_sigterm_into_the_sigint_path():
+    import threading
+
+    from trtalk.signals import Interrupted, on_signals
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        with on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert isinstance(info.value, Interrupted) and info.value.exit_code == 143
+    stop = threading.Event()
+    with pytest.raises(Interrupted):
+        with on_signals(stop):
+            os.kill(os.getpid(), signal.SIGTERM)  # first: sets the event
+            time.sleep(0.2)
+            assert stop.is_set()
+            os.kill(os.getpid(), signal.SIGINT)  # second: aborts
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_stale_temp_files_of_the_same_output_are_removed(tmp_path):
+    from trtalk.fsutil import STALE_AFTER_S, atomic_output, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead": f".out.0123abcd-{dead.pid}.tmp.mp4",  # its writer is gone
+        "alive": f".out.0123abce-{os.getpid()}.tmp.mp4",  # a run in progress
+        "old": ".out.0123abcf.tmp.mp4",  # older format, no pid: by age
+        "young": ".out.0123abc0.tmp.mp4",
+        "other": f".other.0123abcd-{dead.pid}.tmp.mp4",  # another output's
+        "user": "out.0123abcd.tmp.mp4",  # not our pattern
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"x")
+    old = time.time() - STALE_AFTER_S - 10
+    os.utime(tmp_path / names["old"], (old, old))
+    removed = {p.name for p in remove_stale_temps(tmp_path / "out.mp4")}
+    assert removed == {names["dead"], names["old"]}
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names[k] for k in ("alive", "young", "other", "user")}
+    with atomic_output(tmp_path / "other.mp4") as tmp:  # every writer cleans up on start
+        assert str(os.getpid()) in tmp.name
+        tmp.write_bytes(b"y")
+    assert names["other"] not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_sigterm_during_render_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "new" / "out.mp4"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trtalk.cli", "render", "--fps", "100",
+                             "-o", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.parent.is_dir() and any(p.name.endswith(".tmp.mp4") for p in out.parent.iterdir()):
+                break  # the mp4 writer is open: mid-render
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last == "trtalk: interrupted (SIGTERM); unfinished output was discarded", err[-2000:]
+    assert "Traceback" not in err
+    assert not out.parent.exists()  # no temp file, no output, and the folder it made is gone

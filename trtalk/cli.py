@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from trtalk import __version__
 from trtalk.errors import TrtalkError
+from trtalk.signals import on_signals
 
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (
@@ -52,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        with on_signals():  # SIGINT and SIGTERM: the same clean unwinding (trtalk.signals)
+            return int(args.func(args) or 0)
     except TrtalkError as exc:
         print(f"trtalk: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("trtalk: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "SIGINT"
+        print(f"trtalk: interrupted ({name}); unfinished output was discarded", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from trtalk.engine.graphs import CudaGraphAPI, GraphAPI, GraphedFunction
 from trtalk.engine.cache import EngineCache, cache_root, check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
+from trtalk.fsutil import remove_abandoned
 from trtalk.export.stages import STAGES, StageSpec
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
@@ -132,7 +133,9 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrtalkError(f"cannot create export cache {root}: {exc.strerror or exc}") from None
-    tmp = root / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    remove_abandoned(root, re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(?:-(?P<pid>\d+))?\.tmp"),
+                     dirs=True)  # what killed exports into this slot left behind
+    tmp = root / f".{final.name}.{secrets.token_hex(4)}-{os.getpid()}.tmp"
     try:
         export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch,
                                    fold_up_blur=fold_up_blur),

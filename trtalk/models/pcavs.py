@@ -136,6 +136,10 @@ class PCAVSConfig:
 
 NETWORKS = ("G", "V", "E", "A_sync")
 
+#: ``--model-config`` of every command that builds PC-AVS networks (one help text for all).
+MODEL_CONFIG_HELP = ("PC-AVS network size: official (the published networks) or small (a narrow "
+                     "generator on seeded random weights: seconds on a CPU, for trying things and tests)")
+
 
 def _bounded_int(v: object, name: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
