@@ -202,3 +202,66 @@ def test_sigterm_during_render_leaves_nothing_behind(tmp_path):
     assert last == "trtalk: interrupted (SIGTERM); unfinished output was discarded", err[-2000:]
     assert "Traceback" not in err
     assert not out.parent.exists()  # no temp file, no output, and the folder it made is gone
+
+
+# --------------------------------------------------------------------- 5. caches heal
+
+
+def test_corrupt_cached_export_is_set_aside_and_rebuilt(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import trtalk.export.exporter as exporter
+    from trtalk.engine.runner import ensure_export
+    from trtalk.export.manifest import Manifest
+    from trtalk.export.onnx_export import GraphRecord, sha256_file
+    from trtalk.export.stages import STAGES
+
+    calls = []
+
+    def fake_export(opts, model=None, checkpoint_record=None):  # the real one takes a minute
+        out = Path(opts.out)
+        out.mkdir(parents=True)
+        m = Manifest(checkpoint_record, {}, {"precision": opts.precision, "max_batch": opts.max_batch}, {})
+        for s in STAGES:
+            f = out / f"{s}.onnx"
+            f.write_bytes(s.encode() * 100)
+            m.graphs[s] = GraphRecord(s, f.name, sha256_file(f), f.stat().st_size, [], [])
+        m.write(out)
+        calls.append(out)
+        return m
+
+    monkeypatch.setattr(exporter, "export_pcavs", fake_export)
+    args = (None, "fp32", 4, tmp_path, PCAVSConfig.small())
+    first = ensure_export(*args)
+    assert ensure_export(*args) == first and len(calls) == 1  # a cache hit
+    (first / "audio.onnx").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING, logger="trtalk.engine.runner"):
+        again = ensure_export(*args)
+    assert again == first and len(calls) == 2  # rebuilt in place: no dead end
+    assert "is unusable" in caplog.text and "re-exporting" in caplog.text
+    aside = [p for p in first.parent.iterdir() if p.name.startswith(first.name + ".corrupt-")]
+    assert len(aside) == 1 and (aside[0] / "audio.onnx").read_bytes() == b"truncated"
+    Manifest.read(again).verify(again)
+    (first / "manifest.json").write_text("{broken")  # an unreadable manifest heals the same way
+    assert ensure_export(*args) == first and len(calls) == 3
+
+
+def test_corrupt_cached_engine_is_kept_aside(tmp_path):
+    from trtalk.engine.cache import EngineCache
+    from trtalk.export.engine_file import EngineKey, check_engine
+
+    key = EngineKey(graph_sha256="ab" * 32, precision="fp16", flavour="tensorrt-rtx",
+                    trt_version="1.7", compute_capability="sm89", max_batch=8, opt_batch=4)
+    cache, calls = EngineCache(tmp_path), []
+
+    def build(tmp: Path) -> dict:
+        calls.append(tmp)
+        tmp.write_bytes(b"ENGINE" * 100)
+        return {"io": []}
+
+    rec = cache.get_or_build("pose", key, build)
+    rec.path.write_bytes(b"ENG")
+    again = cache.get_or_build("pose", key, build)
+    assert len(calls) == 2 and check_engine(again.path, key)[0]
+    aside = sorted(p.name for p in rec.path.parent.iterdir() if ".corrupt-" in p.name)
+    assert len(aside) == 2 and aside[0].startswith(rec.path.name + ".corrupt-")  # engine + sidecar
