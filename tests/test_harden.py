@@ -265,3 +265,107 @@ def test_corrupt_cached_engine_is_kept_aside(tmp_path):
     assert len(calls) == 2 and check_engine(again.path, key)[0]
     aside = sorted(p.name for p in rec.path.parent.iterdir() if ".corrupt-" in p.name)
     assert len(aside) == 2 and aside[0].startswith(rec.path.name + ".corrupt-")  # engine + sidecar
+
+
+# --------------------------------------------------------------------- 7. messages
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("EXECUTED",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_refused_pickle_is_one_complete_line_without_torch_warnings(tmp_path, legacy):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for name in ("G", "V", "E", "A_sync"):
+        torch.save({"w": _Evil()}, folder / f"latest_net_{name}.pth",
+                   _use_new_zipfile_serialization=not legacy)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "convert", str(folder), "-o",
+                          str(tmp_path / "x.safetensors")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Warning" not in res.stderr and "EXECUTED" not in res.stdout, res.stderr
+    assert lines[0].startswith("trtalk: error: refused ") and lines[0].endswith("latest_net_*.pth"), lines
+    assert "never runs code" in lines[0]
+
+
+def test_output_extension_is_checked_up_front(tmp_path, capsys):
+    line = _one_line_error(["render", "-o", str(tmp_path / "x.gif")], capsys)
+    assert "cannot write .gif; give a .mp4, .m4v, .mov, .mkv file name" in line
+    line = _one_line_error(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"),
+                            "--record", str(tmp_path / "x.avi")], capsys)
+    assert "--record" in line and ".avi" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mkv_and_mov_outputs_are_those_containers(tmp_path):
+    import av
+
+    from trtalk.media.mp4 import Mp4Sink
+
+    for name, fmt in (("a.mkv", "matroska"), ("a.mov", "mov")):
+        with Mp4Sink(tmp_path / name, fps=25, audio=np.zeros(16000, np.float32)) as sink:
+            for _ in range(5):
+                sink.write(np.zeros((32, 32, 3), np.uint8))
+        with av.open(str(tmp_path / name)) as c:
+            assert fmt in c.format.name
+            assert c.streams.video[0].frames in (0, 5) and len(c.streams.audio) == 1
+
+
+def test_missing_parent_folder_is_created_and_removed_on_failure(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from trtalk.models.checkpoint import FORMAT, NETWORKS
+    from trtalk.models.pcavs import PCAVS
+
+    # convert: a missing parent is created, as by render and stream --record ...
+    small = PCAVS.random(0, PCAVSConfig.small())
+    convert_src = tmp_path / "src.safetensors"
+    tensors = {f"{n}.{k}": v.contiguous() for n in NETWORKS for k, v in small.network(n).state_dict().items()}
+    save_file(tensors, str(convert_src), metadata={"format": FORMAT, "config": small.config.to_json()})
+    assert main(["convert", str(convert_src), "-o", str(tmp_path / "a" / "b" / "m.safetensors")]) == 0
+    assert (tmp_path / "a" / "b" / "m.safetensors").is_file()
+    # ... and a failed run removes the folders it made (render -o tree, convert, export --out).
+    _one_line_error(["render", "--face", str(tmp_path / "nope.png"), "-o", str(tmp_path / "r" / "s" / "o.mp4")],
+                    capsys)
+    _one_line_error(["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "c" / "m.safetensors")], capsys)
+    _one_line_error(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "e" / "f")], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "src.safetensors"]
+
+
+def test_live_recording_stopped_before_the_first_frame_leaves_nothing(tmp_path):
+    from trtalk.media.mp4 import Mp4Sink
+
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Sink(tmp_path / "rec.mp4", push_audio=True, live=True):
+            raise KeyboardInterrupt  # Ctrl-C while the model loads: no "no frames were produced"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------- 6. truncated media
+
+
+def test_truncated_video_is_used_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.media.read import iter_frames
+
+    rng = np.random.default_rng(0)
+    full = tmp_path / "full.mp4"
+    with Mp4Sink(full, fps=25) as sink:  # faststart: the frame count is in the header
+        for _ in range(50):
+            sink.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 4 // 10])
+    with caplog.at_level(logging.WARNING, logger="trtalk.media.read"):
+        assert sum(1 for _ in iter_frames(full)) == 50
+        assert caplog.text == ""
+        n = sum(1 for _ in iter_frames(cut))
+    assert 0 < n < 50
+    assert f"only {n} frame(s) of the 50 its container lists decoded" in caplog.text

@@ -65,12 +65,35 @@ def check_state_dict(state: dict, module: torch.nn.Module, source: str, net: str
     return out
 
 
+def _short_reason(exc: BaseException, limit: int = 100) -> str:
+    """The first line of ``exc``'s message, ANSI codes stripped, cut at a word (never mid-word)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    line = " ".join(text[0].split()) if text else ""
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.") + " ..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 def _torch_load(path: Path) -> dict:
+    import pickle
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle with objects, random bytes ...
+        with warnings.catch_warnings():
+            # torch warns about legacy pickle protocols and weights_only defaults; the message
+            # below says all a user needs.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TrtalkError(f"refused {path}: it holds pickled Python objects, not only tensors "
+                          f"(trtalk loads checkpoints with weights_only=True and never runs code "
+                          f"from them); give a plain state_dict such as the official "
+                          f"latest_net_*.pth") from None
+    except Exception as exc:  # truncated zip, random bytes ...
         raise TrtalkError(f"cannot read checkpoint {path}: truncated, corrupt or not a plain "
-                          f"state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                          f"state_dict ({_short_reason(exc)})") from None
 
 
 def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
