@@ -369,3 +369,112 @@ def test_truncated_video_is_used_with_a_warning(tmp_path, caplog):
         n = sum(1 for _ in iter_frames(cut))
     assert 0 < n < 50
     assert f"only {n} frame(s) of the 50 its container lists decoded" in caplog.text
+
+
+def test_quiet_hides_mediapipe_native_warnings(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = tmp_path / "q.mp4"
+    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "-q", "demo", "--duration", "0.2",
+                          "-o", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "W0000" not in res.stderr and "XNNPACK" not in res.stderr, res.stderr
+    assert out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "trtalk.cli", "-q", "demo", "-o", str(tmp_path / "x.gif")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("trtalk: error: -o ")  # errors still show
+
+
+def test_fast_mode_stats_say_the_wall_clock_rate():
+    from trtalk.runtime.latency import FrameTiming, LatencyRecorder
+
+    rec = LatencyRecorder(25.0, realtime=False)
+    for k in range(5):  # virtual timeline: 25 fps; wall: ~20 ms per frame
+        rec.add(FrameTiming(k, k / 25, k / 25 + 0.12, k / 25 + 0.12, None, k / 25 + 0.12))
+        time.sleep(0.02)
+    report = rec.report()
+    assert report.fps_achieved == pytest.approx(25.0)  # the timeline's rate, as before
+    assert 0.06 < report.wall_seconds < 1.0 and report.wall_fps < 60
+    first = report.summary().splitlines()[0]
+    assert first.startswith(f"5 frames in {report.wall_seconds:.2f} s wall time: {report.wall_fps:.2f} frames/s")
+    assert "25.00 fps" not in first
+
+
+def test_devices_tells_tensorrt_from_tensorrt_rtx(monkeypatch, capsys):
+    import importlib.util
+
+    from trtalk.runtime import devices
+
+    real = importlib.util.find_spec
+    present = {"tensorrt_rtx_bindings"}
+
+    def fake(name, *a, **kw):
+        if name in ("tensorrt", "tensorrt_rtx_bindings"):
+            return object() if name in present else None
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    b = devices.list_backends()
+    assert b["tensorrt"] is False and b["tensorrt_rtx"] is True
+
+
+# --------------------------------------------------------------------- 9. optional extras
+
+_BLOCK_EXTRAS = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"onnx", "onnxruntime", "onnxslim", "onnxscript", "tensorrt",
+                                  "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda", "pyvirtualcam",
+                                  "librosa", "triton", "onnxruntime_extensions"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import trtalk.cli
+sys.exit(trtalk.cli.main(sys.argv[1:]))
+"""
+
+
+def test_cli_works_without_the_optional_extras(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", _BLOCK_EXTRAS, *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    res = run("--help")
+    assert res.returncode == 0 and "export" in res.stdout, res.stderr
+    for command in ("render", "stream", "export", "bench", "convert", "devices"):
+        assert run(command, "--help").returncode == 0, command
+    res = run("export", "--out", str(tmp_path / "e"), "--model-config", "small")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().endswith("pip install 'trtalk[export]'"), res.stderr
+    assert not (tmp_path / "e").exists()
+
+
+# --------------------------------------------------------------------- 11. --model-config
+
+
+@pytest.mark.parametrize("command", ["render", "demo", "stream", "export"])
+def test_model_config_is_a_visible_option(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--model-config {official,small}" in out and "seconds on a CPU" in " ".join(out.split())
+
+
+def test_export_model_config_small_builds_the_small_networks(monkeypatch, tmp_path):
+    import trtalk.export.exporter as exporter
+
+    seen = []
+
+    def load_model(checkpoint, seed=0, config=None):
+        seen.append(config)
+        raise TrtalkError("stop here")  # the graphs themselves are test_export's business
+
+    monkeypatch.setattr(exporter, "load_model", load_model)
+    for name, want in (("small", PCAVSConfig.small()), ("official", None)):
+        with pytest.raises(TrtalkError, match="stop here"):
+            exporter.export_pcavs(exporter.ExportOptions(out=tmp_path / "e", model_config=name))
+        assert seen[-1] == want
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(TrtalkError, match="drop --checkpoint"):
+        exporter.ExportOptions(out=tmp_path / "e", model_config="small", checkpoint=tmp_path).validate()

@@ -113,12 +113,14 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
 
 def require_export_extra() -> None:
     """TrtalkError naming the extra to install when the ONNX tool chain is missing."""
-    import importlib.util
+    import importlib
 
-    missing = [m for m in ("onnx", "onnxslim", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise TrtalkError(f"exporting needs {missing[0]}, which is not installed: "
-                          f"pip install 'trtalk[export]'")
+    for module in ("onnx", "onnxslim", "onnxscript"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise TrtalkError(f"exporting needs {module}, which is not installed: "
+                              f"pip install 'trtalk[export]'") from None
 
 
 def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
