@@ -156,11 +156,12 @@ def output_folder(folder: str | os.PathLike[str], what: str = "output") -> Itera
         created.append(p)
         p = p.parent
     if p.exists() and not p.is_dir():
-        raise TrtalkError(f"cannot create {what} folder {folder}: {p} is not a directory")
+        raise TrtalkError(f"cannot write the {what} into {folder}: {p} is a file, not a directory")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TrtalkError(f"cannot create {what} folder {folder}: {exc.strerror or exc}") from None
+        raise TrtalkError(f"cannot write the {what} into {folder}: cannot create it "
+                          f"({exc.strerror or exc})") from None
     try:
         yield folder
     except BaseException:
