@@ -478,3 +478,28 @@ def test_export_model_config_small_builds_the_small_networks(monkeypatch, tmp_pa
     assert not (tmp_path / "e").exists()
     with pytest.raises(TrtalkError, match="drop --checkpoint"):
         exporter.ExportOptions(out=tmp_path / "e", model_config="small", checkpoint=tmp_path).validate()
+
+
+def test_bad_device_is_a_one_line_error(tmp_path, capsys):
+    for command in (["render", "-o", str(tmp_path / "o.mp4")], ["stream", "--audio",
+                                                               str(ROOT / "trtalk/assets/demo_speech.wav")]):
+        line = _one_line_error(command + ["--device", "banana"], capsys)
+        assert "--device 'banana': use cpu, cuda or cuda:N" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_record_stopped_before_the_first_frame_says_so(tmp_path, capsys, monkeypatch):
+    from trtalk.runtime.stream import StreamPipeline
+
+    def stopped_at_once(self, stop=None, progress=None):
+        stop.set()  # Ctrl-C / SIGTERM while the sources start
+        return self.report()
+
+    monkeypatch.setattr(StreamPipeline, "run", stopped_at_once)
+    rec = tmp_path / "new" / "rec.mp4"
+    capsys.readouterr()
+    assert main(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--record", str(rec)]) == 130
+    err = capsys.readouterr().err
+    assert "stopped before the first frame; nothing was recorded" in err
+    assert "no frames were produced" not in err
+    assert list(tmp_path.iterdir()) == []  # no file, no temp file, no folder

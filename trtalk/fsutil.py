@@ -145,9 +145,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def output_folder(folder: str | os.PathLike[str], what: str = "output") -> Iterator[Path]:
-    """Create ``folder`` and its missing parents for the block; when the block raises (an error,
-    Ctrl-C, SIGTERM), remove the folders created here again, innermost first, if they are still
-    empty. So a failed run leaves no empty directory it made, and an existing one is never
+    """Create ``folder`` and its missing parents for the block; at its end (an error, Ctrl-C,
+    SIGTERM, or a run that wrote nothing) remove the folders created here that are still empty,
+    innermost first. So no run leaves an empty directory it made, and an existing one is never
     touched. TrtalkError when a folder cannot be created."""
     folder = Path(folder) if str(folder) else Path(".")
     created: list[Path] = []
@@ -164,13 +164,12 @@ def output_folder(folder: str | os.PathLike[str], what: str = "output") -> Itera
                           f"({exc.strerror or exc})") from None
     try:
         yield folder
-    except BaseException:
+    finally:
         for d in created:  # innermost first
             try:
                 d.rmdir()  # only when empty
             except OSError:
                 break
-        raise
 
 
 def output_parent(path: str | os.PathLike[str], what: str = "output") -> contextlib.AbstractContextManager[Path]:
