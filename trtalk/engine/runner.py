@@ -33,8 +33,8 @@ from trtalk.engine.graphs import CudaGraphAPI, GraphAPI, GraphedFunction
 from trtalk.engine.cache import EngineCache, cache_root, check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
-from trtalk.fsutil import remove_abandoned
 from trtalk.export.stages import STAGES, StageSpec
+from trtalk.fsutil import remove_abandoned
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
