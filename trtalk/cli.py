@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _setup_logging(args.verbose, args.quiet)
     try:
-        with _quiet_native_stderr(args.quiet), on_signals():  # SIGINT and SIGTERM: the same clean unwinding (trtalk.signals)
+        # SIGINT and SIGTERM take the same clean unwinding path (trtalk.signals).
+        with _quiet_native_stderr(args.quiet), on_signals():
             return int(args.func(args) or 0)
     except TrtalkError as exc:
         print(f"trtalk: error: {exc}", file=sys.stderr)

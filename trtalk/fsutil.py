@@ -172,7 +172,8 @@ def output_folder(folder: str | os.PathLike[str], what: str = "output") -> Itera
                 break
 
 
-def output_parent(path: str | os.PathLike[str], what: str = "output") -> contextlib.AbstractContextManager[Path]:
+def output_parent(path: str | os.PathLike[str],
+                  what: str = "output") -> contextlib.AbstractContextManager[Path]:
     """`output_folder` of ``path``'s parent: the folder an output file goes into."""
     target = Path(path)
     return output_folder(target.parent if str(target.parent) else Path("."), what)

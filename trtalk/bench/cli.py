@@ -26,7 +26,8 @@ class BenchCommand:
     backends: list[Literal[tuple(PRESETS)]] = option(  # type: ignore[valid-type]
         default_factory=lambda: list(PRESETS), help="comma-separated rows to compare",
         default_text="all")
-    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64], help="comma-separated batch sizes, each 1 to 256")
+    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64],
+                              help="comma-separated batch sizes, each 1 to 256")
     precision: list[Literal["fp32", "fp16"]] | None = option(
         None, help="fp32,fp16 for the backends whose precision is a choice",
         default_text="fp32 on CPU, fp16,fp32 on CUDA")
