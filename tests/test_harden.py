@@ -440,10 +440,8 @@ def test_cli_works_without_the_optional_extras(tmp_path):
         return subprocess.run([sys.executable, "-c", _BLOCK_EXTRAS, *argv], env=env,
                               capture_output=True, text=True, timeout=300)
 
-    res = run("--help")
+    res = run("--help")  # builds every subcommand's parser
     assert res.returncode == 0 and "export" in res.stdout, res.stderr
-    for command in ("render", "stream", "export", "bench", "convert", "devices"):
-        assert run(command, "--help").returncode == 0, command
     res = run("export", "--out", str(tmp_path / "e"), "--model-config", "small")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().endswith("pip install 'trtalk[export]'"), res.stderr
