@@ -294,7 +294,7 @@ def test_cli_unwritable_out(cli, tmp_path, capsys):
     blocker.write_text("x")
     assert cli(["export", "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("trtalk: error: cannot create output directory") and len(err.splitlines()) == 1
+    assert err.startswith("trtalk: error: cannot write the --out into") and len(err.splitlines()) == 1
     assert cli(["export", "--out", str(blocker)]) == 2
     assert "not a directory" in capsys.readouterr().err
 
@@ -357,7 +357,7 @@ def test_cli_tensorrt_targets_fail_fast(cli, tmp_path, capsys, monkeypatch):
         assert cli(["export", "--out", str(out), "--target", "tensorrt-rtx",
                     "--compute-capability", "sm90"]) == 2
         assert "cannot target sm90" in capsys.readouterr().err
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # a failed export removes the folder it created
 
 
 def _importable(name: str) -> bool:

@@ -8,12 +8,19 @@ and exit with status 2; nothing else is caught here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
+import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from trtalk import __version__
 from trtalk.errors import TrtalkError
+from trtalk.signals import on_signals
 
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (
@@ -44,6 +51,48 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# mediapipe's C++ side (absl logging before absl::InitializeLog, TensorFlow Lite) writes straight to
+# file descriptor 2: "W0000 00:00:... inference_feedback_manager.cc ...", "INFO: Created TensorFlow
+# Lite XNNPACK delegate for CPU.". GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL and ABSL_MIN_LOG_LEVEL do
+# not reach it (tried with mediapipe 0.10.21), so `-q` passes fd 2 through a filter thread that
+# drops exactly those INFO/WARNING lines and forwards everything else (errors, Python's output).
+_NATIVE_NOISE = re.compile(r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |INFO: Created TensorFlow Lite |"
+                           r"WARNING: All log messages before absl::InitializeLog\(\) ")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, drop native libraries' INFO/WARNING lines from fd 2 for the block."""
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+    except (OSError, ValueError):
+        yield
+        return
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            for line in pipe:
+                if not _NATIVE_NOISE.match(line.decode(errors="replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=5)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        # SIGINT and SIGTERM take the same clean unwinding path (trtalk.signals).
+        with _quiet_native_stderr(args.quiet), on_signals():
+            return int(args.func(args) or 0)
     except TrtalkError as exc:
         print(f"trtalk: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("trtalk: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "SIGINT"
+        print(f"trtalk: interrupted ({name}); unfinished output was discarded", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,19 +22,92 @@ from trtalk.errors import TrtalkError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_output", "check_writable", "temp_path_for"]
+__all__ = ["STALE_AFTER_S", "atomic_output", "check_writable", "pid_alive", "remove_abandoned",
+           "output_folder", "output_parent", "remove_stale_temps",
+           "temp_path_for"]
+
+#: A temp file whose name carries no writer pid counts as abandoned after this long.
+STALE_AFTER_S = 3600.0
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
     """Return a fresh hidden temp path in the same directory as ``path``.
 
-    The name is ``.<stem>.<random>.tmp<suffix>`` (``out.mp4`` ->
-    ``.out.3fa9c2d1.tmp.mp4``): the real extension stays last so muxers that
-    guess the format from the name still pick the right one, and the leading
-    dot plus ``.tmp`` make leftovers easy to recognise.  Nothing is created.
+    The name is ``.<stem>.<random>-<pid>.tmp<suffix>`` (``out.mp4`` ->
+    ``.out.3fa9c2d1-4242.tmp.mp4``): the real extension stays last so muxers that
+    guess the format from the name still pick the right one, the leading
+    dot plus ``.tmp`` make leftovers easy to recognise, and the writer's pid
+    tells `remove_stale_temps` whether its writer is gone.  Nothing is created.
     """
     target = Path(path)
-    return target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+    return target.with_name(f".{target.stem}.{secrets.token_hex(4)}-{os.getpid()}.tmp{target.suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this machine (ours or another user's)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str], now: float | None = None) -> list[Path]:
+    """Delete the temp files that killed writers of ``path`` left behind; return them.
+
+    Only names of `temp_path_for`'s own pattern for this very target are considered
+    (``.<stem>.<8 hex>-<pid>.tmp<suffix>``, or the older ``.<stem>.<8 hex>.tmp<suffix>``), and
+    only when abandoned: the writer pid is not a live process on this machine, or (names
+    without a pid) the file is older than `STALE_AFTER_S`. A run in progress is never touched.
+    Errors (a folder that does not exist, a file removed meanwhile) are ignored.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(rf"\.{re.escape(target.stem)}\.[0-9a-f]{{8}}(?:-(?P<pid>\d+))?\.tmp"
+                         rf"{re.escape(target.suffix)}")
+    return remove_abandoned(parent, pattern, now=now)
+
+
+def remove_abandoned(parent: str | os.PathLike[str], pattern: re.Pattern[str], *, dirs: bool = False,
+                     now: float | None = None) -> list[Path]:
+    """Delete the entries of ``parent`` whose whole name matches ``pattern`` and whose writer is
+    gone: the pattern's ``pid`` group names a process that is not alive here, or (no pid in the
+    name) the entry is older than `STALE_AFTER_S`. Files, or folders with ``dirs``."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if not m:
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir != dirs or (not dirs and not entry.is_file(follow_symlinks=False)):
+                continue
+            pid = m.groupdict().get("pid")
+            stale = (not pid_alive(int(pid))) if pid \
+                else now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            if not stale:
+                continue
+            if is_dir:
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except (OSError, ValueError):
+            continue
+    for p in removed:
+        log.warning("removed %s, left by an interrupted run", p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -53,6 +129,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     check_writable(target)
+    remove_stale_temps(target)
     tmp = temp_path_for(target)
     try:
         yield tmp
@@ -64,6 +141,42 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike[str], what: str = "output") -> Iterator[Path]:
+    """Create ``folder`` and its missing parents for the block; at its end (an error, Ctrl-C,
+    SIGTERM, or a run that wrote nothing) remove the folders created here that are still empty,
+    innermost first. So no run leaves an empty directory it made, and an existing one is never
+    touched. TrtalkError when a folder cannot be created."""
+    folder = Path(folder) if str(folder) else Path(".")
+    created: list[Path] = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise TrtalkError(f"cannot write the {what} into {folder}: {p} is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtalkError(f"cannot write the {what} into {folder}: cannot create it "
+                          f"({exc.strerror or exc})") from None
+    try:
+        yield folder
+    finally:
+        for d in created:  # innermost first
+            try:
+                d.rmdir()  # only when empty
+            except OSError:
+                break
+
+
+def output_parent(path: str | os.PathLike[str],
+                  what: str = "output") -> contextlib.AbstractContextManager[Path]:
+    """`output_folder` of ``path``'s parent: the folder an output file goes into."""
+    target = Path(path)
+    return output_folder(target.parent if str(target.parent) else Path("."), what)
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:

@@ -14,6 +14,7 @@ from typing import Literal
 from trtalk.bench.run import PRESETS
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.models.pcavs import MODEL_CONFIG_HELP
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ class BenchCommand:
     backends: list[Literal[tuple(PRESETS)]] = option(  # type: ignore[valid-type]
         default_factory=lambda: list(PRESETS), help="comma-separated rows to compare",
         default_text="all")
-    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64], help="comma-separated batch sizes")
+    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64],
+                              help="comma-separated batch sizes, each 1 to 256")
     precision: list[Literal["fp32", "fp16"]] | None = option(
         None, help="fp32,fp16 for the backends whose precision is a choice",
         default_text="fp32 on CPU, fp16,fp32 on CUDA")
@@ -35,7 +37,7 @@ class BenchCommand:
     out: Path | None = option(None, help="output folder", default_text="benchmarks/results/<machine>")
     checkpoint: Path | None = option(None, help="official checkpoint folder or converted file")
     model_config: Literal["official", "small"] | None = option(
-        None, help="official networks, or the small dev generator (tests)",
+        None, help=MODEL_CONFIG_HELP,
         default_text="official; small for --stream on CPU")
     cache_dir: Path | None = option(None, help="export / engine cache", default_text="trtalk's")
     seed: int = option(0, help="seed of the random weights")
@@ -72,6 +74,16 @@ def _run(args: BenchCommand) -> int:
     from trtalk.bench.report import write_report, write_stream_report
     from trtalk.bench.run import BenchConfig, StreamBenchConfig, run_bench, run_stream_bench
 
+    from trtalk.runtime.pipeline import MAX_BATCH
+
+    bad = [b for b in list(args.batch) + [args.stream_batch] if not 1 <= b <= MAX_BATCH]
+    if bad:
+        raise TrtalkError(f"batch {bad[0]} is out of range: 1 to {MAX_BATCH}")
+    for name, value in (("--warmup", args.warmup), ("--iters", args.iters)):
+        if value is not None and not 0 <= value <= 100_000:
+            raise TrtalkError(f"{name} {value} is out of range: 0 to 100000")
+    if not 0 < args.stream_duration <= 3600:
+        raise TrtalkError("--stream-duration must be in (0, 3600] seconds")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise TrtalkError(f"--checkpoint {args.checkpoint} does not exist")

@@ -6,13 +6,14 @@ key and sidecar format are `trtalk.export.engine_file`'s, shared with the export
 
 Promise: a cached engine is used only when `check_engine` vouches for it (sidecar present, key
 equal, size and sha256 equal); anything else (stale, foreign, truncated, edited) is logged,
-deleted and rebuilt, never loaded blindly. Builds are atomic (`write_engine`).
+moved aside as ``<name>.corrupt-<UTC time>`` (for inspection) and rebuilt, never loaded blindly. Builds are atomic (`write_engine`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,9 +54,15 @@ class EngineCache:
         if ok:
             assert sc is not None
             return EngineRecord.from_sidecar(path, sc)
-        log.warning("cached %s engine %s is unusable (%s); rebuilding", stage, path.name, reason)
-        for p in (sidecar_path(path), path):
-            p.unlink(missing_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for p in (sidecar_path(path), path):  # kept aside for inspection, never read again
+            if p.exists():
+                try:
+                    os.replace(p, p.with_name(f"{p.name}.corrupt-{stamp}"))
+                except OSError:
+                    p.unlink(missing_ok=True)
+        log.warning("cached %s engine %s is unusable (%s); moved aside as %s.corrupt-%s, rebuilding",
+                    stage, path.name, reason, path.name, stamp)
         return None
 
     def get_or_build(self, stage: str, key: EngineKey, build: Callable[[Path], dict]) -> EngineRecord:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from trtalk.engine.cache import EngineCache, cache_root, check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.stages import STAGES, StageSpec
+from trtalk.fsutil import remove_abandoned
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
@@ -119,20 +121,29 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
 
     if source is not None and _is_export_dir(Path(source)):
+        Manifest.read(source).verify(source)  # the user's own folder: report, never touch
         return Path(source)
     model, record = load_model(source, seed=seed, config=config)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
     root = cache_root(cache_dir) / "exports"
     final = root / f"{tag}-{precision}-b{max_batch}{'-fold' if fold_up_blur else ''}-v{__version__}"
-    if _is_export_dir(final):
-        log.info("using cached export %s", final)
-        return final
+    if final.exists():
+        try:
+            Manifest.read(final).verify(final)
+            log.info("using cached export %s", final)
+            return final
+        except TrtalkError as exc:  # a corrupt cache entry heals: set aside, then rebuilt
+            aside = quarantine(final)
+            log.warning("cached export %s is unusable (%s); moved it to %s and re-exporting",
+                        final, exc, aside.name)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrtalkError(f"cannot create export cache {root}: {exc.strerror or exc}") from None
-    tmp = root / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    remove_abandoned(root, re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(?:-(?P<pid>\d+))?\.tmp"),
+                     dirs=True)  # what killed exports into this slot left behind
+    tmp = root / f".{final.name}.{secrets.token_hex(4)}-{os.getpid()}.tmp"
     try:
         export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch,
                                    fold_up_blur=fold_up_blur),
@@ -145,6 +156,23 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def quarantine(path: Path) -> Path:
+    """Move a corrupt cache entry aside as ``<name>.corrupt-<UTC time>`` (kept for inspection;
+    nothing reads it again) and return the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise TrtalkError(f"cannot move the corrupt cache entry {path} aside ({exc.strerror or exc}); "
+                          f"delete it") from None
+    return aside
 
 
 def _torch_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
@@ -170,7 +198,7 @@ def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
                       fold_up_blur=device.startswith("cuda"))
     m = Manifest.read(d)
     specs = _specs_from_manifest(m)
-    return {s: OrtBackend(specs[s], m.graph_path(d, s), device=device, precision=m.precision,
+    return {s: OrtBackend(specs[s], m.graph_path(d, s, verify=False), device=device, precision=m.precision,
                           max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in STAGES}
 
 
@@ -210,7 +238,7 @@ def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "obje
                 out[s] = (d / shipped["file"], key)
                 continue
             log.info("export's %s engine not usable here (%s); using the engine cache", s, reason)
-        graph = m.graph_path(d, s)
+        graph = m.graph_path(d, s, verify=False)  # ensure_export verified it
         rec = cache.get_or_build(s, key, lambda tmp, _g=graph, _s=specs[s]: build_engine(
             _g, _s, m.precision, bopts, tmp))
         out[s] = (rec.path, key)

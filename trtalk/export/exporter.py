@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,10 +27,10 @@ from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
 from trtalk.export.stages import STAGES, stage_module, stage_specs
-from trtalk.fsutil import check_writable
+from trtalk.fsutil import check_writable, output_folder, remove_abandoned
 from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
 from trtalk.models.fuse import FuseOptions
-from trtalk.models.pcavs import PCAVS, PCAVSConfig
+from trtalk.models.pcavs import MODEL_CONFIG_HELP, PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class ExportOptions:
                                      default_text="random weights")  # None: loudly warned, recorded
     precision: str = option("fp16", choices=PRECISIONS,
                             help="graph precision (fp16: fp16 weights/activations, fp32 I/O)")
-    max_batch: int = option(8, help="largest batch of the engines")
+    max_batch: int = option(8, help="largest batch of the graphs and engines, 1 to 1024")
     target: str = option("onnx", choices=TARGETS, help="what to produce")
     fold_up_blur: bool | None = option(None, help="fold the blur into the upsampling convs (exact)",
                                        default_text="yes for TensorRT targets, no for plain ONNX")
@@ -67,6 +69,7 @@ class ExportOptions:
     compute_capability: str | None = option(
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
+    model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
     config: PCAVSConfig | None = option(None, cli=False)  # architecture override (tests: small())
     stages: tuple[str, ...] = option(STAGES, cli=False)
 
@@ -86,6 +89,10 @@ class ExportOptions:
                                   "fp16 I/O at build time); add --precision fp32")
         if not 1 <= self.max_batch <= 1024:
             raise TrtalkError("--max-batch must be between 1 and 1024")
+        if self.model_config not in ("official", "small"):
+            raise TrtalkError("--model-config is official or small")
+        if self.model_config == "small" and self.checkpoint is not None:
+            raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
@@ -102,6 +109,18 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
         raise TrtalkError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
     check_writable(out / MANIFEST_NAME)
     return out
+
+
+def require_export_extra() -> None:
+    """TrtalkError naming the extra to install when the ONNX tool chain is missing."""
+    import importlib
+
+    for module in ("onnx", "onnxslim", "onnxscript"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise TrtalkError(f"exporting needs {module}, which is not installed: "
+                              f"pip install 'trtalk[export]'") from None
 
 
 def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
@@ -140,7 +159,17 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
     ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
     """
     opts.validate()
-    out = prepare_out_dir(opts.out)
+    require_export_extra()
+    if Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise TrtalkError(f"--out {opts.out} exists and is not a directory")
+    # A folder created here is removed again when the export fails or is interrupted.
+    with output_folder(opts.out, "--out") as out:
+        check_writable(out / MANIFEST_NAME)
+        return _export(opts, out, model, checkpoint_record)
+
+
+def _export(opts: ExportOptions, out: Path, model: PCAVS | None,
+            checkpoint_record: dict | None) -> Manifest:
     build_opts = None
     if opts.target in ("tensorrt", "tensorrt-rtx"):
         from trtalk.export.tensorrt import BuildOptions, import_tensorrt, resolve_compute_capability
@@ -156,7 +185,10 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
         import_tensorrt(opts.target)
         resolve_compute_capability(build_opts)
     if model is None:
-        model, checkpoint_record = load_model(opts.checkpoint, opts.seed, opts.config)
+        config = opts.config
+        if config is None and opts.model_config == "small":
+            config = PCAVSConfig.small()
+        model, checkpoint_record = load_model(opts.checkpoint, opts.seed, config)
     elif checkpoint_record is None:
         checkpoint_record = {"path": None, "sha256": None, "random_weights": True, "seed": None}
     specs = stage_specs(model)
@@ -170,7 +202,8 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
         versions=_versions())
     manifest.config["gen_channels"] = {str(k): v for k, v in model.config.gen_channels.items()}
 
-    staging = out / f".staging-{secrets.token_hex(4)}"
+    remove_abandoned(out, re.compile(r"\.staging-[0-9a-f]{8}(?:-(?P<pid>\d+))?"), dirs=True)
+    staging = out / f".staging-{secrets.token_hex(4)}-{os.getpid()}"
     staging.mkdir()
     t_all = time.perf_counter()
     try:

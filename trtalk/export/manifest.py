@@ -84,6 +84,17 @@ class Manifest:
                    {k: GraphRecord.from_dict(k, v) for k, v in d["graphs"].items()},
                    d.get("engines", {}))
 
+    def verify(self, directory: str | os.PathLike) -> None:
+        """TrtalkError naming the first graph (or external data file) of ``directory`` that is
+        missing or does not match its recorded sha256."""
+        for stage, rec in self.graphs.items():
+            self.graph_path(directory, stage, verify=True)
+            if rec.external_data:
+                data = Path(directory) / rec.external_data
+                if not data.is_file() or sha256_file(data) != rec.external_data_sha256:
+                    raise TrtalkError(f"{data} is missing or does not match its manifest sha256; "
+                                      f"re-export")
+
     def graph_path(self, directory: str | os.PathLike, stage: str, verify: bool = True) -> Path:
         """Path of ``stage``'s ONNX file; with ``verify`` its sha256 is checked first."""
         rec = self.graphs[stage]

@@ -30,9 +30,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 import torch
-from onnx import TensorProto, helper
+
+try:  # the `export` extra; without it this module still imports (manifests, records, constants)
+    import onnx
+    from onnx import TensorProto, helper
+except ImportError:  # export_stage says which extra to install
+    onnx = TensorProto = helper = None  # type: ignore[assignment]
 
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import BATCH, CastIO, StageSpec, TensorSpec, example_inputs
@@ -51,8 +55,8 @@ FP32_ISLANDS = (
 
 _NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo",
                   "torch.fx", "onnxslim")
-_DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16",
-                TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+# onnx.TensorProto's element types (FLOAT 1, FLOAT16 10, INT64 7, INT32 6).
+_DTYPE_NAMES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}
 
 
 @dataclass
@@ -192,10 +196,12 @@ def export_stage(module: torch.nn.Module, spec: StageSpec, path: str | os.PathLi
     """
     if precision not in PRECISIONS:
         raise TrtalkError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if onnx is None:
+        raise TrtalkError("ONNX export needs onnx, which is not installed: pip install 'trtalk[export]'")
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; fail with a clear message)
     except ImportError:
-        raise TrtalkError("ONNX export needs onnxscript: pip install onnxscript") from None
+        raise TrtalkError("ONNX export needs onnxscript: pip install 'trtalk[export]'") from None
     import onnxslim
 
     path = Path(path)

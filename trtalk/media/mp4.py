@@ -26,7 +26,21 @@ from trtalk.media.sinks import FrameSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Mp4Sink", "available_video_encoder", "VIDEO_ENCODER_PREFERENCE"]
+__all__ = ["CONTAINERS", "Mp4Sink", "available_video_encoder", "check_video_path",
+           "VIDEO_ENCODER_PREFERENCE"]
+
+#: Output file extensions and the FFmpeg muxer each gets (H.264 + AAC fit all of them).
+CONTAINERS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+def check_video_path(path: str | os.PathLike[str], flag: str = "output") -> str:
+    """The muxer for ``path``'s extension; TrtalkError for any other (``x.gif`` would otherwise
+    be MP4 data under a GIF name)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINERS:
+        raise TrtalkError(f"{flag} {path}: cannot write {suffix or 'a file without extension'}; "
+                          f"give a {', '.join(CONTAINERS)} file name")
+    return CONTAINERS[suffix]
 
 #: Encoders tried in order; the first one that exists in this PyAV/FFmpeg
 #: build *and* opens is used.  ``h264`` resolves to FFmpeg's default H.264
@@ -168,7 +182,8 @@ class Mp4Sink(FrameSink):
             without lookahead (``tune=zerolatency``, so a killed session loses
             the fewest frames), and a KeyboardInterrupt leaving the ``with``
             block finalises the file instead of discarding it (Ctrl-C is how a
-            live session ends).
+            live session ends; with no frame yet there is nothing to keep and the
+            temp file is removed).
     """
 
     def __init__(
@@ -214,12 +229,14 @@ class Mp4Sink(FrameSink):
         self._vstream: av.VideoStream | None = None
         self._astream: av.AudioStream | None = None
 
+        muxer = check_video_path(self._path)
         check_writable(self._path)
         self._atomic = atomic_output(self._path)
         self._tmp = self._atomic.__enter__()
         try:
             self._container = av.open(
-                str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"}
+                str(self._tmp), mode="w", format=muxer,
+                options={"movflags": "+faststart"} if muxer in ("mp4", "mov") else {},
             )
         except BaseException:
             with contextlib.suppress(_Aborted):
@@ -246,7 +263,8 @@ class Mp4Sink(FrameSink):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None or (self._live and issubclass(exc_type, KeyboardInterrupt)):
+        if exc_type is None or (self._live and issubclass(exc_type, KeyboardInterrupt)
+                                and self._frames_written > 0):
             self.close()
         else:
             self.abort()

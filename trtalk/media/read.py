@@ -304,22 +304,31 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
 
 
 def _iter_video(container: av.container.InputContainer, path: Path) -> Iterator[np.ndarray]:
+    """Decoded frames; a file of which only some frames decode (truncated, damaged) is used with
+    a warning naming how many decoded against the container's count; none is an error."""
     import av
 
     try:
         stream = _real_video_streams(container)[0]
         stream.thread_type = "AUTO"
+        expected = int(stream.frames) if stream.frames else None
         count = 0
+        error = None
         try:
             for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
                 count += 1
                 yield _apply_rotation(frame, rgb)
         except av.FFmpegError as exc:
-            raise TrtalkError(
-                f"cannot decode {path} after {count} frames: {_av_reason(exc)}"
-            ) from None
+            if count == 0:
+                raise TrtalkError(f"cannot decode {path}: {_av_reason(exc)}") from None
+            error = _av_reason(exc)
         if count == 0:
             raise TrtalkError(f"{path} has a video stream but no decodable frames")
+        if error is not None or (expected is not None and count < expected):
+            of = f" of the {expected} its container lists" if expected else ""
+            why = f" (decoding stopped: {error})" if error else ""
+            log.warning("%s: only %d frame(s)%s decoded%s; the file looks truncated or damaged, "
+                        "using those %d", path, count, of, why, count)
     finally:
         container.close()

@@ -23,7 +23,7 @@ import torch
 
 from trtalk import __version__
 from trtalk.errors import TrtalkError
-from trtalk.models.pcavs import NETWORKS, PCAVS, PCAVSConfig
+from trtalk.models.pcavs import NETWORKS, PCAVS, ConfigError, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,35 @@ def check_state_dict(state: dict, module: torch.nn.Module, source: str, net: str
     return out
 
 
+def _short_reason(exc: BaseException, limit: int = 100) -> str:
+    """The first line of ``exc``'s message, ANSI codes stripped, cut at a word (never mid-word)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    line = " ".join(text[0].split()) if text else ""
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.") + " ..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 def _torch_load(path: Path) -> dict:
+    import pickle
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle with objects, random bytes ...
+        with warnings.catch_warnings():
+            # torch warns about legacy pickle protocols and weights_only defaults; the message
+            # below says all a user needs.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TrtalkError(f"refused {path}: it holds pickled Python objects, not only tensors "
+                          f"(trtalk loads checkpoints with weights_only=True and never runs code "
+                          f"from them); give a plain state_dict such as the official "
+                          f"latest_net_*.pth") from None
+    except Exception as exc:  # truncated zip, random bytes ...
         raise TrtalkError(f"cannot read checkpoint {path}: truncated, corrupt or not a plain "
-                          f"state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                          f"state_dict ({_short_reason(exc)})") from None
 
 
 def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
@@ -86,30 +109,67 @@ def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
     return model
 
 
+def config_from_metadata(meta: dict, source: str | os.PathLike) -> PCAVSConfig:
+    """The `PCAVSConfig` recorded in a trtalk safetensors file's metadata (untrusted input).
+
+    Validated against the schema before anything is allocated (`PCAVSConfig.from_dict`: known
+    keys, types, bounded sizes, the model size it implies); every problem is a one-line
+    TrtalkError, and unknown keys or a newer format version say which trtalk made the file."""
+    made_by = meta.get("trtalk_version") or "an unknown version"
+    newer = f"made by trtalk {made_by}, this is trtalk {__version__}: upgrade trtalk to read it"
+    version = meta.get("format_version")
+    if version is not None and version != FORMAT_VERSION:
+        if version.isdigit() and int(version) > int(FORMAT_VERSION):
+            raise TrtalkError(f"{source}: format version {version:.20} is newer than {FORMAT_VERSION} ({newer})")
+        raise TrtalkError(f"{source}: unknown format version {version!r:.40}; re-make it with `trtalk convert`")
+    if "config" not in meta:
+        raise TrtalkError(f"{source} has no 'config' metadata; re-make it with `trtalk convert`")
+    try:
+        return PCAVSConfig.from_json(meta["config"])
+    except ConfigError as exc:
+        if getattr(exc, "unknown", None):
+            raise TrtalkError(f"{source}: {exc} ({newer}, or re-make it with `trtalk convert`)") from None
+        raise TrtalkError(f"{source}: bad metadata: {exc}; re-make it with `trtalk convert`") from None
+
+
 def _load_safetensors(path: Path, config: PCAVSConfig | None) -> PCAVS:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != FORMAT:
+                raise TrtalkError(f"{path} is not a trtalk PC-AVS file (metadata format is "
+                                  f"{meta.get('format')!r:.60}); make one with `trtalk convert`")
+            # The config (and the size it implies) is checked before any tensor is read.
+            if config is None:
+                config = config_from_metadata(meta, path)
+            model = PCAVS(config)
+            expected = {f"{name}.{k}": v for name in NETWORKS
+                        for k, v in model.network(name).state_dict().items()}
+            tensors = {}
+            for k in f.keys():
+                want = expected.get(k)
+                if want is not None:
+                    shape = tuple(f.get_slice(k).get_shape())
+                    if shape != tuple(want.shape):
+                        raise TrtalkError(f"{path}: key '{k}' has shape {_fmt_shape(shape)}, "
+                                          f"the model expects {_fmt_shape(want.shape)}")
+                    tensors[k] = f.get_tensor(k)
+                elif k.split(".", 1)[0] in NETWORKS:
+                    tensors[k] = torch.empty(0)  # reported as unexpected below, never read
+                else:
+                    raise TrtalkError(f"{path}: unexpected key '{k}' outside the G/V/E/A_sync groups")
+    except TrtalkError:
+        raise
     except Exception as exc:
         raise TrtalkError(f"cannot read checkpoint {path}: truncated or not a safetensors file "
                           f"({type(exc).__name__})") from None
-    if meta.get("format") != FORMAT:
-        raise TrtalkError(f"{path} is not a trtalk PC-AVS file (metadata format is "
-                          f"{meta.get('format')!r}); make one with `trtalk convert`")
-    if config is None:
-        config = PCAVSConfig.from_json(meta["config"])
-    model = PCAVS(config)
     for name in NETWORKS:
         prefix = f"{name}."
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         net = model.network(name)
         net.load_state_dict(check_state_dict(part, net, f"{path} [{name}]", name))
-    stray = [k for k in tensors if k.split(".", 1)[0] not in NETWORKS]
-    if stray:
-        raise TrtalkError(f"{path}: unexpected key '{stray[0]}' outside the G/V/E/A_sync groups")
     return model
 
 

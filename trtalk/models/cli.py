@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(opts: ConvertOptions) -> int:
-    out = convert(opts.checkpoint, opts.output)
+    from trtalk.fsutil import output_parent
+
+    with output_parent(opts.output):  # created when missing, removed again on failure
+        out = convert(opts.checkpoint, opts.output)
     print(f"wrote {out}")
     return 0

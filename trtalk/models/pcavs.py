@@ -12,7 +12,8 @@ Images are RGB, NCHW, scaled to [-1, 1]; mel windows are B x 1 x 80 x 20 (freq x
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -24,6 +25,20 @@ from trtalk.models.resnext import IdentityEncoder
 
 ID_DIM = 2048
 MOUTH_DIM = 500
+
+#: Bounds on a config read from a file (untrusted: a checkpoint's metadata). The official values
+#: sit well inside them; anything outside is refused before a single tensor is allocated.
+MAX_GEN_CHANNELS = 4096
+MAX_NUM_CLASSES = 100_000
+MAX_POSE_DIM = 256
+MAX_CLIP_LEN = 64
+CROP_SIZES = (224,)
+#: Largest model (all four networks, float32) a config may imply: 2 GiB (official: 0.57 GiB).
+MAX_MODEL_BYTES = 2 << 30
+
+
+class ConfigError(ValueError):
+    """A config dict that is not a valid `PCAVSConfig` (message: one line, names the key)."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,70 @@ class PCAVSConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "PCAVSConfig":
-        d = json.loads(text)
-        d["gen_channels"] = {int(k): int(v) for k, v in d["gen_channels"].items()}
-        return cls(**d)
+        """The config of a JSON object (untrusted input: see `from_dict`).
+
+        Raises ConfigError (a ValueError) on broken JSON or any invalid field."""
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config is not valid JSON ({' '.join(str(exc).split())})") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: object) -> "PCAVSConfig":
+        """Validate ``d`` against the schema (known keys, types, bounds, style_dim consistency,
+        implied model size <= `MAX_MODEL_BYTES`) and return the config. Nothing is allocated.
+
+        Raises ConfigError naming the first problem; unknown keys are listed in
+        ``ConfigError.unknown`` (a file from a newer trtalk)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object, not {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            err = ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(repr(k) for k in unknown[:3])}")
+            err.unknown = unknown  # type: ignore[attr-defined]
+            raise err
+        kw: dict = {}
+        for name, lo, hi in (("style_dim", 1, ID_DIM + MOUTH_DIM + MAX_POSE_DIM),
+                             ("crop_size", 1, max(CROP_SIZES)), ("pose_dim", 1, MAX_POSE_DIM),
+                             ("num_classes", 1, MAX_NUM_CLASSES), ("clip_len", 1, MAX_CLIP_LEN)):
+            if name in d:
+                kw[name] = _bounded_int(d[name], name, lo, hi)
+        if "crop_size" in kw and kw["crop_size"] not in CROP_SIZES:
+            raise ConfigError(f"config crop_size {kw['crop_size']} is not supported "
+                              f"({', '.join(map(str, CROP_SIZES))})")
+        if "mouth_weight" in d:
+            w = d["mouth_weight"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
+                    or abs(w) > 1e3:
+                raise ConfigError(f"config mouth_weight must be a finite number, got {w!r:.40}")
+            kw["mouth_weight"] = float(w)
+        if "gen_channels" in d:
+            kw["gen_channels"] = _gen_channels(d["gen_channels"], kw.get("crop_size", 224))
+        try:
+            cfg = cls(**kw)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+        need = cfg.model_bytes()
+        if need > MAX_MODEL_BYTES:
+            raise ConfigError(f"config implies a {need / 2 ** 30:.1f} GiB model, more than the "
+                              f"{MAX_MODEL_BYTES / 2 ** 30:.0f} GiB bound")
+        return cfg
+
+    def parameter_count(self) -> int:
+        """Parameters and buffers of the four networks of this config, counted without
+        allocating them (the modules are built on the meta device)."""
+        import torch
+
+        with torch.device("meta"):
+            model = PCAVS(self)
+        return sum(t.numel() for t in model.state_dict().values())
+
+    def model_bytes(self) -> int:
+        """float32 bytes of the model this config describes (see `parameter_count`)."""
+        return 4 * self.parameter_count()
 
     @classmethod
     def small(cls) -> "PCAVSConfig":
@@ -59,6 +135,46 @@ class PCAVSConfig:
 
 
 NETWORKS = ("G", "V", "E", "A_sync")
+
+#: ``--model-config`` of every command that builds PC-AVS networks (one help text for all).
+MODEL_CONFIG_HELP = ("PC-AVS network size: official (the published networks) or small (a narrow "
+                     "generator on seeded random weights: seconds on a CPU, for trying things and tests)")
+
+
+def _bounded_int(v: object, name: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"config {name} must be an integer, got {v!r:.40}")
+    if not lo <= v <= hi:
+        raise ConfigError(f"config {name} {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _gen_channels(v: object, crop_size: int) -> dict[int, int]:
+    """Generator widths: resolutions 7, 14, ... crop_size (JSON keys are strings), each 1..4096,
+    512 at 7x7 (the identity map's width)."""
+    if not isinstance(v, dict):
+        raise ConfigError(f"config gen_channels must be an object, got {type(v).__name__}")
+    want = []
+    r = 7
+    while r <= crop_size:
+        want.append(r)
+        r *= 2
+    out: dict[int, int] = {}
+    for k, c in v.items():
+        try:
+            res = int(k)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config gen_channels key {k!r:.20} is not a resolution") from None
+        if res not in want:
+            raise ConfigError(f"config gen_channels key {res} is not one of "
+                              f"{', '.join(map(str, want))}")
+        out[res] = _bounded_int(c, f"gen_channels[{res}]", 1, MAX_GEN_CHANNELS)
+    missing = [r for r in want if r not in out]
+    if missing:
+        raise ConfigError(f"config gen_channels lacks resolution {missing[0]}")
+    if out[7] != 512:
+        raise ConfigError(f"config gen_channels[7] must be 512 (the identity map), got {out[7]}")
+    return out
 
 
 class PCAVS(nn.Module):

@@ -63,8 +63,10 @@ def list_backends() -> dict[str, Any]:
         info["onnxruntime"] = ort.get_available_providers()
     except Exception:  # noqa: BLE001
         info["onnxruntime"] = None
-    info["tensorrt"] = any(importlib.util.find_spec(m) is not None
-                           for m in ("tensorrt", "tensorrt_rtx_bindings"))
+    # Two different products: datacenter TensorRT (module tensorrt) and TensorRT for RTX (module
+    # tensorrt_rtx_bindings); --target / flavour picks one, so say which is there.
+    info["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
+    info["tensorrt_rtx"] = importlib.util.find_spec("tensorrt_rtx_bindings") is not None
     return info
 
 
@@ -98,5 +100,6 @@ def _run() -> int:
     print(f"GPUs: {', '.join(b['gpus']) if b['gpus'] else 'none (torch ' + str(b['torch']) + ')'}")
     print("backends: torch " + str(b["torch"])
           + f"; onnxruntime {'providers ' + ', '.join(b['onnxruntime']) if b['onnxruntime'] else 'not installed'}"
-          + f"; tensorrt {'importable' if b['tensorrt'] else 'not importable'}")
+          + f"; TensorRT {'importable' if b['tensorrt'] else 'not installed'}"
+          + f"; TensorRT-RTX {'importable' if b['tensorrt_rtx'] else 'not installed'}")
     return 0

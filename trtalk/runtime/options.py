@@ -9,6 +9,7 @@ from typing import Literal
 
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
+from trtalk.models.pcavs import MODEL_CONFIG_HELP
 from trtalk.runtime.family import FAMILIES, ModelFamily, open_family
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ class ModelOptions:
                       "per frame (as the published demo; torch only) or none (torch only)")
     cuda_graphs: bool = option(False, help="replay each stage as a CUDA graph (torch, tensorrt)")
     seed: int = option(0, help="seed of the random weights when there is no checkpoint")
-    model_config: Literal["official", "small"] = option("official", hidden=True,
-                                                        help="small: the narrow test generator")
+    model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
 
     def resolved_model(self) -> str:
         if self.model is not None:

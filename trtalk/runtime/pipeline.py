@@ -44,6 +44,11 @@ from trtalk.runtime.step import Background, FrameStep
 
 log = logging.getLogger(__name__)
 
+#: Bounds on the options that scale work or memory (documented in each flag's help and the README).
+MAX_FPS = 240.0
+MAX_BATCH = 256
+MAX_DURATION_S = 24 * 3600.0
+
 #: Background of frame k for paste-back, given the pose sample it used (None: the default).
 BackgroundFn = Callable[[int, "PoseSample | None"], "Background | None"]
 
@@ -53,9 +58,9 @@ class PipelineConfig:
     """Options of the pipeline (shared by `trtalk render` and `trtalk stream`: each field is one
     flag of both, with the same meaning)."""
 
-    fps: float = option(25.0, help="output frame rate")
-    duration: float | None = option(None, metavar="S", help="stop after S seconds of output")
-    batch: int = option(4, help="most frames per generator call")
+    fps: float = option(25.0, help="output frame rate, at most 240")
+    duration: float | None = option(None, metavar="S", help="stop after S seconds of output (at most 86400)")
+    batch: int = option(4, help="most frames per generator call, 1 to 256")
     layout: Literal["generated", "side-by-side"] = option(
         "generated", help="the generated frame only, or avatar | generated | pose source")
     paste_back: bool = option(False, help="paste the generated face back into the photo or camera frame")
@@ -79,12 +84,15 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise TrtalkError(f"--fps must be a positive number, got {self.fps}")
-        if self.fps > 240:
-            raise TrtalkError(f"--fps {self.fps:g} is more than 240; use a video frame rate such as 25 or 30")
-        if self.batch < 1:
-            raise TrtalkError("--batch must be >= 1")
+        if self.fps > MAX_FPS:
+            raise TrtalkError(f"--fps {self.fps:g} is more than {MAX_FPS:g}; use a video frame rate "
+                              f"such as 25 or 30")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise TrtalkError(f"--batch {self.batch} is out of range: 1 to {MAX_BATCH}")
         if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
             raise TrtalkError("--duration must be a positive number of seconds")
+        if self.duration is not None and self.duration > MAX_DURATION_S:
+            raise TrtalkError(f"--duration {self.duration:g} is more than {MAX_DURATION_S:g} s (24 h)")
         if self.pose_smoothing is not None and not 0 <= self.pose_smoothing < 1:
             raise TrtalkError("--pose-smoothing must be in [0, 1)")
         if self.audio_gain is not None and not self.audio_gain > 0:

@@ -11,7 +11,7 @@
 - paste-back into the face source's frames (the official loop over them);
 - sink: an H.264/AAC mp4 written to a temporary file and renamed at the end.
 
-Frame count = ``floor(audio_seconds * fps + 0.5)``. The official demo drops two frames at each
+Frame count = ``floor(audio_seconds * fps + 0.5)`` (at most ``floor(duration * fps + 0.5)``). The official demo drops two frames at each
 end (its windows must fit inside the mel); here out-of-range mel rows are silence, so the video
 covers the whole audio. `trtalk stream --fast` from the same files gives the same frames.
 """
@@ -19,6 +19,7 @@ covers the whole audio. `trtalk stream --fast` from the same files gives the sam
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Callable
 
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
-from trtalk.fsutil import check_writable
+from trtalk.fsutil import check_writable, remove_stale_temps
 from trtalk.runtime.clock import VirtualClock
 from trtalk.runtime.family import ModelFamily
 from trtalk.runtime.options import ModelOptions
@@ -34,7 +35,7 @@ from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import ClipPoseSource, PoseSample, align_clip, pingpong
 from trtalk.runtime.sources import AudioFileSource
 from trtalk.runtime.step import LAYOUTS, RANDOM_WEIGHTS_NOTE, Background
-from trtalk.media.mp4 import Mp4Sink
+from trtalk.media.mp4 import Mp4Sink, check_video_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ DEFAULT_AUDIO = ASSETS / "demo_speech.wav"
 ProgressFn = Callable[[int, int], None]
 
 __all__ = ["DEFAULT_AUDIO", "DEFAULT_FACE", "LAYOUTS", "RANDOM_WEIGHTS_NOTE", "RenderConfig",
-           "RenderResult", "Renderer", "pingpong", "render"]
+           "RenderResult", "Renderer", "check_render", "estimate_memory", "memory_limit", "pingpong",
+           "render"]
 
 
 @dataclass
@@ -59,7 +61,7 @@ class RenderConfig(PipelineConfig):
                          default_text="the built-in clip")
     pose: Path | None = option(None, help="head pose: video or image, looped forward and backward",
                                default_text="the face source itself")
-    batch: int = option(8, help="most frames per generator call")
+    batch: int = option(8, help="most frames per generator call, 1 to 256")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
 
 
@@ -82,13 +84,72 @@ def _check_inputs(cfg: RenderConfig) -> None:
         if p is not None and not Path(p).exists():
             raise TrtalkError(f"{label} {p} does not exist")
     check_writable(cfg.output)
+    check_video_path(cfg.output, "-o")
+    remove_stale_temps(cfg.output)  # what a killed render of this output left behind
+
+
+#: Bytes held per aligned frame of a face or pose clip (the 224x224 RGB crop, landmarks, matrices).
+ALIGNED_FRAME_BYTES = 224 * 224 * 3 + 468 * 3 * 12 + 256
+#: Bytes per second of decoded audio (16 kHz float32, with the decoder's and mel's copies).
+AUDIO_BYTES_PER_S = 16000 * 4 * 3
+ENV_MEMORY_LIMIT = "TRTALK_MEMORY_LIMIT_MB"
+
+
+def memory_limit() -> int:
+    """Bytes a render may hold: ``$TRTALK_MEMORY_LIMIT_MB`` if set, else half the physical memory."""
+    import os
+
+    env = os.environ.get(ENV_MEMORY_LIMIT)
+    if env:
+        try:
+            return int(float(env) * 2 ** 20)
+        except ValueError:
+            raise TrtalkError(f"${ENV_MEMORY_LIMIT} must be a number of MB, got {env!r:.40}") from None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: 8 GiB
+        return 8 << 30
+
+
+def estimate_memory(cfg: RenderConfig) -> dict[str, int]:
+    """What a render of ``cfg`` holds in memory at once, by part, from the inputs' headers (cheap:
+    at most one frame of each is decoded): the decoded audio, the aligned face and pose clips and,
+    with paste-back, every face frame at full size."""
+    from trtalk.media.read import probe
+
+    parts: dict[str, int] = {}
+    audio = probe(cfg.audio)
+    if audio.duration_s:
+        parts["audio"] = int(audio.duration_s * AUDIO_BYTES_PER_S)
+    face = probe(cfg.face)
+    n_face = face.num_frames or 1
+    parts["face clip"] = n_face * ALIGNED_FRAME_BYTES
+    if cfg.paste_back:
+        parts["face frames (paste-back)"] = n_face * face.width * face.height * 3
+    if cfg.pose is not None:
+        pose = probe(cfg.pose)
+        parts["pose clip"] = (pose.num_frames or 1) * ALIGNED_FRAME_BYTES
+    return parts
+
+
+def check_memory(cfg: RenderConfig) -> None:
+    """TrtalkError before any work when `estimate_memory` exceeds `memory_limit`."""
+    parts = estimate_memory(cfg)
+    total, limit = sum(parts.values()), memory_limit()
+    log.debug("memory estimate: %s", {k: f"{v / 2 ** 20:.0f} MB" for k, v in parts.items()})
+    if total > limit:
+        big = max(parts, key=parts.__getitem__)
+        raise TrtalkError(f"this render would hold about {total / 2 ** 30:.1f} GiB in memory "
+                          f"({big}: {parts[big] / 2 ** 30:.1f} GiB), more than the "
+                          f"{limit / 2 ** 30:.1f} GiB allowed (${ENV_MEMORY_LIMIT}); use shorter or "
+                          f"smaller inputs{' or drop --paste-back' if cfg.paste_back else ''}")
 
 
 class Renderer:
     """One render of ``cfg`` with ``family`` (see the module docstring)."""
 
     def __init__(self, cfg: RenderConfig, family: ModelFamily) -> None:
-        _check_inputs(cfg)
+        check_render(cfg)
         self.cfg = cfg
         self.family = family
 
@@ -99,6 +160,8 @@ class Renderer:
         t0 = time.perf_counter()
         audio = AudioFileSource(cfg.audio)
         n = num_video_frames(len(audio.wave), cfg.fps)
+        if cfg.duration is not None:
+            n = min(n, int(math.floor(cfg.duration * cfg.fps + 0.5)))
         log.info("audio %s: %.2f s -> %d frames at %g fps", cfg.audio, len(audio.wave) / 16000, n, cfg.fps)
 
         face, face_frames = align_clip(cfg.face, keep_frames=cfg.paste_back)
@@ -138,6 +201,13 @@ def _first_frame(path: Path):
     from trtalk.face import open_media
 
     return next(iter(open_media(path)))
+
+
+def check_render(cfg: RenderConfig) -> None:
+    """Every check a render makes before work starts (inputs exist, output writable, memory
+    estimate within bounds): TrtalkError in milliseconds instead of after the model loads."""
+    _check_inputs(cfg)
+    check_memory(cfg)
 
 
 def render(cfg: RenderConfig, family: ModelFamily, progress: ProgressFn | None = None) -> RenderResult:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtalk.configcli import add_command, option
-from trtalk.errors import TrtalkError
 from trtalk.runtime.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -42,28 +41,29 @@ def register(sub) -> None:
 def _run(cfg: RenderConfig) -> int:
     from tqdm import tqdm
 
-    from trtalk.runtime.render import render
+    from trtalk.fsutil import output_parent
+    from trtalk.media.mp4 import check_video_path
+    from trtalk.runtime.render import check_render, render
 
-    if cfg.output == Path(type(cfg).__dataclass_fields__["output"].default):
-        # Only the default folder is created: a typo in a user path should fail, not grow directories.
-        try:
-            cfg.output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrtalkError(f"cannot write {cfg.output}: {exc.strerror or exc}") from None
-    family = cfg.model.open(cfg.fps)
-    if family.name == "warp" and cfg.model.backend == "torch":
-        import torch
+    check_video_path(cfg.output, "-o")  # before minutes of work: x.gif is refused now
+    # A missing output folder is created (as by demo, convert and stream --record), and removed
+    # again when the render fails or is interrupted.
+    with output_parent(cfg.output):
+        check_render(cfg)  # inputs, output, memory estimate: before the model loads
+        family = cfg.model.open(cfg.fps)
+        if family.name == "warp" and cfg.model.backend == "torch":
+            import torch
 
-        # One thread: torch's OpenMP pool spin-waits after each op and, on a 2-core machine,
-        # steals the CPU from the numpy/mediapipe work between frames (measured: 60 ms per
-        # frame with 2 threads, 5 ms with 1; grid_sample at 256x256 needs no more).
-        torch.set_num_threads(1)
-    with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+            # One thread: torch's OpenMP pool spin-waits after each op and, on a 2-core machine,
+            # steals the CPU from the numpy/mediapipe work between frames (measured: 60 ms per
+            # frame with 2 threads, 5 ms with 1; grid_sample at 256x256 needs no more).
+            torch.set_num_threads(1)
+        with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        result = render(cfg, family, progress)
+            result = render(cfg, family, progress)
     note = " [RANDOM WEIGHTS: no checkpoint]" if result.random_weights else ""
     print(f"rendered {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s, "
           f"{family.name}) -> {result.output}{note}", file=sys.stdout)

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.stream import StreamConfig
+from trtalk.signals import on_signals
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def register(sub) -> None:
 
 
 def _make_sink(cmd: StreamCommand) -> FrameSink:
-    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.media.mp4 import Mp4Sink, check_video_path
     from trtalk.media.sinks import NullSink
     from trtalk.runtime.livesinks import PreviewSink, VirtualCamSink
 
@@ -71,15 +71,14 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
     if cmd.preview:
         return PreviewSink()
     if cmd.record is not None:
-        try:
-            cmd.record.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrtalkError(f"cannot write {cmd.record}: {exc.strerror or exc}") from None
+        check_video_path(cmd.record, "--record")
         return Mp4Sink(cmd.record, fps=fps, push_audio=True, live=True)
     return NullSink()
 
 
 def _run(cmd: StreamCommand) -> int:
+    from trtalk.fsutil import output_parent
+    from trtalk.media.mp4 import Mp4Sink
     from trtalk.runtime.clock import RealClock, VirtualClock
     from trtalk.runtime.pose_path import PoseTracker, clip_pose_source
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
@@ -104,13 +103,9 @@ def _run(cmd: StreamCommand) -> int:
     clock = RealClock() if realtime else VirtualClock()
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: give up waiting
-            raise KeyboardInterrupt
-        log.info("stopping (signal %d)", signum)
-        stop.set()
-
     with contextlib.ExitStack() as stack:
+        if cmd.record is not None:  # created when missing, removed again on failure
+            stack.enter_context(output_parent(cmd.record))
         # Sinks and devices first: a missing backend fails in milliseconds, before the model loads.
         sink = stack.enter_context(_make_sink(cmd))
         audio = MicSource(cmd.mic) if cmd.mic is not None else AudioFileSource(cmd.audio)
@@ -125,15 +120,14 @@ def _run(cmd: StreamCommand) -> int:
             stack.callback(pose.close)
         family = cfg.model.open(cfg.fps)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock)
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, on_signal)
-        try:
+        # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
+        with on_signals(stop):
             report = pipeline.run(stop)
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+        if stop.is_set() and sink.frames_written == 0 and isinstance(sink, Mp4Sink):
+            sink.abort()  # stopped before the first frame: nothing to finalise
+            print(f"trtalk: stopped before the first frame; nothing was recorded ({cmd.record} "
+                  f"not written)", file=sys.stderr)
+            return 130
     print(report.summary(), file=sys.stderr)
     if cmd.stats_json is not None:
         report.write_json(cmd.stats_json)

@@ -1,0 +1,503 @@
+"""Hostile-user hardening (issue 12): untrusted checkpoint metadata, bounds on work, signals,
+self-healing caches, truncated media, messages, optional extras. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trtalk.cli import main
+from trtalk.errors import TrtalkError
+from trtalk.models.pcavs import PCAVSConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_line_error(argv: list[str], capsys) -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line starting with 'trtalk: error:'."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("trtalk: error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+# --------------------------------------------------------------------- 1. checkpoint metadata
+
+
+def _safetensors_with(path: Path, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({"G.x": torch.zeros(2)}, str(path), metadata=meta)
+    return path
+
+
+def _meta(config: object, **extra: str) -> dict:
+    text = config if isinstance(config, str) else json.dumps(config)
+    return {"format": "trtalk.pcavs", "format_version": "1", "config": text,
+            "trtalk_version": "0.1.0", **extra}
+
+
+def _small_dict() -> dict:
+    return json.loads(PCAVSConfig.small().to_json())
+
+
+def _huge_channels() -> dict:
+    d = _small_dict()
+    d["gen_channels"] = {k: 4096 for k in d["gen_channels"]}
+    d["gen_channels"]["7"] = 512
+    return d
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"format": "trtalk.pcavs", "format_version": "1"}, "has no 'config' metadata"),
+    (_meta("{not json"), "config is not valid JSON"),
+    (_meta(dict(_small_dict(), bogus_option=1), trtalk_version="9.9"),
+     r"unknown config key .bogus_option. \(made by trtalk 9.9, this is trtalk"),
+    (_meta(dict(_small_dict(), gen_channels={"7": 512, "14": 3_000_000_000, "28": 1, "56": 1,
+                                             "112": 1, "224": 1})),
+     r"gen_channels\[14\] 3000000000 is out of range \[1, 4096\]"),
+    (_meta(_huge_channels()), "GiB model, more than the 2 GiB bound"),
+    (_meta(dict(_small_dict(), pose_dim=13)), "style_dim must equal"),
+    (_meta(dict(_small_dict(), num_classes="5830")), "num_classes must be an integer"),
+    (_meta([1, 2]), "config must be a JSON object"),
+    (_meta(dict(_small_dict(), gen_channels={"7": 512})), "lacks resolution 14"),
+    (_meta(_small_dict(), format_version="7"), r"format version 7 is newer than 1 \(made by trtalk"),
+])
+def test_bad_checkpoint_metadata_is_a_one_line_error(tmp_path, capsys, meta, match):
+    import re
+
+    src = _safetensors_with(tmp_path / "bad.safetensors", meta)
+    line = _one_line_error(["convert", str(src), "-o", str(tmp_path / "out.safetensors")], capsys)
+    assert re.search(match, line), line
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_config_schema_round_trip_and_sizes():
+    for cfg in (PCAVSConfig(), PCAVSConfig.small()):
+        assert PCAVSConfig.from_json(cfg.to_json()) == cfg
+    # Counted on the meta device: the official networks are 0.57 GiB of float32.
+    assert 0.5 < PCAVSConfig().model_bytes() / 2 ** 30 < 0.6
+
+
+# --------------------------------------------------------------------- 2. bounds on work
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["render", "--fps", "1e9"], "--fps 1e\\+09 is more than 240"),
+    (["render", "--batch", "100000"], "--batch 100000 is out of range: 1 to 256"),
+    (["stream", "--audio", "x.wav", "--batch", "0"], "--batch 0 is out of range"),
+    (["render", "--duration", "1e9"], "more than 86400 s"),
+    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch must be between 1 and 1024"),
+    (["bench", "--batch", "1,100000"], "batch 100000 is out of range: 1 to 256"),
+])
+def test_options_that_scale_work_are_bounded(tmp_path, capsys, monkeypatch, argv, match):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(argv + (["-o", str(tmp_path / "o.mp4")] if argv[0] == "render" else []),
+                           capsys)
+    assert re.search(match, line), line
+    assert list(tmp_path.iterdir()) == []  # nothing written, no folder created
+
+
+def test_render_estimates_memory_before_it_starts(tmp_path, capsys, monkeypatch, pose_video_path):
+    from trtalk.runtime.render import RenderConfig, estimate_memory
+
+    cfg = RenderConfig(face=pose_video_path, paste_back=True, output=tmp_path / "o.mp4")
+    parts = estimate_memory(cfg)
+    # 50 frames of 256x256 RGB kept for paste-back, and 50 aligned 224x224 crops.
+    assert parts["face frames (paste-back)"] == 50 * 256 * 256 * 3
+    assert parts["face clip"] > 50 * 224 * 224 * 3
+    monkeypatch.setenv("TRTALK_MEMORY_LIMIT_MB", "5")
+    line = _one_line_error(["render", "--face", str(pose_video_path), "--paste-back",
+                            "-o", str(tmp_path / "sub" / "o.mp4")], capsys)
+    assert "GiB in memory (face frames (paste-back)" in line and "TRTALK_MEMORY_LIMIT_MB" in line
+    assert list(tmp_path.iterdir()) == []  # the folder it created is gone again
+
+
+# --------------------------------------------------------------------- 3. signals, stale temps
+
+
+def test_on_signals_turns_sigterm_into_the_sigint_path():
+    import threading
+
+    from trtalk.signals import Interrupted, on_signals
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        with on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert isinstance(info.value, Interrupted) and info.value.exit_code == 143
+    stop = threading.Event()
+    with pytest.raises(Interrupted):
+        with on_signals(stop):
+            os.kill(os.getpid(), signal.SIGTERM)  # first: sets the event
+            time.sleep(0.2)
+            assert stop.is_set()
+            os.kill(os.getpid(), signal.SIGINT)  # second: aborts
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_stale_temp_files_of_the_same_output_are_removed(tmp_path):
+    from trtalk.fsutil import STALE_AFTER_S, atomic_output, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead": f".out.0123abcd-{dead.pid}.tmp.mp4",  # its writer is gone
+        "alive": f".out.0123abce-{os.getpid()}.tmp.mp4",  # a run in progress
+        "old": ".out.0123abcf.tmp.mp4",  # older format, no pid: by age
+        "young": ".out.0123abc0.tmp.mp4",
+        "other": f".other.0123abcd-{dead.pid}.tmp.mp4",  # another output's
+        "user": "out.0123abcd.tmp.mp4",  # not our pattern
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"x")
+    old = time.time() - STALE_AFTER_S - 10
+    os.utime(tmp_path / names["old"], (old, old))
+    removed = {p.name for p in remove_stale_temps(tmp_path / "out.mp4")}
+    assert removed == {names["dead"], names["old"]}
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names[k] for k in ("alive", "young", "other", "user")}
+    with atomic_output(tmp_path / "other.mp4") as tmp:  # every writer cleans up on start
+        assert str(os.getpid()) in tmp.name
+        tmp.write_bytes(b"y")
+    assert names["other"] not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_sigterm_during_render_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "new" / "out.mp4"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trtalk.cli", "render", "--fps", "100",
+                             "-o", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.parent.is_dir() and any(p.name.endswith(".tmp.mp4") for p in out.parent.iterdir()):
+                break  # the mp4 writer is open: mid-render
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last == "trtalk: interrupted (SIGTERM); unfinished output was discarded", err[-2000:]
+    assert "Traceback" not in err
+    assert not out.parent.exists()  # no temp file, no output, and the folder it made is gone
+
+
+# --------------------------------------------------------------------- 5. caches heal
+
+
+def test_corrupt_cached_export_is_set_aside_and_rebuilt(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import trtalk.export.exporter as exporter
+    from trtalk.engine.runner import ensure_export
+    from trtalk.export.manifest import Manifest
+    from trtalk.export.onnx_export import GraphRecord, sha256_file
+    from trtalk.export.stages import STAGES
+
+    calls = []
+
+    def fake_export(opts, model=None, checkpoint_record=None):  # the real one takes a minute
+        out = Path(opts.out)
+        out.mkdir(parents=True)
+        m = Manifest(checkpoint_record, {}, {"precision": opts.precision, "max_batch": opts.max_batch}, {})
+        for s in STAGES:
+            f = out / f"{s}.onnx"
+            f.write_bytes(s.encode() * 100)
+            m.graphs[s] = GraphRecord(s, f.name, sha256_file(f), f.stat().st_size, [], [])
+        m.write(out)
+        calls.append(out)
+        return m
+
+    monkeypatch.setattr(exporter, "export_pcavs", fake_export)
+    args = (None, "fp32", 4, tmp_path, PCAVSConfig.small())
+    first = ensure_export(*args)
+    assert ensure_export(*args) == first and len(calls) == 1  # a cache hit
+    (first / "audio.onnx").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING, logger="trtalk.engine.runner"):
+        again = ensure_export(*args)
+    assert again == first and len(calls) == 2  # rebuilt in place: no dead end
+    assert "is unusable" in caplog.text and "re-exporting" in caplog.text
+    aside = [p for p in first.parent.iterdir() if p.name.startswith(first.name + ".corrupt-")]
+    assert len(aside) == 1 and (aside[0] / "audio.onnx").read_bytes() == b"truncated"
+    Manifest.read(again).verify(again)
+    (first / "manifest.json").write_text("{broken")  # an unreadable manifest heals the same way
+    assert ensure_export(*args) == first and len(calls) == 3
+
+
+def test_corrupt_cached_engine_is_kept_aside(tmp_path):
+    from trtalk.engine.cache import EngineCache
+    from trtalk.export.engine_file import EngineKey, check_engine
+
+    key = EngineKey(graph_sha256="ab" * 32, precision="fp16", flavour="tensorrt-rtx",
+                    trt_version="1.7", compute_capability="sm89", max_batch=8, opt_batch=4)
+    cache, calls = EngineCache(tmp_path), []
+
+    def build(tmp: Path) -> dict:
+        calls.append(tmp)
+        tmp.write_bytes(b"ENGINE" * 100)
+        return {"io": []}
+
+    rec = cache.get_or_build("pose", key, build)
+    rec.path.write_bytes(b"ENG")
+    again = cache.get_or_build("pose", key, build)
+    assert len(calls) == 2 and check_engine(again.path, key)[0]
+    aside = sorted(p.name for p in rec.path.parent.iterdir() if ".corrupt-" in p.name)
+    assert len(aside) == 2 and aside[0].startswith(rec.path.name + ".corrupt-")  # engine + sidecar
+
+
+# --------------------------------------------------------------------- 7. messages
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("EXECUTED",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_refused_pickle_is_one_complete_line_without_torch_warnings(tmp_path, legacy):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for name in ("G", "V", "E", "A_sync"):
+        torch.save({"w": _Evil()}, folder / f"latest_net_{name}.pth",
+                   _use_new_zipfile_serialization=not legacy)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "convert", str(folder), "-o",
+                          str(tmp_path / "x.safetensors")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Warning" not in res.stderr and "EXECUTED" not in res.stdout, res.stderr
+    assert lines[0].startswith("trtalk: error: refused ") and lines[0].endswith("latest_net_*.pth"), lines
+    assert "never runs code" in lines[0]
+
+
+def test_output_extension_is_checked_up_front(tmp_path, capsys):
+    line = _one_line_error(["render", "-o", str(tmp_path / "x.gif")], capsys)
+    assert "cannot write .gif; give a .mp4, .m4v, .mov, .mkv file name" in line
+    line = _one_line_error(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"),
+                            "--record", str(tmp_path / "x.avi")], capsys)
+    assert "--record" in line and ".avi" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mkv_and_mov_outputs_are_those_containers(tmp_path):
+    import av
+
+    from trtalk.media.mp4 import Mp4Sink
+
+    for name, fmt in (("a.mkv", "matroska"), ("a.mov", "mov")):
+        with Mp4Sink(tmp_path / name, fps=25, audio=np.zeros(16000, np.float32)) as sink:
+            for _ in range(5):
+                sink.write(np.zeros((32, 32, 3), np.uint8))
+        with av.open(str(tmp_path / name)) as c:
+            assert fmt in c.format.name
+            assert c.streams.video[0].frames in (0, 5) and len(c.streams.audio) == 1
+
+
+def test_missing_parent_folder_is_created_and_removed_on_failure(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from trtalk.models.checkpoint import FORMAT, NETWORKS
+    from trtalk.models.pcavs import PCAVS
+
+    # convert: a missing parent is created, as by render and stream --record ...
+    small = PCAVS.random(0, PCAVSConfig.small())
+    convert_src = tmp_path / "src.safetensors"
+    tensors = {f"{n}.{k}": v.contiguous() for n in NETWORKS for k, v in small.network(n).state_dict().items()}
+    save_file(tensors, str(convert_src), metadata={"format": FORMAT, "config": small.config.to_json()})
+    assert main(["convert", str(convert_src), "-o", str(tmp_path / "a" / "b" / "m.safetensors")]) == 0
+    assert (tmp_path / "a" / "b" / "m.safetensors").is_file()
+    # ... and a failed run removes the folders it made (render -o tree, convert, export --out).
+    _one_line_error(["render", "--face", str(tmp_path / "nope.png"), "-o", str(tmp_path / "r" / "s" / "o.mp4")],
+                    capsys)
+    _one_line_error(["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "c" / "m.safetensors")], capsys)
+    _one_line_error(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "e" / "f")], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "src.safetensors"]
+
+
+def test_live_recording_stopped_before_the_first_frame_leaves_nothing(tmp_path):
+    from trtalk.media.mp4 import Mp4Sink
+
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Sink(tmp_path / "rec.mp4", push_audio=True, live=True):
+            raise KeyboardInterrupt  # Ctrl-C while the model loads: no "no frames were produced"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------- 6. truncated media
+
+
+def test_truncated_video_is_used_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.media.read import iter_frames
+
+    rng = np.random.default_rng(0)
+    full = tmp_path / "full.mp4"
+    with Mp4Sink(full, fps=25) as sink:  # faststart: the frame count is in the header
+        for _ in range(50):
+            sink.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 4 // 10])
+    with caplog.at_level(logging.WARNING, logger="trtalk.media.read"):
+        assert sum(1 for _ in iter_frames(full)) == 50
+        assert caplog.text == ""
+        n = sum(1 for _ in iter_frames(cut))
+    assert 0 < n < 50
+    assert f"only {n} frame(s) of the 50 its container lists decoded" in caplog.text
+
+
+def test_quiet_hides_mediapipe_native_warnings(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = tmp_path / "q.mp4"
+    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "-q", "demo", "--duration", "0.2",
+                          "-o", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "W0000" not in res.stderr and "XNNPACK" not in res.stderr, res.stderr
+    assert out.is_file()
+    bad = subprocess.run([sys.executable, "-m", "trtalk.cli", "-q", "demo", "-o", str(tmp_path / "x.gif")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("trtalk: error: -o ")  # errors still show
+
+
+def test_fast_mode_stats_say_the_wall_clock_rate():
+    from trtalk.runtime.latency import FrameTiming, LatencyRecorder
+
+    rec = LatencyRecorder(25.0, realtime=False)
+    for k in range(5):  # virtual timeline: 25 fps; wall: ~20 ms per frame
+        rec.add(FrameTiming(k, k / 25, k / 25 + 0.12, k / 25 + 0.12, None, k / 25 + 0.12))
+        time.sleep(0.02)
+    report = rec.report()
+    assert report.fps_achieved == pytest.approx(25.0)  # the timeline's rate, as before
+    assert 0.06 < report.wall_seconds < 1.0 and report.wall_fps < 60
+    first = report.summary().splitlines()[0]
+    assert first.startswith(f"5 frames in {report.wall_seconds:.2f} s wall time: {report.wall_fps:.2f} frames/s")
+    assert "25.00 fps" not in first
+
+
+def test_devices_tells_tensorrt_from_tensorrt_rtx(monkeypatch, capsys):
+    import importlib.util
+
+    from trtalk.runtime import devices
+
+    real = importlib.util.find_spec
+    present = {"tensorrt_rtx_bindings"}
+
+    def fake(name, *a, **kw):
+        if name in ("tensorrt", "tensorrt_rtx_bindings"):
+            return object() if name in present else None
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    b = devices.list_backends()
+    assert b["tensorrt"] is False and b["tensorrt_rtx"] is True
+
+
+# --------------------------------------------------------------------- 9. optional extras
+
+_BLOCK_EXTRAS = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"onnx", "onnxruntime", "onnxslim", "onnxscript", "tensorrt",
+                                  "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda", "pyvirtualcam",
+                                  "librosa", "triton", "onnxruntime_extensions"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import trtalk.cli
+sys.exit(trtalk.cli.main(sys.argv[1:]))
+"""
+
+
+def test_cli_works_without_the_optional_extras(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", _BLOCK_EXTRAS, *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    res = run("--help")  # builds every subcommand's parser
+    assert res.returncode == 0 and "export" in res.stdout, res.stderr
+    res = run("export", "--out", str(tmp_path / "e"), "--model-config", "small")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().endswith("pip install 'trtalk[export]'"), res.stderr
+    assert not (tmp_path / "e").exists()
+
+
+# --------------------------------------------------------------------- 11. --model-config
+
+
+@pytest.mark.parametrize("command", ["render", "demo", "stream", "export"])
+def test_model_config_is_a_visible_option(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--model-config {official,small}" in out and "seconds on a CPU" in " ".join(out.split())
+
+
+def test_export_model_config_small_builds_the_small_networks(monkeypatch, tmp_path):
+    import trtalk.export.exporter as exporter
+
+    seen = []
+
+    def load_model(checkpoint, seed=0, config=None):
+        seen.append(config)
+        raise TrtalkError("stop here")  # the graphs themselves are test_export's business
+
+    monkeypatch.setattr(exporter, "load_model", load_model)
+    for name, want in (("small", PCAVSConfig.small()), ("official", None)):
+        with pytest.raises(TrtalkError, match="stop here"):
+            exporter.export_pcavs(exporter.ExportOptions(out=tmp_path / "e", model_config=name))
+        assert seen[-1] == want
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(TrtalkError, match="drop --checkpoint"):
+        exporter.ExportOptions(out=tmp_path / "e", model_config="small", checkpoint=tmp_path).validate()
+
+
+def test_bad_device_is_a_one_line_error(tmp_path, capsys):
+    for command in (["render", "-o", str(tmp_path / "o.mp4")], ["stream", "--audio",
+                                                               str(ROOT / "trtalk/assets/demo_speech.wav")]):
+        line = _one_line_error(command + ["--device", "banana"], capsys)
+        assert "--device 'banana': use cpu, cuda or cuda:N" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_record_stopped_before_the_first_frame_says_so(tmp_path, capsys, monkeypatch):
+    from trtalk.runtime.stream import StreamPipeline
+
+    def stopped_at_once(self, stop=None, progress=None):
+        stop.set()  # Ctrl-C / SIGTERM while the sources start
+        return self.report()
+
+    monkeypatch.setattr(StreamPipeline, "run", stopped_at_once)
+    rec = tmp_path / "new" / "rec.mp4"
+    capsys.readouterr()
+    assert main(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--record", str(rec)]) == 130
+    err = capsys.readouterr().err
+    assert "stopped before the first frame; nothing was recorded" in err
+    assert "no frames were produced" not in err
+    assert list(tmp_path.iterdir()) == []  # no file, no temp file, no folder
