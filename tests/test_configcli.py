@@ -288,10 +288,10 @@ def test_converted_subcommands_keep_their_flags(monkeypatch: pytest.MonkeyPatch,
     import trtalk.cli
     from trtalk.export.exporter import ExportOptions
     from trtalk.models.cli import ConvertOptions
-    from trtalk.warp.cli import DEFAULT_OUT, DemoOptions
+    from trtalk.runtime.render_cli import DemoConfig
 
     monkeypatch.setattr(trtalk.cli, "SUBCOMMAND_MODULES",
-                        ("trtalk.models.cli", "trtalk.warp.cli", "trtalk.export.cli",
+                        ("trtalk.models.cli", "trtalk.runtime.render_cli", "trtalk.export.cli",
                          "trtalk.runtime.devices"))
     p = trtalk.cli.build_parser()
 
@@ -306,13 +306,14 @@ def test_converted_subcommands_keep_their_flags(monkeypatch: pytest.MonkeyPatch,
         ExportOptions(out=Path("o"), checkpoint=Path("c"), precision="fp32", max_batch=4, target="tensorrt",
                       modconv="plugin", compute_capability="sm89", seed=3)
     assert cfg(["convert", "ck", "-o", "x.safetensors"]) == ConvertOptions(Path("ck"), Path("x.safetensors"))
-    assert cfg(["demo"]) == DemoOptions(output=DEFAULT_OUT)
-    assert cfg(["demo", "-o", "d.mp4", "--audio", "a.wav", "--pose", "p.mp4", "--face", "f.png",
-                "--paste-back", "--fps", "30", "--backend", "onnxruntime"]) == \
-        DemoOptions(Path("d.mp4"), Path("a.wav"), Path("p.mp4"), Path("f.png"), True, 30.0, "onnxruntime")
+    assert cfg(["demo"]) == DemoConfig()
+    got = cfg(["demo", "-o", "d.mp4", "--audio", "a.wav", "--pose", "p.mp4", "--face", "f.png",
+               "--paste-back", "--fps", "30", "--backend", "onnxruntime"])
+    assert (got.output, got.audio, got.pose, got.face, got.paste_back, got.fps, got.model.backend) == \
+        (Path("d.mp4"), Path("a.wav"), Path("p.mp4"), Path("f.png"), True, 30.0, "onnxruntime")
     assert p.parse_args(["devices"]).func.cls is None
     assert trtalk.cli.main(["demo", "--fps", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "trtalk: error: --fps must be positive, got 0.0"
+    assert capsys.readouterr().err.strip() == "trtalk: error: --fps must be a positive number, got 0.0"
     with pytest.raises(SystemExit) as exc:
         p.parse_args(["export", "--out", "o", "--target", "coreml"])
     assert exc.value.code == 2
