@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output
@@ -60,6 +60,10 @@ class EngineKey:
     max_batch: int
     opt_batch: int
     plugin_version: str = "none"
+
+    #: Name suffix of the cached file (a key subclass for another engine kind sets its own;
+    #: class attribute, so not part of the key or its digest).
+    file_suffix: ClassVar[str] = ".engine"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,8 +145,8 @@ def check_engine(engine_path: str | os.PathLike, key: EngineKey | None = None) -
     return True, "ok", sc
 
 
-def _record(path: Path, sc: dict) -> EngineRecord:
-    return EngineRecord(path, EngineKey(**sc["key"]), sc["sha256"], sc["bytes"], sc.get("io", []),
+def _record(path: Path, sc: dict, key_type: type[EngineKey] = EngineKey) -> EngineRecord:
+    return EngineRecord(path, key_type(**sc["key"]), sc["sha256"], sc["bytes"], sc.get("io", []),
                         sc.get("build_seconds", 0.0))
 
 
@@ -167,7 +171,7 @@ def write_engine(engine_path: str | os.PathLike, key: EngineKey,
     sc.update(extra or {})
     with atomic_output(sc_path) as tmp:
         tmp.write_text(json.dumps(sc, indent=2) + "\n")
-    return _record(path, sc)
+    return _record(path, sc, type(key))
 
 
 def verify_user_engine(engine_path: str | os.PathLike, key: EngineKey | None = None) -> EngineRecord:
@@ -188,7 +192,7 @@ class EngineCache:
         self.dir = self.root / "engines"
 
     def path_for(self, stage: str, key: EngineKey) -> Path:
-        return self.dir / f"{stage}-{key.digest[:24]}.engine"
+        return self.dir / f"{stage}-{key.digest[:24]}{key.file_suffix}"
 
     def lookup(self, stage: str, key: EngineKey) -> EngineRecord | None:
         """The verified cached engine, or None (an unusable one is logged and deleted)."""
@@ -198,7 +202,7 @@ class EngineCache:
         ok, reason, sc = check_engine(path, key)
         if ok:
             assert sc is not None
-            return _record(path, sc)
+            return _record(path, sc, type(key))
         log.warning("cached %s engine %s is unusable (%s); rebuilding", stage, path.name, reason)
         for p in (sidecar_path(path), path):
             p.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnx", "tensorrt", "tensorrt-rtx")
+TARGETS = ("onnx", "tensorrt", "tensorrt-rtx", "aot")
 MODCONV_CHOICES = ("decomposed", "plugin")
 RANDOM_SEED = 0
 
@@ -40,7 +40,8 @@ RANDOM_SEED = 0
 class ExportOptions:
     """Options of `trtalk export` (see `export_pcavs`); each field is also its flag."""
 
-    out: Path = option(help="output directory")
+    out: Path | None = option(None, help="output directory (not for --target aot, which builds "
+                                         "into the engine cache)")
     checkpoint: Path | None = option(None, help="official checkpoint folder or trtalk .safetensors",
                                      default_text="random weights")  # None: loudly warned, recorded
     precision: str = option("fp16", choices=PRECISIONS,
@@ -55,6 +56,14 @@ class ExportOptions:
     compute_capability: str | None = option(
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
+    device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
+                                default_text="cuda when visible")
+    buckets: tuple[int, ...] | None = option(
+        None, help="--target aot: one static-batch model per batch size (e.g. 1,2,4,8,16,32,64; "
+                   "a batch runs padded to the next one) instead of one dynamic-batch model",
+        default_text="one model, batch 1..max(64, --max-batch)")
+    cache_dir: Path | None = option(None, help="export / engine cache (--target aot builds into it)",
+                                    default_text="trtalk's")
     config: PCAVSConfig | None = option(None, cli=False)  # architecture override (tests: small())
     stages: tuple[str, ...] = option(STAGES, cli=False)
 
@@ -72,6 +81,18 @@ class ExportOptions:
             if self.precision != "fp32":
                 raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
                                   "fp16 I/O at build time); add --precision fp32")
+        if self.target == "aot":
+            if self.out is not None:
+                raise TrtalkError("--target aot builds into the engine cache; use --cache-dir, not --out")
+            if self.modconv != "decomposed":
+                raise TrtalkError("--target aot packages the decomposed generator; drop --modconv plugin")
+            if self.compute_capability is not None:
+                raise TrtalkError("--target aot builds for the local GPU (or CPU); drop --compute-capability")
+        else:
+            if self.out is None:
+                raise TrtalkError(f"--target {self.target} writes an export directory: add --out DIR")
+            if self.buckets is not None or self.device is not None:
+                raise TrtalkError("--buckets and --device are --target aot options")
         if not 1 <= self.max_batch <= 1024:
             raise TrtalkError("--max-batch must be between 1 and 1024")
         unknown = [s for s in self.stages if s not in STAGES]
@@ -128,6 +149,9 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
     ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
     """
     opts.validate()
+    if opts.target == "aot":
+        raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
+    assert opts.out is not None
     out = prepare_out_dir(opts.out)
     build_opts = None
     if opts.target in ("tensorrt", "tensorrt-rtx"):
