@@ -1,6 +1,8 @@
 """On-disk cache of TensorRT engines, keyed by everything an engine depends on.
 
-Layout: ``<root>/engines/<stage>-<digest>.engine`` and its sidecar ``<same>.engine.json``.
+Layout: ``<root>/engines/<stage>-<digest>.engine`` and its sidecar ``<same>.engine.json``
+(AOTInductor packages: ``<stage>-<digest>.pt2`` and ``.pt2.json``, keyed by
+`trtalk.export.aot.AotKey`, a subclass with two fields more; the key class names the suffix).
 ``<root>`` is, in order: the ``root`` argument, ``$TRTALK_CACHE_DIR``, ``~/.cache/trtalk``.
 
 The key (`EngineKey`) is the graph's sha256, the precision, the TensorRT flavour and version,
