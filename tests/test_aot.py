@@ -198,7 +198,7 @@ def test_export_options_for_the_aot_target(tmp_path) -> None:
     with pytest.raises(TrtalkError, match="--target aot options"):
         ExportOptions(out=tmp_path, buckets=(1, 2)).validate()
     with pytest.raises(TrtalkError, match="drop --modconv plugin"):
-        ExportOptions(target="aot", modconv="plugin", precision="fp32").validate()
+        ExportOptions(target="aot", modconv="plugin").validate()
     with pytest.raises(TrtalkError, match="add --precision fp32"):  # fp16 is the export default
         export_aot(ExportOptions(target="aot", device="cpu", cache_dir=tmp_path))
     assert not (tmp_path / "engines").exists()

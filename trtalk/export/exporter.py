@@ -74,13 +74,6 @@ class ExportOptions:
             raise TrtalkError(f"--target must be one of {', '.join(TARGETS)}")
         if self.modconv not in MODCONV_CHOICES:
             raise TrtalkError(f"--modconv must be one of {', '.join(MODCONV_CHOICES)}")
-        if self.modconv == "plugin":
-            if self.target == "tensorrt-rtx":
-                raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
-                                  "or --target tensorrt (datacenter TensorRT >= 10) for the plugin")
-            if self.precision != "fp32":
-                raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
-                                  "fp16 I/O at build time); add --precision fp32")
         if self.target == "aot":
             if self.out is not None:
                 raise TrtalkError("--target aot builds into the engine cache; use --cache-dir, not --out")
@@ -93,6 +86,13 @@ class ExportOptions:
                 raise TrtalkError(f"--target {self.target} writes an export directory: add --out DIR")
             if self.buckets is not None or self.device is not None:
                 raise TrtalkError("--buckets and --device are --target aot options")
+        if self.modconv == "plugin":
+            if self.target == "tensorrt-rtx":
+                raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
+                                  "or --target tensorrt (datacenter TensorRT >= 10) for the plugin")
+            if self.precision != "fp32":
+                raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
+                                  "fp16 I/O at build time); add --precision fp32")
         if not 1 <= self.max_batch <= 1024:
             raise TrtalkError("--max-batch must be between 1 and 1024")
         unknown = [s for s in self.stages if s not in STAGES]
