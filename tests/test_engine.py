@@ -13,7 +13,7 @@ import torch
 
 from trtalk.engine import EngineCache, EngineKey, RunnerOptions, StageRunner, open_backends, open_runner
 from trtalk.engine.backend import OrtBackend
-from trtalk.engine.cache import cache_root
+from trtalk.export.cache import cache_root
 from trtalk.export.engine_file import check_engine, sidecar_path, verify_user_engine, write_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import STAGES, example_inputs, stage_specs
@@ -244,7 +244,7 @@ def test_cache_rebuilds_damaged_engine(tmp_path, caplog, damage):
         data = bytearray(rec.path.read_bytes())
         data[10] ^= 0xFF
         rec.path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="trtalk.engine.cache"):
+    with caplog.at_level(logging.WARNING, logger="trtalk.export.cache"):
         again = cache.get_or_build("pose", _key(), _builder(calls))
     assert len(calls) == 2, "damaged engine was not rebuilt"
     assert "unusable" in caplog.text and "rebuilding" in caplog.text

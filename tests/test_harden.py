@@ -247,7 +247,7 @@ def test_corrupt_cached_export_is_set_aside_and_rebuilt(tmp_path, monkeypatch, c
 
 
 def test_corrupt_cached_engine_is_kept_aside(tmp_path):
-    from trtalk.engine.cache import EngineCache
+    from trtalk.export.cache import EngineCache
     from trtalk.export.engine_file import EngineKey, check_engine
 
     key = EngineKey(graph_sha256="ab" * 32, precision="fp16", flavour="tensorrt-rtx",

@@ -47,7 +47,7 @@ class BenchCommand:
     stream_duration: float = option(5.0, section="streaming (--stream)", metavar="S", help="seconds of stream")
     stream_pose: Literal["video", "still"] = option("video", section="streaming (--stream)",
                                                     help="synthesised head-motion video or the avatar's still pose")
-    stream_backend: Literal["torch", "onnxruntime", "tensorrt"] = option(
+    stream_backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
         "torch", section="streaming (--stream)", help="backend of the streamed networks")
     stream_batch: int = option(4, section="streaming (--stream)", help="most frames per generator call")
 

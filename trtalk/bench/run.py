@@ -72,6 +72,8 @@ PRESETS: dict[str, Preset] = {
                           "installed, else CPU)"),
     "tensorrt": Preset("tensorrt", "TensorRT (or TensorRT-RTX) engines built from the exported graphs",
                        {}, True),
+    "aot": Preset("aot", "torch.export + AOTInductor packages from the engine cache, dynamic batch "
+                  "(fp16 on CUDA, fp32 on CPU; built on first use, loaded without compiling)", {}),
 }
 BACKENDS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
 FRAME_STAGES = ("pose", "audio", "generator")
@@ -242,6 +244,8 @@ def plan_variants(cfg: BenchConfig) -> list[Variant]:
                             f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
             elif b == "torch-compile" and p == "fp16" and not cuda:
                 v.reason = "fp16 torch.compile needs a CUDA GPU (fp16 convolutions on CPU are not a real path)"
+            elif b == "aot" and p == "fp16" and not cuda:
+                v.reason = "fp16 AOT packages are built for CUDA; on the CPU they are fp32"
             elif b == "onnxruntime" and p == "fp16" and not cuda:
                 v.notes.append("fp16 graph on the CPU provider: runs through casts, expect it slower")
             out.append(v)

@@ -4,7 +4,7 @@ Import cost is kept low: the TensorRT backend and builder are imported only when
 """
 
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
-from trtalk.engine.cache import EngineCache
+from trtalk.export.cache import EngineCache
 from trtalk.engine.runner import KINDS, RunnerOptions, StageRunner, open_backends, open_runner
 from trtalk.export.engine_file import EngineKey
 

@@ -10,6 +10,8 @@ networks here; every option in `RunnerOptions` means the same on every backend, 
 or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` instance (torch only).
 For onnxruntime and tensorrt a checkpoint is exported first into the cache,
 ``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time.
+For aot the stages are torch.export + AOTInductor packages in the engine cache
+(`trtalk.export.aot`), built the first time they are missing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from trtalk import __version__
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
 from trtalk.engine.graphs import CudaGraphAPI, GraphAPI, GraphedFunction
-from trtalk.engine.cache import EngineCache, cache_root, check_engine
+from trtalk.export.cache import EngineCache, cache_root, check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.stages import STAGES, StageSpec
@@ -40,7 +42,7 @@ from trtalk.models.pcavs import PCAVS, PCAVSConfig
 log = logging.getLogger(__name__)
 
 #: Every backend `open_runner` knows (the CLIs' ``--backend`` choices come from here).
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aot")
 KINDS = BACKENDS  # older name
 PRECISIONS = ("fp32", "fp16")
 NOISE_MODES = ("fixed", "random", "zero")
@@ -64,6 +66,8 @@ class RunnerOptions:
     seed: int = 0  # seed of the random weights when there is no checkpoint
     threads: int | None = None  # onnxruntime intra-op threads; None = its default
     graph_api: GraphAPI | None = None  # stand-in for CUDA graphs (tests); None = torch.cuda
+    buckets: tuple[int, ...] | None = None  # aot only: static-batch packages; None = dynamic batch
+    aot_stages: tuple[str, ...] = STAGES  # aot only: stages from packages; the others run on torch
 
     def check(self, backend: str, device: str) -> None:
         """TrtalkError naming the option when ``backend`` on ``device`` cannot honour it."""
@@ -88,6 +92,22 @@ class RunnerOptions:
                 raise TrtalkError(f"compile is a torch option; {backend} builds its own graph")
         if self.cuda_graphs and not device.startswith("cuda") and self.graph_api is None:
             raise TrtalkError(f"CUDA graphs need --device cuda, not {device}")
+        if backend != "aot":
+            if self.buckets is not None:
+                raise TrtalkError(f"batch buckets are an aot option; {backend} does not take them")
+            if tuple(self.aot_stages) != STAGES:
+                raise TrtalkError(f"aot_stages is an aot option; {backend} runs every stage itself")
+        else:
+            if self.cuda_graphs:
+                raise TrtalkError("CUDA graphs are not offered for aot yet; use torch or tensorrt")
+            if self.precision == "fp16" and not device.startswith("cuda"):
+                raise TrtalkError("aot packages on the CPU are fp32; use --precision fp32 "
+                                  "(fp16 needs --device cuda)")
+            if self.buckets is not None and (not self.buckets or min(self.buckets) < 1):
+                raise TrtalkError(f"buckets {self.buckets}: give batch sizes >= 1, e.g. 1,2,4,8")
+            unknown = [s for s in self.aot_stages if s not in STAGES]
+            if unknown:
+                raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
         if backend == "onnxruntime" and self.cuda_graphs:
             raise TrtalkError("CUDA graphs are not offered for onnxruntime; use torch or tensorrt")
 
@@ -175,21 +195,51 @@ def quarantine(path: Path) -> Path:
     return aside
 
 
-def _torch_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
+def _source_model(source, opts: RunnerOptions, backend: str) -> PCAVS:
+    """The PyTorch model of ``source`` (a `PCAVS`, a checkpoint, or None: seeded random weights)."""
     from trtalk.export.exporter import load_model
-    from trtalk.export.stages import stage_specs
 
     if isinstance(source, PCAVS):
-        model = source
-    else:
-        if source is not None and _is_export_dir(Path(source)):
-            raise TrtalkError(f"--backend torch needs a checkpoint, not the export directory {source}")
-        model, _ = load_model(source, seed=opts.seed, config=opts.config)
+        return source
+    if source is not None and _is_export_dir(Path(source)):
+        raise TrtalkError(f"--backend {backend} needs a checkpoint, not the export directory {source}")
+    model, _ = load_model(source, seed=opts.seed, config=opts.config)
+    return model
+
+
+def _torch_backends(source, device: str, opts: RunnerOptions,
+                    stages: tuple[str, ...] = STAGES) -> dict[str, Backend]:
+    from trtalk.export.stages import stage_specs
+
+    model = _source_model(source, opts, "torch")
     specs = stage_specs(model)
     return {s: TorchBackend(specs[s], model, device=device, precision=opts.precision,
                             max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs,
                             modconv=opts.modconv, noise=opts.noise, compile=opts.compile)
-            for s in STAGES}
+            for s in stages}
+
+
+def _aot_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
+    """AOTInductor packages from the engine cache (built when missing); stages left out of
+    ``opts.aot_stages`` run eagerly on torch with the same weights."""
+    from trtalk.engine.aot_backend import AotBackend
+    from trtalk.export.aot import DEFAULT_MAX_BATCH, AotOptions, aot_packages
+    from trtalk.export.stages import stage_specs
+
+    model = _source_model(source, opts, "aot")
+    aopts = AotOptions(device=device, precision=opts.precision,
+                       max_batch=max(opts.max_batch, DEFAULT_MAX_BATCH),
+                       buckets=tuple(opts.buckets) if opts.buckets is not None else None)
+    packaged = tuple(s for s in STAGES if s in opts.aot_stages)
+    records = aot_packages(model, aopts, packaged, opts.cache_dir)
+    specs = stage_specs(model)
+    out: dict[str, Backend] = {s: AotBackend(specs[s], r.path, device=device, key=r.key)  # type: ignore[arg-type]
+                               for s, r in records.items()}
+    rest = tuple(s for s in STAGES if s not in out)
+    if rest:
+        log.info("aot: %s run eagerly on torch (not in aot_stages)", ", ".join(rest))
+        out.update(_torch_backends(model, device, opts, rest))
+    return {s: out[s] for s in STAGES}
 
 
 def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
@@ -263,14 +313,15 @@ def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
 
 def open_backends(backend: str, source=None, device: str = "cpu",
                   options: RunnerOptions | None = None) -> dict[str, Backend]:
-    """The four stage backends of ``backend`` ("torch", "onnxruntime", "tensorrt"), loaded."""
+    """The four stage backends of ``backend`` ("torch", "onnxruntime", "tensorrt", "aot"), loaded."""
     opts = options or RunnerOptions()
     opts.check(backend, device)
-    if backend == "torch":
+    if backend in ("torch", "aot"):
         check_device(device)
     elif not re.fullmatch(r"cpu|cuda(:\d+)?", device or ""):
         raise TrtalkError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    make = {"torch": _torch_backends, "onnxruntime": _ort_backends, "tensorrt": _trt_backends}[backend]
+    make = {"torch": _torch_backends, "onnxruntime": _ort_backends, "tensorrt": _trt_backends,
+            "aot": _aot_backends}[backend]
     backends = make(source, device, opts)
     for b in backends.values():
         b.load()

@@ -1,4 +1,5 @@
-"""`trtalk export`: checkpoint -> four ONNX graphs (+ TensorRT engines) + manifest.json."""
+"""`trtalk export`: checkpoint -> four ONNX graphs (+ TensorRT engines) + manifest.json, or
+(``--target aot``) four AOTInductor packages in the engine cache."""
 
 from __future__ import annotations
 
@@ -14,15 +15,23 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     add_command(
         sub, "export", ExportOptions, _run,
-        help="export the PC-AVS stages to ONNX (and TensorRT engines)",
+        help="export the PC-AVS stages to ONNX (and TensorRT engines) or AOTInductor packages",
         description="Write identity/pose/audio/generator ONNX graphs (dynamic batch, float32 I/O) "
                     "and manifest.json to --out; with --target tensorrt-rtx also build engines "
-                    "into --out/engines. Without --checkpoint, seeded random weights are exported "
-                    "(for tests and benchmarks; recorded in the manifest).")
+                    "into --out/engines. With --target aot, build one torch.export + AOTInductor "
+                    "package per stage into the engine cache instead (for GPUs TensorRT-RTX does "
+                    "not run on, and the CPU; backend aot loads them). Without --checkpoint, "
+                    "seeded random weights are exported (for tests and benchmarks; recorded in "
+                    "the manifest).")
 
 
 def _run(opts: ExportOptions) -> int:
+    if opts.target == "aot":
+        from trtalk.export.aot import describe_aot, export_aot
+
+        print(describe_aot(export_aot(opts)))
+        return 0
     manifest = export_pcavs(opts)
     print(describe(manifest))
-    print(f"wrote {opts.out / 'manifest.json'}")
+    print(f"wrote {opts.out / 'manifest.json'}")  # type: ignore[operator]
     return 0

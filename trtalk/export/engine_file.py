@@ -1,7 +1,7 @@
 """The TensorRT engine file format: the key an engine is built for and its JSON sidecar.
 
 Shared by the exporter, which builds engines (`trtalk.export.tensorrt`), and the engine package,
-which caches and loads them (`trtalk.engine.cache`, `trtalk.engine.tensorrt_backend`).
+which caches (`trtalk.export.cache`) and loads them (`trtalk.engine.tensorrt_backend`).
 
 The key (`EngineKey`) is the graph's sha256, the precision, the TensorRT flavour and version,
 the target compute capability, the plugin version and the batch profile; its ``digest`` is the
@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output
@@ -49,6 +49,10 @@ class EngineKey:
     max_batch: int
     opt_batch: int
     plugin_version: str = "none"
+
+    #: Name suffix of the cached file (a key subclass for another engine kind sets its own, e.g.
+    #: `trtalk.export.aot.AotKey`; a class attribute, so not part of the key or its digest).
+    file_suffix: ClassVar[str] = ".engine"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,9 +80,10 @@ class EngineRecord:
     build_seconds: float = 0.0
 
     @classmethod
-    def from_sidecar(cls, path: str | os.PathLike, sc: dict) -> EngineRecord:
+    def from_sidecar(cls, path: str | os.PathLike, sc: dict,
+                     key_type: type[EngineKey] = EngineKey) -> EngineRecord:
         """The record of the engine at ``path`` from its (already checked) sidecar dict."""
-        return cls(Path(path), EngineKey(**sc["key"]), sc["sha256"], sc["bytes"], sc.get("io", []),
+        return cls(Path(path), key_type(**sc["key"]), sc["sha256"], sc["bytes"], sc.get("io", []),
                    sc.get("build_seconds", 0.0))
 
     def to_manifest(self, relative_to: Path | None = None) -> dict:
@@ -157,7 +162,7 @@ def write_engine(engine_path: str | os.PathLike, key: EngineKey,
     sc.update(extra or {})
     with atomic_output(sc_path) as tmp:
         tmp.write_text(json.dumps(sc, indent=2) + "\n")
-    return EngineRecord.from_sidecar(path, sc)
+    return EngineRecord.from_sidecar(path, sc, type(key))
 
 
 def verify_user_engine(engine_path: str | os.PathLike, key: EngineKey | None = None) -> EngineRecord:

@@ -34,7 +34,7 @@ from trtalk.models.pcavs import MODEL_CONFIG_HELP, PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnx", "tensorrt", "tensorrt-rtx")
+TARGETS = ("onnx", "tensorrt", "tensorrt-rtx", "aot")
 MODCONV_CHOICES = ("decomposed", "plugin")
 RANDOM_SEED = 0
 
@@ -52,7 +52,8 @@ def export_rewrites(opts: "ExportOptions") -> FuseOptions:
 class ExportOptions:
     """Options of `trtalk export` (see `export_pcavs`); each field is also its flag."""
 
-    out: Path = option(help="output directory")
+    out: Path | None = option(None, help="output directory (not for --target aot, which builds "
+                                         "into the engine cache)")
     checkpoint: Path | None = option(None, help="official checkpoint folder or trtalk .safetensors",
                                      default_text="random weights")  # None: loudly warned, recorded
     precision: str = option("fp16", choices=PRECISIONS,
@@ -70,6 +71,14 @@ class ExportOptions:
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
+    device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
+                                default_text="cuda when visible")
+    buckets: tuple[int, ...] | None = option(
+        None, help="--target aot: one static-batch model per batch size (e.g. 1,2,4,8,16,32,64; "
+                   "a batch runs padded to the next one) instead of one dynamic-batch model",
+        default_text="one model, batch 1..max(64, --max-batch)")
+    cache_dir: Path | None = option(None, help="export / engine cache (--target aot builds into it)",
+                                    default_text="trtalk's")
     config: PCAVSConfig | None = option(None, cli=False)  # architecture override (tests: small())
     stages: tuple[str, ...] = option(STAGES, cli=False)
 
@@ -80,6 +89,18 @@ class ExportOptions:
             raise TrtalkError(f"--target must be one of {', '.join(TARGETS)}")
         if self.modconv not in MODCONV_CHOICES:
             raise TrtalkError(f"--modconv must be one of {', '.join(MODCONV_CHOICES)}")
+        if self.target == "aot":
+            if self.out is not None:
+                raise TrtalkError("--target aot builds into the engine cache; use --cache-dir, not --out")
+            if self.modconv != "decomposed":
+                raise TrtalkError("--target aot packages the decomposed generator; drop --modconv plugin")
+            if self.compute_capability is not None:
+                raise TrtalkError("--target aot builds for the local GPU (or CPU); drop --compute-capability")
+        else:
+            if self.out is None:
+                raise TrtalkError(f"--target {self.target} writes an export directory: add --out DIR")
+            if self.buckets is not None or self.device is not None:
+                raise TrtalkError("--buckets and --device are --target aot options")
         if self.modconv == "plugin":
             if self.target == "tensorrt-rtx":
                 raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
@@ -159,6 +180,9 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
     ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
     """
     opts.validate()
+    if opts.target == "aot":
+        raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
+    assert opts.out is not None
     require_export_extra()
     if Path(opts.out).exists() and not Path(opts.out).is_dir():
         raise TrtalkError(f"--out {opts.out} exists and is not a directory")

@@ -190,6 +190,14 @@ def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
     return mod.eval()
 
 
+def stage_tensors(model: PCAVS, stage: str) -> dict[str, torch.Tensor]:
+    """The parameters and buffers ``stage`` computes with, by their names in its module (not copied)."""
+    if stage not in _STAGE_CLASSES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    mod = _STAGE_CLASSES[stage](model)
+    return {**dict(mod.named_parameters()), **dict(mod.named_buffers())}
+
+
 def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0,
                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """Deterministic inputs in the stage's ranges: images and styles in [-1, 1], mel in [0, 1]."""

@@ -27,7 +27,8 @@ class ModelOptions:
     model: Literal["pcavs", "warp"] | None = option(
         None, help="model family", default_text="pcavs with --checkpoint, else the warp avatar")
     checkpoint: Path | None = option(None, help="official PC-AVS checkpoint folder or a `trtalk convert` file")
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = option("torch", help="inference backend")
+    backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
+        "torch", help="inference backend (aot: AOTInductor packages, built once into the engine cache)")
     device: str = option("cpu", help="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16"] | None = option(None, help="compute precision",
                                                        default_text="fp32 on CPU, fp16 on CUDA")

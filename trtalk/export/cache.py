@@ -1,7 +1,11 @@
-"""On-disk cache of TensorRT engines, keyed by everything an engine depends on.
+"""On-disk cache of engines (TensorRT, AOTInductor), keyed by everything an engine depends on.
+
+It sits beside the key and sidecar format (`trtalk.export.engine_file`) in export/, below the
+engine package that loads what it holds, so both the exporters and the engine use it.
 
 Layout: ``<root>/engines/<stage>-<digest>.engine`` and its sidecar ``<same>.engine.json`` (the
-key and sidecar format are `trtalk.export.engine_file`'s, shared with the exporter).
+key and sidecar format are `trtalk.export.engine_file`'s, shared with the exporter); AOTInductor
+packages are ``<stage>-<digest>.pt2`` and ``.pt2.json``, keyed by `trtalk.export.aot.AotKey`.
 ``<root>`` is, in order: the ``root`` argument, ``$TRTALK_CACHE_DIR``, ``~/.cache/trtalk``.
 
 Promise: a cached engine is used only when `check_engine` vouches for it (sidecar present, key
@@ -15,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from trtalk.errors import TrtalkError
 from trtalk.export.engine_file import EngineKey, EngineRecord, check_engine, sidecar_path, write_engine
@@ -43,7 +47,7 @@ class EngineCache:
         self.dir = self.root / "engines"
 
     def path_for(self, stage: str, key: EngineKey) -> Path:
-        return self.dir / f"{stage}-{key.digest[:24]}.engine"
+        return self.dir / f"{stage}-{key.digest[:24]}{key.file_suffix}"
 
     def lookup(self, stage: str, key: EngineKey) -> EngineRecord | None:
         """The verified cached engine, or None (an unusable one is logged and deleted)."""
@@ -53,7 +57,7 @@ class EngineCache:
         ok, reason, sc = check_engine(path, key)
         if ok:
             assert sc is not None
-            return EngineRecord.from_sidecar(path, sc)
+            return EngineRecord.from_sidecar(path, sc, type(key))
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for p in (sidecar_path(path), path):  # kept aside for inspection, never read again
             if p.exists():
