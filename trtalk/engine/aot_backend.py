@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from trtalk.engine.backend import Array, Backend
-from trtalk.export.cache import check_engine
+from trtalk.export.engine_file import check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.aot import DEFAULT_MODEL, AotKey, aot_target, load_aot_model
 from trtalk.export.stages import StageSpec

@@ -32,7 +32,8 @@ import torch
 from trtalk import __version__
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
 from trtalk.engine.graphs import CudaGraphAPI, GraphAPI, GraphedFunction
-from trtalk.export.cache import EngineCache, cache_root, check_engine
+from trtalk.export.cache import EngineCache, cache_root
+from trtalk.export.engine_file import check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.stages import STAGES, StageSpec
