@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from trtalk.engine import EngineCache, EngineKey, RunnerOptions, StageRunner, open_backends, open_runner
+from trtalk.engine import EngineCache, EngineKey, Runner, RunnerOptions, open_runner
 from trtalk.engine.backend import OrtBackend
 from trtalk.export.cache import cache_root
 from trtalk.export.engine_file import check_engine, sidecar_path, verify_user_engine, write_engine
@@ -40,14 +40,14 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ort_runner(model, cache_dir) -> StageRunner:
+def ort_runner(model, cache_dir) -> Runner:
     # No export dir given: the runner exports the checkpoint-less model into the cache first.
     opts = RunnerOptions(cache_dir=cache_dir, config=PCAVSConfig.small(), max_batch=4)
     return open_runner("onnxruntime", None, "cpu", opts, seed=SEED)
 
 
 @pytest.fixture(scope="module")
-def torch_runner(model) -> StageRunner:
+def torch_runner(model) -> Runner:
     return open_runner("torch", model, "cpu")
 
 
@@ -89,7 +89,7 @@ def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
             assert isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == torch.float32
             assert float((x - y).abs().max()) <= 1e-4, name
     vec, idm = torch_runner.encode_identity(img)
-    style = StageRunner.style(vec, torch_runner.encode_audio(mel), torch_runner.encode_pose(img))
+    style = Runner.style(vec, torch_runner.encode_audio(mel), torch_runner.encode_pose(img))
     diff = (ort_runner.generate(style, idm) - torch_runner.generate(style, idm)).abs().max()
     assert float(diff) <= 1e-4
     # The export landed in the cache and is reused (no second export).
@@ -99,7 +99,7 @@ def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
 
 def test_ort_backend_numpy_io_and_reuse_of_cached_export(ort_runner, cache_dir, model):
     export_dir = next((cache_dir / "exports").iterdir())
-    backends = open_backends("onnxruntime", export_dir, "cpu", RunnerOptions(cache_dir=cache_dir))
+    backends = open_runner("onnxruntime", export_dir, "cpu", RunnerOptions(cache_dir=cache_dir)).backends
     spec = stage_specs(model)["audio"]
     mel = example_inputs(spec, batch=3, seed=5)[0].numpy()
     out = backends["audio"].run({"mel": mel})
@@ -132,16 +132,16 @@ def test_backend_rejects_bad_inputs(torch_runner):
 
 def test_unknown_kind_and_missing_cuda():
     with pytest.raises(TrtalkError, match="unknown backend"):
-        open_backends("tvm")
+        open_runner("tvm").backends
     if not torch.cuda.is_available():
         with pytest.raises(TrtalkError, match="no CUDA"):
-            open_backends("torch", None, "cuda")
+            open_runner("torch", None, "cuda").backends
 
 
 def test_torch_backend_refuses_export_dir(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(TrtalkError, match="needs a checkpoint"):
-        open_backends("torch", tmp_path)
+        open_runner("torch", tmp_path).backends
 
 
 # ------------------------------------------------------------------ tensorrt: no GPU here
@@ -150,7 +150,7 @@ def test_torch_backend_refuses_export_dir(tmp_path):
 @pytest.mark.skipif(_has_cuda(), reason="checks the no-GPU error path")
 def test_tensorrt_backend_without_gpu_is_one_line_error(tmp_path):
     with pytest.raises(TrtalkError, match="needs a CUDA GPU") as exc:
-        open_backends("tensorrt", None, "cuda", RunnerOptions(cache_dir=tmp_path))
+        open_runner("tensorrt", None, "cuda", RunnerOptions(cache_dir=tmp_path)).backends
     assert "\n" not in str(exc.value)
     from trtalk.engine.tensorrt_backend import TensorRTBackend
 
@@ -334,7 +334,7 @@ def test_rtx_engine_through_cache(tmp_path, model, ort_runner, cache_dir):
 
 def test_render_through_ort_runner_matches_torch(ort_runner, torch_runner, face_image_path, speech_wav_path,
                                                  tmp_path):
-    """`trtalk render --backend onnxruntime` path: the renderer drives a StageRunner the same way."""
+    """`trtalk render --backend onnxruntime` path: the renderer drives a Runner the same way."""
     import av
 
     from trtalk.runtime.family import PCAVSFamily

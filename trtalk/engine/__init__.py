@@ -1,12 +1,13 @@
-"""Inference backends behind one interface (torch, onnxruntime, tensorrt) and the engine cache.
+"""Inference backends behind one interface (torch, onnxruntime, tensorrt, aot) and one runner.
 
-Import cost is kept low: the TensorRT backend and builder are imported only when asked for.
+`open_runner(backend, source, device, RunnerOptions(...))` is how every front end gets its
+networks. Import cost is kept low: the TensorRT backend and builder are imported only when asked.
 """
 
 from trtalk.engine.backend import Backend, OrtBackend, TorchBackend
+from trtalk.engine.runner import BACKENDS, Runner, RunnerOptions, open_runner
 from trtalk.export.cache import EngineCache
-from trtalk.engine.runner import KINDS, RunnerOptions, StageRunner, open_backends, open_runner
 from trtalk.export.engine_file import EngineKey
 
-__all__ = ["Backend", "TorchBackend", "OrtBackend", "EngineCache", "EngineKey", "KINDS",
-           "RunnerOptions", "StageRunner", "open_backends", "open_runner"]
+__all__ = ["BACKENDS", "Backend", "EngineCache", "EngineKey", "OrtBackend", "Runner", "RunnerOptions",
+           "TorchBackend", "open_runner"]

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 #: Every backend `open_runner` knows (the CLIs' ``--backend`` choices come from here).
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aot")
-KINDS = BACKENDS  # older name
 PRECISIONS = ("fp32", "fp16")
 NOISE_MODES = ("fixed", "random", "zero")
 MODCONV_IMPLS = ("decomposed", "grouped", "cuda", "triton")
@@ -312,7 +311,7 @@ def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
             for s, (p, k) in engines.items()}
 
 
-def open_backends(backend: str, source=None, device: str = "cpu",
+def _open_backends(backend: str, source=None, device: str = "cpu",
                   options: RunnerOptions | None = None) -> dict[str, Backend]:
     """The four stage backends of ``backend`` ("torch", "onnxruntime", "tensorrt", "aot"), loaded."""
     opts = options or RunnerOptions()
@@ -447,7 +446,5 @@ def open_runner(backend: str = "torch", source=None, device: str = "cpu",
         # cannot be captured around another graph's replay).
         graphs = opts.graph_api or CudaGraphAPI()
         opts = dataclasses.replace(opts, cuda_graphs=False)
-    return Runner(open_backends(backend, source, device, opts), random_weights, graphs, device)
+    return Runner(_open_backends(backend, source, device, opts), random_weights, graphs, device)
 
-
-StageRunner = Runner  # older name
