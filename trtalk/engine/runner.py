@@ -393,8 +393,10 @@ class Runner:
         """Mel windows + pose codes + identity (all B rows) -> images: audio, style, generator."""
         return self._synthesize(mel, pose, id_vector, id_map)
 
-    def _synthesize(self, mel, pose, id_vector, id_map) -> torch.Tensor:
+    def _synthesize(self, mel, pose, id_vector, id_map, mark=None) -> torch.Tensor:
         mouth = self._encode_audio(mel)
+        if mark:
+            mark()
         return self._generate(self.style(id_vector, mouth, pose.to(mouth.dtype)), id_map)
 
     def frame(self, mel: torch.Tensor, pose_image: torch.Tensor, id_vector: torch.Tensor,
@@ -415,10 +417,7 @@ class Runner:
         pose = self._encode_pose(pose_image)
         if mark:
             mark()
-        mouth = self._encode_audio(mel)
-        if mark:
-            mark()
-        image = self._generate(self.style(id_vector, mouth, pose), id_map)
+        image = self._synthesize(mel, pose, id_vector, id_map, mark)
         if mark:
             mark()
         return image

@@ -23,8 +23,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from trtalk.configcli import add_config_args, config_from_args, option
 from trtalk.errors import TrtalkError
 
 log = logging.getLogger(__name__)
@@ -189,24 +191,31 @@ def try_build(out: str | os.PathLike | None = None, **kwargs) -> Path | None:
         return None
 
 
+@dataclass
+class BuildCommand:
+    """`python -m trtalk.kernels.build`: build the CUDA kernel library, print its path."""
+
+    out: str | None = option(None, help="also copy the library into this directory")
+    arch: list[int] | None = option(None, help="compute capabilities, e.g. 80,90",
+                                    default_text=",".join(map(str, DEFAULT_ARCHS)))
+    nvcc_direct: bool = option(False, help="call nvcc directly, not CMake")
+    force: bool = option(False, help="rebuild even if cached")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry: build, print the library path."""
+    """CLI entry: build, print the library path (flags from `BuildCommand`)."""
     p = argparse.ArgumentParser(prog="python -m trtalk.kernels.build", description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="also copy the library into this directory")
-    p.add_argument("--arch", type=int, action="append", help="compute capability, e.g. 90 (repeat)")
-    p.add_argument("--nvcc-direct", action="store_true", help="call nvcc directly, not CMake")
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    args = p.parse_args(argv)
+    add_config_args(p, BuildCommand)
+    cmd = config_from_args(BuildCommand, p.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        lib = build(args.out, archs=tuple(args.arch or DEFAULT_ARCHS),
-                    use_cmake=False if args.nvcc_direct else None, force=args.force)
+        lib = build(cmd.out, archs=tuple(cmd.arch or DEFAULT_ARCHS),
+                    use_cmake=False if cmd.nvcc_direct else None, force=cmd.force)
     except TrtalkError as exc:
         log.error("%s", exc)
         return 2
     sys.stdout.write(f"{lib}\n")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
