@@ -34,6 +34,7 @@ class BuildPyWithKernels(build_py):
             spec = importlib.util.spec_from_file_location("_trtalk_kernels_build",
                                                           here / "trtalk" / "kernels" / "build.py")
             mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod  # dataclasses look their module up while it executes
             spec.loader.exec_module(mod)
         finally:
             sys.path.pop(0)
