@@ -83,7 +83,8 @@ def test_manifest_lists_every_graph(export_fp32: Path, small_model: PCAVS):
     assert raw["options"]["precision"] == "fp32" and raw["options"]["io_dtype"] == "float32"
     assert raw["options"]["max_batch"] == 4 and raw["options"]["modconv"] == "decomposed"
     assert raw["options"]["noise_mode"] == "fixed" and raw["options"]["opset"] >= 17
-    assert raw["options"]["rewrites"] == {"fold_up_blur": True, "skip_upsample": True,
+    # Plain ONNX (onnxruntime on the CPU) leaves the blur fold out: it is slower there.
+    assert raw["options"]["rewrites"] == {"fold_up_blur": False, "skip_upsample": True,
                                           "fold_batchnorm": True, "fan_upsample": True}
     assert {"torch", "onnx", "trtalk", "onnxslim"} <= set(raw["versions"])
     specs = stage_specs(small_model)
