@@ -12,8 +12,12 @@ import importlib
 import logging
 import sys
 
-from trtalk import __version__
+from trtalk import __version__, threads
 from trtalk.errors import TrtalkError
+
+# Idle OpenMP threads must sleep, and the OpenMP runtime reads that once, when torch loads: so
+# before any subcommand module (they import torch) is imported. See trtalk/threads.py.
+threads.prepare_env()
 
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (

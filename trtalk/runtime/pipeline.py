@@ -41,6 +41,7 @@ from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
 from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, Source
 from trtalk.runtime.step import Background, FrameStep
+from trtalk.threads import MAX_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class PipelineConfig:
     lost_ease_s: float = option(1.0, section="live timing", help="then ease to the avatar's pose over this long")
     camera_timeout_s: float = option(0.5, section="live timing",
                                      help="seconds without a camera frame before it counts as lost")
+    threads: int | None = option(None, metavar="N", help="CPU threads for inference (torch and onnxruntime); "
+                                 "idle ones sleep (README: thread settings)",
+                                 default_text="$TRTALK_THREADS, else the usable cores")
     gain: GainConfig = option(default_factory=GainConfig, cli=False)
     stats_interval_s: float | None = option(None, cli=False)  # log stats this often (stream --stats)
 
@@ -83,6 +87,8 @@ class PipelineConfig:
             raise TrtalkError(f"--fps {self.fps:g} is more than 240; use a video frame rate such as 25 or 30")
         if self.batch < 1:
             raise TrtalkError("--batch must be >= 1")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise TrtalkError(f"--threads must be between 1 and {MAX_THREADS}")
         if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
             raise TrtalkError("--duration must be a positive number of seconds")
         if self.pose_smoothing is not None and not 0 <= self.pose_smoothing < 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk import threads
 from trtalk.runtime.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,8 @@ def _run(cfg: RenderConfig) -> int:
             cfg.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TrtalkError(f"cannot write {cfg.output}: {exc.strerror or exc}") from None
+    threads.apply(cfg.threads, cfg.model.family_threads())
     family = cfg.model.open(cfg.fps)
-    if family.name == "warp" and cfg.model.backend == "torch":
-        import torch
-
-        # One thread: torch's OpenMP pool spin-waits after each op and, on a 2-core machine,
-        # steals the CPU from the numpy/mediapipe work between frames (measured: 60 ms per
-        # frame with 2 threads, 5 ms with 1; grid_sample at 256x256 needs no more).
-        torch.set_num_threads(1)
     with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
@@ -123,6 +124,7 @@ def _run(cmd: StreamCommand) -> int:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
+        threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock)
         old = {}
