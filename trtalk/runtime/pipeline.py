@@ -342,6 +342,11 @@ class Pipeline:
             drift_s=max(0.0, drift) if self.last_slot >= 0 else None,
             extra={"audio_buffered_past_need_ms": round(1000 * drift, 3),
                    "audio_start_delay_ms": round(1000 * self.start_delay_s, 3),
+                   # The session clock's time of frame 0 and audio sample 0 (time.monotonic on a
+                   # real clock: comparable with other processes' CLOCK_MONOTONIC on Linux).
+                   "t0_clock_s": round(self.t0, 6),
+                   "audio_input_latency_ms": (None if getattr(self.audio_src, "latency", None) is None
+                                              else round(1000 * self.audio_src.latency, 3)),
                    "audio_skipped_s": round(getattr(self.audio_src, "skipped_s", 0.0), 4),
                    "pose_encodings": getattr(self.family, "pose_encodings", 0),
                    "audio_lost_episodes": self.audio.lost_episodes,
