@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/contention.sh [OUT_DIR]
 #
-# Runs the real-time small-model stream (random weights, null sink, 10 s of output from the shipped
-# speech, looped by --duration) twice per setting: alone, and next to one busy-loop process per
-# usable core. Settings: this tree ("policy": the thread policy of trtalk/threads.py), and with
+# Runs the real-time small-model stream (random weights, null sink, 20 s of the shipped speech
+# tiled; long enough that the first frames' warm-up does not dominate) twice per setting: alone,
+# and next to one busy-loop process per usable core. Settings: this tree ("policy": the thread policy of trtalk/threads.py), and with
 # BEFORE=<commit> also that commit's trtalk ("before"; e.g. BEFORE=a16a22a, the last commit without
 # the policy), extracted with git archive into a temporary folder and run with PYTHONPATH. Prints
 # one line per run; the stats JSON files stay in OUT_DIR. Frames/s are only comparable within one
@@ -21,6 +21,15 @@ start_hogs() { for _ in $(seq "$NCPU"); do "$PY" -c "while True: pass" & HOGS+=(
 stop_hogs() { for p in "${HOGS[@]}"; do kill "$p" 2>/dev/null || true; done; HOGS=(); }
 trap stop_hogs EXIT
 
+"$PY" - "$OUT/speech20.wav" <<'EOF'
+import sys, wave
+import numpy as np
+from trtalk.audio import load_audio
+x = np.tile(load_audio("trtalk/assets/demo_speech.wav"), 5)[:20 * 16000]
+with wave.open(sys.argv[1], "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000)
+    w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+EOF
 BEFORE_TREE=""
 if [ -n "${BEFORE:-}" ]; then
   BEFORE_TREE=$(mktemp -d)
@@ -29,8 +38,8 @@ fi
 
 run() {  # name, env...
   local name=$1; shift
-  env "$@" "$PY" -m trtalk.cli -q stream --audio trtalk/assets/demo_speech.wav --pose-static \
-    --model pcavs --model-config small --realtime --sink null --duration 10 \
+  env "$@" "$PY" -m trtalk.cli -q stream --audio "$OUT/speech20.wav" --pose-static \
+    --model pcavs --model-config small --realtime --sink null --duration 20 \
     --stats-json "$OUT/$name.json" >/dev/null 2>&1
   "$PY" - "$OUT/$name.json" "$name" <<'EOF'
 import json, sys

@@ -45,7 +45,8 @@ def _pulse_reason() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"pactl info failed: {exc}"
     if out.returncode != 0:
-        return f"no PulseAudio server reachable ({(out.stderr or out.stdout).strip().splitlines()[-1:]})"
+        said = (out.stderr or out.stdout).strip().splitlines()
+        return f"no PulseAudio server reachable (pactl info: {said[-1] if said else out.returncode})"
     try:
         import sounddevice  # noqa: F401
     except (ImportError, OSError) as exc:

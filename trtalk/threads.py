@@ -6,9 +6,10 @@ the sources (mediapipe's face tracking runs in the camera's). By default the Ope
 workers *spin* after each parallel region, waiting for the next one. On an idle machine that saves a
 few microseconds; next to any other busy process it is a collapse: the pool's threads burn their
 time slices spinning while the thread they wait for is descheduled, every barrier waits a whole
-scheduler slice, and the kernel is busy switching them (measured on 2 cores with a busy-loop process
-per core, the small-model real-time stream: 0.3 fps and 3 s of compute per frame with the defaults,
-about 8 fps with idle threads sleeping; benchmarks/contention.sh).
+scheduler slice, and the kernel is busy switching them. Measured on 2 shared cores with a
+busy-loop process per core, the small-model real-time stream (20 s): 0.27 and 0.50 fps (3.4 and
+2.2 s of compute per frame, more CPU burnt) with the defaults, 3.05 and 1.89 fps (0.32 and 0.52 s)
+with idle threads sleeping; unloaded both ran about 23 fps (benchmarks/contention.sh).
 
 The policy (:func:`apply`, called by the front ends before any model work; the README's stream
 section documents it):
