@@ -5,7 +5,9 @@ runs face tracking, so mediapipe lives in one thread) and one inference thread -
 :meth:`Pipeline.run` -- which turns audio into mel (`AudioPath`), picks poses (`PosePath`), runs
 the frame step (`FrameStep`) and writes the sinks. Every hand-over is a bounded queue.
 
-Timeline. ``t0`` is the clock time the sources start. Output frame k shows time
+Timeline. ``t0`` is the clock time the sources start -- live, the time of the audio's first
+sample: the audio source is opened first and its start-up (PulseAudio: 1-2 s) is waited for, then
+the camera starts on the same timeline. Output frame k shows time
 ``t_k = t0 + k / fps``; its audio window is the official one, mel rows
 ``[window_start(k), window_start(k) + 20)``, which ends ``audio_lookahead_s(fps)`` after ``t_k``
 (120 ms at 25 fps). So a frame can only be made once audio up to ``t_k + 0.12 s`` has been
