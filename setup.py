@@ -75,10 +75,11 @@ setup(
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
         # Triton kernels (modconv impl "triton"); its wheels are Linux-only. The test extra has it
-        # too: CI checks the kernels in Triton's CPU interpreter.
+        # too: CI checks the kernels in Triton's CPU interpreter. sounddevice: the microphone tests
+        # (tests/test_mic_real.py runs on a PulseAudio server where there is one).
         "triton": [TRITON],
         "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12", "matplotlib>=3.7",
-                 TRITON],
+                 "sounddevice>=0.4", TRITON],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )

@@ -7,8 +7,8 @@ the package right under ``trtalk`` (``trtalk.face.align`` -> ``face``; ``trtalk/
 
 The layers, lowest first; a package may import only packages of strictly lower layers:
 
-- ``trtalk``, ``errors``, ``fsutil``, ``signals``: the version, the user-error type, atomic files,
-  the SIGINT/SIGTERM helper.
+- ``trtalk``, ``errors``, ``fsutil``, ``configcli``, ``signals``, ``threads``: the version, the
+  user-error type, atomic files, config-to-flags, the SIGINT/SIGTERM helper, the CPU thread policy.
 - ``media``, ``audio``, ``kernels``: plumbing with no model in it: image/video decoding and
   the mp4 writer (PyAV, OpenCV), audio decoding and the mel frontend, the CUDA kernels and
   their torch references.
@@ -41,7 +41,7 @@ PKG = ROOT / "trtalk"
 LAYERS: list[set[str]] = [
     {"trtalk"},
     {"errors"},
-    {"fsutil", "configcli", "signals"},
+    {"fsutil", "configcli", "signals", "threads"},
     {"media", "audio", "kernels"},
     {"models", "face"},
     {"warp", "export"},

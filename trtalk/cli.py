@@ -18,9 +18,13 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from trtalk import __version__
+from trtalk import __version__, threads
 from trtalk.errors import TrtalkError
 from trtalk.signals import on_signals
+
+# Idle OpenMP threads must sleep, and the OpenMP runtime reads that once, when torch loads: so
+# before any subcommand module (they import torch) is imported. See trtalk/threads.py.
+threads.prepare_env()
 
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (

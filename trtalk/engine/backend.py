@@ -26,6 +26,7 @@ from trtalk.engine.graphs import CudaGraphAPI, GraphAPI
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import StageSpec, fuse_options, stage_module
 from trtalk.models.fuse import FuseOptions
+from trtalk.threads import configure_ort
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,7 @@ class OrtBackend(Backend):
 
         so = ort.SessionOptions()
         so.log_severity_level = 3  # ORT warns about every fp16 node it runs via casts on CPU
-        if self._threads:
-            so.intra_op_num_threads = self._threads
+        configure_ort(so, self._threads)  # torch's thread count unless given; idle workers sleep
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=ort_providers(self._device))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -64,7 +64,7 @@ class RunnerOptions:
     modconv: str = "decomposed"  # torch only: the generator's modulated-conv implementation
     noise: str = "fixed"  # generator noise; the exported graphs hold the fixed buffers
     seed: int = 0  # seed of the random weights when there is no checkpoint
-    threads: int | None = None  # onnxruntime intra-op threads; None = its default
+    threads: int | None = None  # onnxruntime intra-op threads; None = torch's (trtalk.threads)
     graph_api: GraphAPI | None = None  # stand-in for CUDA graphs (tests); None = torch.cuda
     buckets: tuple[int, ...] | None = None  # aot only: static-batch packages; None = dynamic batch
     aot_stages: tuple[str, ...] = STAGES  # aot only: stages from packages; the others run on torch

@@ -79,6 +79,7 @@ class AudioPath:
         self._rows = np.zeros((0, self.mel_cfg.n_mels), np.float32)
         self._row_base = 0
         self.pos = 0  # samples received (incl. silence fills)
+        self.last_arrival = 0.0  # clock time the latest audio item arrived (its ``captured``)
         self._captured: collections.deque[tuple[int, float]] = collections.deque()
         self.ended = False
         self.lost = False
@@ -114,6 +115,7 @@ class AudioPath:
         """Take one queue item: an `AudioChunk` or a `SourceEvent`."""
         tol = int(0.05 * SAMPLE_RATE)
         if isinstance(item, AudioChunk):
+            self.last_arrival = max(self.last_arrival, item.captured)
             x = item.samples
             n0 = int(round((item.t - self.t0) * SAMPLE_RATE))
             delta = n0 - self.pos

@@ -13,7 +13,9 @@ Derived, per frame: ``mic_to_frame = emitted - audio_captured`` (what the pipeli
 last sample it needed arrived), ``camera_to_frame = emitted - pose_captured``, and
 ``speech_to_frame = emitted - t_frame`` (the delay a viewer sees between speech and lips; it is
 at least the lookahead plus the audio block). The report gives p50/p95/p99 of each in ms,
-achieved fps, drops per queue, and audio/video drift.
+achieved fps, drops per queue, and audio/video drift: the audio the session read beyond what its
+last frame needed (``av_drift_ms``; the pipeline gives it, else ``audio_s - video_s``), so a healthy
+stream reports about 0, not its lookahead.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ class LatencyRecorder:
 
     def report(self, *, queues: dict[str, dict[str, int]] | None = None, audio_s: float = 0.0,
                video_s: float = 0.0, audio_silence_s: float = 0.0, audio_clock_offset_ms: float = 0.0,
-               camera_lost_s: float = 0.0, extra: dict[str, Any] | None = None) -> LatencyReport:
+               camera_lost_s: float = 0.0, extra: dict[str, Any] | None = None,
+               drift_s: float | None = None) -> LatencyReport:
         recs = self.records[-self.window:] if self.window else self.records
         if self.frames >= 2 and self.first_emit is not None and self.last_emit is not None:
             span = self.last_emit - self.first_emit
@@ -187,7 +190,7 @@ class LatencyRecorder:
             queues=dict(queues or {}),
             audio_s=round(audio_s, 4),
             video_s=round(video_s, 4),
-            av_drift_ms=round((audio_s - video_s) * 1000.0, 3),
+            av_drift_ms=round((audio_s - video_s if drift_s is None else drift_s) * 1000.0, 3),
             audio_silence_s=round(audio_silence_s, 4),
             audio_clock_offset_ms=round(audio_clock_offset_ms, 3),
             camera_lost_s=round(camera_lost_s, 4),

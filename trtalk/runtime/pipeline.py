@@ -5,7 +5,9 @@ runs face tracking, so mediapipe lives in one thread) and one inference thread -
 :meth:`Pipeline.run` -- which turns audio into mel (`AudioPath`), picks poses (`PosePath`), runs
 the frame step (`FrameStep`) and writes the sinks. Every hand-over is a bounded queue.
 
-Timeline. ``t0`` is the clock time the sources start. Output frame k shows time
+Timeline. ``t0`` is the clock time the sources start -- live, the time of the audio's first
+sample: the audio source is opened first and its start-up (PulseAudio: 1-2 s) is waited for, then
+the camera starts on the same timeline. Output frame k shows time
 ``t_k = t0 + k / fps``; its audio window is the official one, mel rows
 ``[window_start(k), window_start(k) + 20)``, which ends ``audio_lookahead_s(fps)`` after ``t_k``
 (120 ms at 25 fps). So a frame can only be made once audio up to ``t_k + 0.12 s`` has been
@@ -41,6 +43,7 @@ from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
 from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, Source
 from trtalk.runtime.step import Background, FrameStep
+from trtalk.threads import MAX_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +72,18 @@ class PipelineConfig:
     pose_smoothing: float | None = option(None, help="exponential smoothing of pose codes in [0, 1)",
                                           default_text="0.5 live, 0 for files aligned as a whole")
     audio_timeout_s: float = option(0.25, section="live timing",
-                                    help="seconds without audio before the microphone counts as lost")
+                                    help="seconds without audio before the microphone counts as lost "
+                                         "(at least twice the device's latency plus block)")
+    audio_start_timeout_s: float = option(5.0, section="live timing",
+                                          help="seconds to wait for the microphone's first audio")
     max_delay_s: float = option(0.5, section="live timing", help="frames later than this are dropped")
     lost_hold_s: float = option(0.3, section="live timing", help="hold the last pose this long when the face is lost")
     lost_ease_s: float = option(1.0, section="live timing", help="then ease to the avatar's pose over this long")
     camera_timeout_s: float = option(0.5, section="live timing",
                                      help="seconds without a camera frame before it counts as lost")
+    threads: int | None = option(None, metavar="N", help="CPU threads for inference (torch and onnxruntime); "
+                                 "idle ones sleep (README: thread settings)",
+                                 default_text="$TRTALK_THREADS, else the usable cores")
     gain: GainConfig = option(default_factory=GainConfig, cli=False)
     stats_interval_s: float | None = option(None, cli=False)  # log stats this often (stream --stats)
 
@@ -89,6 +98,12 @@ class PipelineConfig:
                               f"such as 25 or 30")
         if not 1 <= self.batch <= MAX_BATCH:
             raise TrtalkError(f"--batch {self.batch} is out of range: 1 to {MAX_BATCH}")
+        for name in ("audio_timeout_s", "audio_start_timeout_s", "max_delay_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise TrtalkError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise TrtalkError(f"--threads must be between 1 and {MAX_THREADS}")
         if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
             raise TrtalkError("--duration must be a positive number of seconds")
         if self.duration is not None and self.duration > MAX_DURATION_S:
@@ -138,6 +153,8 @@ class Pipeline:
         self.t0 = 0.0
         self.last_slot = -1
         self.limit = None if cfg.duration is None else int(math.floor(cfg.duration * cfg.fps + 0.5))
+        self.audio_timeout_s = cfg.audio_timeout_s
+        self.start_delay_s = 0.0  # live: how long the audio device took to deliver its first sample
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -159,7 +176,11 @@ class Pipeline:
         while not stop.is_set():
             # Take audio only as far as the frames we may emit need: on a virtual clock the whole
             # file is available at once, and reading past the end frame would count as drift.
+            # Live, never past the last frame's window either (the report's drift is what was read
+            # beyond need).
             want = self.audio.need_samples(k + min(cap, 10 ** 4))
+            if self.limit is not None and self.limit > 0:
+                want = min(want, self.audio.need_samples(self.limit - 1))
             while self.audio.pos < want and (item := q.get_nowait()) is not None:
                 self.audio.on_item(item)
             n = self._frames_ready(k, cap)
@@ -174,11 +195,14 @@ class Pipeline:
             if item is not None:
                 self.audio.on_item(item)
             elif self.realtime:
+                # Lost = nothing *arrived* for the timeout while a frame waits for it; audio that
+                # arrives late but steadily (a device's latency) is waited for, not replaced.
                 need = self.audio.need_samples(k)
                 due = self.t0 + need / SAMPLE_RATE
                 now = self.clock.now()
-                if now > due + self.cfg.audio_timeout_s:
-                    self.audio.warn_lost("no audio for %.0f ms" % (1000 * (now - due)))
+                quiet = now - self.audio.last_arrival
+                if now > due + self.audio_timeout_s and quiet > self.audio_timeout_s:
+                    self.audio.warn_lost("no audio for %.0f ms" % (1000 * quiet))
                     self.audio.fill_silence(need, now)
             elif q.closed and not len(q):  # source closed under us
                 self.audio.end()
@@ -254,14 +278,17 @@ class Pipeline:
         stop = stop or threading.Event()
         self.family.reset()
         self.t0 = self.clock.now()
-        self.audio.t0 = self.pose.t0 = self.t0
         started: list[Source] = []
         next_stats = time.monotonic() + (self.cfg.stats_interval_s or math.inf)
         try:
-            for src in (self.audio_src, self.pose_src):
-                if src is not None:
-                    src.start(self.t0, self.clock)
-                    started.append(src)
+            self.audio_src.start(self.t0, self.clock)
+            started.append(self.audio_src)
+            if self.realtime:
+                self._await_audio(stop)
+            self.audio.t0 = self.pose.t0 = self.audio.last_arrival = self.t0
+            if self.pose_src is not None:
+                self.pose_src.start(self.t0, self.clock)
+                started.append(self.pose_src)
             log.info("audio lookahead %.0f ms at %g fps (+ the audio block)", 1000 * self.lookahead_s,
                      self.cfg.fps)
             k = 0
@@ -284,6 +311,28 @@ class Pipeline:
                 src.close()
         return self.report()
 
+    def _await_audio(self, stop: threading.Event) -> None:
+        """Live: start the timeline at the audio's first sample. A device may take a while to
+        deliver after it is opened (PulseAudio: 1-2 s); counting that as lost audio would fill the
+        start with silence and put every frame behind. The camera starts after it, on the same
+        timeline."""
+        t_open = self.t0
+        first = self.audio_src.first_sample_time(self.cfg.audio_start_timeout_s, stop)
+        if first is None:
+            if not stop.is_set():
+                log.warning("%s delivered no audio within %.1f s; starting with silence until it does",
+                            self.audio_src.name, self.cfg.audio_start_timeout_s)
+            return
+        self.t0 = first
+        self.start_delay_s = max(0.0, first - t_open)
+        latency = getattr(self.audio_src, "latency", None)
+        block = getattr(self.audio_src, "block", 0) / SAMPLE_RATE
+        if latency is not None:
+            self.audio_timeout_s = max(self.cfg.audio_timeout_s, 2 * (latency + block))
+        if self.start_delay_s > 0.05:
+            log.info("%s delivered its first audio %.0f ms after it was opened; the stream starts there",
+                     self.audio_src.name, 1000 * self.start_delay_s)
+
     def report(self) -> LatencyReport:
         queues = {self.audio_src.name: self.audio_src.queue.stats()}
         if self.pose_src is not None:
@@ -300,7 +349,15 @@ class Pipeline:
             audio_silence_s=self.audio.silence_samples / SAMPLE_RATE,
             audio_clock_offset_ms=1000 * self.audio.clock_offset_max,
             camera_lost_s=self.pose.camera_lost_frames / self.cfg.fps,
+            drift_s=max(0.0, drift) if self.last_slot >= 0 else None,
             extra={"audio_buffered_past_need_ms": round(1000 * drift, 3),
+                   "audio_start_delay_ms": round(1000 * self.start_delay_s, 3),
+                   # The session clock's time of frame 0 and audio sample 0 (time.monotonic on a
+                   # real clock: comparable with other processes' CLOCK_MONOTONIC on Linux).
+                   "t0_clock_s": round(self.t0, 6),
+                   "audio_input_latency_ms": (None if getattr(self.audio_src, "latency", None) is None
+                                              else round(1000 * self.audio_src.latency, 3)),
+                   "audio_skipped_s": round(getattr(self.audio_src, "skipped_s", 0.0), 4),
                    "pose_encodings": getattr(self.family, "pose_encodings", 0),
                    "audio_lost_episodes": self.audio.lost_episodes,
                    "camera_lost_episodes": self.pose.camera_lost_episodes,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtalk.configcli import add_command, option
+from trtalk import threads
 from trtalk.runtime.render import RenderConfig
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,8 @@ def _run(cfg: RenderConfig) -> int:
     # again when the render fails or is interrupted.
     with output_parent(cfg.output):
         check_render(cfg)  # inputs, output, memory estimate: before the model loads
+        threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
-        if family.name == "warp" and cfg.model.backend == "torch":
-            import torch
-
-            # One thread: torch's OpenMP pool spin-waits after each op and, on a 2-core machine,
-            # steals the CPU from the numpy/mediapipe work between frames (measured: 60 ms per
-            # frame with 2 threads, 5 ms with 1; grid_sample at 256x256 needs no more).
-            torch.set_num_threads(1)
         with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total

@@ -236,6 +236,11 @@ class Source(abc.ABC):
         self._thread = threading.Thread(target=self._guarded, name=f"trtalk-{self.name}", daemon=True)
         self._thread.start()
 
+    def first_sample_time(self, timeout: float, stop: threading.Event | None = None) -> float | None:
+        """The clock time of the source's first sample, waiting up to ``timeout`` s for a device to
+        deliver it; None when it did not (or ``stop`` was set). File sources know it: ``t0``."""
+        return self.t0
+
     def _guarded(self) -> None:
         try:
             self._run()
@@ -395,29 +400,61 @@ class MicSource(Source):
     The PortAudio callback only copies the block into the bounded queue (a ring: when the consumer
     falls behind the oldest chunks are dropped and counted). Chunk times come from the sample
     counter (``t = first_time + samples_before / 16000``) so jitter of the callback does not move
-    audio around; a dropped chunk or an overflow leaves a timestamp gap, which the consumer fills
-    with silence. If the stream dies (unplugged) the source emits ``lost`` and tries to reopen the
-    device every second, then ``recovered``.
+    audio around; ``first_time`` is the first callback's time less its block. A device can take a
+    while to deliver its first block after it is opened (PulseAudio: 1-2 s measured), so the
+    pipeline waits for it (:meth:`first_sample_time`) and starts its timeline there instead of
+    counting the start-up as lost audio. The stream asks PortAudio for ``latency_s`` of input
+    latency (its actual one is in ``latency``, logged), low enough that blocks arrive steadily well
+    within the pipeline's lost-audio timeout.
+
+    Every ``resync_s`` the sample counter is checked against the callbacks' arrival: samples the
+    device lost (an input overflow) or a device clock slower than the session's would otherwise
+    make the timestamps fall behind the clock for good, and frames would wait for audio that is
+    stamped too early. The best (smallest) arrival lag of the last ``resync_s`` is compared with
+    the best ever seen; when it is worse by more than ``max_skew_s``, the counter jumps ahead by
+    the difference -- a timestamp gap, which the consumer fills with silence. A single late
+    callback (the GIL held by inference, a scheduler hiccup) moves nothing: its samples were only
+    delayed, not lost. Timestamps never move back (the consumer would trim the overlap).
+
+    A dropped chunk or an overflow leaves a timestamp gap, which the consumer fills with silence.
+    If the stream dies (unplugged) the source emits ``lost`` and tries to reopen the device every
+    second, then ``recovered``.
     """
 
     kind = "audio"
 
-    def __init__(self, device: str | int | None = None, block: int = DEFAULT_BLOCK, capacity: int = 512) -> None:
+    def __init__(self, device: str | int | None = None, block: int = DEFAULT_BLOCK, capacity: int = 512,
+                 latency_s: float = 0.04, max_skew_s: float = 0.1, resync_s: float = 1.0) -> None:
         super().__init__(f"mic:{device if device is not None else 'default'}", capacity)
         self.sd = _import_sounddevice()
         self.device = resolve_mic(device)
         self.block = block
+        self.latency_s = latency_s
+        self.max_skew_s = max_skew_s
+        self.resync_s = resync_s
         self.gain_hint = None
         self.duration_s = None
+        self.latency: float | None = None  # PortAudio's input latency of the open stream
+        self.skipped_s = 0.0  # counted time the sample counter jumped ahead (samples lost)
+        self.overflows = 0  # blocks PortAudio flagged as input overflow
         self._counted = 0
         self._first: float | None = None
+        self._started = threading.Event()
+        self._best_lag = 0.0  # smallest arrival lag seen (the device's delivery floor)
+        self._win_lag = float("inf")  # smallest arrival lag in the current window
+        self._win_end = 0.0
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         now = self.clock.now() if self.clock else time.monotonic()
         if self._first is None:
             self._first = now - frames / SAMPLE_RATE
+            self._started.set()
         if status:
+            if getattr(status, "input_overflow", False):
+                self.overflows += 1
             log.debug("microphone status: %s", status)
+            self._win_end = now + self.resync_s
+        self._resync(now, now - (self._first + (self._counted + frames) / SAMPLE_RATE))
         t = self._first + self._counted / SAMPLE_RATE
         self._counted += frames
         try:
@@ -425,10 +462,40 @@ class MicSource(Source):
         except QueueClosed:
             pass
 
+    def _resync(self, now: float, lag: float) -> None:
+        """Track the arrival lag of a block (arrival - counted time of its last sample); at the end
+        of each window jump the counter ahead if the window's best lag fell behind (see class doc)."""
+        self._win_lag = min(self._win_lag, lag)
+        if now < self._win_end:
+            return
+        behind = self._win_lag - self._best_lag
+        if behind > self.max_skew_s:
+            skip = int(round(behind * SAMPLE_RATE))
+            self._counted += skip
+            self.skipped_s += skip / SAMPLE_RATE
+            log.info("microphone %s: %.0f ms of samples missing (overflow or slow device clock); "
+                     "skipping ahead", self.name, 1000 * behind)
+        else:
+            self._best_lag = min(self._best_lag, self._win_lag)
+        self._win_lag = float("inf")
+        self._win_end = now + self.resync_s
+
+    def first_sample_time(self, timeout: float, stop: threading.Event | None = None) -> float | None:
+        """The clock time of the first sample, once the device delivered its first block."""
+        deadline = time.monotonic() + timeout
+        while not self._started.wait(0.02):
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()) or self.error is not None:
+                return None
+        return self._first
+
     def _open_stream(self) -> Any:
         stream = self.sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32",
-                                     blocksize=self.block, device=self.device, callback=self._callback)
+                                     blocksize=self.block, device=self.device, callback=self._callback,
+                                     latency=self.latency_s)
         stream.start()
+        self.latency = float(stream.latency)
+        log.info("microphone %s open: %d-sample blocks, input latency %.0f ms", self.name, self.block,
+                 1000 * self.latency)
         return stream
 
     def _run(self) -> None:
@@ -451,7 +518,8 @@ class MicSource(Source):
                     stream = None
                 self._stop.wait(1.0)
                 try:
-                    self._first, self._counted = None, 0
+                    self._first, self._counted, self._best_lag = None, 0, 0.0
+                    self._win_lag = float("inf")
                     stream = self._open_stream()
                     lost = False
                     self.queue.put(SourceEvent("recovered", self.clock.now()))

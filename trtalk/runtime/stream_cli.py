@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
@@ -118,6 +119,7 @@ def _run(cmd: StreamCommand) -> int:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
+        threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trtalk.threads import configure_ort
+
 logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("source", "grid", "cavity", "teeth")
@@ -107,10 +109,9 @@ class OrtWarp:
             self._tmp = tempfile.TemporaryDirectory(prefix="trtalk-warp-")
             onnx_path = export_onnx(Path(self._tmp.name) / "warp.onnx", size)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        # Spinning workers would starve the per-frame numpy/mediapipe work (see TorchWarp).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning workers would starve the per-frame numpy/mediapipe work (trtalk.threads).
+        configure_ort(opts, threads)
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.source = np.ascontiguousarray(source_rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
