@@ -14,7 +14,8 @@ from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
 from trtalk.media.frames import composite_side_by_side
 from trtalk.media.mp4 import Mp4Sink, available_video_encoder
-from trtalk.media.read import MediaInfo, iter_frames, natural_sort_key, probe
+from trtalk.media.read import (MAX_FRAME_PIXELS, MediaInfo, image_header_size, iter_frames, natural_sort_key,
+                               probe, read_image)
 from trtalk.media.sinks import FrameSink, NullSink
 
 AAC_FRAME = 1024  # samples per AAC frame: the tolerance for audio vs video duration
@@ -376,6 +377,52 @@ def test_probe_errors(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(TrtalkError, match="no images"):
         probe(folder)
+
+
+@pytest.mark.parametrize("ext, params", [
+    (".png", ()), (".jpg", ()), (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)), (".bmp", ()),
+    (".webp", ()), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)),  # lossy VP8, lossless VP8L
+])
+def test_image_header_size_matches_the_decoder(ext: str, params: tuple[int, ...]) -> None:
+    data = cv2.imencode(ext, gradient(53, 37), params)[1].tobytes()
+    assert image_header_size(data) == (53, 37)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (37, 53, 3)
+    assert image_header_size(b"GIF89a" + data[6:]) is None
+
+
+def test_read_image_checks_the_header_before_decoding(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    def png(w: int, h: int) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+    # 60000 x 60000 is over OpenCV's own limit (a cv2.error before); 10001 x 10000 is just over ours.
+    for w, h in ((60000, 60000), (10001, MAX_FRAME_PIXELS // 10001 + 1)):
+        path = tmp_path / f"huge{w}.png"
+        path.write_bytes(png(w, h))
+        with pytest.raises(TrtalkError, match=f"{w}x{h} pixels, more than the 100 megapixels"):
+            read_image(path)
+    small = tmp_path / "small.png"  # a header that passes, no pixel data: the decoder refuses
+    small.write_bytes(png(64, 64))
+    with pytest.raises(TrtalkError, match="not a valid image file"):
+        read_image(small)
+    tiff = tmp_path / "tiff.png"
+    tiff.write_bytes(cv2.imencode(".tiff", gradient(8, 8))[1].tobytes())
+    with pytest.raises(TrtalkError, match="not a PNG, JPEG, BMP or WebP file"):
+        read_image(tiff)
+
+
+def test_video_frame_size_is_checked_before_decoding(tmp_path: Path) -> None:
+    y4m = tmp_path / "huge.y4m"  # FFmpeg accepts 16000 x 16000; its frame would be 768 MB as RGB
+    y4m.write_bytes(b"YUV4MPEG2 W16000 H16000 F25:1 C420jpeg\nFRAME\n" + b"\x80" * 1000)
+    with pytest.raises(TrtalkError, match="16000x16000 pixels"):
+        probe(y4m)
+    with pytest.raises(TrtalkError, match="16000x16000 pixels"):
+        iter_frames(y4m)
 
 
 def test_composite_side_by_side() -> None:

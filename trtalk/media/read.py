@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_FRAME_PIXELS",
     "MediaInfo",
     "MediaKind",
     "is_image_path",
@@ -41,6 +42,11 @@ __all__ = [
 
 #: Extensions treated as still images (lower case, with the dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+
+#: Largest image or video frame read, in pixels (100 megapixels, e.g. 10000 x 10000; the largest
+#: camera photos are about this size). Checked from the file's header before anything is decoded,
+#: so a file that claims huge dimensions costs nothing; at the limit one RGB frame is 300 MB.
+MAX_FRAME_PIXELS: int = 100_000_000
 
 MediaKind = Literal["image", "video", "audio", "folder"]
 
@@ -128,10 +134,82 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise TrtalkError(f"image {path} does not exist") from None
     except OSError as exc:
         raise TrtalkError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    size = image_header_size(memoryview(data)) if data.size else None
+    if size is None:
+        raise TrtalkError(f"cannot read image {path}: not a PNG, JPEG, BMP or WebP file")
+    _check_frame_size(path, *size)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own size limit, a failed allocation, a decoder assertion
+        reason = str(exc).strip().splitlines()[-1][:120]
+        raise TrtalkError(f"cannot read image {path}: not a valid image file ({reason})") from None
     if bgr is None:
         raise TrtalkError(f"cannot read image {path}: not a valid image file")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise TrtalkError(f"{path} is {width}x{height} pixels, more than the "
+                          f"{MAX_FRAME_PIXELS // 1_000_000} megapixels trtalk reads; downscale it")
+
+
+def image_header_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) from the header of PNG, JPEG, BMP or WebP bytes; None for anything else.
+
+    Reads only the header (no decoding; for JPEG it hops over the segments before the frame
+    header), so it is cheap and safe on untrusted files; the decoder still checks the rest.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"BM" and len(data) >= 26:
+        if int.from_bytes(data[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER
+            return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
+        w = int.from_bytes(data[18:22], "little", signed=True)
+        h = int.from_bytes(data[22:26], "little", signed=True)
+        return abs(w), abs(h)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return (int.from_bytes(data[24:27], "little") + 1,
+                    int.from_bytes(data[27:30], "little") + 1)
+        if chunk == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            return (int.from_bytes(data[26:28], "little") & 0x3FFF,
+                    int.from_bytes(data[28:30], "little") & 0x3FFF)
+        return None
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+# JPEG start-of-frame markers (SOF0..SOF15 less DHT, JPG and DAC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # segments without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xDA or length < 2:  # scan data before any frame header, or garbage
+            return None
+        i += 2 + length
+    return None
 
 
 # ---------------------------------------------------------------- PyAV
@@ -222,6 +300,7 @@ def _probe_av(path: Path) -> MediaInfo:
             rate = vs.average_rate or vs.guessed_rate or vs.base_rate
             fps = float(rate) if rate else None
             duration = _stream_duration(vs) or container_dur
+            _check_frame_size(path, vs.codec_context.width, vs.codec_context.height)
             first = _first_frame(container, vs, path)
             width, height = first.width, first.height
             if _rotation_quarters(first) % 2:
@@ -297,9 +376,15 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     if is_image_path(path):
         return iter([read_image(path)])
     container = _open_av(path)
-    if not _real_video_streams(container):
+    videos = _real_video_streams(container)
+    if not videos:
         container.close()
         raise TrtalkError(f"{path} has no video frames (audio only?); give a video or image")
+    try:
+        _check_frame_size(path, videos[0].codec_context.width, videos[0].codec_context.height)
+    except TrtalkError:
+        container.close()
+        raise
     return _iter_video(container, path)
 
 
