@@ -78,8 +78,8 @@ setup(
         # too: CI checks the kernels in Triton's CPU interpreter. sounddevice: the microphone tests
         # (tests/test_mic_real.py runs on a PulseAudio server where there is one).
         "triton": [TRITON],
-        "test": ["pytest>=7", "librosa>=0.10", "onnxruntime-extensions>=0.12", "matplotlib>=3.7",
-                 "sounddevice>=0.4", TRITON],
+        "test": ["pytest>=7", "hypothesis>=6.100", "librosa>=0.10", "onnxruntime-extensions>=0.12",
+                 "matplotlib>=3.7", "sounddevice>=0.4", TRITON],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )
