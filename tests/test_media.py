@@ -324,6 +324,24 @@ def test_probe_and_iter_video(tmp_path: Path) -> None:
     assert frames[-1].mean() > frames[0].mean()
 
 
+def test_undecodable_metadata_is_not_an_error(tmp_path: Path) -> None:
+    """A non-UTF-8 byte in a container's metadata (found by tests/test_fuzz.py) used to escape
+    PyAV as a UnicodeDecodeError; the text is replaced, the media read."""
+    from trtalk.audio import load_audio
+
+    path = tmp_path / "v.mp4"
+    with Mp4Sink(path, fps=25) as sink:
+        for i in range(4):
+            sink.write(gradient(48, 32, shift=i * 5))
+    data = bytearray(path.read_bytes())
+    data[data.index(b"Lavf") + 1] = 0xFF  # the encoder tag, in the file's metadata
+    path.write_bytes(bytes(data))
+    assert probe(path).num_frames == 4
+    assert len(list(iter_frames(path))) == 4
+    with pytest.raises(TrtalkError, match="no audio track"):
+        load_audio(path)
+
+
 def test_probe_audio_files(speech_wav_path: Path, speech_mp3_path: Path, speech_wave: np.ndarray) -> None:
     assert speech_wave.dtype == np.float32 and speech_wave.shape == (48000,)
     wav = probe(speech_wav_path)

@@ -34,7 +34,8 @@ def _open(path: str | os.PathLike) -> tuple[str, av.container.InputContainer]:
     if os.path.getsize(name) == 0:
         raise TrtalkError(f"{name} is empty (0 bytes); pass a file with sound")
     try:
-        container = av.open(name, mode="r")
+        # Metadata is text from the file: undecodable bytes are replaced, not a UnicodeDecodeError.
+        container = av.open(name, mode="r", metadata_errors="replace")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise TrtalkError(f"cannot read {name} as media ({exc.__class__.__name__}); {_FORMATS_HINT}") from exc
     return name, container

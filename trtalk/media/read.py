@@ -219,7 +219,8 @@ def _open_av(path: Path) -> av.container.InputContainer:
     import av
 
     try:
-        return av.open(str(path), mode="r")
+        # Metadata is text from the file: undecodable bytes are replaced, not a UnicodeDecodeError.
+        return av.open(str(path), mode="r", metadata_errors="replace")
     except av.FFmpegError as exc:
         raise TrtalkError(f"cannot open {path} as media: {_av_reason(exc)}") from None
     except OSError as exc:
