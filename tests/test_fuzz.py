@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import signal
@@ -46,13 +47,15 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+if sys.platform != "linux":
+    pytest.skip("the fuzz server forks and reads /proc (Linux)", allow_module_level=True)
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz suite needs hypothesis (pip install -e .[test])")
 from hypothesis import HealthCheck, Phase, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -93,8 +96,13 @@ KNOWN_BAD: dict[str, str] = {
     "audio_gain_overflow": "issue 12 item 2 (bounds on options): --audio-gain 1e308 or inf passes "
                            "the > 0 check, the mel overflows to NaN and the warp avatar never "
                            "finishes (killed after the timeout)",
+    "max_delay_nonfinite": "issue 12 item 2 (bounds on options; found by this suite): `stream "
+                           "--realtime --max-delay-s nan` (or inf, -inf) is accepted, then int() of "
+                           "it in Pipeline._realtime_batch raises ValueError / OverflowError, a traceback",
     "sigterm_render": "issue 12 item 3: SIGTERM during `trtalk render` leaves the hidden "
                       ".<name>.<hex>.tmp.mp4 behind",
+    "failed_stream_leaves_folder": "issue 12 item 7: a `stream --record DIR/x.mp4` that fails (here "
+                                   "on a bad option, after the sink made DIR) leaves the empty DIR",
     "long_file_name": "issue 12 item 7 (messages; found by this suite): -o with a file name over "
                       "255 bytes escapes from check_writable as OSError ENAMETOOLONG, a traceback",
 }
@@ -274,9 +282,13 @@ def _y4m(frames: list[np.ndarray], fps: int = 25) -> bytes:
     return b"".join(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Seeds:
     """Valid inputs (bytes) that the fuzzers mutate, and good files for the other inputs."""
+
+    def __repr__(self) -> str:  # what a failing example prints: names, not megabytes
+        return (f"Seeds(images={sorted(self.images)}, videos={sorted(self.videos)}, "
+                f"audios={sorted(self.audios)}, face={self.face.name}, speech={self.speech.name})")
 
     images: dict[str, bytes]
     videos: dict[str, bytes]
@@ -317,35 +329,58 @@ MEDIA_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".mp4", ".mov", ".
                     ".wav", ".mp3", ".m4a", ".txt", "")
 
 
+@dataclass(frozen=True)
+class Media:
+    """A fuzzed file: its bytes, the extension it is saved under, and how it was made (what a
+    failing example prints: the recipe, not megabytes of bytes)."""
+
+    data: bytes = field(repr=False)
+    ext: str
+    recipe: tuple[str, ...]
+
+
 @st.composite
-def mutated(draw: st.DrawFn, pool: dict[str, bytes], others: dict[str, bytes] | None = None) -> tuple[bytes, str]:
-    """(bytes, extension): a seed from ``pool`` with 1 or 2 mutations, under its own name or (one
-    time in four) another one; ``others``: seeds whose heads "splice" may put on the body."""
+def mutated(draw: st.DrawFn, pool: dict[str, bytes], others: dict[str, bytes] | None = None) -> Media:
+    """A seed from ``pool`` with 1 or 2 mutations, under its own extension or (one time in four)
+    another one; ``others``: seeds whose heads "splice" may put on the body."""
     ext = draw(st.sampled_from(sorted(pool)))
     data = pool[ext]
+    recipe = [f"seed {ext} ({len(data)} bytes)"]
     # Light damage (a few flipped bits, a cut) most often: it gets past the container into the
     # decoders and the face pipeline; the rest rarely gets past the first check.
     ops = ("flip",) * 4 + ("truncate",) * 3 + ("splice", "insert", "zero")
     for op in draw(st.lists(st.sampled_from(ops), min_size=1, max_size=2)):
         if op == "truncate":
-            data = data[:draw(st.integers(0, len(data)))]
+            n = draw(st.integers(0, len(data)))
+            data = data[:n]
+            recipe.append(f"truncate to {n}")
         elif op == "flip" and data:
             head = draw(st.booleans())  # headers are where parsers decide; flip there half the time
+            flips = []
             for _ in range(draw(st.integers(1, 8))):
                 i = draw(st.integers(0, min(len(data), 512) - 1 if head else len(data) - 1))
-                data = data[:i] + bytes([data[i] ^ (1 << draw(st.integers(0, 7)))]) + data[i + 1:]
+                bit = draw(st.integers(0, 7))
+                data = data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1:]
+                flips.append(f"{i}^{1 << bit}")
+            recipe.append("flip " + " ".join(flips))
         elif op == "zero":
             data = b""
+            recipe.append("zero length")
         elif op == "splice":  # another container's head on this body: the wrong container
-            other = draw(st.sampled_from(sorted((others or pool).values())))
+            key = draw(st.sampled_from(sorted(others or pool)))
+            other = (others or pool)[key]
             cut = draw(st.integers(0, min(len(other), 4096)))
             data = other[:cut] + data[cut:]
+            recipe.append(f"first {cut} bytes from {key}")
         elif op == "insert" and data:
             i = draw(st.integers(0, len(data)))
-            data = data[:i] + draw(st.binary(min_size=1, max_size=64)) + data[i:]
+            junk = draw(st.binary(min_size=1, max_size=64))
+            data = data[:i] + junk + data[i:]
+            recipe.append(f"insert {junk!r} at {i}")
     if draw(st.integers(0, 3)) == 0:
         ext = draw(st.sampled_from(MEDIA_EXTENSIONS))
-    return data, ext
+        recipe.append(f"named {ext or 'without extension'}")
+    return Media(data, ext, tuple(recipe))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -377,7 +412,7 @@ HUGE_EXT = {"png": ".png", "jpg": ".jpg", "bmp": ".bmp", "webp": ".webp", "y4m":
 
 
 @st.composite
-def huge(draw: st.DrawFn) -> tuple[bytes, str]:
+def huge(draw: st.DrawFn) -> Media:
     kind = draw(st.sampled_from(sorted(HUGE_EXT)))
     hi = 0xFFFF if kind == "jpg" else (1 << 24) if kind == "webp" else (1 << 31) - 1
     # Over the 100 MP cap on one side, anywhere, or small enough that a decoder is reached.
@@ -387,7 +422,7 @@ def huge(draw: st.DrawFn) -> tuple[bytes, str]:
         w, h = max(2, w & ~1), max(2, h & ~1)
     body = draw(st.binary(max_size=256))
     ext = HUGE_EXT[kind] if draw(st.integers(0, 3)) else draw(st.sampled_from(MEDIA_EXTENSIONS))
-    return huge_header(kind, w, h, body), ext
+    return Media(huge_header(kind, w, h, body), ext, (f"{kind} header {w}x{h}", f"{len(body)} bytes of data"))
 
 
 # --------------------------------------------------------------------------- media fuzzing
@@ -426,25 +461,25 @@ def test_face_huge_header(cli: ForkServer, seeds: Seeds, work: Path, kind: str, 
 @given(data=st.data())
 def test_face_media(cli: ForkServer, seeds: Seeds, work: Path, data: st.DataObject) -> None:
     """`render --face FILE`: a mutated image or video, or a header claiming huge dimensions."""
-    blob, ext = data.draw(st.one_of(mutated({**seeds.images, **seeds.videos}, seeds.audios), huge()))
-    _run_render(cli, work, "face" + ext, blob, "face", audio=seeds.speech)
+    media = data.draw(st.one_of(mutated({**seeds.images, **seeds.videos}, seeds.audios), huge()))
+    _run_render(cli, work, "face" + media.ext, media.data, "face", audio=seeds.speech)
 
 
 @fuzz(6)
 @given(data=st.data())
 def test_pose_media(cli: ForkServer, seeds: Seeds, work: Path, data: st.DataObject) -> None:
     """`render --pose FILE`: a mutated video (partly decodable ones included)."""
-    blob, ext = data.draw(mutated(seeds.videos, seeds.images))
-    _run_render(cli, work, "pose" + ext, blob, "pose", audio=seeds.speech, face=seeds.face)
+    media = data.draw(mutated(seeds.videos, seeds.images))
+    _run_render(cli, work, "pose" + media.ext, media.data, "pose", audio=seeds.speech, face=seeds.face)
 
 
 @fuzz(8)
 @given(data=st.data())
 def test_audio_media(cli: ForkServer, seeds: Seeds, work: Path, data: st.DataObject) -> None:
     """`render --audio FILE` and `stream --audio FILE`: a mutated wav, mp3, m4a or video."""
-    blob, ext = data.draw(mutated(seeds.audios, seeds.videos))
+    media = data.draw(mutated(seeds.audios, seeds.videos))
     with Example(work) as ex:
-        audio = ex.write("speech" + ext, blob)
+        audio = ex.write("speech" + media.ext, media.data)
         if data.draw(st.booleans(), label="stream"):
             argv = ["stream", "--audio", str(audio), "--fast", "--record", "out/x.mp4"]
         else:
@@ -497,11 +532,14 @@ _COMMON: dict[str, st.SearchStrategy[str] | None] = {
 
 def _safe_value(flag: str, value: str | None) -> bool:
     """False for inputs of a KNOWN_BAD entry (kept out of the random tests while it is listed)."""
+    try:
+        number = float(value or "")
+    except ValueError:
+        return True  # not a number: argparse refuses it
     if flag == "--audio-gain" and "audio_gain_overflow" in KNOWN_BAD:
-        try:
-            return not float(value) > 1e100
-        except ValueError:
-            return True
+        return not number > 1e100
+    if flag == "--max-delay-s" and "max_delay_nonfinite" in KNOWN_BAD:
+        return math.isfinite(number)
     return True
 
 
@@ -511,7 +549,10 @@ def option_argv(draw: st.DrawFn, seeds: Seeds) -> tuple[list[str], tuple[str, ..
     command = draw(st.sampled_from(("render", "stream")))
     max_name = 255 if "long_file_name" in KNOWN_BAD else 400
     name = draw(st.one_of(st.sampled_from(("x.mp4", "x.gif", "x", ".x.mp4", "x.mp4.tmp")), _file_name(max_name)))
-    out_path = draw(st.sampled_from(("out/{}", "out/sub/{}", "out/{}/", "{}"))).format(name)
+    folders = ["out/{}", "out/sub/{}", "out/{}/", "{}"]
+    if command == "stream" and "failed_stream_leaves_folder" in KNOWN_BAD:
+        folders.remove("out/sub/{}")
+    out_path = draw(st.sampled_from(folders)).format(name)
     outputs: tuple[str, ...] = (Path(out_path).as_posix(),)  # Path drops a trailing "/"
     if command == "render":
         argv = ["render", "-o", out_path, "--audio", str(seeds.speech), "--face", str(seeds.face)]
@@ -551,6 +592,22 @@ def test_audio_gain_overflow(cli: ForkServer, seeds: Seeds, work: Path) -> None:
             argv = render_argv(audio=seeds.speech, face=seeds.face) + [f"--audio-gain={gain}"]
             # 10 frames take about a second; the hang is cut short so the xfail stays cheap.
             check(cli.run(argv, ex.root, timeout_s=10), ex.root, ("out/x.mp4",))
+
+
+@known_bad("max_delay_nonfinite")
+def test_max_delay_nonfinite(cli: ForkServer, seeds: Seeds, work: Path) -> None:
+    for value in ("nan", "inf", "-inf"):
+        with Example(work) as ex:
+            argv = ["stream", "--audio", str(seeds.speech), "--realtime", "--record", "out/x.mp4",
+                    f"--max-delay-s={value}"]
+            check(cli.run(argv, ex.root), ex.root, ("out/x.mp4",))
+
+
+@known_bad("failed_stream_leaves_folder")
+def test_failed_stream_leaves_no_folder(cli: ForkServer, seeds: Seeds, work: Path) -> None:
+    with Example(work) as ex:
+        argv = ["stream", "--audio", str(seeds.speech), "--fast", "--record", "out/sub/x.mp4", "--cuda-graphs"]
+        check(cli.run(argv, ex.root), ex.root, ("out/sub/x.mp4",))
 
 
 @known_bad("long_file_name")
