@@ -205,7 +205,7 @@ def summarise(samples: list[Sample], start_s: float, end_s: float, warmup_s: flo
         slope = slope_per_min([s.t_s for s in steady], ys)
         half = len(ys) // 2
         out[key] = {"first": ys[0], "last": ys[-1], "min": min(ys), "max": max(ys),
-                    "slope_per_min": None if slope is None else round(slope, 3),
+                    "slope_per_min": None if slope is None else round(slope, 3) + 0.0,  # no -0.0
                     "mean_first_half": round(float(np.mean(ys[:half])), 2) if half else None,
                     "mean_second_half": round(float(np.mean(ys[half:])), 2) if half else None}
     out["rss_mb_peak_whole_run"] = max((s.rss_mb for s in samples), default=None)
@@ -236,8 +236,9 @@ def markdown(r: dict) -> str:
          "|---|---|---|---|---|---|---|---|"]
     for label, d in (("RSS (MB)", rss), ("open fds", fds), ("threads", thr)):
         if d:
+            slope = None if d["slope_per_min"] is None else d["slope_per_min"] + 0.0
             L.append(f"| {label} | {d['first']} | {d['last']} | {d['min']} | {d['max']} | "
-                     f"{d['slope_per_min']} | {d['mean_first_half']} | {d['mean_second_half']} |")
+                     f"{slope} | {d['mean_first_half']} | {d['mean_second_half']} |")
     L += ["", f"**RSS slope: {rss.get('slope_per_min')} MB/min** over {s.get('steady_samples')} samples "
               f"(peak RSS over the whole run {s.get('rss_mb_peak_whole_run')} MB).", ""]
     if rep:
