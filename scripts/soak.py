@@ -223,7 +223,7 @@ def markdown(r: dict) -> str:
                                      "for the session's time budget)")
     L = [f"# Soak: `trtalk stream` on a real-time clock for {minutes:g} min{note}", "",
          f"Command: `{r['command']}`", "",
-         f"Made by: `{r['script_command']}`", "",
+         f"Made by: `{r['script_command']}` at commit {r.get('git_commit') or 'unknown'}", "",
          f"Machine: {_machine_line(r['machine'])}; load average (1 min) during the run "
          f"{s.get('load1_mean')} on {os.cpu_count()} CPUs (shared machine)", "",
          f"Inputs: {r['inputs']}", "",
@@ -267,6 +267,18 @@ def markdown(r: dict) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def git_commit() -> str | None:
+    """HEAD of the tree that ran (``+dirty`` with uncommitted changes), None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                    "interval": args.interval, "warmup": args.warmup},
         "inputs": inputs,
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(k)},
+        "git_commit": git_commit(),
         "machine": machine_info("cpu"),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "returncode": rc,
