@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import shutil
 import signal
@@ -93,9 +92,6 @@ KNOWN_BAD: dict[str, str] = {
     "audio_gain_overflow": "issue 12 item 2 (bounds on options): --audio-gain 1e308 or inf passes "
                            "the > 0 check, the mel overflows to NaN and the warp avatar never "
                            "finishes (killed after the timeout)",
-    "max_delay_nonfinite": "issue 12 item 2 (bounds on options; found by this suite): `stream "
-                           "--realtime --max-delay-s nan` (or inf, -inf) is accepted, then int() of "
-                           "it in Pipeline._realtime_batch raises ValueError / OverflowError, a traceback",
     "long_file_name": "issue 12 item 7 (messages; found by this suite): -o with a file name over "
                       "255 bytes escapes from check_writable as OSError ENAMETOOLONG, a traceback",
 }
@@ -541,8 +537,6 @@ def _safe_value(flag: str, value: str | None) -> bool:
         return True  # not a number: argparse refuses it
     if flag == "--audio-gain" and "audio_gain_overflow" in KNOWN_BAD:
         return not number > 1e100
-    if flag == "--max-delay-s" and "max_delay_nonfinite" in KNOWN_BAD:
-        return math.isfinite(number)
     return True
 
 
@@ -597,7 +591,6 @@ def test_audio_gain_overflow(cli: ForkServer, seeds: Seeds, work: Path) -> None:
             check(cli.run(argv, ex.root, timeout_s=10), ex.root, ("out/x.mp4",))
 
 
-@known_bad("max_delay_nonfinite")
 def test_max_delay_nonfinite(cli: ForkServer, seeds: Seeds, work: Path) -> None:
     for value in ("nan", "inf", "-inf"):
         with Example(work) as ex:
