@@ -270,11 +270,14 @@ def markdown(r: dict) -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD of the tree that ran (``+dirty`` with uncommitted changes), None outside git."""
+    """HEAD of the tree that ran (``+dirty`` with uncommitted changes outside benchmarks/results),
+    None outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        # Result files (this script's own output) do not make the code dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
