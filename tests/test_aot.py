@@ -17,7 +17,7 @@ import torch
 
 import trtalk.export.aot as aot
 from trtalk.engine.aot_backend import AotBackend, pad_batch, pick_bucket
-from trtalk.export.cache import read_sidecar
+from trtalk.export.engine_file import read_sidecar
 from trtalk.engine.runner import Runner, RunnerOptions, open_runner
 from trtalk.errors import TrtalkError
 from trtalk.export.aot import AotKey, AotOptions, aot_key
