@@ -88,13 +88,7 @@ def fuzz(ci_examples: int) -> settings:
 
 
 # Known failures (issue 12); see the module docstring for how to retire an entry.
-KNOWN_BAD: dict[str, str] = {
-    "audio_gain_overflow": "issue 12 item 2 (bounds on options): --audio-gain 1e308 or inf passes "
-                           "the > 0 check, the mel overflows to NaN and the warp avatar never "
-                           "finishes (killed after the timeout)",
-    "long_file_name": "issue 12 item 7 (messages; found by this suite): -o with a file name over "
-                      "255 bytes escapes from check_writable as OSError ENAMETOOLONG, a traceback",
-}
+KNOWN_BAD: dict[str, str] = {}
 
 
 def known_bad(key: str) -> pytest.MarkDecorator:

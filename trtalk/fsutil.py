@@ -190,6 +190,10 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     """
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
+    max_name = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
+    if len(os.fsencode(target.name)) > max_name:
+        raise TrtalkError(f"cannot write {target.name[:40]}...: the file name is longer than "
+                          f"{max_name} bytes")
     if not parent.exists():
         raise TrtalkError(
             f"cannot write {target}: directory {parent} does not exist (create it first)"

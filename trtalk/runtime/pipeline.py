@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 MAX_FPS = 240.0
 MAX_BATCH = 256
 MAX_DURATION_S = 24 * 3600.0
+#: Largest fixed audio gain: the official frontend's own gain is at most 1000 (RMS floor 1e-4);
+#: beyond that the mel overflows to inf/NaN.
+MAX_AUDIO_GAIN = 1000.0
 
 #: Background of frame k for paste-back, given the pose sample it used (None: the default).
 BackgroundFn = Callable[[int, "PoseSample | None"], "Background | None"]
@@ -110,8 +113,8 @@ class PipelineConfig:
             raise TrtalkError(f"--duration {self.duration:g} is more than {MAX_DURATION_S:g} s (24 h)")
         if self.pose_smoothing is not None and not 0 <= self.pose_smoothing < 1:
             raise TrtalkError("--pose-smoothing must be in [0, 1)")
-        if self.audio_gain is not None and not self.audio_gain > 0:
-            raise TrtalkError("the audio gain must be > 0")
+        if self.audio_gain is not None and not 0 < self.audio_gain <= MAX_AUDIO_GAIN:
+            raise TrtalkError(f"--audio-gain must be a number in (0, {MAX_AUDIO_GAIN:g}]")
 
 
 class Pipeline:
