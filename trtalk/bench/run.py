@@ -38,7 +38,7 @@ import torch
 from trtalk.bench.flops import compare_with_design, count_stage_flops
 from trtalk.bench.peaks import device_peak, machine_info, machine_tag
 from trtalk.errors import TrtalkError
-from trtalk.export.stages import STAGES, example_inputs, stage_specs
+from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable
 
 from trtalk.errors import TrtalkError
 from trtalk.export.engine_file import EngineKey, EngineRecord, check_engine, sidecar_path, write_engine

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch

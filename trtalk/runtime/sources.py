@@ -170,11 +170,6 @@ class BoundedQueue(Generic[T]):
             self._cond.notify_all()
             return item
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close` was called (items already queued can still be taken)."""
-        return self._closed
-
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
