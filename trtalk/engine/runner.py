@@ -263,8 +263,9 @@ def _pick_flavour(opts: RunnerOptions) -> str:
         return "tensorrt-rtx"
 
 
-def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "object"]]:
-    """Engine path and key per stage: from the export's own engines when they match, else the cache.
+def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "object", StageSpec]]:
+    """Engine path, key and stage spec per stage: from the export's own engines when they match,
+    else the cache.
 
     Builds what is missing (on this machine, for ``opts.compute_capability`` or the local GPU).
     """
@@ -285,13 +286,13 @@ def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "obje
         if shipped:
             ok, reason, _ = check_engine(d / shipped["file"], key)
             if ok:
-                out[s] = (d / shipped["file"], key)
+                out[s] = (d / shipped["file"], key, specs[s])
                 continue
             log.info("export's %s engine not usable here (%s); using the engine cache", s, reason)
         graph = m.graph_path(d, s, verify=False)  # ensure_export verified it
         rec = cache.get_or_build(s, key, lambda tmp, _g=graph, _s=specs[s]: build_engine(
             _g, _s, m.precision, bopts, tmp))
-        out[s] = (rec.path, key)
+        out[s] = (rec.path, key, specs[s])
     return out
 
 
@@ -301,14 +302,11 @@ def _trt_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     if cuda_device_count() == 0:
         raise TrtalkError("--backend tensorrt needs a CUDA GPU and none is visible here; "
                           "use --backend onnxruntime or --backend torch")
-    engines = tensorrt_engines(source, opts)
-    d = ensure_export(source, opts.precision or "fp16", opts.max_batch, opts.cache_dir, opts.config,
-                      opts.seed, fold_up_blur=True)
-    specs = _specs_from_manifest(Manifest.read(d))
-    return {s: TensorRTBackend(specs[s], p, flavour=k.flavour, device=device, key=k,
+    # One export (and one verification of it) serves the engines and their specs.
+    return {s: TensorRTBackend(spec, p, flavour=k.flavour, device=device, key=k,
                                max_batch=k.max_batch, precision=k.precision,
                                cuda_graphs=opts.cuda_graphs)
-            for s, (p, k) in engines.items()}
+            for s, (p, k, spec) in tensorrt_engines(source, opts).items()}
 
 
 def _open_backends(backend: str, source=None, device: str = "cpu",
