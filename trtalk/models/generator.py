@@ -8,7 +8,10 @@ from the identity map (512x7x7) instead of the constant.
 Noise injection: every StyledConv adds ``weight * noise``. ``noise_mode`` chooses the noise:
 ``"fixed"`` (default) uses the checkpoint's ``noises.noise_i`` buffers, so a frame depends only
 on its inputs (needed by tests, export and stable video); ``"random"`` draws fresh noise every
-call as the published demo does; ``"zero"`` drops it.
+call as the published demo does; ``"zero"`` drops it; ``"seeded"`` is PD-FGC's official noise:
+one (1, 1, H, W) normal map per layer, drawn from a CPU generator seeded with ``noise_seed``
+(PD-FGC: 20202001) in forward order (H = 7, 14, 14, 28, ..., 224, 224) and reused for every
+frame and every batch element; the ``noises.*`` buffers are ignored (`seeded_noise_maps`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch.nn.functional as F
 from trtalk.models.modconv import blur_kernel, modulated_conv2d, upsample2x_fir
 
 OFFICIAL_CHANNELS: dict[int, int] = {7: 512, 14: 512, 28: 512, 56: 512, 112: 256, 224: 128}
-NOISE_MODES = ("fixed", "random", "zero")
+NOISE_MODES = ("fixed", "random", "zero", "seeded")
+#: The seed of PD-FGC's inference run (configs/inference.yaml ``random_seed``).
+PDFGC_NOISE_SEED = 20202001
 
 
 def modconv_layers(channels: dict[int, int] | None = None) -> list[tuple[str, int, int, int, int, bool, bool]]:
@@ -38,6 +43,20 @@ def modconv_layers(channels: dict[int, int] | None = None) -> list[tuple[str, in
                 (f"to_rgb{hi}", cout, 3, 1, hi, False, False)]
     return out
 LRELU_GAIN = math.sqrt(2.0)
+
+
+def noise_resolutions(num_layers: int, init_size: int = 7) -> list[int]:
+    """Side of each noise layer's map, in forward order (conv1, then two per resolution)."""
+    return [init_size * 2 ** ((i + 1) // 2) for i in range(num_layers)]
+
+
+def seeded_noise_maps(num_layers: int, init_size: int = 7, seed: int = PDFGC_NOISE_SEED) -> list[torch.Tensor]:
+    """The ``"seeded"`` mode's maps: after ``manual_seed(seed)``, one ``empty(1, 1, H, W).normal_()``
+    per layer in forward order, on the CPU (PD-FGC's NoiseInjection draws each map on its first
+    call and keeps it; the official run draws from CUDA's generator, whose numbers differ from
+    the CPU's for the same seed, so the maps here are the CPU-reproducible ones)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.empty(1, 1, r, r).normal_(generator=g) for r in noise_resolutions(num_layers, init_size)]
 
 
 class EqualLinear(nn.Module):
@@ -184,8 +203,11 @@ class Generator(nn.Module):
     """netG: ``forward(style B x 2560, id_map B x 512 x 7 x 7) -> image B x 3 x 224 x 224`` in [-1, 1]."""
 
     def __init__(self, style_dim: int = 2560, size: int = 224, n_mlp: int = 8,
-                 channels: dict[int, int] | None = None, noise_mode: str = "fixed"):
+                 channels: dict[int, int] | None = None, noise_mode: str = "fixed",
+                 noise_seed: int = PDFGC_NOISE_SEED):
         super().__init__()
+        self.noise_seed = noise_seed
+        self._seeded: dict[tuple, list[torch.Tensor]] = {}
         self.style_dim, self.size = style_dim, size
         self.channels = dict(channels or OFFICIAL_CHANNELS)
         self.init_size = 7
@@ -229,12 +251,26 @@ class Generator(nn.Module):
             if isinstance(m, ModulatedConv2d):
                 m.impl = impl
 
+    def seeded_noise(self, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The ``"seeded"`` maps on ``device`` in ``dtype`` (drawn once in float32, cast once)."""
+        key = (torch.device(device), dtype)
+        maps = self._seeded.get(key)
+        if maps is None:
+            base = self._seeded.get((torch.device("cpu"), torch.float32))
+            if base is None:
+                base = seeded_noise_maps(self.num_layers, self.init_size, self.noise_seed)
+                self._seeded[(torch.device("cpu"), torch.float32)] = base
+            maps = self._seeded[key] = [m.to(device, dtype) for m in base]
+        return maps
+
     def _noise(self, i: int, x: torch.Tensor, upsampled: bool = False) -> torch.Tensor | None:
         """Noise for layer ``i``, whose output is ``x``'s size (twice it when ``upsampled``)."""
         if self._noise_mode == "zero":
             return None
         if self._noise_mode == "fixed":
             return getattr(self.noises, f"noise_{i}").to(x.dtype)
+        if self._noise_mode == "seeded":
+            return self.seeded_noise(x.device, x.dtype)[i]
         b, _, h, w = x.shape
         f = 2 if upsampled else 1
         return torch.randn(b, 1, h * f, w * f, device=x.device, dtype=x.dtype)
