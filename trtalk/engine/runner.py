@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: Every backend `open_runner` knows (the CLIs' ``--backend`` choices come from here).
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aot")
 PRECISIONS = ("fp32", "fp16")
-NOISE_MODES = ("fixed", "random", "zero")
+NOISE_MODES = ("fixed", "random", "zero", "seeded")
 MODCONV_IMPLS = ("decomposed", "grouped", "cuda", "triton")
 
 

@@ -9,7 +9,9 @@ saves) is stripped, and missing BatchNorm ``num_batches_tracked`` counters (olde
 filled in, since inference never reads them.
 
 ``convert`` writes one safetensors file: tensors under ``G.``, ``V.``, ``E.``, ``A_sync.``
-prefixes, and a metadata record (format, architecture, options as JSON, source, version).
+prefixes, and a metadata record (format, family, architecture, options as JSON, source, version).
+It converts PD-FGC folders too (`trtalk.models.pdfgc`); `detect_family` tells the two apart by
+the folder's file names or the file's metadata.
 """
 
 from __future__ import annotations
@@ -96,10 +98,58 @@ def _torch_load(path: Path) -> dict:
                           f"state_dict ({_short_reason(exc)})") from None
 
 
+#: The model families a checkpoint can hold.
+CHECKPOINT_FAMILIES = ("pcavs", "pdfgc")
+
+
+def detect_family(path: str | os.PathLike) -> str:
+    """"pcavs" or "pdfgc" for a checkpoint folder (by its official file names) or a trtalk
+    safetensors file (by its metadata). TrtalkError for a folder holding both families' files,
+    neither, or a file that is not a trtalk checkpoint."""
+    from trtalk.models import pdfgc
+
+    p = Path(path)
+    if p.is_dir():
+        has_pcavs = [f for f in OFFICIAL_FILES.values() if (p / f).is_file()]
+        has_pdfgc = [f for f in pdfgc.OFFICIAL_FILES.values() if (p / f).is_file()]
+        if has_pcavs and has_pdfgc:
+            raise TrtalkError(f"checkpoint folder {p} mixes PC-AVS ({has_pcavs[0]}) and PD-FGC "
+                              f"({has_pdfgc[0]}) files; keep each family in its own folder")
+        if has_pdfgc:
+            return "pdfgc"
+        if has_pcavs:
+            return "pcavs"
+        raise TrtalkError(f"checkpoint folder {p} holds neither PC-AVS ({', '.join(OFFICIAL_FILES.values())}) "
+                          f"nor PD-FGC ({', '.join(pdfgc.OFFICIAL_FILES.values())}) files")
+    if not p.is_file():
+        raise TrtalkError(f"checkpoint not found: {p} (give the official checkpoint folder "
+                          f"or a .safetensors file from `trtalk convert`)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise TrtalkError(f"cannot read checkpoint {p}: truncated or not a safetensors file "
+                          f"({type(exc).__name__})") from None
+    fmt = meta.get("format")
+    if fmt == FORMAT:
+        return "pcavs"
+    if fmt == pdfgc.FORMAT:
+        return "pdfgc"
+    raise TrtalkError(f"{p} is not a trtalk checkpoint (metadata format is {fmt!r:.60}); make one "
+                      f"with `trtalk convert`")
+
+
 def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
     paths = {n: folder / f for n, f in OFFICIAL_FILES.items()}
     absent = [p.name for p in paths.values() if not p.is_file()]
     if absent:
+        from trtalk.models.pdfgc import is_pdfgc_folder
+
+        if is_pdfgc_folder(folder):
+            raise TrtalkError(f"{folder} is a PD-FGC checkpoint folder, not PC-AVS; use --model pdfgc "
+                              f"(or leave --model out)")
         raise TrtalkError(f"checkpoint folder {folder} has no {absent[0]} "
                           f"(expected {', '.join(OFFICIAL_FILES.values())})")
     model = PCAVS(config)
@@ -138,6 +188,9 @@ def _load_safetensors(path: Path, config: PCAVSConfig | None) -> PCAVS:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if meta.get("format") == "trtalk.pdfgc":
+                raise TrtalkError(f"{path} is a PD-FGC file, not PC-AVS; use --model pdfgc "
+                                  f"(or leave --model out)")
             if meta.get("format") != FORMAT:
                 raise TrtalkError(f"{path} is not a trtalk PC-AVS file (metadata format is "
                                   f"{meta.get('format')!r:.60}); make one with `trtalk convert`")
@@ -205,9 +258,10 @@ def save_official_folder(model: PCAVS, folder: str | os.PathLike) -> Path:
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, config: PCAVSConfig | None = None) -> Path:
-    """Convert an official checkpoint folder (or a trtalk file) to one safetensors file.
+    """Convert an official checkpoint folder (or a trtalk file) of either family to one
+    safetensors file; the family (`detect_family`) is recorded in the metadata.
 
-    ``config`` is recorded in the file's metadata; it defaults as in `load_pcavs`.
+    ``config`` (PC-AVS) is recorded in the file's metadata; it defaults as in `load_pcavs`.
     """
     from safetensors.torch import save_file
 
@@ -215,10 +269,15 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, config: PCAVSConfig 
 
     out = Path(out)
     check_writable(out)
+    if detect_family(src) == "pdfgc":
+        from trtalk.models.pdfgc import load_pdfgc, save_pdfgc_safetensors
+
+        return save_pdfgc_safetensors(load_pdfgc(src), out, source=Path(src).name)
     model = load_pcavs(src, config)
     tensors = {f"{name}.{k}": v.detach().contiguous().clone()
                for name in NETWORKS for k, v in model.network(name).state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": ARCHITECTURE,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": "pcavs",
+            "architecture": ARCHITECTURE,
             "config": model.config.to_json(), "source": Path(src).name,
             "trtalk_version": __version__}
     with atomic_output(out) as tmp:
@@ -229,7 +288,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, config: PCAVSConfig 
 def checkpoint_hash(path: str | os.PathLike) -> str:
     """SHA-256 over the checkpoint's file(s), in a stable order (for manifests and caches)."""
     p = Path(path)
-    files = [p / f for f in OFFICIAL_FILES.values()] if p.is_dir() else [p]
+    if p.is_dir():
+        from trtalk.models import pdfgc
+
+        names = pdfgc.OFFICIAL_FILES if pdfgc.is_pdfgc_folder(p) else OFFICIAL_FILES
+        files = [p / f for f in names.values()]
+    else:
+        files = [p]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())

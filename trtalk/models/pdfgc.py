@@ -464,6 +464,23 @@ def check_pdfgc_state(state: object, module: nn.Module, source: str, net: str) -
     return out
 
 
+def _config_from_generator(state: object, source: str) -> PDFGCConfig:
+    """The generator widths a generator state_dict was made with (the official ones, or a
+    narrow test generator); anything unreadable falls back to the official config, whose
+    key-by-key check then names the problem."""
+    from trtalk.models.pcavs import ConfigError, _gen_channels
+
+    if not isinstance(state, dict):
+        return PDFGCConfig()
+    try:
+        ch = {"7": int(state["conv1.conv.weight"].shape[1])}
+        for i, res in enumerate((14, 28, 56, 112, 224)):
+            ch[str(res)] = int(state[f"convs.{2 * i}.conv.weight"].shape[1])
+        return PDFGCConfig(gen_channels=_gen_channels(ch, 224))
+    except (KeyError, AttributeError, IndexError, ConfigError):
+        return PDFGCConfig()
+
+
 def is_pdfgc_folder(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds any of the official PD-FGC file names."""
     p = Path(folder)
@@ -483,10 +500,17 @@ def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = No
         hint = f"; it also holds PC-AVS files ({mixed[0]}): keep each family in its own folder" if mixed else ""
         raise TrtalkError(f"PD-FGC checkpoint folder {folder} has no {absent[0]} "
                           f"(expected {', '.join(OFFICIAL_FILES.values())}){hint}")
+    states = {"generator": _torch_load(paths["generator"])}
+    if config is None:
+        config = _config_from_generator(states["generator"], str(paths["generator"]))
     model = PDFGC(config)
     for name, path in paths.items():
         net = model.network(name)
-        net.load_state_dict(check_pdfgc_state(_torch_load(path), net, str(path), name))
+        state = states.pop(name, None)
+        if state is None:
+            state = _torch_load(path)
+        net.load_state_dict(check_pdfgc_state(state, net, str(path), name))
+        del state
     log.info("loaded PD-FGC checkpoint folder %s", folder)
     return model.eval()
 
@@ -517,3 +541,86 @@ def save_pdfgc_folder(model: PDFGC, folder: str | os.PathLike, seed: int = 0) ->
         with atomic_output(folder / OFFICIAL_FILES[name]) as tmp:
             torch.save(state, tmp)
     return folder
+
+
+# ----------------------------------------------------------------------------- trtalk file
+
+FORMAT = "trtalk.pdfgc"
+FORMAT_VERSION = "1"
+ARCHITECTURE = ("PD-FGC: appearance resnext, motion fan (pose 6, eye 6, emotion 30), audio ressesync "
+                "+ mouth_embed 500, generator modulate (style 2590)")
+
+
+def save_pdfgc_safetensors(model: PDFGC, out: str | os.PathLike, source: str = "") -> Path:
+    """One safetensors file: tensors under ``appearance.``, ``motion.``, ``audio.``,
+    ``generator.``; metadata: format, family, architecture, config JSON, source, version."""
+    from safetensors.torch import save_file
+
+    from trtalk import __version__
+    from trtalk.fsutil import atomic_output
+
+    out = Path(out)
+    tensors = {f"{n}.{k}": v.detach().contiguous().clone()
+               for n in NETWORKS for k, v in model.network(n).state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": FAMILY,
+            "architecture": ARCHITECTURE, "config": model.config.to_json(), "source": source,
+            "trtalk_version": __version__}
+    with atomic_output(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return out
+
+
+def load_pdfgc_safetensors(path: str | os.PathLike, config: PDFGCConfig | None = None) -> PDFGC:
+    """A file from `save_pdfgc_safetensors` (`trtalk convert`), every key and shape checked."""
+    from safetensors import safe_open
+
+    from trtalk.errors import TrtalkError
+    from trtalk.models.pcavs import ConfigError
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise TrtalkError(f"{path} is not a trtalk PD-FGC file (metadata format is "
+                                  f"{meta.get('format')!r:.60}); make one with `trtalk convert`")
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise TrtalkError(f"{path}: unknown format version {meta.get('format_version')!r:.20}; "
+                                  f"re-make it with `trtalk convert`")
+            if config is None:
+                try:
+                    config = PDFGCConfig.from_json(meta.get("config", "{}"))
+                except ConfigError as exc:
+                    raise TrtalkError(f"{path}: bad metadata: {exc}; re-make it with `trtalk convert`") from None
+            model = PDFGC(config)
+            groups: dict[str, dict[str, torch.Tensor]] = {n: {} for n in NETWORKS}
+            for k in f.keys():
+                net, _, rest = k.partition(".")
+                if net not in groups:
+                    raise TrtalkError(f"{path}: unexpected key '{k}' outside the "
+                                      f"{'/'.join(NETWORKS)} groups")
+                groups[net][rest] = f.get_tensor(k)
+    except TrtalkError:
+        raise
+    except Exception as exc:
+        raise TrtalkError(f"cannot read checkpoint {path}: truncated or not a safetensors file "
+                          f"({type(exc).__name__})") from None
+    for n in NETWORKS:
+        net = model.network(n)
+        net.load_state_dict(check_pdfgc_state(groups[n], net, f"{path} [{n}]", n))
+    return model.eval()
+
+
+def load_pdfgc(path: str | os.PathLike, config: PDFGCConfig | None = None,
+               device: str | torch.device = "cpu") -> PDFGC:
+    """The official folder or a converted file, in eval mode on ``device``."""
+    from trtalk.errors import TrtalkError
+
+    p = Path(path)
+    if p.is_dir():
+        model = load_pdfgc_folder(p, config)
+    elif p.is_file():
+        model = load_pdfgc_safetensors(p, config)
+    else:
+        raise TrtalkError(f"checkpoint not found: {p}")
+    return model.to(device).eval()

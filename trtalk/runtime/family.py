@@ -37,7 +37,7 @@ from trtalk.errors import TrtalkError
 log = logging.getLogger(__name__)
 
 #: The model families a front end can ask for (``--model``).
-FAMILIES = ("pcavs", "warp")
+FAMILIES = ("pcavs", "warp", "pdfgc")
 
 
 @dataclass
@@ -258,11 +258,23 @@ class WarpFamily(ModelFamily):
 
 
 def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
-                device: str = "cpu", options: Any = None, *, fps: float = 25.0) -> ModelFamily:
-    """The family ``model`` ready to run: PC-AVS through `trtalk.engine.open_runner`, or the warp
-    avatar (its network on torch or onnxruntime, on the CPU)."""
+                device: str = "cpu", options: Any = None, *, fps: float = 25.0,
+                pdfgc: dict[str, Any] | None = None) -> ModelFamily:
+    """The family ``model`` ready to run: PC-AVS through `trtalk.engine.open_runner`, PD-FGC on
+    torch (`trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
+    network on torch or onnxruntime, on the CPU)."""
     if model not in FAMILIES:
         raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
+    if model == "pdfgc":
+        from trtalk.runtime.pdfgc_family import open_pdfgc
+
+        if backend != "torch":
+            raise TrtalkError(f"PD-FGC runs on --backend torch for now, not {backend} (its networks "
+                              f"have no export yet)")
+        kw = dict(pdfgc or {})
+        return open_pdfgc(checkpoint, device, fps=fps, seed=getattr(options, "seed", 0),
+                          small=getattr(options, "config", None) is not None,
+                          noise=getattr(options, "noise", None), **kw)
     if model == "warp":
         if checkpoint is not None:
             raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")

@@ -19,25 +19,50 @@ log = logging.getLogger(__name__)
 class ModelOptions:
     """The model family, its weights and where and how it runs.
 
-    ``model`` None picks PC-AVS when a checkpoint is given and the built-in warp avatar otherwise
-    (said in the log): without a checkpoint PC-AVS would run on random weights, i.e. noise.
+    ``model`` None picks the checkpoint's family when a checkpoint is given (PC-AVS or PD-FGC, from
+    the folder's file names or the converted file's metadata) and the built-in warp avatar
+    otherwise (said in the log): without a checkpoint PC-AVS would run on random weights, i.e. noise.
+    ``eyes``/``emotion``/``emotion_strength``/``eyes_closed``/``emotion_presets``/``mouth_smoothing``
+    are PD-FGC's factor controls (`trtalk.runtime.controls`).
     ``model_config`` "small" is the narrow test generator (random weights only).
     """
 
-    model: Literal["pcavs", "warp"] | None = option(
-        None, help="model family", default_text="pcavs with --checkpoint, else the warp avatar")
-    checkpoint: Path | None = option(None, help="official PC-AVS checkpoint folder or a `trtalk convert` file")
+    model: Literal["pcavs", "warp", "pdfgc"] | None = option(
+        None, help="model family", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
+    checkpoint: Path | None = option(None, help="official PC-AVS or PD-FGC checkpoint folder or a "
+                                                "`trtalk convert` file")
     backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
         "torch", help="inference backend (aot: AOTInductor packages, built once into the engine cache)")
     device: str = option("cpu", help="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16"] | None = option(None, help="compute precision",
                                                        default_text="fp32 on CPU, fp16 on CUDA")
-    noise: Literal["fixed", "random", "zero"] = option(
-        "fixed", help="generator noise: the checkpoint's fixed buffers (deterministic), fresh noise "
-                      "per frame (as the published demo; torch only) or none (torch only)")
+    noise: Literal["fixed", "random", "zero", "seeded"] | None = option(
+        None, help="generator noise: the checkpoint's fixed buffers (deterministic), fresh noise "
+                   "per frame (as the published demo; torch only), none (torch only) or PD-FGC's "
+                   "official seeded maps (torch only)",
+        default_text="fixed for PC-AVS, seeded for PD-FGC")
     cuda_graphs: bool = option(False, help="replay each stage as a CUDA graph (torch, tensorrt)")
     seed: int = option(0, help="seed of the random weights when there is no checkpoint")
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
+    eyes: str | None = option(None, section="PD-FGC factors", metavar="SRC",
+                              help="eyes (blink and gaze): a video, an image, webcam (the pose "
+                                   "source's frames), off, auto (natural blinks) or avatar",
+                              default_text="the avatar's own")
+    eyes_closed: Path | None = option(None, section="PD-FGC factors", metavar="IMAGE",
+                                      help="a still with shut eyes: the closed-eye code of --eyes "
+                                           "auto and of blink-now")
+    emotion: str | None = option(None, section="PD-FGC factors", metavar="SRC",
+                                 help="emotion: a reference still (a preset: happy.jpg), a video, "
+                                      "webcam, off or avatar", default_text="the avatar's own")
+    emotion_strength: float = option(1.0, section="PD-FGC factors",
+                                     help="scale of an image's emotion code, 0 (neutral) to 2")
+    emotion_presets: list[Path] | None = option(None, section="PD-FGC factors", metavar="IMAGES",
+                                                help="comma-separated stills whose emotion codes "
+                                                     "live controls can pick by file stem")
+    mouth_smoothing: Literal["causal", "centred"] | None = option(
+        None, section="PD-FGC factors", help="PD-FGC mouth smoothing: centred is the official "
+        "kernel (needs the next frame's audio: 40 ms more lookahead at 25 fps), causal adds none",
+        default_text="centred for render, causal for stream")
 
     def resolved_model(self) -> str:
         if self.model is not None:
@@ -48,7 +73,9 @@ class ModelOptions:
             log.info("no --checkpoint: using the built-in warp avatar (--model pcavs runs PC-AVS on "
                      "seeded random weights instead)")
             return "warp"
-        return "pcavs"
+        from trtalk.models.checkpoint import detect_family
+
+        return detect_family(self.checkpoint)
 
     def family_threads(self) -> int | None:
         """The family's default compute threads (`trtalk.threads`): 1 for the warp avatar on torch
@@ -58,7 +85,21 @@ class ModelOptions:
         model = self.model or ("pcavs" if self.checkpoint is not None else "warp")
         return 1 if model == "warp" and self.backend == "torch" else None
 
-    def open(self, fps: float = 25.0) -> ModelFamily:
+    def pdfgc_kwargs(self, mouth_smoothing: str = "causal") -> dict:
+        """The PD-FGC family's factor sources from these options."""
+        from trtalk.runtime.controls import parse_factor
+
+        presets = {Path(p).stem: Path(p) for p in (self.emotion_presets or [])}
+        for p in presets.values():
+            if not p.is_file():
+                raise TrtalkError(f"--emotion-presets: {p} does not exist")
+        if self.eyes_closed is not None and not self.eyes_closed.is_file():
+            raise TrtalkError(f"--eyes-closed {self.eyes_closed} does not exist")
+        return {"eyes": parse_factor(self.eyes, "eyes"), "emotion": parse_factor(self.emotion, "emotion"),
+                "emotion_strength": self.emotion_strength, "eyes_closed": self.eyes_closed,
+                "presets": presets, "mouth_smoothing": self.mouth_smoothing or mouth_smoothing}
+
+    def open(self, fps: float = 25.0, mouth_smoothing: str = "causal") -> ModelFamily:
         """The family, loaded (checkpoints read, engines built or taken from the cache)."""
         from trtalk.engine.runner import RunnerOptions, check_device
         from trtalk.models.pcavs import PCAVSConfig
@@ -69,12 +110,28 @@ class ModelOptions:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
         check_device(self.device)
         model = self.resolved_model()
-        opts = RunnerOptions(precision=self.precision, noise=self.noise, cuda_graphs=self.cuda_graphs,
+        pd_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
+                                   ("--eyes-closed", self.eyes_closed),
+                                   ("--emotion-presets", self.emotion_presets),
+                                   ("--emotion-strength", self.emotion_strength != 1.0),
+                                   ("--mouth-smoothing", self.mouth_smoothing)) if v]
+        if model == "pdfgc":
+            if self.precision == "fp16" or self.cuda_graphs:
+                raise TrtalkError("PD-FGC runs in fp32 without CUDA graphs for now; drop --precision "
+                                  "fp16 / --cuda-graphs")
+            return open_family(model, self.checkpoint, self.backend, self.device,
+                               RunnerOptions(noise=self.noise or "seeded", seed=self.seed,
+                                             config=PCAVSConfig.small() if self.model_config == "small" else None),
+                               fps=fps, pdfgc=self.pdfgc_kwargs(mouth_smoothing))
+        if pd_flags:
+            raise TrtalkError(f"{pd_flags[0]} is a PD-FGC control; this checkpoint is {model} "
+                              f"(give a PD-FGC checkpoint or --model pdfgc)")
+        opts = RunnerOptions(precision=self.precision, noise=self.noise or "fixed", cuda_graphs=self.cuda_graphs,
                              seed=self.seed,
                              config=PCAVSConfig.small() if self.model_config == "small" else None)
         if model == "warp":
             changed = [f for f, v in (("--precision", self.precision), ("--cuda-graphs", self.cuda_graphs),
-                                      ("--noise", self.noise != "fixed")) if v]
+                                      ("--noise", self.noise not in (None, "fixed"))) if v]
             if changed:
                 raise TrtalkError(f"{changed[0]} is a PC-AVS option; the warp avatar has no such setting")
         return open_family(model, self.checkpoint, self.backend, self.device, opts, fps=fps)

@@ -59,7 +59,8 @@ class RenderConfig(PipelineConfig):
                         default_text="the built-in photo")
     audio: Path = option(DEFAULT_AUDIO, help="speech: wav/mp3/m4a or a video's audio track",
                          default_text="the built-in clip")
-    pose: Path | None = option(None, help="head pose: video or image, looped forward and backward",
+    pose: Path | None = option(None, help="head pose: video or image, looped forward and backward; "
+                                          "off (PD-FGC: a zero pose code, the official switch)",
                                default_text="the face source itself")
     batch: int = option(8, help="most frames per generator call, 1 to 256")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
@@ -77,10 +78,17 @@ class RenderResult:
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
 
 
+def pose_off(cfg: RenderConfig) -> bool:
+    """``--pose off``: no pose source, a zero pose code (PD-FGC's official switch)."""
+    return cfg.pose is not None and str(cfg.pose) == "off" and not Path(cfg.pose).exists()
+
+
 def _check_inputs(cfg: RenderConfig) -> None:
     if cfg.layout not in LAYOUTS:
         raise TrtalkError(f"unknown layout {cfg.layout!r}; choose {' or '.join(LAYOUTS)}")
     for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", cfg.pose)):
+        if label == "--pose" and pose_off(cfg):
+            continue
         if p is not None and not Path(p).exists():
             raise TrtalkError(f"{label} {p} does not exist")
     check_writable(cfg.output)
@@ -126,7 +134,7 @@ def estimate_memory(cfg: RenderConfig) -> dict[str, int]:
     parts["face clip"] = n_face * ALIGNED_FRAME_BYTES
     if cfg.paste_back:
         parts["face frames (paste-back)"] = n_face * face.width * face.height * 3
-    if cfg.pose is not None:
+    if cfg.pose is not None and not pose_off(cfg):
         pose = probe(cfg.pose)
         parts["pose clip"] = (pose.num_frames or 1) * ALIGNED_FRAME_BYTES
     return parts
@@ -169,7 +177,16 @@ class Renderer:
         mesh = face.landmarks[0] if face.landmarks is not None and bool(face.found[0]) else None
         avatar = self.family.make_avatar(first, str(cfg.face), crop=face.crops[0],
                                          crop_m=face.crop_matrices[0], mesh=mesh)
-        if cfg.pose is not None:
+        if pose_off(cfg):
+            set_factor = getattr(self.family, "set_factor", None)
+            if set_factor is None:
+                raise TrtalkError(f"--pose off is a PD-FGC switch; {self.family.name} has no pose "
+                                  f"switch (give a pose video or image)")
+            from trtalk.runtime.controls import FactorSpec
+
+            set_factor("pose", FactorSpec("off"))
+            pose = None
+        elif cfg.pose is not None:
             pose_clip, _ = align_clip(cfg.pose)
             pose = ClipPoseSource(cfg.pose, pose_clip)
         elif len(face) > 1:
@@ -178,6 +195,9 @@ class Renderer:
             pose = None  # a still face: its own pose
         log.info("face %s: %d frame(s); pose from %s", cfg.face, len(face),
                  cfg.pose or ("the face" if pose is not None else "the avatar itself"))
+
+        if getattr(self.family, "wants_lookahead", False):
+            self.family.set_lookahead(_file_windows(audio.wave, n, cfg.fps))  # type: ignore[attr-defined]
 
         def background(k: int, sample: PoseSample | None) -> Background:
             i = pingpong(k, len(face))
@@ -195,6 +215,19 @@ class Renderer:
         if frames != n:
             raise TrtalkError(f"rendered {frames} of {n} frames; the inputs ended early")
         return RenderResult(Path(cfg.output), n, time.perf_counter() - t0, self.family.random_weights)
+
+
+def _file_windows(wave, n: int, fps: float):
+    """Frame k's mel window of the whole file (the official frontend), None from frame n on: the
+    centred mouth smoothing's lookahead."""
+    from trtalk.audio.mel import mel_spectrogram, mel_windows
+
+    windows = mel_windows(mel_spectrogram(wave), n, fps)
+
+    def window(k: int):
+        return windows[k] if 0 <= k < n else None
+
+    return window
 
 
 def _first_frame(path: Path):

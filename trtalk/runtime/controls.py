@@ -1,0 +1,309 @@
+"""Fine-grained controls of the PD-FGC family: where each factor comes from, and live changes.
+
+Factors and their sources (flags ``--pose``, ``--eyes``, ``--emotion``):
+
+- ``off``: the official switch: a zero pose or emotion code; eyes off = blink and gaze off (the
+  official masks together zero the eye code).
+- an image: its code, held (an emotion preset: ``--emotion happy.jpg``, scaled by
+  ``--emotion-strength``).
+- a video: its codes, frame t using clip frame ``2 + (t - 2) mod (len - 2)`` (the official loop,
+  in trtalk's frame numbering, where frame t is the official output frame t - 2).
+- ``webcam`` (or ``pose``): the frames of the pose source (the camera live); one pass of the motion
+  encoder over each tracked crop yields pose, eyes and emotion together.
+- ``avatar``: the avatar photo's own code (the default for eyes and emotion).
+- ``auto`` (eyes only): natural blinks (`trtalk.motion.blink.BlinkGenerator`) between the
+  avatar's open-eye code and a closed-eye code, gaze from the avatar.
+
+`Controls` holds the live state (emotion preset and strength, gaze offset, blink now, frozen
+factors, the pose source's name); changes are queued by any thread (`submit`) and applied by the
+inference thread before the next frame it makes (`begin_frame`), each logged with that frame's
+number. `ControlServer` serves them as JSON over HTTP (standard library, one thread).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import queue
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from trtalk.errors import TrtalkError
+
+log = logging.getLogger(__name__)
+
+FACTORS = ("pose", "eyes", "emotion")
+KINDS = ("off", "image", "video", "webcam", "avatar", "auto")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """One factor's source: ``kind`` (see `KINDS`) and, for image/video, the file."""
+
+    kind: str
+    path: Path | None = None
+
+
+def parse_factor(value: str | Path | None, factor: str, default: str = "avatar") -> FactorSpec:
+    """``--eyes``/``--emotion``/``--pose`` text -> `FactorSpec`; TrtalkError naming the flag."""
+    if value is None:
+        return FactorSpec(default)
+    text = str(value)
+    low = text.lower()
+    if low in ("off", "webcam", "pose", "avatar", "auto"):
+        if low == "auto" and factor != "eyes":
+            raise TrtalkError(f"--{factor} auto is for --eyes only (natural blinks)")
+        return FactorSpec("webcam" if low == "pose" else low)
+    p = Path(text)
+    if not p.exists():
+        raise TrtalkError(f"--{factor} {text}: no such file; give a video, an image, webcam, off"
+                          f"{', auto' if factor == 'eyes' else ''} or avatar")
+    return FactorSpec("image" if p.suffix.lower() in IMAGE_EXTS else "video", p)
+
+
+def clip_frame(t: int, length: int) -> int:
+    """Clip frame of trtalk frame t (the official ``2 + i mod (len - 2)`` with i = t - 2)."""
+    from trtalk.models.pdfgc import clip_index
+
+    return clip_index(t - 2, length)
+
+
+@dataclass
+class ControlState:
+    """What a control command can change (all applied at a frame boundary)."""
+
+    emotion_preset: str | None = None  # a name from `Controls.presets`
+    emotion_strength: float = 1.0
+    gaze_offset: tuple[float, float] = (0.0, 0.0)
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+    pose_source: str | None = None
+
+
+class Controls:
+    """Live control state of one stream (thread-safe submit, applied at the next frame).
+
+    ``presets``: emotion codes by name (from reference stills). ``on_blink``: called by "blink now"
+    (the family's blink generator). ``on_pose_source``: called with a new pose source name.
+    """
+
+    COMMANDS = ("emotion", "gaze", "blink", "freeze", "unfreeze", "pose_source")
+
+    def __init__(self, presets: dict[str, torch.Tensor] | None = None) -> None:
+        self.presets: dict[str, torch.Tensor] = dict(presets or {})
+        self.state = ControlState()
+        self._pending: queue.SimpleQueue[dict] = queue.SimpleQueue()
+        self.on_blink: Callable[[], None] | None = None
+        self.on_pose_source: Callable[[str], None] | None = None
+        #: codes of the last frame made, by factor (what "freeze" holds)
+        self.current: dict[str, torch.Tensor] = {}
+        #: (frame, command) of every change applied, in order
+        self.log: list[tuple[int, dict]] = []
+
+    # -- any thread ----------------------------------------------------------------------
+
+    def validate(self, cmd: object) -> dict:
+        """The command as a dict, or TrtalkError saying what is wrong (never half-applied)."""
+        if not isinstance(cmd, dict) or "set" not in cmd:
+            raise TrtalkError('a control command is a JSON object with "set": one of '
+                              + ", ".join(self.COMMANDS))
+        what = cmd["set"]
+        if what not in self.COMMANDS:
+            raise TrtalkError(f"unknown control {what!r}; choose one of {', '.join(self.COMMANDS)}")
+        if what == "emotion":
+            preset = cmd.get("preset")
+            if preset is not None and preset != "off" and preset not in self.presets:
+                raise TrtalkError(f"unknown emotion preset {preset!r}; known: "
+                                  f"{', '.join(sorted(self.presets)) or 'none (give --emotion-preset)'}")
+            s = cmd.get("strength", self.state.emotion_strength)
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 2:
+                raise TrtalkError("emotion strength must be a number in [0, 2]")
+        elif what == "gaze":
+            off = cmd.get("offset")
+            if (not isinstance(off, (list, tuple)) or len(off) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 5
+                               for v in off)):
+                raise TrtalkError("gaze offset must be [dx, dy], each in [-5, 5]")
+        elif what in ("freeze", "unfreeze"):
+            if cmd.get("factor") not in FACTORS:
+                raise TrtalkError(f"{what} needs factor: one of {', '.join(FACTORS)}")
+        elif what == "pose_source":
+            if not isinstance(cmd.get("source"), str) or not cmd["source"]:
+                raise TrtalkError('pose_source needs "source": a video, an image, webcam or off')
+        return dict(cmd)
+
+    def submit(self, cmd: object) -> dict:
+        """Queue a validated command for the next frame; returns it."""
+        c = self.validate(cmd)
+        self._pending.put(c)
+        return c
+
+    # -- the inference thread --------------------------------------------------------------
+
+    def begin_frame(self, frame: int) -> list[dict]:
+        """Apply every queued command before ``frame`` is made; returns them."""
+        applied = []
+        while True:
+            try:
+                c = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(c)
+            self.log.append((frame, c))
+            log.info("control at frame %d: %s", frame, json.dumps(c, sort_keys=True))
+            applied.append(c)
+        return applied
+
+    def _apply(self, c: dict) -> None:
+        st = self.state
+        what = c["set"]
+        if what == "emotion":
+            if "preset" in c:
+                st.emotion_preset = None if c["preset"] in (None, "off") else c["preset"]
+            st.emotion_strength = float(c.get("strength", st.emotion_strength))
+        elif what == "gaze":
+            st.gaze_offset = (float(c["offset"][0]), float(c["offset"][1]))
+        elif what == "blink":
+            if self.on_blink is not None:
+                self.on_blink()
+        elif what == "freeze":
+            code = self.current.get(c["factor"])
+            if code is not None:
+                st.frozen[c["factor"]] = code.clone()
+        elif what == "unfreeze":
+            st.frozen.pop(c["factor"], None)
+        elif what == "pose_source":
+            st.pose_source = c["source"]
+            if self.on_pose_source is not None:
+                self.on_pose_source(c["source"])
+
+    def snapshot(self) -> dict[str, Any]:
+        st = self.state
+        return {"emotion_preset": st.emotion_preset, "emotion_strength": st.emotion_strength,
+                "gaze_offset": list(st.gaze_offset), "frozen": sorted(st.frozen),
+                "pose_source": st.pose_source, "presets": sorted(self.presets),
+                "changes": len(self.log)}
+
+
+# ----------------------------------------------------------------------------- endpoint
+
+
+class ControlServer:
+    """``POST /control`` (a JSON command, see `Controls.validate`) and ``GET /state`` on
+    ``host:port`` (port 0: any free one). Bound beyond loopback, every request needs
+    ``Authorization: Bearer <token>`` (made when not given; see ``token``)."""
+
+    def __init__(self, controls: Controls, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None) -> None:
+        self.controls = controls
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        self.token = token if token is not None else (None if loopback else secrets.token_urlsafe(16))
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:  # to logging, not stderr
+                log.debug("control endpoint: " + fmt, *args)
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                if server.token is None:
+                    return True
+                got = self.headers.get("Authorization", "")
+                if hmac.compare_digest(got.encode(), f"Bearer {server.token}".encode()):
+                    return True
+                self._reply(401, {"error": "missing or wrong token"})
+                return False
+
+            def do_GET(self) -> None:  # noqa: N802
+                if not self._authorised():
+                    return
+                if self.path.rstrip("/") == "/state":
+                    self._reply(200, server.controls.snapshot())
+                else:
+                    self._reply(404, {"error": "GET /state or POST /control"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                if not self._authorised():
+                    return
+                if self.path.rstrip("/") != "/control":
+                    self._reply(404, {"error": "POST /control"})
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                if n > 65536:
+                    self._reply(413, {"error": "command too large"})
+                    return
+                try:
+                    cmd = json.loads(self.rfile.read(n) or b"null")
+                    applied = server.controls.submit(cmd)
+                except (ValueError, TrtalkError) as exc:
+                    self._reply(400, {"error": str(exc)})
+                    return
+                self._reply(200, {"queued": applied})
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.host, self.port = host, self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="control-endpoint",
+                                         daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "ControlServer":
+        self._thread.start()
+        log.info("control endpoint on %s%s", self.url, " (token required)" if self.token else "")
+        return self
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> "ControlServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: Preview-window hotkeys -> commands (`trtalk.runtime.livesinks.PreviewSink` forwards keys).
+HOTKEYS: dict[str, dict] = {
+    "b": {"set": "blink"},
+    "e": {"set": "freeze", "factor": "emotion"},
+    "E": {"set": "unfreeze", "factor": "emotion"},
+    "y": {"set": "freeze", "factor": "eyes"},
+    "Y": {"set": "unfreeze", "factor": "eyes"},
+    "p": {"set": "freeze", "factor": "pose"},
+    "P": {"set": "unfreeze", "factor": "pose"},
+    "0": {"set": "emotion", "preset": "off"},
+    "j": {"set": "gaze", "offset": [-0.5, 0.0]},
+    "l": {"set": "gaze", "offset": [0.5, 0.0]},
+    "i": {"set": "gaze", "offset": [0.0, -0.5]},
+    "k": {"set": "gaze", "offset": [0.0, 0.5]},
+    "c": {"set": "gaze", "offset": [0.0, 0.0]},
+}
+
+
+def hotkey(controls: Controls, key: str) -> dict | None:
+    """Submit the command of preview key ``key`` (1-9 pick the n-th emotion preset); None if unbound."""
+    cmd = HOTKEYS.get(key)
+    if cmd is None and key.isdigit() and key != "0":
+        names = sorted(controls.presets)
+        n = int(key) - 1
+        cmd = {"set": "emotion", "preset": names[n]} if n < len(names) else None
+    return controls.submit(cmd) if cmd is not None else None

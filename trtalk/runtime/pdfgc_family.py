@@ -1,0 +1,313 @@
+"""The PD-FGC family: PC-AVS's frame step with separate pose, eyes (blink, gaze) and emotion.
+
+Per batch of frames k (see `trtalk.runtime.family` for the interface):
+
+    mouth   = smoother(1.5 * audio(mel windows))     # causal live, the official centred one offline
+    pose    = pose(tracked crops)                    # motion encoder: B x 6 (also caches eyes, emotion)
+    eye     = the eyes source at k                   # B x 6: clip, image, webcam, avatar, auto, off
+    emotion = the emotion source at k                # B x 30 (a preset x strength, live changes)
+    image   = generator(id | mouth | 1.2 emotion | 1.2 eye | pose, id_map)   # seeded noise maps
+
+Sources are `trtalk.runtime.controls.FactorSpec`; live changes go through `Controls` and apply at
+the first frame made after they arrive. torch only for now (the other backends need the export
+of these networks: see the README's PD-FGC section).
+
+Mouth smoothing: the official kernel is centred (0.274, 0.452, 0.274 over frames k-1, k, k+1): it
+needs frame k+1's audio, i.e. one more frame (40 ms at 25 fps) of audio lookahead than PC-AVS.
+`trtalk render` knows the whole file and runs it exactly ("centred"); the stream runs the
+"causal" variant (0.274, 0.726 over k-1, k), which adds no latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from trtalk.errors import TrtalkError
+from trtalk.runtime.controls import Controls, FactorSpec, clip_frame
+from trtalk.runtime.family import Avatar, ModelFamily, PoseInput, to_uint8
+
+log = logging.getLogger(__name__)
+
+_WHICH = {"pose": 0, "eyes": 1, "emotion": 2}
+#: Blink dims of the eye code (the official "blink off" zeroes them); the rest is gaze.
+BLINK_DIMS = (0, 1, 4, 5)
+GAZE_DIMS = (2, 3)
+
+
+class PDFGCFamily(ModelFamily):
+    """PD-FGC on torch (`trtalk.models.pdfgc.PDFGC`), with per-factor sources and live controls."""
+
+    name = "pdfgc"
+    output_size = 224
+
+    def __init__(self, model: Any, random_weights: bool = False, device: str = "cpu", *,
+                 fps: float = 25.0, eyes: FactorSpec = FactorSpec("avatar"),
+                 emotion: FactorSpec = FactorSpec("avatar"), emotion_strength: float = 1.0,
+                 eyes_closed: Path | None = None, mouth_smoothing: str = "causal",
+                 blink: Any = None, controls: Controls | None = None,
+                 presets: dict[str, Path] | None = None, pose_cache: int = 256) -> None:
+        from trtalk.models.pdfgc import MouthSmoother
+
+        super().__init__(random_weights)
+        self.model = model
+        self.device = torch.device(device)
+        self.fps = fps
+        self.specs: dict[str, FactorSpec] = {"pose": FactorSpec("webcam"), "eyes": eyes,
+                                             "emotion": emotion}
+        if not 0 <= emotion_strength <= 2:
+            raise TrtalkError("--emotion-strength must be in [0, 2]")
+        self.emotion_strength = emotion_strength
+        self.controls = controls or Controls()
+        self.controls.on_blink = self._blink_now
+        if mouth_smoothing not in ("causal", "centred"):
+            raise TrtalkError("--mouth-smoothing is causal or centred")
+        self.mouth_smoothing = mouth_smoothing
+        self._lookahead: Callable[[int], torch.Tensor | None] | None = None
+        self._smoother = MouthSmoother("causal")
+        self._clips: dict[str, torch.Tensor] = {}
+        for factor in ("eyes", "emotion"):
+            spec = self.specs[factor]
+            if spec.kind in ("image", "video"):
+                self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
+        for name, path in (presets or {}).items():
+            self.controls.presets[name] = self._encode_file(path, "emotion")[2][0]
+        if emotion.kind == "image":
+            self.controls.presets.setdefault(Path(emotion.path).stem, self._clips["emotion"][0])
+        self._closed_eye: torch.Tensor | None = None
+        if eyes_closed is not None:
+            self._closed_eye = self._encode_file(eyes_closed, "eyes-closed")[1][0]
+        if eyes.kind == "auto" and self._closed_eye is None:
+            raise TrtalkError("--eyes auto needs a closed-eye code: give --eyes-closed IMAGE (a still "
+                              "of a face with shut eyes)")
+        self._blink_cfg = blink
+        self.pose_cache_size = pose_cache
+        self._pose_cache: collections.OrderedDict[bytes, tuple[torch.Tensor, ...]] = collections.OrderedDict()
+        self.pose_encodings = 0
+        self.reset()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _encode_file(self, path: Path | None, label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Motion codes of every frame of an image or video (aligned as a whole clip)."""
+        from trtalk.face import to_tensor
+        from trtalk.runtime.pose_path import align_clip
+
+        clip, _ = align_clip(Path(path))  # type: ignore[arg-type]
+        found = np.asarray(clip.found, bool)
+        if not found.any():
+            raise TrtalkError(f"--{label} {path}: no face found; use a clear, frontal face")
+        crops = np.asarray(clip.crops)
+        outs = [self.model.encode_motion(to_tensor(crops[s:s + 16]).to(self.device))
+                for s in range(0, len(crops), 16)]
+        return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
+
+    def set_factor(self, factor: str, spec: FactorSpec) -> None:
+        """Change a factor's source (``pose`` accepts off and webcam: the pipeline's pose path)."""
+        if factor == "pose" and spec.kind not in ("off", "webcam", "avatar"):
+            raise TrtalkError("the pose source itself is the pipeline's (--pose); here only off")
+        if spec.kind in ("image", "video") and factor != "pose":
+            self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
+        if factor == "eyes" and spec.kind == "auto" and self._closed_eye is None:
+            raise TrtalkError("--eyes auto needs --eyes-closed IMAGE")
+        self.specs[factor] = spec
+        if factor == "eyes":
+            self._blinker = self._new_blinker()
+
+    def set_lookahead(self, fn: Callable[[int], torch.Tensor | None]) -> None:
+        """Offline: ``fn(k)`` -> frame k's mel window (1 x 80 x 20) or None past the end, so the
+        centred mouth smoothing runs exactly as the official one."""
+        self._lookahead = fn
+        self._make_smoother()
+
+    @property
+    def wants_lookahead(self) -> bool:
+        return self.mouth_smoothing == "centred"
+
+    def _make_smoother(self) -> None:
+        from trtalk.models.pdfgc import MouthSmoother
+
+        if self.mouth_smoothing == "centred":
+            if self._lookahead is None:
+                raise TrtalkError("--mouth-smoothing centred needs the whole audio (trtalk render); "
+                                  "live it would add 40 ms: use causal")
+
+            def next_embed(k: int) -> torch.Tensor | None:
+                w = self._lookahead(k)  # type: ignore[misc]
+                if w is None:
+                    return None
+                return self.model.encode_audio(torch.as_tensor(w).reshape(1, 1, 80, 20).to(self.device))[0]
+
+            self._smoother = MouthSmoother("centred", next_embed)
+        else:
+            self._smoother = MouthSmoother("causal")
+
+    def _new_blinker(self) -> Any:
+        """Natural blinks for ``--eyes auto``; otherwise a generator that blinks only when asked."""
+        from trtalk.motion.blink import BlinkConfig, BlinkGenerator
+
+        cfg = self._blink_cfg
+        if self.specs["eyes"].kind != "auto":
+            cfg = BlinkConfig(rate_per_min=0.0, speech_rate_per_min=0.0,
+                              seed=cfg.seed if cfg is not None else 0)
+        return BlinkGenerator(self.fps, cfg)
+
+    def reset(self) -> None:
+        if self.mouth_smoothing == "causal" or self._lookahead is not None:
+            self._make_smoother()
+        self._blinker = self._new_blinker()
+        self._last_motion: tuple[torch.Tensor, ...] | None = None
+
+    def _blink_now(self) -> None:
+        if self._closed_eye is None:
+            log.warning("blink now: no closed-eye code (give --eyes-closed IMAGE)")
+            return
+        self._blinker.blink_now()
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
+                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
+        from trtalk.face import align_frames, to_tensor
+
+        if crop is None or crop_m is None:
+            clip = align_frames([image], name=name)
+            if not bool(clip.found[0]):
+                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
+                                  f"frontal face")
+            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+        x = to_tensor(crop).to(self.device)
+        id_vec, id_map = self.model.encode_identity(x)
+        pose, eye, emo = self.model.encode_motion(x)
+        return Avatar(image, crop, crop_m, pose[0],
+                      {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0]})
+
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        return self._smoother(self.model.encode_audio(mel.to(self.device)), list(frames))
+
+    def motion(self, inputs: Sequence[PoseInput]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pose B x 6, eye B x 6, emotion B x 30) of tracked crops: one encoder pass, cached by
+        crop content (a looping file or a still costs one encoding per distinct frame)."""
+        from trtalk.face import to_tensor
+
+        keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
+        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
+        if todo:
+            x = to_tensor(np.stack(list(todo.values()))).to(self.device)
+            pose, eye, emo = self.model.encode_motion(x)
+            self.pose_encodings += len(todo)
+            for i, k in enumerate(todo):
+                self._pose_cache[k] = (pose[i], eye[i], emo[i])
+        rows = []
+        for k in keys:
+            self._pose_cache.move_to_end(k)
+            rows.append(self._pose_cache[k])
+        while len(self._pose_cache) > self.pose_cache_size:
+            self._pose_cache.popitem(last=False)
+        out = tuple(torch.stack([r[i] for r in rows]) for i in range(3))
+        self._last_motion = tuple(t[-1] for t in out)
+        return out  # type: ignore[return-value]
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        return self.motion(inputs)[0]
+
+    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
+        return avatar.ref_pose.expand(len(frames), -1)
+
+    def synthesize(self, avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
+                   pose: torch.Tensor) -> np.ndarray:
+        return self.generate(avatar, self.mouth(mel, frames), pose, frames=frames)
+
+    # -- factors ----------------------------------------------------------------------------
+
+    def _source(self, factor: str, avatar: Avatar, k: int) -> torch.Tensor:
+        spec = self.specs[factor]
+        base = avatar.state[factor]
+        if spec.kind == "off":
+            return torch.zeros_like(base)
+        if spec.kind in ("image", "video"):
+            clip = self._clips[factor]
+            return clip[clip_frame(k, len(clip))].to(base.device, base.dtype)
+        if spec.kind == "webcam" and self._last_motion is not None:
+            return self._last_motion[_WHICH[factor]].to(base.device, base.dtype)
+        return base  # avatar, auto (gaze and open lids from the avatar), webcam before a face
+
+    def factor_codes(self, avatar: Avatar, frames: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Raw (unweighted) eye B x 6 and emotion B x 30 codes of ``frames``, live controls
+        applied; the controls' queued changes take effect at the first of ``frames``."""
+        st = self.controls.state
+        eyes, emos = [], []
+        for k in frames:
+            self.controls.begin_frame(int(k))
+            eye = self._source("eyes", avatar, k).clone()
+            if self._closed_eye is not None and self.specs["eyes"].kind != "off":
+                c = self._blinker.step()
+                if c > 0:
+                    idx = list(BLINK_DIMS)
+                    closed = self._closed_eye.to(eye.device, eye.dtype)
+                    eye[idx] = eye[idx] + c * (closed[idx] - eye[idx])
+            if self.specs["eyes"].kind != "off":
+                eye[list(GAZE_DIMS)] += torch.tensor(st.gaze_offset, dtype=eye.dtype, device=eye.device)
+            if st.emotion_preset is not None:
+                emo = st.emotion_strength * self.controls.presets[st.emotion_preset].to(eye.device)
+            else:
+                emo = self._source("emotion", avatar, k)
+                if self.specs["emotion"].kind == "image":
+                    emo = emo * self.emotion_strength
+            eye = st.frozen.get("eyes", eye)
+            emo = st.frozen.get("emotion", emo)
+            self.controls.current["eyes"], self.controls.current["emotion"] = eye, emo
+            eyes.append(eye)
+            emos.append(emo)
+        return {"eyes": torch.stack(eyes), "emotion": torch.stack(emos)}
+
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 controls: dict[str, torch.Tensor] | None = None,
+                 frames: Sequence[int] | None = None) -> np.ndarray:
+        """Frames from mouth and pose codes; ``controls`` {"eyes": B x 6, "emotion": B x 30} raw
+        codes, else the family's sources at ``frames`` (default: the next frames in order)."""
+        from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC
+
+        b = mouth.shape[0]
+        if frames is None:
+            start = getattr(self, "_next_frame", 0)
+            frames = list(range(start, start + b))
+        self._next_frame = int(frames[-1]) + 1
+        codes = controls if controls is not None else self.factor_codes(avatar, frames)
+        pose = pose.to(mouth.device, mouth.dtype)
+        if self.specs["pose"].kind == "off":
+            pose = torch.zeros_like(pose)
+        frozen = self.controls.state.frozen.get("pose")
+        if frozen is not None:
+            pose = frozen.to(pose.device, pose.dtype).expand_as(pose)
+        if len(pose):
+            self.controls.current["pose"] = pose[-1]
+        id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
+        style = PDFGC.style(id_vec.expand(b, -1), mouth, EMOTION_WEIGHT * codes["emotion"].to(mouth),
+                            EYE_WEIGHT * codes["eyes"].to(mouth), pose)
+        with torch.no_grad():
+            return to_uint8(self.model.generate(style, id_map.expand(b, -1, -1, -1)))
+
+
+def open_pdfgc(checkpoint: Path | str | None, device: str = "cpu", *, seed: int = 0,
+               small: bool = False, noise: str | None = None, fps: float = 25.0,
+               **family_kw: Any) -> PDFGCFamily:
+    """The PD-FGC family on torch from a checkpoint (folder or converted file), or seeded random
+    weights without one (``small``: the narrow test generator)."""
+    from trtalk.models.pdfgc import PDFGC, PDFGCConfig, load_pdfgc
+
+    if checkpoint is not None:
+        model = load_pdfgc(checkpoint, device=device)
+        random_weights = False
+    else:
+        model = PDFGC.random(seed, PDFGCConfig.small() if small else None).to(device)
+        random_weights = True
+    if noise is not None:
+        model.generator.noise_mode = noise
+    return PDFGCFamily(model, random_weights, device, fps=fps, **family_kw)
