@@ -572,7 +572,8 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
 
     assets = Path(__file__).resolve().parents[1] / "assets"
     avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
-    model = ModelOptions(model="pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
+    # The checkpoint's family (PC-AVS or PD-FGC) when one is given; PC-AVS on random weights else.
+    model = ModelOptions(model=None if cfg.checkpoint is not None else "pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
     scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)

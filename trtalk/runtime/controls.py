@@ -40,6 +40,8 @@ from trtalk.errors import TrtalkError
 log = logging.getLogger(__name__)
 
 FACTORS = ("pose", "eyes", "emotion")
+#: What a live pose_source command can switch to (a file mid-stream is not supported yet).
+POSE_SWITCHES = ("webcam", "avatar", "off")
 KINDS = ("off", "image", "video", "webcam", "avatar", "auto")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -135,8 +137,9 @@ class Controls:
             if cmd.get("factor") not in FACTORS:
                 raise TrtalkError(f"{what} needs factor: one of {', '.join(FACTORS)}")
         elif what == "pose_source":
-            if not isinstance(cmd.get("source"), str) or not cmd["source"]:
-                raise TrtalkError('pose_source needs "source": a video, an image, webcam or off')
+            if cmd.get("source") not in POSE_SWITCHES:
+                raise TrtalkError(f'pose_source needs "source": one of {", ".join(POSE_SWITCHES)} '
+                                  f'(the stream\'s pose source, the avatar\'s own pose, a zero code)')
         return dict(cmd)
 
     def submit(self, cmd: object) -> dict:

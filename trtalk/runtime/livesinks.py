@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,12 +107,17 @@ class PreviewSink(FrameSink):
         self.title = title
         self._frames_written = 0
         self.stop_requested = False  # q or Esc pressed in the window
+        #: called with every other key pressed in the window (live controls' hotkeys)
+        self.on_key: Callable[[str], None] | None = None
 
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
         cv2 = self._cv2
         cv2.imshow(self.title, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
             self.stop_requested = True
+        elif key != 0xFF and self.on_key is not None:
+            self.on_key(chr(key))
         self._frames_written += 1
 
     def close(self) -> None:

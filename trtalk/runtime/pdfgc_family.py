@@ -66,6 +66,7 @@ class PDFGCFamily(ModelFamily):
         self.emotion_strength = emotion_strength
         self.controls = controls or Controls()
         self.controls.on_blink = self._blink_now
+        self.controls.on_pose_source = lambda src: self.set_factor("pose", FactorSpec(src))
         if mouth_smoothing not in ("causal", "centred"):
             raise TrtalkError("--mouth-smoothing is causal or centred")
         self.mouth_smoothing = mouth_smoothing
@@ -283,6 +284,8 @@ class PDFGCFamily(ModelFamily):
         pose = pose.to(mouth.device, mouth.dtype)
         if self.specs["pose"].kind == "off":
             pose = torch.zeros_like(pose)
+        elif self.specs["pose"].kind == "avatar":
+            pose = avatar.ref_pose.to(pose.device, pose.dtype).expand_as(pose)
         frozen = self.controls.state.frozen.get("pose")
         if frozen is not None:
             pose = frozen.to(pose.device, pose.dtype).expand_as(pose)

@@ -47,6 +47,15 @@ class StreamCommand:
     stats: float | None = option(None, const=5.0, metavar="EVERY_S",
                                  help="log latency stats every EVERY_S seconds (5 if bare)")
     stats_json: Path | None = option(None, metavar="PATH", help="write the final report as JSON")
+    control: bool = option(False, section="live control",
+                           help="PD-FGC: serve the JSON control endpoint (emotion preset and strength, "
+                                "gaze offset, blink now, freeze a factor, switch the pose source)")
+    control_host: str = option("127.0.0.1", section="live control",
+                               help="control endpoint address (beyond loopback a token is required)")
+    control_port: int = option(8765, section="live control", help="control endpoint port (0: any free one)")
+    control_token: str | None = option(None, section="live control",
+                                       help="bearer token of the endpoint",
+                                       default_text="none on loopback, else a random one (logged)")
     stream: StreamConfig = option(default_factory=StreamConfig, prefix="")
 
 
@@ -75,6 +84,37 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
         check_video_path(cmd.record, "--record")
         return Mp4Sink(cmd.record, fps=fps, push_audio=True, live=True)
     return NullSink()
+
+
+def _attach_controls(cmd: StreamCommand, family, sink: FrameSink, stack: contextlib.ExitStack) -> None:
+    """Live controls of a family that has them (PD-FGC): preview hotkeys, and the endpoint
+    with --control. TrtalkError for --control on a family without controls."""
+    controls = getattr(family, "controls", None)
+    if controls is None:
+        if cmd.control:
+            raise TrtalkError(f"--control needs a PD-FGC checkpoint; {family.name} has no live controls")
+        return
+    from trtalk.runtime.controls import ControlServer, hotkey
+
+    if hasattr(sink, "on_key"):
+        def on_key(key: str) -> None:
+            try:
+                hotkey(controls, key)
+            except TrtalkError as exc:
+                log.warning("hotkey %r: %s", key, exc)
+
+        sink.on_key = on_key
+    if cmd.control:
+        if not 0 <= cmd.control_port <= 65535:
+            raise TrtalkError("--control-port must be 0 to 65535")
+        try:
+            server = ControlServer(controls, cmd.control_host, cmd.control_port, cmd.control_token)
+        except OSError as exc:
+            raise TrtalkError(f"cannot serve the control endpoint on {cmd.control_host}:"
+                              f"{cmd.control_port} ({exc.strerror or exc})") from None
+        stack.enter_context(server)
+        note = f" (token {server.token})" if server.token else ""
+        print(f"control endpoint: {server.url}/control{note}", file=sys.stderr)
 
 
 def _run(cmd: StreamCommand) -> int:
@@ -121,6 +161,7 @@ def _run(cmd: StreamCommand) -> int:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
+        _attach_controls(cmd, family, sink, stack)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
         with on_signals(stop):

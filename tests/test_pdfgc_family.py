@@ -1,0 +1,167 @@
+"""The PD-FGC family: detection, convert, render end to end, factor sources and live controls."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import write_wav
+
+from trtalk.cli import main
+from trtalk.errors import TrtalkError
+from trtalk.models import pdfgc as P
+from trtalk.models.checkpoint import convert, detect_family
+from trtalk.runtime.controls import ControlServer, Controls, FactorSpec, hotkey, parse_factor
+from trtalk.runtime.pdfgc_family import PDFGCFamily
+
+
+@pytest.fixture(scope="module")
+def model() -> P.PDFGC:
+    return P.PDFGC.random(seed=7, config=P.PDFGCConfig.small())
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory) -> Path:
+    return P.save_pdfgc_folder(model, tmp_path_factory.mktemp("pdfgc") / "ck")
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_detect_family_and_mixed_folder(folder, tmp_path):
+    assert detect_family(folder) == "pdfgc"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "generator_model.pth").symlink_to(folder / "generator_model.pth")
+    (mixed / "latest_net_G.pth").write_bytes(b"x")
+    with pytest.raises(TrtalkError, match="mixes PC-AVS .*latest_net_G.pth.* and PD-FGC"):
+        detect_family(mixed)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TrtalkError, match="neither PC-AVS"):
+        detect_family(empty)
+
+
+def test_pcavs_loader_names_the_family(folder):
+    from trtalk.models.checkpoint import load_pcavs
+
+    with pytest.raises(TrtalkError, match="is a PD-FGC checkpoint folder, not PC-AVS"):
+        load_pcavs(folder)
+
+
+def test_convert_records_family(folder, model, tmp_path):
+    from safetensors import safe_open
+
+    out = convert(folder, tmp_path / "pd.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["family"] == "pdfgc" and meta["format"] == "trtalk.pdfgc"
+    assert detect_family(out) == "pdfgc"
+    back = P.load_pdfgc(out)
+    assert back.config.gen_channels == P.PDFGCConfig.small().gen_channels
+    a, b = model.generator.state_dict(), back.generator.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_render_eyes_off_emotion_still(folder, face_image_path, speech_wave, tmp_path, capsys):
+    """The issue's end-to-end case: a PD-FGC folder of random weights, --eyes off, --emotion still."""
+    audio = write_wav(tmp_path / "s.wav", speech_wave[: int(0.36 * 16000)])
+    out = tmp_path / "pd.mp4"
+    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+               "--eyes", "off", "--emotion", str(face_image_path), "--emotion-strength", "0.7",
+               "-o", str(out), "--batch", "4"])
+    assert rc == 0
+    assert "pdfgc" in capsys.readouterr().out
+    assert _frames(out) == 9  # floor(0.36 s * 25 + 0.5)
+
+
+def test_pdfgc_flags_refused_for_pcavs(face_image_path, tmp_path, capsys):
+    rc = main(["render", "--model", "pcavs", "--model-config", "small", "--eyes", "off",
+               "--face", str(face_image_path), "-o", str(tmp_path / "x.mp4"), "--duration", "0.1"])
+    assert rc == 2
+    assert "--eyes is a PD-FGC control; this checkpoint is pcavs" in capsys.readouterr().err
+
+
+def test_parse_factor(tmp_path):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"")
+    assert parse_factor("off", "eyes") == FactorSpec("off")
+    assert parse_factor("auto", "eyes") == FactorSpec("auto")
+    assert parse_factor(str(img), "emotion") == FactorSpec("image", img)
+    assert parse_factor(None, "emotion") == FactorSpec("avatar")
+    with pytest.raises(TrtalkError, match="--emotion auto is for --eyes only"):
+        parse_factor("auto", "emotion")
+    with pytest.raises(TrtalkError, match="no such file"):
+        parse_factor(str(tmp_path / "nope.mp4"), "eyes")
+
+
+def _family(model, **kw) -> tuple[PDFGCFamily, object]:
+    fam = PDFGCFamily(model, random_weights=True, **kw)
+    g = np.random.default_rng(0)
+    crop = g.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    av_ = fam.make_avatar(crop, "synthetic", crop=crop, crop_m=np.eye(2, 3))
+    return fam, av_
+
+
+def test_factor_codes_sources_and_switches(model):
+    fam, avatar = _family(model, eyes=FactorSpec("off"), emotion=FactorSpec("avatar"))
+    codes = fam.factor_codes(avatar, [0, 1])
+    assert torch.equal(codes["eyes"], torch.zeros(2, 6))
+    assert torch.equal(codes["emotion"], avatar.state["emotion"].expand(2, -1))
+    mel = torch.randn(2, 1, 80, 20, generator=torch.Generator().manual_seed(0))
+    img = fam.synthesize(avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
+    assert img.shape == (2, 224, 224, 3) and img.dtype == np.uint8
+    fam.set_factor("pose", FactorSpec("off"))
+    img_off = fam.synthesize(avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
+    assert np.abs(img_off.astype(int) - img.astype(int)).max() > 0
+
+
+def test_control_applies_at_next_frame_and_is_logged(model):
+    preset = torch.linspace(-1, 1, 30)
+    fam, avatar = _family(model, controls=Controls({"happy": preset}))
+    before = fam.factor_codes(avatar, [0, 1])["emotion"]
+    fam.controls.submit({"set": "emotion", "preset": "happy", "strength": 0.5})
+    fam.controls.submit({"set": "gaze", "offset": [0.25, -0.5]})
+    after = fam.factor_codes(avatar, [2, 3])
+    assert torch.allclose(after["emotion"], 0.5 * preset.expand(2, -1))
+    assert not torch.allclose(before[0], after["emotion"][0])
+    assert torch.allclose(after["eyes"][:, 2:4] - avatar.state["eyes"][2:4], torch.tensor([0.25, -0.5]))
+    assert [f for f, _ in fam.controls.log] == [2, 2]
+    # freeze holds the last frame's code while the source moves on
+    fam.controls.submit({"set": "freeze", "factor": "emotion"})
+    fam.controls.submit({"set": "emotion", "preset": "off"})
+    frozen = fam.factor_codes(avatar, [4])["emotion"]
+    assert torch.allclose(frozen[0], 0.5 * preset)
+    with pytest.raises(TrtalkError, match="unknown emotion preset 'sad'"):
+        fam.controls.submit({"set": "emotion", "preset": "sad"})
+    assert hotkey(fam.controls, "1") == {"set": "emotion", "preset": "happy"}
+
+
+def test_control_endpoint_json_and_token(model):
+    controls = Controls({"happy": torch.ones(30)})
+    with ControlServer(controls, port=0) as srv:
+        req = urllib.request.Request(f"{srv.url}/control", method="POST",
+                                     data=json.dumps({"set": "emotion", "preset": "happy"}).encode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.load(r) == {"queued": {"set": "emotion", "preset": "happy"}}
+        bad = urllib.request.Request(f"{srv.url}/control", method="POST", data=b'{"set": "nope"}')
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(bad, timeout=5)
+        assert exc.value.code == 400
+    assert controls.begin_frame(7) == [{"set": "emotion", "preset": "happy"}]
+    assert controls.state.emotion_preset == "happy" and controls.log[0][0] == 7
+    with ControlServer(controls, port=0, token="s3cret") as srv:
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"{srv.url}/state", timeout=5)
+        assert exc.value.code == 401
+        req = urllib.request.Request(f"{srv.url}/state", headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.load(r)["emotion_preset"] == "happy"
