@@ -102,13 +102,27 @@ def _torch_load(path: Path) -> dict:
 CHECKPOINT_FAMILIES = ("pcavs", "pdfgc")
 
 
-def detect_family(path: str | os.PathLike) -> str:
+def detect_family(path: str | os.PathLike, fallback: str | None = None) -> str:
     """"pcavs" or "pdfgc" for a checkpoint folder (by its official file names) or a trtalk
-    safetensors file (by its metadata). TrtalkError for a folder holding both families' files,
-    neither, or a file that is not a trtalk checkpoint."""
+    safetensors file (by its metadata). TrtalkError for a folder holding both families' files;
+    for a missing path, a folder with neither family's files or a file that is not a trtalk
+    checkpoint, ``fallback`` when given (the family's own loader then says what is wrong), else
+    TrtalkError."""
+    try:
+        return _detect_family(Path(path))
+    except _NotDetected as exc:
+        if fallback is not None:
+            return fallback
+        raise TrtalkError(str(exc)) from None
+
+
+class _NotDetected(Exception):
+    pass
+
+
+def _detect_family(p: Path) -> str:
     from trtalk.models import pdfgc
 
-    p = Path(path)
     if p.is_dir():
         has_pcavs = [f for f in OFFICIAL_FILES.values() if (p / f).is_file()]
         has_pdfgc = [f for f in pdfgc.OFFICIAL_FILES.values() if (p / f).is_file()]
@@ -119,26 +133,26 @@ def detect_family(path: str | os.PathLike) -> str:
             return "pdfgc"
         if has_pcavs:
             return "pcavs"
-        raise TrtalkError(f"checkpoint folder {p} holds neither PC-AVS ({', '.join(OFFICIAL_FILES.values())}) "
+        raise _NotDetected(f"checkpoint folder {p} holds neither PC-AVS ({', '.join(OFFICIAL_FILES.values())}) "
                           f"nor PD-FGC ({', '.join(pdfgc.OFFICIAL_FILES.values())}) files")
     if not p.is_file():
-        raise TrtalkError(f"checkpoint not found: {p} (give the official checkpoint folder "
-                          f"or a .safetensors file from `trtalk convert`)")
+        raise _NotDetected(f"checkpoint not found: {p} (give the official checkpoint folder "
+                           f"or a .safetensors file from `trtalk convert`)")
     try:
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise TrtalkError(f"cannot read checkpoint {p}: truncated or not a safetensors file "
-                          f"({type(exc).__name__})") from None
+        raise _NotDetected(f"cannot read checkpoint {p}: truncated or not a safetensors file "
+                           f"({type(exc).__name__})") from None
     fmt = meta.get("format")
     if fmt == FORMAT:
         return "pcavs"
     if fmt == pdfgc.FORMAT:
         return "pdfgc"
-    raise TrtalkError(f"{p} is not a trtalk checkpoint (metadata format is {fmt!r:.60}); make one "
-                      f"with `trtalk convert`")
+    raise _NotDetected(f"{p} is not a trtalk checkpoint (metadata format is {fmt!r:.60}); make one "
+                       f"with `trtalk convert`")
 
 
 def _load_folder(folder: Path, config: PCAVSConfig) -> PCAVS:
@@ -269,7 +283,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, config: PCAVSConfig 
 
     out = Path(out)
     check_writable(out)
-    if detect_family(src) == "pdfgc":
+    if detect_family(src, fallback="pcavs") == "pdfgc":
         from trtalk.models.pdfgc import load_pdfgc, save_pdfgc_safetensors
 
         return save_pdfgc_safetensors(load_pdfgc(src), out, source=Path(src).name)

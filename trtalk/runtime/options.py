@@ -75,7 +75,7 @@ class ModelOptions:
             return "warp"
         from trtalk.models.checkpoint import detect_family
 
-        return detect_family(self.checkpoint)
+        return detect_family(self.checkpoint, fallback="pcavs")  # PC-AVS's loader names problems
 
     def family_threads(self) -> int | None:
         """The family's default compute threads (`trtalk.threads`): 1 for the warp avatar on torch
