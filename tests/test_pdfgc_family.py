@@ -165,3 +165,40 @@ def test_control_endpoint_json_and_token(model):
         req = urllib.request.Request(f"{srv.url}/state", headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.load(r)["emotion_preset"] == "happy"
+
+
+def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(model, face_image_path, speech_wave,
+                                                                        pose_video_path, tmp_path):
+    """`trtalk stream` from files (virtual clock, batch 1) with --eyes webcam --emotion off; an
+    HTTP control posted while frame 3 is written is applied at frame 4 and logged so."""
+    from trtalk.media.sinks import NullSink
+    from trtalk.runtime.clock import VirtualClock
+    from trtalk.runtime.pose_path import clip_pose_source
+    from trtalk.runtime.sources import AudioFileSource
+    from trtalk.runtime.stream import StreamConfig, StreamPipeline
+
+    preset = torch.full((30,), 0.5)
+    fam = PDFGCFamily(model, random_weights=True, eyes=FactorSpec("webcam"), emotion=FactorSpec("off"),
+                      controls=Controls({"happy": preset}))
+    seen: dict[int, torch.Tensor] = {}
+
+    class PostingSink(NullSink):
+        def write(self, frame, pts_s=None):
+            k = self.frames_written
+            seen[k] = fam.controls.current["emotion"].clone()
+            if k == 3:
+                req = urllib.request.Request(f"{srv.url}/control", method="POST",
+                                             data=json.dumps({"set": "emotion", "preset": "happy"}).encode())
+                urllib.request.urlopen(req, timeout=5).close()
+            super().write(frame, pts_s)
+
+    cfg = StreamConfig(avatar=face_image_path, fps=25.0, duration=0.28, batch=1)
+    audio = AudioFileSource(write_wav(tmp_path / "s.wav", speech_wave[:16000]))
+    pose = clip_pose_source(pose_video_path)
+    with ControlServer(fam.controls, port=0) as srv, PostingSink() as sink:
+        StreamPipeline(cfg, fam, audio, pose, [sink], VirtualClock()).run()
+    assert sink.frames_written == 7
+    assert [f for f, _ in fam.controls.log] == [4]
+    assert all(torch.equal(seen[k], torch.zeros(30)) for k in range(4))
+    assert all(torch.equal(seen[k], preset) for k in range(4, 7))
+    assert fam.pose_encodings > 0  # eyes came from the pose source's motion pass
