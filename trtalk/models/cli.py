@@ -18,15 +18,17 @@ class ConvertOptions:
     """Options of `trtalk convert`."""
 
     checkpoint: Path = option(positional=True,
-                              help="official checkpoint folder (or a trtalk .safetensors file)")
+                              help="official PC-AVS or PD-FGC checkpoint folder (or a trtalk .safetensors file)")
     output: Path = option(short="-o", help="output .safetensors path")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "convert", ConvertOptions, _run,
-                help="convert an official PC-AVS checkpoint folder to safetensors",
-                description="Read checkpoints/demo/latest_net_{G,V,E,A_sync}.pth and write one "
-                            ".safetensors file that every trtalk command accepts as --checkpoint.")
+                help="convert an official PC-AVS or PD-FGC checkpoint folder to safetensors",
+                description="Read checkpoints/demo/latest_net_{G,V,E,A_sync}.pth (PC-AVS) or "
+                            "{appearance,motion,audio,generator}_model.pth (PD-FGC) and write one "
+                            ".safetensors file, its family in the metadata, that every trtalk "
+                            "command accepts as --checkpoint.")
 
 
 def _run(opts: ConvertOptions) -> int:
