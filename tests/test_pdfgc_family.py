@@ -202,3 +202,51 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(model, fa
     assert all(torch.equal(seen[k], torch.zeros(30)) for k in range(4))
     assert all(torch.equal(seen[k], preset) for k in range(4, 7))
     assert fam.pose_encodings > 0  # eyes came from the pose source's motion pass
+
+
+def test_clip_pose_official_loop_and_box_mean(model):
+    fam, avatar = _family(model)
+    clip = torch.arange(7 * 6, dtype=torch.float32).reshape(7, 6)
+    fam._clips["pose"] = clip
+    fam.specs["pose"] = FactorSpec("video", Path("p.mp4"))
+    fam.set_length(10)
+    idx = [P.clip_index(t - 2, 7) for t in range(10)]
+    assert idx[2:] == [2, 3, 4, 5, 6, 2, 3, 4]
+    got = fam.clip_pose(range(10))
+    want = P.smooth_pose(clip[idx])  # the official box mean, truncated at both ends
+    assert torch.allclose(got, want)
+
+
+def test_cli_render_pose_video_eyes_auto(folder, face_image_path, pose_video_path, speech_wave, tmp_path, capsys):
+    """The issue's done-when render: --pose video --eyes auto --emotion still (closed-eye code from
+    --eyes-closed: any still works for the plumbing)."""
+    audio = write_wav(tmp_path / "s.wav", speech_wave[: int(0.28 * 16000)])
+    out = tmp_path / "pd.mp4"
+    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+               "--pose", str(pose_video_path), "--eyes", "auto", "--eyes-closed", str(face_image_path),
+               "--emotion", str(face_image_path), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert _frames(out) == 7
+    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+               "--eyes", "auto", "-o", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "--eyes auto needs a closed-eye code" in capsys.readouterr().err
+
+
+def test_eyes_auto_blinks_between_open_and_closed_codes(model):
+    fam, avatar = _family(model)
+    open_ = avatar.state["eyes"]
+    fam._closed_eye = open_ + torch.tensor([3.0, 3.0, 9.0, 9.0, 3.0, 3.0])
+    fam.set_factor("eyes", FactorSpec("auto"))
+    eyes = fam.factor_codes(avatar, range(250))["eyes"]  # 10 s at 25 fps
+    closure = (eyes[:, 0] - open_[0]) / 3.0
+    assert torch.allclose(eyes[:, [2, 3]], open_[[2, 3]].expand(250, -1))  # gaze untouched
+    assert torch.allclose(eyes[:, [1, 4, 5]] - open_[[1, 4, 5]], 3.0 * closure[:, None].expand(-1, 3), atol=1e-5)
+    assert closure.max() > 0.9 and closure.min() == 0.0  # the peak falls between frames
+    starts = int(((closure[1:] > 0) & (closure[:-1] == 0)).sum())
+    assert 1 <= starts <= 8  # about 17 blinks a minute
+    # blink now, with the eyes from another source: one blink, at the next frame
+    fam.set_factor("eyes", FactorSpec("avatar"))
+    fam.controls.submit({"set": "blink"})
+    eyes = fam.factor_codes(avatar, range(250, 270))["eyes"]
+    c = (eyes[:, 0] - open_[0]) / 3.0
+    assert c[0] > 0 and c[-1] == 0

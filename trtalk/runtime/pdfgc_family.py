@@ -110,16 +110,32 @@ class PDFGCFamily(ModelFamily):
         return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
     def set_factor(self, factor: str, spec: FactorSpec) -> None:
-        """Change a factor's source (``pose`` accepts off and webcam: the pipeline's pose path)."""
-        if factor == "pose" and spec.kind not in ("off", "webcam", "avatar"):
-            raise TrtalkError("the pose source itself is the pipeline's (--pose); here only off")
-        if spec.kind in ("image", "video") and factor != "pose":
-            self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
+        """Change a factor's source. For ``pose``: ``webcam`` is the pipeline's pose path (the
+        default), ``off`` a zero code, ``avatar`` its own pose, and an image or video is read here
+        with the official loop and 3-frame box mean (the pipeline then has no pose source)."""
         if factor == "eyes" and spec.kind == "auto" and self._closed_eye is None:
             raise TrtalkError("--eyes auto needs --eyes-closed IMAGE")
+        if spec.kind in ("image", "video"):
+            self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
         self.specs[factor] = spec
         if factor == "eyes":
             self._blinker = self._new_blinker()
+
+    def set_length(self, n: int | None) -> None:
+        """The number of output frames when known (offline): the pose box mean is truncated at
+        the last one, as the official one."""
+        self._length = n
+
+    def clip_pose(self, frames: Sequence[int]) -> torch.Tensor:
+        """Pose codes B x 6 of ``frames`` from the pose clip (`set_factor`): the official loop,
+        then the 3-frame box mean over output frames (truncated at frame 0 and the last frame)."""
+        clip = self._clips["pose"]
+        n = getattr(self, "_length", None)
+        rows = []
+        for k in frames:
+            js = [j for j in (k - 1, k, k + 1) if j >= 0 and (n is None or j < n)]
+            rows.append(torch.stack([clip[clip_frame(j, len(clip))] for j in js]).mean(0))
+        return torch.stack(rows)
 
     def set_lookahead(self, fn: Callable[[int], torch.Tensor | None]) -> None:
         """Offline: ``fn(k)`` -> frame k's mel window (1 x 80 x 20) or None past the end, so the
@@ -286,6 +302,8 @@ class PDFGCFamily(ModelFamily):
             pose = torch.zeros_like(pose)
         elif self.specs["pose"].kind == "avatar":
             pose = avatar.ref_pose.to(pose.device, pose.dtype).expand_as(pose)
+        elif self.specs["pose"].kind in ("image", "video"):
+            pose = self.clip_pose(frames).to(pose.device, pose.dtype)
         frozen = self.controls.state.frozen.get("pose")
         if frozen is not None:
             pose = frozen.to(pose.device, pose.dtype).expand_as(pose)

@@ -186,6 +186,12 @@ class Renderer:
 
             set_factor("pose", FactorSpec("off"))
             pose = None
+        elif cfg.pose is not None and hasattr(self.family, "set_factor"):
+            # PD-FGC reads a pose file itself: the official loop and 3-frame box mean.
+            from trtalk.runtime.controls import parse_factor
+
+            self.family.set_factor("pose", parse_factor(cfg.pose, "pose"))  # type: ignore[attr-defined]
+            pose = None
         elif cfg.pose is not None:
             pose_clip, _ = align_clip(cfg.pose)
             pose = ClipPoseSource(cfg.pose, pose_clip)
@@ -196,6 +202,8 @@ class Renderer:
         log.info("face %s: %d frame(s); pose from %s", cfg.face, len(face),
                  cfg.pose or ("the face" if pose is not None else "the avatar itself"))
 
+        if hasattr(self.family, "set_length"):
+            self.family.set_length(n)  # type: ignore[attr-defined]
         if getattr(self.family, "wants_lookahead", False):
             self.family.set_lookahead(_file_windows(audio.wave, n, cfg.fps))  # type: ignore[attr-defined]
 
