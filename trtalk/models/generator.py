@@ -244,6 +244,8 @@ class Generator(nn.Module):
         if mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {mode!r}")
         self._noise_mode = mode
+        if mode == "seeded":  # drawn now, so a traced or exported graph holds them as constants
+            self.seeded_noise(torch.device("cpu"), torch.float32)
 
     def set_modconv_impl(self, impl: str) -> None:
         """Choose the modulated-convolution implementation of every layer (see modconv.py)."""
