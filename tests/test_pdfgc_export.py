@@ -56,3 +56,23 @@ def test_onnxruntime_parity(model, stage, tmp_path):
     for g, w in zip(got, want):
         assert np.abs(g - w.numpy()).max() < 1e-4
     assert PDFGC_STAGES == ("identity", "motion", "audio", "generator")
+
+
+@pytest.mark.slow
+def test_family_on_onnxruntime_matches_torch(model, tmp_path, monkeypatch):
+    """`--backend onnxruntime`: the graphs exported once into the cache, the same frames as torch."""
+    pytest.importorskip("onnxruntime")
+    from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
+
+    monkeypatch.setenv("TRTALK_CACHE_DIR", str(tmp_path))
+    fam = open_pdfgc(None, seed=2, small=True, backend="onnxruntime")
+    assert sorted(p.name for p in next((tmp_path / "exports").iterdir()).iterdir()) == \
+        ["audio.onnx", "generator.onnx", "identity.onnx", "motion.onnx"]
+    ref = PDFGCFamily(model, random_weights=True)
+    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
+    out = []
+    for f in (fam, ref):
+        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
+        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+    assert np.abs(out[0] - out[1]).max() <= 1

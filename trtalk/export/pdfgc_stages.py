@@ -22,14 +22,15 @@ import torch
 from torch import nn
 
 from trtalk.export.stages import BATCH, StageSpec, TensorSpec, fuse_options
-from trtalk.models.pdfgc import EMOTION_DIM, EYE_DIM, ID_DIM, MOUTH_DIM, MOUTH_WEIGHT, POSE_DIM, STYLE_DIM, PDFGC
+from trtalk.models.pdfgc import (EMOTION_DIM, EYE_DIM, ID_DIM, MOUTH_DIM, MOUTH_WEIGHT, POSE_DIM,
+                                 STYLE_DIM, PDFGC, PDFGCConfig)
 
 PDFGC_STAGES = ("identity", "motion", "audio", "generator")
 
 
-def pdfgc_stage_specs(model: PDFGC, dtype: str = "float32") -> dict[str, StageSpec]:
-    """I/O specs of the four PD-FGC stages."""
-    s = model.config.crop_size
+def pdfgc_stage_specs(model: "PDFGC | PDFGCConfig", dtype: str = "float32") -> dict[str, StageSpec]:
+    """I/O specs of the four PD-FGC stages (of a model or its config)."""
+    s = getattr(model, "config", model).crop_size
     img = (BATCH, 3, s, s)
     idmap = (BATCH, 512, 7, 7)
 

@@ -268,13 +268,11 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
     if model == "pdfgc":
         from trtalk.runtime.pdfgc_family import open_pdfgc
 
-        if backend != "torch":
-            raise TrtalkError(f"PD-FGC runs on --backend torch for now, not {backend} (its networks "
-                              f"have no export yet)")
         kw = dict(pdfgc or {})
         return open_pdfgc(checkpoint, device, fps=fps, seed=getattr(options, "seed", 0),
                           small=getattr(options, "config", None) is not None,
-                          noise=getattr(options, "noise", None), **kw)
+                          noise=getattr(options, "noise", None), backend=backend,
+                          cache_dir=getattr(options, "cache_dir", None), **kw)
     if model == "warp":
         if checkpoint is not None:
             raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")
