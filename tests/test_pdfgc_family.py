@@ -250,3 +250,15 @@ def test_eyes_auto_blinks_between_open_and_closed_codes(model):
     eyes = fam.factor_codes(avatar, range(250, 270))["eyes"]
     c = (eyes[:, 0] - open_[0]) / 3.0
     assert c[0] > 0 and c[-1] == 0
+
+
+def test_wrong_family_is_a_clear_error(tmp_path):
+    from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
+
+    pc = save_official_folder(PCAVS.random(0, PCAVSConfig.small()), tmp_path / "pcavs")
+    with pytest.raises(TrtalkError, match="is a PC-AVS checkpoint folder, not PD-FGC; use --model pcavs"):
+        P.load_pdfgc(pc)
+    st = convert(pc, tmp_path / "pc.safetensors", config=PCAVSConfig.small())
+    with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
+        P.load_pdfgc(st)
+    assert detect_family(pc) == "pcavs" and detect_family(st) == "pcavs"

@@ -497,6 +497,9 @@ def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = No
     absent = [p.name for p in paths.values() if not p.is_file()]
     if absent:
         mixed = [f for f in PCAVS_FILES.values() if (folder / f).is_file()]
+        if mixed and len(absent) == len(paths):
+            raise TrtalkError(f"{folder} is a PC-AVS checkpoint folder, not PD-FGC; use --model pcavs "
+                              f"(or leave --model out)")
         hint = f"; it also holds PC-AVS files ({mixed[0]}): keep each family in its own folder" if mixed else ""
         raise TrtalkError(f"PD-FGC checkpoint folder {folder} has no {absent[0]} "
                           f"(expected {', '.join(OFFICIAL_FILES.values())}){hint}")
@@ -581,6 +584,9 @@ def load_pdfgc_safetensors(path: str | os.PathLike, config: PDFGCConfig | None =
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if meta.get("format") == "trtalk.pcavs":
+                raise TrtalkError(f"{path} is a PC-AVS file, not PD-FGC; use --model pcavs "
+                                  f"(or leave --model out)")
             if meta.get("format") != FORMAT:
                 raise TrtalkError(f"{path} is not a trtalk PD-FGC file (metadata format is "
                                   f"{meta.get('format')!r:.60}); make one with `trtalk convert`")

@@ -65,6 +65,7 @@ class PDFGCFamily(ModelFamily):
             raise TrtalkError("--emotion-strength must be in [0, 2]")
         self.emotion_strength = emotion_strength
         self.controls = controls or Controls()
+        self.controls.state.emotion_strength = emotion_strength  # presets picked live start here
         self.controls.on_blink = self._blink_now
         self.controls.on_pose_source = lambda src: self.set_factor("pose", FactorSpec(src))
         if mouth_smoothing not in ("causal", "centred"):
