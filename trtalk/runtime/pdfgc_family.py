@@ -180,6 +180,7 @@ class PDFGCFamily(ModelFamily):
         if self.mouth_smoothing == "causal" or self._lookahead is not None:
             self._make_smoother()
         self._blinker = self._new_blinker()
+        self._next_frame = 0
         self._last_motion: tuple[torch.Tensor, ...] | None = None
 
     def _blink_now(self) -> None:
