@@ -262,3 +262,10 @@ def test_wrong_family_is_a_clear_error(tmp_path):
     with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
         P.load_pdfgc(st)
     assert detect_family(pc) == "pcavs" and detect_family(st) == "pcavs"
+
+
+def test_export_cli_pdfgc_needs_fp32(folder, tmp_path, capsys):
+    rc = main(["export", "--checkpoint", str(folder), "--out", str(tmp_path / "e")])
+    assert rc == 2
+    assert "PD-FGC checkpoint exports as fp32 ONNX graphs" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
