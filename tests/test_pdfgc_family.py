@@ -269,3 +269,20 @@ def test_export_cli_pdfgc_needs_fp32(folder, tmp_path, capsys):
     assert rc == 2
     assert "PD-FGC checkpoint exports as fp32 ONNX graphs" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(model, face_image_path):
+    fam, avatar = _family(model)
+    mel = torch.rand(2, 1, 80, 20, generator=torch.Generator().manual_seed(2))
+    fam.synthesize(avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
+    calls = []
+    prepare = fam.controls.prepare_pose
+    fam.controls.prepare_pose = lambda p: calls.append(p) or prepare(p)
+    fam.controls.submit({"set": "pose_source", "source": str(face_image_path)})
+    assert calls == [str(face_image_path)]  # encoded in the submitting thread
+    assert fam.specs["pose"].kind == "webcam"  # not applied yet
+    fam.synthesize(avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
+    assert fam.specs["pose"].kind == "video" and fam.controls.log[-1][0] == 2
+    assert torch.allclose(fam.controls.current["pose"], fam._clips["pose"][0])  # a still: its code
+    with pytest.raises(TrtalkError, match="pose_source needs"):
+        fam.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})

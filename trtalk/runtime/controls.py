@@ -40,7 +40,7 @@ from trtalk.errors import TrtalkError
 log = logging.getLogger(__name__)
 
 FACTORS = ("pose", "eyes", "emotion")
-#: What a live pose_source command can switch to (a file mid-stream is not supported yet).
+#: What a live pose_source command can switch to besides a video or image file.
 POSE_SWITCHES = ("webcam", "avatar", "off")
 KINDS = ("off", "image", "video", "webcam", "avatar", "auto")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -93,7 +93,9 @@ class Controls:
     """Live control state of one stream (thread-safe submit, applied at the next frame).
 
     ``presets``: emotion codes by name (from reference stills). ``on_blink``: called by "blink now"
-    (the family's blink generator). ``on_pose_source``: called with a new pose source name.
+    (the family's blink generator). ``on_pose_source(source, prepared)``: called with a new pose
+    source (a `POSE_SWITCHES` name or a file) when applied. ``prepare_pose(path)``: encodes a pose
+    file in the submitting thread (the HTTP one), so applying it never stalls a frame.
     """
 
     COMMANDS = ("emotion", "gaze", "blink", "freeze", "unfreeze", "pose_source")
@@ -103,9 +105,12 @@ class Controls:
         self.state = ControlState()
         self._pending: queue.SimpleQueue[dict] = queue.SimpleQueue()
         self.on_blink: Callable[[], None] | None = None
-        self.on_pose_source: Callable[[str], None] | None = None
+        self.on_pose_source: Callable[[str, Any], None] | None = None
+        self.prepare_pose: Callable[[str], Any] | None = None
         #: codes of the last frame made, by factor (what "freeze" holds)
         self.current: dict[str, torch.Tensor] = {}
+        #: the frame being made (set by `begin_frame`)
+        self.frame = 0
         #: (frame, command) of every change applied, in order
         self.log: list[tuple[int, dict]] = []
 
@@ -137,15 +142,23 @@ class Controls:
             if cmd.get("factor") not in FACTORS:
                 raise TrtalkError(f"{what} needs factor: one of {', '.join(FACTORS)}")
         elif what == "pose_source":
-            if cmd.get("source") not in POSE_SWITCHES:
-                raise TrtalkError(f'pose_source needs "source": one of {", ".join(POSE_SWITCHES)} '
-                                  f'(the stream\'s pose source, the avatar\'s own pose, a zero code)')
+            src = cmd.get("source")
+            if not isinstance(src, str) or (src not in POSE_SWITCHES and not Path(src).is_file()):
+                raise TrtalkError(f'pose_source needs "source": a video or image file on this machine, '
+                                  f'or one of {", ".join(POSE_SWITCHES)} (the stream\'s pose source, '
+                                  f'the avatar\'s own pose, a zero code)')
         return dict(cmd)
 
     def submit(self, cmd: object) -> dict:
-        """Queue a validated command for the next frame; returns it."""
+        """Queue a validated command for the next frame; returns it. A pose file is encoded
+        here, in the caller's thread, before it is queued."""
         c = self.validate(cmd)
-        self._pending.put(c)
+        prepared = None
+        if c["set"] == "pose_source" and c["source"] not in POSE_SWITCHES:
+            if self.prepare_pose is None:
+                raise TrtalkError("this stream cannot switch to a pose file")
+            prepared = self.prepare_pose(c["source"])
+        self._pending.put((c, prepared))
         return c
 
     # -- the inference thread --------------------------------------------------------------
@@ -153,18 +166,19 @@ class Controls:
     def begin_frame(self, frame: int) -> list[dict]:
         """Apply every queued command before ``frame`` is made; returns them."""
         applied = []
+        self.frame = frame  # what a callback applying a change may read
         while True:
             try:
-                c = self._pending.get_nowait()
+                c, prepared = self._pending.get_nowait()
             except queue.Empty:
                 break
-            self._apply(c)
+            self._apply(c, prepared)
             self.log.append((frame, c))
             log.info("control at frame %d: %s", frame, json.dumps(c, sort_keys=True))
             applied.append(c)
         return applied
 
-    def _apply(self, c: dict) -> None:
+    def _apply(self, c: dict, prepared: Any = None) -> None:
         st = self.state
         what = c["set"]
         if what == "emotion":
@@ -185,7 +199,7 @@ class Controls:
         elif what == "pose_source":
             st.pose_source = c["source"]
             if self.on_pose_source is not None:
-                self.on_pose_source(c["source"])
+                self.on_pose_source(c["source"], prepared)
 
     def snapshot(self) -> dict[str, Any]:
         st = self.state

@@ -67,7 +67,8 @@ class PDFGCFamily(ModelFamily):
         self.controls = controls or Controls()
         self.controls.state.emotion_strength = emotion_strength  # presets picked live start here
         self.controls.on_blink = self._blink_now
-        self.controls.on_pose_source = lambda src: self.set_factor("pose", FactorSpec(src))
+        self.controls.on_pose_source = self._switch_pose
+        self.controls.prepare_pose = lambda path: self._encode_file(Path(path), "pose")[0]
         if mouth_smoothing not in ("causal", "centred"):
             raise TrtalkError("--mouth-smoothing is causal or centred")
         self.mouth_smoothing = mouth_smoothing
@@ -118,9 +119,20 @@ class PDFGCFamily(ModelFamily):
             raise TrtalkError("--eyes auto needs --eyes-closed IMAGE")
         if spec.kind in ("image", "video"):
             self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
+            if factor == "pose":
+                self._pose_offset = 0
         self.specs[factor] = spec
         if factor == "eyes":
             self._blinker = self._new_blinker()
+
+    def _switch_pose(self, source: str, prepared: torch.Tensor | None) -> None:
+        """A live pose switch: a name, or a file whose codes were encoded when it was submitted."""
+        if prepared is None:
+            self.set_factor("pose", FactorSpec(source))
+            return
+        self._clips["pose"] = prepared
+        self._pose_offset = self.controls.frame - 2  # the clip starts at its frame 2, as offline
+        self.specs["pose"] = FactorSpec("video", Path(source))
 
     def set_length(self, n: int | None) -> None:
         """The number of output frames when known (offline): the pose box mean is truncated at
@@ -132,10 +144,11 @@ class PDFGCFamily(ModelFamily):
         then the 3-frame box mean over output frames (truncated at frame 0 and the last frame)."""
         clip = self._clips["pose"]
         n = getattr(self, "_length", None)
+        off = getattr(self, "_pose_offset", 0)
         rows = []
         for k in frames:
             js = [j for j in (k - 1, k, k + 1) if j >= 0 and (n is None or j < n)]
-            rows.append(torch.stack([clip[clip_frame(j, len(clip))] for j in js]).mean(0))
+            rows.append(torch.stack([clip[clip_frame(j - off, len(clip))] for j in js]).mean(0))
         return torch.stack(rows)
 
     def set_lookahead(self, fn: Callable[[int], torch.Tensor | None]) -> None:
