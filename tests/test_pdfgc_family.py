@@ -229,7 +229,29 @@ def test_cli_render_pose_video_eyes_auto(folder, face_image_path, pose_video_pat
     assert _frames(out) == 7
     rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
                "--eyes", "auto", "-o", str(tmp_path / "x.mp4")])
-    assert rc == 2 and "--eyes auto needs a closed-eye code" in capsys.readouterr().err
+    if _warp_can_shut_eyes():  # the avatar's own closed-eye code from the warp avatar
+        assert rc == 0 and _frames(tmp_path / "x.mp4") == 7
+    else:
+        assert rc == 2 and "--eyes auto needs a closed-eye code" in capsys.readouterr().err
+
+
+def _warp_can_shut_eyes() -> bool:
+    import inspect
+
+    from trtalk.warp.render import WarpRenderer
+
+    return "eye_closure" in inspect.signature(WarpRenderer.frame).parameters
+
+
+def test_avatar_closed_eye_code_from_the_warp_avatar(model, face_image_path):
+    if not _warp_can_shut_eyes():
+        pytest.skip("this trtalk's warp avatar cannot shut eyes (WarpRenderer.frame eye_closure)")
+    from trtalk.face import read_image
+
+    fam = PDFGCFamily(model, random_weights=True, eyes=FactorSpec("auto"))
+    avatar = fam.make_avatar(read_image(face_image_path), "astronaut")
+    closed, open_ = avatar.state["eyes_closed"], avatar.state["eyes"]
+    assert closed.shape == (6,) and (closed - open_).abs().max() > 1e-4
 
 
 def test_eyes_auto_blinks_between_open_and_closed_codes(model):

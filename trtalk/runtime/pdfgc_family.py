@@ -86,9 +86,6 @@ class PDFGCFamily(ModelFamily):
         self._closed_eye: torch.Tensor | None = None
         if eyes_closed is not None:
             self._closed_eye = self._encode_file(eyes_closed, "eyes-closed")[1][0]
-        if eyes.kind == "auto" and self._closed_eye is None:
-            raise TrtalkError("--eyes auto needs a closed-eye code: give --eyes-closed IMAGE (a still "
-                              "of a face with shut eyes)")
         self._blink_cfg = blink
         self.pose_cache_size = pose_cache
         self._pose_cache: collections.OrderedDict[bytes, tuple[torch.Tensor, ...]] = collections.OrderedDict()
@@ -111,12 +108,36 @@ class PDFGCFamily(ModelFamily):
                 for s in range(0, len(crops), 16)]
         return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
+    def _closed_eye_of(self, avatar: Avatar) -> torch.Tensor | None:
+        """The closed-eye code: ``--eyes-closed``'s, else the avatar's own (`warp_closed_eye`)."""
+        return self._closed_eye if self._closed_eye is not None else avatar.state.get("eyes_closed")
+
+    def warp_closed_eye(self, image: np.ndarray, name: str) -> torch.Tensor | None:
+        """The avatar's own closed-eye code: its photo with the lids shut by the warp avatar
+        (`trtalk.warp.render.WarpRenderer.frame(..., eye_closure=1)`), aligned and encoded. None
+        when this trtalk's warp renderer cannot shut eyes or the shut photo has no face."""
+        import inspect
+
+        from trtalk.face import align_frames, to_tensor
+        from trtalk.warp.render import WarpRenderConfig, WarpRenderer
+
+        if "eye_closure" not in inspect.signature(WarpRenderer.frame).parameters:
+            return None
+        try:
+            renderer = WarpRenderer(image, WarpRenderConfig(paste_back=True), name)
+            shut = renderer.frame(0.0, 0.0, np.eye(3), eye_closure=1.0)  # type: ignore[call-arg]
+            clip = align_frames([shut], name=f"{name} (eyes shut)")
+        except TrtalkError as exc:
+            log.info("no closed-eye code from the warp avatar: %s", exc)
+            return None
+        if not bool(clip.found[0]):
+            return None
+        return self.model.encode_motion(to_tensor(clip.crops[0]).to(self.device))[1][0]
+
     def set_factor(self, factor: str, spec: FactorSpec) -> None:
         """Change a factor's source. For ``pose``: ``webcam`` is the pipeline's pose path (the
         default), ``off`` a zero code, ``avatar`` its own pose, and an image or video is read here
         with the official loop and 3-frame box mean (the pipeline then has no pose source)."""
-        if factor == "eyes" and spec.kind == "auto" and self._closed_eye is None:
-            raise TrtalkError("--eyes auto needs --eyes-closed IMAGE")
         if spec.kind in ("image", "video"):
             self._clips[factor] = self._encode_file(spec.path, factor)[_WHICH[factor]]
             if factor == "pose":
@@ -197,9 +218,6 @@ class PDFGCFamily(ModelFamily):
         self._last_motion: tuple[torch.Tensor, ...] | None = None
 
     def _blink_now(self) -> None:
-        if self._closed_eye is None:
-            log.warning("blink now: no closed-eye code (give --eyes-closed IMAGE)")
-            return
         self._blinker.blink_now()
 
     # -- the interface ----------------------------------------------------------------------
@@ -217,8 +235,15 @@ class PDFGCFamily(ModelFamily):
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.model.encode_identity(x)
         pose, eye, emo = self.model.encode_motion(x)
-        return Avatar(image, crop, crop_m, pose[0],
-                      {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0]})
+        state = {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0]}
+        if self.specs["eyes"].kind == "auto" and self._closed_eye is None:
+            closed = self.warp_closed_eye(image, name)
+            if closed is None:
+                raise TrtalkError("--eyes auto needs a closed-eye code: give --eyes-closed IMAGE (a "
+                                  "still of a face with shut eyes); this trtalk's warp avatar cannot "
+                                  "shut the avatar's eyes")
+            state["eyes_closed"] = closed
+        return Avatar(image, crop, crop_m, pose[0], state)
 
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self._smoother(self.model.encode_audio(mel.to(self.device)), list(frames))
@@ -278,11 +303,12 @@ class PDFGCFamily(ModelFamily):
         for k in frames:
             self.controls.begin_frame(int(k))
             eye = self._source("eyes", avatar, k).clone()
-            if self._closed_eye is not None and self.specs["eyes"].kind != "off":
+            closed = self._closed_eye_of(avatar)
+            if closed is not None and self.specs["eyes"].kind != "off":
                 c = self._blinker.step()
                 if c > 0:
                     idx = list(BLINK_DIMS)
-                    closed = self._closed_eye.to(eye.device, eye.dtype)
+                    closed = closed.to(eye.device, eye.dtype)
                     eye[idx] = eye[idx] + c * (closed[idx] - eye[idx])
             if self.specs["eyes"].kind != "off":
                 eye[list(GAZE_DIMS)] += torch.tensor(st.gaze_offset, dtype=eye.dtype, device=eye.device)
