@@ -205,3 +205,36 @@ def test_seeded_noise_in_generator(model):
         gen.noise_mode = "seeded"
     assert torch.allclose(a[1:], b, atol=1e-5)
     assert (a - c).abs().max() > 1e-3 and (a - d).abs().max() > 1e-3
+
+
+def test_motion_heads_and_audio_embed_match_official_definitions(model):
+    """FanEncoder: to_X = Linear, ReLU, BatchNorm1d (eval), Linear; X_embed = ReLU, Linear.
+    ResSESyncEncoder: mouth_embed(ReLU, Linear 512 -> 500) on the ResNet-SE output; x 1.5 outside."""
+    import torch.nn.functional as F
+
+    sd = model.motion.state_dict()
+    g = torch.Generator().manual_seed(9)
+    img = torch.rand(2, 3, 224, 224, generator=g) * 2 - 1
+
+    def head(x, name):
+        x = F.relu(F.linear(x, sd[f"{name}.0.weight"], sd[f"{name}.0.bias"]))
+        x = F.batch_norm(x, sd[f"{name}.2.running_mean"], sd[f"{name}.2.running_var"],
+                         sd[f"{name}.2.weight"], sd[f"{name}.2.bias"], False, 0.0, 1e-5)
+        return F.linear(x, sd[f"{name}.3.weight"], sd[f"{name}.3.bias"])
+
+    def embed(x, name):
+        return F.linear(F.relu(x), sd[f"{name}.1.weight"], sd[f"{name}.1.bias"])
+
+    with torch.no_grad():
+        feat = model.motion.model(img)
+        want = (embed(head(feat, "to_headpose"), "headpose_embed"), embed(head(feat, "to_eye"), "eye_embed"),
+                embed(head(feat, "to_emo"), "emo_embed"))
+        got = model.motion(img)
+        mel = torch.rand(2, 1, 80, 20, generator=g)
+        a = model.audio.model(mel)
+        asd = model.audio.state_dict()
+        mouth = F.linear(F.relu(a), asd["mouth_embed.1.weight"], asd["mouth_embed.1.bias"])
+        enc = model.encode_audio(mel)
+    assert [t.shape[1] for t in got] == [6, 6, 30]
+    assert all(torch.allclose(g_, w, atol=1e-5) for g_, w in zip(got, want))
+    assert torch.allclose(enc, 1.5 * mouth, atol=1e-5)
