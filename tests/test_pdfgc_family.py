@@ -308,3 +308,18 @@ def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(model, face_i
     assert torch.allclose(fam.controls.current["pose"], fam._clips["pose"][0])  # a still: its code
     with pytest.raises(TrtalkError, match="pose_source needs"):
         fam.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})
+
+
+def test_webcam_eyes_follow_each_frames_crop(model):
+    from trtalk.runtime.family import PoseInput
+
+    fam, avatar = _family(model, eyes=FactorSpec("webcam"), emotion=FactorSpec("webcam"))
+    g = np.random.default_rng(5)
+    crops = [g.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    _, eye, emo = fam.motion([PoseInput(c, None) for c in crops])
+    codes = fam.factor_codes(avatar, [0, 1, 2])
+    assert torch.allclose(codes["eyes"], eye) and torch.allclose(codes["emotion"], emo)
+    fam.motion([PoseInput(crops[0], None)])  # a batch where the face was seen once: held
+    codes = fam.factor_codes(avatar, [3, 4])
+    assert torch.allclose(codes["eyes"], eye[0].expand(2, -1))
+    assert fam.pose_encodings == 3  # the repeated crop came from the cache

@@ -215,6 +215,7 @@ class PDFGCFamily(ModelFamily):
             self._make_smoother()
         self._blinker = self._new_blinker()
         self._next_frame = 0
+        self._batch_motion: tuple[torch.Tensor, ...] | None = None
         self._last_motion: tuple[torch.Tensor, ...] | None = None
 
     def _blink_now(self) -> None:
@@ -269,6 +270,7 @@ class PDFGCFamily(ModelFamily):
             self._pose_cache.popitem(last=False)
         out = tuple(torch.stack([r[i] for r in rows]) for i in range(3))
         self._last_motion = tuple(t[-1] for t in out)
+        self._batch_motion = out  # per frame when the next batch has one input per frame
         return out  # type: ignore[return-value]
 
     def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
@@ -283,7 +285,8 @@ class PDFGCFamily(ModelFamily):
 
     # -- factors ----------------------------------------------------------------------------
 
-    def _source(self, factor: str, avatar: Avatar, k: int) -> torch.Tensor:
+    def _source(self, factor: str, avatar: Avatar, k: int, pos: int = -1, n: int = 0) -> torch.Tensor:
+        """Raw code of ``factor`` at frame ``k`` (``pos`` of ``n`` in its batch)."""
         spec = self.specs[factor]
         base = avatar.state[factor]
         if spec.kind == "off":
@@ -292,7 +295,10 @@ class PDFGCFamily(ModelFamily):
             clip = self._clips[factor]
             return clip[clip_frame(k, len(clip))].to(base.device, base.dtype)
         if spec.kind == "webcam" and self._last_motion is not None:
-            return self._last_motion[_WHICH[factor]].to(base.device, base.dtype)
+            batch = self._batch_motion
+            if batch is not None and 0 <= pos < len(batch[0]) == n:  # the frame's own camera crop
+                return batch[_WHICH[factor]][pos].to(base.device, base.dtype)
+            return self._last_motion[_WHICH[factor]].to(base.device, base.dtype)  # held (face lost)
         return base  # avatar, auto (gaze and open lids from the avatar), webcam before a face
 
     def factor_codes(self, avatar: Avatar, frames: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -300,9 +306,10 @@ class PDFGCFamily(ModelFamily):
         applied; the controls' queued changes take effect at the first of ``frames``."""
         st = self.controls.state
         eyes, emos = [], []
-        for k in frames:
+        n = len(frames)
+        for pos, k in enumerate(frames):
             self.controls.begin_frame(int(k))
-            eye = self._source("eyes", avatar, k).clone()
+            eye = self._source("eyes", avatar, k, pos, n).clone()
             closed = self._closed_eye_of(avatar)
             if closed is not None and self.specs["eyes"].kind != "off":
                 c = self._blinker.step()
@@ -315,7 +322,7 @@ class PDFGCFamily(ModelFamily):
             if st.emotion_preset is not None:
                 emo = st.emotion_strength * self.controls.presets[st.emotion_preset].to(eye.device)
             else:
-                emo = self._source("emotion", avatar, k)
+                emo = self._source("emotion", avatar, k, pos, n)
                 if self.specs["emotion"].kind == "image":
                     emo = emo * self.emotion_strength
             eye = st.frozen.get("eyes", eye)
