@@ -59,6 +59,8 @@ class ServerLimits:
     stall_timeout_s: float = 10.0
     control_rate: float = 20.0
     headroom: float = 0.9
+    #: a running session below this share of the frame rate (over 2 s) blocks admission
+    min_fps_ratio: float = 0.85
 
 
 @dataclass
@@ -172,6 +174,11 @@ class Server:
         """None when one more session fits, else the message for the page."""
         if self.draining:
             return "this server is draining (about to restart): try again in a moment"
+        slow = [s for s in self.sessions.values() if s.recent_fps is not None
+                 and s.recent_fps < self.limits.min_fps_ratio * self.cfg.fps]
+        if slow:
+            return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
+                    f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
         n = len(self.sessions)
         cap = self.capacity_sessions()
         if n >= cap:
@@ -187,8 +194,10 @@ class Server:
 
     def _on_end(self, session: Session) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(
-                lambda: asyncio.ensure_future(self.end_session(session.id, session.error)))
+            try:
+                asyncio.run_coroutine_threadsafe(self.end_session(session.id, session.error), self._loop)
+            except RuntimeError:  # the loop closed meanwhile (server shutting down)
+                pass
 
     def send(self, sid: str, message: dict[str, Any]) -> None:
         ch = self.channels.get(sid)
@@ -229,6 +238,7 @@ class Server:
             n += 1
             now = time.monotonic()
             for sid, s in list(self.sessions.items()):
+                s.sample_rate(now)
                 if now - s.audio.last_push > self.limits.stall_timeout_s:
                     await self.end_session(sid, f"no audio from the microphone for "
                                                 f"{self.limits.stall_timeout_s:g} s: the session was "

@@ -148,7 +148,7 @@ def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main())
         loop.run_forever()
-        loop.run_until_complete(holder["runner"].cleanup())
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
     thread = threading.Thread(target=target, name="trtalk-serve-loop", daemon=True)
@@ -157,6 +157,7 @@ def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
         raise RuntimeError("server did not start")
 
     def stop() -> None:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
 

@@ -181,7 +181,8 @@ class BatchScheduler:
                 if len(self._heap) < self.max_batch:
                     if gather_until is None:
                         gather_until = now + self.gather_s
-                    limit = min(gather_until, self._heap[0].deadline - self._cost(len(self._heap) + 1))
+                    # leave the batch's cost twice over (and 5 ms) before the earliest deadline
+                    limit = min(gather_until, self._heap[0].deadline - 2 * self._cost(len(self._heap) + 1) - 0.005)
                     if limit - now > 0.0005:
                         self._cond.wait(limit - now)
                         continue

@@ -351,6 +351,18 @@ class Session:
                                            paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
         self._thread: threading.Thread | None = None
+        #: frames/s over the last 2 s, once the session is 3 s old (the admission check reads it)
+        self.recent_fps: float | None = None
+        self._marks: collections.deque[tuple[float, int]] = collections.deque()
+
+    def sample_rate(self, now: float) -> None:
+        """Record the frame count at ``now`` and update `recent_fps`."""
+        self._marks.append((now, self.sink.frames_written))
+        while len(self._marks) > 1 and now - self._marks[0][0] > 2.0:
+            self._marks.popleft()
+        t0, n0 = self._marks[0]
+        if now - self.started >= 3.0 and now - t0 >= 1.0:
+            self.recent_fps = (self.sink.frames_written - n0) / (now - t0)
 
     @property
     def alive(self) -> bool:
@@ -396,5 +408,5 @@ class Session:
         rep = self.pipeline.report()
         return {"type": "stats", "frames": rep.frames, "fps": rep.fps_achieved,
                 "mic_to_frame_ms": rep.mic_to_frame_ms, "speech_to_frame_ms": rep.speech_to_frame_ms,
-                "dropped": rep.frames_dropped + rep.drops.get("frames_deadline", 0),
+                "dropped": rep.frames_dropped,
                 "lookahead_ms": rep.lookahead_ms.get("p50")}

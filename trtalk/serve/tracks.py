@@ -73,7 +73,10 @@ class AvatarVideoTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(self._event.set)
+            try:
+                loop.call_soon_threadsafe(self._event.set)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass
 
         sink.notify = wake
 
