@@ -4,7 +4,7 @@
 (function () {
   const token = new URLSearchParams(location.search).get("token") || "";
   const $ = (id) => document.getElementById(id);
-  const state = { frames: 0, samples: [], stats: null, error: null, session: null, ready: false };
+  const state = { frames: 0, decoded: 0, samples: [], stats: null, error: null, session: null, ready: false };
   window.trtalk = state;
   let pc = null, channel = null, local = null, config = null;
 
@@ -82,7 +82,8 @@
       if (m.type === "ready") { state.session = m.session; state.ready = true; status("connected"); }
       else if (m.type === "stats") {
         state.stats = m;
-        $("latency").textContent = "latency: mic→frame " + fmt(m.mic_to_frame_ms) + " · speech→lips " + fmt(m.speech_to_frame_ms);
+        $("latency").textContent = "latency: mic→frame " + fmt(m.mic_to_frame_ms) +
+          " + audio lookahead " + Math.round(m.lookahead_ms || 0) + " ms";
         $("fps").textContent = m.frames + " frames, " + (m.fps || 0).toFixed(1) + " fps, " + m.dropped + " dropped";
       } else if (m.type === "error") { error(m.message); stop(false); }
       else if (m.type === "ended") { status("session ended"); stop(false); }
@@ -112,6 +113,12 @@
       $("stop").disabled = false;
     } catch (e) { error(e.message); status("refused"); stop(false); return; }
     watchFrames($("video"));
+    // frames decoded, from WebRTC's own counters (counts in a background tab too)
+    const poll = setInterval(async () => {
+      if (!pc) { clearInterval(poll); return; }
+      const report = await pc.getStats();
+      report.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") state.decoded = r.framesDecoded || 0; });
+    }, 250);
   }
 
   function stop(sayBye) {
