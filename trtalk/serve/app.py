@@ -390,6 +390,7 @@ def make_app(server: Server) -> web.Application:
         return await handler(request)
 
     app = web.Application(middlewares=[auth], client_max_size=server.limits.max_upload_bytes + 1024)
+    app["server"] = server
 
     async def index(request: web.Request) -> web.StreamResponse:
         resp = web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +115,35 @@ def _run(cmd: ServeCommand) -> int:
     print(f"trtalk serve: open {url}{'?token=' + token if token else ''} "
           f"({server.capacity_sessions()} session(s) at {cmd.stream.fps:g} fps fit)", file=sys.stderr)
     try:
-        web.run_app(app, host=cmd.host, port=cmd.port, print=None, handle_signals=False)
+        asyncio.run(_serve(app, cmd.host, cmd.port))
     except OSError as exc:
         raise TrtalkError(f"cannot listen on {cmd.host}:{cmd.port}: {exc.strerror or exc}") from None
-    except KeyboardInterrupt:
-        pass
     return 0
+
+
+async def _serve(app, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then end every session (each page gets a message) and stop."""
+    import signal
+
+    from aiohttp import web
+
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread / Windows
+            pass
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+        log.info("stopping: ending %d session(s)", len(app["server"].sessions))
+    finally:
+        t = time.monotonic()
+        await runner.cleanup()
+        log.info("stopped in %.1f s", time.monotonic() - t)
 
 
 def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
