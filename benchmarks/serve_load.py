@@ -45,6 +45,7 @@ def start_server(args: argparse.Namespace, extra: list[str]) -> tuple[subprocess
            "--fps", str(args.fps), "--max-sessions", "16", "--max-batch", str(args.max_batch)] + extra
     if args.model_config:
         cmd += ["--model-config", args.model_config]
+    cmd += args.server_args.split()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -111,6 +112,7 @@ def main() -> int:
     ap.add_argument("--ks", default="1,2,4,8")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--server-args", default="", help="more `trtalk serve` flags, e.g. '--threads 1'")
     args = ap.parse_args()
     ks = [int(x) for x in args.ks.split(",")]
     if max(ks) > 16 or args.seconds > 60:

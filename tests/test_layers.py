@@ -19,7 +19,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
   engine package).
 - ``engine``: the backends behind one runner interface, and the engine cache.
 - ``runtime``: sources, sinks, clocks, render and stream.
-- ``bench``: timing of everything below.
+- ``bench``, ``serve``: timing of everything below; the web server (WebRTC sessions batched on one
+  inference worker), a front end like render and stream.
 - ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
 """
 
@@ -47,7 +48,7 @@ LAYERS: list[set[str]] = [
     {"warp", "export"},
     {"engine"},
     {"runtime"},
-    {"bench"},
+    {"bench", "serve"},
     {"cli"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
