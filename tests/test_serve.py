@@ -156,6 +156,19 @@ def test_scheduler_call_runs_on_the_worker_thread() -> None:
         s.close()
 
 
+def test_warm_up_measures_frames_per_second_per_batch_size() -> None:
+    """The admission figure comes from timed batches: a family costing 20 ms per call whatever the
+    batch makes about 50 frames/s at batch 1 and 400 at batch 8."""
+    from trtalk.serve.scheduler import measure_throughput
+
+    fam = FakeFamily(cost_s=0.02)
+    s = BatchScheduler(fam, max_batch=8)
+    tp = measure_throughput(s, _avatar("a"), FPS, budget_s=1.0, repeats=2)
+    assert sorted(tp) == [1, 2, 4, 8]
+    assert 30 < tp[1] <= 50.5 and 240 < tp[8] <= 404
+    assert capacity_fps(tp, s.cost_s, budget_s=0.5) == tp[8]
+
+
 def test_capacity_uses_batches_that_fit_the_budget() -> None:
     tp = {1: 100.0, 4: 300.0, 8: 400.0}
     costs = {1: 0.01, 4: 0.0133, 8: 0.02}

@@ -21,7 +21,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -144,11 +144,14 @@ class PushVideoSource(Source):
 
 @dataclass(frozen=True)
 class PoseChoice:
-    """A pose source the page offers: ``make(session)`` returns the pipeline's pose source."""
+    """A pose source the page offers: ``make(session)`` returns the pipeline's pose source (None:
+    none), ``camera`` says whether the page sends its camera, ``pipeline_kwargs`` go to the
+    session's `Pipeline` (e.g. generated motion: ``{"motion": True}`` where the pipeline has it)."""
 
     label: str
     camera: bool
     make: Callable[["Session"], Source | None]
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _webcam(session: "Session") -> Source:
@@ -346,7 +349,7 @@ class Session:
         self.video: Source | None = self.choice.make(self)
         self.sink = TrackSink(cfg.fps)
         self.pipeline = Pipeline(cfg, _WorkerFamily(family, scheduler), avatar, self.audio,  # type: ignore[arg-type]
-                                 self.video, [self.sink], RealClock())
+                                 self.video, [self.sink], RealClock(), **self.choice.pipeline_kwargs)
         self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, layout=cfg.layout,
                                            paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
