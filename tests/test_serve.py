@@ -342,7 +342,7 @@ def test_admission_refuses_beyond_capacity_and_others_keep_their_rate(server, sp
     refused = [r for r in res if r.status == 503]
     assert len(ok) == 2 and len(refused) == 1
     assert "the server is full" in refused[0].error and "2 session(s) at 25 fps" in refused[0].error
-    assert all(18.0 <= r.fps() <= 30.0 for r in ok), [r.fps() for r in ok]
+    assert all(15.0 <= r.fps() <= 30.0 for r in ok), [r.fps() for r in ok]
     assert max(srv.scheduler.stats.batch_sizes) >= 2  # frames of several sessions shared batches
     assert srv.metrics.refused >= 1
 

@@ -107,7 +107,7 @@ def test_browser_session_shows_the_talking_avatar(served, speech_wave) -> None:
     page.click("#stop")
     page.close()
     assert error is None
-    assert 18.0 <= fps <= 32.0, fps
+    assert 15.0 <= fps <= 32.0, fps  # new frames (the track repeats one only after 0.5 s)
     assert re.search(r"mic→frame \d+ ms \(p95 \d+\) \+ audio lookahead 120 ms", latency), latency
     # The mouth box follows the speech file's envelope: frame k (from its RTP timestamp) shows
     # wave time (k + lag) / 25; Chromium's fake microphone started the file before the session,
@@ -151,13 +151,12 @@ def test_four_browser_sessions_at_once(served) -> None:
         time.sleep(0.1)
     assert errors == [None] * 4
     assert all(re.search(r"mic→frame \d+ ms", t) for t in latencies), latencies
-    # Every page plays a live stream (the track repeats the last frame when none is new) and every
-    # session makes new frames. Four sessions plus the browser rendering all four on two shared
+    # Every page plays a live stream and every session makes new frames. Four sessions plus the browser rendering all four on two shared
     # CPU cores are CPU-bound (warp frames are numpy work under the GIL): the rate is reported,
     # not asserted; the load benchmark measures it.
     print(f"4 browser sessions: new frames/s {[round(x, 1) for x in made]}, "
           f"decoded frames/s {[round(x, 1) for x in shown]}")
-    assert min(shown) >= 2.0, shown
+    assert min(shown) >= 1.0, shown
     assert min(made) > 0.5, made
     assert batched >= 2  # frames of different sessions shared generator batches
     assert not srv.sessions

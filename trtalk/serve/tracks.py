@@ -3,8 +3,9 @@
 - `pump_audio` / `pump_video`: read the browser's microphone and camera tracks and push them into
   the session's sources (audio resampled to 16 kHz mono float32; video as RGB arrays, only the
   newest frame is kept).
-- `AvatarVideoTrack`: the session's frames; timestamps from the frame index (90 kHz clock), the
-  last frame repeated when none is due yet (a browser freezes a track that sends nothing).
+- `AvatarVideoTrack`: the session's frames; timestamps from the frame index (90 kHz clock); the
+  last frame is repeated only when no new one came for ``KEEPALIVE_S`` (before the first frame, a
+  stalled session), so the browser always has a live picture and counts only real frames.
 - `DelayedAudioTrack`: the microphone audio that drove the lips, released only once the video
   covering it has been sent (so sound and mouth stay together), 20 ms frames at 48 kHz.
 """
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90000
 OUT_RATE = 48000
 OUT_BLOCK = 960  # 20 ms at 48 kHz
+KEEPALIVE_S = 0.5
 
 
 async def pump_audio(track: Any, session: Any) -> None:
@@ -87,7 +89,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         if item is None:
             self._event.clear()
             try:
-                await asyncio.wait_for(self._event.wait(), timeout=1.0 / self.fps * 1.5)
+                await asyncio.wait_for(self._event.wait(), timeout=KEEPALIVE_S)
             except asyncio.TimeoutError:
                 pass
             item = self.sink.next_frame()
