@@ -451,3 +451,49 @@ def test_returned_audio_waits_for_its_video() -> None:
     c = sink.read_audio(320)
     assert c is not None and 640 < c[0] and (11 * 640 - (c[0] + 320)) <= 0.3 * 16000
     assert sink.next_frame()[0] == 0 and sink.next_frame()[0] == 10 and sink.next_frame() is None
+
+
+def test_trtalk_serve_command_ends_sessions_on_sigterm(speech_wave) -> None:
+    """The command itself: it serves, and SIGTERM ends the running session with a message for its
+    page and exits 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from trtalk.serve.client import run_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trtalk.cli", "-q", "serve", "--port", str(port),
+                             "--capacity-fps", "100"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while _http_ok(url + "/healthz") is False:
+            assert proc.poll() is None and time.monotonic() < deadline, "trtalk serve did not start"
+            time.sleep(0.3)
+
+        async def session_then_sigterm():
+            task = asyncio.ensure_future(run_client(url, speech_wave, 30.0))
+            await asyncio.sleep(3.0)
+            proc.send_signal(signal.SIGTERM)
+            return await task
+
+        res = asyncio.run(session_then_sigterm())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert res.status == 200 and len(res.frame_times) > 25
+    assert res.error == "the server is shutting down"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return _http(url)[0] == 200
+    except OSError:
+        return False

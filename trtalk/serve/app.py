@@ -379,6 +379,9 @@ def _token_ok(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+SERVER_KEY = web.AppKey("server", Server)
+
+
 def make_app(server: Server) -> web.Application:
     """The aiohttp application of ``server`` (already prepared)."""
 
@@ -390,7 +393,7 @@ def make_app(server: Server) -> web.Application:
         return await handler(request)
 
     app = web.Application(middlewares=[auth], client_max_size=server.limits.max_upload_bytes + 1024)
-    app["server"] = server
+    app[SERVER_KEY] = server
 
     async def index(request: web.Request) -> web.StreamResponse:
         resp = web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})

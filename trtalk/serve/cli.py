@@ -139,7 +139,9 @@ async def _serve(app, host: str, port: int) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         await stop.wait()
-        log.info("stopping: ending %d session(s)", len(app["server"].sessions))
+        from trtalk.serve.app import SERVER_KEY
+
+        log.info("stopping: ending %d session(s)", len(app[SERVER_KEY].sessions))
     finally:
         t = time.monotonic()
         await runner.cleanup()
