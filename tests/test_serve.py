@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 from concurrent.futures import Future
 
 import numpy as np
@@ -26,6 +27,7 @@ from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily  # noqa: E402
 from trtalk.serve.scheduler import BatchScheduler, WorkerError, capacity_fps  # noqa: E402
 
 FPS = 25.0
+ASTRONAUT = Path(__file__).resolve().parent.parent / "trtalk" / "assets" / "astronaut.png"
 
 
 # ----------------------------------------------------------------------------- scheduler
@@ -391,6 +393,11 @@ def test_bad_requests(server, speech_wave) -> None:
     ok, png = cv2.imencode(".png", np.full((96, 96, 3), 128, np.uint8))
     code, body, _ = _http(url + "/api/avatar", "POST", png.tobytes())
     assert code == 422 and "no face" in json.loads(body)["error"]
+    photo = cv2.resize(cv2.imread(str(ASTRONAUT)), (256, 256))
+    ok, jpg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    code, body, _ = _http(url + "/api/avatar", "POST", jpg.tobytes())
+    key = json.loads(body)["id"]
+    assert code == 200 and key.startswith("upload-") and srv.avatars[key].crop.shape == (256, 256, 3)
     res = _client(url, speech_wave, 0.1, avatar="nobody")
     assert res.status == 404 and "unknown avatar" in res.error
     res = _client(url, speech_wave, 0.1, pose="dance")

@@ -134,6 +134,9 @@ class Server:
         self._capacity_override = capacity_fps_override
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task | None = None
+        #: uploads decoded at once (each may hold a 16-megapixel image while it is checked)
+        self.upload_slots = 2
+        self._uploading = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -415,15 +418,21 @@ def make_app(server: Server) -> web.Application:
         if request.content_length is not None and request.content_length > limit:
             return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use a "
                                                f"smaller one"}, status=413)
-        data = await request.content.read(limit + 1)
-        if len(data) > limit:
-            return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use a "
-                                               f"smaller one"}, status=413)
+        if server._uploading >= server.upload_slots:
+            return web.json_response({"error": "the server is checking other photos: try again in a "
+                                               "moment"}, status=429)
+        server._uploading += 1
         try:
+            data = await request.content.read(limit + 1)
+            if len(data) > limit:
+                return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use "
+                                                   f"a smaller one"}, status=413)
             key = await server.add_upload(data)
         except TrtalkError as exc:
             status = 415 if str(exc).startswith("not an image") else 413 if "megapixels" in str(exc) else 422
             return web.json_response({"error": str(exc)}, status=status)
+        finally:
+            server._uploading -= 1
         return web.json_response({"id": key})
 
     async def offer(request: web.Request) -> web.Response:
