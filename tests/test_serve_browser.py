@@ -118,7 +118,7 @@ def test_browser_session_shows_the_talking_avatar(served, speech_wave) -> None:
     mouth = np.asarray([x["mouth"] for x in s])
     env = _envelope(speech_wave, FPS)
     rs = [abs(np.corrcoef(mouth, env[(k + lag) % len(env)])[0, 1]) for lag in range(len(env))]
-    assert len(s) > 100 and max(rs) > 0.5, (len(s), max(rs))
+    assert len(s) >= 75 and max(rs) > 0.5, (len(s), max(rs))  # at least one loop of the wave
 
 
 def test_four_browser_sessions_at_once(served) -> None:
