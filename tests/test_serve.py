@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 import threading
 import time
@@ -285,6 +286,11 @@ def _many(url: str, jobs: list[tuple[np.ndarray, float, dict]]):
     return asyncio.run(main())
 
 
+def _scrape_later(url: str, delay: float) -> str:
+    time.sleep(delay)
+    return _http(url)[1].decode()
+
+
 def _wait_idle(srv, timeout: float = 10.0) -> None:
     t = time.monotonic() + timeout
     while (srv.sessions or any(n.name.startswith("trtalk-session") for n in threading.enumerate())) \
@@ -338,11 +344,26 @@ def test_metrics_and_healthz(server, speech_wave) -> None:
 
 def test_admission_refuses_beyond_capacity_and_others_keep_their_rate(server, speech_wave) -> None:
     srv, url = server
-    res = _many(url, [(speech_wave, 4.0, {})] * 2 + [(speech_wave, 0.1, {})])
+    from trtalk.serve.client import run_client
+
+    async def late():  # the third asks once the first two are in
+        await asyncio.sleep(1.0)
+        return await run_client(url, speech_wave, 0.1)
+
+    async def main():
+        jobs = [run_client(url, speech_wave, 4.0), run_client(url, speech_wave, 4.0), late()]
+        scrape = asyncio.get_running_loop().run_in_executor(None, _scrape_later, url + "/metrics", 3.0)
+        return await asyncio.gather(*jobs), await scrape
+
+    res, during = asyncio.run(main())
     _wait_idle(srv)
+    # while they ran: two per-session latency series next to the overall one
+    counts = re.findall(r'trtalk_session_mic_to_frame_seconds_count\{session="([0-9a-f]+)"\} (\d+)', during)
+    assert len(counts) == 2 and all(int(n) > 0 for _, n in counts), counts
+    assert "trtalk_sessions_active 2" in during
     ok = [r for r in res if r.status == 200]
     refused = [r for r in res if r.status == 503]
-    assert len(ok) == 2 and len(refused) == 1
+    assert len(ok) == 2 and len(refused) == 1 and res[2] is refused[0]
     assert "the server is full" in refused[0].error and "2 session(s) at 25 fps" in refused[0].error
     assert all(15.0 <= r.fps() <= 30.0 for r in ok), [r.fps() for r in ok]
     assert max(srv.scheduler.stats.batch_sizes) >= 2  # frames of several sessions shared batches
