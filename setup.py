@@ -54,7 +54,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trtalk", "trtalk.*"]),
-    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.md", "kernels/*.so"]},
+    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.md", "kernels/*.so", "serve/static/*"]},
     cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch>=2.1",
@@ -74,6 +74,9 @@ setup(
         "bench": ["matplotlib>=3.7"],
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
+        # trtalk serve: the web page over WebRTC; playwright drives the system Chromium in its
+        # browser tests (never `playwright install`: CI installs Debian's chromium).
+        "serve": ["aiohttp>=3.9", "aiortc>=1.9", "playwright>=1.40"],
         # Triton kernels (modconv impl "triton"); its wheels are Linux-only. The test extra has it
         # too: CI checks the kernels in Triton's CPU interpreter. sounddevice: the microphone tests
         # (tests/test_mic_real.py runs on a PulseAudio server where there is one).

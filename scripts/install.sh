@@ -9,5 +9,5 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # trt-rtx: TensorRT for RTX builds engines ahead of time even on a CPU-only machine (~100 MB).
-.venv/bin/python -m pip install -q -e ".[test,export,trt-rtx]"
+.venv/bin/python -m pip install -q -e ".[test,export,trt-rtx,serve]"
 echo "trtalk installed in $(pwd)/.venv"

@@ -425,7 +425,8 @@ class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in {"onnx", "onnxruntime", "onnxslim", "onnxscript", "tensorrt",
                                   "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda", "pyvirtualcam",
-                                  "librosa", "triton", "onnxruntime_extensions"}:
+                                  "librosa", "triton", "onnxruntime_extensions", "aiohttp", "aiortc",
+                                  "playwright"}:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 import trtalk.cli
@@ -446,6 +447,9 @@ def test_cli_works_without_the_optional_extras(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().endswith("pip install 'trtalk[export]'"), res.stderr
     assert not (tmp_path / "e").exists()
+    res = run("serve", "--port", "0")  # before any model is loaded
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().endswith("pip install 'trtalk[serve]'"), res.stderr
 
 
 # --------------------------------------------------------------------- 11. --model-config

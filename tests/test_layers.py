@@ -20,7 +20,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``engine``: the backends behind one runner interface, and the engine cache; ``motion``: blinks
   and speech-driven head motion on the output clock (may use warp, face and models).
 - ``runtime``: sources, sinks, clocks, render and stream.
-- ``bench``: timing of everything below.
+- ``bench``, ``serve``: timing of everything below; the web server (WebRTC sessions batched on one
+  inference worker), a front end like render and stream.
 - ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
 """
 
@@ -48,7 +49,7 @@ LAYERS: list[set[str]] = [
     {"warp", "export"},
     {"engine", "motion"},
     {"runtime"},
-    {"bench"},
+    {"bench", "serve"},
     {"cli"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -33,6 +33,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
+    "trtalk.serve.cli",
 )
 
 

@@ -103,6 +103,26 @@ class ModelFamily(abc.ABC):
     def reset(self) -> None:
         """Forget per-stream state (followers, pose references) before a new stream."""
 
+    def for_session(self) -> "ModelFamily":
+        """A family for one more concurrent stream: it shares the networks but not the per-stream
+        state (followers, pose references). Default: this family (it keeps none)."""
+        return self
+
+    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor,
+                      pose: torch.Tensor) -> np.ndarray:
+        """Frames B x H x W x 3 uint8 of items from possibly different avatars (``avatars[i]`` is
+        item i's): what a server batching several streams calls. Default: one `generate` per run
+        of consecutive items of the same avatar."""
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(avatars):
+            j = i + 1
+            while j < len(avatars) and avatars[j] is avatars[i]:
+                j += 1
+            out.append(self.generate(avatars[i], mouth[i:j], pose[i:j]))
+            i = j
+        return np.concatenate(out) if out else np.zeros((0, self.output_size, self.output_size, 3), np.uint8)
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8 (round half away from zero after scaling)."""
@@ -186,6 +206,18 @@ class PCAVSFamily(ModelFamily):
             return to_uint8(synth(mel.to(self.device), pose.to(self.device, id_vec.dtype),
                                   id_vec.expand(b, -1), id_map.expand(b, -1, -1, -1)))
 
+    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor,
+                      pose: torch.Tensor) -> np.ndarray:
+        """One style composition and one generator call for items of different avatars: the
+        generator takes per-sample identity codes and feature maps."""
+        from trtalk.models.pcavs import PCAVS
+
+        id_vec = torch.cat([a.state["id_vec"] for a in avatars])
+        id_map = torch.cat([a.state["id_map"] for a in avatars])
+        style = PCAVS.style(id_vec, mouth, pose.to(mouth.device, mouth.dtype))
+        with torch.no_grad():
+            return to_uint8(self.runner.generate(style, id_map))
+
     def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
         from trtalk.models.pcavs import PCAVS
 
@@ -218,6 +250,10 @@ class WarpFamily(ModelFamily):
         self.output_size = self.cfg.avatar.size
         self._renderers: dict[int, Any] = {}
         self.reset()
+
+    def for_session(self) -> "WarpFamily":
+        """A warp family with its own mouth follower and head reference (no weights to share)."""
+        return WarpFamily(self.fps, config=self.cfg)
 
     def reset(self) -> None:
         from trtalk.warp.drive import MeshRotation, MouthFollower

@@ -1,0 +1,527 @@
+"""`trtalk serve` without a browser: the scheduler (EDF, batches across sessions, deadlines,
+errors), PC-AVS's batch across avatars, upload limits, and the server over WebRTC with headless
+aiortc clients (protocol, token, admission, faults, clean-up)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("aiortc")
+
+from trtalk.errors import TrtalkError  # noqa: E402
+from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily  # noqa: E402
+from trtalk.serve.scheduler import BatchScheduler, WorkerError, capacity_fps  # noqa: E402
+
+FPS = 25.0
+ASTRONAUT = Path(__file__).resolve().parent.parent / "trtalk" / "assets" / "astronaut.png"
+
+
+# ----------------------------------------------------------------------------- scheduler
+
+
+class FakeFamily(ModelFamily):
+    """Records each generate_many call; a crop's value is its frame index; ``fail`` avatars raise."""
+
+    name = "fake"
+    output_size = 4
+
+    def __init__(self, cost_s: float = 0.0) -> None:
+        super().__init__()
+        self.calls: list[list[tuple[str, int]]] = []
+        self.cost_s = cost_s
+        self.fail: set[str] = set()
+
+    def make_avatar(self, image, name, **kw):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def mouth(self, mel, frames):
+        return torch.tensor([[float(k)] for k in frames])
+
+    def pose(self, inputs):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def still_pose(self, avatar, frames, fps):
+        return torch.zeros(len(frames), 3)
+
+    def generate(self, avatar, mouth, pose):  # pragma: no cover - generate_many is used
+        raise NotImplementedError
+
+    def generate_many(self, avatars, mouth, pose):
+        time.sleep(self.cost_s)
+        names = [a.state["name"] for a in avatars]
+        bad = self.fail.intersection(names)
+        if bad:
+            raise RuntimeError(f"bad avatar {sorted(bad)[0]}")
+        self.calls.append([(n, int(m[0])) for n, m in zip(names, mouth)])
+        return np.stack([np.full((4, 4, 3), int(m[0]) % 256, np.uint8) for m in mouth])
+
+
+def _avatar(name: str) -> Avatar:
+    z = np.zeros((4, 4, 3), np.uint8)
+    return Avatar(z, z, np.eye(2, 3), torch.zeros(3), {"name": name})
+
+
+def _submit(s: BatchScheduler, fam: FakeFamily, av: Avatar, frames: list[int], deadline: float) -> list[Future]:
+    mel = torch.zeros(len(frames), 1, 80, 20)
+    return s.submit(av.state["name"], fam, av, mel, frames, torch.zeros(len(frames), 3),
+                    [deadline + 0.001 * i for i in range(len(frames))])
+
+
+def test_scheduler_batches_across_sessions_earliest_deadline_first() -> None:
+    fam = FakeFamily()
+    s = BatchScheduler(fam, max_batch=4, gather_s=0.0)
+    a, b, c = _avatar("a"), _avatar("b"), _avatar("c")
+    now = time.monotonic()
+    fa = _submit(s, fam, a, [0, 1], now + 3.0)
+    fb = _submit(s, fam, b, [10], now + 1.0)
+    fc = _submit(s, fam, c, [20, 21, 22], now + 2.0)
+    s.start()
+    try:
+        crops = [f.result(5) for f in fb + fc + fa]
+    finally:
+        s.close()
+    # 6 frames, batch bound 4: the four earliest deadlines (b, then c's three) first, across
+    # three sessions in one generator call; then a's two.
+    assert fam.calls == [[("b", 10), ("c", 20), ("c", 21), ("c", 22)], [("a", 0), ("a", 1)]]
+    assert [int(x[0, 0, 0]) for x in crops] == [10, 20, 21, 22, 0, 1]
+    assert dict(s.stats.batch_sizes) == {4: 1, 2: 1}
+
+
+def test_scheduler_drops_expired_frames_without_running_them() -> None:
+    fam = FakeFamily()
+    s = BatchScheduler(fam, max_batch=8)
+    a = _avatar("a")
+    late = _submit(s, fam, a, [0, 1], time.monotonic() - 0.01)
+    ok = _submit(s, fam, a, [2], time.monotonic() + 5.0)
+    s.start()
+    try:
+        assert [f.result(5) for f in late] == [None, None]
+        assert int(ok[0].result(5)[0, 0, 0]) == 2
+    finally:
+        s.close()
+    assert fam.calls == [[("a", 2)]]
+    assert s.stats.dropped == 2
+
+
+def test_scheduler_gathers_but_never_past_the_deadline() -> None:
+    """A lone frame with a 0.3 s deadline is run within it although the gather time is 5 s."""
+    fam = FakeFamily()
+    s = BatchScheduler(fam, max_batch=8, gather_s=5.0)
+    s.start()
+    try:
+        t = time.monotonic()
+        f = _submit(s, fam, _avatar("a"), [7], t + 0.3)[0]
+        assert int(f.result(5)[0, 0, 0]) == 7
+        waited = time.monotonic() - t
+    finally:
+        s.close()
+    assert waited < 2.5  # not the 5 s gather time: bounded by the deadline (generous for CI)
+
+
+def test_scheduler_error_reaches_only_the_failing_session() -> None:
+    fam = FakeFamily()
+    fam.fail.add("bad")
+    s = BatchScheduler(fam, max_batch=8, gather_s=0.0)
+    now = time.monotonic() + 5
+    good = _submit(s, fam, _avatar("good"), [1, 2], now)
+    bad = _submit(s, fam, _avatar("bad"), [3], now)
+    s.start()
+    try:
+        assert [int(f.result(5)[0, 0, 0]) for f in good] == [1, 2]
+        with pytest.raises(WorkerError, match="RuntimeError: bad avatar bad"):
+            bad[0].result(5)
+    finally:
+        s.close()
+    assert s.stats.errors == 1
+
+
+def test_scheduler_call_runs_on_the_worker_thread() -> None:
+    s = BatchScheduler(FakeFamily())
+    s.start()
+    try:
+        assert s.call(lambda: threading.current_thread().name) == "trtalk-serve-worker"
+    finally:
+        s.close()
+
+
+def test_warm_up_measures_frames_per_second_per_batch_size() -> None:
+    """The admission figure comes from timed batches: a family costing 20 ms per call whatever the
+    batch makes about 50 frames/s at batch 1 and 400 at batch 8."""
+    from trtalk.serve.scheduler import measure_throughput
+
+    fam = FakeFamily(cost_s=0.02)
+    s = BatchScheduler(fam, max_batch=8)
+    tp = measure_throughput(s, _avatar("a"), FPS, budget_s=1.0, repeats=2)
+    assert sorted(tp) == [1, 2, 4, 8]
+    assert 30 < tp[1] <= 50.5 and 240 < tp[8] <= 404
+    assert capacity_fps(tp, s.cost_s, budget_s=0.5) == tp[8]
+
+
+def test_capacity_uses_batches_that_fit_the_budget() -> None:
+    tp = {1: 100.0, 4: 300.0, 8: 400.0}
+    costs = {1: 0.01, 4: 0.0133, 8: 0.02}
+    assert capacity_fps(tp, costs, 0.015) == 300.0
+    assert capacity_fps(tp, costs, 1.0) == 400.0
+
+
+def test_pcavs_generate_many_matches_per_avatar_generate(monkeypatch) -> None:
+    """One generator call over items of two avatars gives each item what its own avatar's
+    generate gives (the generator takes per-sample identity codes)."""
+    from trtalk.models.pcavs import PCAVS, PCAVSConfig
+
+    import trtalk.runtime.family as family_mod
+
+    # compare the generator's float output (small random weights give images close to grey)
+    monkeypatch.setattr(family_mod, "to_uint8", lambda x: x.float().numpy())
+    torch.manual_seed(0)
+    net = PCAVS(PCAVSConfig.small()).eval()
+    fam = PCAVSFamily(net, random_weights=True)
+    x1 = torch.rand(1, 3, 224, 224) * 2 - 1
+    x2 = torch.rand(1, 3, 224, 224) * 2 - 1
+    avs = []
+    for x in (x1, x2):
+        with torch.no_grad():
+            iv, im = net.encode_identity(x)
+            rp = net.encode_pose(x)[0]
+        avs.append(Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), rp,
+                          {"id_vec": iv, "id_map": im}))
+    with torch.no_grad():
+        mouth = fam.mouth(torch.randn(3, 1, 80, 20), [0, 1, 2])
+    pose = torch.stack([avs[0].ref_pose, avs[1].ref_pose, avs[0].ref_pose])
+    batch = fam.generate_many([avs[0], avs[1], avs[0]], mouth, pose)
+    one = [fam.generate(avs[i], mouth[j:j + 1], pose[j:j + 1])[0] for j, i in enumerate([0, 1, 0])]
+    between = np.abs(batch[0] - batch[1]).max()  # the two avatars' frames differ
+    assert batch.shape[0] == 3
+    assert np.abs(batch - np.stack(one)).max() < 1e-3 * between
+    assert between > 1e-3
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+def _png_header(w: int, h: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_upload_checks_the_header_before_decoding() -> None:
+    from trtalk.serve.app import image_from_bytes
+
+    with pytest.raises(TrtalkError, match="not an image"):
+        image_from_bytes(b"GIF89a" + b"\0" * 100, 16_000_000)
+    # a 100000 x 100000 "bomb": refused from the 33-byte header, nothing decoded
+    with pytest.raises(TrtalkError, match="100000x100000 pixels; the limit is 16 megapixels"):
+        image_from_bytes(_png_header(100_000, 100_000) + b"\0" * 64, 16_000_000)
+    with pytest.raises(TrtalkError, match="could not be decoded"):
+        image_from_bytes(_png_header(64, 64) + b"garbage", 16_000_000)
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def _http(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+class BoomRenderer:
+    def frame(self, *a, **k):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A warp-avatar server (no warm-up: a fixed capacity of 2 sessions), 1.5 s stall timeout."""
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Server, ServerLimits
+    from trtalk.serve.cli import run_in_thread
+
+    threads_before = {t.name for t in threading.enumerate()}
+    srv = Server(WarpFamily(FPS), PipelineConfig(fps=FPS),
+                 limits=ServerLimits(stall_timeout_s=1.5, control_rate=20.0, max_upload_bytes=200_000),
+                 capacity_fps_override=2 * FPS / 0.9 + 1)
+    srv.prepare()
+    good = srv.avatars["astronaut"]
+    srv.avatars["boom"] = Avatar(good.image, good.crop, good.crop_m, good.ref_pose, {"renderer": BoomRenderer()})
+    url, stop = run_in_thread(srv)
+    yield srv, url
+    stop()
+    leftover = {t.name for t in threading.enumerate() if t.name.startswith("trtalk-")} - threads_before
+    assert leftover == set()
+
+
+def _client(url: str, wave: np.ndarray, seconds: float, **kw):
+    from trtalk.serve.client import run_client
+
+    return asyncio.run(run_client(url, wave, seconds, **kw))
+
+
+def _many(url: str, jobs: list[tuple[np.ndarray, float, dict]]):
+    from trtalk.serve.client import run_client
+
+    async def main():
+        return await asyncio.gather(*[run_client(url, w, s, **kw) for w, s, kw in jobs])
+
+    return asyncio.run(main())
+
+
+def _scrape_later(url: str, delay: float) -> str:
+    time.sleep(delay)
+    return _http(url)[1].decode()
+
+
+def _wait_idle(srv, timeout: float = 10.0) -> None:
+    t = time.monotonic() + timeout
+    while (srv.sessions or any(n.name.startswith("trtalk-session") for n in threading.enumerate())) \
+            and time.monotonic() < t:
+        time.sleep(0.05)
+    assert not srv.sessions
+
+
+def test_session_frames_latency_and_mouth_follow_the_speech(server, speech_wave) -> None:
+    srv, url = server
+    res = _client(url, speech_wave, 5.0)
+    _wait_idle(srv)
+    assert res.status == 200 and res.error is None and res.session
+    assert 20.0 <= res.fps() <= 30.0, res.fps()
+    assert res.audio_frames > 150  # 20 ms frames of the delayed microphone audio, ~5 s
+    st = res.stats
+    assert st is not None and st["frames"] > 50 and 0 < st["mic_to_frame_ms"]["p50"] < 500
+    # The mouth box follows the speech envelope: frame k shows wave time k / 25 (the wave loops).
+    k = np.round((np.asarray(res.frame_pts) - res.frame_pts[0]) * FPS / 90000).astype(int)
+    env = _envelope(speech_wave, FPS)
+    r = np.corrcoef(np.asarray(res.mouth), env[k % len(env)])[0, 1]
+    lags = [abs(np.corrcoef(np.asarray(res.mouth), env[(k + lag) % len(env)])[0, 1]) for lag in range(10, 65)]
+    assert abs(r) > 0.5 and abs(r) > max(lags), (r, max(lags))
+
+
+def _envelope(wave: np.ndarray, fps: float) -> np.ndarray:
+    """RMS of each frame's audio window (its last 0.2 s before frame time + 0.12 s lookahead)."""
+    n = int(round(len(wave) / 16000 * fps))
+    out = np.zeros(n)
+    for k in range(n):
+        end = int((k / fps + 0.12) * 16000)
+        idx = np.arange(end - 3200, end) % len(wave)
+        out[k] = np.sqrt(np.mean(wave[idx] ** 2))
+    return out
+
+
+def test_metrics_and_healthz(server, speech_wave) -> None:
+    srv, url = server
+    code, body, _ = _http(url + "/metrics")
+    text = body.decode()
+    assert code == 200
+    assert "trtalk_sessions_active 0" in text
+    assert 'trtalk_batch_size_bucket{le="+Inf"}' in text
+    frames = int(next(l for l in text.splitlines() if l.startswith("trtalk_frames_total")).split()[1])
+    code, body, _ = _http(url + "/healthz")
+    health = json.loads(body)
+    assert code == 200 and health["status"] == "ok" and health["capacity_sessions"] == 2
+    assert health["worker_alive"] is True
+    assert frames >= 0 and srv.metrics.frames == frames
+
+
+def test_admission_refuses_beyond_capacity_and_others_keep_their_rate(server, speech_wave) -> None:
+    srv, url = server
+    from trtalk.serve.client import run_client
+
+    async def late():  # the third asks once the first two are in
+        await asyncio.sleep(1.0)
+        return await run_client(url, speech_wave, 0.1)
+
+    async def main():
+        jobs = [run_client(url, speech_wave, 4.0), run_client(url, speech_wave, 4.0), late()]
+        scrape = asyncio.get_running_loop().run_in_executor(None, _scrape_later, url + "/metrics", 3.0)
+        return await asyncio.gather(*jobs), await scrape
+
+    res, during = asyncio.run(main())
+    _wait_idle(srv)
+    # while they ran: two per-session latency series next to the overall one
+    counts = re.findall(r'trtalk_session_mic_to_frame_seconds_count\{session="([0-9a-f]+)"\} (\d+)', during)
+    assert len(counts) == 2 and all(int(n) > 0 for _, n in counts), counts
+    assert "trtalk_sessions_active 2" in during
+    ok = [r for r in res if r.status == 200]
+    refused = [r for r in res if r.status == 503]
+    assert len(ok) == 2 and len(refused) == 1 and res[2] is refused[0]
+    assert "the server is full" in refused[0].error and "2 session(s) at 25 fps" in refused[0].error
+    assert all(15.0 <= r.fps() <= 30.0 for r in ok), [r.fps() for r in ok]
+    assert max(srv.scheduler.stats.batch_sizes) >= 2  # frames of several sessions shared batches
+    assert srv.metrics.refused >= 1
+
+
+def test_faults_reach_only_their_session(server, speech_wave) -> None:
+    """A worker error (the "boom" avatar), a stalled microphone and a flooded control channel
+    each end their own session with a clear message; a healthy session beside them keeps 25 fps."""
+    srv, url = server
+    srv.capacity.frames_per_s = 3 * FPS / 0.9 + 1  # room for the three
+    try:
+        healthy, boom, stalled = _many(url, [
+            (speech_wave, 5.0, {}),
+            (speech_wave, 5.0, {"avatar": "boom"}),
+            (speech_wave, 5.0, {"stall_after_s": 0.5}),
+        ])
+    finally:
+        srv.capacity.frames_per_s = 2 * FPS / 0.9 + 1
+    assert boom.error and "inference failed: RuntimeError: boom" in boom.error
+    assert stalled.error and "no audio from the microphone for 1.5 s" in stalled.error
+    assert healthy.error is None and 20.0 <= healthy.fps() <= 30.0, healthy.fps()
+    flood = _client(url, speech_wave, 3.0, flood=300)
+    assert flood.error and "control channel flooded" in flood.error
+    _wait_idle(srv)
+
+
+def test_vanished_browser_is_cleaned_up(server, speech_wave) -> None:
+    srv, url = server
+    # no bye, no DTLS close: the client's event loop just ends (its tasks are cancelled)
+    res = _client(url, speech_wave, 1.0, vanish=True)
+    assert res.status == 200 and len(res.frame_times) > 5
+    _wait_idle(srv, timeout=8.0)  # the stall timeout (1.5 s) ends it
+    assert srv.metrics.per_session == {}
+    assert srv.scheduler.pending() == 0
+
+
+def test_bad_requests(server, speech_wave) -> None:
+    srv, url = server
+    code, body, _ = _http(url + "/api/avatar", "POST", b"not an image at all")
+    assert code == 415 and "not an image" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/avatar", "POST", b"\0" * 300_000)
+    assert code == 413 and "over" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/avatar", "POST", _png_header(50_000, 50_000))
+    assert code == 413 and "megapixels" in json.loads(body)["error"]
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.full((96, 96, 3), 128, np.uint8))
+    code, body, _ = _http(url + "/api/avatar", "POST", png.tobytes())
+    assert code == 422 and "no face" in json.loads(body)["error"]
+    photo = cv2.resize(cv2.imread(str(ASTRONAUT)), (256, 256))
+    ok, jpg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    code, body, _ = _http(url + "/api/avatar", "POST", jpg.tobytes())
+    key = json.loads(body)["id"]
+    assert code == 200 and key.startswith("upload-") and srv.avatars[key].crop.shape == (256, 256, 3)
+    res = _client(url, speech_wave, 0.1, avatar="nobody")
+    assert res.status == 404 and "unknown avatar" in res.error
+    res = _client(url, speech_wave, 0.1, pose="dance")
+    assert res.status == 400 and "unknown pose source 'dance'" in res.error
+    code, body, _ = _http(url + "/api/offer", "POST", b"{", {"Content-Type": "application/json"})
+    assert code == 400
+    assert not srv.sessions
+
+
+def test_token_is_checked_everywhere(speech_wave) -> None:
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Server
+    from trtalk.serve.cli import run_in_thread
+
+    srv = Server(WarpFamily(FPS), PipelineConfig(), token="s3cret-token", capacity_fps_override=100.0)
+    srv.builtin = {}
+    srv.prepare()
+    url, stop = run_in_thread(srv)
+    try:
+        for path in ("/", "/api/config", "/metrics", "/healthz", "/static/app.js"):
+            assert _http(url + path)[0] == 401, path
+            assert _http(url + path + "?token=wrong-token")[0] == 401, path
+        assert _http(url + "/api/config", headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+        code, _, headers = _http(url + "/?token=s3cret-token")
+        assert code == 200 and "trtalk_token=s3cret-token" in headers.get("Set-Cookie", "")
+        assert _http(url + "/static/app.js", headers={"Cookie": "trtalk_token=s3cret-token"})[0] == 200
+        assert _http(url + "/api/offer", "POST", b"{}")[0] == 401
+    finally:
+        stop()
+        srv.scheduler.close()
+
+
+def test_serve_refuses_a_public_host_without_token() -> None:
+    from trtalk.serve.cli import ServeCommand, resolve_token
+
+    with pytest.raises(TrtalkError, match="--host 0.0.0.0 exposes the server .* --token"):
+        resolve_token(ServeCommand(host="0.0.0.0"))
+    assert resolve_token(ServeCommand(host="0.0.0.0", token="long-enough")) == "long-enough"
+    assert resolve_token(ServeCommand()) is None
+
+
+def test_returned_audio_waits_for_its_video() -> None:
+    """The microphone audio goes back only once the frame showing it was sent, so sound and
+    mouth stay together however far the audio path runs ahead (the 120 ms lookahead and more)."""
+    from trtalk.serve.session import TrackSink
+
+    sink = TrackSink(FPS)
+    sink.write_audio(np.arange(16000, dtype=np.float32))  # 1 s of audio, before any frame
+    assert sink.read_audio(320) is None
+    sink.write(np.zeros((4, 4, 3), np.uint8), 0.0)  # frame 0 covers audio [0, 640)
+    a = sink.read_audio(320)
+    b = sink.read_audio(320)
+    assert a is not None and b is not None and a[0] == 0 and b[0] == 320
+    assert sink.read_audio(320) is None  # [640, 960) belongs to frame 1, not sent yet
+    sink.write(np.zeros((4, 4, 3), np.uint8), 10 / FPS)  # frames 1-9 dropped: frame 10 sent
+    # audio more than 0.3 s behind the video skips ahead to stay within 0.3 s of it
+    c = sink.read_audio(320)
+    assert c is not None and 640 < c[0] and (11 * 640 - (c[0] + 320)) <= 0.3 * 16000
+    assert sink.next_frame()[0] == 0 and sink.next_frame()[0] == 10 and sink.next_frame() is None
+
+
+def test_trtalk_serve_command_ends_sessions_on_sigterm(speech_wave) -> None:
+    """The command itself: it serves, and SIGTERM ends the running session with a message for its
+    page and exits 0."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from trtalk.serve.client import run_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "trtalk.cli", "-q", "serve", "--port", str(port),
+                             "--capacity-fps", "100"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while _http_ok(url + "/healthz") is False:
+            assert proc.poll() is None and time.monotonic() < deadline, "trtalk serve did not start"
+            time.sleep(0.3)
+
+        async def session_then_sigterm():
+            task = asyncio.ensure_future(run_client(url, speech_wave, 30.0))
+            await asyncio.sleep(3.0)
+            proc.send_signal(signal.SIGTERM)
+            return await task
+
+        res = asyncio.run(session_then_sigterm())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert res.status == 200 and len(res.frame_times) > 25
+    assert res.error == "the server is shutting down"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return _http(url)[0] == 200
+    except OSError:
+        return False

@@ -1,0 +1,473 @@
+"""`trtalk serve`'s web server (aiohttp + aiortc): the page, signalling, uploads, metrics.
+
+Endpoints (every one checks the token when the server has one: ``?token=``, header
+``Authorization: Bearer <token>`` or ``X-Trtalk-Token``):
+
+- ``GET /``: the page (``trtalk/serve/static``: HTML + JS, no build step, nothing from a CDN);
+- ``GET /api/config``: avatars, pose choices, fps, capacity;
+- ``POST /api/avatar``: upload a photo (raw body; byte, header and pixel limits before decoding,
+  a face is required) -> ``{"id": ...}``;
+- ``POST /api/offer``: ``{"sdp", "type", "avatar", "pose", "paste_back"}`` -> the SDP answer, or
+  ``{"error"}`` (503 when the server is full: admission control);
+- ``GET /metrics``: Prometheus text; ``GET /healthz``: JSON state and capacity;
+  ``POST /api/drain``: stop admitting sessions (running ones go on).
+
+A session's control data channel ("control") carries ``{"type": "bye"}`` from the page and
+``stats`` / ``error`` / ``ready`` messages to it. More than ``control_rate`` messages/s (burst
+``4 x rate``) or one over 4 KB ends that session ("control channel flooded").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from trtalk.errors import TrtalkError
+from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.runtime.latency import FrameTiming
+from trtalk.runtime.pipeline import PipelineConfig
+from trtalk.serve.metrics import Metrics
+from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
+from trtalk.serve.session import POSE_CHOICES, Session
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CONTROL_MAX_BYTES = 4096
+
+
+@dataclass
+class ServerLimits:
+    """Per-server limits (each one a `trtalk serve` flag)."""
+
+    max_sessions: int = 8
+    max_upload_bytes: int = 8 * 1024 * 1024
+    max_upload_pixels: int = 16_000_000
+    max_uploads: int = 32
+    stall_timeout_s: float = 10.0
+    control_rate: float = 20.0
+    headroom: float = 0.9
+    #: a running session below this share of the frame rate (over 2 s) blocks admission
+    min_fps_ratio: float = 0.85
+
+
+@dataclass
+class Capacity:
+    """The measured throughput (frames/s per batch size) and what admission uses."""
+
+    throughput: dict[int, float] = field(default_factory=dict)
+    frames_per_s: float = float("inf")
+
+
+def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB image of an uploaded file: header and pixel checks before decoding (no bombs)."""
+    import cv2
+
+    from trtalk.media.read import image_header_size
+
+    size = image_header_size(memoryview(data)) if data else None
+    if size is None:
+        raise TrtalkError("not an image: upload a PNG, JPEG, BMP or WebP photo")
+    w, h = size
+    if w <= 0 or h <= 0 or w * h > max_pixels:
+        raise TrtalkError(f"the photo is {w}x{h} pixels; the limit is {max_pixels / 1e6:g} megapixels, "
+                          f"downscale it")
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        bgr = None
+    if bgr is None or bgr.shape[0] * bgr.shape[1] > max_pixels:
+        raise TrtalkError("the photo could not be decoded: upload a valid PNG, JPEG, BMP or WebP file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class _Bucket:
+    """Token bucket: ``rate`` per second, ``burst`` at most."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.level, self.t = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.level = min(self.burst, self.level + (now - self.t) * self.rate)
+        self.t = now
+        if self.level < 1:
+            return False
+        self.level -= 1
+        return True
+
+
+class Server:
+    """The state behind the endpoints: one family and scheduler, the avatars, the sessions."""
+
+    def __init__(self, family: ModelFamily, cfg: PipelineConfig, *, token: str | None = None,
+                 limits: ServerLimits | None = None, max_batch: int = 8,
+                 capacity_fps_override: float | None = None, warmup: bool = True) -> None:
+        self.family = family
+        self.cfg = cfg
+        self.token = token
+        self.limits = limits or ServerLimits()
+        self.scheduler = BatchScheduler(family, max_batch=max_batch)
+        self.metrics = Metrics()
+        self.sessions: dict[str, Session] = {}
+        self.pcs: dict[str, Any] = {}
+        self.channels: dict[str, Any] = {}
+        self.tasks: dict[str, list[asyncio.Task]] = {}
+        self.avatars: dict[str, Avatar] = {}
+        self.uploads: list[str] = []
+        self.builtin = {p.stem: p for p in sorted(ASSETS.glob("*.png"))}
+        self.capacity = Capacity()
+        self.draining = False
+        self._warmup = warmup
+        self._capacity_override = capacity_fps_override
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.Task | None = None
+        #: uploads decoded at once (each may hold a 16-megapixel image while it is checked)
+        self.upload_slots = 2
+        self._uploading = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make the built-in avatars and measure throughput (before the worker starts)."""
+        from trtalk.face import read_image
+
+        for name, path in self.builtin.items():
+            self.avatars[name] = self.family.make_avatar(read_image(path), str(path))
+        if self._capacity_override is not None:
+            self.capacity = Capacity({}, self._capacity_override)
+        elif self._warmup and self.avatars:
+            budget = self.cfg.max_delay_s / 2
+            tp = measure_throughput(self.scheduler, next(iter(self.avatars.values())), self.cfg.fps, budget)
+            self.capacity = Capacity(tp, capacity_fps(tp, self.scheduler.cost_s, budget))
+            log.info("capacity: %.1f frames/s (%.1f sessions at %g fps)", self.capacity.frames_per_s,
+                     self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps, self.cfg.fps)
+        self.scheduler.start()
+
+    async def on_startup(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for sid in list(self.sessions):
+            await self.end_session(sid, "the server is shutting down")
+        self.scheduler.close()
+
+    def capacity_sessions(self) -> int:
+        by_rate = int(self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps + 1e-9)
+        return max(0, min(self.limits.max_sessions, by_rate))
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def admit(self) -> str | None:
+        """None when one more session fits, else the message for the page."""
+        if self.draining:
+            return "this server is draining (about to restart): try again in a moment"
+        slow = [s for s in self.sessions.values() if s.recent_fps is not None
+                 and s.recent_fps < self.limits.min_fps_ratio * self.cfg.fps]
+        if slow:
+            return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
+                    f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
+        n = len(self.sessions)
+        cap = self.capacity_sessions()
+        if n >= cap:
+            if cap < self.limits.max_sessions:
+                return (f"the server is full: it makes about {self.capacity.frames_per_s:.0f} frames/s, "
+                        f"enough for {cap} session(s) at {self.cfg.fps:g} fps, and {n} are running; "
+                        f"try again later")
+            return f"the server is full: {n} sessions are running (--max-sessions {cap}); try again later"
+        return None
+
+    def _on_frame(self, session: Session, rec: FrameTiming) -> None:
+        self.metrics.frame(session.id, rec.emitted - rec.audio_captured)
+
+    def _on_end(self, session: Session) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(self.end_session(session.id, session.error), self._loop)
+            except RuntimeError:  # the loop closed meanwhile (server shutting down)
+                pass
+
+    def send(self, sid: str, message: dict[str, Any]) -> None:
+        ch = self.channels.get(sid)
+        if ch is not None and ch.readyState == "open":
+            try:
+                ch.send(json.dumps(message))
+            except Exception:  # noqa: BLE001 - the browser went away
+                pass
+
+    async def end_session(self, sid: str, error: str | None = None) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        if error:
+            session.fail(error)
+        message = session.error
+        if message:
+            self.metrics.error()
+            self.send(sid, {"type": "error", "message": message})
+        else:
+            self.send(sid, {"type": "ended"})
+        for task in self.tasks.pop(sid, []):
+            task.cancel()
+        await asyncio.get_running_loop().run_in_executor(None, session.close)
+        self.metrics.session_ended(sid, session.pipeline.latency.drops)
+        pc = self.pcs.pop(sid, None)
+        self.channels.pop(sid, None)
+        if pc is not None:
+            await asyncio.sleep(0.05)  # let the error message leave
+            await pc.close()
+        log.info("session %s ended%s", sid, f": {message}" if message else "")
+
+    async def _tick(self) -> None:
+        """Every 0.5 s: stalled tracks end their session; every 1 s the page gets its latency."""
+        n = 0
+        while True:
+            await asyncio.sleep(0.5)
+            n += 1
+            now = time.monotonic()
+            for sid, s in list(self.sessions.items()):
+                s.sample_rate(now)
+                if now - s.audio.last_push > self.limits.stall_timeout_s:
+                    await self.end_session(sid, f"no audio from the microphone for "
+                                                f"{self.limits.stall_timeout_s:g} s: the session was "
+                                                f"closed (reload the page to start again)")
+                elif n % 2 == 0:
+                    try:
+                        self.send(sid, s.stats())
+                    except Exception:  # noqa: BLE001 - stats are best effort
+                        log.debug("stats of %s failed", sid, exc_info=True)
+
+    async def get_avatar(self, key: str) -> Avatar | None:
+        return self.avatars.get(key)
+
+    async def add_upload(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        key = f"upload-{digest}"
+        if key in self.avatars:
+            return key
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(None, image_from_bytes, data, self.limits.max_upload_pixels)
+        avatar = await loop.run_in_executor(None, self._make_avatar, image)
+        self.avatars[key] = avatar
+        self.uploads.append(key)
+        while len(self.uploads) > self.limits.max_uploads:
+            old = self.uploads.pop(0)
+            self.avatars.pop(old, None)
+        return key
+
+    def _make_avatar(self, image: np.ndarray) -> Avatar:
+        """Face detection here (an executor thread); the networks on the worker thread."""
+        if self.family.name == "warp":  # no shared network: all of it here
+            return self.family.make_avatar(image, "the uploaded photo")
+        from trtalk.face import align_frames
+
+        clip = align_frames([image], name="the uploaded photo")
+        if not bool(clip.found[0]):
+            raise TrtalkError("no face found in the uploaded photo; use one with a clearly visible, "
+                              "frontal face")
+        crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+        return self.scheduler.call(lambda: self.family.make_avatar(image, "the uploaded photo",
+                                                                   crop=crop, crop_m=crop_m))
+
+    async def start_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from trtalk.serve.tracks import AvatarVideoTrack, DelayedAudioTrack, pump_audio, pump_video
+
+        avatar = await self.get_avatar(str(params.get("avatar", "")))
+        if avatar is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "unknown avatar: pick one or upload a photo"}),
+                                   content_type="application/json")
+        pose = str(params.get("pose") or next(iter(POSE_CHOICES)))
+        if pose not in POSE_CHOICES:
+            raise _bad(f"unknown pose source {pose!r}; choose {', '.join(POSE_CHOICES)}")
+        refusal = self.admit()
+        if refusal:
+            self.metrics.refused += 1
+            raise web.HTTPServiceUnavailable(text=json.dumps({"error": refusal}),
+                                             content_type="application/json")
+        sdp, kind = params.get("sdp"), params.get("type")
+        if not isinstance(sdp, str) or kind != "offer" or len(sdp) > 64 * 1024:
+            raise _bad("expected {sdp, type: 'offer'} from RTCPeerConnection.createOffer")
+        sid = secrets.token_hex(6)
+        from dataclasses import replace
+
+        cfg = replace(self.cfg, paste_back=bool(params.get("paste_back", False)))
+        session = Session(sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
+                          on_end=self._on_end, on_frame=self._on_frame)
+        pc = RTCPeerConnection()
+        self.pcs[sid] = pc
+        self.sessions[sid] = session
+        self.tasks[sid] = []
+        self.metrics.session_started(sid)
+        bucket = _Bucket(self.limits.control_rate, 4 * self.limits.control_rate)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            self.channels[sid] = channel
+            channel.send(json.dumps({"type": "ready", "session": sid, "pose": pose}))
+
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                if not bucket.take() or len(message) > CONTROL_MAX_BYTES:
+                    asyncio.ensure_future(self.end_session(
+                        sid, f"control channel flooded (more than {self.limits.control_rate:g} "
+                             f"messages/s or one over {CONTROL_MAX_BYTES} bytes): the session was closed"))
+                    return
+                try:
+                    msg = json.loads(message)
+                except (ValueError, TypeError):
+                    return
+                if isinstance(msg, dict) and msg.get("type") == "bye":
+                    asyncio.ensure_future(self.end_session(sid))
+                elif isinstance(msg, dict) and msg.get("type") == "ping":
+                    channel.send(json.dumps({"type": "pong", "t": msg.get("t")}))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and sid in self.sessions:
+                await self.end_session(sid, None if pc.connectionState == "closed" else
+                                       "the connection to the browser failed")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            pump = pump_audio if track.kind == "audio" else pump_video
+            self.tasks[sid].append(asyncio.ensure_future(pump(track, session)))
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            first = avatar.crop if not cfg.paste_back else avatar.image
+            for t in pc.getTransceivers():
+                if t.kind == "audio":
+                    pc.addTrack(DelayedAudioTrack(session.sink))
+                elif t.kind == "video":
+                    pc.addTrack(AvatarVideoTrack(session.sink, cfg.fps, first))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            await self.end_session(sid)
+            raise _bad(f"could not negotiate WebRTC: {exc}") from None
+        session.start()
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": sid}
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+TOKEN_COOKIE = "trtalk_token"
+
+
+def _token_ok(request: web.Request, token: str) -> bool:
+    given = (request.query.get("token") or request.headers.get("X-Trtalk-Token")
+             or request.cookies.get(TOKEN_COOKIE) or "")
+    auth = request.headers.get("Authorization", "")
+    if not given and auth.startswith("Bearer "):
+        given = auth[7:]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+SERVER_KEY = web.AppKey("server", Server)
+
+
+def make_app(server: Server) -> web.Application:
+    """The aiohttp application of ``server`` (already prepared)."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if server.token and not _token_ok(request, server.token):
+            return web.json_response({"error": "missing or wrong token: open the link with ?token=..."},
+                                     status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[auth], client_max_size=server.limits.max_upload_bytes + 1024)
+    app[SERVER_KEY] = server
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if server.token:  # the page's own script and requests carry it from here on
+            resp.set_cookie(TOKEN_COOKIE, server.token, httponly=True, samesite="Strict")
+        return resp
+
+    async def config(request: web.Request) -> web.Response:
+        return web.json_response({
+            "avatars": [{"id": k, "label": k} for k in server.builtin],
+            "poses": [{"id": k, "label": c.label, "camera": c.camera} for k, c in POSE_CHOICES.items()],
+            "fps": server.cfg.fps, "model": server.family.name,
+            "random_weights": server.family.random_weights,
+            "max_upload_bytes": server.limits.max_upload_bytes,
+            "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions)})
+
+    async def upload(request: web.Request) -> web.Response:
+        limit = server.limits.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use a "
+                                               f"smaller one"}, status=413)
+        if server._uploading >= server.upload_slots:
+            return web.json_response({"error": "the server is checking other photos: try again in a "
+                                               "moment"}, status=429)
+        server._uploading += 1
+        try:
+            data = await request.content.read(limit + 1)
+            if len(data) > limit:
+                return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use "
+                                                   f"a smaller one"}, status=413)
+            key = await server.add_upload(data)
+        except TrtalkError as exc:
+            status = 415 if str(exc).startswith("not an image") else 413 if "megapixels" in str(exc) else 422
+            return web.json_response({"error": str(exc)}, status=status)
+        finally:
+            server._uploading -= 1
+        return web.json_response({"id": key})
+
+    async def offer(request: web.Request) -> web.Response:
+        try:
+            params = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise _bad("the body must be JSON") from None
+        if not isinstance(params, dict):
+            raise _bad("the body must be a JSON object")
+        return web.json_response(await server.start_session(params))
+
+    async def metrics(request: web.Request) -> web.Response:
+        text = server.metrics.render(server)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Prometheus-Format": "0.0.4"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "draining" if server.draining else "ok",
+            "sessions": len(server.sessions), "capacity_sessions": server.capacity_sessions(),
+            "capacity_fps": server.capacity.frames_per_s, "worker_alive": server.scheduler._thread is not None
+            and server.scheduler._thread.is_alive()})
+
+    async def drain(request: web.Request) -> web.Response:
+        server.draining = True
+        return web.json_response({"status": "draining", "sessions": len(server.sessions)})
+
+    app.router.add_get("/", index)
+    app.router.add_get("/api/config", config)
+    app.router.add_post("/api/avatar", upload)
+    app.router.add_post("/api/offer", offer)
+    app.router.add_post("/api/drain", drain)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", STATIC)
+    app.on_startup.append(server.on_startup)
+    app.on_shutdown.append(server.on_shutdown)
+    return app

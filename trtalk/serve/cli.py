@@ -1,0 +1,190 @@
+"""`trtalk serve`: the live avatar in a web page over WebRTC, sessions batched on one worker.
+
+aiohttp and aiortc are imported only when the command runs (`pip install 'trtalk[serve]'`), so
+`trtalk --help` works without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtalk import threads
+from trtalk.configcli import add_command, option
+from trtalk.errors import TrtalkError
+from trtalk.runtime.options import ModelOptions
+from trtalk.runtime.pipeline import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeCommand:
+    """`trtalk serve`: where it listens, who may use it, how many sessions, and the model."""
+
+    host: str = option("127.0.0.1", help="address to listen on; anything but loopback needs --token")
+    port: int = option(8080, help="TCP port of the page and signalling")
+    token: str | None = option(None, help="secret every request must carry (?token= or a Bearer header)")
+    token_file: Path | None = option(None, help="read the token from this file (first line)")
+    max_sessions: int = option(8, section="capacity", help="most sessions at once (admission also "
+                               "refuses what the measured throughput cannot serve in real time)")
+    max_batch: int = option(8, section="capacity", help="most frames per generator batch across sessions")
+    capacity_fps: float | None = option(None, section="capacity", metavar="FPS",
+                                        help="frames/s the server can make, instead of measuring it at start")
+    stall_timeout_s: float = option(10.0, section="limits",
+                                    help="end a session whose microphone sends nothing this long")
+    max_upload_mb: float = option(8.0, section="limits", help="largest avatar photo upload")
+    max_upload_mp: float = option(16.0, section="limits", help="largest avatar photo in megapixels")
+    control_rate: float = option(20.0, section="limits",
+                                 help="control-channel messages/s a session may send before it is closed")
+    stream: PipelineConfig = option(default_factory=PipelineConfig, prefix="")
+    model: ModelOptions = option(default_factory=ModelOptions, prefix="")
+
+
+def register(sub) -> None:
+    add_command(sub, "serve", ServeCommand, _run,
+                help="web page: talk to the avatar in a browser over WebRTC (many sessions, one worker)",
+                description="Serve a page where a person picks or uploads an avatar photo, allows the "
+                            "microphone (and camera) and sees and hears the avatar. Needs "
+                            "`pip install 'trtalk[serve]'`. Listens on 127.0.0.1 unless --host is "
+                            "given (then --token or --token-file is required).")
+
+
+def resolve_token(cmd: ServeCommand) -> str | None:
+    token = cmd.token
+    if cmd.token_file is not None:
+        if token is not None:
+            raise TrtalkError("give --token or --token-file, not both")
+        try:
+            token = cmd.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise TrtalkError(f"cannot read the token from --token-file {cmd.token_file}: {exc}") from None
+    if token is not None and len(token) < 8:
+        raise TrtalkError("the token must be at least 8 characters")
+    if cmd.host not in LOOPBACK and not token:
+        raise TrtalkError(f"--host {cmd.host} exposes the server beyond this machine: give --token "
+                          f"or --token-file too")
+    return token
+
+
+def limits_of(cmd: ServeCommand):  # -> ServerLimits (aiohttp imported lazily)
+    from trtalk.serve.app import ServerLimits
+
+    for name in ("max_upload_mb", "max_upload_mp", "control_rate", "stall_timeout_s"):
+        if not getattr(cmd, name) > 0:
+            raise TrtalkError(f"--{name.replace('_', '-')} must be positive")
+    if not 1 <= cmd.max_sessions <= 256:
+        raise TrtalkError("--max-sessions must be between 1 and 256")
+    return ServerLimits(max_sessions=cmd.max_sessions, max_upload_bytes=int(cmd.max_upload_mb * 1024 * 1024),
+                        max_upload_pixels=int(cmd.max_upload_mp * 1e6), stall_timeout_s=cmd.stall_timeout_s,
+                        control_rate=cmd.control_rate)
+
+
+def _import_serve_deps() -> None:
+    try:
+        import aiohttp  # noqa: F401
+        import aiortc  # noqa: F401
+    except ImportError as exc:
+        raise TrtalkError(f"trtalk serve needs aiohttp and aiortc ({exc.name} is missing): "
+                          f"pip install 'trtalk[serve]'") from None
+
+
+def _run(cmd: ServeCommand) -> int:
+    token = resolve_token(cmd)
+    _import_serve_deps()
+    if not 1 <= cmd.max_batch <= 256:
+        raise TrtalkError("--max-batch must be between 1 and 256")
+    from aiohttp import web
+
+    from trtalk.serve.app import Server, make_app
+
+    limits = limits_of(cmd)
+    threads.apply(cmd.stream.threads, cmd.model.family_threads())
+    family = cmd.model.open(cmd.stream.fps)
+    server = Server(family, cmd.stream, token=token, limits=limits, max_batch=cmd.max_batch,
+                    capacity_fps_override=cmd.capacity_fps)
+    server.prepare()
+    app = make_app(server)
+    url = f"http://{cmd.host if cmd.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{cmd.port}/"
+    print(f"trtalk serve: open {url}{'?token=' + token if token else ''} "
+          f"({server.capacity_sessions()} session(s) at {cmd.stream.fps:g} fps fit)", file=sys.stderr)
+    try:
+        asyncio.run(_serve(app, cmd.host, cmd.port))
+    except OSError as exc:
+        raise TrtalkError(f"cannot listen on {cmd.host}:{cmd.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+async def _serve(app, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then end every session (each page gets a message) and stop."""
+    import signal
+
+    from aiohttp import web
+
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread / Windows
+            pass
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+        from trtalk.serve.app import SERVER_KEY
+
+        log.info("stopping: ending %d session(s)", len(app[SERVER_KEY].sessions))
+    finally:
+        t = time.monotonic()
+        await runner.cleanup()
+        log.info("stopped in %.1f s", time.monotonic() - t)
+
+
+def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
+    """Start ``server`` (prepared) on a background event loop; returns (url, stop()) -- for tests
+    and the load benchmark."""
+    import threading
+
+    from aiohttp import web
+
+    from trtalk.serve.app import make_app
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict = {}
+
+    async def main() -> None:
+        runner = web.AppRunner(make_app(server))
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        holder["port"] = site._server.sockets[0].getsockname()[1]
+        holder["runner"] = runner
+        ready.set()
+
+    def target() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+    thread = threading.Thread(target=target, name="trtalk-serve-loop", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("server did not start")
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+
+    return f"http://{host}:{holder['port']}", stop
