@@ -17,7 +17,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``warp``, ``export``: the mesh-warp avatar (a model family built on face landmarks) and the
   ONNX / TensorRT export of the PC-AVS networks (with the engine file format, shared with the
   engine package).
-- ``engine``: the backends behind one runner interface, and the engine cache.
+- ``engine``: the backends behind one runner interface, and the engine cache; ``motion``: blinks
+  and speech-driven head motion on the output clock (may use warp, face and models).
 - ``runtime``: sources, sinks, clocks, render and stream.
 - ``bench``: timing of everything below.
 - ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
@@ -45,7 +46,7 @@ LAYERS: list[set[str]] = [
     {"media", "audio", "kernels"},
     {"models", "face"},
     {"warp", "export"},
-    {"engine"},
+    {"engine", "motion"},
     {"runtime"},
     {"bench"},
     {"cli"},
