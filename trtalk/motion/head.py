@@ -236,7 +236,8 @@ class HeadMotion:
         target = f.activity if f.speaking else 0.0
         self._act += _alpha(0.25 if target > self._act else 0.9, dt) * (target - self._act)
         # Sway: two cascaded OU stages per axis (unit variance at the first), faster when lively.
-        tau = self.SWAY_TAU / max(0.25, live) ** 0.5
+        # ... and slower in pauses: a listening head drifts, a speaking one sways.
+        tau = self.SWAY_TAU / max(0.25, live) ** 0.5 * (1.0 + 1.5 * (1.0 - self._act))
         a1 = dt / tau
         self._ou1 += -a1 * self._ou1 + np.sqrt(2 * a1) * noise
         self._ou2 += _alpha(0.25, dt) * (self._ou1 - self._ou2)
@@ -262,7 +263,7 @@ class HeadMotion:
                                            2.5 * np.array([3.5, 1.5, 1.8]))
             self._spring.kick(np.array([0.0, -1.5 * live, 0.0]))  # a slight lift as a phrase starts
         elif not f.speaking:
-            self._posture_target *= 1.0 - _alpha(4.0, dt)
+            self._posture_target *= 1.0 - _alpha(5.0, dt)
         self._posture += _alpha(0.45, dt) * (self._posture_target - self._posture)
         gesture = self._spring.step(dt)
 

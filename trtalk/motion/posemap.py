@@ -8,15 +8,19 @@ the per-frame translation putting the frame's mouth on the template mouth: `Runn
 settled, which keeps the roll the encoder must see), the family encodes the crops, and a smooth
 map from angles to codes is fitted.
 
-The map: ridge regression on polynomial features of the angles (all monomials up to degree 3 of
-yaw, pitch and roll scaled to [-1, 1] by the grid's range: 20 features). Why: the codes vary
-smoothly and mostly monotonically with the angles, a cubic captures the curvature of a rotating
-face's appearance, the least-squares fit averages the encoder's frame-to-frame noise (an
-interpolant would reproduce it, and trilinear interpolation has kinks at the grid lines that
-show as jerks in the code when the head sweeps through them), and evaluating it is one 20 x P
-matrix product (microseconds). Angles are clipped to the grid's range first (a polynomial
-extrapolates badly). Fitting is a 20 x 20 solve: the time is the rendering and encoding of the
-grid (see `AngleMap.info`: ``fit_s``, ``render_s``, ``encode_s``).
+The map: a thin-plate spline (radial basis function interpolation with the kernel r^2 log r plus
+an affine term, angles scaled to [-1, 1] by the grid's range, a small smoothing term). Why: it is
+smooth (no kinks at grid lines, unlike trilinear interpolation, which would jerk the code as the
+head sweeps through them), it passes (almost) through the grid's codes, so it follows whatever
+shape the encoder's response has, where a low-order polynomial underfits it; the smoothing term
+averages the encoder's noise; and it has no hyper-parameter but that. Evaluating it is one
+distance to each of the grid's angles and a (N x P) product: microseconds. Angles are clipped to
+the grid's box first. Measured on PC-AVS small with random weights (its pose code responds to the
+pixels far less smoothly than trained weights): held-out error relative to the codes' spread 0.26
+for the spline, 0.27 trilinear, 0.32 ridge on cubic features, 0.49 nearest grid point, 0.85 the
+constant mean; the fit is a 79 x 79 solve, well under a millisecond; the time is the rendering
+and encoding of the grid (see `AngleMap.info`: ``fit_s``, ``render_s``, ``encode_s``).
+``kind="poly"`` (ridge regression on cubic features) is kept for comparison.
 
 Held-out check: besides the grid, ``held_out`` random angles inside the grid's box are rendered
 and encoded too; the map's error on them (RMS over codes, and relative to the codes' spread over
@@ -60,6 +64,8 @@ class GridSpec:
     roll: tuple[float, ...] = (-6.0, 0.0, 6.0)
     held_out: int = 24
     seed: int = 0
+    kind: str = "tps"
+    smoothing: float = 0.1
     degree: int = 3
     ridge: float = 1e-3
 
@@ -90,20 +96,36 @@ def poly_features(x: np.ndarray, degree: int) -> np.ndarray:
     return np.prod(x[:, None, :] ** exps[None], axis=2)
 
 
+def _tps(r: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r > 0, r * r * np.log(np.maximum(r, 1e-300)), 0.0)
+
+
 @dataclass
 class AngleMap:
-    """angles (N, 3) degrees -> codes (N, P): ``codes = poly(clip(angles) / scale) @ coef``."""
+    """angles (N, 3) degrees -> codes (N, P): ``codes = features(angles) @ coef``, the features
+    being the thin-plate kernel to each centre plus (1, angles) (``kind`` "tps"), or the cubic
+    monomials (``kind`` "poly"), of the angles clipped to [low, high] and scaled to [-1, 1]."""
 
     low: np.ndarray
     high: np.ndarray
     degree: int
     coef: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    kind: str = "poly"
+    centres: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
-    def features(self, angles: np.ndarray) -> np.ndarray:
+    def scaled(self, angles: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(angles, dtype=np.float64).reshape(-1, 3), self.low, self.high)
         mid, half = (self.high + self.low) / 2, np.maximum((self.high - self.low) / 2, 1e-9)
-        return poly_features((a - mid) / half, self.degree)
+        return (a - mid) / half
+
+    def features(self, angles: np.ndarray) -> np.ndarray:
+        x = self.scaled(angles)
+        if self.kind == "tps":
+            r = np.linalg.norm(x[:, None, :] - self.centres[None], axis=2)
+            return np.concatenate([_tps(r), np.ones((len(x), 1)), x], axis=1)
+        return poly_features(x, self.degree)
 
     def __call__(self, angles: np.ndarray) -> np.ndarray:
         return (self.features(angles) @ self.coef).astype(np.float32)
@@ -120,24 +142,39 @@ class AngleMap:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, low=self.low, high=self.high, degree=np.array(self.degree), coef=self.coef,
-                     info=np.array(json.dumps(self.info)))
+                     info=np.array(json.dumps(self.info)), kind=np.array(self.kind), centres=self.centres)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "AngleMap":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["low"], z["high"], int(z["degree"]), z["coef"], json.loads(str(z["info"])))
+            return cls(z["low"], z["high"], int(z["degree"]), z["coef"], json.loads(str(z["info"])),
+                       str(z["kind"]), z["centres"])
 
 
 def fit_angle_map(angles: np.ndarray, codes: np.ndarray, low: np.ndarray, high: np.ndarray,
-                  degree: int = 3, ridge: float = 1e-3) -> AngleMap:
-    """Ridge regression of ``codes`` (N, P) on the polynomial features of ``angles`` (N, 3)."""
-    m = AngleMap(np.asarray(low, np.float64), np.asarray(high, np.float64), degree, np.zeros((0, 0)))
-    x = m.features(angles)
+                  kind: str = "tps", smoothing: float = 0.1, degree: int = 3, ridge: float = 1e-3) -> AngleMap:
+    """The map from ``angles`` (N, 3) to ``codes`` (N, P): a thin-plate spline with ``smoothing``
+    (``kind`` "tps"), or ridge regression on the polynomial features up to ``degree``
+    (``kind`` "poly")."""
+    if kind not in ("tps", "poly"):
+        raise ValueError(f"unknown angle map kind {kind!r}")
+    m = AngleMap(np.asarray(low, np.float64), np.asarray(high, np.float64), degree, np.zeros((0, 0)), kind=kind)
     y = np.asarray(codes, dtype=np.float64)
+    if kind == "tps":
+        x = m.scaled(angles)
+        n = len(x)
+        k = _tps(np.linalg.norm(x[:, None] - x[None], axis=2)) + smoothing * np.eye(n)
+        p = np.concatenate([np.ones((n, 1)), x], axis=1)
+        a = np.block([[k, p], [p.T, np.zeros((4, 4))]])
+        b = np.concatenate([y, np.zeros((4, y.shape[1]))])
+        m.centres = x
+        m.coef = np.linalg.lstsq(a, b, rcond=None)[0]
+        return m
+    x = m.features(angles)
     reg = ridge * len(x) * np.eye(x.shape[1])
     reg[0, 0] = 0.0  # the constant is not shrunk
-    m.coef = np.linalg.solve(x.T @ x + reg, x.T @ y)
+    m.coef = np.linalg.lstsq(x.T @ x + reg, x.T @ y, rcond=None)[0]
     return m
 
 
@@ -234,15 +271,18 @@ def build_angle_map(photo: np.ndarray, encode: EncodeFn, *, mesh: np.ndarray | N
     codes = np.asarray(encode(crops, meshes), dtype=np.float64).reshape(len(crops), -1)
     t2 = time.perf_counter()
     y_train, y_test = codes[:len(train)], codes[len(train):]
-    amap = fit_angle_map(train, y_train, grid.low, grid.high, grid.degree, grid.ridge)
+    amap = fit_angle_map(train, y_train, grid.low, grid.high, grid.kind, grid.smoothing, grid.degree, grid.ridge)
     t3 = time.perf_counter()
     spread = y_train.std(axis=0)
     amap.info = {"family": family, "train_points": len(train), "heldout_points": len(test),
-                 "degree": grid.degree, "ridge": grid.ridge, "code_size": amap.code_size,
+                 "kind": grid.kind, "smoothing": grid.smoothing, "degree": grid.degree, "ridge": grid.ridge,
+                 "code_size": amap.code_size,
                  "code_spread_mean": float(spread.mean()),
                  "render_s": round(t1 - t0, 4), "encode_s": round(t2 - t1, 4), "fit_s": round(t3 - t2, 6),
                  "total_s": round(t3 - t0, 4),
-                 **heldout_error(amap, test, y_test, spread)}
+                 **heldout_error(amap, test, y_test, spread),
+                 # the same error for the codes' mean (what a map that ignored the angles would give)
+                 "heldout_rel_mean": float(np.sqrt(np.mean(((y_test - y_train.mean(axis=0)) / np.maximum(spread, 1e-9)) ** 2)))}
     log.info("angle -> pose code map fitted in %.2f s (render %.2f, encode %.2f, fit %.4f): held-out "
              "RMS %.4g (%.1f %% of the codes' spread)", amap.info["total_s"], amap.info["render_s"],
              amap.info["encode_s"], amap.info["fit_s"], amap.info["heldout_rms"], 100 * amap.info["heldout_rel"])
