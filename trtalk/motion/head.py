@@ -11,8 +11,8 @@ Features (`SpeechFeatures`, per frame): the voice-band level of the new rows (0.
 scale), speech activity, a smoothed speaking state with a hangover, onsets (a rise of the level
 over its minimum of the last 120 ms), a pitch proxy (the power-weighted centroid of the lowest mel
 bands, where the first harmonics of a voice sit: it rises with f0) and prominence (level and
-pitch above their running means over speech), phrase starts (an onset after at least 0.2 s (plus the 0.12 s hangover) of
-pause).
+pitch above their running means over speech), phrase starts (an onset after at least 0.2 s of
+pause, on top of the speaking state's 0.12 s hangover).
 
 Motion (`HeadMotion`, the sum of three parts, then bounded):
 
@@ -20,8 +20,9 @@ Motion (`HeadMotion`, the sum of three parts, then bounded):
   whose amplitude follows the smoothed speech activity (``silent_sway`` of it in pauses);
 - gestures: nods (a pitch impulse through a critically damped spring: down, then back) and small
   turns/tilts at stressed syllables, drawn with probabilities that ``liveliness`` scales;
-- posture: at each phrase start the head settles to a new slightly turned/tilted posture, which
-  drifts back towards the photo's pose during long pauses.
+- posture: at each phrase start (and at some stressed syllables) the head settles, within about
+  a second, to a new turned/tilted posture, which drifts back towards the photo's pose during long
+  pauses.
 
 Angles are soft-bounded (``max * tanh(x / max)``) and their per-frame change is capped at
 ``max_speed`` degrees per second, so angles and angular speeds are bounded whatever the audio.
@@ -53,10 +54,10 @@ class MotionConfig:
     liveliness: float = option(1.0, help="how often the head nods and turns with stressed syllables, "
                                          "and how fast it sways (0.5 calm, 2 animated)")
     seed: int = option(0, help="seed of the head motion (the same seed and audio give the same motion)")
-    max_yaw: float = option(12.0, help="largest yaw in degrees")
-    max_pitch: float = option(8.0, help="largest pitch in degrees")
-    max_roll: float = option(6.0, help="largest roll in degrees")
-    max_speed: float = option(60.0, help="largest angular speed per axis in degrees per second")
+    max_yaw: float = option(15.0, help="largest yaw in degrees")
+    max_pitch: float = option(10.0, help="largest pitch in degrees")
+    max_roll: float = option(8.0, help="largest roll in degrees")
+    max_speed: float = option(80.0, help="largest angular speed per axis in degrees per second")
     silent_sway: float = option(0.3, cli=False)  # sway amplitude in pauses, relative to speech
     speech_floor: float = option(0.22, cli=False)  # voice-band mel level of no activity
     speech_ceil: float = option(0.45, cli=False)  # ... of full activity
@@ -186,7 +187,9 @@ class HeadMotion:
     """
 
     #: sway amplitude at full speech before ``amplitude`` (deg) and its time constants (s)
-    SWAY_DEG = np.array([4.5, 2.8, 2.0])
+    SWAY_DEG = np.array([6.5, 3.8, 3.0])
+    #: spread of the postures taken at phrase starts and some stressed syllables (deg)
+    POSTURE_DEG = np.array([8.0, 4.0, 4.0])
     SWAY_TAU = np.array([1.1, 0.8, 1.4])
 
     def __init__(self, fps: float = 25.0, config: MotionConfig | None = None) -> None:
@@ -227,7 +230,7 @@ class HeadMotion:
         live = cfg.liveliness
         # The random draws are the same every frame whatever the audio: the noise stays seeded.
         noise = rng.standard_normal(3)
-        u_gesture, u_turn = rng.random(2)
+        u_gesture, u_turn, u_posture = rng.random(3)
         signs = rng.choice([-1.0, 1.0], size=3)
         mags = rng.random(3)
         posture_draw = rng.standard_normal(3)
@@ -251,20 +254,23 @@ class HeadMotion:
             p_nod = min(1.0, 0.8 * live * (0.3 + f.prominence))
             if u_gesture < p_nod:
                 peak = np.zeros(3)
-                peak[1] = (1.2 + 2.3 * mags[0]) * strength
+                peak[1] = (1.5 + 3.0 * mags[0]) * strength
                 if u_turn < 0.45 * min(1.0, live):
-                    peak[0] = signs[0] * (0.8 + 2.2 * mags[1]) * strength
-                    peak[2] = signs[2] * (0.4 + 1.2 * mags[2]) * strength
+                    peak[0] = signs[0] * (1.0 + 3.0 * mags[1]) * strength
+                    peak[2] = signs[2] * (0.5 + 1.5 * mags[2]) * strength
                 self._spring.kick(peak)
                 self._since_gesture = 0.0
-        # Posture: a new one at each phrase start, back towards the photo's pose in long pauses.
+        # Posture: a new one at each phrase start (and now and then at a stressed syllable: people
+        # shift their posture mid-sentence too), back towards the photo's pose in long pauses.
+        shift = f.phrase_start or (f.onset > 0 and f.prominence > 0.6 and u_posture < 0.15 * live)
+        if shift:
+            spread = self.POSTURE_DEG
+            self._posture_target = np.clip(posture_draw * spread, -2.0 * spread, 2.0 * spread)
         if f.phrase_start:
-            self._posture_target = np.clip(posture_draw * np.array([3.5, 1.5, 1.8]), -2.5 * np.array([3.5, 1.5, 1.8]),
-                                           2.5 * np.array([3.5, 1.5, 1.8]))
             self._spring.kick(np.array([0.0, -1.5 * live, 0.0]))  # a slight lift as a phrase starts
         elif not f.speaking:
             self._posture_target *= 1.0 - _alpha(5.0, dt)
-        self._posture += _alpha(0.45, dt) * (self._posture_target - self._posture)
+        self._posture += _alpha(0.35, dt) * (self._posture_target - self._posture)
         gesture = self._spring.step(dt)
 
         raw = cfg.amplitude * (sway + gesture + self._posture)

@@ -59,9 +59,9 @@ EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 class GridSpec:
     """The angles rendered to fit the map (degrees), and how many random held-out angles."""
 
-    yaw: tuple[float, ...] = (-12.0, -6.0, 0.0, 6.0, 12.0)
-    pitch: tuple[float, ...] = (-8.0, -4.0, 0.0, 4.0, 8.0)
-    roll: tuple[float, ...] = (-6.0, 0.0, 6.0)
+    yaw: tuple[float, ...] = (-15.0, -7.5, 0.0, 7.5, 15.0)
+    pitch: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
+    roll: tuple[float, ...] = (-8.0, 0.0, 8.0)
     held_out: int = 24
     seed: int = 0
     kind: str = "tps"
