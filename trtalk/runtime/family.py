@@ -17,6 +17,12 @@ A family turns the step's inputs into frames:
 Pose codes are what the pipeline smooths and holds when the face is lost, so each family says
 what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pose source at all
 (`still_pose`: the avatar's own pose for PC-AVS, the warp avatar's gentle built-in motion).
+
+Generated motion (``--pose auto``, `trtalk.runtime.motion_path`) asks `motion_codes(avatar,
+angles, eye_closure)`: the warp avatar uses the angles and the eye closure as they are; by default
+a family maps the angles through the avatar's angle map (`prepare_motion`: the warp avatar renders
+the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`), and a
+family with an eye input (PD-FGC) overrides `motion_codes` to use the eye-closure stream too.
 """
 
 from __future__ import annotations
