@@ -17,6 +17,12 @@ A family turns the step's inputs into frames:
 Pose codes are what the pipeline smooths and holds when the face is lost, so each family says
 what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pose source at all
 (`still_pose`: the avatar's own pose for PC-AVS, the warp avatar's gentle built-in motion).
+
+Generated motion (``--pose auto``, `trtalk.runtime.motion_path`) asks `motion_codes(avatar,
+angles, eye_closure)`: the warp avatar uses the angles and the eye closure as they are; by default
+a family maps the angles through the avatar's angle map (`prepare_motion`: the warp avatar renders
+the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`), and a
+family with an eye input (PD-FGC) overrides `motion_codes` to use the eye-closure stream too.
 """
 
 from __future__ import annotations
@@ -123,6 +129,40 @@ class ModelFamily(abc.ABC):
             i = j
         return np.concatenate(out) if out else np.zeros((0, self.output_size, self.output_size, 3), np.uint8)
 
+    # -- generated motion (`--pose auto`, `trtalk.runtime.motion_path`) -------------------------
+
+    def weights_id(self) -> str | None:
+        """What identifies this family's weights (a checkpoint's hash) for caches keyed by them;
+        None: unknown, nothing is cached."""
+        return None
+
+    def prepare_motion(self, avatar: Avatar) -> Any:
+        """Build (or load from the cache) the avatar's angle -> pose code map
+        (`trtalk.motion.posemap`): the warp avatar renders the photo through a grid of head
+        angles, each frame is encoded by `pose`. Kept in ``avatar.state["angle_map"]``."""
+        from trtalk.motion.posemap import build_angle_map
+
+        amap = avatar.state.get("angle_map")
+        if amap is None:
+            def encode(crops: Sequence[np.ndarray], meshes: Sequence[np.ndarray]) -> np.ndarray:
+                out = [self.pose([PoseInput(c, m) for c, m in zip(crops[i:i + 16], meshes[i:i + 16])])
+                       for i in range(0, len(crops), 16)]
+                return torch.cat(out).detach().float().cpu().numpy()
+
+            amap = build_angle_map(avatar.image, encode, mesh=avatar.state.get("mesh"), family=self.name,
+                                   weights_id=self.weights_id())
+            avatar.state["angle_map"] = amap
+        return amap
+
+    def motion_codes(self, avatar: Avatar, angles: torch.Tensor,
+                     eye_closure: torch.Tensor | None = None) -> torch.Tensor:
+        """Pose codes B x P for generated head angles B x 3 (yaw, pitch, roll in degrees relative
+        to the avatar photo, `trtalk.warp.mesh` convention) and eye closure B (0 open .. 1 shut;
+        a family with an eye input uses it, the default ignores it). Default: the avatar's
+        angle map (`prepare_motion`)."""
+        amap = self.prepare_motion(avatar)
+        return torch.from_numpy(amap(angles.detach().cpu().numpy()))
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8 (round half away from zero after scaling)."""
@@ -154,6 +194,9 @@ class PCAVSFamily(ModelFamily):
         self._pose_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
         #: pose encoder calls' frames (cache misses), for the stream report
         self.pose_encodings = 0
+        #: (checkpoint, runner options) the weights came from, set by `open_family` (None: unknown)
+        self.weights_source: tuple[Any, Any] | None = None
+        self._weights_id: str | None = None
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -165,10 +208,17 @@ class PCAVSFamily(ModelFamily):
                 raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
                                   f"frontal face")
             crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+            if mesh is None and clip.landmarks is not None:
+                mesh = clip.landmarks[0]
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.runner.encode_identity(x)
         ref_pose = self.runner.encode_pose(x)[0]
-        return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map})
+        return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
+
+    def weights_id(self) -> str | None:
+        if self._weights_id is None and self.weights_source is not None:
+            self._weights_id = _weights_id(*self.weights_source)  # hashed once, on first use
+        return self._weights_id
 
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
@@ -284,11 +334,22 @@ class WarpFamily(ModelFamily):
 
         return torch.tensor([idle_euler(k / fps) for k in frames], dtype=torch.float32)
 
+    def motion_codes(self, avatar: Avatar, angles: torch.Tensor,
+                     eye_closure: torch.Tensor | None = None) -> torch.Tensor:
+        """The angles themselves, and the eye closure as a fourth column (see `generate`)."""
+        angles = angles.detach().float().cpu().reshape(-1, 3)
+        if eye_closure is None:
+            return angles
+        return torch.cat([angles, eye_closure.detach().float().cpu().reshape(-1, 1)], dim=1)
+
     def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        """Pose codes are (yaw, pitch, roll) degrees, optionally with eye closure in [0, 1] as a
+        fourth column (generated motion with blinks)."""
         from trtalk.warp import mesh as M
 
         renderer = avatar.state["renderer"]
-        frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p)))
+        frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p[:3])),
+                                 float(p[3]) if len(p) > 3 else 0.0)
                   for m, p in zip(mouth, pose)]
         return np.stack(frames)
 
@@ -321,4 +382,24 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
     from trtalk.engine.runner import open_runner
 
     runner = open_runner(backend, checkpoint, device, options)
-    return PCAVSFamily(runner, device=device)
+    family = PCAVSFamily(runner, device=device)
+    family.weights_source = (checkpoint, options)
+    return family
+
+
+def _weights_id(checkpoint: Path | str | None, options: Any) -> str:
+    """sha256 of the checkpoint's files (a folder: every file, in name order), or the random
+    weights' seed and model config; keys caches built from the weights (the angle map)."""
+    if checkpoint is None:
+        cfg = getattr(options, "config", None)
+        conf = cfg.to_json() if cfg is not None else "official"
+        return f"random-seed{getattr(options, 'seed', 0)}-" + hashlib.sha256(conf.encode()).hexdigest()[:16]
+    root = Path(checkpoint)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root) if root.is_dir() else p.name).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

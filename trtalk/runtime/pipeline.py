@@ -36,6 +36,8 @@ import torch
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
+from trtalk.motion.blink import BlinkConfig
+from trtalk.motion.head import MotionConfig
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.runtime.family import Avatar, ModelFamily
@@ -87,6 +89,8 @@ class PipelineConfig:
     threads: int | None = option(None, metavar="N", help="CPU threads for inference (torch and onnxruntime); "
                                  "idle ones sleep (README: thread settings)",
                                  default_text="$TRTALK_THREADS, else the usable cores")
+    motion: MotionConfig = option(default_factory=MotionConfig, prefix="motion-", section="generated motion")
+    blink: BlinkConfig = option(default_factory=BlinkConfig, prefix="blink-", section="generated motion")
     gain: GainConfig = option(default_factory=GainConfig, cli=False)
     stats_interval_s: float | None = option(None, cli=False)  # log stats this often (stream --stats)
 
@@ -124,12 +128,14 @@ class Pipeline:
     The pipeline starts and closes the sources; it writes but does not close the sinks (their
     owner does, so a recording is finalised even when ``run`` raises). ``pose_source`` None means
     the family's still pose. ``background`` chooses what paste-back pastes into (default: the pose
-    sample's frame when kept, else the avatar photo).
+    sample's frame when kept, else the avatar photo). ``motion``: with no pose source, generate
+    head motion and blinks from the speech (`trtalk.runtime.motion_path`, ``--pose auto``)
+    instead of the family's still pose.
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
-                 background: BackgroundFn | None = None) -> None:
+                 background: BackgroundFn | None = None, motion: bool = False) -> None:
         self.cfg = cfg
         self.family = family
         self.avatar = avatar
@@ -148,6 +154,10 @@ class Pipeline:
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        if motion and pose_source is None:
+            from trtalk.runtime.motion_path import MotionPose
+
+            self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, cfg.blink)
         self.background = background or self._default_background
         from trtalk.audio import audio_lookahead_s
 
@@ -255,7 +265,7 @@ class Pipeline:
         fps = self.cfg.fps
         mel = torch.from_numpy(np.stack([self.audio.window(k) for k in idx]))
         audio_cap = [self.audio.captured(k, self.clock.now) for k in idx]
-        pose_codes, samples = self.pose.codes(idx, stop)
+        pose_codes, samples = self.pose.codes(idx, stop, mel)
         backgrounds = [self.background(k, s) for k, s in zip(idx, samples)] if self.cfg.paste_back else None
         panels = [s.crop if s is not None else None for s in samples]
         frames = self.step(idx, mel, pose_codes, backgrounds, panels)
@@ -280,6 +290,8 @@ class Pipeline:
         """Run to the end; ``progress(frames done, total or None)`` after every batch."""
         stop = stop or threading.Event()
         self.family.reset()
+        if self.pose.motion is not None:
+            self.pose.motion.reset()
         self.t0 = self.clock.now()
         started: list[Source] = []
         next_stats = time.monotonic() + (self.cfg.stats_interval_s or math.inf)

@@ -267,6 +267,8 @@ class PosePath:
         self.face_lost = False
         self.last_sample: PoseSample | None = None
         self.last_good_sample: PoseSample | None = None
+        #: generated motion (`trtalk.runtime.motion_path.MotionPose`) used when there is no source
+        self.motion: Any = None
 
     def _on_item(self, item: Any) -> None:
         if isinstance(item, PoseSample):
@@ -335,8 +337,14 @@ class PosePath:
             return chosen, False  # a finished file holds its last frame
         return chosen, True
 
-    def codes(self, frames: Sequence[int], stop: threading.Event) -> tuple[torch.Tensor, list[PoseSample | None]]:
-        """Pose codes B x P of ``frames`` and the sample each one used (None: none)."""
+    def codes(self, frames: Sequence[int], stop: threading.Event,
+              mel: torch.Tensor | None = None) -> tuple[torch.Tensor, list[PoseSample | None]]:
+        """Pose codes B x P of ``frames`` and the sample each one used (None: none). ``mel``:
+        the frames' mel windows, which generated motion (`motion`) reads."""
+        if self.src is None and self.motion is not None:
+            if mel is None:
+                raise ValueError("generated motion needs the frames' mel windows")
+            return self.motion.codes(frames, mel), [None] * len(frames)
         if self.src is None:
             return self.family.still_pose(self.avatar, frames, self.fps), [None] * len(frames)
         picks: list[tuple[PoseSample | None, bool]] = []

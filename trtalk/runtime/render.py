@@ -7,7 +7,8 @@
 - face: the first frame of the face source, aligned as a whole clip, is the identity;
 - pose: the pose file (else the face source itself) aligned as a whole clip (the official
   alignment) and replayed forward and backward at its own frame rate (`ClipPoseSource`); without
-  a pose file and with a still face, the avatar's own pose;
+  a pose file and with a still face, the avatar's own pose; ``--pose auto``: head motion and
+  blinks generated from the speech (`trtalk.runtime.motion_path`; the default of `trtalk demo`);
 - paste-back into the face source's frames (the official loop over them);
 - sink: an H.264/AAC mp4 written to a temporary file and renamed at the end.
 
@@ -60,7 +61,8 @@ class RenderConfig(PipelineConfig):
     audio: Path = option(DEFAULT_AUDIO, help="speech: wav/mp3/m4a or a video's audio track",
                          default_text="the built-in clip")
     pose: Path | None = option(None, help="head pose: video or image, looped forward and backward; "
-                                          "off (PD-FGC: a zero pose code, the official switch)",
+                                          "off (PD-FGC: a zero pose code, the official switch); "
+                                          "'auto': head motion and blinks generated from the speech",
                                default_text="the face source itself")
     batch: int = option(8, help="most frames per generator call, 1 to 256")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
@@ -86,7 +88,10 @@ def pose_off(cfg: RenderConfig) -> bool:
 def _check_inputs(cfg: RenderConfig) -> None:
     if cfg.layout not in LAYOUTS:
         raise TrtalkError(f"unknown layout {cfg.layout!r}; choose {' or '.join(LAYOUTS)}")
-    for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", cfg.pose)):
+    from trtalk.runtime.motion_path import is_auto
+
+    pose = None if is_auto(cfg.pose) else cfg.pose
+    for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", pose)):
         if label == "--pose" and pose_off(cfg):
             continue
         if p is not None and not Path(p).exists():
@@ -134,7 +139,7 @@ def estimate_memory(cfg: RenderConfig) -> dict[str, int]:
     parts["face clip"] = n_face * ALIGNED_FRAME_BYTES
     if cfg.paste_back:
         parts["face frames (paste-back)"] = n_face * face.width * face.height * 3
-    if cfg.pose is not None and not pose_off(cfg):
+    if cfg.pose is not None and not pose_off(cfg) and str(cfg.pose) != "auto":
         pose = probe(cfg.pose)
         parts["pose clip"] = (pose.num_frames or 1) * ALIGNED_FRAME_BYTES
     return parts
@@ -177,6 +182,9 @@ class Renderer:
         mesh = face.landmarks[0] if face.landmarks is not None and bool(face.found[0]) else None
         avatar = self.family.make_avatar(first, str(cfg.face), crop=face.crops[0],
                                          crop_m=face.crop_matrices[0], mesh=mesh)
+        from trtalk.runtime.motion_path import is_auto
+
+        motion = is_auto(cfg.pose)
         if pose_off(cfg):
             set_factor = getattr(self.family, "set_factor", None)
             if set_factor is None:
@@ -185,6 +193,8 @@ class Renderer:
             from trtalk.runtime.controls import FactorSpec
 
             set_factor("pose", FactorSpec("off"))
+            pose = None
+        elif motion:
             pose = None
         elif cfg.pose is not None and hasattr(self.family, "set_factor"):
             # PD-FGC reads a pose file itself: the official loop and 3-frame box mean.
@@ -200,7 +210,8 @@ class Renderer:
         else:
             pose = None  # a still face: its own pose
         log.info("face %s: %d frame(s); pose from %s", cfg.face, len(face),
-                 cfg.pose or ("the face" if pose is not None else "the avatar itself"))
+                 "generated motion" if motion else
+                 (cfg.pose or ("the face" if pose is not None else "the avatar itself")))
 
         if hasattr(self.family, "set_length"):
             self.family.set_length(n)  # type: ignore[attr-defined]
@@ -217,7 +228,7 @@ class Renderer:
 
         with Mp4Sink(cfg.output, fps=cfg.fps, audio=audio.wave, sample_rate=16000) as sink:
             pipe = Pipeline(cfg, self.family, avatar, audio, pose, [sink], VirtualClock(),
-                            background if cfg.paste_back else None)
+                            background if cfg.paste_back else None, motion=motion)
             pipe.run(progress=report)
             frames = pipe.last_slot + 1
         if frames != n:

@@ -20,6 +20,8 @@ class DemoConfig(RenderConfig):
     a checkpoint is given)."""
 
     output: Path = option(Path("out/demo.mp4"), short="-o", help="output mp4")
+    pose: Path | None = option(Path("auto"), help="head pose: video or image, looped forward and "
+                               "backward; 'auto': head motion and blinks generated from the speech")
 
 
 #: The two subcommands: (name, config, help, description).
@@ -29,8 +31,8 @@ COMMANDS = (
      "warp avatar is used (--model pcavs runs PC-AVS on seeded random weights, stamped so); without "
      "--face/--audio the built-in photo and speech clip."),
     ("demo", DemoConfig, "render a talking-face clip with the built-in warp avatar (no model downloads)",
-     "`trtalk render` writing out/demo.mp4: the built-in photo speaking the built-in speech clip with a "
-     "gentle head motion, through the warp avatar."),
+     "`trtalk render` writing out/demo.mp4: the built-in photo speaking the built-in speech clip with "
+     "head motion and blinks generated from the speech (--pose auto), through the warp avatar."),
 )
 
 

@@ -65,10 +65,10 @@ class StreamPipeline(Pipeline):
 
     def __init__(self, cfg: StreamConfig, runner: Any, audio: Source, pose_source: Source | None,
                  sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
-                 background: BackgroundFn | None = None) -> None:
+                 background: BackgroundFn | None = None, motion: bool = False) -> None:
         family = as_family(runner, cfg, random_weights)
         super().__init__(cfg, family, load_avatar(cfg.avatar, family), audio, pose_source, sinks,
-                         clock, background)
+                         clock, background, motion)
 
 
 def pose_file_source(path: str | Path, cfg: PipelineConfig, loop: bool = True, **kw: Any) -> VideoFileSource:

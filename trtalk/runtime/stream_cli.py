@@ -32,9 +32,12 @@ class StreamCommand:
     webcam: str | None = option(None, const="", metavar="DEV", exclusive="pose", section="inputs",
                                 help="camera (/dev/videoN or N on Linux; the default if bare)")
     pose: Path | None = option(None, exclusive="pose", section="inputs",
-                               help="pose video or image, aligned as a whole and replayed (looped)")
+                               help="pose video or image, aligned as a whole and replayed (looped); "
+                                    "'auto': head motion and blinks generated from the speech",
+                               default_text="auto without --webcam")
     pose_static: bool = option(False, exclusive="pose", section="inputs",
-                               help="the avatar's own pose (PC-AVS) or built-in motion (warp); the default")
+                               help="no generated motion: the avatar's own pose (PC-AVS) or the "
+                                    "built-in idle sway (warp)")
     virtual_cam: bool = option(False, exclusive="sink", section="outputs", help="send frames to a virtual camera")
     preview: bool = option(False, exclusive="sink", section="outputs", help="show frames in a window")
     record: Path | None = option(None, exclusive="sink", section="outputs", metavar="OUT.mp4",
@@ -121,6 +124,7 @@ def _run(cmd: StreamCommand) -> int:
     from trtalk.fsutil import output_parent
     from trtalk.media.mp4 import Mp4Sink
     from trtalk.runtime.clock import RealClock, VirtualClock
+    from trtalk.runtime.motion_path import is_auto
     from trtalk.runtime.pose_path import PoseTracker, clip_pose_source
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
     from trtalk.runtime.stream import StreamPipeline
@@ -152,17 +156,19 @@ def _run(cmd: StreamCommand) -> int:
         audio = MicSource(cmd.mic) if cmd.mic is not None else AudioFileSource(cmd.audio)
         stack.callback(audio.close)
         pose = None
+        # Generated motion: asked for, or the default when nothing else drives the head.
+        motion = is_auto(cmd.pose) or (cmd.webcam is None and cmd.pose is None and not cmd.pose_static)
         if cmd.webcam is not None:
             pose = WebcamSource(cmd.webcam, fps=max(cfg.fps, 25.0))
             pose.processor = PoseTracker(cfg.fps, keep_frames=cfg.paste_back)
-        elif cmd.pose is not None:
+        elif cmd.pose is not None and not motion:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
         _attach_controls(cmd, family, sink, stack)
-        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock)
+        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
         with on_signals(stop):
             report = pipeline.run(stop)

@@ -165,6 +165,7 @@ def _webcam(session: "Session") -> Source:
 POSE_CHOICES: dict[str, PoseChoice] = {
     "still": PoseChoice("still: the avatar's own pose", False, lambda s: None),
     "webcam": PoseChoice("webcam: follow your head", True, _webcam),
+    "auto": PoseChoice("auto: head motion from your speech", False, lambda s: None, {"motion": True}),
 }
 
 

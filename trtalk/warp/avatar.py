@@ -45,6 +45,9 @@ class AvatarConfig:
     ``jaw_drop``: lower-lip travel at mouth open = 1, in interocular distances.
     ``lip_raise``: upper-lip lift at open = 1, same unit.
     ``pucker``: inward travel of the mouth corners at rounding = 1, in mouth half-widths.
+    ``lid_upper_share``: at eye closure 1 the lids meet this far down the eye opening (the upper
+    lid travels this share of the gap, the lower lid the rest). ``lash_opacity``: darkness of the
+    lash line drawn along the seam of a shut eye (faded in over the last 40 % of closure).
     ``max_yaw``/``max_pitch``/``max_roll``: clamps in degrees; beyond these an
     orthographic 2D warp of one photo looks broken.
     ``min_face_px``: a face smaller than this (mesh extent in photo pixels) is refused;
@@ -56,6 +59,8 @@ class AvatarConfig:
     jaw_drop: float = 0.2
     lip_raise: float = 0.04
     pucker: float = 0.22
+    lid_upper_share: float = 0.8
+    lash_opacity: float = 0.55
     max_yaw: float = 25.0
     max_pitch: float = 15.0
     max_roll: float = 20.0
@@ -168,6 +173,7 @@ class Avatar:
         self._behind = (self.triangles >= NUM_MESH).any(axis=1)
 
         self._mouth_weights(origin, u, v, s)
+        self._eyelid_rig(s)
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
         self._xs, self._ys = xs.ravel(), ys.ravel()
         logger.debug("avatar: face %.0f px, crop scale %.2f, %d points, %d triangles",
@@ -210,14 +216,53 @@ class Avatar:
         self._u, self._v = u, v
         self.mouth_half_width = hw
 
-    def deform(self, open_: float, rounding: float, rotation: np.ndarray) -> np.ndarray:
+    # -- eyelid rig -------------------------------------------------------
+
+    def _eyelid_rig(self, s: float) -> None:
+        """Per-point 2D travel of the eyelids at eye closure 1 (``self._lid``, NUM_MESH x 2).
+
+        The upper lid contour moves down ``lid_upper_share`` of the eye opening and the lower lid
+        up the rest, so they meet; the skin around the eye follows with a falloff (the crease and
+        the lid fold stretch rather than one row of triangles folding). The 468-point mesh has
+        no points inside the eye opening, so the triangles spanning it collapse as the lids meet
+        and the eyeball disappears under the stretched lid skin. Nothing beyond 0.25 interocular
+        distances from an eyelid moves: the mouth is untouched.
+        """
+        pts = self.mesh[:, :2]
+        share = self.cfg.lid_upper_share
+        lid = np.zeros((NUM_MESH, 2))
+        contour: list[int] = []
+        corners: list[int] = []
+        for up, lo in zip(M.EYE_UPPER_LIDS, M.EYE_LOWER_LIDS):
+            up_i, lo_i = list(up[1:-1]), list(lo[1:-1])
+            gap = pts[lo_i] - pts[up_i]
+            lid[up_i] = share * gap
+            lid[lo_i] = -(1.0 - share) * gap
+            contour += up_i + lo_i
+            corners += [up[0], up[-1]]
+        radius = 0.25 * s
+        others = np.setdiff1d(np.arange(NUM_MESH), np.array(contour + corners))
+        d = np.linalg.norm(pts[others, None] - pts[None, contour], axis=2)
+        near = d.argmin(axis=1)
+        dist = d[np.arange(len(others)), near]
+        fall = 0.8 * np.clip(1.0 - dist / radius, 0.0, 1.0) ** 1.5
+        lid[others] = fall[:, None] * lid[np.array(contour)[near]]
+        self._lid = lid
+        #: the eyelid seams (outer corner, upper lid, inner corner), where a shut eye's lashes are drawn
+        self._seams = [list(up) for up in M.EYE_UPPER_LIDS]
+
+    def deform(self, open_: float, rounding: float, rotation: np.ndarray,
+               eye_closure: float = 0.0) -> np.ndarray:
         """Deformed control points, Nx3 in crop pixels (x, y, depth), for one frame.
 
         ``open_`` and ``rounding`` in [0, 1]; ``rotation`` a 3x3 head rotation
-        (identity = the photo's pose), applied about :attr:`pivot`.
+        (identity = the photo's pose), applied about :attr:`pivot`; ``eye_closure`` in [0, 1]
+        (0 the photo's eyes, 1 shut; see :meth:`_eyelid_rig`).
         """
         p = self.rest.copy()
         mesh = p[:NUM_MESH]
+        if eye_closure > 0.0:
+            mesh[:, :2] += min(float(eye_closure), 1.0) * self._lid
         # Rounding narrows the mouth, which reads as a smaller opening too.
         open_eff = open_ * (1.0 - 0.3 * rounding)
         dv = open_eff * (self._jaw - self._raise)
@@ -231,8 +276,12 @@ class Avatar:
 
     # -- rasterisation ----------------------------------------------------
 
-    def warp_inputs(self, deformed: np.ndarray, open_: float) -> WarpInputs:
-        """Backward grid and mouth masks for deformed points (from :meth:`deform`)."""
+    def warp_inputs(self, deformed: np.ndarray, open_: float, eye_closure: float = 0.0) -> WarpInputs:
+        """Backward grid and mouth masks for deformed points (from :meth:`deform`).
+
+        A nearly shut eye (``eye_closure`` over 0.6) gets a dark lash line along its seam,
+        through the shading (``cavity``) mask.
+        """
         size = self.cfg.size
         tri = self.triangles
         dst = deformed[:, :2]
@@ -277,7 +326,19 @@ class Avatar:
         grid[:, 0] = (c[0] * xs + c[1] * ys + c[4] + 0.5) * k - 1.0
         grid[:, 1] = (c[2] * xs + c[3] * ys + c[5] + 0.5) * k - 1.0
         cavity, teeth = self._mouth_masks(dst, open_)
+        if eye_closure > 0.6:
+            cavity = np.maximum(cavity, self._lash_mask(dst, eye_closure))
         return WarpInputs(grid.reshape(size, size, 2), cavity, teeth)
+
+    def _lash_mask(self, dst: np.ndarray, eye_closure: float) -> np.ndarray:
+        size = self.cfg.size
+        lash = np.zeros((size, size), np.uint8)
+        width = max(1, int(round(0.015 * self.interocular)))
+        for seam in self._seams:
+            cv2.polylines(lash, [np.round(dst[seam] * 16).astype(np.int32)], False, 255, thickness=width,
+                          lineType=cv2.LINE_AA, shift=4)
+        alpha = self.cfg.lash_opacity * float(np.clip((eye_closure - 0.6) / 0.4, 0.0, 1.0)) / 255.0
+        return cv2.GaussianBlur(lash, (3, 3), 0).astype(np.float32) * alpha
 
     def _mouth_masks(self, dst: np.ndarray, open_: float) -> tuple[np.ndarray, np.ndarray]:
         size = self.cfg.size

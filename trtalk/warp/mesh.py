@@ -23,6 +23,12 @@ INNER_LOWER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 OUTER_UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 OUTER_LOWER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
 MOUTH_CORNERS = (61, 291, 78, 308, 62, 292, 76, 306, 77, 307)
+# Eyelid contours, corner to corner, upper and lower paired point by point (image-left eye, then
+# image-right eye; both from the outer corner to the inner one).
+EYE_UPPER_LIDS = ((33, 246, 161, 160, 159, 158, 157, 173, 133),
+                  (263, 466, 388, 387, 386, 385, 384, 398, 362))
+EYE_LOWER_LIDS = ((33, 7, 163, 144, 145, 153, 154, 155, 133),
+                  (263, 249, 390, 373, 374, 380, 381, 382, 362))
 UPPER_LIP_MID = 13
 LOWER_LIP_MID = 14
 EYE_OUTER_LEFT = 33  # image left

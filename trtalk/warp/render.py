@@ -74,10 +74,13 @@ class WarpRenderer:
 
             self._paste = PasteBack(crop_size=cfg.avatar.size)
 
-    def frame(self, open_: float, rounding: float, rotation: np.ndarray) -> np.ndarray:
+    def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0) -> np.ndarray:
+        """One frame: mouth ``open_``/``rounding`` in [0, 1], head ``rotation`` (3x3), ``eye_closure``
+        in [0, 1] (0: the photo's eyes, bit-identical to a frame without the argument; 1: shut)."""
         rot = rotation_clamped(rotation, self.cfg.avatar)
-        pts = self.avatar.deform(open_, rounding, rot)
-        w = self.avatar.warp_inputs(pts, open_)
+        closure = float(np.clip(eye_closure, 0.0, 1.0))
+        pts = self.avatar.deform(open_, rounding, rot, closure)
+        w = self.avatar.warp_inputs(pts, open_, closure)
         out = self.net(w.grid, w.cavity, w.teeth)
         if self._paste is not None:
             out = self._paste(self.avatar.photo, out, self.avatar.crop_M)
