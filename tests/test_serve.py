@@ -293,7 +293,7 @@ def _scrape_later(url: str, delay: float) -> str:
 
 def _wait_idle(srv, timeout: float = 10.0) -> None:
     t = time.monotonic() + timeout
-    while (srv.sessions or any(n.name.startswith("trtalk-session") for n in threading.enumerate())) \
+    while (not srv.idle or any(n.name.startswith("trtalk-session") for n in threading.enumerate())) \
             and time.monotonic() < t:
         time.sleep(0.05)
     assert not srv.sessions

@@ -122,6 +122,7 @@ class Server:
         self.scheduler = BatchScheduler(family, max_batch=max_batch)
         self.metrics = Metrics()
         self.sessions: dict[str, Session] = {}
+        self.closing: set[str] = set()  # left `sessions`, still closing (threads, metrics, peer)
         self.pcs: dict[str, Any] = {}
         self.channels: dict[str, Any] = {}
         self.tasks: dict[str, list[asyncio.Task]] = {}
@@ -214,24 +215,33 @@ class Server:
         session = self.sessions.pop(sid, None)
         if session is None:
             return
-        if error:
-            session.fail(error)
-        message = session.error
-        if message:
-            self.metrics.error()
-            self.send(sid, {"type": "error", "message": message})
-        else:
-            self.send(sid, {"type": "ended"})
-        for task in self.tasks.pop(sid, []):
-            task.cancel()
-        await asyncio.get_running_loop().run_in_executor(None, session.close)
-        self.metrics.session_ended(sid, session.pipeline.latency.drops)
-        pc = self.pcs.pop(sid, None)
-        self.channels.pop(sid, None)
-        if pc is not None:
-            await asyncio.sleep(0.05)  # let the error message leave
-            await pc.close()
-        log.info("session %s ended%s", sid, f": {message}" if message else "")
+        self.closing.add(sid)
+        try:
+            if error:
+                session.fail(error)
+            message = session.error
+            if message:
+                self.metrics.error()
+                self.send(sid, {"type": "error", "message": message})
+            else:
+                self.send(sid, {"type": "ended"})
+            for task in self.tasks.pop(sid, []):
+                task.cancel()
+            await asyncio.get_running_loop().run_in_executor(None, session.close)
+            self.metrics.session_ended(sid, session.pipeline.latency.drops)
+            pc = self.pcs.pop(sid, None)
+            self.channels.pop(sid, None)
+            if pc is not None:
+                await asyncio.sleep(0.05)  # let the error message leave
+                await pc.close()
+            log.info("session %s ended%s", sid, f": {message}" if message else "")
+        finally:
+            self.closing.discard(sid)
+
+    @property
+    def idle(self) -> bool:
+        """No session running or still closing (its threads joined, its metrics settled)."""
+        return not self.sessions and not self.closing
 
     async def _tick(self) -> None:
         """Every 0.5 s: stalled tracks end their session; every 1 s the page gets its latency."""

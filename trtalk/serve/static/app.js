@@ -54,6 +54,7 @@
     const onFrame = (now, meta) => {
       state.frames += 1;
       try {
+        if (video.readyState < 2 || !video.videoWidth) throw new Error("no frame yet");
         ctx.drawImage(video, 0, 0, 64, 64);
         // mouth box of the generated crop: x 0.35-0.65, y 0.62-0.82 (mean luma)
         const d = ctx.getImageData(22, 40, 20, 12).data;
