@@ -2,12 +2,15 @@
 
 `open_runner(backend, source, device, options)` returns a `Runner` whose ``encode_identity``,
 ``encode_pose``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
-(torch tensors in and out, NCHW, float32). Render, stream, serve and bench all get their
+(torch tensors in and out, NCHW, float32). Both families run here: a PD-FGC source (checkpoint,
+export directory, `PDFGC` instance, or random weights with ``RunnerOptions(family="pdfgc")``)
+gives a runner whose stages are identity, motion, audio, generator, with ``encode_motion``
+-> (pose, eye, emotion) as `trtalk.models.pdfgc.PDFGC`'s. Render, stream, serve and bench all get their
 networks here; every option in `RunnerOptions` means the same on every backend, or
 `open_runner` refuses it with a one-line error (nothing is silently ignored).
 
 ``source`` is one of: None (seeded random weights, loudly warned), a checkpoint (official folder
-or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` instance (torch only).
+or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` / `PDFGC` instance (torch and aot).
 For onnxruntime and tensorrt a checkpoint is exported first into the cache,
 ``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time.
 For aot the stages are torch.export + AOTInductor packages in the engine cache
@@ -36,9 +39,10 @@ from trtalk.export.cache import EngineCache, cache_root
 from trtalk.export.engine_file import check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
-from trtalk.export.stages import STAGES, StageSpec
+from trtalk.export.stages import FAMILY_NOISE, FAMILY_STAGES, StageSpec, family_of, family_stages
 from trtalk.fsutil import remove_abandoned
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
+from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC, PDFGCConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aot")
 PRECISIONS = ("fp32", "fp16")
 NOISE_MODES = ("fixed", "random", "zero", "seeded")
+FAMILIES = tuple(FAMILY_STAGES)
 MODCONV_IMPLS = ("decomposed", "grouped", "cuda", "triton")
 
 
@@ -58,16 +63,22 @@ class RunnerOptions:
     cache_dir: str | os.PathLike | None = None
     compute_capability: str | None = None  # tensorrt-rtx target; None = the local GPU
     flavour: str | None = None  # "tensorrt" | "tensorrt-rtx"; None = datacenter if installed
-    config: PCAVSConfig | None = None
+    config: PCAVSConfig | PDFGCConfig | None = None
+    family: str = "pcavs"  # of random weights; a checkpoint, export or model instance says its own
     cuda_graphs: bool = False  # torch and tensorrt: one CUDA graph per batch size
     compile: bool = False  # torch only: torch.compile each stage module
     modconv: str = "decomposed"  # torch only: the generator's modulated-conv implementation
-    noise: str = "fixed"  # generator noise; the exported graphs hold the fixed buffers
+    noise: str | None = None  # generator noise; None: the family's (FAMILY_NOISE), what graphs hold
     seed: int = 0  # seed of the random weights when there is no checkpoint
     threads: int | None = None  # onnxruntime intra-op threads; None = torch's (trtalk.threads)
     graph_api: GraphAPI | None = None  # stand-in for CUDA graphs (tests); None = torch.cuda
     buckets: tuple[int, ...] | None = None  # aot only: static-batch packages; None = dynamic batch
-    aot_stages: tuple[str, ...] = STAGES  # aot only: stages from packages; the others run on torch
+    aot_stages: tuple[str, ...] | None = None  # aot only: stages from packages (None: all); the others run on torch
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The family's stages."""
+        return family_stages(self.family)
 
     def check(self, backend: str, device: str) -> None:
         """TrtalkError naming the option when ``backend`` on ``device`` cannot honour it."""
@@ -75,16 +86,20 @@ class RunnerOptions:
             raise TrtalkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise TrtalkError(f"unknown precision {self.precision!r}; choose fp32 or fp16")
-        if self.noise not in NOISE_MODES:
+        if self.family not in FAMILIES:
+            raise TrtalkError(f"unknown model family {self.family!r}; choose {', '.join(FAMILIES)}")
+        if self.noise is not None and self.noise not in NOISE_MODES:
             raise TrtalkError(f"unknown noise mode {self.noise!r}; choose {', '.join(NOISE_MODES)}")
         if self.modconv not in MODCONV_IMPLS:
             raise TrtalkError(f"unknown modconv {self.modconv!r}; choose {', '.join(MODCONV_IMPLS)}")
         if self.max_batch < 1:
             raise TrtalkError("the largest batch must be >= 1")
         if backend != "torch":
-            if self.noise != "fixed":
+            held = FAMILY_NOISE[self.family]
+            if self.noise not in (None, held):
+                what = "checkpoint's fixed noise buffers" if held == "fixed" else "seeded noise maps"
                 raise TrtalkError(f"--noise {self.noise} needs --backend torch: the {backend} graphs "
-                                  f"hold the checkpoint's fixed noise buffers")
+                                  f"hold the {what}")
             if self.modconv != "decomposed":
                 raise TrtalkError(f"--modconv {self.modconv} needs --backend torch ({backend} runs the "
                                   f"exported decomposed graph)")
@@ -95,7 +110,7 @@ class RunnerOptions:
         if backend != "aot":
             if self.buckets is not None:
                 raise TrtalkError(f"batch buckets are an aot option; {backend} does not take them")
-            if tuple(self.aot_stages) != STAGES:
+            if self.aot_stages is not None:
                 raise TrtalkError(f"aot_stages is an aot option; {backend} runs every stage itself")
         else:
             if self.cuda_graphs:
@@ -105,9 +120,9 @@ class RunnerOptions:
                                   "(fp16 needs --device cuda)")
             if self.buckets is not None and (not self.buckets or min(self.buckets) < 1):
                 raise TrtalkError(f"buckets {self.buckets}: give batch sizes >= 1, e.g. 1,2,4,8")
-            unknown = [s for s in self.aot_stages if s not in STAGES]
+            unknown = [s for s in self.aot_stages or () if s not in self.stages]
             if unknown:
-                raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+                raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(self.stages)}")
         if backend == "onnxruntime" and self.cuda_graphs:
             raise TrtalkError("CUDA graphs are not offered for onnxruntime; use torch or tensorrt")
 
@@ -134,8 +149,10 @@ def _specs_from_manifest(m: Manifest) -> dict[str, StageSpec]:
 
 def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: int,
                   cache_dir: str | os.PathLike | None = None,
-                  config: PCAVSConfig | None = None, seed: int = 0, fold_up_blur: bool = False) -> Path:
-    """An export directory for ``source`` (checkpoint or None = random), made once per cache key.
+                  config: PCAVSConfig | PDFGCConfig | None = None, seed: int = 0,
+                  fold_up_blur: bool = False, family: str = "pcavs") -> Path:
+    """An export directory for ``source`` (checkpoint or None = random weights of ``family``),
+    made once per cache key.
 
     ``fold_up_blur``: the blur folded into the upsampling convs (pays on GPUs, costs on CPU)."""
     from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
@@ -143,9 +160,11 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     if source is not None and _is_export_dir(Path(source)):
         Manifest.read(source).verify(source)  # the user's own folder: report, never touch
         return Path(source)
-    model, record = load_model(source, seed=seed, config=config)
+    model, record = load_model(source, seed=seed, config=config, family=family)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
+    if family_of(model) != "pcavs":
+        tag = f"{family_of(model)}-{tag}"
     root = cache_root(cache_dir) / "exports"
     final = root / f"{tag}-{precision}-b{max_batch}{'-fold' if fold_up_blur else ''}-v{__version__}"
     if final.exists():
@@ -195,24 +214,26 @@ def quarantine(path: Path) -> Path:
     return aside
 
 
-def _source_model(source, opts: RunnerOptions, backend: str) -> PCAVS:
-    """The PyTorch model of ``source`` (a `PCAVS`, a checkpoint, or None: seeded random weights)."""
+def _source_model(source, opts: RunnerOptions, backend: str) -> PCAVS | PDFGC:
+    """The PyTorch model of ``source`` (a `PCAVS` or `PDFGC`, a checkpoint, or None: seeded
+    random weights of ``opts.family``)."""
     from trtalk.export.exporter import load_model
 
-    if isinstance(source, PCAVS):
+    if isinstance(source, (PCAVS, PDFGC)):
         return source
     if source is not None and _is_export_dir(Path(source)):
         raise TrtalkError(f"--backend {backend} needs a checkpoint, not the export directory {source}")
-    model, _ = load_model(source, seed=opts.seed, config=opts.config)
+    model, _ = load_model(source, seed=opts.seed, config=opts.config, family=opts.family)
     return model
 
 
 def _torch_backends(source, device: str, opts: RunnerOptions,
-                    stages: tuple[str, ...] = STAGES) -> dict[str, Backend]:
+                    stages: tuple[str, ...] | None = None) -> dict[str, Backend]:
     from trtalk.export.stages import stage_specs
 
     model = _source_model(source, opts, "torch")
     specs = stage_specs(model)
+    stages = stages if stages is not None else family_stages(family_of(model))
     return {s: TorchBackend(specs[s], model, device=device, precision=opts.precision,
                             max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs,
                             modconv=opts.modconv, noise=opts.noise, compile=opts.compile)
@@ -230,26 +251,27 @@ def _aot_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     aopts = AotOptions(device=device, precision=opts.precision,
                        max_batch=max(opts.max_batch, DEFAULT_MAX_BATCH),
                        buckets=tuple(opts.buckets) if opts.buckets is not None else None)
-    packaged = tuple(s for s in STAGES if s in opts.aot_stages)
+    stages = family_stages(family_of(model))
+    packaged = tuple(s for s in stages if opts.aot_stages is None or s in opts.aot_stages)
     records = aot_packages(model, aopts, packaged, opts.cache_dir)
     specs = stage_specs(model)
     out: dict[str, Backend] = {s: AotBackend(specs[s], r.path, device=device, key=r.key)  # type: ignore[arg-type]
                                for s, r in records.items()}
-    rest = tuple(s for s in STAGES if s not in out)
+    rest = tuple(s for s in stages if s not in out)
     if rest:
         log.info("aot: %s run eagerly on torch (not in aot_stages)", ", ".join(rest))
         out.update(_torch_backends(model, device, opts, rest))
-    return {s: out[s] for s in STAGES}
+    return {s: out[s] for s in stages}
 
 
 def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend]:
     precision = opts.precision or "fp32"
     d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
-                      fold_up_blur=device.startswith("cuda"))
+                      fold_up_blur=device.startswith("cuda"), family=opts.family)
     m = Manifest.read(d)
     specs = _specs_from_manifest(m)
     return {s: OrtBackend(specs[s], m.graph_path(d, s, verify=False), device=device, precision=m.precision,
-                          max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in STAGES}
+                          max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in m.stages}
 
 
 def _pick_flavour(opts: RunnerOptions) -> str:
@@ -273,14 +295,14 @@ def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "obje
 
     precision = opts.precision or "fp16"
     d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
-                      fold_up_blur=True)
+                      fold_up_blur=True, family=opts.family)
     m = Manifest.read(d)
     bopts = BuildOptions(flavour=_pick_flavour(opts), max_batch=m.max_batch,
                          compute_capability=opts.compute_capability)
     cache = EngineCache(opts.cache_dir)
     specs = _specs_from_manifest(m)
     out = {}
-    for s in STAGES:
+    for s in m.stages:
         key = engine_key(m.graphs[s].sha256, m.precision, bopts)
         shipped = m.engines.get(s)
         if shipped:
@@ -327,24 +349,33 @@ def _open_backends(backend: str, source=None, device: str = "cpu",
 
 
 class Runner:
-    """The PC-AVS inference surface over four stage backends; torch tensors in and out (float32).
+    """The inference surface of either family over its four stage backends; torch tensors in
+    and out (float32).
 
-    ``random_weights`` says the networks are seeded random weights (no checkpoint). With
-    ``graphs`` (a `GraphAPI`; CUDA graphs from `open_runner(..., RunnerOptions(cuda_graphs=True))`
-    on the torch backend) `encode_pose`, `synthesize` (audio + style + generator, what the frame
-    step calls) and `frame` (pose + audio + style + generator) each replay one recorded graph per
-    batch bucket.
+    ``family`` is "pdfgc" when the backends hold a "motion" stage (PD-FGC), else "pcavs". For
+    PD-FGC, ``encode_motion`` gives the raw (pose B x 6, eye B x 6, emotion B x 30), and
+    `encode_pose` and the ``pose`` argument of `style` / `synthesize` are the style's motion
+    tail B x 42 (`motion_code`: 1.2 emotion | 1.2 eye | pose), so `frame` drives every factor from its
+    pose images. ``random_weights`` says the networks are seeded random weights (no
+    checkpoint). With ``graphs`` (a `GraphAPI`; CUDA graphs from `open_runner(...,
+    RunnerOptions(cuda_graphs=True))` on the torch backend) `encode_pose` (PD-FGC: and
+    `encode_motion`), `encode_audio`, `generate`, `synthesize` (audio + style + generator, what
+    the frame step calls) and `frame` (pose + audio + style + generator) each replay one recorded
+    graph per batch bucket.
     """
 
     def __init__(self, backends: dict[str, Backend], random_weights: bool = False,
                  graphs: GraphAPI | None = None, device: str = "cpu"):
-        missing = [s for s in STAGES if s not in backends]
+        self.family = "pdfgc" if "motion" in backends else "pcavs"
+        missing = [s for s in family_stages(self.family) if s not in backends]
         if missing:
             raise ValueError(f"no backend for stage {missing[0]}")
         self.backends = backends
         self.random_weights = random_weights
         self.graphed = graphs is not None
         if graphs is not None:
+            if self.family == "pdfgc":
+                self.encode_motion = GraphedFunction(self._encode_motion, device, graphs)  # type: ignore[method-assign]
             self.encode_pose = GraphedFunction(self._encode_pose, device, graphs)  # type: ignore[method-assign]
             self.encode_audio = GraphedFunction(self._encode_audio, device, graphs)  # type: ignore[method-assign]
             self.generate = GraphedFunction(self._generate, device, graphs)  # type: ignore[method-assign]
@@ -362,11 +393,29 @@ class Runner:
         return out["id_vector"], out["id_map"]
 
     def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
-        """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12."""
+        """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12 (PD-FGC: the style's motion
+        tail B x 42 of the frame's own pose, eyes and emotion, `motion_code`)."""
         return self._encode_pose(image)
 
     def _encode_pose(self, image: torch.Tensor) -> torch.Tensor:
+        if self.family == "pdfgc":
+            return self.motion_code(*self._encode_motion(image))
         return self.backends["pose"].run({"image": image})["pose"]
+
+    def encode_motion(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """PD-FGC: aligned crops B x 3 x 224 x 224 -> raw (pose B x 6, eye B x 6, emotion B x 30)."""
+        return self._encode_motion(image)
+
+    def _encode_motion(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.family != "pdfgc":
+            raise ValueError("encode_motion is PD-FGC's; PC-AVS has encode_pose")
+        out = self.backends["motion"].run({"image": image})
+        return out["pose"], out["eye"], out["emotion"]
+
+    @staticmethod
+    def motion_code(pose: torch.Tensor, eye: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+        """PD-FGC's style tail B x 42 from raw codes: 1.2 emotion | 1.2 eye | pose (official order)."""
+        return torch.cat([EMOTION_WEIGHT * emotion, EYE_WEIGHT * eye, pose], 1)
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Mel window B x 1 x 80 x 20 -> mouth code B x 500 (1.2 weight applied)."""
@@ -377,10 +426,11 @@ class Runner:
 
     @staticmethod
     def style(id_vector: torch.Tensor, mouth: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """id | mouth | pose (PD-FGC: its `motion_code`, 42 wide): both families' official order."""
         return PCAVS.style(id_vector, mouth, pose)
 
     def generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
-        """Style B x 2560 + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
+        """Style B x 2560 (PD-FGC: 2590) + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
         return self._generate(style, id_map)
 
     def _generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
@@ -421,22 +471,39 @@ class Runner:
         return image
 
 
+def source_family(source: object, default: str = "pcavs") -> str:
+    """The model family of a runner source: a model instance's, an export directory's manifest's,
+    a checkpoint's (`detect_family`), else (None: random weights) ``default``."""
+    if source is None:
+        return default
+    if isinstance(source, (PCAVS, PDFGC)):
+        return family_of(source)
+    if _is_export_dir(Path(source)):  # type: ignore[arg-type]
+        return Manifest.read(source).family  # type: ignore[arg-type]
+    from trtalk.models.checkpoint import detect_family
+
+    return detect_family(source, fallback="pcavs")  # type: ignore[arg-type]
+
+
 def open_runner(backend: str = "torch", source=None, device: str = "cpu",
                 options: RunnerOptions | None = None, *, seed: int | None = None) -> Runner:
     """The networks of ``source`` on ``backend``, ready to run: what every front end uses.
 
-    ``source``: None (seeded random weights, warned loudly), a checkpoint folder or file, an
-    export directory, or a `PCAVS` instance (torch only). ``seed`` overrides ``options.seed``.
+    ``source``: None (seeded random weights of ``options.family``, warned loudly), a checkpoint
+    folder or file, an export directory, or a `PCAVS` / `PDFGC` instance (torch and aot): the
+    family is the source's. ``seed`` overrides ``options.seed``.
     """
     opts = options or RunnerOptions()
     if seed is not None:
         opts = dataclasses.replace(opts, seed=seed)
+    opts = dataclasses.replace(opts, family=source_family(source, opts.family))
     opts.check(backend, device)
     random_weights = source is None
     if random_weights:
+        name = "PD-FGC" if opts.family == "pdfgc" else "PC-AVS"
         log.warning("no checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the face "
-                    "will not look like the input. Pass the official PC-AVS checkpoint folder or a "
-                    "`trtalk convert` file to get real results.", opts.seed)
+                    "will not look like the input. Pass the official %s checkpoint folder or a "
+                    "`trtalk convert` file to get real results.", opts.seed, name)
     graphs = None
     if opts.cuda_graphs and backend == "torch":
         # One graph per frame batch at the runner level; the stage backends stay eager (a graph

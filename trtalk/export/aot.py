@@ -59,9 +59,10 @@ import torch
 from trtalk import __version__
 from trtalk.export.cache import EngineCache, EngineKey, EngineRecord
 from trtalk.errors import TrtalkError
-from trtalk.export.stages import BATCH, STAGES, CastIO, StageSpec, example_inputs, stage_module, \
-    stage_specs, stage_tensors
+from trtalk.export.stages import BATCH, FAMILY_NOISE, CastIO, StageSpec, example_inputs, \
+    family_of, family_stages, stage_module, stage_specs, stage_tensors
 from trtalk.models.pcavs import PCAVS
+from trtalk.models.pdfgc import PDFGC
 
 if TYPE_CHECKING:
     from trtalk.export.exporter import ExportOptions
@@ -178,7 +179,7 @@ def code_sha256() -> str:
     return h.hexdigest()
 
 
-def weights_sha256(model: PCAVS, stage: str) -> str:
+def weights_sha256(model: PCAVS | PDFGC, stage: str) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the tensors ``stage`` computes with."""
     h = hashlib.sha256()
     for name, t in sorted(stage_tensors(model, stage).items()):
@@ -188,14 +189,17 @@ def weights_sha256(model: PCAVS, stage: str) -> str:
     return h.hexdigest()
 
 
-def graph_sha256(model: PCAVS, stage: str) -> str:
+def graph_sha256(model: PCAVS | PDFGC, stage: str) -> str:
     """sha256 of what the trace of ``stage`` depends on besides the weights."""
+    family = family_of(model)
     desc = {"stage": stage, "config": json.loads(model.config.to_json()), "code": code_sha256(),
-            "modconv": "decomposed", "noise": "fixed", "trtalk": __version__}
+            "modconv": "decomposed", "noise": FAMILY_NOISE[family], "trtalk": __version__}
+    if family != "pcavs":  # PC-AVS keys stay as they were (its cached packages stay valid)
+        desc["family"] = family
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
-def aot_key(model: PCAVS, stage: str, opts: AotOptions) -> AotKey:
+def aot_key(model: PCAVS | PDFGC, stage: str, opts: AotOptions) -> AotKey:
     """The cache key of ``stage``'s package for ``opts`` (hashes the stage's weights)."""
     opts = opts.resolved()
     return AotKey(graph_sha256=graph_sha256(model, stage), precision=str(opts.precision),
@@ -209,8 +213,8 @@ def aot_key(model: PCAVS, stage: str, opts: AotOptions) -> AotKey:
 # ---------------------------------------------------------------------------------- build
 
 
-def _stage_for_build(model: PCAVS, stage: str, opts: AotOptions) -> torch.nn.Module:
-    module = stage_module(model, stage, modconv="decomposed", noise_mode="fixed")
+def _stage_for_build(model: PCAVS | PDFGC, stage: str, opts: AotOptions) -> torch.nn.Module:
+    module = stage_module(model, stage, modconv="decomposed")  # the family's noise
     module = module.to(torch.device(opts.device), opts.compute_dtype)
     if opts.compute_dtype != torch.float32:
         module = CastIO(module, opts.compute_dtype).eval()  # float32 I/O, casts inside the graph
@@ -255,7 +259,7 @@ def _check_package(path: Path, module: torch.nn.Module, spec: StageSpec, opts: A
     return {"model": name, "batch": n, "max_abs_diff": diff, "max_abs_output": scale}
 
 
-def build_aot_package(model: PCAVS, stage: str, opts: AotOptions, path: Path) -> dict:
+def build_aot_package(model: PCAVS | PDFGC, stage: str, opts: AotOptions, path: Path) -> dict:
     """Export and compile ``stage`` into the package ``path`` (a ``.pt2`` name); sidecar extras.
 
     One AOTInductor model per entry of ``opts.models``; the generated sources and libraries go
@@ -302,7 +306,7 @@ def build_aot_package(model: PCAVS, stage: str, opts: AotOptions, path: Path) ->
             "versions": {"trtalk": __version__, "torch": torch.__version__}}
 
 
-def aot_packages(model: PCAVS, opts: AotOptions, stages: Iterable[str] = STAGES,
+def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] | None = None,
                  cache_dir: str | Path | None = None) -> dict[str, EngineRecord]:
     """The verified package of each of ``stages`` from the engine cache, building what is missing.
 
@@ -311,7 +315,7 @@ def aot_packages(model: PCAVS, opts: AotOptions, stages: Iterable[str] = STAGES,
     rebuilt. Builds are atomic (temp file, then rename; sidecar last).
     """
     opts = opts.resolved()
-    stages = tuple(stages)
+    stages = tuple(stages) if stages is not None else family_stages(family_of(model))
     cache = EngineCache(cache_dir)
     out: dict[str, EngineRecord] = {}
     t_all = time.perf_counter()
@@ -336,7 +340,7 @@ def aot_packages(model: PCAVS, opts: AotOptions, stages: Iterable[str] = STAGES,
     return out
 
 
-def export_aot(opts: "ExportOptions", model: PCAVS | None = None) -> dict[str, EngineRecord]:
+def export_aot(opts: "ExportOptions", model: PCAVS | PDFGC | None = None) -> dict[str, EngineRecord]:
     """``trtalk export --target aot``: build ``opts.stages`` into the engine cache (``opts.cache_dir``)."""
     from trtalk.export.exporter import load_model
 
@@ -348,8 +352,13 @@ def export_aot(opts: "ExportOptions", model: PCAVS | None = None) -> dict[str, E
     if device.startswith("cuda"):
         aot_target(device)  # fail fast without a GPU, before loading anything
     if model is None:
-        model, _ = load_model(opts.checkpoint, opts.seed, opts.config)
-    return aot_packages(model, aopts, opts.stages, opts.cache_dir)
+        from trtalk.export.exporter import small_config
+
+        config = opts.config
+        if config is None and opts.model_config == "small":
+            config = small_config(opts.family())
+        model, _ = load_model(opts.checkpoint, opts.seed, config, opts.family())
+    return aot_packages(model, aopts, opts.stage_names(), opts.cache_dir)
 
 
 def describe_aot(records: dict[str, EngineRecord]) -> str:

@@ -1,5 +1,9 @@
 """`export_pcavs`: a checkpoint -> an export directory of four ONNX graphs (+ engines) + manifest.
 
+Either family: PC-AVS (identity, pose, audio, generator) or PD-FGC (identity, motion, audio, the
+2590-wide generator with the seeded noise maps), detected from the checkpoint or, for seeded
+random weights, named by ``--model``; the manifest records it (``"family"``).
+
 The directory is only ever seen complete: graphs are written into a hidden staging folder inside
 it, moved in by rename, and ``manifest.json`` (the file every reader starts from) is written last,
 atomically. A failed export removes its staging folder and leaves no manifest that names
@@ -26,11 +30,12 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
-from trtalk.export.stages import STAGES, stage_module, stage_specs
+from trtalk.export.stages import FAMILY_NOISE, FAMILY_STAGES, family_of, stage_module, stage_specs
 from trtalk.fsutil import check_writable, output_folder, remove_abandoned
 from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
 from trtalk.models.fuse import FuseOptions
 from trtalk.models.pcavs import MODEL_CONFIG_HELP, PCAVS, PCAVSConfig
+from trtalk.models.pdfgc import PDFGC, PDFGCConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,9 @@ class ExportOptions:
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
+    model: Literal["pcavs", "pdfgc"] | None = option(
+        None, help="model family of the seeded random weights (no --checkpoint); with one, it must "
+                   "match the checkpoint's", default_text="the checkpoint's, else pcavs")
     device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
                                 default_text="cuda when visible")
     buckets: tuple[int, ...] | None = option(
@@ -79,8 +87,27 @@ class ExportOptions:
         default_text="one model, batch 1..max(64, --max-batch)")
     cache_dir: Path | None = option(None, help="export / engine cache (--target aot builds into it)",
                                     default_text="trtalk's")
-    config: PCAVSConfig | None = option(None, cli=False)  # architecture override (tests: small())
-    stages: tuple[str, ...] = option(STAGES, cli=False)
+    config: PCAVSConfig | PDFGCConfig | None = option(None, cli=False)  # architecture override (tests: small())
+    stages: tuple[str, ...] | None = option(None, cli=False)  # None: every stage of the family
+
+    def family(self) -> str:
+        """The model family: the checkpoint's (``--model`` must agree), else ``--model``, else
+        the config's, else PC-AVS."""
+        if self.checkpoint is not None:
+            from trtalk.models.checkpoint import detect_family
+
+            found = detect_family(self.checkpoint, fallback="pcavs")
+            if self.model is not None and self.model != found:
+                raise TrtalkError(f"--model {self.model}, but {self.checkpoint} is a {found} "
+                                  f"checkpoint; drop --model")
+            return found
+        if self.model is not None:
+            return self.model
+        return family_of(self.config) if self.config is not None else "pcavs"
+
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages to export: ``stages``, else all of the family's."""
+        return tuple(self.stages) if self.stages is not None else FAMILY_STAGES[self.family()]
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -114,9 +141,13 @@ class ExportOptions:
             raise TrtalkError("--model-config is official or small")
         if self.model_config == "small" and self.checkpoint is not None:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
-        unknown = [s for s in self.stages if s not in STAGES]
+        if self.model not in (None, *FAMILY_STAGES):
+            raise TrtalkError(f"--model must be one of {', '.join(FAMILY_STAGES)}")
+        family = self.family()
+        unknown = [s for s in self.stage_names() if s not in FAMILY_STAGES[family]]
         if unknown:
-            raise TrtalkError(f"unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+            raise TrtalkError(f"unknown {family} stage '{unknown[0]}'; stages are "
+                              f"{', '.join(FAMILY_STAGES[family])}")
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:
@@ -145,15 +176,31 @@ def require_export_extra() -> None:
 
 
 def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
-               config: PCAVSConfig | None = None) -> tuple[PCAVS, dict]:
-    """The model to export and its manifest record (path, sha256, random_weights, seed)."""
+               config: PCAVSConfig | PDFGCConfig | None = None,
+               family: str | None = None) -> tuple[PCAVS | PDFGC, dict]:
+    """The model to export and its manifest record (path, sha256, random_weights, seed).
+
+    The family is the checkpoint's; for random weights ``family``, else the config's, else PC-AVS."""
     if checkpoint is None:
         log.warning("!!! NO --checkpoint GIVEN: exporting SEEDED RANDOM WEIGHTS (seed %d). The "
                     "graphs produce noise, not faces; use them for tests and benchmarks only. !!!",
                     seed)
-        model = PCAVS.random(seed, config)
+        family = family or (family_of(config) if config is not None else "pcavs")
+        if family == "pdfgc":
+            if config is not None and not isinstance(config, PDFGCConfig):
+                raise TrtalkError("a PD-FGC model takes a PDFGCConfig")
+            model: PCAVS | PDFGC = PDFGC.random(seed, config)
+        else:
+            model = PCAVS.random(seed, config)  # type: ignore[arg-type]
         return model, {"path": None, "sha256": None, "random_weights": True, "seed": seed}
-    model = load_pcavs(checkpoint, config)
+    from trtalk.models.checkpoint import detect_family
+
+    if detect_family(checkpoint, fallback="pcavs") == "pdfgc":
+        from trtalk.models.pdfgc import load_pdfgc
+
+        model = load_pdfgc(checkpoint, config if isinstance(config, PDFGCConfig) else None)
+    else:
+        model = load_pcavs(checkpoint, config)  # type: ignore[arg-type]
     return model, {"path": str(checkpoint), "sha256": checkpoint_hash(checkpoint),
                    "random_weights": False, "seed": None}
 
@@ -173,9 +220,14 @@ def _versions() -> dict:
     return v
 
 
-def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
+def small_config(family: str) -> PCAVSConfig | PDFGCConfig:
+    """``--model-config small``: the family's narrow test generator."""
+    return PDFGCConfig.small() if family == "pdfgc" else PCAVSConfig.small()
+
+
+def export_pcavs(opts: ExportOptions, model: PCAVS | PDFGC | None = None,
                  checkpoint_record: dict | None = None) -> Manifest:
-    """Export the stages of a PC-AVS model to ``opts.out`` and return the written manifest.
+    """Export the stages of a model (either family) to ``opts.out``; returns the written manifest.
 
     ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
     """
@@ -192,7 +244,7 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | None = None,
         return _export(opts, out, model, checkpoint_record)
 
 
-def _export(opts: ExportOptions, out: Path, model: PCAVS | None,
+def _export(opts: ExportOptions, out: Path, model: PCAVS | PDFGC | None,
             checkpoint_record: dict | None) -> Manifest:
     build_opts = None
     if opts.target in ("tensorrt", "tensorrt-rtx"):
@@ -211,15 +263,17 @@ def _export(opts: ExportOptions, out: Path, model: PCAVS | None,
     if model is None:
         config = opts.config
         if config is None and opts.model_config == "small":
-            config = PCAVSConfig.small()
-        model, checkpoint_record = load_model(opts.checkpoint, opts.seed, config)
+            config = small_config(opts.family())
+        model, checkpoint_record = load_model(opts.checkpoint, opts.seed, config, opts.family())
     elif checkpoint_record is None:
         checkpoint_record = {"path": None, "sha256": None, "random_weights": True, "seed": None}
+    family = family_of(model)
+    stages = tuple(opts.stages) if opts.stages is not None else FAMILY_STAGES[family]
     specs = stage_specs(model)
     manifest = Manifest(
-        checkpoint=checkpoint_record, config=asdict(model.config),
+        family=family, checkpoint=checkpoint_record, config=asdict(model.config),
         options={"precision": opts.precision, "io_dtype": "float32", "max_batch": opts.max_batch,
-                 "opset": OPSET, "modconv": opts.modconv, "noise_mode": "fixed",
+                 "opset": OPSET, "modconv": opts.modconv, "noise_mode": FAMILY_NOISE[family],
                  "rewrites": asdict(export_rewrites(opts)),
                  "target": opts.target,
                  "fp32_islands": list(FP32_ISLANDS) if opts.precision == "fp16" else []},
@@ -231,14 +285,14 @@ def _export(opts: ExportOptions, out: Path, model: PCAVS | None,
     staging.mkdir()
     t_all = time.perf_counter()
     try:
-        for i, stage in enumerate(opts.stages, 1):
-            log.info("[%d/%d] exporting %s ...", i, len(opts.stages), stage)
-            module = stage_module(model, stage, modconv="decomposed", noise_mode="fixed",
-                                  fuse=export_rewrites(opts))
+        for i, stage in enumerate(stages, 1):
+            log.info("[%d/%d] exporting %s %s ...", i, len(stages), family, stage)
+            module = stage_module(model, stage, modconv="decomposed", fuse=export_rewrites(opts))
             if stage == "generator" and opts.modconv == "plugin":
                 from trtalk.export.plugin import export_plugin_stage
 
-                manifest.graphs[stage] = export_plugin_stage(module.netG, specs[stage],
+                generator = module.netG if family == "pcavs" else module.generator
+                manifest.graphs[stage] = export_plugin_stage(generator, specs[stage],
                                                              staging / f"{stage}.onnx")
             else:
                 manifest.graphs[stage] = export_stage(module, specs[stage], staging / f"{stage}.onnx",

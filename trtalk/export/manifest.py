@@ -3,9 +3,9 @@
 Layout (format "trtalk.export", version 1)::
 
     {
-      "format": "trtalk.export", "format_version": 1,
+      "format": "trtalk.export", "format_version": 1, "family": "pcavs" | "pdfgc",
       "checkpoint": {"path": str | null, "sha256": str, "random_weights": bool, "seed": int | null},
-      "config": {...PCAVSConfig...},
+      "config": {...PCAVSConfig or PDFGCConfig...},
       "options": {"precision", "io_dtype", "max_batch", "opset", "modconv", "noise_mode", "target",
                   "fp32_islands": [...], "rewrites": {FuseOptions field: bool}},
       "versions": {"trtalk", "torch", "onnx", "onnxslim", "onnxscript"},
@@ -14,6 +14,9 @@ Layout (format "trtalk.export", version 1)::
                          "export_seconds"}},
       "engines": {stage: {"file", "sha256", "bytes", "key": {...}, "build_seconds", "io": [...]}}
     }
+
+``family`` (absent in manifests written before PD-FGC joined: "pcavs") names the model family and
+so the stages ``graphs`` must hold (`trtalk.export.stages.FAMILY_STAGES`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from trtalk.errors import TrtalkError
 from trtalk.export.onnx_export import GraphRecord, sha256_file
-from trtalk.export.stages import STAGES
+from trtalk.export.stages import FAMILY_STAGES, family_stages
 from trtalk.fsutil import atomic_output
 
 FORMAT = "trtalk.export"
@@ -41,6 +44,12 @@ class Manifest:
     versions: dict
     graphs: dict[str, GraphRecord] = field(default_factory=dict)
     engines: dict[str, dict] = field(default_factory=dict)
+    family: str = "pcavs"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The family's stages in run order."""
+        return family_stages(self.family)
 
     @property
     def precision(self) -> str:
@@ -51,7 +60,8 @@ class Manifest:
         return int(self.options["max_batch"])
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "family": self.family,
+                "checkpoint": self.checkpoint,
                 "config": self.config, "options": self.options, "versions": self.versions,
                 "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
                 "engines": self.engines}
@@ -77,12 +87,16 @@ class Manifest:
         if d.get("format") != FORMAT or d.get("format_version") != FORMAT_VERSION:
             raise TrtalkError(f"{path} is not a trtalk export manifest of version {FORMAT_VERSION} "
                               f"(format {d.get('format')!r} v{d.get('format_version')}); re-export")
-        missing = [s for s in STAGES if s not in d.get("graphs", {})]
+        family = d.get("family", "pcavs")
+        if family not in FAMILY_STAGES:
+            raise TrtalkError(f"{path} names the unknown model family {family!r}; re-export with "
+                              f"this trtalk")
+        missing = [s for s in FAMILY_STAGES[family] if s not in d.get("graphs", {})]
         if missing:
             raise TrtalkError(f"{path} lists no graph for stage '{missing[0]}'; re-export")
         return cls(d["checkpoint"], d["config"], d["options"], d["versions"],
                    {k: GraphRecord.from_dict(k, v) for k, v in d["graphs"].items()},
-                   d.get("engines", {}))
+                   d.get("engines", {}), family)
 
     def verify(self, directory: str | os.PathLike) -> None:
         """TrtalkError naming the first graph (or external data file) of ``directory`` that is

@@ -7,46 +7,33 @@
 
 The generator graph holds PD-FGC's seeded noise maps as constants (`Generator` noise mode
 "seeded"); smoothing, weights 1.2 and the masks stay outside the graphs (they are per-stream
-state, `trtalk.models.pdfgc`). These graphs are not yet wired into the engine cache, manifest or
-runner (the PC-AVS stages are); `export_pdfgc` writes them to a folder, each checked against its
-spec.
+state, `trtalk.models.pdfgc`). `trtalk.export.stages` dispatches here for a PD-FGC model, so
+the exporter (manifest with ``"family": "pdfgc"``), engine builder, cache, AOT packages and
+runner treat these stages as PC-AVS's.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from trtalk.export.stages import BATCH, StageSpec, TensorSpec, fuse_options
-from trtalk.models.pdfgc import (EMOTION_DIM, EYE_DIM, ID_DIM, MOUTH_DIM, MOUTH_WEIGHT, POSE_DIM,
-                                 STYLE_DIM, PDFGC, PDFGCConfig)
+from trtalk.export.stages import BATCH, FAMILY_STAGES, StageSpec, TensorSpec, fuse_options, shared_specs
+from trtalk.models.fuse import FuseOptions
+from trtalk.models.pdfgc import EMOTION_DIM, EYE_DIM, MOUTH_WEIGHT, POSE_DIM, STYLE_DIM, PDFGC, PDFGCConfig
 
-PDFGC_STAGES = ("identity", "motion", "audio", "generator")
+PDFGC_STAGES = FAMILY_STAGES["pdfgc"]
 
 
 def pdfgc_stage_specs(model: "PDFGC | PDFGCConfig", dtype: str = "float32") -> dict[str, StageSpec]:
     """I/O specs of the four PD-FGC stages (of a model or its config)."""
-    s = getattr(model, "config", model).crop_size
-    img = (BATCH, 3, s, s)
-    idmap = (BATCH, 512, 7, 7)
-
-    def t(name: str, shape: tuple) -> TensorSpec:
-        return TensorSpec(name, shape, dtype)
-
-    return {
-        "identity": StageSpec("identity", (t("image", img),),
-                              (t("id_vector", (BATCH, ID_DIM)), t("id_map", idmap))),
-        "motion": StageSpec("motion", (t("image", img),),
-                            (t("pose", (BATCH, POSE_DIM)), t("eye", (BATCH, EYE_DIM)),
-                             t("emotion", (BATCH, EMOTION_DIM)))),
-        "audio": StageSpec("audio", (t("mel", (BATCH, 1, 80, 20)),), (t("mouth", (BATCH, MOUTH_DIM)),)),
-        "generator": StageSpec("generator", (t("style", (BATCH, STYLE_DIM)), t("id_map", idmap)),
-                               (t("image", img),)),
-    }
+    base = shared_specs(getattr(model, "config", model).crop_size, STYLE_DIM, dtype)
+    motion = StageSpec("motion", base["image"].inputs,
+                       tuple(TensorSpec(n, (BATCH, d), dtype) for n, d in
+                             (("pose", POSE_DIM), ("eye", EYE_DIM), ("emotion", EMOTION_DIM))))
+    return {"identity": base["identity"], "motion": motion, "audio": base["audio"],
+            "generator": base["generator"]}
 
 
 class _Identity(nn.Module):
@@ -87,37 +74,28 @@ class _Generator(nn.Module):
         return self.generator(style, id_map)
 
 
-_CLASSES = {"identity": _Identity, "motion": _Motion, "audio": _Audio, "generator": _Generator}
+PDFGC_STAGE_CLASSES: dict[str, type[nn.Module]] = {
+    "identity": _Identity, "motion": _Motion, "audio": _Audio, "generator": _Generator}
 
 
 def pdfgc_stage_module(model: PDFGC, stage: str, *, modconv: str = "decomposed",
-                       noise_mode: str = "seeded") -> nn.Module:
-    """An eval-mode copy of ``stage`` (``model`` is never changed); the generator with the
-    generator rewrites of `fuse_options` and ``noise_mode`` (default: the official seeded maps)."""
+                       noise_mode: str = "seeded", copy_model: bool = True,
+                       fuse: FuseOptions | bool | None = None) -> nn.Module:
+    """The eval-mode module of ``stage`` (with ``copy_model``, a copy: ``model`` is never
+    changed); the generator with the rewrites of `fuse_options` (``modconv`` / ``fuse``, new
+    copies), ``modconv`` and ``noise_mode`` (default: the official seeded maps). The encoders
+    run as loaded (their rewrites are PC-AVS's module layout)."""
     from trtalk.models.fuse import fuse_generator
 
-    if stage not in _CLASSES:
+    if stage not in PDFGC_STAGE_CLASSES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(PDFGC_STAGES)}")
-    mod = copy.deepcopy(_CLASSES[stage](model))
+    mod = PDFGC_STAGE_CLASSES[stage](model)
+    if copy_model:
+        mod = copy.deepcopy(mod)
     if stage == "generator":
-        options = fuse_options(modconv)
+        options = fuse_options(modconv, fuse)
         if options is not None:
             mod.generator = fuse_generator(mod.generator, options)
         mod.generator.set_modconv_impl(modconv)
         mod.generator.noise_mode = noise_mode
     return mod.eval()
-
-
-def export_pdfgc(model: PDFGC, out: str | os.PathLike, stages: tuple[str, ...] = PDFGC_STAGES, *,
-                 precision: str = "fp32", max_batch: int = 8) -> dict:
-    """Write ``<stage>.onnx`` for each of ``stages`` into folder ``out``; returns the records."""
-    from trtalk.export.onnx_export import export_stage
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    specs = pdfgc_stage_specs(model)
-    records = {}
-    for stage in stages:
-        records[stage] = export_stage(pdfgc_stage_module(model, stage), specs[stage],
-                                      out / f"{stage}.onnx", precision=precision, max_batch=max_batch)
-    return records

@@ -1,4 +1,4 @@
-"""The four runtime stages of PC-AVS as standalone modules with named, fixed I/O.
+"""The four runtime stages of each model family as standalone modules with named, fixed I/O.
 
 A *stage* is one network call of the per-frame pipeline. Every backend (torch, onnxruntime,
 tensorrt) and the export manifest use these names, in this order:
@@ -8,7 +8,11 @@ tensorrt) and the export manifest use these names, in this order:
     audio:     mel    B x 1 x 80 x 20             -> mouth B x 500   (1.2 weight + netE.mouth_embed inside)
     generator: style  B x 2560, id_map B x 512x7x7 -> image B x 3 x 224 x 224 in [-1, 1]
 
-All tensors are NCHW (or B x D) float; "batch" is the one dynamic axis.
+All tensors are NCHW (or B x D) float; "batch" is the one dynamic axis. PD-FGC's four stages
+(`trtalk.export.pdfgc_stages`: identity, motion, audio, generator) go through the same functions
+here (`stage_specs`, `stage_module`, `stage_tensors` dispatch on the model), so the exporter,
+manifest, engine builder, engine cache, AOT packages and runner take both families alike;
+`family_stages` names a family's stages in order.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from trtalk.models.fuse import (FuseOptions, fuse_audio_encoder, fuse_generator,
 from trtalk.models.pcavs import ID_DIM, MOUTH_DIM, PCAVS
 
 STAGES = ("identity", "pose", "audio", "generator")
+#: Every family's stages, in run order (PC-AVS's are `STAGES`).
+FAMILY_STAGES = {"pcavs": STAGES, "pdfgc": ("identity", "motion", "audio", "generator")}
+#: The generator noise a family's graphs hold (PD-FGC: the official seeded maps).
+FAMILY_NOISE = {"pcavs": "fixed", "pdfgc": "seeded"}
 BATCH = "batch"  # the symbolic name of the dynamic batch axis in every graph and manifest
 
 
@@ -62,23 +70,52 @@ class StageSpec:
         return [t.name for t in self.outputs]
 
 
-def stage_specs(model: PCAVS, dtype: str = "float32") -> dict[str, StageSpec]:
-    """I/O specs of the four stages for ``model``'s config (``dtype`` of every I/O tensor)."""
-    c = model.config
-    img = (BATCH, 3, c.crop_size, c.crop_size)
+def family_of(model: object) -> str:
+    """"pdfgc" for a PD-FGC model or config, "pcavs" otherwise."""
+    from trtalk.models.pdfgc import PDFGC, PDFGCConfig
+
+    return "pdfgc" if isinstance(model, (PDFGC, PDFGCConfig)) else "pcavs"
+
+
+def family_stages(family: str) -> tuple[str, ...]:
+    """The stage names of ``family`` in run order (ValueError for an unknown family)."""
+    if family not in FAMILY_STAGES:
+        raise ValueError(f"unknown model family {family!r}; families are {', '.join(FAMILY_STAGES)}")
+    return FAMILY_STAGES[family]
+
+
+def shared_specs(crop_size: int, style_dim: int, dtype: str = "float32") -> dict[str, StageSpec]:
+    """The stages both families share, by name: identity, audio (B x 500 mouth) and generator
+    (``style_dim`` wide); plus ``"image"``, the B x 3 x crop x crop input of the image encoders,
+    as a one-input spec for the family's own encoder stage."""
+    img = (BATCH, 3, crop_size, crop_size)
     idmap = (BATCH, 512, 7, 7)
 
     def t(name: str, shape: tuple) -> TensorSpec:
         return TensorSpec(name, shape, dtype)
 
     return {
+        "image": StageSpec("image", (t("image", img),), ()),
         "identity": StageSpec("identity", (t("image", img),),
                               (t("id_vector", (BATCH, ID_DIM)), t("id_map", idmap))),
-        "pose": StageSpec("pose", (t("image", img),), (t("pose", (BATCH, c.pose_dim)),)),
         "audio": StageSpec("audio", (t("mel", (BATCH, 1, 80, 20)),), (t("mouth", (BATCH, MOUTH_DIM)),)),
-        "generator": StageSpec("generator", (t("style", (BATCH, c.style_dim)), t("id_map", idmap)),
+        "generator": StageSpec("generator", (t("style", (BATCH, style_dim)), t("id_map", idmap)),
                                (t("image", img),)),
     }
+
+
+def stage_specs(model: object, dtype: str = "float32") -> dict[str, StageSpec]:
+    """I/O specs of the four stages for ``model``'s family and config (``dtype`` of every I/O
+    tensor): a `PCAVS` (or its config), or a PD-FGC model or config."""
+    if family_of(model) == "pdfgc":
+        from trtalk.export.pdfgc_stages import pdfgc_stage_specs
+
+        return pdfgc_stage_specs(model, dtype)  # type: ignore[arg-type]
+    c = getattr(model, "config", model)
+    base = shared_specs(c.crop_size, c.style_dim, dtype)
+    pose = StageSpec("pose", base["image"].inputs, (TensorSpec("pose", (BATCH, c.pose_dim), dtype),))
+    return {"identity": base["identity"], "pose": pose, "audio": base["audio"],
+            "generator": base["generator"]}
 
 
 class IdentityStage(nn.Module):
@@ -164,8 +201,8 @@ def _fuse_stage(mod: nn.Module, stage: str, options: FuseOptions) -> None:
         mod.netG = fuse_generator(mod.netG, options)
 
 
-def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
-                 noise_mode: str = "fixed", copy_model: bool = True,
+def stage_module(model: object, stage: str, *, modconv: str = "decomposed",
+                 noise_mode: str | None = None, copy_model: bool = True,
                  fuse: FuseOptions | bool | None = None) -> nn.Module:
     """The eval-mode module of ``stage``; positional inputs and outputs follow `stage_specs`.
 
@@ -174,8 +211,17 @@ def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
     filters, BatchNorm folded; see `fuse_options`): by default all of them for the decomposed
     form, none for ``"grouped"``. With ``copy_model`` the stage works on a deep copy, so
     ``model`` itself is never changed (export may cast to fp16); rewritten networks are always
-    new copies.
+    new copies. ``noise_mode`` None is the family's (`FAMILY_NOISE`). A PD-FGC model gets its
+    own stages (`trtalk.export.pdfgc_stages.pdfgc_stage_module`).
     """
+    if noise_mode is None:
+        noise_mode = FAMILY_NOISE[family_of(model)]
+    if family_of(model) == "pdfgc":
+        from trtalk.export.pdfgc_stages import pdfgc_stage_module
+
+        return pdfgc_stage_module(model, stage, modconv=modconv, noise_mode=noise_mode,  # type: ignore[arg-type]
+                                  copy_model=copy_model, fuse=fuse)
+    assert isinstance(model, PCAVS)
     if stage not in _STAGE_CLASSES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     mod = _STAGE_CLASSES[stage](model)
@@ -190,8 +236,16 @@ def stage_module(model: PCAVS, stage: str, *, modconv: str = "decomposed",
     return mod.eval()
 
 
-def stage_tensors(model: PCAVS, stage: str) -> dict[str, torch.Tensor]:
+def stage_tensors(model: object, stage: str) -> dict[str, torch.Tensor]:
     """The parameters and buffers ``stage`` computes with, by their names in its module (not copied)."""
+    if family_of(model) == "pdfgc":
+        from trtalk.export.pdfgc_stages import PDFGC_STAGE_CLASSES
+
+        if stage not in PDFGC_STAGE_CLASSES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(FAMILY_STAGES['pdfgc'])}")
+        mod = PDFGC_STAGE_CLASSES[stage](model)
+        return {**dict(mod.named_parameters()), **dict(mod.named_buffers())}
+    assert isinstance(model, PCAVS)
     if stage not in _STAGE_CLASSES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     mod = _STAGE_CLASSES[stage](model)

@@ -357,8 +357,8 @@ class WarpFamily(ModelFamily):
 def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
                 device: str = "cpu", options: Any = None, *, fps: float = 25.0,
                 pdfgc: dict[str, Any] | None = None) -> ModelFamily:
-    """The family ``model`` ready to run: PC-AVS through `trtalk.engine.open_runner`, PD-FGC on
-    torch (`trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
+    """The family ``model`` ready to run: PC-AVS and PD-FGC through `trtalk.engine.open_runner`
+    (PD-FGC: `trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
     network on torch or onnxruntime, on the CPU)."""
     if model not in FAMILIES:
         raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
@@ -366,10 +366,7 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
         from trtalk.runtime.pdfgc_family import open_pdfgc
 
         kw = dict(pdfgc or {})
-        return open_pdfgc(checkpoint, device, fps=fps, seed=getattr(options, "seed", 0),
-                          small=getattr(options, "config", None) is not None,
-                          noise=getattr(options, "noise", None), backend=backend,
-                          cache_dir=getattr(options, "cache_dir", None), **kw)
+        return open_pdfgc(checkpoint, device, backend=backend, options=options, fps=fps, **kw)
     if model == "warp":
         if checkpoint is not None:
             raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")

@@ -116,12 +116,13 @@ class ModelOptions:
                                    ("--emotion-strength", self.emotion_strength != 1.0),
                                    ("--mouth-smoothing", self.mouth_smoothing)) if v]
         if model == "pdfgc":
-            if self.precision == "fp16" or self.cuda_graphs:
-                raise TrtalkError("PD-FGC runs in fp32 without CUDA graphs for now; drop --precision "
-                                  "fp16 / --cuda-graphs")
+            from trtalk.models.pdfgc import PDFGCConfig
+
             return open_family(model, self.checkpoint, self.backend, self.device,
-                               RunnerOptions(noise=self.noise or "seeded", seed=self.seed,
-                                             config=PCAVSConfig.small() if self.model_config == "small" else None),
+                               RunnerOptions(precision=self.precision, noise=self.noise,
+                                             cuda_graphs=self.cuda_graphs, seed=self.seed,
+                                             family="pdfgc",
+                                             config=PDFGCConfig.small() if self.model_config == "small" else None),
                                fps=fps, pdfgc=self.pdfgc_kwargs(mouth_smoothing))
         if pd_flags:
             raise TrtalkError(f"{pd_flags[0]} is a PD-FGC control; this checkpoint is {model} "

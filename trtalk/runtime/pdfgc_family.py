@@ -9,8 +9,9 @@ Per batch of frames k (see `trtalk.runtime.family` for the interface):
     image   = generator(id | mouth | 1.2 emotion | 1.2 eye | pose, id_map)   # seeded noise maps
 
 Sources are `trtalk.runtime.controls.FactorSpec`; live changes go through `Controls` and apply at
-the first frame made after they arrive. Backends: torch (`PDFGC`) or onnxruntime (`OrtPDFGC`,
-the graphs of `trtalk.export.pdfgc_stages`, exported once into the cache).
+the first frame made after they arrive. The networks come from `trtalk.engine.open_runner` (any
+backend: torch, onnxruntime, tensorrt, aot; the graphs of `trtalk.export.pdfgc_stages`, exported
+once into the cache) or are a `PDFGC` itself (tests).
 
 Mouth smoothing: the official kernel is centred (0.274, 0.452, 0.274 over frames k-1, k, k+1): it
 needs frame k+1's audio, i.e. one more frame (40 ms at 25 fps) of audio lookahead than PC-AVS.
@@ -42,7 +43,8 @@ GAZE_DIMS = (2, 3)
 
 
 class PDFGCFamily(ModelFamily):
-    """PD-FGC on torch (`trtalk.models.pdfgc.PDFGC`), with per-factor sources and live controls."""
+    """PD-FGC with per-factor sources and live controls; ``model`` is a PD-FGC `Runner`
+    (`open_pdfgc`) or a `trtalk.models.pdfgc.PDFGC` (same encode/generate surface)."""
 
     name = "pdfgc"
     output_size = 224
@@ -364,101 +366,30 @@ class PDFGCFamily(ModelFamily):
             return to_uint8(self.model.generate(style, id_map.expand(b, -1, -1, -1)))
 
 
-class OrtPDFGC:
-    """PD-FGC's four stage graphs (`trtalk.export.pdfgc_stages`) on onnxruntime, with the
-    surface `PDFGCFamily` uses (encode_identity, encode_motion, encode_audio, generate)."""
-
-    def __init__(self, folder: Path, config: Any, device: str = "cpu", threads: int | None = None) -> None:
-        from trtalk.engine.backend import OrtBackend
-        from trtalk.export.pdfgc_stages import PDFGC_STAGES, pdfgc_stage_specs
-        self.config = config
-        specs = pdfgc_stage_specs(config)
-        self.folder = Path(folder)
-        self._b = {s: OrtBackend(specs[s], self.folder / f"{s}.onnx", device=device, threads=threads).load()
-                   for s in PDFGC_STAGES}
-
-    def _run(self, stage: str, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b = self._b[stage]
-        out = b.run({n: a.float().contiguous() for n, a in zip(b.spec.input_names, args)})
-        return tuple(out[n] for n in b.spec.output_names)
-
-    def encode_identity(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run("identity", image)  # type: ignore[return-value]
-
-    def encode_motion(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self._run("motion", image)  # type: ignore[return-value]
-
-    def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
-        return self._run("motion", image)[0]
-
-    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
-        return self._run("audio", mel)[0]
-
-    def generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
-        return self._run("generator", style, id_map)[0]
-
-
-def pdfgc_export_dir(checkpoint: Path | str | None, model: Any, seed: int = 0,
-                     cache_dir: str | Path | None = None) -> Path:
-    """The exported PD-FGC graphs of ``model`` in the cache (``<cache>/exports/pdfgc-...``),
-    exported once (into a temporary folder, then renamed) and reused while all four are there."""
-    import os
-    import secrets
-    import shutil
-
-    from trtalk import __version__
-    from trtalk.export.cache import cache_root
-    from trtalk.export.pdfgc_stages import PDFGC_STAGES, export_pdfgc
-    from trtalk.models.checkpoint import checkpoint_hash
-
-    cfg = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
-    tag = checkpoint_hash(checkpoint)[:16] if checkpoint is not None else f"random{seed}-{cfg}"
-    root = cache_root(cache_dir) / "exports"
-    final = root / f"pdfgc-{tag}-fp32-v{__version__}"
-    if all((final / f"{s}.onnx").is_file() for s in PDFGC_STAGES):
-        log.info("using cached PD-FGC export %s", final)
-        return final
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrtalkError(f"cannot create export cache {root}: {exc.strerror or exc}") from None
-    tmp = root / f".{final.name}.{secrets.token_hex(4)}-{os.getpid()}.tmp"
-    try:
-        log.info("exporting the PD-FGC graphs once into %s (minutes on a CPU)", final)
-        export_pdfgc(model, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def open_pdfgc(checkpoint: Path | str | None, device: str = "cpu", *, seed: int = 0,
-               small: bool = False, noise: str | None = None, fps: float = 25.0,
-               backend: str = "torch", cache_dir: str | Path | None = None,
+def open_pdfgc(checkpoint: Path | str | None, device: str = "cpu", *, backend: str = "torch",
+               options: Any = None, fps: float = 25.0, seed: int | None = None, small: bool = False,
+               noise: str | None = None, cache_dir: str | Path | None = None,
                **family_kw: Any) -> PDFGCFamily:
-    """The PD-FGC family from a checkpoint (folder or converted file), or seeded random weights
-    without one (``small``: the narrow test generator), on ``backend`` torch or onnxruntime
-    (graphs exported once into the cache; their generator holds the seeded noise maps)."""
-    from trtalk.models.pdfgc import PDFGC, PDFGCConfig, load_pdfgc
+    """The PD-FGC family from a checkpoint (folder or converted file), an export directory, or
+    seeded random weights without one (``small``: the narrow test generator), with its networks
+    from `trtalk.engine.open_runner` on any ``backend`` (torch, onnxruntime, tensorrt, aot; the
+    graphs and engines hold the seeded noise maps). ``options`` is a `RunnerOptions`; ``seed``,
+    ``small``, ``noise`` and ``cache_dir`` override its fields."""
+    import dataclasses
 
-    if backend not in ("torch", "onnxruntime"):
-        raise TrtalkError(f"PD-FGC runs on --backend torch or onnxruntime for now, not {backend}")
-    if checkpoint is not None:
-        model = load_pdfgc(checkpoint, device="cpu" if backend == "onnxruntime" else device)
-        random_weights = False
-    else:
-        model = PDFGC.random(seed, PDFGCConfig.small() if small else None)
-        random_weights = True
-    if backend == "onnxruntime":
-        if noise not in (None, "seeded"):
-            raise TrtalkError(f"--noise {noise} needs --backend torch: the PD-FGC generator graph "
-                              f"holds the seeded maps")
-        folder = pdfgc_export_dir(checkpoint, model, seed, cache_dir)
-        runner: Any = OrtPDFGC(folder, model.config, device)
-        del model
-    else:
-        runner = model.to(device)
-        if noise is not None:
-            runner.generator.noise_mode = noise
-    return PDFGCFamily(runner, random_weights, device, fps=fps, **family_kw)
+    from trtalk.engine.runner import RunnerOptions, open_runner
+    from trtalk.models.pdfgc import PDFGCConfig
+
+    opts = dataclasses.replace(options or RunnerOptions(), family="pdfgc")
+    if seed is not None:
+        opts.seed = seed
+    if small:
+        opts.config = PDFGCConfig.small()
+    if noise is not None:
+        opts.noise = noise
+    if cache_dir is not None:
+        opts.cache_dir = cache_dir
+    runner = open_runner(backend, checkpoint, device, opts)
+    if runner.family != "pdfgc":
+        raise TrtalkError(f"{checkpoint} is not a PD-FGC checkpoint; drop --model pdfgc")
+    return PDFGCFamily(runner, runner.random_weights, device, fps=fps, **family_kw)
