@@ -44,9 +44,9 @@ def test_stage_modules_match_the_networks(model, stage):
 def test_onnxruntime_parity(model, stage, tmp_path):
     """The motion graph's three outputs; the generator graph with the seeded noise maps inside."""
     ort = pytest.importorskip("onnxruntime")
-    from trtalk.export.pdfgc_stages import export_pdfgc
+    from trtalk.export.exporter import ExportOptions, export_pcavs
 
-    rec = export_pdfgc(model, tmp_path, (stage,))[stage]
+    rec = export_pcavs(ExportOptions(out=tmp_path, precision="fp32", stages=(stage,)), model=model).graphs[stage]
     spec = pdfgc_stage_specs(model)[stage]
     x = example_inputs(spec, batch=3, seed=4)
     sess = ort.InferenceSession(str(tmp_path / rec.file), providers=["CPUExecutionProvider"])
@@ -60,14 +60,16 @@ def test_onnxruntime_parity(model, stage, tmp_path):
 
 @pytest.mark.slow
 def test_family_on_onnxruntime_matches_torch(model, tmp_path, monkeypatch):
-    """`--backend onnxruntime`: the graphs exported once into the cache, the same frames as torch."""
+    """`--backend onnxruntime`: the graphs exported once into the cache (an export folder with
+    its manifest, through `open_runner`), the same frames as torch."""
     pytest.importorskip("onnxruntime")
     from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
 
     monkeypatch.setenv("TRTALK_CACHE_DIR", str(tmp_path))
     fam = open_pdfgc(None, seed=2, small=True, backend="onnxruntime")
     assert sorted(p.name for p in next((tmp_path / "exports").iterdir()).iterdir()) == \
-        ["audio.onnx", "generator.onnx", "identity.onnx", "motion.onnx"]
+        ["audio.onnx", "generator.onnx", "identity.onnx", "manifest.json", "motion.onnx"]
+    assert fam.model.family == "pdfgc" and fam.model.backends["generator"].kind == "OrtBackend"
     ref = PDFGCFamily(model, random_weights=True)
     crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
     mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
