@@ -154,3 +154,65 @@ def test_graphed_runner_one_graph_per_bucket_matches_eager(model: PCAVS) -> None
     fn = GraphedFunction(lambda a: a * 2, "cpu", FakeGraphs(), buckets=(1, 2))
     torch.testing.assert_close(fn(torch.arange(5.0)[:, None]), torch.arange(5.0)[:, None] * 2)
     assert fn.captured == [1, 2]
+
+
+# ------------------------------------------------------------------ PD-FGC: the same paths
+
+
+@pytest.fixture(scope="module")
+def pdfgc():
+    from trtalk.models.pdfgc import PDFGC, PDFGCConfig
+
+    return PDFGC.random(seed=6, config=PDFGCConfig.small())
+
+
+@pytest.mark.parametrize("stage", ["motion", "generator"])
+def test_pdfgc_fp16_channels_last_stage_matches_fp32(pdfgc, stage: str) -> None:
+    """PD-FGC's CUDA configuration on CPU: the motion stage's three heads (BatchNorm1d) and the
+    2590-wide generator with the seeded noise maps, fp16 + channels_last vs fp32."""
+    spec = stage_specs(pdfgc)[stage]
+    ref = TorchBackend(spec, pdfgc, precision="fp32").load()
+    half = TorchBackend(spec, pdfgc, precision="fp16", channels_last=True).load()
+    inputs = dict(zip(spec.input_names, example_inputs(spec, batch=2, seed=3)))
+    want, got = ref.run(inputs), half.run(inputs)
+    assert list(got) == spec.output_names
+    for name in spec.output_names:
+        assert got[name].dtype == torch.float32 and got[name].shape == want[name].shape
+        scale = want[name].abs().max().item() + 1e-6
+        err = (got[name] - want[name]).abs().max().item() / scale
+        assert err < 0.05, f"{stage}.{name}: fp16 off by {err:.3g} of the output range"
+
+
+def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
+    """cuda_graphs for PD-FGC: encode_motion, encode_pose, encode_audio, generate and frame
+    replay one graph per bucket with the eager numbers, and the family on the graphed runner
+    makes the same frames."""
+    import numpy as np
+
+    from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
+
+    fake = FakeGraphs()
+    graphed = open_runner("torch", pdfgc, "cpu", RunnerOptions(cuda_graphs=True, graph_api=fake))
+    eager = open_runner("torch", pdfgc, "cpu")
+    assert graphed.family == "pdfgc" and graphed.graphed
+    specs = stage_specs(pdfgc)
+    for batch, seed in ((1, 1), (3, 2)):
+        (image,) = example_inputs(specs["motion"], batch, seed=seed)
+        (mel,) = example_inputs(specs["audio"], batch, seed=seed + 10)
+        style, id_map = example_inputs(specs["generator"], batch, seed=seed + 20)
+        id_vec = style[:, :2048].contiguous()
+        for g, e in zip(graphed.encode_motion(image), eager.encode_motion(image), strict=True):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+        assert graphed.encode_pose(image).shape == (batch, 42)
+        torch.testing.assert_close(graphed.frame(mel, image, id_vec, id_map),
+                                   eager.frame(mel, image, id_vec, id_map), atol=1e-5, rtol=0)
+    assert graphed.encode_motion.captured == [1, 4] and graphed._frame_graph.captured == [1, 4]
+    fam = open_pdfgc(pdfgc, options=RunnerOptions(cuda_graphs=True, graph_api=FakeGraphs()))
+    ref = PDFGCFamily(pdfgc, random_weights=True)
+    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
+    out = []
+    for f in (fam, ref):
+        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
+        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+    assert np.abs(out[0] - out[1]).max() <= 1

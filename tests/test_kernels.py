@@ -194,18 +194,19 @@ def test_fake_registrations_give_shapes():
 
 # ----------------------------------------------------------------------------- plugin-form graph
 
-def _plugin_parity(config: PCAVSConfig, batches: tuple[int, ...]) -> float:
+def _plugin_parity(config: PCAVSConfig, batches: tuple[int, ...], style_dim: int | None = None) -> float:
     from trtalk.export import plugin
 
     torch.manual_seed(0)
-    g = Generator(style_dim=config.style_dim, channels=config.gen_channels).eval()
+    style_dim = style_dim or config.style_dim
+    g = Generator(style_dim=style_dim, channels=config.gen_channels).eval()
     model = plugin.export_plugin_graph(g, batch=2)
     assert plugin.count_plugin_nodes(model) == len(modconv_layers(config.gen_channels))
     sess = plugin.ort_session(model)
     g.set_modconv_impl("decomposed")
     worst = 0.0
     for b in batches:
-        style, id_map = torch.randn(b, config.style_dim), torch.randn(b, 512, 7, 7)
+        style, id_map = torch.randn(b, style_dim), torch.randn(b, 512, 7, 7)
         got = plugin.run_ort(sess, style.numpy(), id_map.numpy())
         with torch.no_grad():
             want = g(style, id_map).numpy()
@@ -216,6 +217,16 @@ def _plugin_parity(config: PCAVSConfig, batches: tuple[int, ...]) -> float:
 def test_plugin_graph_in_ort_matches_decomposed():
     pytest.importorskip("onnxruntime_extensions")
     assert _plugin_parity(PCAVSConfig.small(), (2, 3)) < 1e-4
+
+
+def test_plugin_graph_in_ort_matches_decomposed_pdfgc():
+    """The same kernels serve PD-FGC's 2590-wide generator (small channels)."""
+    pytest.importorskip("onnxruntime_extensions")
+    from trtalk.models.pdfgc import STYLE_DIM, PDFGCConfig
+
+    cfg = PCAVSConfig.small()
+    assert cfg.gen_channels == PDFGCConfig.small().gen_channels
+    assert _plugin_parity(cfg, (2, 3), style_dim=STYLE_DIM) < 1e-4
 
 
 @pytest.mark.slow
