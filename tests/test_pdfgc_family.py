@@ -286,10 +286,13 @@ def test_wrong_family_is_a_clear_error(tmp_path):
     assert detect_family(pc) == "pcavs" and detect_family(st) == "pcavs"
 
 
-def test_export_cli_pdfgc_needs_fp32(folder, tmp_path, capsys):
-    rc = main(["export", "--checkpoint", str(folder), "--out", str(tmp_path / "e")])
+def test_export_cli_pdfgc_folder_with_the_wrong_model(folder, tmp_path, capsys):
+    """A PD-FGC folder exports as PD-FGC (tests/test_pdfgc_engines.py); naming another family is
+    a one-line error that creates nothing."""
+    rc = main(["export", "--checkpoint", str(folder), "--model", "pcavs", "--out", str(tmp_path / "e")])
     assert rc == 2
-    assert "PD-FGC checkpoint exports as fp32 ONNX graphs" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "is a pdfgc checkpoint; drop --model" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "e").exists()
 
 

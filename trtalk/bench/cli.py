@@ -39,6 +39,9 @@ class BenchCommand:
     model_config: Literal["official", "small"] | None = option(
         None, help=MODEL_CONFIG_HELP,
         default_text="official; small for --stream on CPU")
+    model: Literal["pcavs", "pdfgc"] | None = option(
+        None, help="model family of the seeded random weights (with --checkpoint: the checkpoint's)",
+        default_text="pcavs")
     cache_dir: Path | None = option(None, help="export / engine cache", default_text="trtalk's")
     seed: int = option(0, help="seed of the random weights")
     threads: int | None = option(None, help="CPU threads for torch and onnxruntime (1 is steadier on a busy machine)")
@@ -95,6 +98,7 @@ def _run(args: BenchCommand) -> int:
         mc = args.model_config or ("official" if device.startswith("cuda") else "small")
         cfg = StreamBenchConfig(duration_s=args.stream_duration, pose=args.stream_pose,
                                 backend=args.stream_backend, device=device, model_config=mc,
+                                model=args.model,
                                 checkpoint=args.checkpoint, batch=args.stream_batch, seed=args.seed,
                                 command=command)
         with tempfile.TemporaryDirectory(prefix="trtalk-bench-") as tmp:
@@ -111,6 +115,7 @@ def _run(args: BenchCommand) -> int:
                       warmup=args.warmup if args.warmup is not None else (10 if cuda else 3),
                       iters=args.iters if args.iters is not None else (100 if cuda else 10),
                       device=device, checkpoint=args.checkpoint, model_config=args.model_config or "official",
+                      model=args.model,
                       seed=args.seed, cache_dir=args.cache_dir, threads=args.threads,
                       command=command)
     result = run_bench(cfg)

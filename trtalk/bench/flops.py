@@ -13,8 +13,9 @@ import logging
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trtalk.export.stages import STAGES, example_inputs, stage_module, stage_specs
+from trtalk.export.stages import STAGES, example_inputs, family_of, family_stages, stage_module, stage_specs
 from trtalk.models.pcavs import PCAVS
+from trtalk.models.pdfgc import PDFGC
 
 log = logging.getLogger(__name__)
 
@@ -24,29 +25,35 @@ DESIGN_GFLOP = {"identity": 8.6, "pose": 12.7, "audio": 0.94, "generator": 69.4}
 NEAR_TOLERANCE = 0.05
 
 
-def count_stage_flops(model: PCAVS) -> dict[str, int]:
-    """FLOPs of one frame (batch 1) per stage of ``model``; ``model`` itself is not changed."""
+def count_stage_flops(model: PCAVS | PDFGC) -> dict[str, int]:
+    """FLOPs of one frame (batch 1) per stage of ``model``; ``model`` itself is not changed.
+
+    Keys are PC-AVS's stage names; PD-FGC's motion encoder counts as "pose" (the frame's image
+    encoder in the bench's frame)."""
     specs = stage_specs(model)
     out: dict[str, int] = {}
-    for stage in STAGES:
-        mod = stage_module(model, stage, modconv="grouped", noise_mode="fixed")
+    for stage, key in zip(family_stages(family_of(model)), STAGES):
+        mod = stage_module(model, stage, modconv="grouped")
         args = example_inputs(specs[stage], batch=1)
         counter = FlopCounterMode(display=False)
         with torch.inference_mode(), counter:
             mod(*args)
-        out[stage] = int(counter.get_total_flops())
+        out[key] = int(counter.get_total_flops())
         del mod
     return out
 
 
-def compare_with_design(flops: dict[str, int], official: bool) -> dict[str, dict]:
-    """Per stage: counted GFLOP, DESIGN's number, relative difference and a verdict string."""
+def compare_with_design(flops: dict[str, int], official: bool, family: str = "pcavs") -> dict[str, dict]:
+    """Per stage: counted GFLOP, DESIGN's number, relative difference and a verdict string
+    (DESIGN's numbers are PC-AVS's: for PD-FGC they are a reference only)."""
     out = {}
     for stage, f in flops.items():
         g = f / 1e9
         ref = DESIGN_GFLOP[stage]
         rel = (g - ref) / ref
-        if not official:
+        if family != "pcavs":
+            verdict = f"{family}: DESIGN lists PC-AVS's networks (reference only)"
+        elif not official:
             verdict = "small dev model: not comparable" if stage == "generator" else (
                 "near DESIGN" if abs(rel) <= NEAR_TOLERANCE else "differs from DESIGN")
         else:

@@ -40,6 +40,7 @@ from trtalk.bench.peaks import device_peak, machine_info, machine_tag
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
+from trtalk.models.pdfgc import PDFGCConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class BenchConfig:
     device: str = "cpu"
     checkpoint: Path | None = None
     model_config: str = "official"  # "official" | "small"
+    model: str | None = None  # family: "pcavs" | "pdfgc"; None: the checkpoint's, else PC-AVS
     seed: int = 0
     cache_dir: Path | None = None
     threads: int | None = None  # CPU threads for torch and onnxruntime; None = their defaults
@@ -127,12 +129,26 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
+        if self.model not in (None, "pcavs", "pdfgc"):
+            raise TrtalkError("--model is pcavs or pdfgc")
         from trtalk.engine.runner import check_device
 
         check_device(self.device)
 
     @property
-    def pcavs_config(self) -> PCAVSConfig:
+    def family(self) -> str:
+        """The model family: the checkpoint's, else ``model``, else PC-AVS."""
+        if self.checkpoint is not None:
+            from trtalk.models.checkpoint import detect_family
+
+            return detect_family(self.checkpoint, fallback="pcavs")
+        return self.model or "pcavs"
+
+    @property
+    def pcavs_config(self) -> PCAVSConfig | PDFGCConfig:
+        """The architecture of the family's random weights (official or small)."""
+        if self.family == "pdfgc":
+            return PDFGCConfig.small() if self.model_config == "small" else PDFGCConfig()
         return PCAVSConfig.small() if self.model_config == "small" else PCAVSConfig()
 
     @property
@@ -260,6 +276,7 @@ def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig):
     preset = PRESETS[v.backend]
     opts = RunnerOptions(**{"precision": v.precision, **preset.options}, max_batch=max(cfg.batches),
                          cache_dir=cfg.cache_dir, config=cfg.pcavs_config, seed=cfg.seed,
+                         family=cfg.family,
                          threads=cfg.threads if preset.backend == "onnxruntime" else None)
     if preset.backend == "torch":
         source = model
@@ -465,10 +482,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     info = machine_info(cfg.device)
     t0 = time.perf_counter()
     model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
-                               config=cfg.pcavs_config)
+                               config=None if cfg.checkpoint else cfg.pcavs_config, family=cfg.family)
     model = model.eval()
     flops = count_stage_flops(model)
-    flop_check = compare_with_design(flops, official=cfg.model_config == "official")
+    flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
     log.info("FLOPs per frame (GFLOP): %s", {s: round(f / 1e9, 3) for s, f in flops.items()})
     runs = [bench_variant(model, v, cfg, flops) for v in plan_variants(cfg)]
     on_gpu = cfg.is_cuda and info.get("gpu")
@@ -483,8 +500,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                    "weights": "checkpoint" if cfg.checkpoint else f"seeded random (seed {cfg.seed}); "
                               "timing does not depend on weight values",
                    "checkpoint_sha256": record.get("sha256")},
+        "family": cfg.family,
         "frame_definition": "frame = pose + audio + style concat + generator for `batch` frames, run back "
-                            "to back; identity is encoded once per avatar and is shown but NOT in the frame",
+                            "to back; identity is encoded once per avatar and is shown but NOT in the frame"
+                            + ("; PD-FGC: 'pose' is its motion encoder (pose, eyes and emotion of the "
+                               "frame: the style's 42-wide motion tail), the generator 2590 wide"
+                               if cfg.family == "pdfgc" else ""),
         "flops_per_frame": {s: int(f) for s, f in flops.items()},
         "flops_frame": int(sum(flops[s] for s in FRAME_STAGES)),
         "flops_method": "torch.utils.flop_counter.FlopCounterMode on the PyTorch stage modules at batch 1 "
@@ -513,6 +534,7 @@ class StreamBenchConfig:
     device: str = "cpu"
     model_config: str = "small"
     checkpoint: Path | None = None
+    model: str | None = None  # family of the random weights: "pcavs" (default) | "pdfgc"
     batch: int = 4
     fps: float = 25.0
     seed: int = 0
@@ -572,8 +594,8 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
 
     assets = Path(__file__).resolve().parents[1] / "assets"
     avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
-    # The checkpoint's family (PC-AVS or PD-FGC) when one is given; PC-AVS on random weights else.
-    model = ModelOptions(model=None if cfg.checkpoint is not None else "pcavs", checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
+    # The checkpoint's family (PC-AVS or PD-FGC) when one is given; else --model's (PC-AVS).
+    model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or "pcavs"), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
     scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
