@@ -479,7 +479,10 @@ def source_family(source: object, default: str = "pcavs") -> str:
     if isinstance(source, (PCAVS, PDFGC)):
         return family_of(source)
     if _is_export_dir(Path(source)):  # type: ignore[arg-type]
-        return Manifest.read(source).family  # type: ignore[arg-type]
+        try:
+            return Manifest.read(source).family  # type: ignore[arg-type]
+        except TrtalkError:  # the backend that opens it says what is wrong (or that it needs none)
+            return default
     from trtalk.models.checkpoint import detect_family
 
     return detect_family(source, fallback="pcavs")  # type: ignore[arg-type]
