@@ -332,3 +332,50 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
         for f in frames:
             sink.write(f)
     return path
+
+
+def build_rtx_engines(export_dir: Path) -> tuple[Path, dict]:
+    """TensorRT-RTX FP16 engines of every graph of ``export_dir`` (ahead of time for sm89, max
+    batch 4: builds on a CPU), recorded in its manifest; skips without TensorRT-RTX."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed (extra trt-rtx)")
+    from trtalk.export.manifest import Manifest
+    from trtalk.export.tensorrt import BuildOptions, build_export_engines
+
+    m = Manifest.read(export_dir)
+    engines = build_export_engines(export_dir, m, BuildOptions(flavour="tensorrt-rtx", max_batch=4,
+                                                               compute_capability="sm89"))
+    m.engines = engines
+    m.write(export_dir)
+    return export_dir, engines
+
+
+def check_rtx_engine(export_dir: Path, stage: str, engine: dict) -> dict:
+    """Assert that ``stage``'s engine of `build_rtx_engines` is intact, keyed to its graph and
+    has the graph's I/O; returns its sidecar."""
+    from trtalk.export.engine_file import check_engine
+    from trtalk.export.manifest import Manifest
+    from trtalk.export.stages import StageSpec
+    from trtalk.export.tensorrt import expected_io
+
+    rec = Manifest.read(export_dir).graphs[stage]
+    ok, reason, sc = check_engine(export_dir / engine["file"])
+    assert ok, reason
+    key = sc["key"]
+    assert key["flavour"] == "tensorrt-rtx" and key["compute_capability"] == "sm89"
+    assert key["precision"] == "fp16" and key["graph_sha256"] == rec.sha256
+    assert sc["io"] == expected_io(StageSpec(stage, tuple(rec.inputs), tuple(rec.outputs)))
+    return sc
+
+
+def family_frames(families: Sequence, seed: int = 3) -> list[np.ndarray]:
+    """Three frames (int) of each model family from one random 224 crop as avatar and pose and
+    random mel windows: for comparing backends of one family."""
+    import torch
+
+    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(seed))
+    out = []
+    for f in families:
+        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
+        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+    return out

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import build_rtx_engines, check_rtx_engine
 import torch
 
 from trtalk.errors import TrtalkError
@@ -204,20 +205,11 @@ def test_fp16_parity_onnxruntime(export_fp16: Path, small_model: PCAVS, stage: s
 
 @pytest.fixture(scope="module")
 def rtx_engines(export_fp16: Path):
-    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed (extra trt-rtx)")
-    from trtalk.export.tensorrt import BuildOptions, build_export_engines
-
-    m = Manifest.read(export_fp16)
-    engines = build_export_engines(export_fp16, m, BuildOptions(flavour="tensorrt-rtx", max_batch=4,
-                                                                compute_capability="sm89"))
-    m.engines = engines
-    m.write(export_fp16)
-    return export_fp16, engines
+    return build_rtx_engines(export_fp16)
 
 
 def test_rtx_fp16_engines_match_manifest(rtx_engines):
-    from trtalk.export.engine_file import check_engine, read_sidecar
-    from trtalk.export.tensorrt import expected_io
+    from trtalk.export.engine_file import read_sidecar
 
     d, engines = rtx_engines
     m = Manifest.read(d)
@@ -225,17 +217,9 @@ def test_rtx_fp16_engines_match_manifest(rtx_engines):
     for stage, e in engines.items():
         path = d / e["file"]
         assert path.stat().st_size == e["bytes"] > 1_000_000
-        ok, reason, sc = check_engine(path)
-        assert ok, reason
+        sc = check_rtx_engine(d, stage, e)
         assert sc == read_sidecar(path)
-        key = sc["key"]
-        assert key["flavour"] == "tensorrt-rtx" and key["compute_capability"] == "sm89"
-        assert key["precision"] == "fp16" and key["graph_sha256"] == m.graphs[stage].sha256
-        assert key["max_batch"] == 4 and key["opt_batch"] == 2
-        rec = m.graphs[stage]
-        from trtalk.export.stages import StageSpec
-
-        assert sc["io"] == expected_io(StageSpec(stage, tuple(rec.inputs), tuple(rec.outputs)))
+        assert sc["key"]["max_batch"] == 4 and sc["key"]["opt_batch"] == 2
         logging.getLogger(__name__).info("%s engine built in %.2f s", stage, e["build_seconds"])
 
 

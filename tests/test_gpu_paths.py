@@ -187,7 +187,7 @@ def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
     """cuda_graphs for PD-FGC: encode_motion, encode_pose, encode_audio, generate and frame
     replay one graph per bucket with the eager numbers, and the family on the graphed runner
     makes the same frames."""
-    import numpy as np
+    from conftest import family_frames
 
     from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
 
@@ -208,11 +208,5 @@ def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
                                    eager.frame(mel, image, id_vec, id_map), atol=1e-5, rtol=0)
     assert graphed.encode_motion.captured == [1, 4] and graphed._frame_graph.captured == [1, 4]
     fam = open_pdfgc(pdfgc, options=RunnerOptions(cuda_graphs=True, graph_api=FakeGraphs()))
-    ref = PDFGCFamily(pdfgc, random_weights=True)
-    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
-    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
-    out = []
-    for f in (fam, ref):
-        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
-        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
-    assert np.abs(out[0] - out[1]).max() <= 1
+    out = family_frames([fam, PDFGCFamily(pdfgc, random_weights=True)])
+    assert abs(out[0] - out[1]).max() <= 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_rtx_engines, check_rtx_engine, family_frames
 
 from trtalk.engine.runner import RunnerOptions, open_runner
 from trtalk.errors import TrtalkError
@@ -151,35 +152,12 @@ def test_plugin_form_generator_2590_matches_pytorch(model: PDFGC, tmp_path: Path
 # ------------------------------------------------------------------ TensorRT-RTX engines (CPU build)
 
 
-@pytest.fixture(scope="module")
-def rtx_engines(export_fp16: Path):
-    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed (extra trt-rtx)")
-    from trtalk.export.tensorrt import BuildOptions, build_export_engines
-
-    m = Manifest.read(export_fp16)
-    engines = build_export_engines(export_fp16, m, BuildOptions(flavour="tensorrt-rtx", max_batch=4,
-                                                                compute_capability="sm89"))
-    m.engines = engines
-    m.write(export_fp16)
-    return export_fp16, engines
-
-
-def test_rtx_fp16_engines_of_every_stage(rtx_engines):
-    from trtalk.export.engine_file import check_engine
-    from trtalk.export.stages import StageSpec
-    from trtalk.export.tensorrt import expected_io
-
-    d, engines = rtx_engines
-    m = Manifest.read(d)
-    assert tuple(engines) == PDFGC_STAGES and m.engines == engines and m.family == "pdfgc"
+def test_rtx_fp16_engines_of_every_stage(export_fp16: Path):
+    """Every PD-FGC stage as a TensorRT-RTX FP16 engine, recorded in the PD-FGC manifest."""
+    d, engines = build_rtx_engines(export_fp16)
+    assert tuple(engines) == PDFGC_STAGES and Manifest.read(d).engines == engines
     for stage, e in engines.items():
-        ok, reason, sc = check_engine(d / e["file"])
-        assert ok, reason
-        key = sc["key"]
-        assert key["flavour"] == "tensorrt-rtx" and key["compute_capability"] == "sm89"
-        assert key["precision"] == "fp16" and key["graph_sha256"] == m.graphs[stage].sha256
-        rec = m.graphs[stage]
-        assert sc["io"] == expected_io(StageSpec(stage, tuple(rec.inputs), tuple(rec.outputs)))
+        sc = check_rtx_engine(d, stage, e)
         if stage == "motion":
             assert [(t["name"], t["shape"]) for t in sc["io"][1:]] == \
                 [("pose", ["batch", 6]), ("eye", ["batch", 6]), ("emotion", ["batch", 30])]
@@ -244,15 +222,10 @@ def test_tensorrt_family_matches_torch(model: PDFGC, tmp_path: Path):  # pragma:
     family's frames match torch fp32 on the CPU."""
     from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
 
-    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
-    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
     ref = PDFGCFamily(model, random_weights=True)
     fams = [open_pdfgc(None, "cuda", backend="tensorrt", seed=SEED, small=True, cache_dir=tmp_path),
             open_pdfgc(None, "cuda", backend="torch", seed=SEED, small=True,
                        options=RunnerOptions(cuda_graphs=True))]
-    out = []
-    for f in (ref, *fams):
-        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
-        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+    out = family_frames([ref, *fams])
     for o in out[1:]:
         assert np.abs(o - out[0]).mean() < 3.0 and np.abs(o - out[0]).max() <= 40

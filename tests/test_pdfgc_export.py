@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import family_frames
 
 from trtalk.export.pdfgc_stages import PDFGC_STAGES, pdfgc_stage_module, pdfgc_stage_specs
 from trtalk.export.stages import example_inputs
@@ -70,11 +71,5 @@ def test_family_on_onnxruntime_matches_torch(model, tmp_path, monkeypatch):
     assert sorted(p.name for p in next((tmp_path / "exports").iterdir()).iterdir()) == \
         ["audio.onnx", "generator.onnx", "identity.onnx", "manifest.json", "motion.onnx"]
     assert fam.model.family == "pdfgc" and fam.model.backends["generator"].kind == "OrtBackend"
-    ref = PDFGCFamily(model, random_weights=True)
-    crop = np.random.default_rng(1).integers(0, 255, (224, 224, 3), dtype=np.uint8)
-    mel = torch.rand(3, 1, 80, 20, generator=torch.Generator().manual_seed(3))
-    out = []
-    for f in (fam, ref):
-        av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
-        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+    out = family_frames([fam, PDFGCFamily(model, random_weights=True)])
     assert np.abs(out[0] - out[1]).max() <= 1
