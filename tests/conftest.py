@@ -332,3 +332,23 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
         for f in frames:
             sink.write(f)
     return path
+
+
+# ------------------------------------------------------------------ generator implementations
+
+
+def images_of_two_impls(g, style, id_map, want_impl: str, got_impl: str, dtype=None):
+    """``(want, got)``: the generator ``g``'s image with modconv implementation ``want_impl``,
+    then with ``got_impl`` (no grad; ``g`` is left on ``got_impl``). With ``dtype`` the second run
+    casts ``g`` and its inputs to it and returns float32."""
+    import torch
+
+    with torch.no_grad():
+        g.set_modconv_impl(want_impl)
+        want = g(style, id_map)
+        if dtype is not None:
+            g.to(dtype)
+            style, id_map = style.to(dtype), id_map.to(dtype)
+        g.set_modconv_impl(got_impl)
+        got = g(style, id_map)
+    return want, got.float() if dtype is not None else got

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import images_of_two_impls
 
 from trtalk.errors import TrtalkError
 from trtalk.models import PCAVS, PCAVSConfig, convert, load_pcavs, save_official_folder
@@ -109,11 +110,7 @@ def test_generator_grouped_vs_decomposed(model):
     torch.manual_seed(2)
     style = torch.randn(2, 2560)
     id_map = torch.randn(2, 512, 7, 7)
-    with torch.no_grad():
-        g.set_modconv_impl("grouped")
-        ref = g(style, id_map)
-        g.set_modconv_impl("decomposed")
-        dec = g(style, id_map)
+    ref, dec = images_of_two_impls(g, style, id_map, "grouped", "decomposed")
     assert ref.shape == (2, 3, 224, 224)
     assert ref.abs().max() <= 1.0
     assert (ref - dec).abs().max().item() < 1e-4
