@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np
 import pytest
 
 import trtalk
+from trtalk.errors import TrtalkError
 
 # Triton kernels run in Triton's interpreter on machines without a GPU. Triton reads the switch
 # when it is first imported (torch.compile imports it), so it is set here, before any test module.
@@ -332,6 +334,20 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
         for f in frames:
             sink.write(f)
     return path
+
+
+# ------------------------------------------------------------------ bad files
+
+
+def assert_rejects_file(fn: Callable[[Path], object], path: Path, data: bytes | None = None,
+                        match: str | None = None) -> None:
+    """``fn(path)`` raises a one-line TrtalkError matching ``match`` (default: the file's name);
+    ``data`` (when given) is written to ``path`` first."""
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(TrtalkError, match=re.escape(path.name) if match is None else match) as exc:
+        fn(path)
+    assert "\n" not in str(exc.value), str(exc.value)
 
 
 # ------------------------------------------------------------------ generator implementations

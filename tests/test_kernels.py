@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import images_of_two_impls
+from conftest import assert_rejects_file, images_of_two_impls
 
 from trtalk.errors import TrtalkError
 from trtalk.kernels import build, loader, ops, reference
@@ -108,10 +108,7 @@ def test_workspace_size_python_mirror(built_library: Path, batch, out_ch, in_ch,
 def test_loader_env_and_errors(built_library: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv(loader.ENV_LIB, str(built_library))
     assert built_library in loader.candidate_paths()
-    bogus = tmp_path / "libbogus.so"
-    bogus.write_bytes(b"not a library")
-    with pytest.raises(TrtalkError, match="cannot load"):
-        loader.open_library(bogus)
+    assert_rejects_file(loader.open_library, tmp_path / "libbogus.so", b"not a library", match="cannot load")
 
 
 # ----------------------------------------------------------------------------- references
