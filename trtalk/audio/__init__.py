@@ -5,6 +5,7 @@ chunk-by-chunk ``StreamingMel``) turns it into ``mel_tf`` (time x freq, 100
 frames/s); ``mel_windows`` cuts the per-video-frame (1, 80, 20) network inputs.
 """
 
+from trtalk.audio import mel
 from trtalk.audio.decode import audio_duration, load_audio
 from trtalk.audio.mel import (
     MEL_WINDOW_FRAMES,
@@ -20,18 +21,4 @@ from trtalk.audio.mel import (
     window_start,
 )
 
-__all__ = [
-    "MEL_WINDOW_FRAMES",
-    "MelConfig",
-    "StreamingMel",
-    "audio_duration",
-    "audio_lookahead_s",
-    "load_audio",
-    "lws_analysis_window",
-    "mel_spectrogram",
-    "mel_windows",
-    "num_video_frames",
-    "rms_gain",
-    "slaney_mel_filterbank",
-    "window_start",
-]
+__all__ = ["audio_duration", "load_audio", *mel.__all__]
