@@ -21,8 +21,10 @@ what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pos
 Generated motion (``--pose auto``, `trtalk.runtime.motion_path`) asks `motion_codes(avatar,
 angles, eye_closure)`: the warp avatar uses the angles and the eye closure as they are; by default
 a family maps the angles through the avatar's angle map (`prepare_motion`: the warp avatar renders
-the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`), and a
-family with an eye input (PD-FGC) overrides `motion_codes` to use the eye-closure stream too.
+the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`, cached
+by the photo and `weights_id`). A family with an eye input of its own (PD-FGC) ignores the eye
+closure there: it hears the same mel windows in `mouth` and makes the same blink decisions
+itself, so ``--eyes auto`` blinks with speech whatever the pose source (`configure_motion`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,9 +78,15 @@ class ModelFamily(abc.ABC):
     name: str = ""
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
+    #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
+    motion_grid: Any = None
 
     def __init__(self, random_weights: bool = False) -> None:
         self.random_weights = random_weights
+        #: (checkpoint, options with ``seed`` and ``config``) the weights came from, set by
+        #: `open_family` (None: unknown, nothing is cached by them)
+        self.weights_source: tuple[Any, Any] | None = None
+        self._weights_id: str | None = None
 
     @abc.abstractmethod
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
@@ -132,15 +140,18 @@ class ModelFamily(abc.ABC):
     # -- generated motion (`--pose auto`, `trtalk.runtime.motion_path`) -------------------------
 
     def weights_id(self) -> str | None:
-        """What identifies this family's weights (a checkpoint's hash) for caches keyed by them;
-        None: unknown, nothing is cached."""
-        return None
+        """What identifies this family's weights (a checkpoint's hash, or the random weights' seed
+        and config, from `weights_source`) for caches keyed by them; None: unknown, nothing is
+        cached. Hashed once, on first use."""
+        if self._weights_id is None and self.weights_source is not None:
+            self._weights_id = _weights_id(*self.weights_source)
+        return self._weights_id
 
     def prepare_motion(self, avatar: Avatar) -> Any:
         """Build (or load from the cache) the avatar's angle -> pose code map
         (`trtalk.motion.posemap`): the warp avatar renders the photo through a grid of head
         angles, each frame is encoded by `pose`. Kept in ``avatar.state["angle_map"]``."""
-        from trtalk.motion.posemap import build_angle_map
+        from trtalk.motion.posemap import GridSpec, build_angle_map
 
         amap = avatar.state.get("angle_map")
         if amap is None:
@@ -150,7 +161,7 @@ class ModelFamily(abc.ABC):
                 return torch.cat(out).detach().float().cpu().numpy()
 
             amap = build_angle_map(avatar.image, encode, mesh=avatar.state.get("mesh"), family=self.name,
-                                   weights_id=self.weights_id())
+                                   weights_id=self.weights_id(), grid=self.motion_grid or GridSpec())
             avatar.state["angle_map"] = amap
         return amap
 
@@ -162,6 +173,38 @@ class ModelFamily(abc.ABC):
         angle map (`prepare_motion`)."""
         amap = self.prepare_motion(avatar)
         return torch.from_numpy(amap(angles.detach().cpu().numpy()))
+
+
+class CropCodeCache:
+    """Codes of aligned crops by content (blake2b of the pixels), LRU of ``size`` entries: a
+    looping file or a still costs one encoding per distinct frame. ``encodings`` counts the crops
+    encoded (cache misses)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._codes: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self.encodings = 0
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __call__(self, crops: Sequence[np.ndarray], encode: Callable[[np.ndarray], Sequence[Any]]) -> list[Any]:
+        """The codes of ``crops`` (in order); ``encode(N x 224 x 224 x 3 crops)`` -> N codes is
+        called once, for the crops not in the cache."""
+        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in crops]
+        todo = {k: c for k, c in zip(keys, crops) if k not in self._codes}
+        if todo:
+            codes = encode(np.stack(list(todo.values())))
+            self.encodings += len(todo)
+            for k, code in zip(todo, codes):
+                self._codes[k] = code
+        out = []
+        for k in keys:
+            self._codes.move_to_end(k)
+            out.append(self._codes[k])
+        while len(self._codes) > self.size:
+            self._codes.popitem(last=False)
+        return out
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -190,13 +233,12 @@ class PCAVSFamily(ModelFamily):
         super().__init__(random_weights)
         self.runner = runner
         self.device = torch.device(device)
-        self.pose_cache_size = pose_cache
-        self._pose_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
-        #: pose encoder calls' frames (cache misses), for the stream report
-        self.pose_encodings = 0
-        #: (checkpoint, runner options) the weights came from, set by `open_family` (None: unknown)
-        self.weights_source: tuple[Any, Any] | None = None
-        self._weights_id: str | None = None
+        self._pose_cache = CropCodeCache(pose_cache)
+
+    @property
+    def pose_encodings(self) -> int:
+        """Pose encoder calls' frames (cache misses), for the stream report."""
+        return self._pose_cache.encodings
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -215,31 +257,14 @@ class PCAVSFamily(ModelFamily):
         ref_pose = self.runner.encode_pose(x)[0]
         return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
 
-    def weights_id(self) -> str | None:
-        if self._weights_id is None and self.weights_source is not None:
-            self._weights_id = _weights_id(*self.weights_source)  # hashed once, on first use
-        return self._weights_id
-
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
 
     def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
         from trtalk.face import to_tensor
 
-        keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
-        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
-        if todo:
-            codes = self.runner.encode_pose(to_tensor(np.stack(list(todo.values()))).to(self.device))
-            self.pose_encodings += len(todo)
-            for k, code in zip(todo, codes):
-                self._pose_cache[k] = code
-        out = []
-        for k in keys:
-            self._pose_cache.move_to_end(k)
-            out.append(self._pose_cache[k])
-        while len(self._pose_cache) > self.pose_cache_size:
-            self._pose_cache.popitem(last=False)
-        return torch.stack(out)
+        return torch.stack(self._pose_cache(
+            [p.crop for p in inputs], lambda crops: self.runner.encode_pose(to_tensor(crops).to(self.device))))
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
@@ -366,10 +391,12 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
         from trtalk.runtime.pdfgc_family import open_pdfgc
 
         kw = dict(pdfgc or {})
-        return open_pdfgc(checkpoint, device, fps=fps, seed=getattr(options, "seed", 0),
-                          small=getattr(options, "config", None) is not None,
-                          noise=getattr(options, "noise", None), backend=backend,
-                          cache_dir=getattr(options, "cache_dir", None), **kw)
+        fam: ModelFamily = open_pdfgc(checkpoint, device, fps=fps, seed=getattr(options, "seed", 0),
+                                      small=getattr(options, "config", None) is not None,
+                                      noise=getattr(options, "noise", None), backend=backend,
+                                      cache_dir=getattr(options, "cache_dir", None), **kw)
+        fam.weights_source = (checkpoint, options)  # keys its angle map (`--pose auto`)
+        return fam
     if model == "warp":
         if checkpoint is not None:
             raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")

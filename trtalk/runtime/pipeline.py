@@ -154,6 +154,9 @@ class Pipeline:
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        configure = getattr(family, "configure_motion", None)
+        if configure is not None:  # a family with its own blinks (PD-FGC's --eyes auto)
+            configure(cfg.motion, cfg.blink)
         if motion and pose_source is None:
             from trtalk.runtime.motion_path import MotionPose
 
