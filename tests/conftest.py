@@ -334,6 +334,12 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
     return path
 
 
+def empty_dir(path: Path) -> Path:
+    """``path`` made as an empty folder (parents too): an input with nothing in it."""
+    path.mkdir(parents=True)
+    return path
+
+
 # ------------------------------------------------------------------ PD-FGC checkpoints
 
 

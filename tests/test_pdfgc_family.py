@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import write_wav
+from conftest import empty_dir, write_wav
 
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
@@ -34,10 +34,8 @@ def test_detect_family_and_mixed_folder(pdfgc_folder, tmp_path):
     (mixed / "latest_net_G.pth").write_bytes(b"x")
     with pytest.raises(TrtalkError, match="mixes PC-AVS .*latest_net_G.pth.* and PD-FGC"):
         detect_family(mixed)
-    empty = tmp_path / "empty"
-    empty.mkdir()
     with pytest.raises(TrtalkError, match="neither PC-AVS"):
-        detect_family(empty)
+        detect_family(empty_dir(tmp_path / "empty"))
 
 
 def test_pcavs_loader_names_the_family(pdfgc_folder):
@@ -268,12 +266,20 @@ def test_eyes_auto_blinks_between_open_and_closed_codes(pdfgc_model):
 
 
 def test_wrong_family_is_a_clear_error(tmp_path):
-    from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
+    """A PC-AVS folder (told by its file names) and a PC-AVS trtalk file (told by its metadata,
+    read before any tensor) given to the PD-FGC loader: empty stand-ins of both say it all."""
+    from safetensors.torch import save_file
 
-    pc = save_official_folder(PCAVS.random(0, PCAVSConfig.small()), tmp_path / "pcavs")
+    from trtalk.models.checkpoint import FORMAT, OFFICIAL_FILES
+
+    pc = tmp_path / "pcavs"
+    pc.mkdir()
+    for name in OFFICIAL_FILES.values():
+        (pc / name).write_bytes(b"")
     with pytest.raises(TrtalkError, match="is a PC-AVS checkpoint folder, not PD-FGC; use --model pcavs"):
         P.load_pdfgc(pc)
-    st = convert(pc, tmp_path / "pc.safetensors", config=PCAVSConfig.small())
+    st = tmp_path / "pc.safetensors"
+    save_file({"G.x": torch.zeros(1)}, str(st), metadata={"format": FORMAT, "family": "pcavs"})
     with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
         P.load_pdfgc(st)
     assert detect_family(pc) == "pcavs" and detect_family(st) == "pcavs"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -177,6 +178,28 @@ def _gen_channels(v: object, crop_size: int) -> dict[int, int]:
     return out
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded_model(make: Callable[[], M], seed: int,
+                 finish: Callable[[M, torch.Generator], None] | None = None) -> M:
+    """``make()`` under ``torch.manual_seed(seed)`` (the global RNG left as it was), with
+    non-trivial BatchNorm running statistics (so parity tests see BN in eval mode) drawn from a
+    generator seeded ``seed + 1``, which ``finish(model, generator)`` may draw from further; in
+    eval mode. The seeded random weights of both families."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+        gen = torch.Generator().manual_seed(seed + 1)
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+        if finish is not None:
+            finish(model, gen)
+    return model.eval()
+
+
 class PCAVS(nn.Module):
     """Holds netG, netV, netE, netA_sync under the official names and runs the composition."""
 
@@ -196,16 +219,7 @@ class PCAVS(nn.Module):
     @classmethod
     def random(cls, seed: int = 0, config: PCAVSConfig | None = None) -> "PCAVS":
         """Seeded random weights (tests, demos without a checkpoint, benchmarks)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = cls(config)
-            gen = torch.Generator().manual_seed(seed + 1)
-            for m in model.modules():
-                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    # Non-trivial running statistics so parity tests see BN in eval mode.
-                    m.running_mean.uniform_(-0.1, 0.1, generator=gen)
-                    m.running_var.uniform_(0.5, 1.5, generator=gen)
-        return model.eval()
+        return seeded_model(lambda: cls(config), seed)
 
     @torch.no_grad()
     def encode_identity(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

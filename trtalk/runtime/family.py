@@ -175,6 +175,22 @@ class ModelFamily(abc.ABC):
         return torch.from_numpy(amap(angles.detach().cpu().numpy()))
 
 
+def align_photo(image: np.ndarray, name: str, crop: np.ndarray | None = None, crop_m: np.ndarray | None = None,
+                mesh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(aligned 224 crop, photo -> crop matrix, face mesh or None) of an avatar photo: the given
+    ``crop``/``crop_m``/``mesh`` when there are both of the first two, else found in ``image``."""
+    from trtalk.face import align_frames
+
+    if crop is not None and crop_m is not None:
+        return crop, crop_m, mesh
+    clip = align_frames([image], name=name)
+    if not bool(clip.found[0]):
+        raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, frontal face")
+    if mesh is None and clip.landmarks is not None:
+        mesh = clip.landmarks[0]
+    return clip.crops[0], clip.crop_matrices[0], mesh
+
+
 class CropCodeCache:
     """Codes of aligned crops by content (blake2b of the pixels), LRU of ``size`` entries: a
     looping file or a still costs one encoding per distinct frame. ``encodings`` counts the crops
@@ -242,16 +258,9 @@ class PCAVSFamily(ModelFamily):
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.face import align_frames, to_tensor
+        from trtalk.face import to_tensor
 
-        if crop is None or crop_m is None:
-            clip = align_frames([image], name=name)
-            if not bool(clip.found[0]):
-                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
-                                  f"frontal face")
-            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
-            if mesh is None and clip.landmarks is not None:
-                mesh = clip.landmarks[0]
+        crop, crop_m, mesh = align_photo(image, name, crop, crop_m, mesh)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.runner.encode_identity(x)
         ref_pose = self.runner.encode_pose(x)[0]

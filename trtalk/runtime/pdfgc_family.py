@@ -33,7 +33,7 @@ import torch
 
 from trtalk.errors import TrtalkError
 from trtalk.runtime.controls import Controls, FactorSpec, clip_frame
-from trtalk.runtime.family import Avatar, CropCodeCache, ModelFamily, PoseInput, to_uint8
+from trtalk.runtime.family import Avatar, CropCodeCache, ModelFamily, PoseInput, align_photo, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +257,9 @@ class PDFGCFamily(ModelFamily):
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.face import align_frames, to_tensor
+        from trtalk.face import to_tensor
 
-        if crop is None or crop_m is None:
-            clip = align_frames([image], name=name)
-            if not bool(clip.found[0]):
-                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
-                                  f"frontal face")
-            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+        crop, crop_m, _ = align_photo(image, name, crop, crop_m)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.model.encode_identity(x)
         pose, eye, emo = self.model.encode_motion(x)
