@@ -175,3 +175,21 @@ def test_pdfgc_weights_key_the_angle_map(pdfgc_folder) -> None:
     assert small0 != key(model="pdfgc", model_config="small", seed=1)
     folder = key(checkpoint=pdfgc_folder)
     assert folder is not None and len(folder) == 64 and folder != small0
+
+
+def test_generated_motion_blinks_unless_the_eyes_source_was_chosen(pdfgc_model) -> None:
+    """With --pose auto and no --eyes, the avatar's eyes blink with the speech (eyes auto); a
+    chosen source (--eyes avatar) is kept, and a stream with a pose source changes nothing."""
+    from trtalk.motion.blink import BlinkConfig
+
+    implied, avatar = _family(pdfgc_model)
+    implied.specs["eyes"], implied.eyes_given = FactorSpec("avatar"), False
+    implied.configure_motion(MotionConfig(), BlinkConfig(), None)  # a pose source drives the head
+    assert implied.specs["eyes"].kind == "avatar"
+    implied.configure_motion(MotionConfig(), BlinkConfig(), avatar)
+    assert implied.specs["eyes"].kind == "auto"
+    windows = wave_windows(make_speech_wave(12.0, seed=3), FPS)
+    assert _closures(implied, avatar, windows, list(range(len(windows)))).max() > 0.9
+    chosen = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("avatar"))
+    chosen.configure_motion(MotionConfig(), BlinkConfig(), avatar)
+    assert chosen.specs["eyes"].kind == "avatar" and chosen.eyes_given

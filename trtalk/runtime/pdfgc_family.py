@@ -64,7 +64,7 @@ class PDFGCFamily(ModelFamily):
     output_size = 224
 
     def __init__(self, model: Any, random_weights: bool = False, device: str = "cpu", *,
-                 fps: float = 25.0, eyes: FactorSpec = FactorSpec("avatar"),
+                 fps: float = 25.0, eyes: FactorSpec | None = None,
                  emotion: FactorSpec = FactorSpec("avatar"), emotion_strength: float = 1.0,
                  eyes_closed: Path | None = None, mouth_smoothing: str = "causal",
                  blink: Any = None, controls: Controls | None = None,
@@ -75,6 +75,9 @@ class PDFGCFamily(ModelFamily):
         self.model = model
         self.device = torch.device(device)
         self.fps = fps
+        #: whether the eyes' source was chosen (else the avatar's, blinking with generated motion)
+        self.eyes_given = eyes is not None
+        eyes = eyes or FactorSpec("avatar")
         self.specs: dict[str, FactorSpec] = {"pose": FactorSpec("webcam"), "eyes": eyes,
                                              "emotion": emotion}
         if not 0 <= emotion_strength <= 2:
@@ -164,6 +167,7 @@ class PDFGCFamily(ModelFamily):
                 self._pose_offset = 0
         self.specs[factor] = spec
         if factor == "eyes":
+            self.eyes_given = True
             self._blinker = self._new_blinker()
 
     def _switch_pose(self, source: str, prepared: torch.Tensor | None) -> None:
@@ -220,11 +224,22 @@ class PDFGCFamily(ModelFamily):
         else:
             self._smoother = MouthSmoother("causal")
 
-    def configure_motion(self, motion: Any = None, blink: Any = None) -> None:
+    def configure_motion(self, motion: Any = None, blink: Any = None, avatar: Avatar | None = None) -> None:
         """The generated-motion settings of the pipeline (``--motion-*``, ``--blink-*``): the
         blinks of ``--eyes auto`` then make the same decisions from the same mel windows as
-        ``--pose auto``'s motion path (`trtalk.runtime.motion_path.MotionPose`)."""
+        ``--pose auto``'s motion path (`trtalk.runtime.motion_path.MotionPose`). ``avatar``: the
+        head moves by generated motion: with no eyes source chosen, ``avatar``'s eyes blink with
+        the speech too (``--eyes auto``), when a closed-eye code can be had."""
         self._motion_cfg, self._blink_cfg = motion, blink
+        if avatar is not None and not self.eyes_given and self.specs["eyes"].kind == "avatar":
+            if self._closed_eye_of(avatar) is None:
+                closed = self.warp_closed_eye(avatar.image, "the avatar photo")
+                if closed is not None:
+                    avatar.state["eyes_closed"] = closed
+            if self._closed_eye_of(avatar) is not None:
+                self.specs["eyes"] = FactorSpec("auto")
+            else:
+                log.info("generated motion without blinks: no closed-eye code (give --eyes-closed IMAGE)")
         self.reset()
 
     def _new_blinker(self) -> Any:

@@ -156,7 +156,7 @@ class Pipeline:
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
         configure = getattr(family, "configure_motion", None)
         if configure is not None:  # a family with its own blinks (PD-FGC's --eyes auto)
-            configure(cfg.motion, cfg.blink)
+            configure(cfg.motion, cfg.blink, avatar if motion and pose_source is None else None)
         if motion and pose_source is None:
             from trtalk.runtime.motion_path import MotionPose
 
