@@ -153,8 +153,8 @@ class Pipeline:
         mouth_opts = cfg.mouth_source
         if mouth_opts.source in ("webcam", "blend"):
             if pose_source is None:
-                raise TrtalkError(f"--mouth {mouth_opts.source} reads the lips from the video source; "
-                                  f"add --webcam or --pose VIDEO")
+                raise TrtalkError(f"--mouth {mouth_opts.source} reads the lips from the pose video or "
+                                  f"camera and there is none; add --pose VIDEO (stream: or --webcam)")
             family.want_visual_mouth(True)  # PC-AVS: pose and lips from one encoder pass
         self.mouth = MouthPath(mouth_opts, family, avatar, cfg.fps, mouth_clip,
                                hold_s=cfg.lost_hold_s, ease_s=cfg.lost_ease_s)
