@@ -292,10 +292,12 @@ class WarpFamily(ModelFamily):
             self._lips = LipMeter()
         out = []
         for p in inputs:
-            if p.mesh is None:
-                raise TrtalkError("the warp avatar's visual mouth needs the face mesh of each frame")
-            out.append(self._lips(p.mesh))
-        return torch.from_numpy(np.stack(out))
+            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
+            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
+            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+        if out:
+            self._last_lips = out[-1]
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
 
     def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
         return torch.zeros(2)
