@@ -283,6 +283,7 @@ class WarpFamily(ModelFamily):
         self._rotation = MeshRotation()
         if getattr(self, "_lips", None) is not None:
             self._lips.reset()
+        self._last_lips = np.zeros(2, np.float32)
 
     def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
         """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
