@@ -163,6 +163,23 @@ class ModelFamily(abc.ABC):
         amap = self.prepare_motion(avatar)
         return torch.from_numpy(amap(angles.detach().cpu().numpy()))
 
+    # Lips from video frames (`trtalk.runtime.mouth_path`): optional, families without a visual
+    # mouth refuse ``--mouth video/webcam/blend`` with a one-line error.
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """Mouth codes B x M read from tracked frames (the same space as `mouth`'s)."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        """The mouth code (1-D) to ease to when the mouth's face is lost: the avatar's own."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        """Hint that `visual_mouth` will be asked for the frames `pose` encodes (PC-AVS then gets
+        both codes from one encoder pass)."""
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8 (round half away from zero after scaling)."""
@@ -192,11 +209,17 @@ class PCAVSFamily(ModelFamily):
         self.device = torch.device(device)
         self.pose_cache_size = pose_cache
         self._pose_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
+        #: visual mouth codes by crop, filled by the same encoder pass as the pose (--mouth video/webcam)
+        self._mouth_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
+        self._with_mouth = False
         #: pose encoder calls' frames (cache misses), for the stream report
         self.pose_encodings = 0
         #: (checkpoint, runner options) the weights came from, set by `open_family` (None: unknown)
         self.weights_source: tuple[Any, Any] | None = None
         self._weights_id: str | None = None
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        self._with_mouth = on
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -223,23 +246,57 @@ class PCAVSFamily(ModelFamily):
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def _encode(self, inputs: Sequence[PoseInput], mouth: bool) -> list[bytes]:
+        """Fill the caches for ``inputs``' crops; with ``mouth`` (or `want_visual_mouth`) one
+        pose-encoder pass gives the pose and the visual mouth codes together."""
         from trtalk.face import to_tensor
 
+        mouth = mouth or self._with_mouth
         keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
-        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
+        todo = {k: p.crop for k, p in zip(keys, inputs)
+                if k not in self._pose_cache or (mouth and k not in self._mouth_cache)}
         if todo:
-            codes = self.runner.encode_pose(to_tensor(np.stack(list(todo.values()))).to(self.device))
+            x = to_tensor(np.stack(list(todo.values()))).to(self.device)
+            if mouth:
+                codes, mouths = self.runner.encode_pose_mouth(x)
+                for k, m in zip(todo, mouths):
+                    self._mouth_cache[k] = m
+            else:
+                codes = self.runner.encode_pose(x)
             self.pose_encodings += len(todo)
             for k, code in zip(todo, codes):
                 self._pose_cache[k] = code
+        return keys
+
+    def _trim(self) -> None:
+        for cache in (self._pose_cache, self._mouth_cache):
+            while len(cache) > self.pose_cache_size:
+                cache.popitem(last=False)
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        keys = self._encode(inputs, mouth=False)
         out = []
         for k in keys:
             self._pose_cache.move_to_end(k)
             out.append(self._pose_cache[k])
-        while len(self._pose_cache) > self.pose_cache_size:
-            self._pose_cache.popitem(last=False)
+        self._trim()
         return torch.stack(out)
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """The pose encoder's visual mouth codes B x 500 of aligned crops (`Runner.encode_pose_mouth`;
+        a crop whose pose was just encoded with `want_visual_mouth` costs nothing more)."""
+        keys = self._encode(inputs, mouth=True)
+        out = []
+        for k in keys:
+            self._mouth_cache.move_to_end(k)
+            out.append(self._mouth_cache[k])
+        self._trim()
+        return torch.stack(out)
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        if "rest_mouth" not in avatar.state:
+            avatar.state["rest_mouth"] = self.visual_mouth([PoseInput(avatar.crop, None)])[0]
+        return avatar.state["rest_mouth"]
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
@@ -310,6 +367,27 @@ class WarpFamily(ModelFamily):
 
         self._follower = MouthFollower(self.fps, self.cfg.mouth)
         self._rotation = MeshRotation()
+        if getattr(self, "_lips", None) is not None:
+            self._lips.reset()
+        self._last_lips = np.zeros(2, np.float32)
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
+        from trtalk.runtime.mouth_path import LipMeter
+
+        if getattr(self, "_lips", None) is None:
+            self._lips = LipMeter()
+        out = []
+        for p in inputs:
+            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
+            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
+            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+        if out:
+            self._last_lips = out[-1]
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        return torch.zeros(2)
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
