@@ -3,6 +3,7 @@
     id_vector, id_map = netV(reference image)             # once per avatar
     mouth = netE.mouth_embed(1.2 * netA_sync(mel window))  # per frame, 500-d
     pose  = netE.headpose_embed(netE.to_headpose(netE.model(pose frame)))  # per frame, 12-d
+    lips  = netE.mouth_embed(netE.to_mouth(netE.model(frame)))  # visual mouth, 500-d (no 1.2)
     style = cat(id_vector 2048, mouth 500, pose 12)         # 2560
     image = netG(style, id_map)                             # B x 3 x 224 x 224, tanh, [-1, 1]
 
@@ -230,6 +231,12 @@ class PCAVS(nn.Module):
     def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
         """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12."""
         return self.netE(image)
+
+    @torch.no_grad()
+    def encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500), one
+        trunk pass: the mouth from a video or a webcam instead of the audio."""
+        return self.netE.pose_and_mouth(image)
 
     @torch.no_grad()
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:

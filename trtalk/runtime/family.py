@@ -174,6 +174,23 @@ class ModelFamily(abc.ABC):
         amap = self.prepare_motion(avatar)
         return torch.from_numpy(amap(angles.detach().cpu().numpy()))
 
+    # Lips from video frames (`trtalk.runtime.mouth_path`): optional, families without a visual
+    # mouth refuse ``--mouth video/webcam/blend`` with a one-line error.
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """Mouth codes B x M read from tracked frames (the same space as `mouth`'s)."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        """The mouth code (1-D) to ease to when the mouth's face is lost: the avatar's own."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        """Hint that `visual_mouth` will be asked for the frames `pose` encodes (PC-AVS then gets
+        both codes from one encoder pass)."""
+
 
 def align_photo(image: np.ndarray, name: str, crop: np.ndarray | None = None, crop_m: np.ndarray | None = None,
                 mesh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -204,11 +221,13 @@ class CropCodeCache:
     def __len__(self) -> int:
         return len(self._codes)
 
-    def __call__(self, crops: Sequence[np.ndarray], encode: Callable[[np.ndarray], Sequence[Any]]) -> list[Any]:
+    def __call__(self, crops: Sequence[np.ndarray], encode: Callable[[np.ndarray], Sequence[Any]],
+                 usable: Callable[[Any], bool] | None = None) -> list[Any]:
         """The codes of ``crops`` (in order); ``encode(N x 224 x 224 x 3 crops)`` -> N codes is
-        called once, for the crops not in the cache."""
+        called once, for the crops not in the cache (or whose cached code is not ``usable``)."""
         keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in crops]
-        todo = {k: c for k, c in zip(keys, crops) if k not in self._codes}
+        todo = {k: c for k, c in zip(keys, crops)
+                if k not in self._codes or (usable is not None and not usable(self._codes[k]))}
         if todo:
             codes = encode(np.stack(list(todo.values())))
             self.encodings += len(todo)
@@ -249,12 +268,18 @@ class PCAVSFamily(ModelFamily):
         super().__init__(random_weights)
         self.runner = runner
         self.device = torch.device(device)
+        #: per crop: (pose code, visual mouth code or None); the visual mouth codes come from the
+        #: same encoder pass as the pose (--mouth video/webcam)
         self._pose_cache = CropCodeCache(pose_cache)
+        self._with_mouth = False
 
     @property
     def pose_encodings(self) -> int:
         """Pose encoder calls' frames (cache misses), for the stream report."""
         return self._pose_cache.encodings
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        self._with_mouth = on
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -269,11 +294,33 @@ class PCAVSFamily(ModelFamily):
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def _encode(self, inputs: Sequence[PoseInput], mouth: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(pose code, visual mouth code or None) of ``inputs``' crops, from the cache or encoded;
+        with ``mouth`` (or `want_visual_mouth`) one pose-encoder pass gives both together."""
         from trtalk.face import to_tensor
 
-        return torch.stack(self._pose_cache(
-            [p.crop for p in inputs], lambda crops: self.runner.encode_pose(to_tensor(crops).to(self.device))))
+        mouth = mouth or self._with_mouth
+
+        def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+            x = to_tensor(crops).to(self.device)
+            if mouth:
+                return list(zip(*self.runner.encode_pose_mouth(x)))
+            return [(code, None) for code in self.runner.encode_pose(x)]
+
+        return self._pose_cache([p.crop for p in inputs], encode, usable=lambda e: not mouth or e[1] is not None)
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        return torch.stack([pose for pose, _ in self._encode(inputs, mouth=False)])
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """The pose encoder's visual mouth codes B x 500 of aligned crops (`Runner.encode_pose_mouth`;
+        a crop whose pose was just encoded with `want_visual_mouth` costs nothing more)."""
+        return torch.stack([mouth for _, mouth in self._encode(inputs, mouth=True)])
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        if "rest_mouth" not in avatar.state:
+            avatar.state["rest_mouth"] = self.visual_mouth([PoseInput(avatar.crop, None)])[0]
+        return avatar.state["rest_mouth"]
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
@@ -344,6 +391,27 @@ class WarpFamily(ModelFamily):
 
         self._follower = MouthFollower(self.fps, self.cfg.mouth)
         self._rotation = MeshRotation()
+        if getattr(self, "_lips", None) is not None:
+            self._lips.reset()
+        self._last_lips = np.zeros(2, np.float32)
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
+        from trtalk.runtime.mouth_path import LipMeter
+
+        if getattr(self, "_lips", None) is None:
+            self._lips = LipMeter()
+        out = []
+        for p in inputs:
+            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
+            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
+            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+        if out:
+            self._last_lips = out[-1]
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        return torch.zeros(2)
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
