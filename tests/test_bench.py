@@ -77,8 +77,12 @@ def test_official_generator_has_the_most_flops():
 
     flops = count_stage_flops(PCAVS.random(0))
     assert max(flops, key=flops.get) == "generator"
-    for s, f in flops.items():
-        assert f / 1e9 == pytest.approx(DESIGN_GFLOP[s], rel=0.05), s
+    for s, f in DESIGN_GFLOP.items():
+        assert flops[s] / 1e9 == pytest.approx(f, rel=0.05), s
+    # pose_mouth (no DESIGN figure): the pose stage's trunk pass plus to_mouth and mouth_embed
+    # (512x512 and 512x500 linear layers: about 1 MFLOP more)
+    extra = flops["pose_mouth"] - flops["pose"]
+    assert 0.5e6 < extra < 5e6, extra
 
 
 def test_report_files_and_provenance(bench_out: Path):
