@@ -336,6 +336,35 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
     return path
 
 
+def empty_dir(path: Path) -> Path:
+    """``path`` made as an empty folder (parents too): an input with nothing in it."""
+    path.mkdir(parents=True)
+    return path
+
+
+# ------------------------------------------------------------------ PD-FGC checkpoints
+
+
+@pytest.fixture(scope="session")
+def pdfgc_model():
+    """PD-FGC with seeded random weights and the narrow test generator (its encoders and the
+    2590-wide style layers have the official sizes)."""
+    from trtalk.models import pdfgc as P
+
+    return P.PDFGC.random(seed=3, config=P.PDFGCConfig.small())
+
+
+@pytest.fixture(scope="session")
+def pdfgc_folder(pdfgc_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pdfgc_model`` as the official checkpoint folder, written once per session: every official
+    key with its official shape, the keys inference never reads (the official skips, the
+    generator's ``style.*``) as one value broadcast to their shape (`official_state_dicts`
+    ``compact``: about 200 MB instead of 450 MB)."""
+    from trtalk.models import pdfgc as P
+
+    return P.save_pdfgc_folder(pdfgc_model, tmp_path_factory.mktemp("pdfgc") / "ck", compact=True)
+
+
 # ------------------------------------------------------------------ bad files
 
 

@@ -279,6 +279,12 @@ def test_convert_cli(official_folder, tmp_path, capsys):
     assert main(["convert", str(official_folder), "-o", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert isinstance(load_pcavs(out), PCAVS)
+    from trtalk.models.checkpoint import detect_family
+    from trtalk.models.pdfgc import load_pdfgc
+
+    assert detect_family(out) == detect_family(official_folder) == "pcavs"  # the family, recorded
+    with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
+        load_pdfgc(out)
     assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trtalk: error: checkpoint not found") and not (tmp_path / "x.safetensors").exists()

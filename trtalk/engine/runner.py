@@ -1,7 +1,7 @@
 """The one runner: choose a backend, get the four stages, run them like the PyTorch model.
 
 `open_runner(backend, source, device, options)` returns a `Runner` whose ``encode_identity``,
-``encode_pose``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
+``encode_pose``, ``encode_pose_mouth``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
 (torch tensors in and out, NCHW, float32). Render, stream, serve and bench all get their
 networks here; every option in `RunnerOptions` means the same on every backend, or
 `open_runner` refuses it with a one-line error (nothing is silently ignored).
@@ -347,6 +347,7 @@ class Runner:
         if graphs is not None:
             self.encode_pose = GraphedFunction(self._encode_pose, device, graphs)  # type: ignore[method-assign]
             self.encode_audio = GraphedFunction(self._encode_audio, device, graphs)  # type: ignore[method-assign]
+            self.encode_pose_mouth = GraphedFunction(self._encode_pose_mouth, device, graphs)  # type: ignore[method-assign]
             self.generate = GraphedFunction(self._generate, device, graphs)  # type: ignore[method-assign]
             self.synthesize = GraphedFunction(self._synthesize, device, graphs)  # type: ignore[method-assign]
             self._frame_graph = GraphedFunction(self._frame, device, graphs)
@@ -367,6 +368,15 @@ class Runner:
 
     def _encode_pose(self, image: torch.Tensor) -> torch.Tensor:
         return self.backends["pose"].run({"image": image})["pose"]
+
+    def encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500):
+        one pass of the pose encoder's trunk (the ``pose_mouth`` stage; lips from a video)."""
+        return self._encode_pose_mouth(image)
+
+    def _encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backends["pose_mouth"].run({"image": image})
+        return out["pose"], out["mouth"]
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Mel window B x 1 x 80 x 20 -> mouth code B x 500 (1.2 weight applied)."""

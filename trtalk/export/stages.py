@@ -7,6 +7,8 @@ tensorrt) and the export manifest use these names, in this order:
     pose:      image  B x 3 x 224 x 224           -> pose B x 12
     audio:     mel    B x 1 x 80 x 20             -> mouth B x 500   (1.2 weight + netE.mouth_embed inside)
     generator: style  B x 2560, id_map B x 512x7x7 -> image B x 3 x 224 x 224 in [-1, 1]
+    pose_mouth: image B x 3 x 224 x 224           -> pose B x 12, mouth B x 500 (one FAN trunk pass:
+               netE's head-pose and visual mouth branches; lips from a video or a webcam)
 
 All tensors are NCHW (or B x D) float; "batch" is the one dynamic axis.
 """
@@ -23,7 +25,7 @@ from trtalk.models.fuse import (FuseOptions, fuse_audio_encoder, fuse_generator,
                                 fuse_identity_encoder, fuse_pose_encoder)
 from trtalk.models.pcavs import ID_DIM, MOUTH_DIM, PCAVS
 
-STAGES = ("identity", "pose", "audio", "generator")
+STAGES = ("identity", "pose", "audio", "generator", "pose_mouth")
 BATCH = "batch"  # the symbolic name of the dynamic batch axis in every graph and manifest
 
 
@@ -78,6 +80,8 @@ def stage_specs(model: PCAVS, dtype: str = "float32") -> dict[str, StageSpec]:
         "audio": StageSpec("audio", (t("mel", (BATCH, 1, 80, 20)),), (t("mouth", (BATCH, MOUTH_DIM)),)),
         "generator": StageSpec("generator", (t("style", (BATCH, c.style_dim)), t("id_map", idmap)),
                                (t("image", img),)),
+        "pose_mouth": StageSpec("pose_mouth", (t("image", img),),
+                                (t("pose", (BATCH, c.pose_dim)), t("mouth", (BATCH, MOUTH_DIM)))),
     }
 
 
@@ -98,6 +102,18 @@ class PoseStage(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.netE(image)
+
+
+class PoseMouthStage(nn.Module):
+    """netE's trunk once, then its head-pose and visual mouth branches (`PoseEncoder.pose_and_mouth`)."""
+
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netE = model.netE
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pose, mouth = self.netE.pose_and_mouth(image)
+        return pose, mouth
 
 
 class AudioStage(nn.Module):
@@ -123,7 +139,8 @@ class GeneratorStage(nn.Module):
 
 
 _STAGE_CLASSES: dict[str, type[nn.Module]] = {
-    "identity": IdentityStage, "pose": PoseStage, "audio": AudioStage, "generator": GeneratorStage}
+    "identity": IdentityStage, "pose": PoseStage, "audio": AudioStage, "generator": GeneratorStage,
+    "pose_mouth": PoseMouthStage}
 
 
 class CastIO(nn.Module):
@@ -156,7 +173,7 @@ def _fuse_stage(mod: nn.Module, stage: str, options: FuseOptions) -> None:
     """Swap the stage's networks for their rewritten copies (`trtalk.models.fuse`)."""
     if stage == "identity":
         mod.netV = fuse_identity_encoder(mod.netV, options)
-    elif stage == "pose":
+    elif stage in ("pose", "pose_mouth"):
         mod.netE = fuse_pose_encoder(mod.netE, options)
     elif stage == "audio":
         mod.netA_sync = fuse_audio_encoder(mod.netA_sync, options)
