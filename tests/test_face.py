@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_rejects_file, write_video
+from conftest import assert_rejects_file, empty_dir, write_video
 
 from trtalk.errors import TrtalkError
 from trtalk.face import (
@@ -381,8 +381,7 @@ def test_two_faces_uses_largest(astronaut: np.ndarray, caplog: pytest.LogCapture
 
 def test_bad_media_raise_trtalk_errors(tmp_path: Path) -> None:
     assert_rejects_file(read_frames, tmp_path / "missing.mp4", match="does not exist")
-    (tmp_path / "empty").mkdir()
-    assert_rejects_file(read_frames, tmp_path / "empty", match="contains no images")
+    assert_rejects_file(read_frames, empty_dir(tmp_path / "empty"), match="contains no images")
     assert_rejects_file(read_frames, tmp_path / "bad.png", b"not a png at all")
     assert_rejects_file(read_frames, tmp_path / "bad.mp4", b"\x00" * 1000)
 
