@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(r: dict) -> str:
     impls = [i for i in IMPLS if i not in r["unavailable"]]
-    lines = [f"# Modulated-conv benchmark", "", f"Command: `{r['command']}`", "",
+    lines = ["# Modulated-conv benchmark", "", f"Command: `{r['command']}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), "",
              f"dtype {r['dtype']}; default impl: **{r['default_impl']}** ({r['default_rule']})", ""]
     for impl, why in r["unavailable"].items():

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import numpy as np
 import pytest
 
 import trtalk
+from trtalk.errors import TrtalkError
 
 # Triton kernels run in Triton's interpreter on machines without a GPU. Triton reads the switch
 # when it is first imported (torch.compile imports it), so it is set here, before any test module.
@@ -332,6 +334,69 @@ def talking_video_path(face_image_path: Path, speech_wave: np.ndarray,
         for f in frames:
             sink.write(f)
     return path
+
+
+def empty_dir(path: Path) -> Path:
+    """``path`` made as an empty folder (parents too): an input with nothing in it."""
+    path.mkdir(parents=True)
+    return path
+
+
+# ------------------------------------------------------------------ PD-FGC checkpoints
+
+
+@pytest.fixture(scope="session")
+def pdfgc_model():
+    """PD-FGC with seeded random weights and the narrow test generator (its encoders and the
+    2590-wide style layers have the official sizes)."""
+    from trtalk.models import pdfgc as P
+
+    return P.PDFGC.random(seed=3, config=P.PDFGCConfig.small())
+
+
+@pytest.fixture(scope="session")
+def pdfgc_folder(pdfgc_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``pdfgc_model`` as the official checkpoint folder, written once per session: every official
+    key with its official shape, the keys inference never reads (the official skips, the
+    generator's ``style.*``) as one value broadcast to their shape (`official_state_dicts`
+    ``compact``: about 200 MB instead of 450 MB)."""
+    from trtalk.models import pdfgc as P
+
+    return P.save_pdfgc_folder(pdfgc_model, tmp_path_factory.mktemp("pdfgc") / "ck", compact=True)
+
+
+# ------------------------------------------------------------------ bad files
+
+
+def assert_rejects_file(fn: Callable[[Path], object], path: Path, data: bytes | None = None,
+                        match: str | None = None) -> None:
+    """``fn(path)`` raises a one-line TrtalkError matching ``match`` (default: the file's name);
+    ``data`` (when given) is written to ``path`` first."""
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(TrtalkError, match=re.escape(path.name) if match is None else match) as exc:
+        fn(path)
+    assert "\n" not in str(exc.value), str(exc.value)
+
+
+# ------------------------------------------------------------------ generator implementations
+
+
+def images_of_two_impls(g, style, id_map, want_impl: str, got_impl: str, dtype=None):
+    """``(want, got)``: the generator ``g``'s image with modconv implementation ``want_impl``,
+    then with ``got_impl`` (no grad; ``g`` is left on ``got_impl``). With ``dtype`` the second run
+    casts ``g`` and its inputs to it and returns float32."""
+    import torch
+
+    with torch.no_grad():
+        g.set_modconv_impl(want_impl)
+        want = g(style, id_map)
+        if dtype is not None:
+            g.to(dtype)
+            style, id_map = style.to(dtype), id_map.to(dtype)
+        g.set_modconv_impl(got_impl)
+        got = g(style, id_map)
+    return want, got.float() if dtype is not None else got
 
 
 def build_rtx_engines(export_dir: Path) -> tuple[Path, dict]:

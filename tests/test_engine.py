@@ -66,6 +66,8 @@ def test_torch_runner_matches_model(model, torch_runner):
     torch.testing.assert_close(idm, rm, **close)
     torch.testing.assert_close(torch_runner.encode_audio(mel), model.encode_audio(mel), **close)
     torch.testing.assert_close(torch_runner.encode_pose(img), model.encode_pose(img), **close)
+    for got, want in zip(torch_runner.encode_pose_mouth(img), model.encode_pose_mouth(img)):
+        torch.testing.assert_close(got, want, **close)
     style = torch_runner.style(vec, model.encode_audio(mel), model.encode_pose(img))
     model.netG.set_modconv_impl("decomposed")
     torch.testing.assert_close(torch_runner.generate(style, idm), model.generate(style, idm))
@@ -84,6 +86,7 @@ def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
         "identity": (ort_runner.encode_identity(img), torch_runner.encode_identity(img)),
         "pose": ((ort_runner.encode_pose(img),), (torch_runner.encode_pose(img),)),
         "audio": ((ort_runner.encode_audio(mel),), (torch_runner.encode_audio(mel),)),
+        "pose_mouth": (ort_runner.encode_pose_mouth(img), torch_runner.encode_pose_mouth(img)),
     }.items():
         for x, y in zip(a, b):
             assert isinstance(x, torch.Tensor) and x.shape == y.shape and x.dtype == torch.float32

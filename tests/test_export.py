@@ -26,10 +26,10 @@ from trtalk.models import PCAVS, PCAVSConfig
 
 SEED = 0
 # Parity tolerances (max abs error, ORT CPU vs PyTorch eager fp32, inputs in the stage ranges).
-FP32_TOL = {"identity": 1e-4, "pose": 1e-4, "audio": 1e-4, "generator": 1e-4}
+FP32_TOL = {"identity": 1e-4, "pose": 1e-4, "audio": 1e-4, "generator": 1e-4, "pose_mouth": 1e-4}
 # fp16 graphs: fp16 weights/activations vs the fp32 model; relative to the output's max |value|
 # for encoders, absolute on the [-1, 1] image.
-FP16_REL_TOL = {"identity": 1e-2, "pose": 1e-2, "audio": 1e-2}
+FP16_REL_TOL = {"identity": 1e-2, "pose": 1e-2, "audio": 1e-2, "pose_mouth": 1e-2}
 FP16_IMAGE_TOL = 3e-2
 
 
@@ -97,6 +97,8 @@ def test_manifest_lists_every_graph(export_fp32: Path, small_model: PCAVS):
     assert [t.name for t in m.graphs["generator"].inputs] == ["style", "id_map"]
     assert [t.name for t in m.graphs["identity"].outputs] == ["id_vector", "id_map"]
     assert m.graphs["audio"].inputs[0].shape == ("batch", 1, 80, 20)
+    assert [(t.name, t.shape) for t in m.graphs["pose_mouth"].outputs] == [
+        ("pose", ("batch", 12)), ("mouth", ("batch", 500))]
     # Nothing but the graphs and the manifest (no staging leftovers, no temp files).
     assert sorted(p.name for p in export_fp32.iterdir()) == sorted(
         [f"{s}.onnx" for s in STAGES] + ["manifest.json"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_video
+from conftest import assert_rejects_file, empty_dir, write_video
 
 from trtalk.errors import TrtalkError
 from trtalk.face import (
@@ -380,20 +380,10 @@ def test_two_faces_uses_largest(astronaut: np.ndarray, caplog: pytest.LogCapture
 
 
 def test_bad_media_raise_trtalk_errors(tmp_path: Path) -> None:
-    with pytest.raises(TrtalkError, match="does not exist"):
-        read_frames(tmp_path / "missing.mp4")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(TrtalkError, match="contains no images"):
-        read_frames(empty)
-    bad_png = tmp_path / "bad.png"
-    bad_png.write_bytes(b"not a png at all")
-    with pytest.raises(TrtalkError, match="bad.png"):
-        read_frames(bad_png)
-    bad_video = tmp_path / "bad.mp4"
-    bad_video.write_bytes(b"\x00" * 1000)
-    with pytest.raises(TrtalkError, match="bad.mp4"):
-        read_frames(bad_video)
+    assert_rejects_file(read_frames, tmp_path / "missing.mp4", match="does not exist")
+    assert_rejects_file(read_frames, empty_dir(tmp_path / "empty"), match="contains no images")
+    assert_rejects_file(read_frames, tmp_path / "bad.png", b"not a png at all")
+    assert_rejects_file(read_frames, tmp_path / "bad.mp4", b"\x00" * 1000)
 
 
 # -- paste-back ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_rejects_file, images_of_two_impls
 
 from trtalk.errors import TrtalkError
 from trtalk.kernels import build, loader, ops, reference
@@ -107,10 +108,7 @@ def test_workspace_size_python_mirror(built_library: Path, batch, out_ch, in_ch,
 def test_loader_env_and_errors(built_library: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv(loader.ENV_LIB, str(built_library))
     assert built_library in loader.candidate_paths()
-    bogus = tmp_path / "libbogus.so"
-    bogus.write_bytes(b"not a library")
-    with pytest.raises(TrtalkError, match="cannot load"):
-        loader.open_library(bogus)
+    assert_rejects_file(loader.open_library, tmp_path / "libbogus.so", b"not a library", match="cannot load")
 
 
 # ----------------------------------------------------------------------------- references
@@ -404,11 +402,7 @@ def test_cuda_generator_image_matches_fp32_reference():
     torch.manual_seed(0)
     g = Generator().eval().cuda()
     style, id_map = torch.randn(2, 2560, device="cuda"), torch.randn(2, 512, 7, 7, device="cuda")
-    with torch.no_grad():
-        g.set_modconv_impl("grouped")
-        want = g(style, id_map)
-        g.set_modconv_impl("cuda")
-        got = g(style, id_map)
+    want, got = images_of_two_impls(g, style, id_map, "grouped", "cuda")
     err = (got - want).abs()
     # 13 fp16 layers, each ~1e-3 relative (see fp16_error_bound); tanh image in [-1, 1].
     assert err.max() < 3e-2 and err.mean() < 3e-3, (err.max(), err.mean())

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import empty_dir
+
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
 from trtalk.media.frames import composite_side_by_side
@@ -391,10 +393,8 @@ def test_probe_errors(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(TrtalkError, match="empty.wav"):
         probe(empty)
-    folder = tmp_path / "nothing"
-    folder.mkdir()
     with pytest.raises(TrtalkError, match="no images"):
-        probe(folder)
+        probe(empty_dir(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("ext, params", [

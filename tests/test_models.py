@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_rejects_file, images_of_two_impls
 
 from trtalk.errors import TrtalkError
 from trtalk.models import PCAVS, PCAVSConfig, convert, load_pcavs, save_official_folder
@@ -109,11 +110,7 @@ def test_generator_grouped_vs_decomposed(model):
     torch.manual_seed(2)
     style = torch.randn(2, 2560)
     id_map = torch.randn(2, 512, 7, 7)
-    with torch.no_grad():
-        g.set_modconv_impl("grouped")
-        ref = g(style, id_map)
-        g.set_modconv_impl("decomposed")
-        dec = g(style, id_map)
+    ref, dec = images_of_two_impls(g, style, id_map, "grouped", "decomposed")
     assert ref.shape == (2, 3, 224, 224)
     assert ref.abs().max() <= 1.0
     assert (ref - dec).abs().max().item() < 1e-4
@@ -271,10 +268,7 @@ def test_safetensors_from_elsewhere_rejected(tmp_path):
     save_file({"a": torch.zeros(2)}, str(p))
     with pytest.raises(TrtalkError, match="not a trtalk PC-AVS file"):
         load_pcavs(p)
-    p2 = tmp_path / "y.safetensors"
-    p2.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(TrtalkError, match="y.safetensors"):
-        load_pcavs(p2)
+    assert_rejects_file(load_pcavs, tmp_path / "y.safetensors", b"\x00\x01garbage")
 
 
 @pytest.mark.slow
@@ -285,6 +279,12 @@ def test_convert_cli(official_folder, tmp_path, capsys):
     assert main(["convert", str(official_folder), "-o", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert isinstance(load_pcavs(out), PCAVS)
+    from trtalk.models.checkpoint import detect_family
+    from trtalk.models.pdfgc import load_pdfgc
+
+    assert detect_family(out) == detect_family(official_folder) == "pcavs"  # the family, recorded
+    with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
+        load_pdfgc(out)
     assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trtalk: error: checkpoint not found") and not (tmp_path / "x.safetensors").exists()

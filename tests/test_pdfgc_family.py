@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import write_wav
+from conftest import empty_dir, write_wav
 
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
@@ -21,61 +21,52 @@ from trtalk.runtime.controls import ControlServer, Controls, FactorSpec, hotkey,
 from trtalk.runtime.pdfgc_family import PDFGCFamily
 
 
-@pytest.fixture(scope="module")
-def model() -> P.PDFGC:
-    return P.PDFGC.random(seed=7, config=P.PDFGCConfig.small())
-
-
-@pytest.fixture(scope="module")
-def folder(model, tmp_path_factory) -> Path:
-    return P.save_pdfgc_folder(model, tmp_path_factory.mktemp("pdfgc") / "ck")
-
-
 def _frames(path: Path) -> int:
     with av.open(str(path)) as c:
         return sum(1 for _ in c.decode(video=0))
 
 
-def test_detect_family_and_mixed_folder(folder, tmp_path):
-    assert detect_family(folder) == "pdfgc"
+def test_detect_family_and_mixed_folder(pdfgc_folder, tmp_path):
+    assert detect_family(pdfgc_folder) == "pdfgc"
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    (mixed / "generator_model.pth").symlink_to(folder / "generator_model.pth")
+    (mixed / "generator_model.pth").symlink_to(pdfgc_folder / "generator_model.pth")
     (mixed / "latest_net_G.pth").write_bytes(b"x")
     with pytest.raises(TrtalkError, match="mixes PC-AVS .*latest_net_G.pth.* and PD-FGC"):
         detect_family(mixed)
-    empty = tmp_path / "empty"
-    empty.mkdir()
     with pytest.raises(TrtalkError, match="neither PC-AVS"):
-        detect_family(empty)
+        detect_family(empty_dir(tmp_path / "empty"))
 
 
-def test_pcavs_loader_names_the_family(folder):
+def test_pcavs_loader_names_the_family(pdfgc_folder):
     from trtalk.models.checkpoint import load_pcavs
 
     with pytest.raises(TrtalkError, match="is a PD-FGC checkpoint folder, not PC-AVS"):
-        load_pcavs(folder)
+        load_pcavs(pdfgc_folder)
 
 
-def test_convert_records_family(folder, model, tmp_path):
+def test_convert_records_family(pdfgc_folder, pdfgc_model, tmp_path):
     from safetensors import safe_open
 
-    out = convert(folder, tmp_path / "pd.safetensors")
+    out = convert(pdfgc_folder, tmp_path / "pd.safetensors")
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["family"] == "pdfgc" and meta["format"] == "trtalk.pdfgc"
     assert detect_family(out) == "pdfgc"
     back = P.load_pdfgc(out)
     assert back.config.gen_channels == P.PDFGCConfig.small().gen_channels
-    a, b = model.generator.state_dict(), back.generator.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = P.load_pdfgc_folder(pdfgc_folder).generator.state_dict()
+    b = back.generator.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = pdfgc_model.generator.state_dict()
+    assert all(torch.equal(c[k], b[k]) for k in c if not k.startswith("style."))
 
 
-def test_cli_render_eyes_off_emotion_still(folder, face_image_path, speech_wave, tmp_path, capsys):
+def test_cli_render_eyes_off_emotion_still(pdfgc_folder, face_image_path, speech_wave, tmp_path, capsys):
     """The issue's end-to-end case: a PD-FGC folder of random weights, --eyes off, --emotion still."""
     audio = write_wav(tmp_path / "s.wav", speech_wave[: int(0.36 * 16000)])
     out = tmp_path / "pd.mp4"
-    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+    rc = main(["render", "--checkpoint", str(pdfgc_folder), "--face", str(face_image_path), "--audio", str(audio),
                "--eyes", "off", "--emotion", str(face_image_path), "--emotion-strength", "0.7",
                "-o", str(out), "--batch", "4"])
     assert rc == 0
@@ -103,16 +94,16 @@ def test_parse_factor(tmp_path):
         parse_factor(str(tmp_path / "nope.mp4"), "eyes")
 
 
-def _family(model, **kw) -> tuple[PDFGCFamily, object]:
-    fam = PDFGCFamily(model, random_weights=True, **kw)
+def _family(pdfgc_model, **kw) -> tuple[PDFGCFamily, object]:
+    fam = PDFGCFamily(pdfgc_model, random_weights=True, **kw)
     g = np.random.default_rng(0)
     crop = g.integers(0, 255, (224, 224, 3), dtype=np.uint8)
     av_ = fam.make_avatar(crop, "synthetic", crop=crop, crop_m=np.eye(2, 3))
     return fam, av_
 
 
-def test_factor_codes_sources_and_switches(model):
-    fam, avatar = _family(model, eyes=FactorSpec("off"), emotion=FactorSpec("avatar"))
+def test_factor_codes_sources_and_switches(pdfgc_model):
+    fam, avatar = _family(pdfgc_model, eyes=FactorSpec("off"), emotion=FactorSpec("avatar"))
     codes = fam.factor_codes(avatar, [0, 1])
     assert torch.equal(codes["eyes"], torch.zeros(2, 6))
     assert torch.equal(codes["emotion"], avatar.state["emotion"].expand(2, -1))
@@ -124,9 +115,9 @@ def test_factor_codes_sources_and_switches(model):
     assert np.abs(img_off.astype(int) - img.astype(int)).max() > 0
 
 
-def test_control_applies_at_next_frame_and_is_logged(model):
+def test_control_applies_at_next_frame_and_is_logged(pdfgc_model):
     preset = torch.linspace(-1, 1, 30)
-    fam, avatar = _family(model, controls=Controls({"happy": preset}))
+    fam, avatar = _family(pdfgc_model, controls=Controls({"happy": preset}))
     before = fam.factor_codes(avatar, [0, 1])["emotion"]
     fam.controls.submit({"set": "emotion", "preset": "happy", "strength": 0.5})
     fam.controls.submit({"set": "gaze", "offset": [0.25, -0.5]})
@@ -145,7 +136,7 @@ def test_control_applies_at_next_frame_and_is_logged(model):
     assert hotkey(fam.controls, "1") == {"set": "emotion", "preset": "happy"}
 
 
-def test_control_endpoint_json_and_token(model):
+def test_control_endpoint_json_and_token(pdfgc_model):
     controls = Controls({"happy": torch.ones(30)})
     with ControlServer(controls, port=0) as srv:
         req = urllib.request.Request(f"{srv.url}/control", method="POST",
@@ -167,7 +158,7 @@ def test_control_endpoint_json_and_token(model):
             assert json.load(r)["emotion_preset"] == "happy"
 
 
-def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(model, face_image_path, speech_wave,
+def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_model, face_image_path, speech_wave,
                                                                         pose_video_path, tmp_path):
     """`trtalk stream` from files (virtual clock, batch 1) with --eyes webcam --emotion off; an
     HTTP control posted while frame 3 is written is applied at frame 4 and logged so."""
@@ -178,7 +169,7 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(model, fa
     from trtalk.runtime.stream import StreamConfig, StreamPipeline
 
     preset = torch.full((30,), 0.5)
-    fam = PDFGCFamily(model, random_weights=True, eyes=FactorSpec("webcam"), emotion=FactorSpec("off"),
+    fam = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("webcam"), emotion=FactorSpec("off"),
                       controls=Controls({"happy": preset}))
     seen: dict[int, torch.Tensor] = {}
 
@@ -204,8 +195,8 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(model, fa
     assert fam.pose_encodings > 0  # eyes came from the pose source's motion pass
 
 
-def test_clip_pose_official_loop_and_box_mean(model):
-    fam, avatar = _family(model)
+def test_clip_pose_official_loop_and_box_mean(pdfgc_model):
+    fam, avatar = _family(pdfgc_model)
     clip = torch.arange(7 * 6, dtype=torch.float32).reshape(7, 6)
     fam._clips["pose"] = clip
     fam.specs["pose"] = FactorSpec("video", Path("p.mp4"))
@@ -217,17 +208,17 @@ def test_clip_pose_official_loop_and_box_mean(model):
     assert torch.allclose(got, want)
 
 
-def test_cli_render_pose_video_eyes_auto(folder, face_image_path, pose_video_path, speech_wave, tmp_path, capsys):
+def test_cli_render_pose_video_eyes_auto(pdfgc_folder, face_image_path, pose_video_path, speech_wave, tmp_path, capsys):
     """The issue's done-when render: --pose video --eyes auto --emotion still (closed-eye code from
     --eyes-closed: any still works for the plumbing)."""
     audio = write_wav(tmp_path / "s.wav", speech_wave[: int(0.28 * 16000)])
     out = tmp_path / "pd.mp4"
-    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+    rc = main(["render", "--checkpoint", str(pdfgc_folder), "--face", str(face_image_path), "--audio", str(audio),
                "--pose", str(pose_video_path), "--eyes", "auto", "--eyes-closed", str(face_image_path),
                "--emotion", str(face_image_path), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert _frames(out) == 7
-    rc = main(["render", "--checkpoint", str(folder), "--face", str(face_image_path), "--audio", str(audio),
+    rc = main(["render", "--checkpoint", str(pdfgc_folder), "--face", str(face_image_path), "--audio", str(audio),
                "--eyes", "auto", "-o", str(tmp_path / "x.mp4")])
     if _warp_can_shut_eyes():  # the avatar's own closed-eye code from the warp avatar
         assert rc == 0 and _frames(tmp_path / "x.mp4") == 7
@@ -243,19 +234,19 @@ def _warp_can_shut_eyes() -> bool:
     return "eye_closure" in inspect.signature(WarpRenderer.frame).parameters
 
 
-def test_avatar_closed_eye_code_from_the_warp_avatar(model, face_image_path):
+def test_avatar_closed_eye_code_from_the_warp_avatar(pdfgc_model, face_image_path):
     if not _warp_can_shut_eyes():
         pytest.skip("this trtalk's warp avatar cannot shut eyes (WarpRenderer.frame eye_closure)")
     from trtalk.face import read_image
 
-    fam = PDFGCFamily(model, random_weights=True, eyes=FactorSpec("auto"))
+    fam = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("auto"))
     avatar = fam.make_avatar(read_image(face_image_path), "astronaut")
     closed, open_ = avatar.state["eyes_closed"], avatar.state["eyes"]
     assert closed.shape == (6,) and (closed - open_).abs().max() > 1e-4
 
 
-def test_eyes_auto_blinks_between_open_and_closed_codes(model):
-    fam, avatar = _family(model)
+def test_eyes_auto_blinks_between_open_and_closed_codes(pdfgc_model):
+    fam, avatar = _family(pdfgc_model)
     open_ = avatar.state["eyes"]
     fam._closed_eye = open_ + torch.tensor([3.0, 3.0, 9.0, 9.0, 3.0, 3.0])
     fam.set_factor("eyes", FactorSpec("auto"))
@@ -275,29 +266,37 @@ def test_eyes_auto_blinks_between_open_and_closed_codes(model):
 
 
 def test_wrong_family_is_a_clear_error(tmp_path):
-    from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
+    """A PC-AVS folder (told by its file names) and a PC-AVS trtalk file (told by its metadata,
+    read before any tensor) given to the PD-FGC loader: empty stand-ins of both say it all."""
+    from safetensors.torch import save_file
 
-    pc = save_official_folder(PCAVS.random(0, PCAVSConfig.small()), tmp_path / "pcavs")
+    from trtalk.models.checkpoint import FORMAT, OFFICIAL_FILES
+
+    pc = tmp_path / "pcavs"
+    pc.mkdir()
+    for name in OFFICIAL_FILES.values():
+        (pc / name).write_bytes(b"")
     with pytest.raises(TrtalkError, match="is a PC-AVS checkpoint folder, not PD-FGC; use --model pcavs"):
         P.load_pdfgc(pc)
-    st = convert(pc, tmp_path / "pc.safetensors", config=PCAVSConfig.small())
+    st = tmp_path / "pc.safetensors"
+    save_file({"G.x": torch.zeros(1)}, str(st), metadata={"format": FORMAT, "family": "pcavs"})
     with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):
         P.load_pdfgc(st)
     assert detect_family(pc) == "pcavs" and detect_family(st) == "pcavs"
 
 
-def test_export_cli_pdfgc_folder_with_the_wrong_model(folder, tmp_path, capsys):
+def test_export_cli_pdfgc_folder_with_the_wrong_model(pdfgc_folder, tmp_path, capsys):
     """A PD-FGC folder exports as PD-FGC (tests/test_pdfgc_engines.py); naming another family is
     a one-line error that creates nothing."""
-    rc = main(["export", "--checkpoint", str(folder), "--model", "pcavs", "--out", str(tmp_path / "e")])
+    rc = main(["export", "--checkpoint", str(pdfgc_folder), "--model", "pcavs", "--out", str(tmp_path / "e")])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "is a pdfgc checkpoint; drop --model" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "e").exists()
 
 
-def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(model, face_image_path):
-    fam, avatar = _family(model)
+def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(pdfgc_model, face_image_path):
+    fam, avatar = _family(pdfgc_model)
     mel = torch.rand(2, 1, 80, 20, generator=torch.Generator().manual_seed(2))
     fam.synthesize(avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
     calls = []
@@ -313,10 +312,10 @@ def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(model, face_i
         fam.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})
 
 
-def test_webcam_eyes_follow_each_frames_crop(model):
+def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):
     from trtalk.runtime.family import PoseInput
 
-    fam, avatar = _family(model, eyes=FactorSpec("webcam"), emotion=FactorSpec("webcam"))
+    fam, avatar = _family(pdfgc_model, eyes=FactorSpec("webcam"), emotion=FactorSpec("webcam"))
     g = np.random.default_rng(5)
     crops = [g.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
     _, eye, emo = fam.motion([PoseInput(c, None) for c in crops])

@@ -102,6 +102,25 @@ def test_scheduler_batches_across_sessions_earliest_deadline_first() -> None:
     assert dict(s.stats.batch_sizes) == {4: 1, 2: 1}
 
 
+def test_scheduler_uses_mouth_codes_given_with_the_frames() -> None:
+    """A session whose lips come from a video (`--mouth`) submits mouth codes: the family's audio
+    mouth is not asked for those frames, and one batch mixes them with audio-driven frames."""
+    fam = FakeFamily()
+    s = BatchScheduler(fam, max_batch=4, gather_s=0.0)
+    a, b = _avatar("a"), _avatar("b")
+    now = time.monotonic()
+    fa = s.submit("a", fam, a, torch.zeros(2, 1, 80, 20), [0, 1], torch.zeros(2, 3), [now + 1.0, now + 1.001],
+                  mouth=torch.tensor([[40.0], [41.0]]))
+    fb = _submit(s, fam, b, [5], now + 1.002)
+    s.start()
+    try:
+        crops = [f.result(5) for f in fa + fb]
+    finally:
+        s.close()
+    assert fam.calls == [[("a", 40), ("a", 41), ("b", 5)]]
+    assert [int(x[0, 0, 0]) for x in crops] == [40, 41, 5]
+
+
 def test_scheduler_drops_expired_frames_without_running_them() -> None:
     fam = FakeFamily()
     s = BatchScheduler(fam, max_batch=8)

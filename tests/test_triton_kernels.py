@@ -47,6 +47,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from conftest import images_of_two_impls  # noqa: E402
 
 from trtalk.errors import TrtalkError  # noqa: E402
 from trtalk.kernels import reference, triton_ops  # noqa: E402
@@ -199,11 +200,7 @@ def test_generator_small_triton_matches_grouped():
             elif name.endswith("activate.bias") or (name.endswith(".bias") and "to_rgb" in name):
                 p.normal_(0.0, 0.1)
     style, id_map = torch.randn(1, c.style_dim), torch.randn(1, 512, 7, 7)
-    with torch.no_grad():
-        g.set_modconv_impl("grouped")
-        want = g(style, id_map)
-        g.set_modconv_impl("triton")
-        got = g(style, id_map)
+    want, got = images_of_two_impls(g, style, id_map, "grouped", "triton")
     assert got.shape == (1, 3, 224, 224)
     err = (got - want).abs().max().item()
     assert err <= 1e-4, err
@@ -425,11 +422,7 @@ def test_gpu_generator_triton_matches_grouped(dtype: torch.dtype):
     torch.manual_seed(0)
     g = Generator().eval().cuda()
     style, id_map = torch.randn(2, 2560, device="cuda"), torch.randn(2, 512, 7, 7, device="cuda")
-    with torch.no_grad():
-        g.set_modconv_impl("grouped")
-        want = g(style, id_map)
-        g.to(dtype).set_modconv_impl("triton")
-        got = g(style.to(dtype), id_map.to(dtype)).float()
+    want, got = images_of_two_impls(g, style, id_map, "grouped", "triton", dtype)
     err = (got - want).abs()
     # 13 layers with 10-bit-mantissa operands (tf32 for fp32, fp16), each ~1e-3 relative;
     # fp16 also runs the style MLP, noise and bias adds in fp16. tanh image in [-1, 1].

@@ -26,7 +26,8 @@ with ``typing.get_type_hints``, so the dataclass must be defined at module level
   ``bool | None`` (default None) -> ``--name`` / ``--no-name``, None when neither is given.
   ``negative="--fast"`` renames the off switch.
 - ``X | None``: as X, None when not given.
-- ``list[X]`` / ``tuple[X, ...]``: one comma-separated value (``--batch 1,8,32``).
+- ``list[X]`` / ``tuple[X, ...]``: one comma-separated value (``--batch 1,8,32``); with
+  ``nargs="+"`` (or another argparse count) separate words instead (``--mouth video a.mp4``).
 - ``Literal["a", "b"]`` or ``choices=(...)``: argparse choices (each item of a list is checked).
 - A dataclass: its fields become flags too, named ``--<field>-<sub-field>`` (``prefix="x-"`` to
   choose, ``prefix=""`` to include them as they are: the way to share one set of flags).
@@ -96,6 +97,7 @@ class OptionSpec:
     default_text: str | None = None
     prefix: str | None = None
     cli: bool = True
+    nargs: str | int | None = None
 
 
 def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MISSING,
@@ -105,7 +107,7 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
            section: str | None = None, const: Any = _NO_CONST, negative: str | None = None,
            negative_help: str | None = None, positional: bool = False,
            default_text: str | None = None, prefix: str | None = None, cli: bool = True,
-           **field_kwargs: Any) -> Any:
+           nargs: str | int | None = None, **field_kwargs: Any) -> Any:
     """A `dataclasses.field` that is also a command-line flag.
 
     default / default_factory: the field's default (none: a required flag).
@@ -120,6 +122,8 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
     where there is one). positional: a positional argument instead of a flag.
     prefix: for a dataclass-typed field, the prefix of its sub-flags (default ``"<field>-"``).
     cli: False keeps the field off the command line.
+    nargs: for a ``list[X]``/``tuple[X, ...]`` field, the number of words (argparse's nargs)
+    instead of one comma-separated value.
     Other keyword arguments go to `dataclasses.field`.
     """
     if isinstance(flags, str):
@@ -128,7 +132,7 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
                       choices=tuple(choices) if choices is not None else None, metavar=metavar,
                       hidden=hidden, type=type, exclusive=exclusive, section=section, const=const,
                       negative=negative, negative_help=negative_help, positional=positional,
-                      default_text=default_text, prefix=prefix, cli=cli)
+                      default_text=default_text, prefix=prefix, cli=cli, nargs=nargs)
     metadata = dict(field_kwargs.pop("metadata", None) or {})
     metadata[META_KEY] = spec
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata,
@@ -236,6 +240,8 @@ def _options(cls: type, prefix: str = "", defaults: Any = None, section: str | N
                 raise TypeError(f"{where}: only list[X] and tuple[X, ...] can be flags")
             parse, choices = _scalar(inner, where)
         choices = spec.choices if spec.choices is not None else choices
+        if spec.nargs is not None and sequence is None:
+            raise TypeError(f"{where}: nargs= is for list[X] and tuple[X, ...] fields")
         if parse is None and (spec.positional or spec.const is not _NO_CONST or choices):
             raise TypeError(f"{where}: a bool flag takes no value (positional, const and choices "
                             "do not apply)")
@@ -362,12 +368,17 @@ def _add(container: Any, opt: _Opt) -> None:
     parse = opt.parse
     choices = opt.choices
     metavar = spec.metavar
-    if opt.sequence is not None:
+    if opt.sequence is not None and spec.nargs is not None:
+        kwargs_nargs = {"nargs": spec.nargs}
+    elif opt.sequence is not None:
+        kwargs_nargs = {}
         parse = _list_parser(parse, choices, opt.sequence)
         if metavar is None:
             metavar = ("{" + ",".join(map(str, choices)) + "}" if choices else opt.dest.upper()) + "[,...]"
         choices = None
-    kwargs: dict[str, Any] = {"type": parse, "help": help_text}
+    else:
+        kwargs_nargs = {}
+    kwargs: dict[str, Any] = {"type": parse, "help": help_text, **kwargs_nargs}
     if choices is not None:
         kwargs["choices"] = choices
     if metavar is not None:
@@ -457,6 +468,9 @@ def to_argv(cfg: Any, *, prefix: str = "") -> list[str]:
             continue
         if value is None:
             raise ValueError(f"{'.'.join(opt.path)}=None has no flag (its default is {opt.default!r})")
+        if opt.sequence is not None and opt.spec.nargs is not None and not opt.spec.positional:
+            argv += [opt.name, *map(str, value)]
+            continue
         text = ",".join(map(str, value)) if opt.sequence is not None else str(value)
         if opt.spec.positional:
             positional.append(text)

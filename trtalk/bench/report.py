@@ -65,7 +65,8 @@ def markdown(r: dict[str, Any]) -> str:
     L += ["## FLOPs per frame (counted, batch 1)", "", f"Method: {r['flops_method']}.", "",
           "| stage | GFLOP | DESIGN.md GFLOP | difference | verdict |", "|---|---|---|---|---|"]
     for s, c in r["flops_vs_design"].items():
-        L.append(f"| {s} | {c['gflop']:.3f} | {c['design_gflop']} | {100 * c['rel_diff']:+.1f}% | {c['verdict']} |")
+        rel = "-" if c["rel_diff"] is None else f"{100 * c['rel_diff']:+.1f}%"
+        L.append(f"| {s} | {c['gflop']:.3f} | {c['design_gflop'] or '-'} | {rel} | {c['verdict']} |")
     L += [f"| frame (pose+audio+generator) | {r['flops_frame'] / 1e9:.3f} | | | |", ""]
     thr = r["config"].get("threads")
     if thr is not None and not r["machine"].get("gpu") and thr < r["machine"]["cpu_cores"]:

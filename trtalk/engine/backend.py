@@ -1,10 +1,11 @@
 """One interface for running a named stage on named tensors, and its torch / onnxruntime forms.
 
-A `Backend` runs one stage ("identity", "pose", "audio", "generator"; see
+A `Backend` runs one stage ("identity", "pose", "audio", "generator", "pose_mouth"; see
 `trtalk.export.stages`) with the I/O names of the export manifest:
 
     identity: image -> id_vector, id_map     pose: image -> pose
     audio:    mel -> mouth                   generator: style, id_map -> image
+    pose_mouth: image -> pose, mouth
 
 ``run`` takes a dict of NCHW (or B x D) float arrays, numpy or torch, and returns a dict of the
 same kind (torch in -> torch out on the caller's device; numpy in -> numpy out), float32.

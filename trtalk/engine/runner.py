@@ -1,7 +1,7 @@
 """The one runner: choose a backend, get the four stages, run them like the PyTorch model.
 
 `open_runner(backend, source, device, options)` returns a `Runner` whose ``encode_identity``,
-``encode_pose``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
+``encode_pose``, ``encode_pose_mouth``, ``encode_audio``, ``generate`` and ``style`` match `trtalk.models.PCAVS`'s
 (torch tensors in and out, NCHW, float32). Both families run here: a PD-FGC source (checkpoint,
 export directory, `PDFGC` instance, or random weights with ``RunnerOptions(family="pdfgc")``)
 gives a runner whose stages are identity, motion, audio, generator, with ``encode_motion``
@@ -376,6 +376,8 @@ class Runner:
         if graphs is not None:
             if self.family == "pdfgc":
                 self.encode_motion = GraphedFunction(self._encode_motion, device, graphs)  # type: ignore[method-assign]
+            else:
+                self.encode_pose_mouth = GraphedFunction(self._encode_pose_mouth, device, graphs)  # type: ignore[method-assign]
             self.encode_pose = GraphedFunction(self._encode_pose, device, graphs)  # type: ignore[method-assign]
             self.encode_audio = GraphedFunction(self._encode_audio, device, graphs)  # type: ignore[method-assign]
             self.generate = GraphedFunction(self._generate, device, graphs)  # type: ignore[method-assign]
@@ -416,6 +418,15 @@ class Runner:
     def motion_code(pose: torch.Tensor, eye: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
         """PD-FGC's style tail B x 42 from raw codes: 1.2 emotion | 1.2 eye | pose (official order)."""
         return torch.cat([EMOTION_WEIGHT * emotion, EYE_WEIGHT * eye, pose], 1)
+
+    def encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500):
+        one pass of the pose encoder's trunk (the ``pose_mouth`` stage; lips from a video)."""
+        return self._encode_pose_mouth(image)
+
+    def _encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backends["pose_mouth"].run({"image": image})
+        return out["pose"], out["mouth"]
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """Mel window B x 1 x 80 x 20 -> mouth code B x 500 (1.2 weight applied)."""

@@ -7,6 +7,8 @@ tensorrt) and the export manifest use these names, in this order:
     pose:      image  B x 3 x 224 x 224           -> pose B x 12
     audio:     mel    B x 1 x 80 x 20             -> mouth B x 500   (1.2 weight + netE.mouth_embed inside)
     generator: style  B x 2560, id_map B x 512x7x7 -> image B x 3 x 224 x 224 in [-1, 1]
+    pose_mouth: image B x 3 x 224 x 224           -> pose B x 12, mouth B x 500 (one FAN trunk pass:
+               netE's head-pose and visual mouth branches; lips from a video or a webcam)
 
 All tensors are NCHW (or B x D) float; "batch" is the one dynamic axis. PD-FGC's four stages
 (`trtalk.export.pdfgc_stages`: identity, motion, audio, generator) go through the same functions
@@ -27,7 +29,7 @@ from trtalk.models.fuse import (FuseOptions, fuse_audio_encoder, fuse_generator,
                                 fuse_identity_encoder, fuse_pose_encoder)
 from trtalk.models.pcavs import ID_DIM, MOUTH_DIM, PCAVS
 
-STAGES = ("identity", "pose", "audio", "generator")
+STAGES = ("identity", "pose", "audio", "generator", "pose_mouth")
 #: Every family's stages, in run order (PC-AVS's are `STAGES`).
 FAMILY_STAGES = {"pcavs": STAGES, "pdfgc": ("identity", "motion", "audio", "generator")}
 #: The generator noise a family's graphs hold (PD-FGC: the official seeded maps).
@@ -113,9 +115,11 @@ def stage_specs(model: object, dtype: str = "float32") -> dict[str, StageSpec]:
         return pdfgc_stage_specs(model, dtype)  # type: ignore[arg-type]
     c = getattr(model, "config", model)
     base = shared_specs(c.crop_size, c.style_dim, dtype)
-    pose = StageSpec("pose", base["image"].inputs, (TensorSpec("pose", (BATCH, c.pose_dim), dtype),))
-    return {"identity": base["identity"], "pose": pose, "audio": base["audio"],
-            "generator": base["generator"]}
+    pose = TensorSpec("pose", (BATCH, c.pose_dim), dtype)
+    return {"identity": base["identity"], "pose": StageSpec("pose", base["image"].inputs, (pose,)),
+            "audio": base["audio"], "generator": base["generator"],
+            "pose_mouth": StageSpec("pose_mouth", base["image"].inputs,
+                                    (pose, TensorSpec("mouth", (BATCH, MOUTH_DIM), dtype)))}
 
 
 class IdentityStage(nn.Module):
@@ -135,6 +139,18 @@ class PoseStage(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.netE(image)
+
+
+class PoseMouthStage(nn.Module):
+    """netE's trunk once, then its head-pose and visual mouth branches (`PoseEncoder.pose_and_mouth`)."""
+
+    def __init__(self, model: PCAVS):
+        super().__init__()
+        self.netE = model.netE
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pose, mouth = self.netE.pose_and_mouth(image)
+        return pose, mouth
 
 
 class AudioStage(nn.Module):
@@ -160,7 +176,8 @@ class GeneratorStage(nn.Module):
 
 
 _STAGE_CLASSES: dict[str, type[nn.Module]] = {
-    "identity": IdentityStage, "pose": PoseStage, "audio": AudioStage, "generator": GeneratorStage}
+    "identity": IdentityStage, "pose": PoseStage, "audio": AudioStage, "generator": GeneratorStage,
+    "pose_mouth": PoseMouthStage}
 
 
 class CastIO(nn.Module):
@@ -193,7 +210,7 @@ def _fuse_stage(mod: nn.Module, stage: str, options: FuseOptions) -> None:
     """Swap the stage's networks for their rewritten copies (`trtalk.models.fuse`)."""
     if stage == "identity":
         mod.netV = fuse_identity_encoder(mod.netV, options)
-    elif stage == "pose":
+    elif stage in ("pose", "pose_mouth"):
         mod.netE = fuse_pose_encoder(mod.netE, options)
     elif stage == "audio":
         mod.netA_sync = fuse_audio_encoder(mod.netA_sync, options)

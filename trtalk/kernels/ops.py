@@ -20,7 +20,6 @@ returns the input's dtype.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 

@@ -16,10 +16,12 @@ the folder's file names or the file's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -40,31 +42,74 @@ def _fmt_shape(shape) -> str:
     return "x".join(str(int(s)) for s in shape) or "scalar"
 
 
-def check_state_dict(state: dict, module: torch.nn.Module, source: str, net: str) -> dict:
-    """Validate ``state`` against ``module``'s keys and shapes; return the dict to load.
+def _never(key: str) -> bool:
+    return False
 
-    Raises TrtalkError naming ``source`` and the first offending key.
-    """
+
+def check_keys(state: object, module: torch.nn.Module, source: str, network: str, *,
+               skip: Callable[[str], bool] = _never, optional: Callable[[str], bool] = _never) -> dict:
+    """Validate a state_dict ``state`` read from ``source`` against ``module``'s keys and shapes;
+    return the dict to load. ``network`` names the network in messages ("PC-AVS netE", "PD-FGC
+    motion"); ``skip(key)``: file keys that are dropped unread (a loader's official skips);
+    ``optional(key)``: network keys the file may lack (left at init, logged). Tolerated: a uniform
+    ``module.`` prefix and absent BatchNorm ``num_batches_tracked`` counters. Any other mismatch
+    raises TrtalkError naming ``source`` and the first missing, unexpected or mis-shaped key."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TrtalkError(f"{source} is not a PC-AVS net{net} state_dict (expected a dict of tensors)")
+        raise TrtalkError(f"{source} is not a {network} state_dict (expected a dict of tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(_BN_COUNTER)]
-    unexpected = [k for k in state if k not in expected]
+    kept = {k: v for k, v in state.items() if not skip(k)}
+    missing = [k for k in expected if k not in kept and not k.endswith(_BN_COUNTER) and not optional(k)]
+    unexpected = [k for k in kept if k not in expected]
     for keys, what in ((missing, "missing"), (unexpected, "unexpected")):
         if keys:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-            raise TrtalkError(f"{source} does not match the PC-AVS net{net} architecture: "
-                              f"{what} key '{keys[0]}'{more}")
-    for k, v in state.items():
+            raise TrtalkError(f"{source} does not match the {network} network: {what} key '{keys[0]}'{more}")
+    for k, v in kept.items():
         if v.shape != expected[k].shape:
-            raise TrtalkError(f"{source}: key '{k}' has shape {_fmt_shape(v.shape)}, "
-                              f"net{net} expects {_fmt_shape(expected[k].shape)}")
-    out = dict(state)
+            raise TrtalkError(f"{source}: key '{k}' has shape {_fmt_shape(v.shape)}, the {network} "
+                              f"network expects {_fmt_shape(expected[k].shape)}")
+    absent = [k for k in expected if k not in kept and optional(k)]
+    if absent:
+        log.info("%s lacks %d unused key(s) of the %s network (e.g. %s); left at init", source,
+                 len(absent), network, absent[0])
+    out = dict(kept)
     for k, v in expected.items():
-        out.setdefault(k, v)  # only BN counters can be absent here
+        out.setdefault(k, v)  # BN counters and optional keys
     return out
+
+
+def check_state_dict(state: dict, module: torch.nn.Module, source: str, net: str) -> dict:
+    """`check_keys` for PC-AVS's ``net{net}`` (no skips: every key of the file is loaded)."""
+    return check_keys(state, module, source, f"PC-AVS net{net}")
+
+
+@contextlib.contextmanager
+def trtalk_file(path: Path, fmt: str, family: str, other: dict[str, tuple[str, str]]) -> Iterator[tuple[Any, dict]]:
+    """``with trtalk_file(...) as (f, meta)``: a trtalk safetensors file of format ``fmt`` open
+    for reading, and its metadata. TrtalkError when it is another family's file (``other``: format
+    -> (family name, ``--model`` value)), not a trtalk ``family`` file, or unreadable (anything the
+    block raises but a TrtalkError: a truncated file, random bytes)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            got = meta.get("format")
+            if got in other:
+                name, model = other[got]
+                raise TrtalkError(f"{path} is a {name} file, not {family}; use --model {model} "
+                                  f"(or leave --model out)")
+            if got != fmt:
+                raise TrtalkError(f"{path} is not a trtalk {family} file (metadata format is "
+                                  f"{got!r:.60}); make one with `trtalk convert`")
+            yield f, meta
+    except TrtalkError:
+        raise
+    except Exception as exc:
+        raise TrtalkError(f"cannot read checkpoint {path}: truncated or not a safetensors file "
+                          f"({type(exc).__name__})") from None
 
 
 def _short_reason(exc: BaseException, limit: int = 100) -> str:
@@ -197,41 +242,26 @@ def config_from_metadata(meta: dict, source: str | os.PathLike) -> PCAVSConfig:
 
 
 def _load_safetensors(path: Path, config: PCAVSConfig | None) -> PCAVS:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") == "trtalk.pdfgc":
-                raise TrtalkError(f"{path} is a PD-FGC file, not PC-AVS; use --model pdfgc "
-                                  f"(or leave --model out)")
-            if meta.get("format") != FORMAT:
-                raise TrtalkError(f"{path} is not a trtalk PC-AVS file (metadata format is "
-                                  f"{meta.get('format')!r:.60}); make one with `trtalk convert`")
-            # The config (and the size it implies) is checked before any tensor is read.
-            if config is None:
-                config = config_from_metadata(meta, path)
-            model = PCAVS(config)
-            expected = {f"{name}.{k}": v for name in NETWORKS
-                        for k, v in model.network(name).state_dict().items()}
-            tensors = {}
-            for k in f.keys():
-                want = expected.get(k)
-                if want is not None:
-                    shape = tuple(f.get_slice(k).get_shape())
-                    if shape != tuple(want.shape):
-                        raise TrtalkError(f"{path}: key '{k}' has shape {_fmt_shape(shape)}, "
-                                          f"the model expects {_fmt_shape(want.shape)}")
-                    tensors[k] = f.get_tensor(k)
-                elif k.split(".", 1)[0] in NETWORKS:
-                    tensors[k] = torch.empty(0)  # reported as unexpected below, never read
-                else:
-                    raise TrtalkError(f"{path}: unexpected key '{k}' outside the G/V/E/A_sync groups")
-    except TrtalkError:
-        raise
-    except Exception as exc:
-        raise TrtalkError(f"cannot read checkpoint {path}: truncated or not a safetensors file "
-                          f"({type(exc).__name__})") from None
+    with trtalk_file(path, FORMAT, "PC-AVS", {"trtalk.pdfgc": ("PD-FGC", "pdfgc")}) as (f, meta):
+        # The config (and the size it implies) is checked before any tensor is read.
+        if config is None:
+            config = config_from_metadata(meta, path)
+        model = PCAVS(config)
+        expected = {f"{name}.{k}": v for name in NETWORKS
+                    for k, v in model.network(name).state_dict().items()}
+        tensors = {}
+        for k in f.keys():
+            want = expected.get(k)
+            if want is not None:
+                shape = tuple(f.get_slice(k).get_shape())
+                if shape != tuple(want.shape):
+                    raise TrtalkError(f"{path}: key '{k}' has shape {_fmt_shape(shape)}, "
+                                      f"the model expects {_fmt_shape(want.shape)}")
+                tensors[k] = f.get_tensor(k)
+            elif k.split(".", 1)[0] in NETWORKS:
+                tensors[k] = torch.empty(0)  # reported as unexpected below, never read
+            else:
+                raise TrtalkError(f"{path}: unexpected key '{k}' outside the G/V/E/A_sync groups")
     for name in NETWORKS:
         prefix = f"{name}."
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -107,7 +107,8 @@ def _mlp(dim: int = 512) -> nn.Sequential:
 
 
 class PoseEncoder(nn.Module):
-    """netE: ``forward(image B x 3 x 224 x 224) -> pose code B x 12``; ``embed_mouth`` for audio."""
+    """netE: ``forward(image B x 3 x 224 x 224) -> pose code B x 12``; ``embed_mouth`` for audio;
+    ``pose_and_mouth`` for the pose code and the visual mouth code from one trunk pass."""
 
     def __init__(self, num_classes: int = 5830, pose_dim: int = 12, clip_len: int = 1):
         super().__init__()
@@ -122,6 +123,16 @@ class PoseEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.headpose_embed(self.to_headpose(self.model(image)))
+
+    def pose_and_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500).
+
+        One pass of the FAN trunk feeds both heads, as in the official training composition
+        (``merge_mouthpose(to_mouth(feature), to_headpose(feature))``); the visual mouth has no
+        weight (the audio's 1.2 is an inference-time boost of the audio feature only)."""
+        feature = self.model(image)
+        return (self.headpose_embed(self.to_headpose(feature)),
+                self.mouth_embed(self.to_mouth(feature)))
 
     def embed_mouth(self, audio_feature: torch.Tensor) -> torch.Tensor:
         """Audio feature (B x 512, already weighted) -> mouth code B x 500."""

@@ -3,6 +3,7 @@
     id_vector, id_map = netV(reference image)             # once per avatar
     mouth = netE.mouth_embed(1.2 * netA_sync(mel window))  # per frame, 500-d
     pose  = netE.headpose_embed(netE.to_headpose(netE.model(pose frame)))  # per frame, 12-d
+    lips  = netE.mouth_embed(netE.to_mouth(netE.model(frame)))  # visual mouth, 500-d (no 1.2)
     style = cat(id_vector 2048, mouth 500, pose 12)         # 2560
     image = netG(style, id_map)                             # B x 3 x 224 x 224, tanh, [-1, 1]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -177,6 +179,28 @@ def _gen_channels(v: object, crop_size: int) -> dict[int, int]:
     return out
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded_model(make: Callable[[], M], seed: int,
+                 finish: Callable[[M, torch.Generator], None] | None = None) -> M:
+    """``make()`` under ``torch.manual_seed(seed)`` (the global RNG left as it was), with
+    non-trivial BatchNorm running statistics (so parity tests see BN in eval mode) drawn from a
+    generator seeded ``seed + 1``, which ``finish(model, generator)`` may draw from further; in
+    eval mode. The seeded random weights of both families."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+        gen = torch.Generator().manual_seed(seed + 1)
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+        if finish is not None:
+            finish(model, gen)
+    return model.eval()
+
+
 class PCAVS(nn.Module):
     """Holds netG, netV, netE, netA_sync under the official names and runs the composition."""
 
@@ -196,16 +220,7 @@ class PCAVS(nn.Module):
     @classmethod
     def random(cls, seed: int = 0, config: PCAVSConfig | None = None) -> "PCAVS":
         """Seeded random weights (tests, demos without a checkpoint, benchmarks)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = cls(config)
-            gen = torch.Generator().manual_seed(seed + 1)
-            for m in model.modules():
-                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    # Non-trivial running statistics so parity tests see BN in eval mode.
-                    m.running_mean.uniform_(-0.1, 0.1, generator=gen)
-                    m.running_var.uniform_(0.5, 1.5, generator=gen)
-        return model.eval()
+        return seeded_model(lambda: cls(config), seed)
 
     @torch.no_grad()
     def encode_identity(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +231,12 @@ class PCAVS(nn.Module):
     def encode_pose(self, image: torch.Tensor) -> torch.Tensor:
         """Aligned pose frame B x 3 x 224 x 224 -> pose code B x 12."""
         return self.netE(image)
+
+    @torch.no_grad()
+    def encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500), one
+        trunk pass: the mouth from a video or a webcam instead of the audio."""
+        return self.netE.pose_and_mouth(image)
 
     @torch.no_grad()
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,10 @@ what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pos
 Generated motion (``--pose auto``, `trtalk.runtime.motion_path`) asks `motion_codes(avatar,
 angles, eye_closure)`: the warp avatar uses the angles and the eye closure as they are; by default
 a family maps the angles through the avatar's angle map (`prepare_motion`: the warp avatar renders
-the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`), and a
-family with an eye input (PD-FGC) overrides `motion_codes` to use the eye-closure stream too.
+the photo through a grid of angles, `pose` encodes the renders; `trtalk.motion.posemap`, cached
+by the photo and `weights_id`). A family with an eye input of its own (PD-FGC) ignores the eye
+closure there: it hears the same mel windows in `mouth` and makes the same blink decisions
+itself, so ``--eyes auto`` blinks with speech whatever the pose source (`configure_motion`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,9 +78,15 @@ class ModelFamily(abc.ABC):
     name: str = ""
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
+    #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
+    motion_grid: Any = None
 
     def __init__(self, random_weights: bool = False) -> None:
         self.random_weights = random_weights
+        #: (checkpoint, options with ``seed`` and ``config``) the weights came from, set by
+        #: `open_family` (None: unknown, nothing is cached by them)
+        self.weights_source: tuple[Any, Any] | None = None
+        self._weights_id: str | None = None
 
     @abc.abstractmethod
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
@@ -132,15 +140,18 @@ class ModelFamily(abc.ABC):
     # -- generated motion (`--pose auto`, `trtalk.runtime.motion_path`) -------------------------
 
     def weights_id(self) -> str | None:
-        """What identifies this family's weights (a checkpoint's hash) for caches keyed by them;
-        None: unknown, nothing is cached."""
-        return None
+        """What identifies this family's weights (a checkpoint's hash, or the random weights' seed
+        and config, from `weights_source`) for caches keyed by them; None: unknown, nothing is
+        cached. Hashed once, on first use."""
+        if self._weights_id is None and self.weights_source is not None:
+            self._weights_id = _weights_id(*self.weights_source)
+        return self._weights_id
 
     def prepare_motion(self, avatar: Avatar) -> Any:
         """Build (or load from the cache) the avatar's angle -> pose code map
         (`trtalk.motion.posemap`): the warp avatar renders the photo through a grid of head
         angles, each frame is encoded by `pose`. Kept in ``avatar.state["angle_map"]``."""
-        from trtalk.motion.posemap import build_angle_map
+        from trtalk.motion.posemap import GridSpec, build_angle_map
 
         amap = avatar.state.get("angle_map")
         if amap is None:
@@ -150,7 +161,7 @@ class ModelFamily(abc.ABC):
                 return torch.cat(out).detach().float().cpu().numpy()
 
             amap = build_angle_map(avatar.image, encode, mesh=avatar.state.get("mesh"), family=self.name,
-                                   weights_id=self.weights_id())
+                                   weights_id=self.weights_id(), grid=self.motion_grid or GridSpec())
             avatar.state["angle_map"] = amap
         return amap
 
@@ -162,6 +173,73 @@ class ModelFamily(abc.ABC):
         angle map (`prepare_motion`)."""
         amap = self.prepare_motion(avatar)
         return torch.from_numpy(amap(angles.detach().cpu().numpy()))
+
+    # Lips from video frames (`trtalk.runtime.mouth_path`): optional, families without a visual
+    # mouth refuse ``--mouth video/webcam/blend`` with a one-line error.
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """Mouth codes B x M read from tracked frames (the same space as `mouth`'s)."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        """The mouth code (1-D) to ease to when the mouth's face is lost: the avatar's own."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
+                          f"use --mouth audio")
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        """Hint that `visual_mouth` will be asked for the frames `pose` encodes (PC-AVS then gets
+        both codes from one encoder pass)."""
+
+
+def align_photo(image: np.ndarray, name: str, crop: np.ndarray | None = None, crop_m: np.ndarray | None = None,
+                mesh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(aligned 224 crop, photo -> crop matrix, face mesh or None) of an avatar photo: the given
+    ``crop``/``crop_m``/``mesh`` when there are both of the first two, else found in ``image``."""
+    from trtalk.face import align_frames
+
+    if crop is not None and crop_m is not None:
+        return crop, crop_m, mesh
+    clip = align_frames([image], name=name)
+    if not bool(clip.found[0]):
+        raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, frontal face")
+    if mesh is None and clip.landmarks is not None:
+        mesh = clip.landmarks[0]
+    return clip.crops[0], clip.crop_matrices[0], mesh
+
+
+class CropCodeCache:
+    """Codes of aligned crops by content (blake2b of the pixels), LRU of ``size`` entries: a
+    looping file or a still costs one encoding per distinct frame. ``encodings`` counts the crops
+    encoded (cache misses)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._codes: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+        self.encodings = 0
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def __call__(self, crops: Sequence[np.ndarray], encode: Callable[[np.ndarray], Sequence[Any]],
+                 usable: Callable[[Any], bool] | None = None) -> list[Any]:
+        """The codes of ``crops`` (in order); ``encode(N x 224 x 224 x 3 crops)`` -> N codes is
+        called once, for the crops not in the cache (or whose cached code is not ``usable``)."""
+        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in crops]
+        todo = {k: c for k, c in zip(keys, crops)
+                if k not in self._codes or (usable is not None and not usable(self._codes[k]))}
+        if todo:
+            codes = encode(np.stack(list(todo.values())))
+            self.encodings += len(todo)
+            for k, code in zip(todo, codes):
+                self._codes[k] = code
+        out = []
+        for k in keys:
+            self._codes.move_to_end(k)
+            out.append(self._codes[k])
+        while len(self._codes) > self.size:
+            self._codes.popitem(last=False)
+        return out
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -190,56 +268,59 @@ class PCAVSFamily(ModelFamily):
         super().__init__(random_weights)
         self.runner = runner
         self.device = torch.device(device)
-        self.pose_cache_size = pose_cache
-        self._pose_cache: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
-        #: pose encoder calls' frames (cache misses), for the stream report
-        self.pose_encodings = 0
-        #: (checkpoint, runner options) the weights came from, set by `open_family` (None: unknown)
-        self.weights_source: tuple[Any, Any] | None = None
-        self._weights_id: str | None = None
+        #: per crop: (pose code, visual mouth code or None); the visual mouth codes come from the
+        #: same encoder pass as the pose (--mouth video/webcam)
+        self._pose_cache = CropCodeCache(pose_cache)
+        self._with_mouth = False
+
+    @property
+    def pose_encodings(self) -> int:
+        """Pose encoder calls' frames (cache misses), for the stream report."""
+        return self._pose_cache.encodings
+
+    def want_visual_mouth(self, on: bool = True) -> None:
+        self._with_mouth = on
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.face import align_frames, to_tensor
+        from trtalk.face import to_tensor
 
-        if crop is None or crop_m is None:
-            clip = align_frames([image], name=name)
-            if not bool(clip.found[0]):
-                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
-                                  f"frontal face")
-            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
-            if mesh is None and clip.landmarks is not None:
-                mesh = clip.landmarks[0]
+        crop, crop_m, mesh = align_photo(image, name, crop, crop_m, mesh)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.runner.encode_identity(x)
         ref_pose = self.runner.encode_pose(x)[0]
         return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
 
-    def weights_id(self) -> str | None:
-        if self._weights_id is None and self.weights_source is not None:
-            self._weights_id = _weights_id(*self.weights_source)  # hashed once, on first use
-        return self._weights_id
-
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def _encode(self, inputs: Sequence[PoseInput], mouth: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(pose code, visual mouth code or None) of ``inputs``' crops, from the cache or encoded;
+        with ``mouth`` (or `want_visual_mouth`) one pose-encoder pass gives both together."""
         from trtalk.face import to_tensor
 
-        keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
-        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
-        if todo:
-            codes = self.runner.encode_pose(to_tensor(np.stack(list(todo.values()))).to(self.device))
-            self.pose_encodings += len(todo)
-            for k, code in zip(todo, codes):
-                self._pose_cache[k] = code
-        out = []
-        for k in keys:
-            self._pose_cache.move_to_end(k)
-            out.append(self._pose_cache[k])
-        while len(self._pose_cache) > self.pose_cache_size:
-            self._pose_cache.popitem(last=False)
-        return torch.stack(out)
+        mouth = mouth or self._with_mouth
+
+        def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+            x = to_tensor(crops).to(self.device)
+            if mouth:
+                return list(zip(*self.runner.encode_pose_mouth(x)))
+            return [(code, None) for code in self.runner.encode_pose(x)]
+
+        return self._pose_cache([p.crop for p in inputs], encode, usable=lambda e: not mouth or e[1] is not None)
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        return torch.stack([pose for pose, _ in self._encode(inputs, mouth=False)])
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """The pose encoder's visual mouth codes B x 500 of aligned crops (`Runner.encode_pose_mouth`;
+        a crop whose pose was just encoded with `want_visual_mouth` costs nothing more)."""
+        return torch.stack([mouth for _, mouth in self._encode(inputs, mouth=True)])
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        if "rest_mouth" not in avatar.state:
+            avatar.state["rest_mouth"] = self.visual_mouth([PoseInput(avatar.crop, None)])[0]
+        return avatar.state["rest_mouth"]
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
@@ -310,6 +391,27 @@ class WarpFamily(ModelFamily):
 
         self._follower = MouthFollower(self.fps, self.cfg.mouth)
         self._rotation = MeshRotation()
+        if getattr(self, "_lips", None) is not None:
+            self._lips.reset()
+        self._last_lips = np.zeros(2, np.float32)
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
+        from trtalk.runtime.mouth_path import LipMeter
+
+        if getattr(self, "_lips", None) is None:
+            self._lips = LipMeter()
+        out = []
+        for p in inputs:
+            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
+            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
+            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+        if out:
+            self._last_lips = out[-1]
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        return torch.zeros(2)
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -366,7 +468,9 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
         from trtalk.runtime.pdfgc_family import open_pdfgc
 
         kw = dict(pdfgc or {})
-        return open_pdfgc(checkpoint, device, backend=backend, options=options, fps=fps, **kw)
+        fam: ModelFamily = open_pdfgc(checkpoint, device, backend=backend, options=options, fps=fps, **kw)
+        fam.weights_source = (checkpoint, options)  # keys its angle map (`--pose auto`)
+        return fam
     if model == "warp":
         if checkpoint is not None:
             raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")

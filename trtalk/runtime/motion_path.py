@@ -9,7 +9,10 @@ mouth, so nothing waits for more audio than the lips already do):
 
 The warp avatar takes the angles (and the eye closure) directly; a family that encodes pose from
 images maps the angles through the avatar's angle map (`trtalk.motion.posemap`), built when the
-path is made (at load time, before the first frame) or taken from the cache.
+path is made (at load time, before the first frame) or taken from the cache. PD-FGC, whose eye
+code is its own input, blinks from the same windows with the same features, generator and
+settings in the family (`PDFGCFamily.listen`): the same decisions as ``closure`` here, and its
+live "blink now" reaches the blinks it shows.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ModelOptions:
     eyes: str | None = option(None, section="PD-FGC factors", metavar="SRC",
                               help="eyes (blink and gaze): a video, an image, webcam (the pose "
                                    "source's frames), off, auto (natural blinks) or avatar",
-                              default_text="the avatar's own")
+                              default_text="the avatar's own; blinking with the speech under --pose auto")
     eyes_closed: Path | None = option(None, section="PD-FGC factors", metavar="IMAGE",
                                       help="a still with shut eyes: the closed-eye code of --eyes "
                                            "auto and of blink-now")
@@ -95,7 +95,8 @@ class ModelOptions:
                 raise TrtalkError(f"--emotion-presets: {p} does not exist")
         if self.eyes_closed is not None and not self.eyes_closed.is_file():
             raise TrtalkError(f"--eyes-closed {self.eyes_closed} does not exist")
-        return {"eyes": parse_factor(self.eyes, "eyes"), "emotion": parse_factor(self.emotion, "emotion"),
+        eyes = parse_factor(self.eyes, "eyes") if self.eyes is not None else None  # the family's default
+        return {"eyes": eyes, "emotion": parse_factor(self.emotion, "emotion"),
                 "emotion_strength": self.emotion_strength, "eyes_closed": self.eyes_closed,
                 "presets": presets, "mouth_smoothing": self.mouth_smoothing or mouth_smoothing}
 

@@ -5,6 +5,9 @@ Per batch of frames k (see `trtalk.runtime.family` for the interface):
     mouth   = smoother(1.5 * audio(mel windows))     # causal live, the official centred one offline
     pose    = pose(tracked crops)                    # motion encoder: B x 6 (also caches eyes, emotion)
     eye     = the eyes source at k                   # B x 6: clip, image, webcam, avatar, auto, off
+              (auto: the avatar's eyes, blinking with the speech: `listen` hears each frame's mel
+              window as the motion path does, the blink generator shuts the lids after phrase
+              ends, never in a wide-open mouth; `blink_eye_code` maps the closure into the code)
     emotion = the emotion source at k                # B x 30 (a preset x strength, live changes)
     image   = generator(id | mouth | 1.2 emotion | 1.2 eye | pose, id_map)   # seeded noise maps
 
@@ -21,7 +24,6 @@ needs frame k+1's audio, i.e. one more frame (40 ms at 25 fps) of audio lookahea
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 from pathlib import Path
@@ -32,14 +34,28 @@ import torch
 
 from trtalk.errors import TrtalkError
 from trtalk.runtime.controls import Controls, FactorSpec, clip_frame
-from trtalk.runtime.family import Avatar, ModelFamily, PoseInput, to_uint8
+from trtalk.runtime.family import Avatar, CropCodeCache, ModelFamily, PoseInput, align_photo, to_uint8
 
 log = logging.getLogger(__name__)
 
 _WHICH = {"pose": 0, "eyes": 1, "emotion": 2}
-#: Blink dims of the eye code (the official "blink off" zeroes them); the rest is gaze.
+#: Blink dims of the eye code (the official "blink off" zeroes them: lib/inferencer.py multiplies
+#: the eye code by [0, 0, 1, 1, 0, 0] when blink is off and by [1, 1, 0, 0, 1, 1] when gaze is off,
+#: `trtalk.models.pdfgc.BLINK_OFF_MASK`); the rest is gaze.
 BLINK_DIMS = (0, 1, 4, 5)
 GAZE_DIMS = (2, 3)
+
+
+def blink_eye_code(eye: torch.Tensor, closed: torch.Tensor, closure: torch.Tensor | float) -> torch.Tensor:
+    """Eye codes ``eye`` (B x 6, or 6) with the lids ``closure`` (B, or a number; 0 open .. 1
+    shut) of the way to the closed-eye code ``closed`` (6) on the blink dims; the gaze dims stay
+    ``eye``'s. Exactly ``eye`` at closure 0 and ``closed`` (blink dims) at 1 (`torch.lerp`)."""
+    closed = closed.to(eye.device, eye.dtype).expand_as(eye)
+    c = torch.as_tensor(closure, dtype=eye.dtype, device=eye.device)
+    c = c.reshape(c.shape + (1,)).expand_as(eye)
+    blink = torch.zeros(eye.shape[-1], dtype=torch.bool, device=eye.device)
+    blink[list(BLINK_DIMS)] = True
+    return torch.where(blink, torch.lerp(eye, closed, c), eye)
 
 
 class PDFGCFamily(ModelFamily):
@@ -50,7 +66,7 @@ class PDFGCFamily(ModelFamily):
     output_size = 224
 
     def __init__(self, model: Any, random_weights: bool = False, device: str = "cpu", *,
-                 fps: float = 25.0, eyes: FactorSpec = FactorSpec("avatar"),
+                 fps: float = 25.0, eyes: FactorSpec | None = None,
                  emotion: FactorSpec = FactorSpec("avatar"), emotion_strength: float = 1.0,
                  eyes_closed: Path | None = None, mouth_smoothing: str = "causal",
                  blink: Any = None, controls: Controls | None = None,
@@ -61,6 +77,9 @@ class PDFGCFamily(ModelFamily):
         self.model = model
         self.device = torch.device(device)
         self.fps = fps
+        #: whether the eyes' source was chosen (else the avatar's, blinking with generated motion)
+        self.eyes_given = eyes is not None
+        eyes = eyes or FactorSpec("avatar")
         self.specs: dict[str, FactorSpec] = {"pose": FactorSpec("webcam"), "eyes": eyes,
                                              "emotion": emotion}
         if not 0 <= emotion_strength <= 2:
@@ -89,10 +108,14 @@ class PDFGCFamily(ModelFamily):
         if eyes_closed is not None:
             self._closed_eye = self._encode_file(eyes_closed, "eyes-closed")[1][0]
         self._blink_cfg = blink
-        self.pose_cache_size = pose_cache
-        self._pose_cache: collections.OrderedDict[bytes, tuple[torch.Tensor, ...]] = collections.OrderedDict()
-        self.pose_encodings = 0
+        self._motion_cfg: Any = None  # the speech features' levels (`trtalk.motion.head.MotionConfig`)
+        self._pose_cache = CropCodeCache(pose_cache)
         self.reset()
+
+    @property
+    def pose_encodings(self) -> int:
+        """Motion encoder calls' frames (cache misses), for the stream report."""
+        return self._pose_cache.encodings
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -146,6 +169,7 @@ class PDFGCFamily(ModelFamily):
                 self._pose_offset = 0
         self.specs[factor] = spec
         if factor == "eyes":
+            self.eyes_given = True
             self._blinker = self._new_blinker()
 
     def _switch_pose(self, source: str, prepared: torch.Tensor | None) -> None:
@@ -202,6 +226,24 @@ class PDFGCFamily(ModelFamily):
         else:
             self._smoother = MouthSmoother("causal")
 
+    def configure_motion(self, motion: Any = None, blink: Any = None, avatar: Avatar | None = None) -> None:
+        """The generated-motion settings of the pipeline (``--motion-*``, ``--blink-*``): the
+        blinks of ``--eyes auto`` then make the same decisions from the same mel windows as
+        ``--pose auto``'s motion path (`trtalk.runtime.motion_path.MotionPose`). ``avatar``: the
+        head moves by generated motion: with no eyes source chosen, ``avatar``'s eyes blink with
+        the speech too (``--eyes auto``), when a closed-eye code can be had."""
+        self._motion_cfg, self._blink_cfg = motion, blink
+        if avatar is not None and not self.eyes_given and self.specs["eyes"].kind == "avatar":
+            if self._closed_eye_of(avatar) is None:
+                closed = self.warp_closed_eye(avatar.image, "the avatar photo")
+                if closed is not None:
+                    avatar.state["eyes_closed"] = closed
+            if self._closed_eye_of(avatar) is not None:
+                self.specs["eyes"] = FactorSpec("auto")
+            else:
+                log.info("generated motion without blinks: no closed-eye code (give --eyes-closed IMAGE)")
+        self.reset()
+
     def _new_blinker(self) -> Any:
         """Natural blinks for ``--eyes auto``; otherwise a generator that blinks only when asked."""
         from trtalk.motion.blink import BlinkConfig, BlinkGenerator
@@ -213,9 +255,14 @@ class PDFGCFamily(ModelFamily):
         return BlinkGenerator(self.fps, cfg)
 
     def reset(self) -> None:
+        from trtalk.motion.head import MotionConfig, SpeechFeatures
+
         if self.mouth_smoothing == "causal" or self._lookahead is not None:
             self._make_smoother()
         self._blinker = self._new_blinker()
+        self._speech = SpeechFeatures(self.fps, self._motion_cfg or MotionConfig())
+        self._heard = self._blinked = -1  # the last frame listened to / blinked
+        self._features: dict[int, list[Any]] = {}
         self._next_frame = 0
         self._batch_motion: tuple[torch.Tensor, ...] | None = None
         self._last_motion: tuple[torch.Tensor, ...] | None = None
@@ -227,14 +274,9 @@ class PDFGCFamily(ModelFamily):
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.face import align_frames, to_tensor
+        from trtalk.face import to_tensor
 
-        if crop is None or crop_m is None:
-            clip = align_frames([image], name=name)
-            if not bool(clip.found[0]):
-                raise TrtalkError(f"no face found in {name}; use a photo with one clearly visible, "
-                                  f"frontal face")
-            crop, crop_m = clip.crops[0], clip.crop_matrices[0]
+        crop, crop_m, _ = align_photo(image, name, crop, crop_m)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.model.encode_identity(x)
         pose, eye, emo = self.model.encode_motion(x)
@@ -249,27 +291,49 @@ class PDFGCFamily(ModelFamily):
         return Avatar(image, crop, crop_m, pose[0], state)
 
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        self.listen(mel, frames)
         return self._smoother(self.model.encode_audio(mel.to(self.device)), list(frames))
+
+    def listen(self, mel: torch.Tensor | np.ndarray, frames: Sequence[int]) -> None:
+        """Speech features (speaking, mouth opening: `trtalk.motion.head.SpeechFeatures`) of the
+        mel windows B x 1 x 80 x 20 of ``frames`` (increasing), which the blinks of the frames
+        read; frames skipped live advance the features' clock with the next window, as the
+        motion path's do. A frame heard before is not heard again."""
+        windows = mel.detach().float().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
+        for k, w in zip(frames, windows):
+            k = int(k)
+            if k <= self._heard:
+                continue
+            self._features[k] = [self._speech.step(w) for _ in range(k - self._heard)]
+            self._heard = k
+        while len(self._features) > 64:  # never blinked (eyes off, no closed-eye code)
+            del self._features[next(iter(self._features))]
+
+    def _closure(self, k: int) -> float:
+        """Eye closure of frame ``k`` from the blink generator, stepped once per frame (frames
+        skipped since the last one too) with the speech features `listen` found for ``k``."""
+        feats = self._features.pop(k, None)
+        for old in [j for j in self._features if j < k]:
+            del self._features[old]
+        steps = max(1, k - self._blinked)
+        if feats is None or len(feats) != steps:
+            feats = (feats or [None])[-1:] * steps
+        self._blinked = max(self._blinked, k)
+        c = 0.0
+        for f in feats:
+            c = self._blinker.step(speaking=f.speaking if f is not None else None,
+                                   mouth_open=f.mouth_open if f is not None else None)
+        return c
 
     def motion(self, inputs: Sequence[PoseInput]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pose B x 6, eye B x 6, emotion B x 30) of tracked crops: one encoder pass, cached by
         crop content (a looping file or a still costs one encoding per distinct frame)."""
         from trtalk.face import to_tensor
 
-        keys = [hashlib.blake2b(p.crop.tobytes(), digest_size=16).digest() for p in inputs]
-        todo = {k: p.crop for k, p in zip(keys, inputs) if k not in self._pose_cache}
-        if todo:
-            x = to_tensor(np.stack(list(todo.values()))).to(self.device)
-            pose, eye, emo = self.model.encode_motion(x)
-            self.pose_encodings += len(todo)
-            for i, k in enumerate(todo):
-                self._pose_cache[k] = (pose[i], eye[i], emo[i])
-        rows = []
-        for k in keys:
-            self._pose_cache.move_to_end(k)
-            rows.append(self._pose_cache[k])
-        while len(self._pose_cache) > self.pose_cache_size:
-            self._pose_cache.popitem(last=False)
+        def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
+            return list(zip(*self.model.encode_motion(to_tensor(crops).to(self.device))))
+
+        rows = self._pose_cache([p.crop for p in inputs], encode)
         out = tuple(torch.stack([r[i] for r in rows]) for i in range(3))
         self._last_motion = tuple(t[-1] for t in out)
         self._batch_motion = out  # per frame when the next batch has one input per frame
@@ -277,6 +341,16 @@ class PDFGCFamily(ModelFamily):
 
     def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
         return self.motion(inputs)[0]
+
+    def prepare_motion(self, avatar: Avatar) -> Any:
+        """The avatar's angle -> 6-d pose code map (`ModelFamily.prepare_motion`: the grid's
+        renders through the motion encoder's pose head), keyed in the cache by the photo and
+        `weights_id`. Encoding the grid leaves the webcam factors (eyes, emotion) as they were."""
+        held = self._batch_motion, self._last_motion
+        try:
+            return super().prepare_motion(avatar)
+        finally:
+            self._batch_motion, self._last_motion = held
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
@@ -314,11 +388,7 @@ class PDFGCFamily(ModelFamily):
             eye = self._source("eyes", avatar, k, pos, n).clone()
             closed = self._closed_eye_of(avatar)
             if closed is not None and self.specs["eyes"].kind != "off":
-                c = self._blinker.step()
-                if c > 0:
-                    idx = list(BLINK_DIMS)
-                    closed = closed.to(eye.device, eye.dtype)
-                    eye[idx] = eye[idx] + c * (closed[idx] - eye[idx])
+                eye = blink_eye_code(eye, closed, self._closure(int(k)))
             if self.specs["eyes"].kind != "off":
                 eye[list(GAZE_DIMS)] += torch.tensor(st.gaze_offset, dtype=eye.dtype, device=eye.device)
             if st.emotion_preset is not None:

@@ -42,6 +42,7 @@ from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.runtime.family import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
+from trtalk.runtime.mouth_path import MouthClip, MouthOptions, MouthPath
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
 from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, Source
 from trtalk.runtime.step import Background, FrameStep
@@ -91,6 +92,7 @@ class PipelineConfig:
                                  default_text="$TRTALK_THREADS, else the usable cores")
     motion: MotionConfig = option(default_factory=MotionConfig, prefix="motion-", section="generated motion")
     blink: BlinkConfig = option(default_factory=BlinkConfig, prefix="blink-", section="generated motion")
+    mouth_source: MouthOptions = option(default_factory=MouthOptions, prefix="")
     gain: GainConfig = option(default_factory=GainConfig, cli=False)
     stats_interval_s: float | None = option(None, cli=False)  # log stats this often (stream --stats)
 
@@ -135,7 +137,8 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
-                 background: BackgroundFn | None = None, motion: bool = False) -> None:
+                 background: BackgroundFn | None = None, motion: bool = False,
+                 mouth_clip: MouthClip | None = None) -> None:
         self.cfg = cfg
         self.family = family
         self.avatar = avatar
@@ -154,10 +157,21 @@ class Pipeline:
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        configure = getattr(family, "configure_motion", None)
+        if configure is not None:  # a family with its own blinks (PD-FGC's --eyes auto)
+            configure(cfg.motion, cfg.blink, avatar if motion and pose_source is None else None)
         if motion and pose_source is None:
             from trtalk.runtime.motion_path import MotionPose
 
             self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, cfg.blink)
+        mouth_opts = cfg.mouth_source
+        if mouth_opts.source in ("webcam", "blend"):
+            if pose_source is None:
+                raise TrtalkError(f"--mouth {mouth_opts.source} reads the lips from the pose video or "
+                                  f"camera and there is none; add --pose VIDEO (stream: or --webcam)")
+            family.want_visual_mouth(True)  # PC-AVS: pose and lips from one encoder pass
+        self.mouth = MouthPath(mouth_opts, family, avatar, cfg.fps, mouth_clip,
+                               hold_s=cfg.lost_hold_s, ease_s=cfg.lost_ease_s)
         self.background = background or self._default_background
         from trtalk.audio import audio_lookahead_s
 
@@ -266,9 +280,12 @@ class Pipeline:
         mel = torch.from_numpy(np.stack([self.audio.window(k) for k in idx]))
         audio_cap = [self.audio.captured(k, self.clock.now) for k in idx]
         pose_codes, samples = self.pose.codes(idx, stop, mel)
+        held = self.pose.held[-len(idx):] if self.pose_src is not None else None
+        mouth = self.mouth.codes(idx, mel, samples, held)
         backgrounds = [self.background(k, s) for k, s in zip(idx, samples)] if self.cfg.paste_back else None
         panels = [s.crop if s is not None else None for s in samples]
-        frames = self.step(idx, mel, pose_codes, backgrounds, panels)
+        frames = self.step(idx, mel, pose_codes, backgrounds, panels, mouth=mouth,
+                           mouth_panels=self.mouth.panels if mouth is not None else None)
         self.latency.compute_s += time.perf_counter() - t_start
         for k, frame, sample, a_cap in zip(idx, frames, samples, audio_cap):
             pose_cap = sample.captured if sample is not None else None
@@ -292,6 +309,7 @@ class Pipeline:
         self.family.reset()
         if self.pose.motion is not None:
             self.pose.motion.reset()
+        self.mouth.reset()
         self.t0 = self.clock.now()
         started: list[Source] = []
         next_stats = time.monotonic() + (self.cfg.stats_interval_s or math.inf)
@@ -379,5 +397,7 @@ class Pipeline:
                    "audio_gain": round(self.gain.gain(), 6),
                    "gain_mode": "fixed" if self.gain.fixed is not None else "running",
                    "model": self.family.name,
+                   "mouth": self.cfg.mouth_source.source,
+                   "mouth_visual_frames": self.mouth.visual_frames,
                    "random_weights": self.family.random_weights},
         )

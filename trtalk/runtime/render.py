@@ -10,7 +10,11 @@
   a pose file and with a still face, the avatar's own pose; ``--pose auto``: head motion and
   blinks generated from the speech (`trtalk.runtime.motion_path`; the default of `trtalk demo`);
 - paste-back into the face source's frames (the official loop over them);
-- sink: an H.264/AAC mp4 written to a temporary file and renamed at the end.
+- sink: an H.264/AAC mp4 written to a temporary file and renamed at the end;
+- mouth (`trtalk.runtime.mouth_path`): the audio's by default; ``--mouth video PATH`` reads the
+  lips from another video aligned as a whole (output frame k shows its frame at ``k / fps``) and
+  plays that video's own audio track (silence without one) instead of ``--audio``, so the frame
+  count is the video's; ``--mouth webcam``/``blend`` read them from the pose source.
 
 Frame count = ``floor(audio_seconds * fps + 0.5)`` (at most ``floor(duration * fps + 0.5)``). The official demo drops two frames at each
 end (its windows must fit inside the mel); here out-of-range mel rows are silence, so the video
@@ -91,11 +95,14 @@ def _check_inputs(cfg: RenderConfig) -> None:
     from trtalk.runtime.motion_path import is_auto
 
     pose = None if is_auto(cfg.pose) else cfg.pose
-    for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", pose)):
+    for label, p in (("--face", cfg.face), ("--audio", cfg.audio), ("--pose", pose),
+                     ("--mouth video", cfg.mouth_source.path)):
         if label == "--pose" and pose_off(cfg):
             continue
         if p is not None and not Path(p).exists():
             raise TrtalkError(f"{label} {p} does not exist")
+    if cfg.mouth_source.source == "video" and Path(cfg.audio) != DEFAULT_AUDIO:
+        raise TrtalkError("--mouth video plays the video's own audio track; drop --audio")
     check_writable(cfg.output)
     check_video_path(cfg.output, "-o")
     remove_stale_temps(cfg.output)  # what a killed render of this output left behind
@@ -131,9 +138,12 @@ def estimate_memory(cfg: RenderConfig) -> dict[str, int]:
     from trtalk.media.read import probe
 
     parts: dict[str, int] = {}
-    audio = probe(cfg.audio)
+    mouth_video = cfg.mouth_source.path
+    audio = probe(mouth_video if mouth_video is not None else cfg.audio)
     if audio.duration_s:
         parts["audio"] = int(audio.duration_s * AUDIO_BYTES_PER_S)
+    if mouth_video is not None:
+        parts["mouth clip"] = (audio.num_frames or 1) * ALIGNED_FRAME_BYTES
     face = probe(cfg.face)
     n_face = face.num_frames or 1
     parts["face clip"] = n_face * ALIGNED_FRAME_BYTES
@@ -171,7 +181,15 @@ class Renderer:
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        audio = AudioFileSource(cfg.audio)
+        mouth_clip = None
+        if cfg.mouth_source.source == "video":
+            from trtalk.runtime.mouth_path import MouthClip, video_audio
+
+            mouth_clip = MouthClip(cfg.mouth_source.path)  # type: ignore[arg-type]
+            audio = video_audio(mouth_clip.path, len(mouth_clip), mouth_clip.fps)
+            log.info("mouth from %s: %d frame(s) at %g fps", mouth_clip.path, len(mouth_clip), mouth_clip.fps)
+        else:
+            audio = AudioFileSource(cfg.audio)
         n = num_video_frames(len(audio.wave), cfg.fps)
         if cfg.duration is not None:
             n = min(n, int(math.floor(cfg.duration * cfg.fps + 0.5)))
@@ -228,7 +246,7 @@ class Renderer:
 
         with Mp4Sink(cfg.output, fps=cfg.fps, audio=audio.wave, sample_rate=16000) as sink:
             pipe = Pipeline(cfg, self.family, avatar, audio, pose, [sink], VirtualClock(),
-                            background if cfg.paste_back else None, motion=motion)
+                            background if cfg.paste_back else None, motion=motion, mouth_clip=mouth_clip)
             pipe.run(progress=report)
             frames = pipe.last_slot + 1
         if frames != n:

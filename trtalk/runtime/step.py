@@ -70,14 +70,19 @@ class FrameStep:
 
             self.paster = PasteBack(crop_size=family.output_size)
 
-    def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
-        """Generated crops B x H x W x 3 uint8 of ``frames`` from their mel windows and pose codes."""
+    def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
+              mouth: torch.Tensor | None = None) -> np.ndarray:
+        """Generated crops B x H x W x 3 uint8 of ``frames`` from their mel windows and pose codes
+        (``mouth``: mouth codes from elsewhere, `trtalk.runtime.mouth_path`; the mel is then unused)."""
         with torch.no_grad():
+            if mouth is not None:
+                return self.family.generate(self.avatar, mouth, pose)
             return self.family.synthesize(self.avatar, mel, frames, pose)
 
     def compose(self, crop: np.ndarray, background: Background | None = None,
-                pose_panel: np.ndarray | None = None) -> np.ndarray:
-        """The output frame of one generated crop."""
+                pose_panel: np.ndarray | None = None, mouth_panel: np.ndarray | None = None) -> np.ndarray:
+        """The output frame of one generated crop (side by side: avatar | frame | mouth source,
+        when it is not the pose source | pose source)."""
         out = crop
         if self.paster is not None:
             bg = background or Background(self.avatar.image, self.avatar.crop_m)
@@ -86,7 +91,9 @@ class FrameStep:
             from trtalk.media.frames import composite_side_by_side
 
             panel = pose_panel if pose_panel is not None else self.avatar.crop
-            out = composite_side_by_side([self.avatar.crop, out, panel],
+            panels = [self.avatar.crop, out, panel] if mouth_panel is None else \
+                [self.avatar.crop, out, mouth_panel, panel]
+            out = composite_side_by_side(panels,
                                          height=min(512, out.shape[0]) if self.paster else crop.shape[0])
         if self.family.random_weights:
             out = stamp(out, RANDOM_WEIGHTS_NOTE)
@@ -94,9 +101,12 @@ class FrameStep:
 
     def __call__(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
                  backgrounds: Sequence[Background | None] | None = None,
-                 pose_panels: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        crops = self.infer(frames, mel, pose)
+                 pose_panels: Sequence[np.ndarray | None] | None = None, *,
+                 mouth: torch.Tensor | None = None,
+                 mouth_panels: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        crops = self.infer(frames, mel, pose, mouth)
         n = len(crops)
         bgs = backgrounds if backgrounds is not None else [None] * n
         panels = pose_panels if pose_panels is not None else [None] * n
-        return [self.compose(c, b, p) for c, b, p in zip(crops, bgs, panels)]
+        mpanels = mouth_panels if mouth_panels is not None else [None] * n
+        return [self.compose(c, b, p, m) for c, b, p, m in zip(crops, bgs, panels, mpanels)]

@@ -134,8 +134,21 @@ def _run(cmd: StreamCommand) -> int:
     realtime = cmd.realtime if cmd.realtime is not None else live
     if live and not realtime:
         raise TrtalkError("--fast works with files only; a microphone or webcam runs in real time")
-    if cmd.mic is None and cmd.audio is None:
-        raise TrtalkError("give --mic [DEV] or --audio FILE")
+    mouth = cfg.mouth_source
+    if mouth.source == "video":
+        if cmd.mic is not None or cmd.audio is not None:
+            raise TrtalkError("--mouth video plays the video's own audio track; drop --mic/--audio")
+        if not mouth.path.exists():  # type: ignore[union-attr]
+            raise TrtalkError(f"--mouth video {mouth.path} does not exist")
+    elif mouth.source == "webcam" and cmd.mic is None and cmd.audio is None:
+        if cmd.webcam is None and cmd.pose is None:
+            raise TrtalkError("--mouth webcam reads the lips from the camera: add --webcam [DEV] "
+                              "(or --pose VIDEO)")
+        if not realtime and cfg.duration is None:
+            raise TrtalkError("--mouth webcam with --fast and no audio runs until --duration S; add it")
+    elif cmd.mic is None and cmd.audio is None:
+        raise TrtalkError("give --mic [DEV] or --audio FILE (or --mouth webcam: lips from the camera, "
+                          "no audio)")
     if cmd.audio is not None and not cmd.audio.exists():
         raise TrtalkError(f"--audio {cmd.audio} does not exist")
     if cmd.stats_json is not None:
@@ -153,7 +166,20 @@ def _run(cmd: StreamCommand) -> int:
             stack.enter_context(output_parent(cmd.record))
         # Sinks and devices first: a missing backend fails in milliseconds, before the model loads.
         sink = stack.enter_context(_make_sink(cmd))
-        audio = MicSource(cmd.mic) if cmd.mic is not None else AudioFileSource(cmd.audio)
+        if cmd.mic is not None:
+            audio = MicSource(cmd.mic)
+        elif cmd.audio is not None:
+            audio = AudioFileSource(cmd.audio)
+        elif mouth.source == "video":
+            from trtalk.runtime.mouth_path import video_audio
+
+            audio = video_audio(mouth.path)  # type: ignore[arg-type]
+        else:  # --mouth webcam, no microphone: silence that never holds a frame back
+            from trtalk.audio import audio_lookahead_s
+            from trtalk.runtime.mouth_path import SilenceSource
+            from trtalk.runtime.sources import DEFAULT_BLOCK, SAMPLE_RATE
+
+            audio = SilenceSource(audio_lookahead_s(cfg.fps) + DEFAULT_BLOCK / SAMPLE_RATE, cfg.duration)
         stack.callback(audio.close)
         pose = None
         # Generated motion: asked for, or the default when nothing else drives the head.

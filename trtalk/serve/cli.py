@@ -100,8 +100,6 @@ def _run(cmd: ServeCommand) -> int:
     _import_serve_deps()
     if not 1 <= cmd.max_batch <= 256:
         raise TrtalkError("--max-batch must be between 1 and 256")
-    from aiohttp import web
-
     from trtalk.serve.app import Server, make_app
 
     limits = limits_of(cmd)

@@ -59,6 +59,8 @@ class WorkItem:
     frame: int = field(compare=False)
     pose: torch.Tensor = field(compare=False)  # P
     future: Future = field(compare=False, default_factory=Future)
+    #: the mouth code when it comes from elsewhere (`trtalk.runtime.mouth_path`); ``mel`` is then unused
+    mouth: torch.Tensor | None = field(compare=False, default=None)
 
 
 @dataclass
@@ -118,10 +120,13 @@ class BatchScheduler:
     # -- submission ---------------------------------------------------------------------------
 
     def submit(self, session: str, family: ModelFamily, avatar: Avatar, mel: torch.Tensor,
-               frames: Sequence[int], pose: torch.Tensor, deadlines: Sequence[float]) -> list[Future]:
+               frames: Sequence[int], pose: torch.Tensor, deadlines: Sequence[float],
+               mouth: torch.Tensor | None = None) -> list[Future]:
         """Queue frames of one session; each future gives an H x W x 3 crop, None (dropped past its
-        deadline) or raises `WorkerError`."""
-        items = [WorkItem(d, next(self._seq), session, family, avatar, mel[i], k, pose[i])
+        deadline) or raises `WorkerError`. ``mouth``: B x M mouth codes from elsewhere (the mel
+        windows are then unused)."""
+        items = [WorkItem(d, next(self._seq), session, family, avatar, mel[i], k, pose[i],
+                          mouth=None if mouth is None else mouth[i])
                  for i, (k, d) in enumerate(zip(frames, deadlines))]
         with self._cond:
             if self._stop:
@@ -244,7 +249,10 @@ class BatchScheduler:
             mouth: list[torch.Tensor | None] = [None] * len(items)
             groups: dict[int, list[int]] = collections.defaultdict(list)
             for i, it in enumerate(items):
-                groups[id(it.family)].append(i)
+                if it.mouth is not None:
+                    mouth[i] = it.mouth
+                else:
+                    groups[id(it.family)].append(i)
             for idx in groups.values():
                 # a session's frames in frame order: a follower's state must see them in order
                 idx.sort(key=lambda i: (items[i].session, items[i].frame))

@@ -292,11 +292,12 @@ class ScheduledStep(FrameStep):
         self._last: np.ndarray | None = None
         self.deadline_drops = 0
 
-    def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+    def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
+              mouth: torch.Tensor | None = None) -> np.ndarray:
         p = self.session.pipeline
         deadlines = [p.t0 + p.audio.need_samples(k) / SAMPLE_RATE + p.cfg.max_delay_s for k in frames]
         futures = self.scheduler.submit(self.session.id, self.family, self.avatar, mel, frames, pose,
-                                        deadlines)
+                                        deadlines, mouth=mouth)
         out = []
         for fut in futures:
             crop = fut.result(timeout=30)
