@@ -342,8 +342,12 @@ def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] |
 
 def export_aot(opts: "ExportOptions", model: PCAVS | PDFGC | None = None) -> dict[str, EngineRecord]:
     """``trtalk export --target aot``: build ``opts.stages`` into the engine cache (``opts.cache_dir``)."""
+    import dataclasses
+
     from trtalk.export.exporter import load_model
 
+    if model is not None and opts.model is None and opts.checkpoint is None:
+        opts = dataclasses.replace(opts, model=family_of(model))  # its family is the export's
     opts.validate()
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     aopts = AotOptions(device=device, precision=opts.precision,
@@ -358,7 +362,7 @@ def export_aot(opts: "ExportOptions", model: PCAVS | PDFGC | None = None) -> dic
         if config is None and opts.model_config == "small":
             config = small_config(opts.family())
         model, _ = load_model(opts.checkpoint, opts.seed, config, opts.family())
-    return aot_packages(model, aopts, opts.stage_names(), opts.cache_dir)
+    return aot_packages(model, aopts, opts.stages, opts.cache_dir)  # None: all of the family's
 
 
 def describe_aot(records: dict[str, EngineRecord]) -> str:

@@ -12,6 +12,7 @@ half-written files (an older manifest is removed before the first file is replac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -229,8 +230,11 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | PDFGC | None = None,
                  checkpoint_record: dict | None = None) -> Manifest:
     """Export the stages of a model (either family) to ``opts.out``; returns the written manifest.
 
-    ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``.
+    ``model`` (with its ``checkpoint_record``) skips loading ``opts.checkpoint``; its family is
+    the export's.
     """
+    if model is not None and opts.model is None and opts.checkpoint is None:
+        opts = dataclasses.replace(opts, model=family_of(model))
     opts.validate()
     if opts.target == "aot":
         raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
