@@ -24,7 +24,6 @@ needs frame k+1's audio, i.e. one more frame (40 ms at 25 fps) of audio lookahea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
