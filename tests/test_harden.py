@@ -468,8 +468,9 @@ def test_export_model_config_small_builds_the_small_networks(monkeypatch, tmp_pa
 
     seen = []
 
-    def load_model(checkpoint, seed=0, config=None):
+    def load_model(checkpoint, seed=0, config=None, family=None):
         seen.append(config)
+        assert family == "pcavs"  # --model's default
         raise TrtalkError("stop here")  # the graphs themselves are test_export's business
 
     monkeypatch.setattr(exporter, "load_model", load_model)
