@@ -145,11 +145,13 @@ class BenchConfig:
         return self.model or "pcavs"
 
     @property
-    def pcavs_config(self) -> PCAVSConfig | PDFGCConfig:
+    def architecture(self) -> PCAVSConfig | PDFGCConfig:
         """The architecture of the family's random weights (official or small)."""
-        if self.family == "pdfgc":
-            return PDFGCConfig.small() if self.model_config == "small" else PDFGCConfig()
-        return PCAVSConfig.small() if self.model_config == "small" else PCAVSConfig()
+        if self.model_config == "small":
+            from trtalk.export.exporter import small_config
+
+            return small_config(self.family)
+        return PDFGCConfig() if self.family == "pdfgc" else PCAVSConfig()
 
     @property
     def is_cuda(self) -> bool:
@@ -275,7 +277,7 @@ def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig):
 
     preset = PRESETS[v.backend]
     opts = RunnerOptions(**{"precision": v.precision, **preset.options}, max_batch=max(cfg.batches),
-                         cache_dir=cfg.cache_dir, config=cfg.pcavs_config, seed=cfg.seed,
+                         cache_dir=cfg.cache_dir, config=cfg.architecture, seed=cfg.seed,
                          family=cfg.family,
                          threads=cfg.threads if preset.backend == "onnxruntime" else None)
     if preset.backend == "torch":
@@ -483,7 +485,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     info = machine_info(cfg.device)
     t0 = time.perf_counter()
     model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
-                               config=None if cfg.checkpoint else cfg.pcavs_config, family=cfg.family)
+                               config=None if cfg.checkpoint else cfg.architecture, family=cfg.family)
     model = model.eval()
     flops = count_stage_flops(model)
     flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
