@@ -151,6 +151,47 @@ def test_on_signals_turns_sigterm_into_the_sigint_path():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
+def _swallowing_library_call(signum: int) -> None:
+    """What PyAV's ``err_check`` did in CI: the signal's exception is raised inside it and lost."""
+    try:
+        os.kill(os.getpid(), signum)
+        time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["batch", "live"])
+def test_signal_whose_exception_a_library_swallows_still_discards_output(tmp_path, live):
+    """A render got SIGINT while PyAV ran, PyAV dropped the KeyboardInterrupt, and the render saved
+    its mp4 with exit 0. The signal is recorded: the commit refuses and the command ends 130 / 143;
+    a live recording (which a signal ends, not discards) is still kept."""
+    from trtalk.fsutil import atomic_output
+    from trtalk.media.mp4 import Mp4Sink
+    from trtalk.signals import Interrupted, on_signals
+
+    out = tmp_path / "x.mp4"
+    with pytest.raises(Interrupted) as info:
+        with on_signals():
+            with Mp4Sink(out, fps=25, push_audio=live, live=live) as sink:
+                sink.write(np.zeros((64, 64, 3), np.uint8), 0.0)
+                _swallowing_library_call(signal.SIGINT)
+    assert info.value.exit_code == 130
+    assert out.exists() == live
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["x.mp4"] if live else [])
+
+    with pytest.raises(Interrupted) as info:
+        with on_signals():
+            with atomic_output(tmp_path / "y.bin") as tmp:
+                tmp.write_bytes(b"data")
+                _swallowing_library_call(signal.SIGTERM)
+    assert info.value.exit_code == 143 and not (tmp_path / "y.bin").exists()
+
+    with on_signals():  # a fresh block starts clean: the old signal does not leak into it
+        with atomic_output(tmp_path / "z.bin") as tmp:
+            tmp.write_bytes(b"data")
+    assert (tmp_path / "z.bin").read_bytes() == b"data"
+
+
 def test_stale_temp_files_of_the_same_output_are_removed(tmp_path):
     from trtalk.fsutil import STALE_AFTER_S, atomic_output, remove_stale_temps
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trtalk.errors import TrtalkError
+from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def remove_abandoned(parent: str | os.PathLike[str], pattern: re.Pattern[str], *
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, interruptible: bool = True) -> Iterator[Path]:
     """Yield a temp path to write to; move it onto ``path`` on success.
 
     The temp file lives in the same directory as ``path`` (so the final
@@ -120,7 +121,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``with`` body finishes without an exception the temp file replaces
     ``path`` (overwriting an existing file).  On any exception, including
     ``KeyboardInterrupt``, the temp file is removed and the exception
-    propagates; ``path`` is left untouched.
+    propagates; ``path`` is left untouched. With ``interruptible`` (the default) a body that
+    finished after a SIGINT / SIGTERM whose exception a library swallowed is treated as
+    interrupted too (`trtalk.signals.raise_if_interrupted`); False keeps the file (a live
+    recording, which a signal ends rather than discards).
 
     Raises:
         TrtalkError: the parent directory does not exist or is not writable
@@ -135,6 +139,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} (meant for {target})")
+        if interruptible:
+            raise_if_interrupted()  # a SIGINT / SIGTERM whose exception a library swallowed
         os.replace(tmp, target)
         log.debug("wrote %s", target)
     except BaseException:

@@ -15,6 +15,13 @@ must leave the same state behind, so both go down the same path:
 `trtalk.cli.main` wraps every command in ``on_signals()``; a command that stops by event nests
 ``on_signals(stop)`` inside it. Signal handlers can only be set in the main thread: elsewhere the
 helper changes nothing.
+
+An `Interrupted` can be lost on its way up: the handler raises it in whatever Python code the
+main thread runs at that instant, and some native extensions discard exceptions raised in code
+they call (PyAV's ``err_check`` does, seen as a render that got SIGINT and saved its mp4 anyway).
+So the batch handler also records the signal: `raise_if_interrupted` raises it again, and
+`trtalk.fsutil.atomic_output` calls it before every rename, so no output is committed after a
+signal; the outermost ``on_signals()`` block raises it at its end if nothing did.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HANDLED", "Interrupted", "on_signals"]
+__all__ = ["HANDLED", "Interrupted", "on_signals", "raise_if_interrupted"]
 
 #: The signals that end a command.
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -47,6 +54,19 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: The signal a batch ``on_signals()`` block turned into `Interrupted` (None: none yet).
+_received: int | None = None
+#: How many ``on_signals`` blocks the main thread is in.
+_depth = 0
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` if a batch ``on_signals()`` block got SIGINT / SIGTERM, even when the
+    exception its handler raised was swallowed on the way. Call it before committing output."""
+    if _received is not None:
+        raise Interrupted(_received)
+
+
 @contextlib.contextmanager
 def on_signals(stop: threading.Event | None = None) -> Iterator[threading.Event | None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` (``stop`` None) or set ``stop``
@@ -56,17 +76,28 @@ def on_signals(stop: threading.Event | None = None) -> Iterator[threading.Event 
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        global _received
         if stop is not None and not stop.is_set():
             log.info("stopping (%s); send it again to abort", signal.Signals(signum).name)
             stop.set()
             return
+        _received = signum
         raise Interrupted(signum)
 
+    global _depth, _received
+    if _depth == 0:
+        _received = None
+    _depth += 1
     old = {}
     try:
         for sig in HANDLED:
             old[sig] = signal.signal(sig, handler)
         yield stop
+        if _depth == 1:
+            raise_if_interrupted()  # a signal whose exception something swallowed
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+        _depth -= 1
+        if _depth == 0:
+            _received = None

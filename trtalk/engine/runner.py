@@ -43,6 +43,7 @@ from trtalk.export.stages import FAMILY_NOISE, FAMILY_STAGES, StageSpec, family_
 from trtalk.fsutil import remove_abandoned
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC, PDFGCConfig
+from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
         export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch,
                                    fold_up_blur=fold_up_blur),
                      model=model, checkpoint_record=record)
+        raise_if_interrupted()  # a signal whose exception a library swallowed: publish nothing
         try:
             os.rename(tmp, final)  # atomic publish of the whole directory
         except OSError:

@@ -37,6 +37,7 @@ from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
 from trtalk.models.fuse import FuseOptions
 from trtalk.models.pcavs import MODEL_CONFIG_HELP, PCAVS, PCAVSConfig
 from trtalk.models.pdfgc import PDFGC, PDFGCConfig
+from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def _export(opts: ExportOptions, out: Path, model: PCAVS | PDFGC | None,
                                                       precision=opts.precision,
                                                       max_batch=opts.max_batch)
             del module
+        raise_if_interrupted()  # a signal whose exception a library swallowed: publish nothing
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         for rec in manifest.graphs.values():
             for name in (rec.external_data, rec.file):  # data first: a graph never lacks its data

@@ -231,7 +231,7 @@ class Mp4Sink(FrameSink):
 
         muxer = check_video_path(self._path)
         check_writable(self._path)
-        self._atomic = atomic_output(self._path)
+        self._atomic = atomic_output(self._path, interruptible=not live)
         self._tmp = self._atomic.__enter__()
         try:
             self._container = av.open(
