@@ -479,6 +479,15 @@ def test_serve_refuses_a_public_host_without_token() -> None:
         resolve_token(ServeCommand(host="0.0.0.0"))
     assert resolve_token(ServeCommand(host="0.0.0.0", token="long-enough")) == "long-enough"
     assert resolve_token(ServeCommand()) is None
+    for host in ("localhost", "127.0.0.2", "::1", "[::1]"):
+        assert resolve_token(ServeCommand(host=host)) is None, host
+    for host in ("::", "192.168.1.20", "example.org", "localhost.example.org"):
+        with pytest.raises(TrtalkError, match="--token"):
+            resolve_token(ServeCommand(host=host))
+    from trtalk.net import url_host
+
+    assert [url_host(h) for h in ("0.0.0.0", "::", "::1", "localhost", "10.0.0.5")] == [
+        "127.0.0.1", "127.0.0.1", "[::1]", "localhost", "10.0.0.5"]
 
 
 def test_returned_audio_waits_for_its_video() -> None:

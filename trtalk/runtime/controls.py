@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from trtalk.errors import TrtalkError
+from trtalk.net import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class ControlServer:
     def __init__(self, controls: Controls, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None) -> None:
         self.controls = controls
-        loopback = host in ("127.0.0.1", "localhost", "::1")
+        loopback = is_loopback(host)
         self.token = token if token is not None else (None if loopback else secrets.token_urlsafe(16))
         server = self
 

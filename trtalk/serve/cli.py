@@ -16,12 +16,12 @@ from pathlib import Path
 from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.net import is_loopback, url_host
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def resolve_token(cmd: ServeCommand) -> str | None:
             raise TrtalkError(f"cannot read the token from --token-file {cmd.token_file}: {exc}") from None
     if token is not None and len(token) < 8:
         raise TrtalkError("the token must be at least 8 characters")
-    if cmd.host not in LOOPBACK and not token:
+    if not is_loopback(cmd.host) and not token:
         raise TrtalkError(f"--host {cmd.host} exposes the server beyond this machine: give --token "
                           f"or --token-file too")
     return token
@@ -109,7 +109,7 @@ def _run(cmd: ServeCommand) -> int:
                     capacity_fps_override=cmd.capacity_fps)
     server.prepare()
     app = make_app(server)
-    url = f"http://{cmd.host if cmd.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{cmd.port}/"
+    url = f"http://{url_host(cmd.host)}:{cmd.port}/"
     print(f"trtalk serve: open {url}{'?token=' + token if token else ''} "
           f"({server.capacity_sessions()} session(s) at {cmd.stream.fps:g} fps fit)", file=sys.stderr)
     try:
