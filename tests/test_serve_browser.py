@@ -123,6 +123,31 @@ def test_browser_session_shows_the_talking_avatar(served, speech_wave) -> None:
     assert len(s) >= 75 and max(rs) > 0.5, (len(s), max(rs))  # at least one loop of the wave
 
 
+def test_lips_from_the_camera_in_the_page(served) -> None:
+    """The page's Lips choice: a camera choice brings the webcam pose with it (the lips are read
+    from the frames it tracks), a camera-less pose brings the voice back; a session with camera
+    lips reports frames whose mouth the camera gave."""
+    srv, url, browser, tmp = served
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function("document.querySelectorAll('#mouth option').length > 0", timeout=15000, polling=250)
+    assert page.is_visible("#mouth")
+    page.select_option("#pose", "still")
+    page.select_option("#mouth", "webcam")
+    assert page.input_value("#pose") == "webcam"
+    page.select_option("#pose", "auto")
+    assert page.input_value("#mouth") == "audio"
+    page.select_option("#mouth", "blend")
+    assert page.input_value("#pose") == "webcam"
+    page.click("#start")
+    page.wait_for_function("window.trtalk.stats && window.trtalk.stats.mouth_camera_frames > 25 "
+                           "|| window.trtalk.error", timeout=30000, polling=250)
+    stats, error = page.evaluate("window.trtalk.stats"), page.evaluate("window.trtalk.error")
+    page.click("#stop")
+    page.close()
+    assert error is None and stats["mouth"] == "blend", (error, stats)
+
+
 def test_four_browser_sessions_at_once(served) -> None:
     srv, url, browser, tmp = served
     pages = [browser.new_page() for _ in range(4)]

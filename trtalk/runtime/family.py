@@ -76,6 +76,8 @@ class ModelFamily(abc.ABC):
     """A network family behind the frame step (see the module docstring)."""
 
     name: str = ""
+    #: whether `visual_mouth` reads lips from tracked frames (``--mouth webcam|video|blend``)
+    has_visual_mouth: bool = False
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
@@ -259,6 +261,7 @@ class PCAVSFamily(ModelFamily):
     """
 
     name = "pcavs"
+    has_visual_mouth = True
     output_size = 224
 
     def __init__(self, runner: Any, random_weights: bool | None = None, device: str = "cpu",
@@ -371,6 +374,7 @@ class WarpFamily(ModelFamily):
     """
 
     name = "warp"
+    has_visual_mouth = True
 
     def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
         super().__init__(random_weights=False)

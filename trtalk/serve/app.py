@@ -4,10 +4,10 @@ Endpoints (every one checks the token when the server has one: ``?token=``, head
 ``Authorization: Bearer <token>`` or ``X-Trtalk-Token``):
 
 - ``GET /``: the page (``trtalk/serve/static``: HTML + JS, no build step, nothing from a CDN);
-- ``GET /api/config``: avatars, pose choices, fps, capacity;
+- ``GET /api/config``: avatars, pose and lip choices, fps, capacity;
 - ``POST /api/avatar``: upload a photo (raw body; byte, header and pixel limits before decoding,
   a face is required) -> ``{"id": ...}``;
-- ``POST /api/offer``: ``{"sdp", "type", "avatar", "pose", "paste_back"}`` -> the SDP answer, or
+- ``POST /api/offer``: ``{"sdp", "type", "avatar", "pose", "mouth", "paste_back"}`` -> the SDP answer, or
   ``{"error"}`` (503 when the server is full: admission control);
 - ``GET /metrics``: Prometheus text; ``GET /healthz``: JSON state and capacity;
   ``POST /api/drain``: stop admitting sessions (running ones go on).
@@ -39,7 +39,7 @@ from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
 from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
-from trtalk.serve.session import POSE_CHOICES, Session
+from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,15 @@ class Server:
         pose = str(params.get("pose") or next(iter(POSE_CHOICES)))
         if pose not in POSE_CHOICES:
             raise _bad(f"unknown pose source {pose!r}; choose {', '.join(POSE_CHOICES)}")
+        mouth = str(params.get("mouth") or next(iter(MOUTH_CHOICES)))
+        offered = mouth_choices(self.family)
+        if mouth not in offered:
+            why = (f"the {self.family.name} model cannot read lips from the camera ({mouth!r})"
+                   if mouth in MOUTH_CHOICES else f"unknown lip source {mouth!r}")
+            raise _bad(f"{why}; choose {', '.join(offered)}")
+        if offered[mouth].camera and not POSE_CHOICES[pose].camera:
+            raise _bad(f"lips from the camera ({mouth!r}) read the frames the webcam head pose "
+                       f"tracks: pick the webcam pose")
         refusal = self.admit()
         if refusal:
             self.metrics.refused += 1
@@ -317,9 +326,14 @@ class Server:
         sid = secrets.token_hex(6)
         from dataclasses import replace
 
-        cfg = replace(self.cfg, paste_back=bool(params.get("paste_back", False)))
-        session = Session(sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
-                          on_end=self._on_end, on_frame=self._on_frame)
+        from trtalk.runtime.mouth_path import MouthOptions
+
+        cfg = replace(self.cfg, paste_back=bool(params.get("paste_back", False)),
+                      mouth_source=MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend))
+        # off the event loop: a camera lip source encodes the avatar's rest mouth on the worker
+        session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
+            sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
+            on_end=self._on_end, on_frame=self._on_frame))
         pc = RTCPeerConnection()
         self.pcs[sid] = pc
         self.sessions[sid] = session
@@ -330,7 +344,7 @@ class Server:
         @pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
             self.channels[sid] = channel
-            channel.send(json.dumps({"type": "ready", "session": sid, "pose": pose}))
+            channel.send(json.dumps({"type": "ready", "session": sid, "pose": pose, "mouth": mouth}))
 
             @channel.on("message")
             def on_message(message: Any) -> None:
@@ -418,6 +432,8 @@ def make_app(server: Server) -> web.Application:
         return web.json_response({
             "avatars": [{"id": k, "label": k} for k in server.builtin],
             "poses": [{"id": k, "label": c.label, "camera": c.camera} for k, c in POSE_CHOICES.items()],
+            "mouths": [{"id": k, "label": c.label, "camera": c.camera}
+                       for k, c in mouth_choices(server.family).items()],
             "fps": server.cfg.fps, "model": server.family.name,
             "random_weights": server.family.random_weights,
             "max_upload_bytes": server.limits.max_upload_bytes,

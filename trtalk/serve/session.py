@@ -12,7 +12,9 @@
   runs) on its own thread.
 
 Pose sources are rows of `POSE_CHOICES`: a name, whether it needs the browser's camera, and a
-function that makes the pipeline's pose source (None: the family's still pose).
+function that makes the pipeline's pose source (None: the family's still pose). Lip sources are
+rows of `MOUTH_CHOICES` (the stream's ``--mouth``): the voice, or the lips the camera sees (the
+pose's camera frames, so only with the webcam pose), or both mixed.
 """
 
 from __future__ import annotations
@@ -169,6 +171,29 @@ POSE_CHOICES: dict[str, PoseChoice] = {
 }
 
 
+@dataclass(frozen=True)
+class MouthChoice:
+    """A lip source the page offers (``--mouth`` of `trtalk.runtime.mouth_path.MouthOptions`);
+    ``camera``: it reads the camera frames the webcam pose tracks."""
+
+    label: str
+    camera: bool
+
+
+#: The page's lip choices, in order (first: the default). The camera ones need a family with a
+#: visual mouth (`ModelFamily.has_visual_mouth`) and the webcam pose.
+MOUTH_CHOICES: dict[str, MouthChoice] = {
+    "audio": MouthChoice("voice: lips from your speech", False),
+    "webcam": MouthChoice("camera: lips from your own mouth", True),
+    "blend": MouthChoice("both: speech and camera mixed", True),
+}
+
+
+def mouth_choices(family: ModelFamily) -> dict[str, MouthChoice]:
+    """The lip choices ``family`` can serve."""
+    return {k: c for k, c in MOUTH_CHOICES.items() if not c.camera or family.has_visual_mouth}
+
+
 # ----------------------------------------------------------------------------- sink
 
 
@@ -268,7 +293,8 @@ class TrackSink(FrameSink):
 
 
 class _WorkerFamily:
-    """The session's family as the pipeline sees it: pose encoding runs on the worker thread."""
+    """The session's family as the pipeline sees it: what runs a network (pose encoding, the lips
+    read from camera frames, the audio mouth a blend mixes in) runs on the worker thread."""
 
     def __init__(self, family: ModelFamily, scheduler: BatchScheduler) -> None:
         self._family = family
@@ -276,6 +302,15 @@ class _WorkerFamily:
 
     def pose(self, inputs: Sequence[Any]) -> torch.Tensor:
         return self._scheduler.call(lambda: self._family.pose(inputs))
+
+    def visual_mouth(self, inputs: Sequence[Any]) -> torch.Tensor:
+        return self._scheduler.call(lambda: self._family.visual_mouth(inputs))
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        return self._scheduler.call(lambda: self._family.rest_mouth(avatar))
+
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        return self._scheduler.call(lambda: self._family.mouth(mel, frames))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._family, name)
@@ -414,4 +449,6 @@ class Session:
         return {"type": "stats", "frames": rep.frames, "fps": rep.fps_achieved,
                 "mic_to_frame_ms": rep.mic_to_frame_ms, "speech_to_frame_ms": rep.speech_to_frame_ms,
                 "dropped": rep.frames_dropped,
-                "lookahead_ms": rep.lookahead_ms.get("p50")}
+                "lookahead_ms": rep.lookahead_ms.get("p50"),
+                "mouth": self.cfg.mouth_source.source,
+                "mouth_camera_frames": self.pipeline.mouth.visual_frames}

@@ -28,6 +28,8 @@
     } catch (e) { error(e.message); return; }
     for (const a of config.avatars) $("avatar").add(new Option(a.label, a.id));
     for (const p of config.poses) $("pose").add(new Option(p.label, p.id));
+    for (const m of config.mouths) $("mouth").add(new Option(m.label, m.id));
+    $("mouth-label").hidden = config.mouths.length < 2;
     $("model").textContent = "model: " + config.model + (config.random_weights ? " (random weights)" : "") +
       " · " + config.fps + " fps · room for " + config.capacity_sessions + " session(s)";
   }
@@ -69,6 +71,18 @@
     video.requestVideoFrameCallback(onFrame);
   }
 
+  // Lips from the camera read the frames the webcam pose tracks: the two choices go together.
+  const choice = (list, id) => list.find((c) => c.id === id);
+  const webcamPose = () => config.poses.find((p) => p.camera);
+  $("mouth").addEventListener("change", () => {
+    const m = choice(config.mouths, $("mouth").value);
+    if (m && m.camera && !choice(config.poses, $("pose").value).camera && webcamPose()) $("pose").value = webcamPose().id;
+  });
+  $("pose").addEventListener("change", () => {
+    const m = choice(config.mouths, $("mouth").value);
+    if (m && m.camera && !choice(config.poses, $("pose").value).camera) $("mouth").value = config.mouths[0].id;
+  });
+
   async function start() {
     error(null);
     $("start").disabled = true;
@@ -109,7 +123,8 @@
     try {
       const answer = await api("api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", avatar: $("avatar").value,
-                               pose: $("pose").value, paste_back: $("paste").checked }) });
+                               pose: $("pose").value, mouth: $("mouth").value,
+                               paste_back: $("paste").checked }) });
       await pc.setRemoteDescription(answer);
       $("stop").disabled = false;
     } catch (e) { error(e.message); status("refused"); stop(false); return; }
