@@ -61,6 +61,9 @@ def test_atomic_output_success_and_failure(tmp_path: Path) -> None:
 
 def test_check_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     check_writable(tmp_path / "fine.mp4")
+    # a name that fits but whose temp file would not: refused up front, not after the work
+    with pytest.raises(TrtalkError, match="the file name is 245 bytes; at most"):
+        check_writable(tmp_path / ("n" * 241 + ".mp4"))
     with pytest.raises(TrtalkError, match="does not exist"):
         check_writable(tmp_path / "nope" / "out.mp4")
     afile = tmp_path / "afile"

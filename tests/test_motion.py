@@ -192,6 +192,14 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
     build_angle_map(img, lambda c, m: calls.append(len(c)) or encode(c, m), mesh=avatar.state["mesh"],
                     family="pcavs", weights_id="w2", grid=grid, cache_dir=tmp_path)
     assert calls == [26]  # other weights: fitted again
+    # A damaged cache entry (a cut zip) is fitted again, not an error.
+    (cached,) = [p for p in (tmp_path / "posemaps").glob("*.npz") if p.stat().st_mtime == min(
+        q.stat().st_mtime for q in (tmp_path / "posemaps").glob("*.npz"))]
+    cached.write_bytes(cached.read_bytes()[:100])
+    calls.clear()
+    again = build_angle_map(img, lambda c, m: calls.append(len(c)) or encode(c, m), mesh=avatar.state["mesh"],
+                            family="pcavs", weights_id="w1", grid=grid, cache_dir=tmp_path)
+    assert calls == [26] and np.allclose(again.coef, amap.coef)
 
 
 def test_angle_map_fit_recovers_a_smooth_function() -> None:

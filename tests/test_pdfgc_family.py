@@ -324,4 +324,53 @@ def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):
     fam.motion([PoseInput(crops[0], None)])  # a batch where the face was seen once: held
     codes = fam.factor_codes(avatar, [3, 4])
     assert torch.allclose(codes["eyes"], eye[0].expand(2, -1))
+    fam.motion([PoseInput(c, None) for c in crops])
+    fam.factor_codes(avatar, [5, 6, 7])
+    codes = fam.factor_codes(avatar, [8, 9, 10])  # no face in these: the last code is held,
+    assert torch.allclose(codes["eyes"], eye[2].expand(3, -1))  # not frames 5-7's replayed
     assert fam.pose_encodings == 3  # the repeated crop came from the cache
+
+
+def test_serve_sessions_keep_their_own_factors(pdfgc_model):
+    """`trtalk serve` makes frames of several streams in one generator call: each PD-FGC stream's
+    eyes, emotion, pose factor, blinks and controls are its own (`for_session`), and the shared
+    batch gives each stream the frames it would make alone."""
+    from trtalk.serve.scheduler import BatchScheduler, WorkItem
+
+    root, avatar = _family(pdfgc_model)
+
+    def session(eyes: str, pose: str) -> PDFGCFamily:
+        fam = root.for_session()
+        fam.set_factor("eyes", FactorSpec(eyes))
+        fam.set_factor("pose", FactorSpec(pose))
+        return fam
+
+    a, b = session("off", "webcam"), session("avatar", "off")
+    assert root.specs["eyes"].kind == "avatar" and root.specs["pose"].kind == "webcam"
+    assert a.controls is not root.controls and a.model is root.model
+    g = torch.Generator().manual_seed(4)
+    mel = {"a": torch.randn(3, 1, 80, 20, generator=g), "b": torch.randn(3, 1, 80, 20, generator=g)}
+    pose = avatar.ref_pose.expand(3, -1)
+    items = [WorkItem(float(k), i, name, fam, avatar, mel[name][k], k, pose[k])
+             for i, (name, fam, k) in enumerate((n, f, k) for k in range(3) for n, f in (("a", a), ("b", b)))]
+    seen: list = []
+    shared = root.generate_many
+    root.generate_many = lambda av_, m, p, codes=None: seen.append(codes) or shared(av_, m, p, codes=codes)
+    crops = BatchScheduler(root, max_batch=6).run_batch(items)
+    (codes,) = seen  # one generator call for both streams, each item with its stream's codes
+    for it, c in zip(items, codes):
+        assert torch.equal(c["eyes"], torch.zeros(6) if it.session == "a" else avatar.state["eyes"])
+        assert torch.equal(c["pose"], avatar.ref_pose if it.session == "a" else torch.zeros(6))
+    for name, eyes, pose_kind in (("a", "off", "webcam"), ("b", "avatar", "off")):
+        alone = session(eyes, pose_kind)
+        want = alone.synthesize(avatar, mel[name], [0, 1, 2], pose)
+        got = np.stack([c for it, c in zip(items, crops) if it.session == name])
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+
+def test_centred_mouth_smoothing_without_the_audio_ahead_is_an_error(pdfgc_model):
+    """Live (no `set_lookahead`), --mouth-smoothing centred cannot run; it says so instead of
+    running the causal kernel."""
+    fam, avatar = _family(pdfgc_model, mouth_smoothing="centred")
+    with pytest.raises(TrtalkError, match="centred needs the whole audio"):
+        fam.mouth(torch.zeros(1, 1, 80, 20), [0])

@@ -435,6 +435,57 @@ def test_lips_from_the_camera(server, speech_wave) -> None:
     assert np.std(mouth) < 2.0, np.std(mouth)
 
 
+def test_upload_reads_the_whole_photo_and_bounds_its_size(server) -> None:
+    """A photo bigger than one network read arrives whole (a cut JPEG decodes with a grey
+    bottom, a cut PNG not at all); one over `MAX_PHOTO_SIDE` (paste-back streams it every frame)
+    or with an odd side is kept downscaled to even sides."""
+    import cv2
+
+    from trtalk.serve.app import MAX_PHOTO_SIDE
+
+    srv, url = server
+    face = cv2.imread(str(ASTRONAUT))
+    for (w, h), quality in (((600, 601), 95), ((1501, 1300), 40)):
+        photo = cv2.resize(face, (w, h), interpolation=cv2.INTER_CUBIC)
+        ok, jpg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert 100_000 < len(jpg) < 200_000, len(jpg)  # several reads, under the fixture's limit
+        code, body, _ = _http(url + "/api/avatar", "POST", jpg.tobytes())
+        assert code == 200, body
+        image = srv.avatars[json.loads(body)["id"]].image
+        scale = min(1.0, MAX_PHOTO_SIDE / max(w, h))
+        assert image.shape == (int(h * scale) // 2 * 2, int(w * scale) // 2 * 2, 3)
+        want = cv2.cvtColor(cv2.resize(cv2.imdecode(jpg, cv2.IMREAD_COLOR), image.shape[1::-1],
+                                       interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        assert np.abs(image[-40:].astype(int) - want[-40:].astype(int)).mean() < 1.0  # the bottom too
+
+
+def test_other_sites_cannot_drive_a_tokenless_server(server, speech_wave) -> None:
+    """Without a token the server is on loopback, but any page the user opens can make the
+    browser post to it, or reach it by DNS rebinding: requests addressed to another name, posts
+    from another origin and offers that are not JSON are refused, and nothing changes."""
+    srv, url = server
+    code, body, _ = _http(url + "/api/drain", "POST", b"", {"Origin": "https://evil.example"})
+    assert code == 403 and "cross-site" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/config", headers={"Host": "evil.example"})
+    assert code == 403 and "loopback names" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/offer", "POST", b'{"sdp": "x", "type": "offer"}',
+                          {"Content-Type": "text/plain"})
+    assert code == 400 and "application/json" in json.loads(body)["error"]
+    assert not srv.draining and not srv.sessions
+    port = url.rsplit(":", 1)[1]
+    code, _, _ = _http(url + "/api/config", headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert code == 200
+
+
+def test_simultaneous_offers_never_overfill_the_server(server, speech_wave) -> None:
+    """Four offers at once against room for two: a slot is held from admission on, so exactly
+    two start and two are refused."""
+    srv, url = server
+    res = _many(url, [(speech_wave, 1.5, {}) for _ in range(4)])
+    _wait_idle(srv)
+    assert sorted(r.status for r in res) == [200, 200, 503, 503], [(r.status, r.error) for r in res]
+
+
 def test_vanished_browser_is_cleaned_up(server, speech_wave) -> None:
     srv, url = server
     # no bye, no DTLS close: the client's event loop just ends (its tasks are cancelled)
@@ -474,6 +525,37 @@ def test_bad_requests(server, speech_wave) -> None:
     code, body, _ = _http(url + "/api/offer", "POST", b"{", {"Content-Type": "application/json"})
     assert code == 400
     assert not srv.sessions
+
+
+def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> None:
+    """A PD-FGC server (small seeded networks: a few frames/s on this CPU, so frames past their
+    deadline are held): two sessions at once each get frames; every session runs on its own
+    family (`PDFGCFamily.for_session`); the page offers only the voice for the lips."""
+    from trtalk.runtime.pdfgc_family import PDFGCFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Server
+    from trtalk.serve.cli import run_in_thread
+
+    root = PDFGCFamily(pdfgc_model, random_weights=True)
+    srv = Server(root, PipelineConfig(fps=FPS), capacity_fps_override=100.0)
+    srv.prepare()
+    families = []
+    srv.family = type("Spy", (), {"__getattr__": lambda self, n: getattr(root, n),
+                                  "for_session": lambda self: families.append(root.for_session())
+                                  or families[-1]})()
+    url, stop = run_in_thread(srv)
+    try:
+        config = json.loads(_http(url + "/api/config")[1])
+        assert [m["id"] for m in config["mouths"]] == ["audio"]
+        res = _many(url, [(speech_wave, 4.0, {}), (speech_wave, 4.0, {})])
+        _wait_idle(srv)
+    finally:
+        stop()
+    for r in res:
+        assert r.status == 200 and r.error is None, r.error
+        assert len(r.frame_times) >= 3 and r.stats is not None and r.stats["frames"] > 0
+    assert len(families) == 2 and families[0] is not families[1]
+    assert all(f is not root and f.controls is not root.controls for f in families)
 
 
 def test_token_is_checked_everywhere(speech_wave) -> None:

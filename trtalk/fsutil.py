@@ -197,9 +197,12 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     max_name = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
-    if len(os.fsencode(target.name)) > max_name:
-        raise TrtalkError(f"cannot write {target.name[:40]}...: the file name is longer than "
-                          f"{max_name} bytes")
+    # the temp file written first has the longer name (`temp_path_for`)
+    name_len = len(os.fsencode(target.name))
+    extra = len(os.fsencode(temp_path_for(target).name)) - name_len
+    if name_len + extra > max_name:
+        raise TrtalkError(f"cannot write {target.name[:40]}...: the file name is {name_len} bytes; "
+                          f"at most {max_name - extra} fit here (its temporary file needs {extra} more)")
     if not parent.exists():
         raise TrtalkError(
             f"cannot write {target}: directory {parent} does not exist (create it first)"

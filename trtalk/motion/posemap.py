@@ -262,7 +262,7 @@ def build_angle_map(photo: np.ndarray, encode: EncodeFn, *, mesh: np.ndarray | N
                 amap = AngleMap.load(path)
                 log.info("angle -> pose code map from the cache (%s)", path.name)
                 return amap
-            except (OSError, ValueError, KeyError) as exc:  # a broken entry is rebuilt
+            except Exception as exc:  # noqa: BLE001 - a broken entry (bad zip, truncated, wrong keys) is rebuilt
                 log.warning("cached angle map %s is unusable (%s); fitting it again", path, exc)
     t0 = time.perf_counter()
     render = GridRenderer(photo, mesh, name)

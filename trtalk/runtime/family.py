@@ -124,11 +124,19 @@ class ModelFamily(abc.ABC):
         state (followers, pose references). Default: this family (it keeps none)."""
         return self
 
-    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor,
-                      pose: torch.Tensor) -> np.ndarray:
+    def frame_codes(self, avatar: Avatar, frames: Sequence[int],
+                    pose: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Codes beyond mouth and pose that this stream's ``frames`` (in order) need, B rows each,
+        from this per-stream family (`for_session`): a server hands them, a row per item, to
+        `generate_many` of its own family. None (the default): the family has none."""
+        return None
+
+    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor, pose: torch.Tensor,
+                      codes: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
         """Frames B x H x W x 3 uint8 of items from possibly different avatars (``avatars[i]`` is
-        item i's): what a server batching several streams calls. Default: one `generate` per run
-        of consecutive items of the same avatar."""
+        item i's): what a server batching several streams calls; ``codes``: each item's row of
+        `frame_codes` (families that have them). Default: one `generate` per run of consecutive
+        items of the same avatar."""
         out: list[np.ndarray] = []
         i = 0
         while i < len(avatars):
@@ -340,8 +348,8 @@ class PCAVSFamily(ModelFamily):
             return to_uint8(synth(mel.to(self.device), pose.to(self.device, id_vec.dtype),
                                   id_vec.expand(b, -1), id_map.expand(b, -1, -1, -1)))
 
-    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor,
-                      pose: torch.Tensor) -> np.ndarray:
+    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor, pose: torch.Tensor,
+                      codes: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
         """One style composition and one generator call for items of different avatars: the
         generator takes per-sample identity codes and feature maps."""
         from trtalk.models.pcavs import PCAVS

@@ -24,7 +24,9 @@ needs frame k+1's audio, i.e. one more frame (40 ms at 25 fps) of audio lookahea
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -84,11 +86,12 @@ class PDFGCFamily(ModelFamily):
         if not 0 <= emotion_strength <= 2:
             raise TrtalkError("--emotion-strength must be in [0, 2]")
         self.emotion_strength = emotion_strength
+        #: serialises the motion encoder: a live pose-file switch encodes on the control
+        #: endpoint's thread while frames are made (CUDA graphs and TensorRT contexts are
+        #: not re-entrant); shared by `for_session`'s copies, which share the networks
+        self._motion_lock = threading.Lock()
         self.controls = controls or Controls()
-        self.controls.state.emotion_strength = emotion_strength  # presets picked live start here
-        self.controls.on_blink = self._blink_now
-        self.controls.on_pose_source = self._switch_pose
-        self.controls.prepare_pose = lambda path: self._encode_file(Path(path), "pose")[0]
+        self._bind_controls()
         if mouth_smoothing not in ("causal", "centred"):
             raise TrtalkError("--mouth-smoothing is causal or centred")
         self.mouth_smoothing = mouth_smoothing
@@ -111,6 +114,29 @@ class PDFGCFamily(ModelFamily):
         self._pose_cache = CropCodeCache(pose_cache)
         self.reset()
 
+    def _bind_controls(self) -> None:
+        self.controls.state.emotion_strength = self.emotion_strength  # presets picked live start here
+        self.controls.on_blink = self._blink_now
+        self.controls.on_pose_source = self._switch_pose
+        self.controls.prepare_pose = lambda path: self._encode_file(Path(path), "pose")[0]
+
+    def for_session(self) -> "PDFGCFamily":
+        """A PD-FGC family for one more concurrent stream (`trtalk serve`): the same networks,
+        encoded clips, presets and closed-eye code; its own controls, factor sources, blinks,
+        mouth smoothing and webcam codes."""
+        new = copy.copy(self)
+        new.specs = dict(self.specs)
+        new._clips = dict(self._clips)
+        new.controls = Controls(self.controls.presets)
+        new._bind_controls()
+        new._pose_cache = CropCodeCache(self._pose_cache.size)
+        new.reset()
+        return new
+
+    def _encode_motion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with self._motion_lock:
+            return self.model.encode_motion(x)
+
     @property
     def pose_encodings(self) -> int:
         """Motion encoder calls' frames (cache misses), for the stream report."""
@@ -128,7 +154,7 @@ class PDFGCFamily(ModelFamily):
         if not found.any():
             raise TrtalkError(f"--{label} {path}: no face found; use a clear, frontal face")
         crops = np.asarray(clip.crops)
-        outs = [self.model.encode_motion(to_tensor(crops[s:s + 16]).to(self.device))
+        outs = [self._encode_motion(to_tensor(crops[s:s + 16]).to(self.device))
                 for s in range(0, len(crops), 16)]
         return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
@@ -156,7 +182,7 @@ class PDFGCFamily(ModelFamily):
             return None
         if not bool(clip.found[0]):
             return None
-        return self.model.encode_motion(to_tensor(clip.crops[0]).to(self.device))[1][0]
+        return self._encode_motion(to_tensor(clip.crops[0]).to(self.device))[1][0]
 
     def set_factor(self, factor: str, spec: FactorSpec) -> None:
         """Change a factor's source. For ``pose``: ``webcam`` is the pipeline's pose path (the
@@ -278,7 +304,7 @@ class PDFGCFamily(ModelFamily):
         crop, crop_m, _ = align_photo(image, name, crop, crop_m)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.model.encode_identity(x)
-        pose, eye, emo = self.model.encode_motion(x)
+        pose, eye, emo = self._encode_motion(x)
         state = {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0]}
         if self.specs["eyes"].kind == "auto" and self._closed_eye is None:
             closed = self.warp_closed_eye(image, name)
@@ -290,6 +316,8 @@ class PDFGCFamily(ModelFamily):
         return Avatar(image, crop, crop_m, pose[0], state)
 
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        if self.mouth_smoothing == "centred" and self._lookahead is None:
+            self._make_smoother()  # raises: the centred kernel needs the next frame's audio
         self.listen(mel, frames)
         return self._smoother(self.model.encode_audio(mel.to(self.device)), list(frames))
 
@@ -330,7 +358,7 @@ class PDFGCFamily(ModelFamily):
         from trtalk.face import to_tensor
 
         def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
-            return list(zip(*self.model.encode_motion(to_tensor(crops).to(self.device))))
+            return list(zip(*self._encode_motion(to_tensor(crops).to(self.device))))
 
         rows = self._pose_cache([p.crop for p in inputs], encode)
         out = tuple(torch.stack([r[i] for r in rows]) for i in range(3))
@@ -401,22 +429,14 @@ class PDFGCFamily(ModelFamily):
             self.controls.current["eyes"], self.controls.current["emotion"] = eye, emo
             eyes.append(eye)
             emos.append(emo)
+        # the camera codes were these frames': a later batch whose frames had no face holds the
+        # last code instead of replaying these
+        self._batch_motion = None
         return {"eyes": torch.stack(eyes), "emotion": torch.stack(emos)}
 
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
-                 controls: dict[str, torch.Tensor] | None = None,
-                 frames: Sequence[int] | None = None) -> np.ndarray:
-        """Frames from mouth and pose codes; ``controls`` {"eyes": B x 6, "emotion": B x 30} raw
-        codes, else the family's sources at ``frames`` (default: the next frames in order)."""
-        from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC
-
-        b = mouth.shape[0]
-        if frames is None:
-            start = getattr(self, "_next_frame", 0)
-            frames = list(range(start, start + b))
-        self._next_frame = int(frames[-1]) + 1
-        codes = controls if controls is not None else self.factor_codes(avatar, frames)
-        pose = pose.to(mouth.device, mouth.dtype)
+    def pose_codes(self, avatar: Avatar, frames: Sequence[int], pose: torch.Tensor) -> torch.Tensor:
+        """The pose codes B x 6 the generator gets for ``frames``: the pose path's ``pose``, or
+        the pose factor's own source (off, the avatar's, a clip), or the frozen code."""
         if self.specs["pose"].kind == "off":
             pose = torch.zeros_like(pose)
         elif self.specs["pose"].kind == "avatar":
@@ -428,11 +448,54 @@ class PDFGCFamily(ModelFamily):
             pose = frozen.to(pose.device, pose.dtype).expand_as(pose)
         if len(pose):
             self.controls.current["pose"] = pose[-1]
-        id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
-        style = PDFGC.style(id_vec.expand(b, -1), mouth, EMOTION_WEIGHT * codes["emotion"].to(mouth),
-                            EYE_WEIGHT * codes["eyes"].to(mouth), pose)
+        return pose
+
+    def frame_codes(self, avatar: Avatar, frames: Sequence[int],
+                    pose: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw eye B x 6, emotion B x 30 and pose B x 6 codes of this stream's ``frames`` (in
+        order): what `generate_many` of the server's family takes per item."""
+        self._next_frame = int(frames[-1]) + 1
+        codes = self.factor_codes(avatar, frames)
+        codes["pose"] = self.pose_codes(avatar, frames, pose)
+        return codes
+
+    def _render(self, id_vec: torch.Tensor, id_map: torch.Tensor, mouth: torch.Tensor,
+                codes: dict[str, torch.Tensor]) -> np.ndarray:
+        from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC
+
+        style = PDFGC.style(id_vec, mouth, EMOTION_WEIGHT * codes["emotion"].to(mouth),
+                            EYE_WEIGHT * codes["eyes"].to(mouth), codes["pose"].to(mouth))
         with torch.no_grad():
-            return to_uint8(self.model.generate(style, id_map.expand(b, -1, -1, -1)))
+            return to_uint8(self.model.generate(style, id_map))
+
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 controls: dict[str, torch.Tensor] | None = None,
+                 frames: Sequence[int] | None = None) -> np.ndarray:
+        """Frames from mouth and pose codes; ``controls`` {"eyes": B x 6, "emotion": B x 30} raw
+        codes, else the family's sources at ``frames`` (default: the next frames in order)."""
+        b = mouth.shape[0]
+        if frames is None:
+            start = getattr(self, "_next_frame", 0)
+            frames = list(range(start, start + b))
+        pose = pose.to(mouth.device, mouth.dtype)
+        if controls is None:
+            codes = self.frame_codes(avatar, frames, pose)
+        else:
+            self._next_frame = int(frames[-1]) + 1
+            codes = {**controls, "pose": self.pose_codes(avatar, frames, pose)}
+        return self._render(avatar.state["id_vec"].expand(b, -1),
+                            avatar.state["id_map"].expand(b, -1, -1, -1), mouth, codes)
+
+    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor, pose: torch.Tensor,
+                      codes: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
+        """With ``codes`` (each item's `frame_codes` row, from its stream's family): one style
+        composition and one generator call for items of different avatars and streams."""
+        if codes is None:
+            return super().generate_many(avatars, mouth, pose)
+        stacked = {k: torch.stack([c[k] for c in codes]) for k in ("eyes", "emotion", "pose")}
+        id_vec = torch.cat([a.state["id_vec"] for a in avatars])
+        id_map = torch.cat([a.state["id_map"] for a in avatars])
+        return self._render(id_vec, id_map, mouth, stacked)
 
 
 def open_pdfgc(checkpoint: Path | str | None, device: str = "cpu", *, backend: str = "torch",

@@ -262,7 +262,8 @@ class PosePath:
         self.camera_lost = False
         self.camera_lost_frames = 0
         self.camera_lost_episodes = 0
-        #: per emitted frame (pose source only): True where the pose was held/eased, not tracked
+        #: per emitted frame (pose source only; the last 4096 to 8192 frames): True where the
+        #: pose was held/eased, not tracked
         self.held: list[bool] = []
         self.face_lost = False
         self.last_sample: PoseSample | None = None
@@ -360,4 +361,6 @@ class PosePath:
             code = by_frame.get(i)
             self.held.append(code is None)
             out.append(self.state.update(self.t0 + k / self.fps, code))
+        if len(self.held) > 8192:  # a day-long stream must not grow it without bound
+            del self.held[:-4096]
         return torch.stack(out), [s for s, _ in picks]

@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 from aiohttp import web
 
 from trtalk.errors import TrtalkError
+from trtalk.net import is_loopback
 from trtalk.runtime.family import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
@@ -71,8 +73,13 @@ class Capacity:
     frames_per_s: float = float("inf")
 
 
+#: the longest side of an uploaded photo as kept (paste-back sends the whole photo every frame)
+MAX_PHOTO_SIDE = 1280
+
+
 def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
-    """RGB image of an uploaded file: header and pixel checks before decoding (no bombs)."""
+    """RGB image of an uploaded file: header and pixel checks before decoding (no bombs);
+    downscaled to `MAX_PHOTO_SIDE` and even sides."""
     import cv2
 
     from trtalk.media.read import image_header_size
@@ -90,6 +97,11 @@ def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
         bgr = None
     if bgr is None or bgr.shape[0] * bgr.shape[1] > max_pixels:
         raise TrtalkError("the photo could not be decoded: upload a valid PNG, JPEG, BMP or WebP file")
+    h, w = bgr.shape[:2]
+    scale = min(1.0, MAX_PHOTO_SIDE / max(h, w))
+    if scale < 1.0 or h % 2 or w % 2:  # paste-back streams the photo: a bounded, even size (H.264)
+        size = (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -138,6 +150,7 @@ class Server:
         #: uploads decoded at once (each may hold a 16-megapixel image while it is checked)
         self.upload_slots = 2
         self._uploading = 0
+        self._starting = 0  # sessions admitted and being built (counted by `admit`)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -183,7 +196,7 @@ class Server:
         if slow:
             return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
                     f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
-        n = len(self.sessions)
+        n = len(self.sessions) + self._starting
         cap = self.capacity_sessions()
         if n >= cap:
             if cap < self.limits.max_sessions:
@@ -227,13 +240,15 @@ class Server:
                 self.send(sid, {"type": "ended"})
             for task in self.tasks.pop(sid, []):
                 task.cancel()
-            await asyncio.get_running_loop().run_in_executor(None, session.close)
-            self.metrics.session_ended(sid, session.pipeline.latency.drops)
-            pc = self.pcs.pop(sid, None)
-            self.channels.pop(sid, None)
-            if pc is not None:
-                await asyncio.sleep(0.05)  # let the error message leave
-                await pc.close()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, session.close)
+            finally:
+                self.metrics.session_ended(sid, session.pipeline.latency.drops)
+                pc = self.pcs.pop(sid, None)
+                self.channels.pop(sid, None)
+                if pc is not None:
+                    await asyncio.sleep(0.05)  # let the error message leave
+                    await pc.close()
             log.info("session %s ended%s", sid, f": {message}" if message else "")
         finally:
             self.closing.discard(sid)
@@ -251,16 +266,16 @@ class Server:
             n += 1
             now = time.monotonic()
             for sid, s in list(self.sessions.items()):
-                s.sample_rate(now)
-                if now - s.audio.last_push > self.limits.stall_timeout_s:
-                    await self.end_session(sid, f"no audio from the microphone for "
-                                                f"{self.limits.stall_timeout_s:g} s: the session was "
-                                                f"closed (reload the page to start again)")
-                elif n % 2 == 0:
-                    try:
+                try:
+                    s.sample_rate(now)
+                    if now - s.audio.last_push > self.limits.stall_timeout_s:
+                        await self.end_session(sid, f"no audio from the microphone for "
+                                                    f"{self.limits.stall_timeout_s:g} s: the session was "
+                                                    f"closed (reload the page to start again)")
+                    elif n % 2 == 0:
                         self.send(sid, s.stats())
-                    except Exception:  # noqa: BLE001 - stats are best effort
-                        log.debug("stats of %s failed", sid, exc_info=True)
+                except Exception:  # noqa: BLE001 - one session's trouble must not stop the ticker
+                    log.warning("session %s: housekeeping failed", sid, exc_info=True)
 
     async def get_avatar(self, key: str) -> Avatar | None:
         return self.avatars.get(key)
@@ -330,10 +345,17 @@ class Server:
 
         cfg = replace(self.cfg, paste_back=bool(params.get("paste_back", False)),
                       mouth_source=MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend))
-        # off the event loop: a camera lip source encodes the avatar's rest mouth on the worker
-        session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
-            sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
-            on_end=self._on_end, on_frame=self._on_frame))
+        # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
+        # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
+        self._starting += 1
+        try:
+            session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
+                sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
+                on_end=self._on_end, on_frame=self._on_frame))
+        except TrtalkError as exc:
+            raise _bad(str(exc)) from None
+        finally:
+            self._starting -= 1
         pc = RTCPeerConnection()
         self.pcs[sid] = pc
         self.sessions[sid] = session
@@ -376,11 +398,11 @@ class Server:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             first = avatar.crop if not cfg.paste_back else avatar.image
-            for t in pc.getTransceivers():
-                if t.kind == "audio":
-                    pc.addTrack(DelayedAudioTrack(session.sink))
-                elif t.kind == "video":
-                    pc.addTrack(AvatarVideoTrack(session.sink, cfg.fps, first))
+            kinds = [t.kind for t in pc.getTransceivers()]
+            if kinds.count("audio") != 1 or kinds.count("video") != 1:
+                raise ValueError(f"expected one audio and one video track, got {kinds}")
+            pc.addTrack(DelayedAudioTrack(session.sink))
+            pc.addTrack(AvatarVideoTrack(session.sink, cfg.fps, first))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:
@@ -406,6 +428,22 @@ def _token_ok(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+def _foreign(request: web.Request, token: str | None) -> str | None:
+    """Why ``request`` comes from another site (None: it does not). Without a token the server
+    listens on loopback only, but a page from anywhere can make the browser post to it, or reach
+    it under its own name by DNS rebinding: such a server answers only requests addressed to a
+    loopback name, and state-changing ones only from its own page."""
+    if not token:
+        host = request.url.host or ""
+        if not is_loopback(host):
+            return f"this server answers only on loopback names, not {host!r}"
+    origin = request.headers.get("Origin")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+        if origin == "null" or urllib.parse.urlsplit(origin).netloc != request.host:
+            return "cross-site request refused: use the server's own page"
+    return None
+
+
 SERVER_KEY = web.AppKey("server", Server)
 
 
@@ -417,6 +455,9 @@ def make_app(server: Server) -> web.Application:
         if server.token and not _token_ok(request, server.token):
             return web.json_response({"error": "missing or wrong token: open the link with ?token=..."},
                                      status=401)
+        refusal = _foreign(request, server.token)
+        if refusal:
+            return web.json_response({"error": refusal}, status=403)
         return await handler(request)
 
     app = web.Application(middlewares=[auth], client_max_size=server.limits.max_upload_bytes + 1024)
@@ -449,11 +490,14 @@ def make_app(server: Server) -> web.Application:
                                                "moment"}, status=429)
         server._uploading += 1
         try:
-            data = await request.content.read(limit + 1)
-            if len(data) > limit:
-                return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use "
-                                                   f"a smaller one"}, status=413)
-            key = await server.add_upload(data)
+            chunks, size = [], 0
+            async for chunk in request.content.iter_any():  # the whole body, however it arrives
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; "
+                                                       f"use a smaller one"}, status=413)
+            key = await server.add_upload(b"".join(chunks))
         except TrtalkError as exc:
             status = 415 if str(exc).startswith("not an image") else 413 if "megapixels" in str(exc) else 422
             return web.json_response({"error": str(exc)}, status=status)
@@ -462,6 +506,8 @@ def make_app(server: Server) -> web.Application:
         return web.json_response({"id": key})
 
     async def offer(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            raise _bad("the body must be JSON (Content-Type: application/json)")
         try:
             params = await request.json()
         except (ValueError, UnicodeDecodeError):

@@ -81,7 +81,7 @@ class Metrics:
         st = server.scheduler.stats
         live_drops: dict[str, int] = {}
         for s in list(server.sessions.values()):
-            for k, v in s.pipeline.latency.drops.items():
+            for k, v in dict(s.pipeline.latency.drops).items():  # a snapshot: the session writes it
                 live_drops[k] = live_drops.get(k, 0) + v
         with self._lock:
             drops = dict(self.drops)
@@ -129,7 +129,7 @@ class Metrics:
                       "# HELP trtalk_batch_size Frames per generator batch.",
                       "# TYPE trtalk_batch_size histogram"]
             bs = Histogram((1, 2, 4, 8, 16, 32))
-            for size, n in sorted(st.batch_sizes.items()):
+            for size, n in sorted(dict(st.batch_sizes).items()):  # a snapshot: the worker writes it
                 bs.counts[bisect.bisect_left(bs.buckets, size)] += n
                 bs.sum += size * n
                 bs.count += n

@@ -261,7 +261,21 @@ class BatchScheduler:
                 for i, c in zip(idx, codes):
                     mouth[i] = c
             pose = torch.stack([it.pose.float() for it in items])
-            return self.family.generate_many([it.avatar for it in items], torch.stack(mouth), pose)
+            # per-stream codes besides mouth and pose (PD-FGC: eyes, emotion, the pose factor),
+            # from each session's family, its frames in order
+            codes: list[dict[str, torch.Tensor] | None] = [None] * len(items)
+            streams: dict[int, list[int]] = collections.defaultdict(list)
+            for i, it in enumerate(items):
+                streams[id(it.family)].append(i)
+            for idx in streams.values():
+                idx.sort(key=lambda i: (items[i].session, items[i].frame))
+                it0 = items[idx[0]]
+                rows = it0.family.frame_codes(it0.avatar, [items[i].frame for i in idx], pose[idx])
+                if rows is not None:
+                    for j, i in enumerate(idx):
+                        codes[i] = {k: v[j] for k, v in rows.items()}
+            kw = {"codes": codes} if all(c is not None for c in codes) else {}
+            return self.family.generate_many([it.avatar for it in items], torch.stack(mouth), pose, **kw)
 
 
 def measure_throughput(scheduler: BatchScheduler, avatar: Avatar, fps: float,

@@ -102,13 +102,15 @@ class PushVideoSource(Source):
     def __init__(self, name: str, processor: Any = None, capacity: int = 4) -> None:
         super().__init__(name, capacity)
         self.processor = processor
-        self._slot: np.ndarray | None = None
+        self._slot: Any = None
         self._slot_t = 0.0
         self._cond = threading.Condition()
         self._index = 0
         self.last_push = time.monotonic()
 
-    def push(self, image: np.ndarray) -> None:
+    def push(self, image: Any) -> None:
+        """The newest camera frame: an RGB array or a decoded ``av.VideoFrame`` (converted on
+        this source's thread, and only if it is still the newest when the thread takes it)."""
         now = self.clock.now() if self.clock else time.monotonic()
         self.last_push = now
         with self._cond:
@@ -133,6 +135,8 @@ class PushVideoSource(Source):
                         return
                     image, t = self._slot, self._slot_t
                     self._slot = None
+                if not isinstance(image, np.ndarray):
+                    image = image.to_ndarray(format="rgb24")
                 frame = VideoFrame(t, image, t, self._index)
                 self._index += 1
                 self.queue.put(proc(frame) if proc is not None else frame)

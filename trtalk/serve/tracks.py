@@ -53,7 +53,7 @@ async def pump_video(track: Any, session: Any) -> None:
             frame = await track.recv()
             video = session.video
             if video is not None and hasattr(video, "push"):
-                video.push(frame.to_ndarray(format="rgb24"))
+                video.push(frame)  # decoded to RGB on the source's thread, the newest frame only
     except (MediaStreamError, asyncio.CancelledError):
         pass
 

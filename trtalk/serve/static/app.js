@@ -32,11 +32,12 @@
     $("mouth-label").hidden = config.mouths.length < 2;
     $("model").textContent = "model: " + config.model + (config.random_weights ? " (random weights)" : "") +
       " · " + config.fps + " fps · room for " + config.capacity_sessions + " session(s)";
+    $("start").disabled = false;  // nothing to start before the settings are known
   }
 
   $("upload").addEventListener("change", async (ev) => {
     const file = ev.target.files[0];
-    if (!file) return;
+    if (!file || !config) return;
     error(null);
     if (file.size > config.max_upload_bytes) { error("the photo is too large"); return; }
     status("checking the photo…");
@@ -75,10 +76,12 @@
   const choice = (list, id) => list.find((c) => c.id === id);
   const webcamPose = () => config.poses.find((p) => p.camera);
   $("mouth").addEventListener("change", () => {
+    if (!config) return;
     const m = choice(config.mouths, $("mouth").value);
     if (m && m.camera && !choice(config.poses, $("pose").value).camera && webcamPose()) $("pose").value = webcamPose().id;
   });
   $("pose").addEventListener("change", () => {
+    if (!config) return;
     const m = choice(config.mouths, $("mouth").value);
     if (m && m.camera && !choice(config.poses, $("pose").value).camera) $("mouth").value = config.mouths[0].id;
   });
@@ -130,8 +133,9 @@
     } catch (e) { error(e.message); status("refused"); stop(false); return; }
     watchFrames($("video"));
     // frames decoded, from WebRTC's own counters (counts in a background tab too)
+    const mine = pc;
     const poll = setInterval(async () => {
-      if (!pc) { clearInterval(poll); return; }
+      if (pc !== mine) { clearInterval(poll); return; }
       const report = await pc.getStats();
       report.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") state.decoded = r.framesDecoded || 0; });
     }, 250);
