@@ -64,6 +64,8 @@ def test_check_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     # a name that fits but whose temp file would not: refused up front, not after the work
     with pytest.raises(TrtalkError, match="the file name is 245 bytes; at most"):
         check_writable(tmp_path / ("n" * 241 + ".mp4"))
+    with pytest.raises(TrtalkError, match="it is a directory"):  # "-o ." names no file
+        check_writable(Path("."))
     with pytest.raises(TrtalkError, match="does not exist"):
         check_writable(tmp_path / "nope" / "out.mp4")
     afile = tmp_path / "afile"

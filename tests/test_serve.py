@@ -475,6 +475,8 @@ def test_other_sites_cannot_drive_a_tokenless_server(server, speech_wave) -> Non
     port = url.rsplit(":", 1)[1]
     code, _, _ = _http(url + "/api/config", headers={"Origin": f"http://127.0.0.1:{port}"})
     assert code == 200
+    code, _, _ = _http(url + "/api/config", headers={"Host": f"localhost:{port}"})
+    assert code == 200
 
 
 def test_simultaneous_offers_never_overfill_the_server(server, speech_wave) -> None:

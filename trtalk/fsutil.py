@@ -197,9 +197,9 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     max_name = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
-    # the temp file written first has the longer name (`temp_path_for`)
+    # the temp file written first has the longer name (`temp_path_for`; "." and "/" have no name)
     name_len = len(os.fsencode(target.name))
-    extra = len(os.fsencode(temp_path_for(target).name)) - name_len
+    extra = len(os.fsencode(temp_path_for(target).name)) - name_len if target.name else 0
     if name_len + extra > max_name:
         raise TrtalkError(f"cannot write {target.name[:40]}...: the file name is {name_len} bytes; "
                           f"at most {max_name - extra} fit here (its temporary file needs {extra} more)")

@@ -23,6 +23,7 @@ from trtalk.errors import TrtalkError
 from trtalk.fsutil import atomic_output, check_writable
 from trtalk.media.frames import check_frame, pad_to_even
 from trtalk.media.sinks import FrameSink
+from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,8 @@ class Mp4Sink(FrameSink):
         """
         if self._closed:
             raise ValueError(f"write() on a closed Mp4Sink ({self._path})")
+        if not self._live:
+            raise_if_interrupted()  # a signal whose exception a library swallowed: stop now
         frame_rgb = check_frame(frame_rgb)
         h, w = frame_rgb.shape[:2]
         if self._size is None:

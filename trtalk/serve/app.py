@@ -432,11 +432,13 @@ def _foreign(request: web.Request, token: str | None) -> str | None:
     """Why ``request`` comes from another site (None: it does not). Without a token the server
     listens on loopback only, but a page from anywhere can make the browser post to it, or reach
     it under its own name by DNS rebinding: such a server answers only requests addressed to a
-    loopback name, and state-changing ones only from its own page."""
-    if not token:
-        host = request.url.host or ""
-        if not is_loopback(host):
-            return f"this server answers only on loopback names, not {host!r}"
+    loopback name, and state-changing ones only from its own page. With a token, the token is
+    the check (its cookie is SameSite=Strict; a reverse proxy may rewrite Host)."""
+    if token:
+        return None
+    host = request.url.host or ""
+    if not is_loopback(host):
+        return f"this server answers only on loopback names, not {host!r}"
     origin = request.headers.get("Origin")
     if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
         if origin == "null" or urllib.parse.urlsplit(origin).netloc != request.host:
