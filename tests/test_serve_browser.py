@@ -120,7 +120,11 @@ def test_browser_session_shows_the_talking_avatar(served, speech_wave) -> None:
     mouth = np.asarray([x["mouth"] for x in s])
     env = _envelope(speech_wave, FPS)
     rs = [abs(np.corrcoef(mouth, env[(k + lag) % len(env)])[0, 1]) for lag in range(len(env))]
-    assert len(s) >= 75 and max(rs) > 0.5, (len(s), max(rs))  # at least one loop of the wave
+    # Idle machine: best lag 0.85-0.86 (median over lags 0.31), mouth luma std 5.2 (a still mouth:
+    # ~0.5). Two fresh-clone CI runs gave 0.483 and 0.489 at the best lag, the neighbouring lags
+    # close behind (frame timing smeared in the browser), so the bound is 0.4 and the mouth must
+    # also move: at least one loop of the wave.
+    assert len(s) >= 75 and np.std(mouth) > 2.0 and max(rs) > 0.4, (len(s), np.std(mouth), max(rs))
 
 
 def test_lips_from_the_camera_in_the_page(served) -> None:
