@@ -16,6 +16,11 @@ from trtalk.errors import TrtalkError
 from trtalk.export.stages import STAGES, example_inputs, stage_specs
 from trtalk.models.pcavs import PCAVS, PCAVSConfig
 
+#: Graphed runners pad a batch to its bucket (3 -> 4); CPU kernels may sum a padded batch in
+#: another order, so fp32 results differ by rounding: 1.54e-5 seen in CI on outputs of order 1.
+#: 1e-4 is 6x that, and a real fault (a stale replay, a wrong input slot) is off by 1e-1 or more.
+GRAPH_PAD_ATOL = 1e-4
+
 
 @pytest.fixture(scope="module")
 def model() -> PCAVS:
@@ -142,10 +147,10 @@ def test_graphed_runner_one_graph_per_bucket_matches_eager(model: PCAVS) -> None
         style, id_map = example_inputs(specs["generator"], batch, seed=seed + 20)
         id_vec = style[:, :2048].contiguous()
         torch.testing.assert_close(graphed.frame(mel, image, id_vec, id_map),
-                                   eager.frame(mel, image, id_vec, id_map), atol=1e-5, rtol=0)
+                                   eager.frame(mel, image, id_vec, id_map), atol=GRAPH_PAD_ATOL, rtol=0)
         pose = eager.encode_pose(image)
         torch.testing.assert_close(graphed.synthesize(mel, pose, id_vec, id_map),
-                                   eager.synthesize(mel, pose, id_vec, id_map), atol=1e-5, rtol=0)
+                                   eager.synthesize(mel, pose, id_vec, id_map), atol=GRAPH_PAD_ATOL, rtol=0)
     assert graphed._frame_graph.captured == [1, 2, 4]  # batches 1, 3 (bucket 4), 2
     assert bucket_for(3) == 4 and bucket_for(65) == 64
     with pytest.raises(ValueError, match="one replay"):
@@ -202,10 +207,10 @@ def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
         style, id_map = example_inputs(specs["generator"], batch, seed=seed + 20)
         id_vec = style[:, :2048].contiguous()
         for g, e in zip(graphed.encode_motion(image), eager.encode_motion(image), strict=True):
-            torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+            torch.testing.assert_close(g, e, atol=GRAPH_PAD_ATOL, rtol=0)
         assert graphed.encode_pose(image).shape == (batch, 42)
         torch.testing.assert_close(graphed.frame(mel, image, id_vec, id_map),
-                                   eager.frame(mel, image, id_vec, id_map), atol=1e-5, rtol=0)
+                                   eager.frame(mel, image, id_vec, id_map), atol=GRAPH_PAD_ATOL, rtol=0)
     assert graphed.encode_motion.captured == [1, 4] and graphed._frame_graph.captured == [1, 4]
     fam = open_pdfgc(pdfgc, options=RunnerOptions(cuda_graphs=True, graph_api=FakeGraphs()))
     out = family_frames([fam, PDFGCFamily(pdfgc, random_weights=True)])
