@@ -30,7 +30,7 @@ from trtalk.kernels import ops  # noqa: E402
 from trtalk.models import modconv  # noqa: E402
 from trtalk.bench.peaks import gpu_peak, machine_info, machine_tag  # noqa: E402
 from trtalk.models.generator import OFFICIAL_CHANNELS, Generator, modconv_layers  # noqa: E402
-from trtalk.models.pcavs import PCAVSConfig  # noqa: E402
+from trtalk.families.pcavs.model import PCAVSConfig  # noqa: E402
 
 log = logging.getLogger("benchmarks.kernels")
 

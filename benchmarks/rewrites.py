@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trtalk.bench.peaks import machine_info, machine_tag  # noqa: E402
 from trtalk.export.stages import STAGES, example_inputs, stage_module, stage_specs  # noqa: E402
-from trtalk.models import PCAVS, PCAVSConfig  # noqa: E402
+from trtalk.families.pcavs import PCAVS, PCAVSConfig  # noqa: E402
 from trtalk.models.fuse import FuseOptions  # noqa: E402
 
 log = logging.getLogger("benchmarks.rewrites")

@@ -50,7 +50,7 @@ def make_pose_video(path: Path, photo: np.ndarray, n: int, fps: float = 25.0, si
 
 
 def run_once(face: Path, audio: Path, pose: Path, backend: str, out: Path) -> dict:
-    from trtalk.runtime.family import WarpFamily
+    from trtalk.families.warp.runtime import WarpFamily
     from trtalk.runtime.render import RenderConfig, render
 
     result = render(RenderConfig(output=out, face=face, audio=audio, pose=pose),

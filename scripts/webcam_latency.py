@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from trtalk.runtime.mouth_path import MouthOptions, SilenceSource
     from trtalk.runtime.options import ModelOptions
     from trtalk.runtime.sources import DEFAULT_BLOCK, SAMPLE_RATE
-    from trtalk.runtime.pose_path import PoseTracker
+    from trtalk.runtime.pose_path import FaceTracker
     from trtalk.runtime.stream import StreamConfig, StreamPipeline
 
     model = ModelOptions(model=args.model, model_config="small" if args.model == "pcavs" else "official")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                        mouth_source=MouthOptions(("webcam",)))
     family = model.open(args.fps)
     camera = FileCamera(args.video, loop=True)
-    camera.processor = PoseTracker(camera.fps)
+    camera.processor = FaceTracker(camera.fps)
     audio = SilenceSource(audio_lookahead_s(args.fps) + DEFAULT_BLOCK / SAMPLE_RATE, args.seconds)
     sink = NullSink()
     pipe = StreamPipeline(cfg, family, audio, camera, [sink], RealClock())

@@ -349,7 +349,7 @@ def empty_dir(path: Path) -> Path:
 def pdfgc_model():
     """PD-FGC with seeded random weights and the narrow test generator (its encoders and the
     2590-wide style layers have the official sizes)."""
-    from trtalk.models import pdfgc as P
+    from trtalk.families.pdfgc import model as P
 
     return P.PDFGC.random(seed=3, config=P.PDFGCConfig.small())
 
@@ -360,7 +360,7 @@ def pdfgc_folder(pdfgc_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     key with its official shape, the keys inference never reads (the official skips, the
     generator's ``style.*``) as one value broadcast to their shape (`official_state_dicts`
     ``compact``: about 200 MB instead of 450 MB)."""
-    from trtalk.models import pdfgc as P
+    from trtalk.families.pdfgc import model as P
 
     return P.save_pdfgc_folder(pdfgc_model, tmp_path_factory.mktemp("pdfgc") / "ck", compact=True)
 

@@ -52,7 +52,7 @@ def _preload() -> None:
     import trtalk.audio  # noqa: F401
     import trtalk.cli
     import trtalk.face  # noqa: F401
-    import trtalk.models.checkpoint  # noqa: F401
+    import trtalk.families.pcavs.checkpoint  # noqa: F401
     import trtalk.runtime.render  # noqa: F401
     import trtalk.runtime.stream  # noqa: F401
 

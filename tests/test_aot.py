@@ -23,7 +23,7 @@ from trtalk.errors import TrtalkError
 from trtalk.export.aot import AotKey, AotOptions, aot_key
 from trtalk.export.exporter import ExportOptions
 from trtalk.export.stages import example_inputs, stage_specs
-from trtalk.models import PCAVS, PCAVSConfig
+from trtalk.families.pcavs import PCAVS, PCAVSConfig
 
 SEED = 0
 PACKAGED = ("audio", "generator")

@@ -73,7 +73,7 @@ def test_flops_and_fraction_of_peak(bench_out: Path):
 def test_official_generator_has_the_most_flops():
     """The official networks' FLOPs (counted, batch 1): the generator dominates, near DESIGN's."""
     from trtalk.bench.flops import DESIGN_GFLOP, count_stage_flops
-    from trtalk.models.pcavs import PCAVS
+    from trtalk.families.pcavs.model import PCAVS
 
     flops = count_stage_flops(PCAVS.random(0))
     assert max(flops, key=flops.get) == "generator"

@@ -287,11 +287,11 @@ def test_converted_subcommands_keep_their_flags(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture) -> None:
     import trtalk.cli
     from trtalk.export.exporter import ExportOptions
-    from trtalk.models.cli import ConvertOptions
+    from trtalk.families.cli import ConvertOptions
     from trtalk.runtime.render_cli import DemoConfig
 
     monkeypatch.setattr(trtalk.cli, "SUBCOMMAND_MODULES",
-                        ("trtalk.models.cli", "trtalk.runtime.render_cli", "trtalk.export.cli",
+                        ("trtalk.families.cli", "trtalk.runtime.render_cli", "trtalk.export.cli",
                          "trtalk.runtime.devices"))
     p = trtalk.cli.build_parser()
 

@@ -17,7 +17,7 @@ from trtalk.export.cache import cache_root
 from trtalk.export.engine_file import check_engine, sidecar_path, verify_user_engine, write_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import STAGES, example_inputs, stage_specs
-from trtalk.models import PCAVS, PCAVSConfig
+from trtalk.families.pcavs import PCAVS, PCAVSConfig
 
 SEED = 0
 
@@ -340,7 +340,7 @@ def test_render_through_ort_runner_matches_torch(ort_runner, torch_runner, face_
     """`trtalk render --backend onnxruntime` path: the renderer drives a Runner the same way."""
     import av
 
-    from trtalk.runtime.family import PCAVSFamily
+    from trtalk.families.pcavs.runtime import PCAVSFamily
     from trtalk.runtime.render import RenderConfig, Renderer
 
     frames = {}

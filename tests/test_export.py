@@ -22,7 +22,7 @@ from trtalk.export.exporter import ExportOptions, export_pcavs
 from trtalk.export.manifest import Manifest
 from trtalk.export.onnx_export import export_stage, sha256_file
 from trtalk.export.stages import STAGES, example_inputs, stage_module, stage_specs
-from trtalk.models import PCAVS, PCAVSConfig
+from trtalk.families.pcavs import PCAVS, PCAVSConfig
 
 SEED = 0
 # Parity tolerances (max abs error, ORT CPU vs PyTorch eager fp32, inputs in the stage ranges).

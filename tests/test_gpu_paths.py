@@ -14,7 +14,7 @@ from trtalk.engine.backend import GraphAPI, TorchBackend, to_channels_last
 from trtalk.engine.runner import RunnerOptions, open_runner
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import STAGES, example_inputs, stage_specs
-from trtalk.models.pcavs import PCAVS, PCAVSConfig
+from trtalk.families.pcavs.model import PCAVS, PCAVSConfig
 
 #: Graphed runners pad a batch to its bucket (3 -> 4); CPU kernels may sum a padded batch in
 #: another order, so fp32 results differ by rounding: 1.54e-5 seen in CI on outputs of order 1.
@@ -166,7 +166,7 @@ def test_graphed_runner_one_graph_per_bucket_matches_eager(model: PCAVS) -> None
 
 @pytest.fixture(scope="module")
 def pdfgc():
-    from trtalk.models.pdfgc import PDFGC, PDFGCConfig
+    from trtalk.families.pdfgc.model import PDFGC, PDFGCConfig
 
     return PDFGC.random(seed=6, config=PDFGCConfig.small())
 
@@ -194,7 +194,8 @@ def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
     makes the same frames."""
     from conftest import family_frames
 
-    from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
+    from trtalk.families.pdfgc.runtime import PDFGCFamily
+    from trtalk.runtime.options import open_family
 
     fake = FakeGraphs()
     graphed = open_runner("torch", pdfgc, "cpu", RunnerOptions(cuda_graphs=True, graph_api=fake))
@@ -212,6 +213,6 @@ def test_pdfgc_graphed_runner_and_family_match_eager(pdfgc) -> None:
         torch.testing.assert_close(graphed.frame(mel, image, id_vec, id_map),
                                    eager.frame(mel, image, id_vec, id_map), atol=GRAPH_PAD_ATOL, rtol=0)
     assert graphed.encode_motion.captured == [1, 4] and graphed._frame_graph.captured == [1, 4]
-    fam = open_pdfgc(pdfgc, options=RunnerOptions(cuda_graphs=True, graph_api=FakeGraphs()))
+    fam = open_family("pdfgc", pdfgc, options=RunnerOptions(cuda_graphs=True, graph_api=FakeGraphs()))
     out = family_frames([fam, PDFGCFamily(pdfgc, random_weights=True)])
     assert abs(out[0] - out[1]).max() <= 1

@@ -17,7 +17,7 @@ import torch
 
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
-from trtalk.models.pcavs import PCAVSConfig
+from trtalk.families.pcavs.model import PCAVSConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -363,8 +363,8 @@ def test_mkv_and_mov_outputs_are_those_containers(tmp_path):
 def test_missing_parent_folder_is_created_and_removed_on_failure(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from trtalk.models.checkpoint import FORMAT, NETWORKS
-    from trtalk.models.pcavs import PCAVS
+    from trtalk.families.pcavs.checkpoint import FORMAT, NETWORKS
+    from trtalk.families.pcavs.model import PCAVS
 
     # convert: a missing parent is created, as by render and stream --record ...
     small = PCAVS.random(0, PCAVSConfig.small())

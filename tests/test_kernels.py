@@ -30,7 +30,7 @@ from trtalk.errors import TrtalkError
 from trtalk.kernels import build, loader, ops, reference
 from trtalk.models import modconv
 from trtalk.models.generator import Generator, modconv_layers
-from trtalk.models.pcavs import PCAVSConfig
+from trtalk.families.pcavs.model import PCAVSConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BLUR = modconv.blur_kernel(gain=4.0)
@@ -220,7 +220,7 @@ def test_plugin_graph_in_ort_matches_decomposed():
 def test_plugin_graph_in_ort_matches_decomposed_pdfgc():
     """The same kernels serve PD-FGC's 2590-wide generator (small channels)."""
     pytest.importorskip("onnxruntime_extensions")
-    from trtalk.models.pdfgc import STYLE_DIM, PDFGCConfig
+    from trtalk.families.pdfgc.model import STYLE_DIM, PDFGCConfig
 
     cfg = PCAVSConfig.small()
     assert cfg.gen_channels == PDFGCConfig.small().gen_channels

@@ -1,4 +1,5 @@
-"""The import graph of trtalk's packages: layered, acyclic, no private names across packages.
+"""The import graph of trtalk: packages layered and acyclic, modules acyclic, no private names
+across packages.
 
 Every module under trtalk/ is parsed (no import is executed) and every import in it is read,
 function-level imports included, since a lazy import is still a dependency. A module belongs to
@@ -14,13 +15,17 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``media``, ``audio``, ``kernels``: plumbing with no model in it: image/video decoding and
   the mp4 writer (PyAV, OpenCV), audio decoding and the mel frontend, the CUDA kernels and
   their torch references.
-- ``models``, ``face``: the PC-AVS networks (which may call the kernels), and face landmarks,
-  alignment and paste-back (which read media).
-- ``warp``, ``export``: the mesh-warp avatar (a model family built on face landmarks) and the
-  ONNX / TensorRT export of the PC-AVS networks (with the engine file format, shared with the
-  engine package).
-- ``engine``: the backends behind one runner interface, and the engine cache; ``motion``: blinks
-  and speech-driven head motion on the output clock (may use warp, face and models).
+- ``models``, ``face``: the networks' shared building blocks (generator, modulated conv, FAN,
+  ResNeXt, ResNet-SE, their exact rewrites, stage I/O, checkpoint reading; they may call the
+  kernels), and face landmarks, alignment and paste-back (which read media).
+- ``warp``: the mesh-warp renderer (built on face landmarks; the warp family's building block).
+- ``motion``: blinks and speech-driven head motion on the output clock (may use warp and face).
+- ``families``: the model families (PC-AVS, PD-FGC, the warp avatar): each one's composition,
+  checkpoints, stages and runtime adapter, and the registry (with the plugins' entry points).
+  Everything above asks the registry instead of naming a family.
+- ``export``: ONNX / TensorRT / AOT export of any family's stages (with the engine file format,
+  shared with the engine package).
+- ``engine``: the backends behind one runner interface, and the engine cache.
 - ``runtime``: sources, sinks, clocks, render and stream.
 - ``bench``, ``serve``: timing of everything below; the web server (WebRTC sessions batched on one
   inference worker), a front end like render and stream.
@@ -48,8 +53,11 @@ LAYERS: list[set[str]] = [
     {"fsutil", "configcli", "threads"},
     {"media", "audio", "kernels"},
     {"models", "face"},
-    {"warp", "export"},
-    {"engine", "motion"},
+    {"warp"},
+    {"motion"},
+    {"families"},
+    {"export"},
+    {"engine"},
     {"runtime"},
     {"bench", "serve"},
     {"cli"},
@@ -178,6 +186,30 @@ def test_no_import_cycle_between_packages(imports: list[Import]) -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
+def module_graph(imports: list[Import]) -> dict[str, set[str]]:
+    """Module -> the trtalk modules it imports (anywhere in the file). A package's ``__init__``
+    counts as the package's module; importing ``a.b.c`` also runs ``a`` and ``a.b``'s
+    ``__init__``, which is not counted (it is not a dependency the importing file chose)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for imp in imports:
+        if imp.target != imp.module:
+            graph[imp.module].add(imp.target)
+    return graph
+
+
+def test_no_import_cycle_between_modules(imports: list[Import]) -> None:
+    graph = module_graph(imports)
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_module_graph_sees_function_level_imports() -> None:
+    """The module test is not vacuous: a lazy import inside a function is an edge."""
+    found = trtalk_imports()
+    lazy = [i for i in found if i.module == "trtalk.runtime.options" and i.target == "trtalk.engine.runner"]
+    assert lazy, "runtime.options imports engine.runner (at module level or in a function)"
+    assert find_cycle({"a.x": {"a.y"}, "a.y": {"a.x"}}) == ["a.x", "a.y", "a.x"]
+
+
 def test_no_upward_or_sideways_import(imports: list[Import]) -> None:
     bad = sorted({
         f"{imp.module}:{imp.line} imports {imp.target} "
@@ -243,3 +275,25 @@ def test_test_fixtures_import_without_pyav() -> None:
                          cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "write_wav"
+
+
+# ----------------------------------------------------------------- names
+
+
+def test_public_class_names_are_unique() -> None:
+    """No two modules define a public class of the same name (a reader, or an import, never
+    takes one for the other)."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where[node.name].append(_module_name(path))
+    dupes = {name: mods for name, mods in where.items() if len(mods) > 1}
+    assert dupes == {}, dupes
+    assert "WarpAvatar" in where and "Avatar" in where and "FaceTracker" in where  # the parse saw them
+
+
+def test_the_crop_matrix_is_spelled_crop_m() -> None:
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in sorted(PKG.rglob("*.py"))
+           for i, line in enumerate(p.read_text().splitlines(), 1) if "crop_M" in line]
+    assert bad == [], bad

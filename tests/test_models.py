@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import assert_rejects_file, images_of_two_impls
 
 from trtalk.errors import TrtalkError
-from trtalk.models import PCAVS, PCAVSConfig, convert, load_pcavs, save_official_folder
+from trtalk.families.pcavs import PCAVS, PCAVSConfig, convert, load_pcavs, save_official_folder
 from trtalk.models.modconv import blur_kernel, depthwise_fir, modulated_conv2d, upsample2x_fir
 
 # A sample of official key names and shapes (read from the PC-AVS network definitions).
@@ -279,8 +279,8 @@ def test_convert_cli(official_folder, tmp_path, capsys):
     assert main(["convert", str(official_folder), "-o", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert isinstance(load_pcavs(out), PCAVS)
-    from trtalk.models.checkpoint import detect_family
-    from trtalk.models.pdfgc import load_pdfgc
+    from trtalk.families.registry import detect as detect_family
+    from trtalk.families.pdfgc.model import load_pdfgc
 
     assert detect_family(out) == detect_family(official_folder) == "pcavs"  # the family, recorded
     with pytest.raises(TrtalkError, match="is a PC-AVS file, not PD-FGC"):

@@ -108,7 +108,7 @@ def test_no_lookahead_through_the_pipeline() -> None:
     """Frames 0..t keep their angles and eye closure when every sample after frame t's mel window
     changes; later frames do change (so the check can fail)."""
     from trtalk.audio import MEL_WINDOW_FRAMES, window_start
-    from trtalk.runtime.family import Avatar
+    from trtalk.families.base import Avatar
 
     avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
     fam = _AnglesOnly()
@@ -127,7 +127,7 @@ def test_no_lookahead_through_the_pipeline() -> None:
 def test_blinks_on_the_frame_clock() -> None:
     """12 s of speech: the eye-closure stream blinks at a natural rate (the generator's 26/min in
     speech is ~5 in 12 s), each blink shuts the eyes (closure near 1) and lasts 4-10 frames."""
-    from trtalk.runtime.family import Avatar
+    from trtalk.families.base import Avatar
 
     avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
     eye = np.array([row[4] for row in _pipeline_trace(make_speech_wave(12.0, seed=4), _AnglesOnly(), avatar)])
@@ -161,7 +161,7 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
     and weights, and the cached map is the same map."""
     from trtalk.face import read_image
     from trtalk.motion.posemap import GridSpec, build_angle_map
-    from trtalk.runtime.family import PoseInput
+    from trtalk.families.base import PoseInput
 
     fam = pcavs_small
     img = read_image(face_image_path)

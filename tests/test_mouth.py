@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from trtalk.export.stages import example_inputs, stage_module, stage_specs
-from trtalk.models import PCAVS, PCAVSConfig
+from trtalk.families.pcavs import PCAVS, PCAVSConfig
 
 SEED = 3
 
@@ -147,7 +147,8 @@ class _CountingRunner:
 
 
 def test_pcavs_pose_and_visual_mouth_share_one_encoder_pass():
-    from trtalk.runtime.family import PCAVSFamily, PoseInput
+    from trtalk.families.base import PoseInput
+    from trtalk.families.pcavs.runtime import PCAVSFamily
 
     runner = _CountingRunner()
     family = PCAVSFamily(runner)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trtalk.errors import TrtalkError
-from trtalk.models import pdfgc as P
+from trtalk.families.pdfgc import model as P
 from trtalk.models.generator import Generator, seeded_noise_maps
 
 

@@ -22,9 +22,9 @@ from trtalk.engine.runner import RunnerOptions, open_runner
 from trtalk.errors import TrtalkError
 from trtalk.export.exporter import ExportOptions, export_pcavs
 from trtalk.export.manifest import Manifest
-from trtalk.export.pdfgc_stages import PDFGC_STAGES
+from trtalk.families.pdfgc.stages import PDFGC_STAGES
 from trtalk.export.stages import example_inputs, stage_specs
-from trtalk.models.pdfgc import PDFGC, PDFGCConfig, save_pdfgc_folder
+from trtalk.families.pdfgc.model import PDFGC, PDFGCConfig, save_pdfgc_folder
 
 SEED = 3
 SMALL_CHANNELS = {"7": 512, "14": 64, "28": 64, "56": 32, "112": 32, "224": 16}
@@ -201,7 +201,7 @@ def test_aot_package_of_a_pdfgc_stage(model: PDFGC, tmp_path: Path):
         ["TorchBackend", "TorchBackend", "AotBackend", "TorchBackend"]
     (mel,) = example_inputs(stage_specs(model)["audio"], 3, seed=9)
     torch.testing.assert_close(r.encode_audio(mel), model.encode_audio(mel), rtol=0, atol=1e-4)
-    from trtalk.models.pcavs import PCAVS, PCAVSConfig
+    from trtalk.families.pcavs.model import PCAVS, PCAVSConfig
 
     opts = AotOptions(device="cpu")
     assert aot_key(model, "audio", opts).graph_sha256 != \
@@ -220,12 +220,15 @@ def _has_cuda() -> bool:
 def test_tensorrt_family_matches_torch(model: PDFGC, tmp_path: Path):  # pragma: no cover
     """PD-FGC on TensorRT (fp16 engines, built into the cache) and on torch CUDA graphs: the
     family's frames match torch fp32 on the CPU."""
-    from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
+    from trtalk.families.pdfgc.model import PDFGCConfig
+    from trtalk.families.pdfgc.runtime import PDFGCFamily
+    from trtalk.runtime.options import open_family
 
     ref = PDFGCFamily(model, random_weights=True)
-    fams = [open_pdfgc(None, "cuda", backend="tensorrt", seed=SEED, small=True, cache_dir=tmp_path),
-            open_pdfgc(None, "cuda", backend="torch", seed=SEED, small=True,
-                       options=RunnerOptions(cuda_graphs=True))]
+    small = PDFGCConfig.small()
+    fams = [open_family("pdfgc", None, "tensorrt", "cuda",
+                        RunnerOptions(seed=SEED, config=small, cache_dir=tmp_path)),
+            open_family("pdfgc", None, "torch", "cuda", RunnerOptions(seed=SEED, config=small, cuda_graphs=True))]
     out = family_frames([ref, *fams])
     for o in out[1:]:
         assert np.abs(o - out[0]).mean() < 3.0 and np.abs(o - out[0]).max() <= 40

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import family_frames
 
-from trtalk.export.pdfgc_stages import PDFGC_STAGES, pdfgc_stage_module, pdfgc_stage_specs
+from trtalk.families.pdfgc.stages import PDFGC_STAGES, pdfgc_stage_module, pdfgc_stage_specs
 from trtalk.export.stages import example_inputs
-from trtalk.models.pdfgc import PDFGC, PDFGCConfig
+from trtalk.families.pdfgc.model import PDFGC, PDFGCConfig
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,13 @@ def test_family_on_onnxruntime_matches_torch(model, tmp_path, monkeypatch):
     """`--backend onnxruntime`: the graphs exported once into the cache (an export folder with
     its manifest, through `open_runner`), the same frames as torch."""
     pytest.importorskip("onnxruntime")
-    from trtalk.runtime.pdfgc_family import PDFGCFamily, open_pdfgc
+    from trtalk.engine import RunnerOptions
+    from trtalk.families.pdfgc.model import PDFGCConfig
+    from trtalk.families.pdfgc.runtime import PDFGCFamily
+    from trtalk.runtime.options import open_family
 
     monkeypatch.setenv("TRTALK_CACHE_DIR", str(tmp_path))
-    fam = open_pdfgc(None, seed=2, small=True, backend="onnxruntime")
+    fam = open_family("pdfgc", None, "onnxruntime", options=RunnerOptions(seed=2, config=PDFGCConfig.small()))
     assert sorted(p.name for p in next((tmp_path / "exports").iterdir()).iterdir()) == \
         ["audio.onnx", "generator.onnx", "identity.onnx", "manifest.json", "motion.onnx"]
     assert fam.model.family == "pdfgc" and fam.model.backends["generator"].kind == "OrtBackend"

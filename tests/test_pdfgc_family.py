@@ -15,10 +15,10 @@ from conftest import empty_dir, write_wav
 
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
-from trtalk.models import pdfgc as P
-from trtalk.models.checkpoint import convert, detect_family
-from trtalk.runtime.controls import ControlServer, Controls, FactorSpec, hotkey, parse_factor
-from trtalk.runtime.pdfgc_family import PDFGCFamily
+from trtalk.families.pdfgc import model as P
+from trtalk.families.registry import convert, detect as detect_family
+from trtalk.families.controls import ControlServer, Controls, FactorSpec, hotkey, parse_factor
+from trtalk.families.pdfgc.runtime import PDFGCFamily
 
 
 def _frames(path: Path) -> int:
@@ -39,10 +39,10 @@ def test_detect_family_and_mixed_folder(pdfgc_folder, tmp_path):
 
 
 def test_pcavs_loader_names_the_family(pdfgc_folder):
-    from trtalk.models.checkpoint import load_pcavs
+    from trtalk.families import registry
 
     with pytest.raises(TrtalkError, match="is a PD-FGC checkpoint folder, not PC-AVS"):
-        load_pcavs(pdfgc_folder)
+        registry.load("pcavs", pdfgc_folder)
 
 
 def test_convert_records_family(pdfgc_folder, pdfgc_model, tmp_path):
@@ -270,7 +270,7 @@ def test_wrong_family_is_a_clear_error(tmp_path):
     read before any tensor) given to the PD-FGC loader: empty stand-ins of both say it all."""
     from safetensors.torch import save_file
 
-    from trtalk.models.checkpoint import FORMAT, OFFICIAL_FILES
+    from trtalk.families.pcavs.checkpoint import FORMAT, OFFICIAL_FILES
 
     pc = tmp_path / "pcavs"
     pc.mkdir()
@@ -313,7 +313,7 @@ def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(pdfgc_model, 
 
 
 def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):
-    from trtalk.runtime.family import PoseInput
+    from trtalk.families.base import PoseInput
 
     fam, avatar = _family(pdfgc_model, eyes=FactorSpec("webcam"), emotion=FactorSpec("webcam"))
     g = np.random.default_rng(5)

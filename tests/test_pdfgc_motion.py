@@ -11,9 +11,9 @@ import torch
 
 from conftest import make_speech_wave, write_wav
 from trtalk.motion.head import MotionConfig, SpeechFeatures, wave_windows
-from trtalk.runtime.controls import FactorSpec
-from trtalk.runtime.family import Avatar
-from trtalk.runtime.pdfgc_family import BLINK_DIMS, GAZE_DIMS, PDFGCFamily, blink_eye_code
+from trtalk.families.controls import FactorSpec
+from trtalk.families.base import Avatar
+from trtalk.families.pdfgc.runtime import BLINK_DIMS, GAZE_DIMS, PDFGCFamily, blink_eye_code
 
 FPS = 25.0
 SR = 16000
@@ -140,7 +140,7 @@ def test_render_pose_auto_eyes_auto(face_image_path: Path, speech_wave: np.ndarr
 
     from trtalk.cli import main
     from trtalk.motion.posemap import GridSpec
-    from trtalk.runtime.family import ModelFamily
+    from trtalk.families.base import ModelFamily
 
     monkeypatch.setenv("TRTALK_CACHE_DIR", str(tmp_path / "cache"))
     # a 2 x 2 x 2 grid and 2 held-out angles: 10 motion encodings instead of 99

@@ -14,8 +14,8 @@ from conftest import mp3_encoder, write_audio_file, write_wav
 from trtalk.audio import load_audio, num_video_frames
 from trtalk.cli import main
 from trtalk.errors import TrtalkError
-from trtalk.models import PCAVS, PCAVSConfig, save_official_folder
-from trtalk.runtime.family import PCAVSFamily
+from trtalk.families.pcavs import PCAVS, PCAVSConfig, save_official_folder
+from trtalk.families.pcavs.runtime import PCAVSFamily
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.render import RenderConfig, Renderer, pingpong
 

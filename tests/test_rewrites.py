@@ -12,12 +12,13 @@ from torch import nn
 import torch.nn.functional as F
 
 from trtalk.export.stages import example_inputs, stage_module, stage_specs
-from trtalk.models import PCAVS, PCAVSConfig
+from trtalk.families.pcavs import PCAVS, PCAVSConfig
+from trtalk.families.pcavs.stages import fuse_for_inference
 from trtalk.models.fan import BilinearResize
 from trtalk.models.fuse import (FixedBilinearUpsample, FixedSkipUpsample, FoldedUpModulatedConv2d,
                                 FuseOptions, bilinear_upsample2x, count_batchnorms, fold_batchnorm,
                                 fold_batchnorm_into_next, fold_up_blur, folded_up_modconv,
-                                fuse_for_inference, fuse_generator, polyphase_up_weight,
+                                fuse_generator, polyphase_up_weight,
                                 skip_upsample, skip_upsample_weight)
 from trtalk.models.generator import Generator, ModulatedConv2d
 from trtalk.models.modconv import blur_kernel, modulated_conv2d

@@ -24,7 +24,8 @@ pytest.importorskip("aiohttp")
 pytest.importorskip("aiortc")
 
 from trtalk.errors import TrtalkError  # noqa: E402
-from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily  # noqa: E402
+from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.pcavs.runtime import PCAVSFamily  # noqa: E402
 from trtalk.serve.scheduler import BatchScheduler, WorkerError, capacity_fps  # noqa: E402
 
 FPS = 25.0
@@ -201,9 +202,9 @@ def test_capacity_uses_batches_that_fit_the_budget() -> None:
 def test_pcavs_generate_many_matches_per_avatar_generate(monkeypatch) -> None:
     """One generator call over items of two avatars gives each item what its own avatar's
     generate gives (the generator takes per-sample identity codes)."""
-    from trtalk.models.pcavs import PCAVS, PCAVSConfig
+    from trtalk.families.pcavs.model import PCAVS, PCAVSConfig
 
-    import trtalk.runtime.family as family_mod
+    import trtalk.families.pcavs.runtime as family_mod
 
     # compare the generator's float output (small random weights give images close to grey)
     monkeypatch.setattr(family_mod, "to_uint8", lambda x: x.float().numpy())
@@ -271,7 +272,7 @@ class BoomRenderer:
 @pytest.fixture(scope="module")
 def server():
     """A warp-avatar server (no warm-up: a fixed capacity of 2 sessions), 1.5 s stall timeout."""
-    from trtalk.runtime.family import WarpFamily
+    from trtalk.families.warp.runtime import WarpFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server, ServerLimits
     from trtalk.serve.cli import run_in_thread
@@ -542,7 +543,7 @@ def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> 
     """A PD-FGC server (small seeded networks: a few frames/s on this CPU, so frames past their
     deadline are held): two sessions at once each get frames; every session runs on its own
     family (`PDFGCFamily.for_session`); the page offers only the voice for the lips."""
-    from trtalk.runtime.pdfgc_family import PDFGCFamily
+    from trtalk.families.pdfgc.runtime import PDFGCFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server
     from trtalk.serve.cli import run_in_thread
@@ -570,7 +571,7 @@ def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> 
 
 
 def test_token_is_checked_everywhere(speech_wave) -> None:
-    from trtalk.runtime.family import WarpFamily
+    from trtalk.families.warp.runtime import WarpFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server
     from trtalk.serve.cli import run_in_thread

@@ -45,7 +45,7 @@ def write_y4m(path: Path, image_rgb: np.ndarray, frames: int = 25, size: int = 2
 
 @pytest.fixture(scope="module")
 def served(face_image_path, speech_wav_path, tmp_path_factory):
-    from trtalk.runtime.family import WarpFamily
+    from trtalk.families.warp.runtime import WarpFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server, ServerLimits
     from trtalk.serve.cli import run_in_thread

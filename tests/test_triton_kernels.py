@@ -53,7 +53,7 @@ from trtalk.errors import TrtalkError  # noqa: E402
 from trtalk.kernels import reference, triton_ops  # noqa: E402
 from trtalk.models import modconv  # noqa: E402
 from trtalk.models.generator import Generator, StyledConv, ToRGB, modconv_layers  # noqa: E402
-from trtalk.models.pcavs import PCAVSConfig  # noqa: E402
+from trtalk.families.pcavs.model import PCAVSConfig  # noqa: E402
 
 try:
     import triton  # noqa: F401

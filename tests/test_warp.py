@@ -143,7 +143,7 @@ class _Frames(FrameSink):
 def _warp_frames(face: Path, wave: np.ndarray, pose: Path | None = None) -> tuple[list[np.ndarray], list]:
     """The warp avatar through the pipeline (as `trtalk render --model warp`): frames, mouth codes."""
     from trtalk.runtime.clock import VirtualClock
-    from trtalk.runtime.family import WarpFamily
+    from trtalk.families.warp.runtime import WarpFamily
     from trtalk.runtime.pose_path import clip_pose_source
     from trtalk.runtime.sources import AudioFileSource
     from trtalk.runtime.stream import StreamConfig, StreamPipeline
@@ -267,30 +267,30 @@ def test_no_face_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_tiny_face_errors_and_small_face_warns(renderer, caplog: pytest.LogCaptureFixture) -> None:
-    from trtalk.warp.avatar import Avatar
+    from trtalk.warp.avatar import WarpAvatar
 
     a = renderer.avatar
     photo = a.photo
     # The photo's own mesh, shrunk about its centre to ~30 px and ~80 px across.
-    mesh = (a.mesh - np.array([*a.crop_M[:, 2], 0.0])) / a.crop_M[0, 0]
+    mesh = (a.mesh - np.array([*a.crop_m[:, 2], 0.0])) / a.crop_m[0, 0]
     centre = mesh.mean(axis=0)
     extent = float(np.ptp(mesh[:, :2], axis=0).max())
     with pytest.raises(TrtalkError, match="px"):
-        Avatar(photo, centre + (mesh - centre) * 30 / extent)
+        WarpAvatar(photo, centre + (mesh - centre) * 30 / extent)
     with caplog.at_level(logging.WARNING, logger="trtalk.warp.avatar"):
-        Avatar(photo, centre + (mesh - centre) * 80 / extent)
+        WarpAvatar(photo, centre + (mesh - centre) * 80 / extent)
     assert "small" in caplog.text
 
 
 def test_turned_photo_warns(renderer, caplog: pytest.LogCaptureFixture) -> None:
-    from trtalk.warp.avatar import Avatar
+    from trtalk.warp.avatar import WarpAvatar
 
     a = renderer.avatar
-    mesh = (a.mesh - np.array([*a.crop_M[:, 2], 0.0])) / a.crop_M[0, 0]
+    mesh = (a.mesh - np.array([*a.crop_m[:, 2], 0.0])) / a.crop_m[0, 0]
     centre = mesh.mean(axis=0)
     turned = centre + (mesh - centre) @ M.euler_to_matrix(40.0, 0.0, 0.0).T
     with caplog.at_level(logging.WARNING, logger="trtalk.warp.avatar"):
-        Avatar(a.photo, turned)
+        WarpAvatar(a.photo, turned)
     assert "turned" in caplog.text
 
 

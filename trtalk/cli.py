@@ -29,7 +29,7 @@ threads.prepare_env()
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
-    "trtalk.models.cli",
+    "trtalk.families.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",

@@ -215,3 +215,17 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise TrtalkError(
             f"cannot write {target}: no permission to create files in {parent}"
         )
+
+
+#: The environment variable that moves trtalk's cache root (engines, exports, angle maps).
+ENV_CACHE_DIR = "TRTALK_CACHE_DIR"
+
+
+def cache_root(root: str | os.PathLike | None = None) -> Path:
+    """trtalk's cache root: ``root``, else ``$TRTALK_CACHE_DIR``, else ``~/.cache/trtalk``."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "trtalk"

@@ -14,7 +14,7 @@ from typing import Literal
 from trtalk.bench.run import PRESETS
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
-from trtalk.models.pcavs import MODEL_CONFIG_HELP
+from trtalk.families.pcavs.model import MODEL_CONFIG_HELP
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,9 @@ class BenchCommand:
     model_config: Literal["official", "small"] | None = option(
         None, help=MODEL_CONFIG_HELP,
         default_text="official; small for --stream on CPU")
-    model: Literal["pcavs", "pdfgc"] | None = option(
-        None, help="model family of the seeded random weights (with --checkpoint: the checkpoint's)",
+    model: str | None = option(
+        None, help="model family of the seeded random weights (with --checkpoint: the checkpoint's; "
+                   "`trtalk models` lists them)",
         default_text="pcavs")
     cache_dir: Path | None = option(None, help="export / engine cache", default_text="trtalk's")
     seed: int = option(0, help="seed of the random weights")

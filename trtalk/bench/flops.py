@@ -13,9 +13,8 @@ import logging
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trtalk.export.stages import STAGES, example_inputs, family_of, family_stages, stage_module, stage_specs
-from trtalk.models.pcavs import PCAVS
-from trtalk.models.pdfgc import PDFGC
+from trtalk.export.stages import example_inputs, stage_module, stage_specs
+from trtalk.families import registry
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +22,20 @@ log = logging.getLogger(__name__)
 DESIGN_GFLOP = {"identity": 8.6, "pose": 12.7, "audio": 0.94, "generator": 69.4}
 #: Relative difference from DESIGN_GFLOP still called "near" (rounding of the design numbers).
 NEAR_TOLERANCE = 0.05
+#: The family whose networks DESIGN.md's figures count (others are compared for reference only).
+DESIGN_FAMILY = "pcavs"
 
 
-def count_stage_flops(model: PCAVS | PDFGC) -> dict[str, int]:
+def count_stage_flops(model: torch.nn.Module) -> dict[str, int]:
     """FLOPs of one frame (batch 1) per stage of ``model``; ``model`` itself is not changed.
 
-    Keys are PC-AVS's stage names; PD-FGC's motion encoder counts as "pose" (the frame's image
-    encoder in the bench's frame)."""
+    Keys are the stage names, the family's pose stage (PD-FGC's motion encoder) counted as
+    "pose" (the frame's image encoder in the bench's frame)."""
     specs = stage_specs(model)
+    family = registry.spec_of(model)
     out: dict[str, int] = {}
-    for stage, key in zip(family_stages(family_of(model)), STAGES):
+    for stage in family.stages:
+        key = "pose" if stage == family.pose_stage else stage
         mod = stage_module(model, stage, modconv="grouped")
         args = example_inputs(specs[stage], batch=1)
         counter = FlopCounterMode(display=False)
@@ -43,7 +46,7 @@ def count_stage_flops(model: PCAVS | PDFGC) -> dict[str, int]:
     return out
 
 
-def compare_with_design(flops: dict[str, int], official: bool, family: str = "pcavs") -> dict[str, dict]:
+def compare_with_design(flops: dict[str, int], official: bool, family: str = DESIGN_FAMILY) -> dict[str, dict]:
     """Per stage: counted GFLOP, DESIGN's number, relative difference and a verdict string
     (DESIGN's numbers are PC-AVS's: for PD-FGC they are a reference only)."""
     out = {}
@@ -55,7 +58,7 @@ def compare_with_design(flops: dict[str, int], official: bool, family: str = "pc
                           "verdict": "no DESIGN figure"}
             continue
         rel = (g - ref) / ref
-        if family != "pcavs":
+        if family != DESIGN_FAMILY:
             verdict = f"{family}: DESIGN lists PC-AVS's networks (reference only)"
         elif not official:
             verdict = "small dev model: not comparable" if stage == "generator" else (

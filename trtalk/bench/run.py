@@ -39,8 +39,7 @@ from trtalk.bench.flops import compare_with_design, count_stage_flops
 from trtalk.bench.peaks import device_peak, machine_info, machine_tag
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import example_inputs, stage_specs
-from trtalk.models.pcavs import PCAVS, PCAVSConfig
-from trtalk.models.pdfgc import PDFGCConfig
+from trtalk.families import registry
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class BenchConfig:
     device: str = "cpu"
     checkpoint: Path | None = None
     model_config: str = "official"  # "official" | "small"
-    model: str | None = None  # family: "pcavs" | "pdfgc"; None: the checkpoint's, else PC-AVS
+    model: str | None = None  # family (`trtalk models`); None: the checkpoint's, else PC-AVS
     seed: int = 0
     cache_dir: Path | None = None
     threads: int | None = None  # CPU threads for torch and onnxruntime; None = their defaults
@@ -129,8 +128,8 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
-        if self.model not in (None, "pcavs", "pdfgc"):
-            raise TrtalkError("--model is pcavs or pdfgc")
+        if self.model is not None:
+            registry.with_stages(registry.get(self.model))  # TrtalkError naming the choices
         from trtalk.engine.runner import check_device
 
         check_device(self.device)
@@ -138,20 +137,22 @@ class BenchConfig:
     @property
     def family(self) -> str:
         """The model family: the checkpoint's, else ``model``, else PC-AVS."""
-        if self.checkpoint is not None:
-            from trtalk.models.checkpoint import detect_family
+        from trtalk.export.exporter import DEFAULT_FAMILY
 
-            return detect_family(self.checkpoint, fallback="pcavs")
-        return self.model or "pcavs"
+        if self.checkpoint is not None:
+            return registry.detect(self.checkpoint, fallback=self.model or DEFAULT_FAMILY)
+        return self.model or DEFAULT_FAMILY
 
     @property
-    def architecture(self) -> PCAVSConfig | PDFGCConfig:
+    def architecture(self) -> Any:
         """The architecture of the family's random weights (official or small)."""
         if self.model_config == "small":
             from trtalk.export.exporter import small_config
 
             return small_config(self.family)
-        return PDFGCConfig() if self.family == "pdfgc" else PCAVSConfig()
+        spec = registry.get(self.family)
+        assert spec.official_config is not None
+        return spec.official_config()
 
     @property
     def is_cuda(self) -> bool:
@@ -270,7 +271,7 @@ def plan_variants(cfg: BenchConfig) -> list[Variant]:
     return out
 
 
-def open_variant(model: PCAVS, v: Variant, cfg: BenchConfig):
+def open_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig):
     """The loaded runner of ``v`` (`open_runner` with the preset's options); raises with a reason
     where it cannot run."""
     from trtalk.engine.runner import RunnerOptions, open_runner
@@ -305,13 +306,14 @@ def _reason(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------ timing
 
 
-def _inputs(model: PCAVS, batch: int, device: str) -> dict[str, torch.Tensor]:
+def _inputs(model: torch.nn.Module, batch: int, device: str) -> dict[str, torch.Tensor]:
     specs = stage_specs(model)
     (image,) = example_inputs(specs["identity"], batch, seed=1)
     (mel,) = example_inputs(specs["audio"], batch, seed=2)
     style, id_map = example_inputs(specs["generator"], batch, seed=3)
+    id_dim = next(int(t.shape[1]) for t in specs["identity"].outputs if t.name == "id_vector")
     return {k: v.to(device) for k, v in
-            {"image": image, "mel": mel, "id_vector": style[:, :2048].contiguous(), "id_map": id_map}.items()}
+            {"image": image, "mel": mel, "id_vector": style[:, :id_dim].contiguous(), "id_map": id_map}.items()}
 
 
 def time_identity(runner: Any, x: dict[str, torch.Tensor], cfg: BenchConfig) -> list[float]:
@@ -372,7 +374,7 @@ def _memory_cuda(device: str) -> dict[str, Any]:
             "device_used_bytes": int(total - free)}
 
 
-def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, int]) -> dict[str, Any]:
+def bench_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig, flops: dict[str, int]) -> dict[str, Any]:
     """Measure one variant over all batches; never raises for a backend that cannot run."""
     entry: dict[str, Any] = {"label": v.label, "backend": v.backend, "precision": v.precision,
                              "description": BACKENDS[v.backend], "available": v.reason is None,
@@ -506,9 +508,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "family": cfg.family,
         "frame_definition": "frame = pose + audio + style concat + generator for `batch` frames, run back "
                             "to back; identity is encoded once per avatar and is shown but NOT in the frame"
-                            + ("; PD-FGC: 'pose' is its motion encoder (pose, eyes and emotion of the "
-                               "frame: the style's 42-wide motion tail), the generator 2590 wide"
-                               if cfg.family == "pdfgc" else ""),
+                            + (f"; {registry.get(cfg.family).title}: 'pose' is its "
+                               f"{registry.get(cfg.family).pose_stage} stage (the pose codes of the style)"
+                               if registry.get(cfg.family).pose_stage != "pose" else ""),
         "flops_per_frame": {s: int(f) for s, f in flops.items()},
         "flops_frame": int(sum(flops[s] for s in FRAME_STAGES)),
         "flops_method": "torch.utils.flop_counter.FlopCounterMode on the PyTorch stage modules at batch 1 "
@@ -537,7 +539,7 @@ class StreamBenchConfig:
     device: str = "cpu"
     model_config: str = "small"
     checkpoint: Path | None = None
-    model: str | None = None  # family of the random weights: "pcavs" (default) | "pdfgc"
+    model: str | None = None  # family of the random weights (`trtalk models`); None: PC-AVS
     batch: int = 4
     fps: float = 25.0
     seed: int = 0
@@ -598,7 +600,9 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     assets = Path(__file__).resolve().parents[1] / "assets"
     avatar, speech = assets / "astronaut.png", assets / "demo_speech.wav"
     # The checkpoint's family (PC-AVS or PD-FGC) when one is given; else --model's (PC-AVS).
-    model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or "pcavs"), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
+    from trtalk.export.exporter import DEFAULT_FAMILY
+
+    model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or DEFAULT_FAMILY), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
     scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)

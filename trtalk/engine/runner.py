@@ -5,7 +5,7 @@
 (torch tensors in and out, NCHW, float32). Both families run here: a PD-FGC source (checkpoint,
 export directory, `PDFGC` instance, or random weights with ``RunnerOptions(family="pdfgc")``)
 gives a runner whose stages are identity, motion, audio, generator, with ``encode_motion``
--> (pose, eye, emotion) as `trtalk.models.pdfgc.PDFGC`'s. Render, stream, serve and bench all get their
+-> (pose, eye, emotion) as `trtalk.families.pdfgc.model.PDFGC`'s. Render, stream, serve and bench all get their
 networks here; every option in `RunnerOptions` means the same on every backend, or
 `open_runner` refuses it with a one-line error (nothing is silently ignored).
 
@@ -29,6 +29,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,10 +40,10 @@ from trtalk.export.cache import EngineCache, cache_root
 from trtalk.export.engine_file import check_engine
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
-from trtalk.export.stages import FAMILY_NOISE, FAMILY_STAGES, StageSpec, family_of, family_stages
+from trtalk.export.stages import StageSpec, family_stages
+from trtalk.families import registry
+from trtalk.families.spec import FamilySpec
 from trtalk.fsutil import remove_abandoned
-from trtalk.models.pcavs import PCAVS, PCAVSConfig
-from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC, PDFGCConfig
 from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "aot")
 PRECISIONS = ("fp32", "fp16")
 NOISE_MODES = ("fixed", "random", "zero", "seeded")
-FAMILIES = tuple(FAMILY_STAGES)
 MODCONV_IMPLS = ("decomposed", "grouped", "cuda", "triton")
 
 
@@ -64,12 +64,12 @@ class RunnerOptions:
     cache_dir: str | os.PathLike | None = None
     compute_capability: str | None = None  # tensorrt-rtx target; None = the local GPU
     flavour: str | None = None  # "tensorrt" | "tensorrt-rtx"; None = datacenter if installed
-    config: PCAVSConfig | PDFGCConfig | None = None
+    config: Any = None  # the family's config (random weights); None: its official one
     family: str = "pcavs"  # of random weights; a checkpoint, export or model instance says its own
     cuda_graphs: bool = False  # torch and tensorrt: one CUDA graph per batch size
     compile: bool = False  # torch only: torch.compile each stage module
     modconv: str = "decomposed"  # torch only: the generator's modulated-conv implementation
-    noise: str | None = None  # generator noise; None: the family's (FAMILY_NOISE), what graphs hold
+    noise: str | None = None  # generator noise; None: the family's (`FamilySpec.noise`), what graphs hold
     seed: int = 0  # seed of the random weights when there is no checkpoint
     threads: int | None = None  # onnxruntime intra-op threads; None = torch's (trtalk.threads)
     graph_api: GraphAPI | None = None  # stand-in for CUDA graphs (tests); None = torch.cuda
@@ -87,8 +87,7 @@ class RunnerOptions:
             raise TrtalkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise TrtalkError(f"unknown precision {self.precision!r}; choose fp32 or fp16")
-        if self.family not in FAMILIES:
-            raise TrtalkError(f"unknown model family {self.family!r}; choose {', '.join(FAMILIES)}")
+        registry.with_stages(registry.get(self.family))  # TrtalkError naming the choices
         if self.noise is not None and self.noise not in NOISE_MODES:
             raise TrtalkError(f"unknown noise mode {self.noise!r}; choose {', '.join(NOISE_MODES)}")
         if self.modconv not in MODCONV_IMPLS:
@@ -96,7 +95,7 @@ class RunnerOptions:
         if self.max_batch < 1:
             raise TrtalkError("the largest batch must be >= 1")
         if backend != "torch":
-            held = FAMILY_NOISE[self.family]
+            held = registry.get(self.family).noise
             if self.noise not in (None, held):
                 what = "checkpoint's fixed noise buffers" if held == "fixed" else "seeded noise maps"
                 raise TrtalkError(f"--noise {self.noise} needs --backend torch: the {backend} graphs "
@@ -150,7 +149,7 @@ def _specs_from_manifest(m: Manifest) -> dict[str, StageSpec]:
 
 def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: int,
                   cache_dir: str | os.PathLike | None = None,
-                  config: PCAVSConfig | PDFGCConfig | None = None, seed: int = 0,
+                  config: Any = None, seed: int = 0,
                   fold_up_blur: bool = False, family: str = "pcavs") -> Path:
     """An export directory for ``source`` (checkpoint or None = random weights of ``family``),
     made once per cache key.
@@ -164,8 +163,7 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     model, record = load_model(source, seed=seed, config=config, family=family)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
-    if family_of(model) != "pcavs":
-        tag = f"{family_of(model)}-{tag}"
+    tag = f"{registry.spec_of(model).name}-{tag}"
     root = cache_root(cache_dir) / "exports"
     final = root / f"{tag}-{precision}-b{max_batch}{'-fold' if fold_up_blur else ''}-v{__version__}"
     if final.exists():
@@ -216,12 +214,12 @@ def quarantine(path: Path) -> Path:
     return aside
 
 
-def _source_model(source, opts: RunnerOptions, backend: str) -> PCAVS | PDFGC:
-    """The PyTorch model of ``source`` (a `PCAVS` or `PDFGC`, a checkpoint, or None: seeded
-    random weights of ``opts.family``)."""
+def _source_model(source, opts: RunnerOptions, backend: str) -> torch.nn.Module:
+    """The PyTorch model of ``source`` (a family's model, a checkpoint, or None: seeded random
+    weights of ``opts.family``)."""
     from trtalk.export.exporter import load_model
 
-    if isinstance(source, (PCAVS, PDFGC)):
+    if isinstance(source, torch.nn.Module):
         return source
     if source is not None and _is_export_dir(Path(source)):
         raise TrtalkError(f"--backend {backend} needs a checkpoint, not the export directory {source}")
@@ -235,7 +233,7 @@ def _torch_backends(source, device: str, opts: RunnerOptions,
 
     model = _source_model(source, opts, "torch")
     specs = stage_specs(model)
-    stages = stages if stages is not None else family_stages(family_of(model))
+    stages = stages if stages is not None else registry.spec_of(model).stages
     return {s: TorchBackend(specs[s], model, device=device, precision=opts.precision,
                             max_batch=max(opts.max_batch, 64), cuda_graphs=opts.cuda_graphs,
                             modconv=opts.modconv, noise=opts.noise, compile=opts.compile)
@@ -253,7 +251,7 @@ def _aot_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     aopts = AotOptions(device=device, precision=opts.precision,
                        max_batch=max(opts.max_batch, DEFAULT_MAX_BATCH),
                        buckets=tuple(opts.buckets) if opts.buckets is not None else None)
-    stages = family_stages(family_of(model))
+    stages = registry.spec_of(model).stages
     packaged = tuple(s for s in stages if opts.aot_stages is None or s in opts.aot_stages)
     records = aot_packages(model, aopts, packaged, opts.cache_dir)
     specs = stage_specs(model)
@@ -354,7 +352,8 @@ class Runner:
     """The inference surface of either family over its four stage backends; torch tensors in
     and out (float32).
 
-    ``family`` is "pdfgc" when the backends hold a "motion" stage (PD-FGC), else "pcavs". For
+    ``family`` is the family's name (``spec`` its `FamilySpec`): given, or the family whose stages
+    the backends hold. For
     PD-FGC, ``encode_motion`` gives the raw (pose B x 6, eye B x 6, emotion B x 30), and
     `encode_pose` and the ``pose`` argument of `style` / `synthesize` are the style's motion
     tail B x 42 (`motion_code`: 1.2 emotion | 1.2 eye | pose), so `frame` drives every factor from its
@@ -367,18 +366,19 @@ class Runner:
     """
 
     def __init__(self, backends: dict[str, Backend], random_weights: bool = False,
-                 graphs: GraphAPI | None = None, device: str = "cpu"):
-        self.family = "pdfgc" if "motion" in backends else "pcavs"
-        missing = [s for s in family_stages(self.family) if s not in backends]
+                 graphs: GraphAPI | None = None, device: str = "cpu", family: str | None = None):
+        self.spec: FamilySpec = registry.get(family) if family is not None else _spec_holding(backends)
+        self.family = self.spec.name
+        missing = [s for s in self.spec.stages if s not in backends]
         if missing:
             raise ValueError(f"no backend for stage {missing[0]}")
         self.backends = backends
         self.random_weights = random_weights
         self.graphed = graphs is not None
         if graphs is not None:
-            if self.family == "pdfgc":
+            if "motion" in backends:
                 self.encode_motion = GraphedFunction(self._encode_motion, device, graphs)  # type: ignore[method-assign]
-            else:
+            if "pose_mouth" in backends:
                 self.encode_pose_mouth = GraphedFunction(self._encode_pose_mouth, device, graphs)  # type: ignore[method-assign]
             self.encode_pose = GraphedFunction(self._encode_pose, device, graphs)  # type: ignore[method-assign]
             self.encode_audio = GraphedFunction(self._encode_audio, device, graphs)  # type: ignore[method-assign]
@@ -402,24 +402,18 @@ class Runner:
         return self._encode_pose(image)
 
     def _encode_pose(self, image: torch.Tensor) -> torch.Tensor:
-        if self.family == "pdfgc":
-            return self.motion_code(*self._encode_motion(image))
-        return self.backends["pose"].run({"image": image})["pose"]
+        assert self.spec.pose_code is not None
+        return self.spec.pose_code(self.backends[self.spec.pose_stage].run({"image": image}))
 
     def encode_motion(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """PD-FGC: aligned crops B x 3 x 224 x 224 -> raw (pose B x 6, eye B x 6, emotion B x 30)."""
         return self._encode_motion(image)
 
     def _encode_motion(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.family != "pdfgc":
-            raise ValueError("encode_motion is PD-FGC's; PC-AVS has encode_pose")
+        if "motion" not in self.backends:
+            raise ValueError(f"encode_motion needs a motion stage; {self.spec.title} has encode_pose")
         out = self.backends["motion"].run({"image": image})
         return out["pose"], out["eye"], out["emotion"]
-
-    @staticmethod
-    def motion_code(pose: torch.Tensor, eye: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
-        """PD-FGC's style tail B x 42 from raw codes: 1.2 emotion | 1.2 eye | pose (official order)."""
-        return torch.cat([EMOTION_WEIGHT * emotion, EYE_WEIGHT * eye, pose], 1)
 
     def encode_pose_mouth(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Aligned frame B x 3 x 224 x 224 -> (pose code B x 12, visual mouth code B x 500):
@@ -440,7 +434,7 @@ class Runner:
     @staticmethod
     def style(id_vector: torch.Tensor, mouth: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """id | mouth | pose (PD-FGC: its `motion_code`, 42 wide): both families' official order."""
-        return PCAVS.style(id_vector, mouth, pose)
+        return torch.cat([id_vector, mouth, pose], 1)
 
     def generate(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
         """Style B x 2560 (PD-FGC: 2590) + id map B x 512 x 7 x 7 -> image B x 3 x 224 x 224 in [-1, 1]."""
@@ -486,19 +480,17 @@ class Runner:
 
 def source_family(source: object, default: str = "pcavs") -> str:
     """The model family of a runner source: a model instance's, an export directory's manifest's,
-    a checkpoint's (`detect_family`), else (None: random weights) ``default``."""
+    a checkpoint's (`trtalk.families.registry.detect`), else (None: random weights) ``default``."""
     if source is None:
         return default
-    if isinstance(source, (PCAVS, PDFGC)):
-        return family_of(source)
+    if isinstance(source, torch.nn.Module):
+        return registry.spec_of(source).name
     if _is_export_dir(Path(source)):  # type: ignore[arg-type]
         try:
             return Manifest.read(source).family  # type: ignore[arg-type]
         except TrtalkError:  # the backend that opens it says what is wrong (or that it needs none)
             return default
-    from trtalk.models.checkpoint import detect_family
-
-    return detect_family(source, fallback="pcavs")  # type: ignore[arg-type]
+    return registry.detect(source, fallback=default)  # type: ignore[arg-type]
 
 
 def open_runner(backend: str = "torch", source=None, device: str = "cpu",
@@ -516,7 +508,7 @@ def open_runner(backend: str = "torch", source=None, device: str = "cpu",
     opts.check(backend, device)
     random_weights = source is None
     if random_weights:
-        name = "PD-FGC" if opts.family == "pdfgc" else "PC-AVS"
+        name = registry.get(opts.family).title
         log.warning("no checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the face "
                     "will not look like the input. Pass the official %s checkpoint folder or a "
                     "`trtalk convert` file to get real results.", opts.seed, name)
@@ -526,5 +518,13 @@ def open_runner(backend: str = "torch", source=None, device: str = "cpu",
         # cannot be captured around another graph's replay).
         graphs = opts.graph_api or CudaGraphAPI()
         opts = dataclasses.replace(opts, cuda_graphs=False)
-    return Runner(_open_backends(backend, source, device, opts), random_weights, graphs, device)
+    return Runner(_open_backends(backend, source, device, opts), random_weights, graphs, device, opts.family)
+
+
+def _spec_holding(backends: dict[str, Backend]) -> FamilySpec:
+    """The family whose stages ``backends`` hold (the one with the most of them, all present)."""
+    found = [s for s in registry.all_specs().values() if s.stages and set(s.stages) <= set(backends)]
+    if not found:
+        raise ValueError(f"no model family has the stages {', '.join(backends)}")
+    return max(found, key=lambda s: len(s.stages))
 

@@ -59,10 +59,9 @@ import torch
 from trtalk import __version__
 from trtalk.export.cache import EngineCache, EngineKey, EngineRecord
 from trtalk.errors import TrtalkError
-from trtalk.export.stages import BATCH, FAMILY_NOISE, CastIO, StageSpec, example_inputs, \
-    family_of, family_stages, stage_module, stage_specs, stage_tensors
-from trtalk.models.pcavs import PCAVS
-from trtalk.models.pdfgc import PDFGC
+from trtalk.export.stages import BATCH, CastIO, StageSpec, example_inputs, stage_module, stage_specs, \
+    stage_tensors
+from trtalk.families import registry
 
 if TYPE_CHECKING:
     from trtalk.export.exporter import ExportOptions
@@ -179,7 +178,7 @@ def code_sha256() -> str:
     return h.hexdigest()
 
 
-def weights_sha256(model: PCAVS | PDFGC, stage: str) -> str:
+def weights_sha256(model: torch.nn.Module, stage: str) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the tensors ``stage`` computes with."""
     h = hashlib.sha256()
     for name, t in sorted(stage_tensors(model, stage).items()):
@@ -189,17 +188,16 @@ def weights_sha256(model: PCAVS | PDFGC, stage: str) -> str:
     return h.hexdigest()
 
 
-def graph_sha256(model: PCAVS | PDFGC, stage: str) -> str:
+def graph_sha256(model: torch.nn.Module, stage: str) -> str:
     """sha256 of what the trace of ``stage`` depends on besides the weights."""
-    family = family_of(model)
+    spec = registry.spec_of(model)
     desc = {"stage": stage, "config": json.loads(model.config.to_json()), "code": code_sha256(),
-            "modconv": "decomposed", "noise": FAMILY_NOISE[family], "trtalk": __version__}
-    if family != "pcavs":  # PC-AVS keys stay as they were (its cached packages stay valid)
-        desc["family"] = family
+            "modconv": "decomposed", "noise": spec.noise, "trtalk": __version__}
+    desc["family"] = spec.name
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
-def aot_key(model: PCAVS | PDFGC, stage: str, opts: AotOptions) -> AotKey:
+def aot_key(model: torch.nn.Module, stage: str, opts: AotOptions) -> AotKey:
     """The cache key of ``stage``'s package for ``opts`` (hashes the stage's weights)."""
     opts = opts.resolved()
     return AotKey(graph_sha256=graph_sha256(model, stage), precision=str(opts.precision),
@@ -213,7 +211,7 @@ def aot_key(model: PCAVS | PDFGC, stage: str, opts: AotOptions) -> AotKey:
 # ---------------------------------------------------------------------------------- build
 
 
-def _stage_for_build(model: PCAVS | PDFGC, stage: str, opts: AotOptions) -> torch.nn.Module:
+def _stage_for_build(model: torch.nn.Module, stage: str, opts: AotOptions) -> torch.nn.Module:
     module = stage_module(model, stage, modconv="decomposed")  # the family's noise
     module = module.to(torch.device(opts.device), opts.compute_dtype)
     if opts.compute_dtype != torch.float32:
@@ -259,7 +257,7 @@ def _check_package(path: Path, module: torch.nn.Module, spec: StageSpec, opts: A
     return {"model": name, "batch": n, "max_abs_diff": diff, "max_abs_output": scale}
 
 
-def build_aot_package(model: PCAVS | PDFGC, stage: str, opts: AotOptions, path: Path) -> dict:
+def build_aot_package(model: torch.nn.Module, stage: str, opts: AotOptions, path: Path) -> dict:
     """Export and compile ``stage`` into the package ``path`` (a ``.pt2`` name); sidecar extras.
 
     One AOTInductor model per entry of ``opts.models``; the generated sources and libraries go
@@ -306,7 +304,7 @@ def build_aot_package(model: PCAVS | PDFGC, stage: str, opts: AotOptions, path: 
             "versions": {"trtalk": __version__, "torch": torch.__version__}}
 
 
-def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] | None = None,
+def aot_packages(model: torch.nn.Module, opts: AotOptions, stages: Iterable[str] | None = None,
                  cache_dir: str | Path | None = None) -> dict[str, EngineRecord]:
     """The verified package of each of ``stages`` from the engine cache, building what is missing.
 
@@ -315,7 +313,7 @@ def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] |
     rebuilt. Builds are atomic (temp file, then rename; sidecar last).
     """
     opts = opts.resolved()
-    stages = tuple(stages) if stages is not None else family_stages(family_of(model))
+    stages = tuple(stages) if stages is not None else registry.spec_of(model).stages
     cache = EngineCache(cache_dir)
     out: dict[str, EngineRecord] = {}
     t_all = time.perf_counter()
@@ -340,14 +338,14 @@ def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] |
     return out
 
 
-def export_aot(opts: "ExportOptions", model: PCAVS | PDFGC | None = None) -> dict[str, EngineRecord]:
+def export_aot(opts: "ExportOptions", model: torch.nn.Module | None = None) -> dict[str, EngineRecord]:
     """``trtalk export --target aot``: build ``opts.stages`` into the engine cache (``opts.cache_dir``)."""
     import dataclasses
 
     from trtalk.export.exporter import load_model
 
     if model is not None and opts.model is None and opts.checkpoint is None:
-        opts = dataclasses.replace(opts, model=family_of(model))  # its family is the export's
+        opts = dataclasses.replace(opts, model=registry.spec_of(model).name)  # its family is the export's
     opts.validate()
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     aopts = AotOptions(device=device, precision=opts.precision,

@@ -22,21 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from trtalk.errors import TrtalkError
+from trtalk.fsutil import ENV_CACHE_DIR, cache_root  # noqa: F401  (the cache root, re-exported)
 from trtalk.export.engine_file import EngineKey, EngineRecord, check_engine, sidecar_path, write_engine
 
 log = logging.getLogger(__name__)
 
-ENV_CACHE_DIR = "TRTALK_CACHE_DIR"
-
-
-def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """trtalk's cache root: ``root``, else ``$TRTALK_CACHE_DIR``, else ``~/.cache/trtalk``."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "trtalk"
 
 
 class EngineCache:

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -31,15 +31,17 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
-from trtalk.export.stages import FAMILY_NOISE, FAMILY_STAGES, family_of, stage_module, stage_specs
+from trtalk.export.stages import stage_module, stage_specs
+from trtalk.families import registry
+from trtalk.families.pcavs.model import MODEL_CONFIG_HELP
 from trtalk.fsutil import check_writable, output_folder, remove_abandoned
-from trtalk.models.checkpoint import checkpoint_hash, load_pcavs
 from trtalk.models.fuse import FuseOptions
-from trtalk.models.pcavs import MODEL_CONFIG_HELP, PCAVS, PCAVSConfig
-from trtalk.models.pdfgc import PDFGC, PDFGCConfig
 from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
+
+#: The family of seeded random weights when neither --model, a checkpoint nor a config names one.
+DEFAULT_FAMILY = "pcavs"
 
 TARGETS = ("onnx", "tensorrt", "tensorrt-rtx", "aot")
 MODCONV_CHOICES = ("decomposed", "plugin")
@@ -78,7 +80,7 @@ class ExportOptions:
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
-    model: Literal["pcavs", "pdfgc"] | None = option(
+    model: str | None = option(
         None, help="model family of the seeded random weights (no --checkpoint); with one, it must "
                    "match the checkpoint's", default_text="the checkpoint's, else pcavs")
     device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
@@ -89,27 +91,25 @@ class ExportOptions:
         default_text="one model, batch 1..max(64, --max-batch)")
     cache_dir: Path | None = option(None, help="export / engine cache (--target aot builds into it)",
                                     default_text="trtalk's")
-    config: PCAVSConfig | PDFGCConfig | None = option(None, cli=False)  # architecture override (tests: small())
+    config: Any = option(None, cli=False)  # architecture override (tests: small())
     stages: tuple[str, ...] | None = option(None, cli=False)  # None: every stage of the family
 
     def family(self) -> str:
         """The model family: the checkpoint's (``--model`` must agree), else ``--model``, else
         the config's, else PC-AVS."""
         if self.checkpoint is not None:
-            from trtalk.models.checkpoint import detect_family
-
-            found = detect_family(self.checkpoint, fallback="pcavs")
+            found = registry.detect(self.checkpoint, fallback=self.model or DEFAULT_FAMILY)
             if self.model is not None and self.model != found:
                 raise TrtalkError(f"--model {self.model}, but {self.checkpoint} is a {found} "
                                   f"checkpoint; drop --model")
             return found
         if self.model is not None:
             return self.model
-        return family_of(self.config) if self.config is not None else "pcavs"
+        return registry.spec_of(self.config).name if self.config is not None else DEFAULT_FAMILY
 
     def stage_names(self) -> tuple[str, ...]:
         """The stages to export: ``stages``, else all of the family's."""
-        return tuple(self.stages) if self.stages is not None else FAMILY_STAGES[self.family()]
+        return tuple(self.stages) if self.stages is not None else registry.get(self.family()).stages
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -143,13 +143,14 @@ class ExportOptions:
             raise TrtalkError("--model-config is official or small")
         if self.model_config == "small" and self.checkpoint is not None:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
-        if self.model not in (None, *FAMILY_STAGES):
-            raise TrtalkError(f"--model must be one of {', '.join(FAMILY_STAGES)}")
+        exportable = [s.name for s in registry.all_specs().values() if s.stages and s.capabilities.exportable]
+        if self.model is not None and self.model not in exportable:
+            raise TrtalkError(f"--model must be one of {', '.join(exportable)}")
         family = self.family()
-        unknown = [s for s in self.stage_names() if s not in FAMILY_STAGES[family]]
+        stages = registry.with_stages(registry.get(family)).stages
+        unknown = [s for s in self.stage_names() if s not in stages]
         if unknown:
-            raise TrtalkError(f"unknown {family} stage '{unknown[0]}'; stages are "
-                              f"{', '.join(FAMILY_STAGES[family])}")
+            raise TrtalkError(f"unknown {family} stage '{unknown[0]}'; stages are {', '.join(stages)}")
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:
@@ -178,32 +179,22 @@ def require_export_extra() -> None:
 
 
 def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
-               config: PCAVSConfig | PDFGCConfig | None = None,
-               family: str | None = None) -> tuple[PCAVS | PDFGC, dict]:
+               config: Any = None, family: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The model to export and its manifest record (path, sha256, random_weights, seed).
 
-    The family is the checkpoint's; for random weights ``family``, else the config's, else PC-AVS."""
+    The family is the checkpoint's; for random weights ``family``, else the config's, else
+    `DEFAULT_FAMILY`."""
     if checkpoint is None:
         log.warning("!!! NO --checkpoint GIVEN: exporting SEEDED RANDOM WEIGHTS (seed %d). The "
                     "graphs produce noise, not faces; use them for tests and benchmarks only. !!!",
                     seed)
-        family = family or (family_of(config) if config is not None else "pcavs")
-        if family == "pdfgc":
-            if config is not None and not isinstance(config, PDFGCConfig):
-                raise TrtalkError("a PD-FGC model takes a PDFGCConfig")
-            model: PCAVS | PDFGC = PDFGC.random(seed, config)
-        else:
-            model = PCAVS.random(seed, config)  # type: ignore[arg-type]
-        return model, {"path": None, "sha256": None, "random_weights": True, "seed": seed}
-    from trtalk.models.checkpoint import detect_family
-
-    if detect_family(checkpoint, fallback="pcavs") == "pdfgc":
-        from trtalk.models.pdfgc import load_pdfgc
-
-        model = load_pdfgc(checkpoint, config if isinstance(config, PDFGCConfig) else None)
-    else:
-        model = load_pcavs(checkpoint, config)  # type: ignore[arg-type]
-    return model, {"path": str(checkpoint), "sha256": checkpoint_hash(checkpoint),
+        spec = registry.with_stages(registry.get(family) if family else
+                                    registry.spec_of(config) if config is not None else registry.get(DEFAULT_FAMILY))
+        assert spec.random is not None
+        return spec.random(config, seed), {"path": None, "sha256": None, "random_weights": True, "seed": seed}
+    spec = registry.with_stages(registry.get(registry.detect(checkpoint, fallback=family or DEFAULT_FAMILY)))
+    model = registry.load(spec.name, checkpoint, config if spec.owns(config) else None)
+    return model, {"path": str(checkpoint), "sha256": registry.checkpoint_hash(checkpoint),
                    "random_weights": False, "seed": None}
 
 
@@ -222,12 +213,15 @@ def _versions() -> dict:
     return v
 
 
-def small_config(family: str) -> PCAVSConfig | PDFGCConfig:
+def small_config(family: str) -> Any:
     """``--model-config small``: the family's narrow test generator."""
-    return PDFGCConfig.small() if family == "pdfgc" else PCAVSConfig.small()
+    spec = registry.get(family)
+    if spec.small_config is None:
+        raise TrtalkError(f"the {spec.title} has no small config")
+    return spec.small_config()
 
 
-def export_pcavs(opts: ExportOptions, model: PCAVS | PDFGC | None = None,
+def export_pcavs(opts: ExportOptions, model: torch.nn.Module | None = None,
                  checkpoint_record: dict | None = None) -> Manifest:
     """Export the stages of a model (either family) to ``opts.out``; returns the written manifest.
 
@@ -235,7 +229,7 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | PDFGC | None = None,
     the export's.
     """
     if model is not None and opts.model is None and opts.checkpoint is None:
-        opts = dataclasses.replace(opts, model=family_of(model))
+        opts = dataclasses.replace(opts, model=registry.spec_of(model).name)
     opts.validate()
     if opts.target == "aot":
         raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
@@ -249,7 +243,7 @@ def export_pcavs(opts: ExportOptions, model: PCAVS | PDFGC | None = None,
         return _export(opts, out, model, checkpoint_record)
 
 
-def _export(opts: ExportOptions, out: Path, model: PCAVS | PDFGC | None,
+def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
             checkpoint_record: dict | None) -> Manifest:
     build_opts = None
     if opts.target in ("tensorrt", "tensorrt-rtx"):
@@ -272,18 +266,21 @@ def _export(opts: ExportOptions, out: Path, model: PCAVS | PDFGC | None,
         model, checkpoint_record = load_model(opts.checkpoint, opts.seed, config, opts.family())
     elif checkpoint_record is None:
         checkpoint_record = {"path": None, "sha256": None, "random_weights": True, "seed": None}
-    family = family_of(model)
-    stages = tuple(opts.stages) if opts.stages is not None else FAMILY_STAGES[family]
+    spec = registry.spec_of(model)
+    family = spec.name
+    stages = tuple(opts.stages) if opts.stages is not None else spec.stages
     specs = stage_specs(model)
     manifest = Manifest(
         family=family, checkpoint=checkpoint_record, config=asdict(model.config),
         options={"precision": opts.precision, "io_dtype": "float32", "max_batch": opts.max_batch,
-                 "opset": OPSET, "modconv": opts.modconv, "noise_mode": FAMILY_NOISE[family],
+                 "opset": OPSET, "modconv": opts.modconv, "noise_mode": spec.noise,
                  "rewrites": asdict(export_rewrites(opts)),
                  "target": opts.target,
                  "fp32_islands": list(FP32_ISLANDS) if opts.precision == "fp16" else []},
         versions=_versions())
-    manifest.config["gen_channels"] = {str(k): v for k, v in model.config.gen_channels.items()}
+    # JSON keys are strings (PC-AVS's gen_channels are keyed by resolution)
+    manifest.config = {k: ({str(i): x for i, x in v.items()} if isinstance(v, dict) else v)
+                       for k, v in manifest.config.items()}
 
     remove_abandoned(out, re.compile(r"\.staging-[0-9a-f]{8}(?:-(?P<pid>\d+))?"), dirs=True)
     staging = out / f".staging-{secrets.token_hex(4)}-{os.getpid()}"
@@ -296,7 +293,9 @@ def _export(opts: ExportOptions, out: Path, model: PCAVS | PDFGC | None,
             if stage == "generator" and opts.modconv == "plugin":
                 from trtalk.export.plugin import export_plugin_stage
 
-                generator = module.netG if family == "pcavs" else module.generator
+                if spec.generator_of is None:
+                    raise TrtalkError(f"--modconv plugin: the {spec.title} does not name its generator")
+                generator = spec.generator_of(module)
                 manifest.graphs[stage] = export_plugin_stage(generator, specs[stage],
                                                              staging / f"{stage}.onnx")
             else:

@@ -16,7 +16,7 @@ Layout (format "trtalk.export", version 1)::
     }
 
 ``family`` (absent in manifests written before PD-FGC joined: "pcavs") names the model family and
-so the stages ``graphs`` must hold (`trtalk.export.stages.FAMILY_STAGES`).
+so the stages ``graphs`` must hold (`trtalk.export.stages.family_stages`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from trtalk.errors import TrtalkError
 from trtalk.export.onnx_export import GraphRecord, sha256_file
-from trtalk.export.stages import FAMILY_STAGES, family_stages
+from trtalk.export.stages import family_stages
 from trtalk.fsutil import atomic_output
 
 FORMAT = "trtalk.export"
@@ -88,10 +88,12 @@ class Manifest:
             raise TrtalkError(f"{path} is not a trtalk export manifest of version {FORMAT_VERSION} "
                               f"(format {d.get('format')!r} v{d.get('format_version')}); re-export")
         family = d.get("family", "pcavs")
-        if family not in FAMILY_STAGES:
+        try:
+            stages = family_stages(family)
+        except ValueError:
             raise TrtalkError(f"{path} names the unknown model family {family!r}; re-export with "
-                              f"this trtalk")
-        missing = [s for s in FAMILY_STAGES[family] if s not in d.get("graphs", {})]
+                              f"this trtalk (or install the family's plugin)") from None
+        missing = [s for s in stages if s not in d.get("graphs", {})]
         if missing:
             raise TrtalkError(f"{path} lists no graph for stage '{missing[0]}'; re-export")
         return cls(d["checkpoint"], d["config"], d["options"], d["versions"],

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -363,3 +363,12 @@ def align_file(
     ``fps`` is filled in from the container. Bad media raise TrtalkError.
     """
     return align_frames(open_media(path), detector=detector, progress=progress)
+
+
+def align_clip(path: str | Path, keep_frames: bool = False) -> tuple[Any, list[np.ndarray]]:
+    """The official whole-clip alignment of a media file, and its frames when asked (paste-back)."""
+    source = open_media(path)
+    if not keep_frames:
+        return align_frames(source), []
+    frames = list(source)
+    return align_frames(frames, name=str(path)), frames

@@ -1,6 +1,6 @@
 """Paste a generated 224x224 face crop back into the original frame.
 
-The generated crop lives in network-crop coordinates; ``crop_M`` (from
+The generated crop lives in network-crop coordinates; ``crop_m`` (from
 :func:`trtalk.face.align.crop_matrix`, or ``AlignedClip.crop_matrices``)
 maps original-frame pixels to it. We warp the crop back with that map and
 blend it in through a soft mask.
@@ -91,10 +91,10 @@ def face_mask(size: int = CROP_SIZE, feather: float = DEFAULT_FEATHER) -> np.nda
 class PasteBack:
     """Reusable paste-back for one crop size and feather: the mask is built once.
 
-    ``crop_M`` must map frame pixels into this crop size's pixel grid (for
+    ``crop_m`` must map frame pixels into this crop size's pixel grid (for
     the PC-AVS crop, 224: ``AlignedClip.crop_matrices``).
 
-    Call with (frame, generated, crop_M); see :func:`paste_back`. Work is
+    Call with (frame, generated, crop_m); see :func:`paste_back`. Work is
     confined to the frame region the mask lands on, so cost depends on the
     face's size in the frame, not the frame's.
     """
@@ -110,15 +110,15 @@ class PasteBack:
             dtype=np.float64,
         )
 
-    def __call__(self, frame_rgb: np.ndarray, generated: np.ndarray, crop_M: np.ndarray) -> np.ndarray:
+    def __call__(self, frame_rgb: np.ndarray, generated: np.ndarray, crop_m: np.ndarray) -> np.ndarray:
         s = self.crop_size
         if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
             raise ValueError(f"frame: expected HxWx3 uint8, got shape {frame_rgb.shape} dtype {frame_rgb.dtype}")
         if generated.shape != (s, s, 3) or generated.dtype != np.uint8:
             raise ValueError(f"generated: expected {s}x{s}x3 uint8, got shape {generated.shape} dtype {generated.dtype}")
-        m = np.asarray(crop_M, dtype=np.float64)
+        m = np.asarray(crop_m, dtype=np.float64)
         if m.shape != (2, 3):
-            raise ValueError(f"crop_M: expected a 2x3 matrix, got shape {m.shape}")
+            raise ValueError(f"crop_m: expected a 2x3 matrix, got shape {m.shape}")
         h, w = frame_rgb.shape[:2]
         out = frame_rgb.copy()
 
@@ -134,7 +134,7 @@ class PasteBack:
             return out
 
         # Map from ROI pixels to crop pixels, used as an inverse map: for every
-        # ROI pixel, cv2 samples the crop where crop_M sends it.
+        # ROI pixel, cv2 samples the crop where crop_m sends it.
         roi_m = m.copy()
         roi_m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
         size = (x1 - x0, y1 - y0)
@@ -158,18 +158,18 @@ def _cached(crop_size: int, feather: float) -> PasteBack:
 def paste_back(
     frame_rgb: np.ndarray,
     generated: np.ndarray,
-    crop_M: np.ndarray,
+    crop_m: np.ndarray,
     feather: float = DEFAULT_FEATHER,
 ) -> np.ndarray:
     """Composite a generated crop into a frame: ``mask*gen + (1-mask)*frame``.
 
     frame_rgb: HxWx3 uint8 (RGB, though any channel order works if both
-    images share it). generated: 224x224x3 uint8 network output. crop_M:
+    images share it). generated: 224x224x3 uint8 network output. crop_m:
     2x3 original -> crop map (``AlignedClip.crop_matrices[i]``). feather:
     width of the mask's soft edge in crop pixels. Returns a new HxWx3 uint8
     frame; the input is not modified. Pixels where the mask is 0 are
     bit-identical to the input frame.
     """
-    # crop_M maps into 224-pixel crop coordinates, so the crop must be 224:
+    # crop_m maps into 224-pixel crop coordinates, so the crop must be 224:
     # PasteBack rejects any other size rather than misplace it.
-    return _cached(CROP_SIZE, float(feather))(frame_rgb, generated, crop_M)
+    return _cached(CROP_SIZE, float(feather))(frame_rgb, generated, crop_m)

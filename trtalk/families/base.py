@@ -1,4 +1,4 @@
-"""Model families: what the frame step needs from a network family, and the two trtalk has.
+"""The interface the frame step drives (`ModelFamily`), and what every family's adapter shares.
 
 A family turns the step's inputs into frames:
 
@@ -7,12 +7,10 @@ A family turns the step's inputs into frames:
     pose    = pose(pose samples)                 # tracked camera / video frames -> B x P
     frames  = generate(avatar, mouth, pose)      # -> B x H x W x 3 uint8 crops
 
-- `PCAVSFamily`: the PC-AVS networks through a `trtalk.engine.Runner` (any backend): identity
-  encoder, audio encoder + mouth embedding, pose encoder on the aligned 224 crop, the official
-  style composition (`PCAVS.style`), the generator.
-- `WarpFamily`: the built-in warp avatar (no trained weights): mouth opening and rounding from the
-  same mel windows (attack/release follower), head rotation from the tracked face mesh relative to
-  the first one, a dense warp of the photo.
+Each family's adapter implements it (`trtalk.families.pcavs.runtime.PCAVSFamily`: the PC-AVS
+networks through a `trtalk.engine.Runner` on any backend; `trtalk.families.warp.runtime.WarpFamily`:
+the warp avatar, no trained weights; `trtalk.families.pdfgc.runtime.PDFGCFamily`; a plugin's own)
+and declares its `capabilities` (`trtalk.families.spec.Capabilities`), which front ends read.
 
 Pose codes are what the pipeline smooths and holds when the face is lost, so each family says
 what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pose source at all
@@ -41,12 +39,9 @@ import numpy as np
 import torch
 
 from trtalk.errors import TrtalkError
+from trtalk.families.spec import Capabilities
 
 log = logging.getLogger(__name__)
-
-#: The model families a front end can ask for (``--model``).
-FAMILIES = ("pcavs", "warp", "pdfgc")
-
 
 @dataclass
 class Avatar:
@@ -76,17 +71,22 @@ class ModelFamily(abc.ABC):
     """A network family behind the frame step (see the module docstring)."""
 
     name: str = ""
-    #: whether `visual_mouth` reads lips from tracked frames (``--mouth webcam|video|blend``)
-    has_visual_mouth: bool = False
+    #: what the family can do (its spec's, `trtalk.families.spec.Capabilities`)
+    capabilities: Capabilities = Capabilities()
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
     motion_grid: Any = None
 
+    @property
+    def has_visual_mouth(self) -> bool:
+        """Whether `visual_mouth` reads lips from tracked frames (``--mouth webcam|video|blend``)."""
+        return self.capabilities.visual_mouth
+
     def __init__(self, random_weights: bool = False) -> None:
         self.random_weights = random_weights
         #: (checkpoint, options with ``seed`` and ``config``) the weights came from, set by
-        #: `open_family` (None: unknown, nothing is cached by them)
+        #: `trtalk.runtime.options.open_family` (None: unknown, nothing is cached by them)
         self.weights_source: tuple[Any, Any] | None = None
         self._weights_id: str | None = None
 
@@ -256,248 +256,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8 (round half away from zero after scaling)."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- PC-AVS
-
-
-class PCAVSFamily(ModelFamily):
-    """PC-AVS over a runner (`trtalk.engine.Runner` or anything with its five methods).
-
-    Pose codes are cached by crop content (``pose_cache`` entries, LRU): a looping file or a still
-    costs one encoding per distinct frame.
-    """
-
-    name = "pcavs"
-    has_visual_mouth = True
-    output_size = 224
-
-    def __init__(self, runner: Any, random_weights: bool | None = None, device: str = "cpu",
-                 pose_cache: int = 256) -> None:
-        if random_weights is None:
-            random_weights = bool(getattr(runner, "random_weights", False))
-        super().__init__(random_weights)
-        self.runner = runner
-        self.device = torch.device(device)
-        #: per crop: (pose code, visual mouth code or None); the visual mouth codes come from the
-        #: same encoder pass as the pose (--mouth video/webcam)
-        self._pose_cache = CropCodeCache(pose_cache)
-        self._with_mouth = False
-
-    @property
-    def pose_encodings(self) -> int:
-        """Pose encoder calls' frames (cache misses), for the stream report."""
-        return self._pose_cache.encodings
-
-    def want_visual_mouth(self, on: bool = True) -> None:
-        self._with_mouth = on
-
-    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
-                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.face import to_tensor
-
-        crop, crop_m, mesh = align_photo(image, name, crop, crop_m, mesh)
-        x = to_tensor(crop).to(self.device)
-        id_vec, id_map = self.runner.encode_identity(x)
-        ref_pose = self.runner.encode_pose(x)[0]
-        return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
-
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
-        return self.runner.encode_audio(mel.to(self.device))
-
-    def _encode(self, inputs: Sequence[PoseInput], mouth: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(pose code, visual mouth code or None) of ``inputs``' crops, from the cache or encoded;
-        with ``mouth`` (or `want_visual_mouth`) one pose-encoder pass gives both together."""
-        from trtalk.face import to_tensor
-
-        mouth = mouth or self._with_mouth
-
-        def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-            x = to_tensor(crops).to(self.device)
-            if mouth:
-                return list(zip(*self.runner.encode_pose_mouth(x)))
-            return [(code, None) for code in self.runner.encode_pose(x)]
-
-        return self._pose_cache([p.crop for p in inputs], encode, usable=lambda e: not mouth or e[1] is not None)
-
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        return torch.stack([pose for pose, _ in self._encode(inputs, mouth=False)])
-
-    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        """The pose encoder's visual mouth codes B x 500 of aligned crops (`Runner.encode_pose_mouth`;
-        a crop whose pose was just encoded with `want_visual_mouth` costs nothing more)."""
-        return torch.stack([mouth for _, mouth in self._encode(inputs, mouth=True)])
-
-    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
-        if "rest_mouth" not in avatar.state:
-            avatar.state["rest_mouth"] = self.visual_mouth([PoseInput(avatar.crop, None)])[0]
-        return avatar.state["rest_mouth"]
-
-    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
-        return avatar.ref_pose.expand(len(frames), -1)
-
-    def synthesize(self, avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
-                   pose: torch.Tensor) -> np.ndarray:
-        synth = getattr(self.runner, "synthesize", None)
-        if synth is None:  # a bare runner (tests, a PCAVS module): mouth, then generate
-            return super().synthesize(avatar, mel, frames, pose)
-        b = mel.shape[0]
-        id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
-        with torch.no_grad():
-            # One call: on a graphed runner, one CUDA graph replay for audio + style + generator.
-            return to_uint8(synth(mel.to(self.device), pose.to(self.device, id_vec.dtype),
-                                  id_vec.expand(b, -1), id_map.expand(b, -1, -1, -1)))
-
-    def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor, pose: torch.Tensor,
-                      codes: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
-        """One style composition and one generator call for items of different avatars: the
-        generator takes per-sample identity codes and feature maps."""
-        from trtalk.models.pcavs import PCAVS
-
-        id_vec = torch.cat([a.state["id_vec"] for a in avatars])
-        id_map = torch.cat([a.state["id_map"] for a in avatars])
-        style = PCAVS.style(id_vec, mouth, pose.to(mouth.device, mouth.dtype))
-        with torch.no_grad():
-            return to_uint8(self.runner.generate(style, id_map))
-
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
-        from trtalk.models.pcavs import PCAVS
-
-        b = mouth.shape[0]
-        id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
-        style = PCAVS.style(id_vec.expand(b, -1), mouth, pose.to(mouth.device, mouth.dtype))
-        with torch.no_grad():
-            return to_uint8(self.runner.generate(style, id_map.expand(b, -1, -1, -1)))
-
-
-# ----------------------------------------------------------------------------- warp avatar
-
-
-class WarpFamily(ModelFamily):
-    """The landmark-driven warp avatar (`trtalk.warp`): no weights, nothing downloaded.
-
-    Mouth code = (open, rounding) after the attack/release follower; pose code = (yaw, pitch,
-    roll) in degrees relative to the first tracked face; ``backend`` "torch" or "onnxruntime"
-    runs the warp network.
-    """
-
-    name = "warp"
-    has_visual_mouth = True
-
-    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
-        super().__init__(random_weights=False)
-        from trtalk.warp.render import WarpRenderConfig
-
-        self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
-        self.fps = fps
-        self.output_size = self.cfg.avatar.size
-        self._renderers: dict[int, Any] = {}
-        self.reset()
-
-    def for_session(self) -> "WarpFamily":
-        """A warp family with its own mouth follower and head reference (no weights to share)."""
-        return WarpFamily(self.fps, config=self.cfg)
-
-    def reset(self) -> None:
-        from trtalk.warp.drive import MeshRotation, MouthFollower
-
-        self._follower = MouthFollower(self.fps, self.cfg.mouth)
-        self._rotation = MeshRotation()
-        if getattr(self, "_lips", None) is not None:
-            self._lips.reset()
-        self._last_lips = np.zeros(2, np.float32)
-
-    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
-        from trtalk.runtime.mouth_path import LipMeter
-
-        if getattr(self, "_lips", None) is None:
-            self._lips = LipMeter()
-        out = []
-        for p in inputs:
-            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
-            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
-            out.append(self._lips(p.mesh) if p.mesh is not None else last)
-        if out:
-            self._last_lips = out[-1]
-        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
-
-    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
-        return torch.zeros(2)
-
-    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
-                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
-        from trtalk.warp.render import WarpRenderer
-
-        renderer = WarpRenderer(image, self.cfg, name, mesh=mesh)
-        av = renderer.avatar
-        return Avatar(image, av.crop, av.crop_M, torch.zeros(3), {"renderer": renderer})
-
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
-        from trtalk.warp.drive import mouth_from_window
-
-        windows = mel.detach().float().cpu().numpy()[:, 0].transpose(0, 2, 1)  # B x 20 x 80
-        return torch.from_numpy(np.stack([self._follower.step(*mouth_from_window(w, self.cfg.mouth))
-                                          for w in windows]))
-
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self._rotation.update(p.mesh) for p in inputs])).float()
-
-    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
-        from trtalk.warp.drive import idle_euler
-
-        return torch.tensor([idle_euler(k / fps) for k in frames], dtype=torch.float32)
-
-    def motion_codes(self, avatar: Avatar, angles: torch.Tensor,
-                     eye_closure: torch.Tensor | None = None) -> torch.Tensor:
-        """The angles themselves, and the eye closure as a fourth column (see `generate`)."""
-        angles = angles.detach().float().cpu().reshape(-1, 3)
-        if eye_closure is None:
-            return angles
-        return torch.cat([angles, eye_closure.detach().float().cpu().reshape(-1, 1)], dim=1)
-
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
-        """Pose codes are (yaw, pitch, roll) degrees, optionally with eye closure in [0, 1] as a
-        fourth column (generated motion with blinks)."""
-        from trtalk.warp import mesh as M
-
-        renderer = avatar.state["renderer"]
-        frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p[:3])),
-                                 float(p[3]) if len(p) > 3 else 0.0)
-                  for m, p in zip(mouth, pose)]
-        return np.stack(frames)
-
-
-def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
-                device: str = "cpu", options: Any = None, *, fps: float = 25.0,
-                pdfgc: dict[str, Any] | None = None) -> ModelFamily:
-    """The family ``model`` ready to run: PC-AVS and PD-FGC through `trtalk.engine.open_runner`
-    (PD-FGC: `trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
-    network on torch or onnxruntime, on the CPU)."""
-    if model not in FAMILIES:
-        raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
-    if model == "pdfgc":
-        from trtalk.runtime.pdfgc_family import open_pdfgc
-
-        kw = dict(pdfgc or {})
-        fam: ModelFamily = open_pdfgc(checkpoint, device, backend=backend, options=options, fps=fps, **kw)
-        fam.weights_source = (checkpoint, options)  # keys its angle map (`--pose auto`)
-        return fam
-    if model == "warp":
-        if checkpoint is not None:
-            raise TrtalkError("the warp avatar has no checkpoint; drop --checkpoint or use --model pcavs")
-        if backend not in ("torch", "onnxruntime"):
-            raise TrtalkError(f"the warp avatar runs on torch or onnxruntime, not {backend}")
-        if device != "cpu":
-            raise TrtalkError("the warp avatar runs on the CPU (its warp is a few ms a frame); "
-                              "drop --device or use --model pcavs")
-        return WarpFamily(fps=fps, backend=backend)
-    from trtalk.engine.runner import open_runner
-
-    runner = open_runner(backend, checkpoint, device, options)
-    family = PCAVSFamily(runner, device=device)
-    family.weights_source = (checkpoint, options)
-    return family
 
 
 def _weights_id(checkpoint: Path | str | None, options: Any) -> str:

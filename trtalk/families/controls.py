@@ -74,7 +74,7 @@ def parse_factor(value: str | Path | None, factor: str, default: str = "avatar")
 
 def clip_frame(t: int, length: int) -> int:
     """Clip frame of trtalk frame t (the official ``2 + i mod (len - 2)`` with i = t - 2)."""
-    from trtalk.models.pdfgc import clip_index
+    from trtalk.families.pdfgc.model import clip_index
 
     return clip_index(t - 2, length)
 

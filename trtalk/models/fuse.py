@@ -31,7 +31,7 @@ the official form in tests/test_rewrites.py:
    0.25 x[q-1] + 0.75 x[q], row 2q+1 is 0.75 x[q] + 0.25 x[q+1], and the replicated edge makes
    the first/last output rows equal the input's edge rows, as interpolate's clamping does.
 
-`fuse_for_inference` applies all of them (or those chosen in `FuseOptions`) to a deep copy; the
+`trtalk.families.pcavs.stages.fuse_for_inference` applies all of them (or those chosen in `FuseOptions`) to a deep copy; the
 per-network functions do one network. The original model, and so its checkpoint keys, is never
 touched. Fuse after loading weights: the folded tensors are computed from the weights at that time.
 """
@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from trtalk.models.fan import BilinearResize, PoseEncoder
 from trtalk.models.generator import Generator, ModulatedConv2d, SkipUpsample
 from trtalk.models.modconv import demodulation, resolve_impl
-from trtalk.models.pcavs import PCAVS
 from trtalk.models.resnet_se import AudioEncoder
 from trtalk.models.resnext import Bottleneck, IdentityEncoder
 
@@ -60,7 +59,7 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 @dataclass(frozen=True)
 class FuseOptions:
-    """Which rewrites `fuse_for_inference` applies (all by default)."""
+    """Which rewrites `trtalk.families.pcavs.stages.fuse_for_inference` applies (all by default)."""
 
     fold_up_blur: bool = True  # generator: blur folded into the upsampling convs' weights
     skip_upsample: bool = True  # generator: ToRGB skip upsample with a fixed prebuilt weight
@@ -420,21 +419,3 @@ def fuse_pose_encoder(netE: PoseEncoder, options: FuseOptions = FuseOptions()) -
     if options.fan_upsample:
         trunk.m0.upsample = FixedBilinearUpsample()
     return e.eval()
-
-
-# ------------------------------------------------------------------ all together
-
-
-def fuse_for_inference(model: PCAVS, options: FuseOptions = FuseOptions()) -> PCAVS:
-    """A copy of ``model`` with the rewrites of ``options``; ``model`` is left unchanged.
-
-    The copy is for inference only (eval mode); load checkpoints into the original, then fuse.
-    """
-    out = PCAVS.__new__(PCAVS)  # not __init__: no throw-away random networks
-    nn.Module.__init__(out)
-    out.config = model.config
-    out.netG = fuse_generator(model.netG, options)
-    out.netV = fuse_identity_encoder(model.netV, options)
-    out.netE = fuse_pose_encoder(model.netE, options)
-    out.netA_sync = fuse_audio_encoder(model.netA_sync, options)
-    return out.eval()

@@ -201,9 +201,9 @@ class GridRenderer:
         self.renderer = WarpRenderer(photo, WarpRenderConfig(paste_back=True), name, mesh=mesh)
         av = self.renderer.avatar
         # Crop pixels -> photo pixels.
-        a = av.crop_M[:, :2]
+        a = av.crop_m[:, :2]
         self._inv_a = np.linalg.inv(a)
-        self._inv_t = -self._inv_a @ av.crop_M[:, 2]
+        self._inv_t = -self._inv_a @ av.crop_m[:, 2]
         self._scale = float(a[0, 0])
         rest = self._to_photo(av.rest[:468])
         self._base = similarity_transform(three_points(rest), TEMPLATE)
@@ -241,7 +241,7 @@ def photo_key(photo: np.ndarray) -> str:
 
 def cache_path(family: str, photo_sha: str, weights_id: str, grid: GridSpec,
                root: str | os.PathLike[str] | None = None) -> Path:
-    from trtalk.export.cache import cache_root
+    from trtalk.fsutil import cache_root
 
     g = hashlib.sha256(json.dumps(asdict(grid), sort_keys=True).encode()).hexdigest()[:8]
     w = hashlib.sha256(weights_id.encode()).hexdigest()[:16]

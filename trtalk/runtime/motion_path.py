@@ -26,7 +26,7 @@ import torch
 
 from trtalk.motion.blink import BlinkConfig, BlinkGenerator
 from trtalk.motion.head import HeadMotion, MotionConfig
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 
 log = logging.getLogger(__name__)
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from trtalk.configcli import option
+from trtalk.engine.runner import RunnerOptions
 from trtalk.errors import TrtalkError
-from trtalk.models.pcavs import MODEL_CONFIG_HELP
-from trtalk.runtime.family import FAMILIES, ModelFamily, open_family
+from trtalk.families import registry
+from trtalk.families.base import ModelFamily
+from trtalk.families.pcavs.model import MODEL_CONFIG_HELP
+from trtalk.families.spec import FamilySpec, OpenRequest
 
 log = logging.getLogger(__name__)
+
+#: The family front ends run without --model and --checkpoint (it needs no weights).
+NO_CHECKPOINT_FAMILY = "warp"
+#: The family of a checkpoint that no family claims (its loader then names the problem).
+CHECKPOINT_FALLBACK = "pcavs"
 
 
 @dataclass
@@ -23,12 +32,12 @@ class ModelOptions:
     the folder's file names or the converted file's metadata) and the built-in warp avatar
     otherwise (said in the log): without a checkpoint PC-AVS would run on random weights, i.e. noise.
     ``eyes``/``emotion``/``emotion_strength``/``eyes_closed``/``emotion_presets``/``mouth_smoothing``
-    are PD-FGC's factor controls (`trtalk.runtime.controls`).
+    are PD-FGC's factor controls (`trtalk.families.controls`).
     ``model_config`` "small" is the narrow test generator (random weights only).
     """
 
-    model: Literal["pcavs", "warp", "pdfgc"] | None = option(
-        None, help="model family", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
+    model: str | None = option(
+        None, help="model family (`trtalk models` lists them)", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
     checkpoint: Path | None = option(None, help="official PC-AVS or PD-FGC checkpoint folder or a "
                                                 "`trtalk convert` file")
     backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
@@ -64,30 +73,32 @@ class ModelOptions:
         "kernel (needs the next frame's audio: 40 ms more lookahead at 25 fps), causal adds none",
         default_text="centred for render, causal for stream")
 
+    def spec(self) -> FamilySpec:
+        """The family these options run (`resolved_model`'s spec)."""
+        return registry.get(self.resolved_model())
+
     def resolved_model(self) -> str:
         if self.model is not None:
-            if self.model not in FAMILIES:
-                raise TrtalkError(f"unknown --model {self.model!r}; choose one of {', '.join(FAMILIES)}")
+            if self.model not in registry.names():
+                raise TrtalkError(f"unknown --model {self.model!r}; choose one of {', '.join(registry.names())}")
             return self.model
         if self.checkpoint is None:
             log.info("no --checkpoint: using the built-in warp avatar (--model pcavs runs PC-AVS on "
                      "seeded random weights instead)")
-            return "warp"
-        from trtalk.models.checkpoint import detect_family
-
-        return detect_family(self.checkpoint, fallback="pcavs")  # PC-AVS's loader names problems
+            return NO_CHECKPOINT_FAMILY
+        return registry.detect(self.checkpoint, fallback=CHECKPOINT_FALLBACK)  # its loader names problems
 
     def family_threads(self) -> int | None:
-        """The family's default compute threads (`trtalk.threads`): 1 for the warp avatar on torch
-        (its network is a 256x256 grid_sample; more threads only compete with the per-frame numpy
-        and mediapipe work: 60 ms per frame with 2 threads, 5 ms with 1, measured on 2 cores),
-        None (the usable cores) otherwise."""
-        model = self.model or ("pcavs" if self.checkpoint is not None else "warp")
-        return 1 if model == "warp" and self.backend == "torch" else None
+        """The family's default compute threads (`trtalk.threads`; its `Capabilities.threads`) on
+        the torch backend, None (the usable cores) otherwise."""
+        model = self.model or (CHECKPOINT_FALLBACK if self.checkpoint is not None else NO_CHECKPOINT_FAMILY)
+        if model not in registry.names() or self.backend != "torch":
+            return None
+        return registry.get(model).capabilities.threads
 
-    def pdfgc_kwargs(self, mouth_smoothing: str = "causal") -> dict:
-        """The PD-FGC family's factor sources from these options."""
-        from trtalk.runtime.controls import parse_factor
+    def control_kwargs(self, mouth_smoothing: str = "causal") -> dict:
+        """The factor sources (eyes, emotion) of a family with eye or emotion controls."""
+        from trtalk.families.controls import parse_factor
 
         presets = {Path(p).stem: Path(p) for p in (self.emotion_presets or [])}
         for p in presets.values():
@@ -102,38 +113,70 @@ class ModelOptions:
 
     def open(self, fps: float = 25.0, mouth_smoothing: str = "causal") -> ModelFamily:
         """The family, loaded (checkpoints read, engines built or taken from the cache)."""
-        from trtalk.engine.runner import RunnerOptions, check_device
-        from trtalk.models.pcavs import PCAVSConfig
+        from trtalk.engine.runner import check_device
 
         if self.model_config not in ("official", "small"):
             raise TrtalkError("--model-config is official or small")
         if self.model_config == "small" and self.checkpoint is not None:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
         check_device(self.device)
-        model = self.resolved_model()
-        pd_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
-                                   ("--eyes-closed", self.eyes_closed),
-                                   ("--emotion-presets", self.emotion_presets),
-                                   ("--emotion-strength", self.emotion_strength != 1.0),
-                                   ("--mouth-smoothing", self.mouth_smoothing)) if v]
-        if model == "pdfgc":
-            from trtalk.models.pdfgc import PDFGCConfig
-
-            return open_family(model, self.checkpoint, self.backend, self.device,
-                               RunnerOptions(precision=self.precision, noise=self.noise,
-                                             cuda_graphs=self.cuda_graphs, seed=self.seed,
-                                             family="pdfgc",
-                                             config=PDFGCConfig.small() if self.model_config == "small" else None),
-                               fps=fps, pdfgc=self.pdfgc_kwargs(mouth_smoothing))
-        if pd_flags:
-            raise TrtalkError(f"{pd_flags[0]} is a PD-FGC control; this checkpoint is {model} "
-                              f"(give a PD-FGC checkpoint or --model pdfgc)")
-        opts = RunnerOptions(precision=self.precision, noise=self.noise or "fixed", cuda_graphs=self.cuda_graphs,
-                             seed=self.seed,
-                             config=PCAVSConfig.small() if self.model_config == "small" else None)
-        if model == "warp":
+        spec = self.spec()
+        caps = spec.capabilities
+        control_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
+                                        ("--eyes-closed", self.eyes_closed),
+                                        ("--emotion-presets", self.emotion_presets),
+                                        ("--emotion-strength", self.emotion_strength != 1.0),
+                                        ("--mouth-smoothing", self.mouth_smoothing)) if v]
+        controls: dict = {}
+        if caps.eye_controls or caps.emotion_controls:
+            controls = self.control_kwargs(mouth_smoothing)
+        elif control_flags:
+            with_controls = [s.name for s in registry.all_specs().values()
+                             if s.capabilities.eye_controls or s.capabilities.emotion_controls]
+            raise TrtalkError(f"{control_flags[0]} is a {'/'.join(registry.get(n).title for n in with_controls)} "
+                              f"control; this checkpoint is {spec.name} (give such a checkpoint or "
+                              f"--model {with_controls[0] if with_controls else '...'})")
+        if not caps.runner_options:
             changed = [f for f, v in (("--precision", self.precision), ("--cuda-graphs", self.cuda_graphs),
                                       ("--noise", self.noise not in (None, "fixed"))) if v]
             if changed:
-                raise TrtalkError(f"{changed[0]} is a PC-AVS option; the warp avatar has no such setting")
-        return open_family(model, self.checkpoint, self.backend, self.device, opts, fps=fps)
+                raise TrtalkError(f"{changed[0]} is an option of networks behind a runner; the "
+                                  f"{spec.title} has no such setting")
+        if self.model_config == "small" and spec.small_config is None and spec.stages:
+            raise TrtalkError(f"the {spec.title} has no small config")
+        config = spec.small_config() if self.model_config == "small" and spec.small_config else None
+        return open_family(spec.name, self.checkpoint, self.backend, self.device,
+                           self.runner_options(spec, config), fps=fps, controls=controls)
+
+    def runner_options(self, spec: FamilySpec, config: object = None) -> RunnerOptions:
+        """How the family's networks run (`trtalk.engine.RunnerOptions`)."""
+        return RunnerOptions(precision=self.precision,
+                             noise=self.noise or (spec.capabilities.noise[0] if spec.capabilities.noise else None),
+                             cuda_graphs=self.cuda_graphs, seed=self.seed, family=spec.name, config=config)
+
+
+def open_family(model: str, checkpoint: Path | str | None = None, backend: str = "torch",
+                device: str = "cpu", options: RunnerOptions | None = None, *, fps: float = 25.0,
+                controls: dict | None = None) -> ModelFamily:
+    """The family ``model`` ready to run (`FamilySpec.open`, its networks from
+    `trtalk.engine.open_runner`), after the checks its capabilities call for; ``options`` the
+    runner's (its ``family`` is set to ``model``), ``controls`` the factor sources of a family
+    with eye or emotion controls (`ModelOptions.control_kwargs`)."""
+    from trtalk.engine.runner import open_runner
+
+    spec = registry.get(model)
+    caps = spec.capabilities
+    if checkpoint is not None and not caps.checkpoint:
+        raise TrtalkError(f"the {spec.title} has no checkpoint; drop --checkpoint or use --model "
+                          f"{next(s.name for s in registry.all_specs().values() if s.capabilities.checkpoint)}")
+    if backend not in caps.backends:
+        raise TrtalkError(f"the {spec.title} runs on {' or '.join(caps.backends)}, not {backend}")
+    if device.split(":")[0] not in caps.devices:
+        raise TrtalkError(f"the {spec.title} runs on the {'/'.join(d.upper() for d in caps.devices)}; "
+                          f"drop --device or use another --model")
+    opts = dataclasses.replace(options or RunnerOptions(), family=spec.name)
+    fam = spec.open(OpenRequest(Path(checkpoint) if checkpoint is not None else None, backend, device,
+                                opts, fps, dict(controls or {}), make_runner=open_runner))
+    if caps.checkpoint:
+        fam.weights_source = (checkpoint, opts)  # keys its angle map (`--pose auto`)
+    return fam

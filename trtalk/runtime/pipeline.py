@@ -40,7 +40,7 @@ from trtalk.motion.blink import BlinkConfig
 from trtalk.motion.head import MotionConfig
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.mouth_path import MouthClip, MouthOptions, MouthPath
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample

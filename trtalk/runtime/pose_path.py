@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from trtalk.face import TEMPLATE, align_image, apply_affine, crop_matrix, similarity_transform, three_points
-from trtalk.runtime.family import Avatar, ModelFamily, PoseInput
+from trtalk.face import TEMPLATE, align_clip, align_image, apply_affine, crop_matrix, similarity_transform, three_points
+from trtalk.families.base import Avatar, ModelFamily, PoseInput
 from trtalk.runtime.sources import Source, SourceEvent, VideoFileSource, VideoFrame
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class PoseSample:
                           self.frame, self.mesh)
 
 
-class PoseTracker:
+class FaceTracker:
     """FrameProcessor for live video: face tracking + running alignment -> `PoseSample`.
 
     Runs in the source's capture thread (mediapipe's graph is created there, in ``open``).
@@ -170,17 +170,6 @@ class ClipPoseSource(VideoFileSource):
         while True:
             yield pingpong(i, n), None
             i += 1
-
-
-def align_clip(path: str | Path, keep_frames: bool = False) -> tuple[Any, list[np.ndarray]]:
-    """The official whole-clip alignment of a media file, and its frames when asked (paste-back)."""
-    from trtalk.face import align_frames, open_media
-
-    source = open_media(path)
-    if not keep_frames:
-        return align_frames(source), []
-    frames = list(source)
-    return align_frames(frames, name=str(path)), frames
 
 
 def clip_pose_source(path: str | Path, keep_frames: bool = False, **kw: Any) -> ClipPoseSource:

@@ -34,7 +34,7 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import check_writable, remove_stale_temps
 from trtalk.runtime.clock import VirtualClock
-from trtalk.runtime.family import ModelFamily
+from trtalk.families.base import ModelFamily
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import ClipPoseSource, PoseSample, align_clip, pingpong
@@ -208,7 +208,7 @@ class Renderer:
             if set_factor is None:
                 raise TrtalkError(f"--pose off is a PD-FGC switch; {self.family.name} has no pose "
                                   f"switch (give a pose video or image)")
-            from trtalk.runtime.controls import FactorSpec
+            from trtalk.families.controls import FactorSpec
 
             set_factor("pose", FactorSpec("off"))
             pose = None
@@ -216,7 +216,7 @@ class Renderer:
             pose = None
         elif cfg.pose is not None and hasattr(self.family, "set_factor"):
             # PD-FGC reads a pose file itself: the official loop and 3-frame box mean.
-            from trtalk.runtime.controls import parse_factor
+            from trtalk.families.controls import parse_factor
 
             self.family.set_factor("pose", parse_factor(cfg.pose, "pose"))  # type: ignore[attr-defined]
             pose = None

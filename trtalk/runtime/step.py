@@ -8,7 +8,7 @@ For a batch of output frames k:
     frames = compose(crops)                          # paste-back, layout, "random weights" stamp
 
 The pipeline (`trtalk.runtime.pipeline`) decides which frames are due and feeds the step; the
-family (`trtalk.runtime.family`) owns the networks.
+family (`trtalk.families.base`) owns the networks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trtalk.errors import TrtalkError
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 
 LAYOUTS = ("generated", "side-by-side")
 RANDOM_WEIGHTS_NOTE = "random weights - no checkpoint"

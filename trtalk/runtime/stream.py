@@ -18,10 +18,11 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import Clock
-from trtalk.runtime.family import Avatar, ModelFamily, PCAVSFamily
+from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.pcavs.runtime import PCAVSFamily
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import BackgroundFn, Pipeline, PipelineConfig
-from trtalk.runtime.pose_path import PoseSample, PoseState, PoseTracker, RunningAligner
+from trtalk.runtime.pose_path import PoseSample, PoseState, FaceTracker, RunningAligner
 from trtalk.runtime.sources import Source, VideoFileSource
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,9 @@ def pose_file_source(path: str | Path, cfg: PipelineConfig, loop: bool = True, *
     """A replayed pose video or image, tracked live (running alignment; frames kept for
     paste-back). `trtalk render` uses `trtalk.runtime.pose_path.ClipPoseSource` instead."""
     src = VideoFileSource(path, loop=loop, **kw)
-    src.processor = PoseTracker(src.fps, keep_frames=cfg.paste_back)
+    src.processor = FaceTracker(src.fps, keep_frames=cfg.paste_back)
     return src
 
 
-__all__ = ["Avatar", "PoseSample", "PoseState", "PoseTracker", "RunningAligner", "StreamConfig",
+__all__ = ["Avatar", "PoseSample", "PoseState", "FaceTracker", "RunningAligner", "StreamConfig",
            "StreamPipeline", "load_avatar", "pose_file_source"]

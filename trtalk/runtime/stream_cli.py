@@ -97,7 +97,7 @@ def _attach_controls(cmd: StreamCommand, family, sink: FrameSink, stack: context
         if cmd.control:
             raise TrtalkError(f"--control needs a PD-FGC checkpoint; {family.name} has no live controls")
         return
-    from trtalk.runtime.controls import ControlServer, hotkey
+    from trtalk.families.controls import ControlServer, hotkey
 
     if hasattr(sink, "on_key"):
         def on_key(key: str) -> None:
@@ -125,7 +125,7 @@ def _run(cmd: StreamCommand) -> int:
     from trtalk.media.mp4 import Mp4Sink
     from trtalk.runtime.clock import RealClock, VirtualClock
     from trtalk.runtime.motion_path import is_auto
-    from trtalk.runtime.pose_path import PoseTracker, clip_pose_source
+    from trtalk.runtime.pose_path import FaceTracker, clip_pose_source
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
     from trtalk.runtime.stream import StreamPipeline
 
@@ -186,7 +186,7 @@ def _run(cmd: StreamCommand) -> int:
         motion = is_auto(cmd.pose) or (cmd.webcam is None and cmd.pose is None and not cmd.pose_static)
         if cmd.webcam is not None:
             pose = WebcamSource(cmd.webcam, fps=max(cfg.fps, 25.0))
-            pose.processor = PoseTracker(cfg.fps, keep_frames=cfg.paste_back)
+            pose.processor = FaceTracker(cfg.fps, keep_frames=cfg.paste_back)
         elif cmd.pose is not None and not motion:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:

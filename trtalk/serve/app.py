@@ -36,7 +36,7 @@ from aiohttp import web
 
 from trtalk.errors import TrtalkError
 from trtalk.net import is_loopback
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
@@ -297,7 +297,7 @@ class Server:
 
     def _make_avatar(self, image: np.ndarray) -> Avatar:
         """Face detection here (an executor thread); the networks on the worker thread."""
-        if self.family.name == "warp":  # no shared network: all of it here
+        if not self.family.capabilities.shared_networks:  # no shared network: all of it here
             return self.family.make_avatar(image, "the uploaded photo")
         from trtalk.face import align_frames
 

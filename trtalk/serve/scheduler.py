@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 
 log = logging.getLogger(__name__)
 

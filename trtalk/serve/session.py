@@ -31,7 +31,7 @@ import torch
 
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
-from trtalk.runtime.family import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
@@ -161,10 +161,10 @@ class PoseChoice:
 
 
 def _webcam(session: "Session") -> Source:
-    from trtalk.runtime.pose_path import PoseTracker
+    from trtalk.runtime.pose_path import FaceTracker
 
     return PushVideoSource(f"browser-camera:{session.id}",
-                           PoseTracker(session.cfg.fps, keep_frames=session.cfg.paste_back))
+                           FaceTracker(session.cfg.fps, keep_frames=session.cfg.paste_back))
 
 
 #: The page's pose choices, in order (first: the default).

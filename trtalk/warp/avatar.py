@@ -4,17 +4,17 @@ Everything here is CPU/numpy "control" work; the pixels are moved by
 :class:`trtalk.warp.net.WarpNet`.
 
 Layout. The avatar is a ``size x size`` (default 256) face-centred square
-crop of the photo (``Avatar.crop``, RGB uint8; ``Avatar.crop_M`` maps photo
-pixels to crop pixels). Its control points (``Avatar.rest``, Nx3 crop pixels
+crop of the photo (``WarpAvatar.crop``, RGB uint8; ``WarpAvatar.crop_m`` maps photo
+pixels to crop pixels). Its control points (``WarpAvatar.rest``, Nx3 crop pixels
 plus depth) are the 468 mesh points, then a ring of "soft" anchors around
 the face that follow the head at half strength, then a ring of fixed anchors
 on the crop border so the warp fades into the untouched background. A
-Delaunay triangulation of the rest points' 2D positions (``Avatar.triangles``)
+Delaunay triangulation of the rest points' 2D positions (``WarpAvatar.triangles``)
 makes the warp piecewise affine.
 
-Per frame, :meth:`Avatar.deform` moves the points (jaw and lips by the mouth
+Per frame, :meth:`WarpAvatar.deform` moves the points (jaw and lips by the mouth
 parameters, then a rigid 3D rotation about a pivot behind the face, then an
-orthographic projection), and :meth:`Avatar.warp_inputs` rasterises, in the
+orthographic projection), and :meth:`WarpAvatar.warp_inputs` rasterises, in the
 output image, which triangle covers each pixel (nearest triangle drawn last,
 so a turned head occludes correctly) and turns it into a backward sampling
 grid plus the mouth-cavity and teeth masks.
@@ -99,7 +99,7 @@ def _inside(poly: np.ndarray, pts: np.ndarray, tol: float) -> np.ndarray:
     return np.array([cv2.pointPolygonTest(c, (float(x), float(y)), True) >= -tol for x, y in pts])
 
 
-class Avatar:
+class WarpAvatar:
     """A photo turned into a deformable, warpable face (see the module docstring).
 
     Raises :class:`TrtalkError` when the photo has no face or the face is
@@ -134,13 +134,13 @@ class Avatar:
         centre = (lo + hi) / 2
         side = extent * cfg.crop_scale
         scale = size / side
-        self.crop_M = np.array(
+        self.crop_m = np.array(
             [[scale, 0.0, size / 2 - scale * centre[0]], [0.0, scale, size / 2 - scale * centre[1]]]
         )
-        self.crop = cv2.warpAffine(photo_rgb, self.crop_M, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        self.crop = cv2.warpAffine(photo_rgb, self.crop_m, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_REPLICATE)
         mesh = np.empty_like(mesh3d)
-        mesh[:, :2] = mesh3d[:, :2] @ self.crop_M[:, :2].T + self.crop_M[:, 2]
+        mesh[:, :2] = mesh3d[:, :2] @ self.crop_m[:, :2].T + self.crop_m[:, 2]
         mesh[:, 2] = mesh3d[:, 2] * scale
         self.mesh = mesh
 

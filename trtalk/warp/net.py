@@ -1,7 +1,7 @@
 """The warp "network": a tiny torch module that moves pixels, exportable to plain ONNX.
 
 It has no trained weights: the source crop is resampled along a backward
-grid (computed by :class:`trtalk.warp.avatar.Avatar`) and the open mouth is
+grid (computed by :class:`trtalk.warp.avatar.WarpAvatar`) and the open mouth is
 shaded over. Keeping it an ``nn.Module`` puts the warp avatar on the same
 engine path as the learned models: torch eager, ONNX Runtime, or an
 ONNX-to-TensorRT build.

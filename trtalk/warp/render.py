@@ -1,8 +1,8 @@
 """The warp avatar's frame renderer: (open, rounding, rotation) -> an RGB frame of one photo.
 
-Per frame: :meth:`Avatar.deform` -> :meth:`Avatar.warp_inputs` -> the warp network (torch or
+Per frame: :meth:`WarpAvatar.deform` -> :meth:`WarpAvatar.warp_inputs` -> the warp network (torch or
 ONNX Runtime) -> optional paste-back into the photo. The frame loop around it is the pipeline's
-(`trtalk.runtime.family.WarpFamily` drives this renderer), as for every model family.
+(`trtalk.families.warp.runtime.WarpFamily` drives this renderer), as for every model family.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from trtalk.errors import TrtalkError
-from trtalk.warp.avatar import Avatar, AvatarConfig, rotation_clamped
+from trtalk.warp.avatar import AvatarConfig, WarpAvatar, rotation_clamped
 from trtalk.warp.drive import MouthConfig
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class WarpRenderer:
         self.cfg = cfg
         if mesh is None:
             mesh = detect_avatar_mesh(photo_rgb, name)
-        self.avatar = Avatar(photo_rgb, mesh, cfg.avatar, name)
+        self.avatar = WarpAvatar(photo_rgb, mesh, cfg.avatar, name)
         if cfg.backend == "torch":
             from trtalk.warp.net import TorchWarp
 
@@ -83,5 +83,5 @@ class WarpRenderer:
         w = self.avatar.warp_inputs(pts, open_, closure)
         out = self.net(w.grid, w.cavity, w.teeth)
         if self._paste is not None:
-            out = self._paste(self.avatar.photo, out, self.avatar.crop_M)
+            out = self._paste(self.avatar.photo, out, self.avatar.crop_m)
         return out

@@ -105,7 +105,7 @@ class PDFGCConfig:
     @classmethod
     def from_json(cls, text: str) -> "PDFGCConfig":
         """The config recorded by `trtalk convert` (untrusted: validated like PC-AVS's)."""
-        from trtalk.models.pcavs import ConfigError, _bounded_int, _gen_channels
+        from trtalk.families.pcavs.model import ConfigError, _bounded_int, _gen_channels
 
         try:
             d = json.loads(text)
@@ -205,7 +205,7 @@ class PDFGC(nn.Module):
     @classmethod
     def random(cls, seed: int = 0, config: PDFGCConfig | None = None) -> "PDFGC":
         """Seeded random weights (tests and demos without a checkpoint)."""
-        from trtalk.models.pcavs import seeded_model
+        from trtalk.families.pcavs.model import seeded_model
 
         def noise_strengths(model: "PDFGC", gen: torch.Generator) -> None:
             # Noise strengths start at zero; make them matter so the noise mode is tested.
@@ -425,9 +425,9 @@ OPTIONAL_RULES: dict[str, Callable[[str], bool]] = {
 
 def check_pdfgc_state(state: object, module: nn.Module, source: str, net: str) -> dict:
     """``state`` checked against ``module`` with the official skip list of ``net``
-    (`trtalk.models.checkpoint.check_keys`); returns the dict to load (skipped keys dropped,
+    (`trtalk.families.pcavs.checkpoint.check_keys`); returns the dict to load (skipped keys dropped,
     optional keys filled from the module)."""
-    from trtalk.models.checkpoint import check_keys
+    from trtalk.models.weights import check_keys
 
     return check_keys(state, module, source, f"PD-FGC {net}", skip=SKIP_RULES[net], optional=OPTIONAL_RULES[net])
 
@@ -436,7 +436,7 @@ def _config_from_generator(state: object, source: str) -> PDFGCConfig:
     """The generator widths a generator state_dict was made with (the official ones, or a
     narrow test generator); anything unreadable falls back to the official config, whose
     key-by-key check then names the problem."""
-    from trtalk.models.pcavs import ConfigError, _gen_channels
+    from trtalk.families.pcavs.model import ConfigError, _gen_channels
 
     if not isinstance(state, dict):
         return PDFGCConfig()
@@ -458,7 +458,8 @@ def is_pdfgc_folder(folder: str | os.PathLike) -> bool:
 def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = None) -> PDFGC:
     """The official folder (four ``*_model.pth`` state_dicts), checked key by key, in eval mode."""
     from trtalk.errors import TrtalkError
-    from trtalk.models.checkpoint import OFFICIAL_FILES as PCAVS_FILES, _torch_load
+    from trtalk.families.pcavs.checkpoint import OFFICIAL_FILES as PCAVS_FILES
+    from trtalk.models.weights import torch_load
 
     folder = Path(folder)
     paths = {n: folder / f for n, f in OFFICIAL_FILES.items()}
@@ -471,7 +472,7 @@ def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = No
         hint = f"; it also holds PC-AVS files ({mixed[0]}): keep each family in its own folder" if mixed else ""
         raise TrtalkError(f"PD-FGC checkpoint folder {folder} has no {absent[0]} "
                           f"(expected {', '.join(OFFICIAL_FILES.values())}){hint}")
-    states = {"generator": _torch_load(paths["generator"])}
+    states = {"generator": torch_load(paths["generator"])}
     if config is None:
         config = _config_from_generator(states["generator"], str(paths["generator"]))
     model = PDFGC(config)
@@ -479,7 +480,7 @@ def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = No
         net = model.network(name)
         state = states.pop(name, None)
         if state is None:
-            state = _torch_load(path)
+            state = torch_load(path)
         net.load_state_dict(check_pdfgc_state(state, net, str(path), name))
         del state
     log.info("loaded PD-FGC checkpoint folder %s", folder)
@@ -566,8 +567,8 @@ def save_pdfgc_safetensors(model: PDFGC, out: str | os.PathLike, source: str = "
 def load_pdfgc_safetensors(path: str | os.PathLike, config: PDFGCConfig | None = None) -> PDFGC:
     """A file from `save_pdfgc_safetensors` (`trtalk convert`), every key and shape checked."""
     from trtalk.errors import TrtalkError
-    from trtalk.models.checkpoint import trtalk_file
-    from trtalk.models.pcavs import ConfigError
+    from trtalk.models.weights import trtalk_file
+    from trtalk.families.pcavs.model import ConfigError
 
     path = Path(path)
     with trtalk_file(path, FORMAT, "PD-FGC", {"trtalk.pcavs": ("PC-AVS", "pcavs")}) as (f, meta):
@@ -606,3 +607,27 @@ def load_pdfgc(path: str | os.PathLike, config: PDFGCConfig | None = None,
     else:
         raise TrtalkError(f"checkpoint not found: {p}")
     return model.to(device).eval()
+
+
+def claims(path: Path) -> bool:
+    """Whether ``path`` is a PD-FGC checkpoint: a folder with any official file name, or a
+    trtalk PD-FGC safetensors file."""
+    from trtalk.models.weights import safetensors_format
+
+    p = Path(path)
+    if p.is_dir():
+        return is_pdfgc_folder(p)
+    return p.is_file() and safetensors_format(p) == FORMAT
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files of an official folder that its hash covers."""
+    return [Path(folder) / f for f in OFFICIAL_FILES.values()]
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, config: PDFGCConfig | None = None) -> Path:
+    """An official PD-FGC folder (or a trtalk file) as one safetensors file (`trtalk convert`)."""
+    from trtalk.fsutil import check_writable
+
+    check_writable(Path(out))
+    return save_pdfgc_safetensors(load_pdfgc(src, config), out, source=Path(src).name)

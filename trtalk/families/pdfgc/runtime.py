@@ -1,6 +1,6 @@
 """The PD-FGC family: PC-AVS's frame step with separate pose, eyes (blink, gaze) and emotion.
 
-Per batch of frames k (see `trtalk.runtime.family` for the interface):
+Per batch of frames k (see `trtalk.families.base` for the interface):
 
     mouth   = smoother(1.5 * audio(mel windows))     # causal live, the official centred one offline
     pose    = pose(tracked crops)                    # motion encoder: B x 6 (also caches eyes, emotion)
@@ -11,9 +11,9 @@ Per batch of frames k (see `trtalk.runtime.family` for the interface):
     emotion = the emotion source at k                # B x 30 (a preset x strength, live changes)
     image   = generator(id | mouth | 1.2 emotion | 1.2 eye | pose, id_map)   # seeded noise maps
 
-Sources are `trtalk.runtime.controls.FactorSpec`; live changes go through `Controls` and apply at
+Sources are `trtalk.families.controls.FactorSpec`; live changes go through `Controls` and apply at
 the first frame made after they arrive. The networks come from `trtalk.engine.open_runner` (any
-backend: torch, onnxruntime, tensorrt, aot; the graphs of `trtalk.export.pdfgc_stages`, exported
+backend: torch, onnxruntime, tensorrt, aot; the graphs of `trtalk.families.pdfgc.stages`, exported
 once into the cache) or are a `PDFGC` itself (tests).
 
 Mouth smoothing: the official kernel is centred (0.274, 0.452, 0.274 over frames k-1, k, k+1): it
@@ -34,15 +34,16 @@ import numpy as np
 import torch
 
 from trtalk.errors import TrtalkError
-from trtalk.runtime.controls import Controls, FactorSpec, clip_frame
-from trtalk.runtime.family import Avatar, CropCodeCache, ModelFamily, PoseInput, align_photo, to_uint8
+from trtalk.families.controls import Controls, FactorSpec, clip_frame
+from trtalk.families.base import Avatar, CropCodeCache, ModelFamily, PoseInput, align_photo, to_uint8
+from trtalk.families.spec import Capabilities, OpenRequest
 
 log = logging.getLogger(__name__)
 
 _WHICH = {"pose": 0, "eyes": 1, "emotion": 2}
 #: Blink dims of the eye code (the official "blink off" zeroes them: lib/inferencer.py multiplies
 #: the eye code by [0, 0, 1, 1, 0, 0] when blink is off and by [1, 1, 0, 0, 1, 1] when gaze is off,
-#: `trtalk.models.pdfgc.BLINK_OFF_MASK`); the rest is gaze.
+#: `trtalk.families.pdfgc.model.BLINK_OFF_MASK`); the rest is gaze.
 BLINK_DIMS = (0, 1, 4, 5)
 GAZE_DIMS = (2, 3)
 
@@ -59,11 +60,16 @@ def blink_eye_code(eye: torch.Tensor, closed: torch.Tensor, closure: torch.Tenso
     return torch.where(blink, torch.lerp(eye, closed, c), eye)
 
 
+CAPABILITIES = Capabilities(visual_mouth=False, eye_controls=True, emotion_controls=True,
+                            checkpoint=True, needs_checkpoint=True, noise=("seeded", "fixed", "random", "zero"))
+
+
 class PDFGCFamily(ModelFamily):
     """PD-FGC with per-factor sources and live controls; ``model`` is a PD-FGC `Runner`
-    (`open_pdfgc`) or a `trtalk.models.pdfgc.PDFGC` (same encode/generate surface)."""
+    (`open_pdfgc`) or a `trtalk.families.pdfgc.model.PDFGC` (same encode/generate surface)."""
 
     name = "pdfgc"
+    capabilities = CAPABILITIES
     output_size = 224
 
     def __init__(self, model: Any, random_weights: bool = False, device: str = "cpu", *,
@@ -72,7 +78,7 @@ class PDFGCFamily(ModelFamily):
                  eyes_closed: Path | None = None, mouth_smoothing: str = "causal",
                  blink: Any = None, controls: Controls | None = None,
                  presets: dict[str, Path] | None = None, pose_cache: int = 256) -> None:
-        from trtalk.models.pdfgc import MouthSmoother
+        from trtalk.families.pdfgc.model import MouthSmoother
 
         super().__init__(random_weights)
         self.model = model
@@ -146,8 +152,7 @@ class PDFGCFamily(ModelFamily):
 
     def _encode_file(self, path: Path | None, label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Motion codes of every frame of an image or video (aligned as a whole clip)."""
-        from trtalk.face import to_tensor
-        from trtalk.runtime.pose_path import align_clip
+        from trtalk.face import align_clip, to_tensor
 
         clip, _ = align_clip(Path(path))  # type: ignore[arg-type]
         found = np.asarray(clip.found, bool)
@@ -234,7 +239,7 @@ class PDFGCFamily(ModelFamily):
         return self.mouth_smoothing == "centred"
 
     def _make_smoother(self) -> None:
-        from trtalk.models.pdfgc import MouthSmoother
+        from trtalk.families.pdfgc.model import MouthSmoother
 
         if self.mouth_smoothing == "centred":
             if self._lookahead is None:
@@ -461,7 +466,7 @@ class PDFGCFamily(ModelFamily):
 
     def _render(self, id_vec: torch.Tensor, id_map: torch.Tensor, mouth: torch.Tensor,
                 codes: dict[str, torch.Tensor]) -> np.ndarray:
-        from trtalk.models.pdfgc import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC
+        from trtalk.families.pdfgc.model import EMOTION_WEIGHT, EYE_WEIGHT, PDFGC
 
         style = PDFGC.style(id_vec, mouth, EMOTION_WEIGHT * codes["emotion"].to(mouth),
                             EYE_WEIGHT * codes["eyes"].to(mouth), codes["pose"].to(mouth))
@@ -498,30 +503,12 @@ class PDFGCFamily(ModelFamily):
         return self._render(id_vec, id_map, mouth, stacked)
 
 
-def open_pdfgc(checkpoint: Path | str | None, device: str = "cpu", *, backend: str = "torch",
-               options: Any = None, fps: float = 25.0, seed: int | None = None, small: bool = False,
-               noise: str | None = None, cache_dir: str | Path | None = None,
-               **family_kw: Any) -> PDFGCFamily:
+def open_pdfgc(request: OpenRequest) -> PDFGCFamily:
     """The PD-FGC family from a checkpoint (folder or converted file), an export directory, or
-    seeded random weights without one (``small``: the narrow test generator), with its networks
-    from `trtalk.engine.open_runner` on any ``backend`` (torch, onnxruntime, tensorrt, aot; the
-    graphs and engines hold the seeded noise maps). ``options`` is a `RunnerOptions`; ``seed``,
-    ``small``, ``noise`` and ``cache_dir`` override its fields."""
-    import dataclasses
-
-    from trtalk.engine.runner import RunnerOptions, open_runner
-    from trtalk.models.pdfgc import PDFGCConfig
-
-    opts = dataclasses.replace(options or RunnerOptions(), family="pdfgc")
-    if seed is not None:
-        opts.seed = seed
-    if small:
-        opts.config = PDFGCConfig.small()
-    if noise is not None:
-        opts.noise = noise
-    if cache_dir is not None:
-        opts.cache_dir = cache_dir
-    runner = open_runner(backend, checkpoint, device, opts)
+    seeded random weights without one, with its networks from ``request.make_runner``
+    (`trtalk.engine.open_runner`) on any backend (torch, onnxruntime, tensorrt, aot; the graphs and
+    engines hold the seeded noise maps); ``request.controls`` are the factor sources."""
+    runner = request.make_runner(request.backend, request.checkpoint, request.device, request.runner_options)
     if runner.family != "pdfgc":
-        raise TrtalkError(f"{checkpoint} is not a PD-FGC checkpoint; drop --model pdfgc")
-    return PDFGCFamily(runner, runner.random_weights, device, fps=fps, **family_kw)
+        raise TrtalkError(f"{request.checkpoint} is not a PD-FGC checkpoint; drop --model pdfgc")
+    return PDFGCFamily(runner, runner.random_weights, request.device, fps=request.fps, **dict(request.controls))

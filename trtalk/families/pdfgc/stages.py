@@ -7,9 +7,8 @@
 
 The generator graph holds PD-FGC's seeded noise maps as constants (`Generator` noise mode
 "seeded"); smoothing, weights 1.2 and the masks stay outside the graphs (they are per-stream
-state, `trtalk.models.pdfgc`). `trtalk.export.stages` dispatches here for a PD-FGC model, so
-the exporter (manifest with ``"family": "pdfgc"``), engine builder, cache, AOT packages and
-runner treat these stages as PC-AVS's.
+state, `trtalk.families.pdfgc.model`). The family's spec (`trtalk.families.pdfgc`) hands these to
+the exporter (manifest with ``"family": "pdfgc"``), engine builder, cache, AOT packages and runner.
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ import copy
 import torch
 from torch import nn
 
-from trtalk.export.stages import BATCH, FAMILY_STAGES, StageSpec, TensorSpec, fuse_options, shared_specs
+from trtalk.families.pcavs.stages import shared_specs
+from trtalk.families.pdfgc.model import EMOTION_DIM, EYE_DIM, MOUTH_WEIGHT, POSE_DIM, STYLE_DIM, PDFGC, PDFGCConfig
 from trtalk.models.fuse import FuseOptions
-from trtalk.models.pdfgc import EMOTION_DIM, EYE_DIM, MOUTH_WEIGHT, POSE_DIM, STYLE_DIM, PDFGC, PDFGCConfig
+from trtalk.models.stages import BATCH, StageSpec, TensorSpec, fuse_options
 
-PDFGC_STAGES = FAMILY_STAGES["pdfgc"]
+PDFGC_STAGES = ("identity", "motion", "audio", "generator")
 
 
 def pdfgc_stage_specs(model: "PDFGC | PDFGCConfig", dtype: str = "float32") -> dict[str, StageSpec]:
@@ -99,3 +99,11 @@ def pdfgc_stage_module(model: PDFGC, stage: str, *, modconv: str = "decomposed",
         mod.generator.set_modconv_impl(modconv)
         mod.generator.noise_mode = noise_mode
     return mod.eval()
+
+
+def pdfgc_stage_tensors(model: PDFGC, stage: str) -> dict[str, torch.Tensor]:
+    """The parameters and buffers ``stage`` computes with, by their names in its module (not copied)."""
+    if stage not in PDFGC_STAGE_CLASSES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(PDFGC_STAGES)}")
+    mod = PDFGC_STAGE_CLASSES[stage](model)
+    return {**dict(mod.named_parameters()), **dict(mod.named_buffers())}

@@ -1,0 +1,119 @@
+"""The warp avatar's runtime adapter: `trtalk.warp`'s renderer behind the frame step."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from trtalk.families.base import Avatar, ModelFamily, PoseInput
+from trtalk.families.spec import Capabilities, OpenRequest
+
+
+
+# Its network is a 256x256 grid_sample: one thread (60 ms per frame with 2 threads, 5 ms with 1,
+# measured on 2 cores: more threads only compete with the numpy and mediapipe work).
+CAPABILITIES = Capabilities(visual_mouth=True, checkpoint=False, needs_checkpoint=False, noise=(),
+                            exportable=False, backends=("torch", "onnxruntime"), devices=("cpu",),
+                            runner_options=False, shared_networks=False, threads=1)
+
+
+class WarpFamily(ModelFamily):
+    """The landmark-driven warp avatar (`trtalk.warp`): no weights, nothing downloaded.
+
+    Mouth code = (open, rounding) after the attack/release follower; pose code = (yaw, pitch,
+    roll) in degrees relative to the first tracked face; ``backend`` "torch" or "onnxruntime"
+    runs the warp network.
+    """
+
+    name = "warp"
+    capabilities = CAPABILITIES
+
+    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
+        super().__init__(random_weights=False)
+        from trtalk.warp.render import WarpRenderConfig
+
+        self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
+        self.fps = fps
+        self.output_size = self.cfg.avatar.size
+        self._renderers: dict[int, Any] = {}
+        self.reset()
+
+    def for_session(self) -> "WarpFamily":
+        """A warp family with its own mouth follower and head reference (no weights to share)."""
+        return WarpFamily(self.fps, config=self.cfg)
+
+    def reset(self) -> None:
+        from trtalk.warp.drive import MeshRotation, MouthFollower
+
+        self._follower = MouthFollower(self.fps, self.cfg.mouth)
+        self._rotation = MeshRotation()
+        if getattr(self, "_lips", None) is not None:
+            self._lips.reset()
+        self._last_lips = np.zeros(2, np.float32)
+
+    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
+        from trtalk.warp.lips import LipMeter
+
+        if getattr(self, "_lips", None) is None:
+            self._lips = LipMeter()
+        out = []
+        for p in inputs:
+            # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
+            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
+            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+        if out:
+            self._last_lips = out[-1]
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
+
+    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
+        return torch.zeros(2)
+
+    def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
+                    crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
+        from trtalk.warp.render import WarpRenderer
+
+        renderer = WarpRenderer(image, self.cfg, name, mesh=mesh)
+        av = renderer.avatar
+        return Avatar(image, av.crop, av.crop_m, torch.zeros(3), {"renderer": renderer})
+
+    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        from trtalk.warp.drive import mouth_from_window
+
+        windows = mel.detach().float().cpu().numpy()[:, 0].transpose(0, 2, 1)  # B x 20 x 80
+        return torch.from_numpy(np.stack([self._follower.step(*mouth_from_window(w, self.cfg.mouth))
+                                          for w in windows]))
+
+    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._rotation.update(p.mesh) for p in inputs])).float()
+
+    def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
+        from trtalk.warp.drive import idle_euler
+
+        return torch.tensor([idle_euler(k / fps) for k in frames], dtype=torch.float32)
+
+    def motion_codes(self, avatar: Avatar, angles: torch.Tensor,
+                     eye_closure: torch.Tensor | None = None) -> torch.Tensor:
+        """The angles themselves, and the eye closure as a fourth column (see `generate`)."""
+        angles = angles.detach().float().cpu().reshape(-1, 3)
+        if eye_closure is None:
+            return angles
+        return torch.cat([angles, eye_closure.detach().float().cpu().reshape(-1, 1)], dim=1)
+
+    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+        """Pose codes are (yaw, pitch, roll) degrees, optionally with eye closure in [0, 1] as a
+        fourth column (generated motion with blinks)."""
+        from trtalk.warp import mesh as M
+
+        renderer = avatar.state["renderer"]
+        frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p[:3])),
+                                 float(p[3]) if len(p) > 3 else 0.0)
+                  for m, p in zip(mouth, pose)]
+        return np.stack(frames)
+
+
+def open_warp(request: OpenRequest) -> WarpFamily:
+    """The warp avatar (its network on ``request.backend``: torch or onnxruntime, on the CPU)."""
+    return WarpFamily(fps=request.fps, backend=request.backend)
