@@ -88,6 +88,9 @@ class MouthOptions:
         return self.source != "audio"
 
 
+# ----------------------------------------------------------------------------- sources
+
+
 class SilenceSource(Source):
     """The audio of a stream with no microphone (``--mouth webcam``): 16 kHz silence in blocks.
 
