@@ -115,13 +115,36 @@ class TinyModel(nn.Module):
 # ---------------------------------------------------------------------------------- stages
 
 
-class _Stage(nn.Module):
+class _ImageStage(nn.Module):  # identity, pose
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, *args: torch.Tensor):
-        return self.net(*args)
+    def forward(self, image: torch.Tensor):
+        return self.net(image)
+
+
+class _AudioStage(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.net(mel)
+
+
+class _GeneratorStage(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, style: torch.Tensor, id_map: torch.Tensor) -> torch.Tensor:
+        return self.net(style, id_map)
+
+
+# The exporters name each input after the stage module's forward arguments (`StageSpec` names).
+_STAGE_CLASSES = {"identity": _ImageStage, "pose": _ImageStage, "audio": _AudioStage,
+                  "generator": _GeneratorStage}
 
 
 def stage_specs(model: TinyModel | TinyConfig, dtype: str = "float32") -> dict[str, StageSpec]:
@@ -143,7 +166,7 @@ def stage_module(model: TinyModel, stage: str, *, modconv: str = "decomposed", n
     """The stage's module (no noise, no rewrites: ``modconv``/``noise_mode``/``fuse`` do not apply)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    mod = _Stage(getattr(model, stage))
+    mod = _STAGE_CLASSES[stage](getattr(model, stage))
     return (copy.deepcopy(mod) if copy_model else mod).eval()
 
 
