@@ -8,12 +8,15 @@ causal live).
 
 *Openness* (0 = lips closed, 1 = the avatar's widest opening) comes from a
 small linear audio-to-mouth model (:class:`MouthModel`, ``trtalk/assets/
-mouth_model.safetensors``, 61 weights) trained by ``scripts/train_mouth_model.py``
+mouth_model.safetensors``, 121 weights) trained by ``scripts/train_mouth_model.py``
 on public talking clips with their tracked inner-lip gap: pooled mel bands of
-the window's newest 12 rows -> a score, mapped through a monotone table (the
+the window's rows 8-19 -> a score, mapped through a monotone table (the
 training clips' gap distribution) to the opening, so the share of closed
-frames matches real speech and a low score (pauses, the near-silent hold of a
-bilabial stop) closes the lips. *Rounding* comes from spectral shape (energy
+frames matches real speech and a low score closes the lips; pauses and the
+near-silent hold of a stop close them whatever the score, judged 50 ms ahead
+of the frame (the lips lead the sound). ``scripts/mouth_model_search.py``
+holds the leave-one-clip-out comparison with richer features and a small MLP
+(neither beat this model held out). *Rounding* comes from spectral shape (energy
 weighted to the low bands, as in /o/ /u/ whose second formant is low). Both
 pass an attack/release follower.
 
