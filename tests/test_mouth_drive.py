@@ -192,7 +192,7 @@ def test_photo_teeth_are_kept_and_move_with_the_jaws(renderer, face_image_path: 
     lip while the lower lip drops. The same photo with the inside of its lips painted lip-red draws
     rows instead."""
     from trtalk.face import read_image
-    from trtalk.warp.avatar import Avatar
+    from trtalk.warp.avatar import WarpAvatar
 
     a = renderer.avatar
     assert a.photo_teeth
@@ -221,19 +221,19 @@ def test_photo_teeth_are_kept_and_move_with_the_jaws(renderer, face_image_path: 
 
     photo = read_image(face_image_path).copy()
     inner = np.concatenate([a.mesh[list(M.INNER_UPPER_LIP), :2], a.mesh[list(M.INNER_LOWER_LIP), :2][::-1]])
-    inv = np.linalg.inv(np.vstack([a.crop_M, [0, 0, 1]]))[:2]
+    inv = np.linalg.inv(np.vstack([a.crop_m, [0, 0, 1]]))[:2]
     poly = inner @ inv[:, :2].T + inv[:, 2]
     import cv2
 
     cv2.fillPoly(photo, [np.round(poly).astype(np.int32)], (150, 60, 60))
-    red = Avatar(photo, renderer.avatar.photo_mesh if hasattr(renderer.avatar, "photo_mesh") else _photo_mesh(a))
+    red = WarpAvatar(photo, renderer.avatar.photo_mesh if hasattr(renderer.avatar, "photo_mesh") else _photo_mesh(a))
     assert red.rest_gap > 0 and not red.photo_teeth
 
 
 def _photo_mesh(a) -> np.ndarray:
     """The avatar's mesh back in photo pixels (its crop transform inverted)."""
-    inv = np.linalg.inv(np.vstack([a.crop_M, [0, 0, 1]]))[:2]
+    inv = np.linalg.inv(np.vstack([a.crop_m, [0, 0, 1]]))[:2]
     mesh = a.mesh.copy()
     mesh[:, :2] = a.mesh[:, :2] @ inv[:, :2].T + inv[:, 2]
-    mesh[:, 2] = a.mesh[:, 2] / a.crop_M[0, 0]
+    mesh[:, 2] = a.mesh[:, 2] / a.crop_m[0, 0]
     return mesh
