@@ -67,7 +67,7 @@ class OpenRequest:
     emotion controls (`trtalk.runtime.options.ModelOptions.control_kwargs`).
     """
 
-    checkpoint: Path | None
+    checkpoint: Any  # a checkpoint path, an export directory, a model instance or None (random weights)
     backend: str = "torch"
     device: str = "cpu"
     runner_options: Any = None

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from trtalk.configcli import option
 from trtalk.engine.runner import RunnerOptions
@@ -155,11 +155,12 @@ class ModelOptions:
                              cuda_graphs=self.cuda_graphs, seed=self.seed, family=spec.name, config=config)
 
 
-def open_family(model: str, checkpoint: Path | str | None = None, backend: str = "torch",
+def open_family(model: str, checkpoint: Any = None, backend: str = "torch",
                 device: str = "cpu", options: RunnerOptions | None = None, *, fps: float = 25.0,
                 controls: dict | None = None) -> ModelFamily:
     """The family ``model`` ready to run (`FamilySpec.open`, its networks from
-    `trtalk.engine.open_runner`), after the checks its capabilities call for; ``options`` the
+    `trtalk.engine.open_runner`), after the checks its capabilities call for; ``checkpoint`` a
+    checkpoint, an export directory or a model instance (what `open_runner` takes); ``options`` the
     runner's (its ``family`` is set to ``model``), ``controls`` the factor sources of a family
     with eye or emotion controls (`ModelOptions.control_kwargs`)."""
     from trtalk.engine.runner import open_runner
@@ -175,8 +176,8 @@ def open_family(model: str, checkpoint: Path | str | None = None, backend: str =
         raise TrtalkError(f"the {spec.title} runs on the {'/'.join(d.upper() for d in caps.devices)}; "
                           f"drop --device or use another --model")
     opts = dataclasses.replace(options or RunnerOptions(), family=spec.name)
-    fam = spec.open(OpenRequest(Path(checkpoint) if checkpoint is not None else None, backend, device,
-                                opts, fps, dict(controls or {}), make_runner=open_runner))
+    fam = spec.open(OpenRequest(checkpoint, backend, device, opts, fps, dict(controls or {}),
+                                make_runner=open_runner))
     if caps.checkpoint:
         fam.weights_source = (checkpoint, opts)  # keys its angle map (`--pose auto`)
     return fam
