@@ -53,6 +53,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.fuzz
+
 if sys.platform != "linux":
     pytest.skip("the fuzz server forks and reads /proc (Linux)", allow_module_level=True)
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz suite needs hypothesis (pip install -e .[test])")

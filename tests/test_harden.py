@@ -470,7 +470,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {"onnx", "onnxruntime", "onnxslim", "onnxscript", "tensorrt",
                                   "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda", "pyvirtualcam",
                                   "librosa", "triton", "onnxruntime_extensions", "aiohttp", "aiortc",
-                                  "playwright"}:
+                                  "playwright", "prometheus_client"}:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 import trtalk.cli

@@ -228,7 +228,6 @@ def test_plugin_graph_in_ort_matches_decomposed_pdfgc():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(os.environ.get("TRTALK_SKIP_SLOW")), reason="TRTALK_SKIP_SLOW set")
 def test_plugin_graph_in_ort_matches_decomposed_full_size():
     pytest.importorskip("onnxruntime_extensions")
     assert _plugin_parity(PCAVSConfig(), (1,)) < 1e-4
@@ -327,7 +326,7 @@ def test_benchmark_smoke_runs(tmp_path: Path):
 
 def _kernels_reason() -> str | None:
     if not torch.cuda.is_available():
-        return "no CUDA device"
+        return None  # the gpu marker skips these (tests/conftest.py)
     return ops.cuda_unavailable_reason(torch.empty(1, device="cuda"))
 
 

@@ -211,12 +211,7 @@ def test_aot_package_of_a_pdfgc_stage(model: PDFGC, tmp_path: Path):
 # ------------------------------------------------------------------ GPU (TensorRT)
 
 
-def _has_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU and TensorRT")
 def test_tensorrt_family_matches_torch(model: PDFGC, tmp_path: Path):  # pragma: no cover
     """PD-FGC on TensorRT (fp16 engines, built into the cache) and on torch CUDA graphs: the
     family's frames match torch fp32 on the CPU."""

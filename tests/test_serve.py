@@ -363,7 +363,7 @@ def test_metrics_and_healthz(server, speech_wave) -> None:
     assert code == 200
     assert "trtalk_sessions_active 0" in text
     assert 'trtalk_batch_size_bucket{le="+Inf"}' in text
-    frames = int(next(l for l in text.splitlines() if l.startswith("trtalk_frames_total")).split()[1])
+    frames = int(float(next(l for l in text.splitlines() if l.startswith("trtalk_frames_total")).split()[1]))
     code, body, _ = _http(url + "/healthz")
     health = json.loads(body)
     assert code == 200 and health["status"] == "ok" and health["capacity_sessions"] == 2

@@ -332,7 +332,7 @@ class Server:
                        f"tracks: pick the webcam pose")
         refusal = self.admit()
         if refusal:
-            self.metrics.refused += 1
+            self.metrics.session_refused()
             raise web.HTTPServiceUnavailable(text=json.dumps({"error": refusal}),
                                              content_type="application/json")
         sdp, kind = params.get("sdp"), params.get("type")

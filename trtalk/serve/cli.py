@@ -90,8 +90,9 @@ def _import_serve_deps() -> None:
     try:
         import aiohttp  # noqa: F401
         import aiortc  # noqa: F401
+        import prometheus_client  # noqa: F401
     except ImportError as exc:
-        raise TrtalkError(f"trtalk serve needs aiohttp and aiortc ({exc.name} is missing): "
+        raise TrtalkError(f"trtalk serve needs aiohttp, aiortc and prometheus_client ({exc.name} is missing): "
                           f"pip install 'trtalk[serve]'") from None
 
 
