@@ -371,6 +371,31 @@ def test_metrics_and_healthz(server, speech_wave) -> None:
     assert frames >= 0 and srv.metrics.frames == frames
 
 
+def test_two_servers_in_one_process_keep_their_own_metrics() -> None:
+    """Each server counts into its own prometheus_client registry, not the process-wide one."""
+    import prometheus_client
+
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Capacity, Server
+
+    a, b = (Server(WarpFamily(FPS), PipelineConfig(fps=FPS)) for _ in range(2))
+    a.capacity = b.capacity = Capacity({}, 2 * FPS)  # as prepare() sets it, without the worker
+    a.metrics.session_started("s1")
+    for _ in range(3):
+        a.metrics.frame("s1", 0.12)
+    b.metrics.session_refused()
+    ta, tb = a.metrics.render(a), b.metrics.render(b)
+    assert "trtalk_frames_total 3.0" in ta and "trtalk_frames_total 0.0" in tb
+    assert 'trtalk_session_mic_to_frame_seconds_count{session="s1"} 3.0' in ta and 'session="s1"' not in tb
+    assert "trtalk_sessions_refused_total 0.0" in ta and "trtalk_sessions_refused_total 1.0" in tb
+    assert (a.metrics.frames, b.metrics.frames, b.metrics.refused) == (3, 0, 1)
+    a.metrics.session_ended("s1", {"late": 2})
+    ta = a.metrics.render(a)
+    assert 'session="s1"' not in ta and 'trtalk_frames_dropped_total{reason="late"} 2.0' in ta
+    assert "trtalk_frames_total" not in prometheus_client.generate_latest().decode()
+
+
 def test_admission_refuses_beyond_capacity_and_others_keep_their_rate(server, speech_wave) -> None:
     srv, url = server
     from trtalk.serve.client import run_client
