@@ -217,6 +217,7 @@ def test_plugin_graph_in_ort_matches_decomposed():
     assert _plugin_parity(PCAVSConfig.small(), (2, 3)) < 1e-4
 
 
+@pytest.mark.slow
 def test_plugin_graph_in_ort_matches_decomposed_pdfgc():
     """The same kernels serve PD-FGC's 2590-wide generator (small channels)."""
     pytest.importorskip("onnxruntime_extensions")
@@ -309,6 +310,7 @@ def test_tag_for_tensorrt_adds_lookup_attributes():
 
 # ----------------------------------------------------------------------------- benchmark smoke
 
+@pytest.mark.slow
 def test_benchmark_smoke_runs(tmp_path: Path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--smoke", "--out",
                            str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -26,6 +26,9 @@ from trtalk.export.pdfgc_stages import PDFGC_STAGES
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.models.pdfgc import PDFGC, PDFGCConfig, save_pdfgc_folder
 
+# Every test here exports PD-FGC or shares a module fixture that does (minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 SEED = 3
 SMALL_CHANNELS = {"7": 512, "14": 64, "28": 64, "56": 32, "112": 32, "224": 16}
 

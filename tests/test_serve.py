@@ -198,6 +198,7 @@ def test_capacity_uses_batches_that_fit_the_budget() -> None:
     assert capacity_fps(tp, costs, 1.0) == 400.0
 
 
+@pytest.mark.slow
 def test_pcavs_generate_many_matches_per_avatar_generate(monkeypatch) -> None:
     """One generator call over items of two avatars gives each item what its own avatar's
     generate gives (the generator takes per-sample identity codes)."""

@@ -206,6 +206,7 @@ def test_generator_small_triton_matches_grouped():
     assert err <= 1e-4, err
 
 
+@pytest.mark.timeout(900)  # its child's own limit is 600 s
 @needs_triton
 @pytest.mark.skipif(INTERPRETER, reason="the interpreter tests run in this process")
 def test_interpreter_cases_in_subprocess():
