@@ -550,3 +550,125 @@ def test_stream_record_stopped_before_the_first_frame_says_so(tmp_path, capsys, 
     assert "stopped before the first frame; nothing was recorded" in err
     assert "no frames were produced" not in err
     assert list(tmp_path.iterdir()) == []  # no file, no temp file, no folder
+
+
+# ------------------------------------------------- issue 24: the HTTP surface, clean exits
+
+
+def _raw_http(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection; (all the server answered before closing, seconds)."""
+    import socket
+
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out, time.monotonic() - t
+
+
+def _post(body: bytes, content_type: str = "application/json", host: str = "127.0.0.1",
+          extra: str = "", length: str | None = None) -> bytes:
+    head = (f"POST /control HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n{extra}\r\n")
+    return head.encode() + body
+
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    # issue 24, 1: another site's page (or a rebound DNS name) drove the stream
+    (_post(b'{"set": "blink"}', host="evil.com"), 403, "loopback names"),
+    (_post(b'{"set": "blink"}', extra="Origin: http://evil.com\r\n"), 403, "cross-site"),
+    (_post(b'{"set": "blink"}', content_type="text/plain"), 415, "application/json"),
+    (_post(b'{"set": "blink"}', content_type="application/x-www-form-urlencoded"), 415, "application/json"),
+    (_post(b'{"set": "blink"}', content_type="application/json; charset=foo"), 415, "UTF-8"),
+    (b"GET /state HTTP/1.1\r\nHost: evil.com\r\n\r\n", 403, "loopback names"),
+    (b"GET /state HTTP/1.1\r\nHost: localhost:abc\r\n\r\n", 400, "Host"),
+    # 2: a negative or non-numeric length read until the client closed (or raised)
+    (_post(b"x" * 100_000, length="-1"), 400, "Content-Length"),
+    (_post(b"{}", length="abc"), 400, "Content-Length"),
+    (_post(b"{}", length="99999999"), 413, "over 65536 bytes"),
+    # 3: wrong types were TypeErrors without an answer
+    (_post(b'{"set": "emotion", "preset": ["a"]}'), 400, "emotion preset must be a name"),
+    (_post(b'{"a": 1}'), 400, 'a control command is a JSON object with \\"set\\"'),
+    (_post(b'{"set": ["emotion"]}'), 400, "unknown control"),
+    (_post(b'{"set": "freeze", "factor": {}}'), 400, "freeze needs factor"),
+    (_post(b'{"set": "pose_source", "source": "' + b"a" * 5000 + b'"}'), 400, "pose_source needs"),
+    (_post(b"[" * 60_000), 400, "nested deeper"),
+    (_post(b'{"set": "gaze", "offset": [NaN, 0]}'), 400, "gaze offset"),
+])
+def test_control_endpoint_refuses_hostile_requests(request_bytes, status, reason, caplog):
+    """Each answered with its 4xx and reason, nothing queued, one INFO line, no traceback."""
+    import logging
+
+    from trtalk.runtime.controls import ControlServer, Controls
+
+    caplog.set_level(logging.INFO)
+    controls = Controls({"happy": torch.ones(30)})
+    with ControlServer(controls, port=0) as srv:
+        answer, seconds = _raw_http(srv.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert int(head.split(b" ", 2)[1]) == status, answer[:300]
+    assert reason.encode() in body, body
+    assert seconds < 5 and controls.begin_frame(0) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+def test_control_endpoint_times_out_slow_clients():
+    """Issue 24, 2 and 7: a client that never finishes its headers or its body is dropped after
+    the read timeout (shortened to 1 s), holding nothing."""
+    from trtalk.runtime.controls import ControlServer, Controls
+
+    controls = Controls()
+    with ControlServer(controls, port=0, read_timeout_s=1.0) as srv:
+        answer, seconds = _raw_http(srv.port, b"POST /cont")
+        assert answer == b"" and 0.8 < seconds < 4
+        answer, seconds = _raw_http(srv.port, _post(b"{", length="10"))
+        assert answer == b"" and 0.8 < seconds < 4
+        ok, _ = _raw_http(srv.port, _post(b'{"set": "blink"}'))
+        assert ok.startswith(b"HTTP/1.0 200")
+
+
+def test_control_token_needs_eight_characters(capsys):
+    """Issue 24: serve required 8+ characters, ``stream --control-token`` took anything."""
+    line = _one_line_error(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--control",
+                            "--control-token", "short"], capsys)
+    assert "--control-token must be at least 8 characters" in line
+
+
+EXIT_DURING_POSE_SWITCH = r"""
+import json, sys, threading, time, urllib.request
+import torch
+from trtalk.runtime.controls import ControlServer, Controls
+
+controls = Controls()
+
+def prepare(path):  # a pose file being encoded: seconds of native code in the request thread
+    x, t = torch.randn(512, 512), time.monotonic()
+    while time.monotonic() - t < 3:
+        x = torch.tanh(x @ x)
+    return x
+
+controls.prepare_pose = prepare
+with ControlServer(controls, port=0) as srv:
+    req = urllib.request.Request(f"{srv.url}/control", method="POST",
+                                 headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"set": "pose_source", "source": sys.argv[1]}).encode())
+    threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=30).read(), daemon=True).start()
+    time.sleep(1.0)  # the stream ends while the switch is being encoded
+print("stream over", flush=True)
+"""
+
+
+def test_stream_ends_cleanly_while_a_pose_switch_is_encoded(tmp_path):
+    """Issue 24, 4: the stream ended (or got SIGINT) while a ``pose_source`` file was being
+    encoded in the endpoint's daemon thread: exit 134, "terminate called without an active
+    exception" (4 of 4; 2 of 2 with this script before the fix). The endpoint now joins its
+    request threads when it closes."""
+    script = tmp_path / "exit_probe.py"
+    script.write_text(EXIT_DURING_POSE_SWITCH)
+    out = subprocess.run([sys.executable, str(script), str(ROOT / "trtalk/assets/astronaut.png")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stream over" in out.stdout and "terminate called" not in out.stderr

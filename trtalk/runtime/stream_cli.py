@@ -129,6 +129,9 @@ def _run(cmd: StreamCommand) -> int:
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
     from trtalk.runtime.stream import StreamPipeline
 
+    from trtalk.httpguard import check_token
+
+    check_token(cmd.control_token, "--control-token")
     cfg = cmd.stream
     live = cmd.mic is not None or cmd.webcam is not None
     realtime = cmd.realtime if cmd.realtime is not None else live

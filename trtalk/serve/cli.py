@@ -16,6 +16,7 @@ from pathlib import Path
 from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.httpguard import check_token
 from trtalk.net import is_loopback, url_host
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import PipelineConfig
@@ -65,8 +66,7 @@ def resolve_token(cmd: ServeCommand) -> str | None:
             token = cmd.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:
             raise TrtalkError(f"cannot read the token from --token-file {cmd.token_file}: {exc}") from None
-    if token is not None and len(token) < 8:
-        raise TrtalkError("the token must be at least 8 characters")
+    check_token(token, "--token-file" if cmd.token_file is not None else "--token")
     if not is_loopback(cmd.host) and not token:
         raise TrtalkError(f"--host {cmd.host} exposes the server beyond this machine: give --token "
                           f"or --token-file too")
@@ -125,7 +125,9 @@ async def _serve(app, host: str, port: int) -> None:
 
     from aiohttp import web
 
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    from trtalk.serve.app import SERVER_KEY, runner_kwargs
+
+    runner = web.AppRunner(app, shutdown_timeout=2.0, **runner_kwargs(app[SERVER_KEY].limits))
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,8 +139,6 @@ async def _serve(app, host: str, port: int) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         await stop.wait()
-        from trtalk.serve.app import SERVER_KEY
-
         log.info("stopping: ending %d session(s)", len(app[SERVER_KEY].sessions))
     finally:
         t = time.monotonic()
@@ -153,14 +153,14 @@ def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
 
     from aiohttp import web
 
-    from trtalk.serve.app import make_app
+    from trtalk.serve.app import make_app, runner_kwargs
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict = {}
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(server))
+        runner = web.AppRunner(make_app(server), **runner_kwargs(server.limits))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
