@@ -95,12 +95,12 @@ def test_config_schema_round_trip_and_sizes():
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["render", "--fps", "1e9"], "--fps 1e\\+09 is more than 240"),
-    (["render", "--batch", "100000"], "--batch 100000 is out of range: 1 to 256"),
+    (["render", "--fps", "1e9"], "--fps 1e\\+09 is out of range: it must be between 0.1 and 240"),
+    (["render", "--batch", "100000"], "--batch 100000 is out of range: it must be between 1 and 256"),
     (["stream", "--audio", "x.wav", "--batch", "0"], "--batch 0 is out of range"),
-    (["render", "--duration", "1e9"], "more than 86400 s"),
-    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch must be between 1 and 1024"),
-    (["bench", "--batch", "1,100000"], "batch 100000 is out of range: 1 to 256"),
+    (["render", "--duration", "1e9"], "--duration 1e\\+09 is out of range: it must be between 0.001 and 86400"),
+    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch 5000 is out of range: it must be between 1 and 1024"),
+    (["bench", "--batch", "1,100000"], "--batch 100000 is out of range: it must be between 1 and 256"),
 ])
 def test_options_that_scale_work_are_bounded(tmp_path, capsys, monkeypatch, argv, match):
     import re
@@ -672,3 +672,67 @@ def test_stream_ends_cleanly_while_a_pose_switch_is_encoded(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stream over" in out.stdout and "terminate called" not in out.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--capacity-fps", "nan"], "--capacity-fps must be a finite number"),
+    (["serve", "--capacity-fps", "inf"], "--capacity-fps must be a finite number"),
+    (["serve", "--capacity-fps", "0"], "--capacity-fps 0 is out of range"),
+    (["serve", "--capacity-fps", "-5"], "--capacity-fps -5 is out of range"),
+    (["serve", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number"),
+    (["serve", "--max-upload-mp", "inf"], "--max-upload-mp must be a finite number"),
+    (["serve", "--port", "70000"], "--port 70000 is out of range: it must be between 0 and 65535"),
+    (["serve", "--port", "-1"], "--port -1 is out of range"),
+    (["stream", "--control-port", "70000"], "--control-port 70000 is out of range"),
+    (["stream", "--stats", "inf"], "--stats must be a finite number"),
+    (["render", "--lost-hold-s", "inf"], "--lost-hold-s must be a finite number"),
+    (["render", "--seed", "-1"], "--seed -1 is out of range"),
+    (["render", "--emotion-strength", "nan"], "--emotion-strength must be a finite number"),
+    (["render", "--mouth-blend", "1.5"], "--mouth-blend 1.5 is out of range"),
+    (["render", "--motion-max-yaw", "1e300"], "--motion-max-yaw 1e+300 is out of range"),
+    (["export", "--max-batch", "0"], "--max-batch 0 is out of range"),
+    (["bench", "--batch", "1,100000"], "--batch 100000 is out of range"),
+    (["bench", "--stream-duration", "inf"], "--stream-duration must be a finite number"),
+])
+def test_numeric_options_are_bounded_before_anything_loads(argv, message, capsys, monkeypatch):
+    """Issue 24, 6: ``serve --capacity-fps nan|inf``, ``--max-upload-mb inf``, ``--port 70000``
+    crashed with a traceback after the model had loaded and warmed up; ``--capacity-fps 0``
+    started a server that refused everyone. Every numeric flag now declares its bounds
+    (`trtalk.configcli.option(bounds=...)`), floats must be finite, and the check runs when the
+    flags are read: one line, exit 2, nothing loaded."""
+    from trtalk.runtime.options import ModelOptions
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(ModelOptions, "open", no_model)
+    line = _one_line_error(argv, capsys)
+    assert message in line, line
+
+
+def test_every_numeric_flag_declares_bounds():
+    """The general rule behind the test above: an int or float flag of any command without
+    declared bounds is a mistake (a new option must say its range)."""
+    import argparse
+
+    from trtalk import configcli
+    from trtalk.cli import SUBCOMMAND_MODULES
+    import importlib
+    import dataclasses
+
+    unbounded = []
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, p in action.choices.items():
+                func = p.get_default("func")
+                cls = getattr(func, "cls", None)
+                if cls is None or not dataclasses.is_dataclass(cls):
+                    continue
+                for opt in configcli._options(cls):
+                    if opt.parse in (int, float) and opt.spec.bounds is None:
+                        unbounded.append(f"{command} {opt.name}")
+    assert unbounded == [], unbounded

@@ -48,7 +48,7 @@ class HttpRefusal(Exception):
 
 def check_token(token: str | None, flag: str = "--token") -> str | None:
     """``token`` unchanged, or TrtalkError if it is shorter than `MIN_TOKEN_CHARS` or blank."""
-    if token is not None and (len(token) < MIN_TOKEN_CHARS or not token.strip() or any(c.isspace() for c in token)):
+    if token is not None and (len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token)):
         raise TrtalkError(f"{flag} must be at least {MIN_TOKEN_CHARS} characters, without spaces")
     return token
 

@@ -56,7 +56,7 @@ class MouthOptions:
         help="where the lips come from: audio (the speech), video PATH (another video's mouth; its "
              "own audio track is played), webcam (the webcam or --pose video; no microphone needed) "
              "or blend (audio and webcam mixed, see --mouth-blend)")
-    mouth_blend: float = option(DEFAULT_BLEND, metavar="W",
+    mouth_blend: float = option(DEFAULT_BLEND, metavar="W", bounds=(0, 1),
                                 help="--mouth blend: weight of the webcam's mouth, 0 (audio only) to "
                                      "1 (webcam only)")
 

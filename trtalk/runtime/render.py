@@ -68,7 +68,7 @@ class RenderConfig(PipelineConfig):
                                           "off (PD-FGC: a zero pose code, the official switch); "
                                           "'auto': head motion and blinks generated from the speech",
                                default_text="the face source itself")
-    batch: int = option(8, help="most frames per generator call, 1 to 256")
+    batch: int = option(8, bounds=(1, 256), help="most frames per generator call, 1 to 256")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
 
 

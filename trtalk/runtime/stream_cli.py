@@ -47,7 +47,7 @@ class StreamCommand:
     realtime: bool | None = option(None, negative="--fast", help="real-time pace",
                                    negative_help="files only: as fast as possible on a virtual clock",
                                    default_text="real time with --mic/--webcam, --fast for files")
-    stats: float | None = option(None, const=5.0, metavar="EVERY_S",
+    stats: float | None = option(None, const=5.0, bounds=(0.1, 86400), metavar="EVERY_S",
                                  help="log latency stats every EVERY_S seconds (5 if bare)")
     stats_json: Path | None = option(None, metavar="PATH", help="write the final report as JSON")
     control: bool = option(False, section="live control",
@@ -55,7 +55,7 @@ class StreamCommand:
                                 "gaze offset, blink now, freeze a factor, switch the pose source)")
     control_host: str = option("127.0.0.1", section="live control",
                                help="control endpoint address (beyond loopback a token is required)")
-    control_port: int = option(8765, section="live control", help="control endpoint port (0: any free one)")
+    control_port: int = option(8765, section="live control", bounds=(0, 65535), help="control endpoint port (0: any free one)")
     control_token: str | None = option(None, section="live control",
                                        help="bearer token of the endpoint",
                                        default_text="none on loopback, else a random one (logged)")

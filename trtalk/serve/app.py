@@ -460,7 +460,8 @@ class _QuietClientErrors(logging.Filter):
         from aiohttp.http_exceptions import HttpProcessingError
 
         if isinstance(exc, (HttpProcessingError, ClientPayloadError, ConnectionError, asyncio.TimeoutError)):
-            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {first}"
             record.args, record.exc_info, record.exc_text = (), None, None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True

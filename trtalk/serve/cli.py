@@ -30,19 +30,23 @@ class ServeCommand:
     """`trtalk serve`: where it listens, who may use it, how many sessions, and the model."""
 
     host: str = option("127.0.0.1", help="address to listen on; anything but loopback needs --token")
-    port: int = option(8080, help="TCP port of the page and signalling")
+    port: int = option(8080, bounds=(0, 65535), help="TCP port of the page and signalling")
     token: str | None = option(None, help="secret every request must carry (?token= or a Bearer header)")
     token_file: Path | None = option(None, help="read the token from this file (first line)")
-    max_sessions: int = option(8, section="capacity", help="most sessions at once (admission also "
+    max_sessions: int = option(8, bounds=(1, 256), section="capacity",
+                               help="most sessions at once (admission also "
                                "refuses what the measured throughput cannot serve in real time)")
-    max_batch: int = option(8, section="capacity", help="most frames per generator batch across sessions")
-    capacity_fps: float | None = option(None, section="capacity", metavar="FPS",
+    max_batch: int = option(8, section="capacity", bounds=(1, 256),
+                            help="most frames per generator batch across sessions")
+    capacity_fps: float | None = option(None, section="capacity", bounds=(0.1, 1e5), metavar="FPS",
                                         help="frames/s the server can make, instead of measuring it at start")
-    stall_timeout_s: float = option(10.0, section="limits",
+    stall_timeout_s: float = option(10.0, section="limits", bounds=(0.1, 3600),
                                     help="end a session whose microphone sends nothing this long")
-    max_upload_mb: float = option(8.0, section="limits", help="largest avatar photo upload")
-    max_upload_mp: float = option(16.0, section="limits", help="largest avatar photo in megapixels")
-    control_rate: float = option(20.0, section="limits",
+    max_upload_mb: float = option(8.0, section="limits", bounds=(0.01, 1024),
+                                  help="largest avatar photo upload")
+    max_upload_mp: float = option(16.0, section="limits", bounds=(0.01, 1000),
+                                  help="largest avatar photo in megapixels")
+    control_rate: float = option(20.0, section="limits", bounds=(0.1, 10000),
                                  help="control-channel messages/s a session may send before it is closed")
     stream: PipelineConfig = option(default_factory=PipelineConfig, prefix="")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
