@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -736,3 +737,146 @@ def test_every_numeric_flag_declares_bounds():
                     if opt.parse in (int, float) and opt.spec.bounds is None:
                         unbounded.append(f"{command} {opt.name}")
     assert unbounded == [], unbounded
+
+
+# ---------------------------------------------------------------- issue 24: disk full
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 40 KB tmpfs (root only; elsewhere the monkeypatched tests below cover the same paths)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _small_checkpoint(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from trtalk.models.checkpoint import FORMAT, NETWORKS
+    from trtalk.models.pcavs import PCAVS
+
+    small = PCAVS.random(0, PCAVSConfig.small())
+    tensors = {f"{n}.{k}": v.contiguous() for n in NETWORKS for k, v in small.network(n).state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "config": small.config.to_json()})
+    return path
+
+
+def test_disk_full_is_one_line_for_every_writer(full_disk, tmp_path, capsys):
+    """Issue 24, 9: on a full disk render (av OSError), stream --record, convert
+    (SafetensorError) and export onnx (OSError) exited 1 with tracebacks. Now: one line, exit
+    2, nothing left on the full disk."""
+    speech = str(ROOT / "trtalk/assets/demo_speech.wav")
+    runs = {
+        "render": ["render", "--audio", speech, "--duration", "2", "-o", str(full_disk / "r.mp4")],
+        "stream": ["stream", "--audio", speech, "--fast", "--duration", "2", "--record", str(full_disk / "s.mp4")],
+        "convert": ["convert", str(_small_checkpoint(tmp_path / "src.safetensors")), "-o",
+                    str(full_disk / "c.safetensors")],
+        "export": ["export", "--model-config", "small", "--out", str(full_disk / "e")],
+    }
+    for name, argv in runs.items():
+        line = _one_line_error(argv, capsys)
+        assert "no space left on the device" in line, (name, line)
+        assert list(full_disk.iterdir()) == [], (name, list(full_disk.iterdir()))
+
+
+def test_disk_full_without_root(tmp_path, capsys, monkeypatch):
+    """The same through monkeypatched writers (ENOSPC from the mp4 muxer, safetensors' own
+    error text), for machines where no tmpfs can be mounted."""
+    import errno
+
+    import safetensors.torch
+
+    from trtalk.media.mp4 import Mp4Sink
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Mp4Sink, "_write", full)
+    line = _one_line_error(["render", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--duration", "1",
+                            "-o", str(tmp_path / "out" / "r.mp4")], capsys)
+    assert "no space left on the device while writing" in line and "r.mp4" in line
+
+    class SafetensorError(Exception):
+        pass
+
+    def full_safetensors(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    src = _small_checkpoint(tmp_path / "src.safetensors")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_safetensors)
+    line = _one_line_error(["convert", str(src), "-o", str(tmp_path / "c" / "m.safetensors")], capsys)
+    assert "no space left on the device while writing" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+def test_aot_build_checks_free_space_first(tmp_path, capsys, monkeypatch):
+    """Issue 24, 9: ``export --target aot`` on a full disk aborted inside the C++ compiler
+    (exit 134). It now checks the free space before building: one line, exit 2."""
+    import shutil as _shutil
+
+    from trtalk.export import aot
+
+    real = _shutil.disk_usage
+    monkeypatch.setattr(aot, "build_aot_package", lambda *a, **k: pytest.fail("built on a full disk"))
+    monkeypatch.setattr("trtalk.fsutil.shutil.disk_usage",
+                        lambda p: real(p)._replace(free=30 << 20))  # 30 MB free
+    line = _one_line_error(["export", "--target", "aot", "--model-config", "small", "--device", "cpu",
+                            "--precision", "fp32", "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert re.search(r"building the aot \w+ package needs about [\d.]+ GiB free in .*; 0.0 GiB are", line), line
+
+
+def test_aot_compiler_files_go_under_the_cache_and_are_removed(tmp_path, monkeypatch):
+    """Issue 24: 724 MB of compiler files stayed in the system temp folder after AOT builds.
+    The compiler's cache folder is now inside the build's temp folder in trtalk's cache, removed
+    with it (a stand-in compiler records where it was told to write)."""
+    import torch._inductor
+    import torch._inductor.package
+
+    from trtalk.export import aot
+    from trtalk.models.pcavs import PCAVS
+
+    seen = {}
+
+    def fake_compile(module, args, options):
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        seen["cache"] = Path(cache_dir())
+        out = Path(options["aot_inductor.output_path"])
+        out.mkdir(parents=True)
+        (seen["cache"] / "junk.o").write_bytes(b"x" * 1000)
+        return [str(out)]
+
+    monkeypatch.setattr(torch._inductor, "aot_compile", fake_compile)
+    monkeypatch.setattr(torch._inductor.package, "package_aoti", lambda path, files: Path(path).write_bytes(b"pkg"))
+    monkeypatch.setattr(aot, "_check_package", lambda *a: {"max_abs_diff": 0.0, "batch": 1})
+    engines = tmp_path / "cache" / "engines"
+    engines.mkdir(parents=True)
+    model = PCAVS.random(0, PCAVSConfig.small())
+    stage = next(iter(aot.stage_specs(model)))
+    aot.build_aot_package(model, stage, aot.AotOptions(device="cpu", precision="fp32", buckets=(1,)),
+                          engines / "x.pt2")
+    assert seen["cache"].is_relative_to(engines)
+    assert sorted(p.name for p in engines.iterdir()) == ["x.pt2"]  # the work folder is gone
+    assert not os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").startswith(str(engines))
+
+
+def test_corrupt_cache_copies_are_pruned(tmp_path):
+    """Issue 24: ``.corrupt-*`` copies piled up in the engine cache (5 x 33 MB): the newest
+    `KEEP_CORRUPT` stay, older ones (engine and sidecar together) go."""
+    from trtalk.export.cache import KEEP_CORRUPT, prune_corrupt
+
+    for i in range(6):
+        for name in (f"gen-abc.plan.corrupt-2026120{i}T000000Z", f"gen-abc.plan.json.corrupt-2026120{i}T000000Z"):
+            (tmp_path / name).write_bytes(b"x")
+            os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "gen-abc.plan").write_bytes(b"ok")
+    prune_corrupt(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["gen-abc.plan"] + sorted(
+        f"gen-abc.plan{j}.corrupt-2026120{i}T000000Z" for i in range(6 - KEEP_CORRUPT, 6) for j in ("", ".json"))
