@@ -880,3 +880,93 @@ def test_corrupt_cache_copies_are_pruned(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["gen-abc.plan"] + sorted(
         f"gen-abc.plan{j}.corrupt-2026120{i}T000000Z" for i in range(6 - KEEP_CORRUPT, 6) for j in ("", ".json"))
+
+
+# ------------------------------------------------- issue 24: caches validate their contents
+
+
+@pytest.mark.parametrize("damage", ["coef_shape", "coef_columns", "degree", "nan", "centres", "low_high"])
+def test_damaged_angle_map_contents_are_refitted(tmp_path, damage, caplog):
+    """Issue 24, 10: a cached angle map of valid format but wrong contents was used: a `coef`
+    of the wrong shape gave a traceback on every run, ``degree=1e6`` a MemoryError after 40 s,
+    NaN coefficients near-black frames. Each is now refitted (the encoder runs again)."""
+    from trtalk.motion import posemap
+
+    g = posemap.GridSpec(yaw=(-10.0, 0.0, 10.0), pitch=(-5.0, 5.0), roll=(0.0,), held_out=4)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 5))
+    photo = np.zeros((8, 8, 3), np.uint8)
+    calls = []
+
+    class FakeRenderer:
+        def __init__(self, *a):
+            pass
+
+        def __call__(self, angles):
+            return list(angles), list(angles)
+
+    def encode(crops, meshes):
+        calls.append(len(crops))
+        return np.tanh(np.radians(np.asarray(crops)) @ w)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(posemap, "GridRenderer", FakeRenderer):
+        good = posemap.build_angle_map(photo, encode, family="f", weights_id="w", grid=g, cache_dir=tmp_path)
+        (path,) = (tmp_path / "posemaps").glob("*.npz")
+        with np.load(path) as z:
+            parts = dict(z)
+        if damage == "coef_shape":
+            parts["coef"] = parts["coef"][:-2]
+        elif damage == "coef_columns":
+            parts["coef"] = parts["coef"][:, :3]
+        elif damage == "degree":
+            parts["degree"] = np.array(1_000_000)
+            parts["kind"] = np.array("poly")
+        elif damage == "nan":
+            parts["coef"] = np.full_like(parts["coef"], np.nan)
+        elif damage == "centres":
+            parts["centres"] = parts["centres"][:2]
+        else:
+            parts["low"], parts["high"] = parts["high"], parts["low"]
+        with open(path, "wb") as f:
+            np.savez(f, **parts)
+        calls.clear()
+        t = time.monotonic()
+        again = posemap.build_angle_map(photo, encode, family="f", weights_id="w", grid=g, cache_dir=tmp_path)
+    assert calls == [len(g.train_angles()) + g.held_out], damage  # fitted again
+    assert time.monotonic() - t < 10
+    assert np.allclose(again.coef, good.coef) and "is unusable" in caplog.text
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path, capsys, pdfgc_model):
+    """Issue 24: a PD-FGC checkpoint with NaN weights rendered black frames, exit 0, no
+    warning. Every checkpoint loader (PC-AVS folder and safetensors, PD-FGC) now refuses NaN or
+    Inf with a one-line error naming the tensor."""
+    import copy
+
+    from trtalk.models import pdfgc as P
+    from trtalk.models.checkpoint import load_pcavs
+
+    src = _small_checkpoint(tmp_path / "pc.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[3]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(src), metadata=meta)
+    with pytest.raises(TrtalkError, match=rf"tensor '{re.escape(name.split('.', 1)[1])}' holds NaN or Inf"):
+        load_pcavs(src)
+    line = _one_line_error(["convert", str(src), "-o", str(tmp_path / "c.safetensors")], capsys)
+    assert "holds NaN or Inf" in line
+
+    bad = copy.deepcopy(pdfgc_model)
+    with torch.no_grad():
+        next(bad.generator.parameters()).fill_(float("nan"))
+    path = P.save_pdfgc_safetensors(bad, tmp_path / "pd.safetensors")
+    with pytest.raises(TrtalkError, match=r"PD-FGC generator.*|tensor '.*' holds NaN or Inf"):
+        P.load_pdfgc(path)
