@@ -968,5 +968,5 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path, capsys, pdfg
     with torch.no_grad():
         next(bad.generator.parameters()).fill_(float("nan"))
     path = P.save_pdfgc_safetensors(bad, tmp_path / "pd.safetensors")
-    with pytest.raises(TrtalkError, match=r"PD-FGC generator.*|tensor '.*' holds NaN or Inf"):
+    with pytest.raises(TrtalkError, match=r"tensor '.*' holds NaN or Inf"):
         P.load_pdfgc(path)
