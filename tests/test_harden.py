@@ -970,3 +970,58 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path, capsys, pdfg
     path = P.save_pdfgc_safetensors(bad, tmp_path / "pd.safetensors")
     with pytest.raises(TrtalkError, match=r"tensor '.*' holds NaN or Inf"):
         P.load_pdfgc(path)
+
+
+# -------------------------------------------------------- issue 24: smaller option items
+
+
+def test_mouth_video_gives_the_clip_s_frames(talking_video_path, tmp_path, capsys):
+    """Issue 24: ``--mouth video`` on a 50-frame clip (with its AAC track, a little longer)
+    gave 51 frames; ``--mouth video photo.png`` said the audio was too short."""
+    from trtalk.media.read import probe
+
+    out = tmp_path / "dub.mp4"
+    assert main(["render", "--mouth", "video", str(talking_video_path), "-o", str(out)]) == 0
+    assert probe(talking_video_path).num_frames == 50 and probe(out).num_frames == 50
+    rec = tmp_path / "rec.mp4"
+    assert main(["stream", "--mouth", "video", str(talking_video_path), "--fast", "--record", str(rec)]) == 0
+    assert probe(rec).num_frames == 50
+    line = _one_line_error(["render", "--mouth", "video", str(ROOT / "trtalk/assets/astronaut.png"),
+                            "-o", str(tmp_path / "x.mp4")], capsys)
+    assert "is an image" in line and "give a video" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eyes", ""], "--eyes is empty"),
+    (["--emotion", "."], "--emotion is empty"),
+    (["--emotion-presets", ",,,"], "--emotion-presets names no file"),
+])
+def test_empty_pdfgc_factor_values_are_refused(argv, message, tmp_path, capsys):
+    """Issue 24: ``--eyes ""`` read the current folder as a video; ``--emotion-presets ",,,"``
+    was accepted."""
+    line = _one_line_error(["render", "--model", "pdfgc", "--model-config", "small", *argv,
+                            "-o", str(tmp_path / "x.mp4")], capsys)
+    assert message in line
+
+
+def test_stream_pose_off_as_documented(tmp_path, capsys, monkeypatch):
+    """Issue 24: ``stream --pose off`` (README: PD-FGC's zero pose code) was refused ("off does
+    not exist"). It now sets the pose factor off on PD-FGC and is a one-line error elsewhere."""
+    from trtalk.runtime import options
+
+    seen = []
+    real_open = options.ModelOptions.open
+
+    def spy_open(self, *a, **k):
+        family = real_open(self, *a, **k)
+        real_set = family.set_factor
+        family.set_factor = lambda factor, spec: seen.append((factor, spec.kind)) or real_set(factor, spec)
+        return family
+
+    monkeypatch.setattr(options.ModelOptions, "open", spy_open)
+    speech = str(ROOT / "trtalk/assets/demo_speech.wav")
+    assert main(["stream", "--audio", speech, "--fast", "--duration", "0.3", "--pose", "off", "--model", "pdfgc",
+                 "--model-config", "small"]) == 0
+    assert seen == [("pose", "off")]
+    line = _one_line_error(["stream", "--audio", speech, "--fast", "--pose", "off"], capsys)
+    assert "--pose off is a PD-FGC switch" in line

@@ -61,6 +61,9 @@ def parse_factor(value: str | Path | None, factor: str, default: str = "avatar")
     if value is None:
         return FactorSpec(default)
     text = str(value)
+    if not text.strip() or text.strip() == ".":
+        raise TrtalkError(f"--{factor} is empty; give a video, an image, webcam, off"
+                          f"{', auto' if factor == 'eyes' else ''} or avatar")
     low = text.lower()
     if low in ("off", "webcam", "pose", "avatar", "auto"):
         if low == "auto" and factor != "eyes":
@@ -70,6 +73,8 @@ def parse_factor(value: str | Path | None, factor: str, default: str = "avatar")
     if not p.exists():
         raise TrtalkError(f"--{factor} {text}: no such file; give a video, an image, webcam, off"
                           f"{', auto' if factor == 'eyes' else ''} or avatar")
+    if p.is_dir():
+        raise TrtalkError(f"--{factor} {text} is a folder; give a video or an image file")
     return FactorSpec("image" if p.suffix.lower() in IMAGE_EXTS else "video", p)
 
 

@@ -110,6 +110,8 @@ class ModelOptions:
         if self.model_config == "small" and self.checkpoint is not None:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
         check_device(self.device)
+        if self.emotion_presets is not None and not self.emotion_presets:  # ",,," -> []
+            raise TrtalkError("--emotion-presets names no file; give comma-separated stills (happy.jpg,sad.jpg)")
         model = self.resolved_model()
         pd_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
                                    ("--eyes-closed", self.eyes_closed),

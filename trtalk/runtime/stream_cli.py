@@ -133,6 +133,14 @@ def _run(cmd: StreamCommand) -> int:
 
     check_token(cmd.control_token, "--control-token")
     cfg = cmd.stream
+    pose_off = cmd.pose is not None and str(cmd.pose) == "off" and not cmd.pose.exists()
+    if pose_off:
+        if cfg.model.resolved_model() != "pdfgc":
+            raise TrtalkError("--pose off is a PD-FGC switch (a zero pose code); this model has no pose "
+                              "switch: give a pose video or image, or --pose-static")
+        if cfg.mouth_source.source in ("webcam", "blend"):
+            raise TrtalkError("--mouth webcam reads the lips from the pose source's frames; --pose off "
+                              "has none (add --webcam, or give a pose video)")
     live = cmd.mic is not None or cmd.webcam is not None
     realtime = cmd.realtime if cmd.realtime is not None else live
     if live and not realtime:
@@ -177,6 +185,12 @@ def _run(cmd: StreamCommand) -> int:
             from trtalk.runtime.mouth_path import video_audio
 
             audio = video_audio(mouth.path)  # type: ignore[arg-type]
+            from trtalk.media.read import probe
+
+            info = probe(mouth.path)  # its audio runs a little past its last frame: stop there
+            if info.num_frames and info.fps:
+                clip_s = info.num_frames / info.fps
+                cfg.duration = clip_s if cfg.duration is None else min(cfg.duration, clip_s)
         else:  # --mouth webcam, no microphone: silence that never holds a frame back
             from trtalk.audio import audio_lookahead_s
             from trtalk.runtime.mouth_path import SilenceSource
@@ -190,12 +204,16 @@ def _run(cmd: StreamCommand) -> int:
         if cmd.webcam is not None:
             pose = WebcamSource(cmd.webcam, fps=max(cfg.fps, 25.0))
             pose.processor = PoseTracker(cfg.fps, keep_frames=cfg.paste_back)
-        elif cmd.pose is not None and not motion:
+        elif cmd.pose is not None and not motion and not pose_off:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps)
+        if pose_off:  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
+            from trtalk.runtime.controls import FactorSpec
+
+            family.set_factor("pose", FactorSpec("off"))
         _attach_controls(cmd, family, sink, stack)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
