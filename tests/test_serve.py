@@ -778,3 +778,65 @@ def _http_ok(url: str) -> bool:
         return _http(url)[0] == 200
     except OSError:
         return False
+
+
+MEMORY_SERVER = r"""
+import sys
+from trtalk.runtime.family import WarpFamily
+from trtalk.runtime.pipeline import PipelineConfig
+from trtalk.serve.app import Server, ServerLimits
+from trtalk.serve.cli import run_in_thread
+
+srv = Server(WarpFamily(25.0), PipelineConfig(fps=25.0), limits=ServerLimits(stall_timeout_s=3.0),
+             capacity_fps_override=60)
+srv.prepare()
+url, stop = run_in_thread(srv)
+print(url, flush=True)
+sys.stdin.read()
+stop()
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="issue 24, 8 open: +35 MB a 640x360 camera session remain "
+                                       "(+48 before bound_heap_growth); native, not yet found")
+def test_camera_sessions_give_their_memory_back(speech_wave, tmp_path) -> None:
+    """Issue 24, 8: the server's memory grows with every camera session (1920x1080: +228 MB a
+    session). Ten sessions of a 640x360 camera (webcam pose, blended lips, paste-back, 3 s
+    each) against a server in its own process: after the first two, its RSS must stay within
+    90 MB of what it was then. Measured on 2 CPU cores: 573, 626, 686, ... 1001 MB before
+    `trtalk.serve.app.bound_heap_growth`, 506, 543, 589, ... 859 MB with it: still failing,
+    hence the strict xfail (it fails loudly once the leak is fixed: then drop the mark)."""
+    import subprocess
+    import sys
+
+    import cv2
+    import psutil
+
+    from trtalk.serve.client import run_client
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "server.py"
+    script.write_text(MEMORY_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=root,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://"), url
+        server = psutil.Process(proc.pid)
+        camera = cv2.resize(cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB), (640, 360))
+        rss = []
+        for _ in range(10):
+            res = asyncio.run(run_client(url, speech_wave, 3.0, pose="webcam", camera=camera,
+                                         extra={"mouth": "blend", "paste_back": True}))
+            assert res.status == 200 and res.error is None, res.error
+            for _ in range(50):  # until the session is gone
+                if json.loads(_http(url + "/healthz")[1])["sessions"] == 0:
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)
+            rss.append(server.memory_info().rss / 2 ** 20)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    assert max(rss[2:]) - rss[1] < 90, [round(r) for r in rss]
