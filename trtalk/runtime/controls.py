@@ -273,6 +273,26 @@ class ControlServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """http.server's own refusals (malformed request line, unknown method, header
+                too long) as short JSON answers; an unknown method is a 405, not a 501."""
+                from http import HTTPStatus
+
+                if code == 501:
+                    code, message = 405, "only GET /state and POST /control"
+                try:
+                    reason = message or HTTPStatus(code).phrase
+                except ValueError:
+                    reason = "bad request"
+                log.info("control endpoint: refused (%d): %s", code, reason)
+                self.close_connection = True
+                if len(getattr(self, "requestline", "").split()) >= 3:
+                    self.request_version = "HTTP/1.0"  # a bad version still gets a status line
+                try:
+                    self._reply(code, {"error": reason})
+                except OSError:
+                    pass
+
             def _check(self) -> None:
                 """HttpRefusal unless the token and the Host/Origin rules pass."""
                 if server.token is not None:
