@@ -533,6 +533,15 @@ def test_hostile_requests_get_a_4xx_and_one_line(server, caplog) -> None:
         assert _status(answer) == 400, answer[:200]
     answer, _ = _raw(url, b"POST /api/avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n")
     assert _status(answer) == 413
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    for path in ("/api/avatar", "/api/offer"):  # a client that leaves mid-body: aiohttp logged ERROR
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: 1000\r\n\r\n0123456789".encode())
+            time.sleep(0.3)
+    time.sleep(0.5)
     assert not srv.sessions
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
     assert loud == [], [r.getMessage() for r in loud]

@@ -486,6 +486,14 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
             chunks.append(chunk)
     except asyncio.TimeoutError:
         raise httpguard.HttpRefusal(408, f"the body took over {timeout_s:g} s to arrive") from None
+    except (ConnectionError, EOFError) as exc:  # aiohttp: the client left mid-body
+        raise httpguard.HttpRefusal(400, f"the body ended early ({type(exc).__name__})") from None
+    except Exception as exc:  # aiohttp's ClientPayloadError (a malformed chunked body)
+        from aiohttp import ClientPayloadError
+
+        if isinstance(exc, ClientPayloadError):
+            raise httpguard.HttpRefusal(400, "the body is malformed") from None
+        raise
 
 
 class _QuietClientErrors(logging.Filter):
