@@ -381,6 +381,7 @@ class ControlServer:
         return f"http://{url_host(self.host)}:{self.port}"
 
     def start(self) -> "ControlServer":
+        self.controls.closed = False
         self._thread.start()
         log.info("control endpoint on %s%s", self.url, " (token required)" if self.token else "")
         return self
