@@ -945,7 +945,7 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path, capsys, pdfg
     Inf with a one-line error naming the tensor."""
     import copy
 
-    from trtalk.models import pdfgc as P
+    from trtalk.families.pdfgc import model as P
     from trtalk.families.pcavs.checkpoint import load_pcavs
 
     src = _small_checkpoint(tmp_path / "pc.safetensors")
