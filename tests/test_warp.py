@@ -205,15 +205,17 @@ def test_onnx_runtime_matches_torch(tmp_path: Path, renderer) -> None:
     onnx.checker.check_model(model)
     assert {op.version for op in model.opset_import if op.domain in ("", "ai.onnx")} == {17}
     assert "GridSample" in {n.op_type for n in model.graph.node}
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     net = WarpNet().eval()
-    # Random inputs, and a real frame's inputs (open mouth, turned head).
+    # Random inputs, and a real frame's inputs (open mouth, turned head): the whole photo frame as
+    # the source, the face's region as the grid.
     a = renderer.avatar
     w = a.warp_inputs(a.deform(0.8, 0.4, M.euler_to_matrix(8, 4, -5)), 0.8)
     src = torch.from_numpy(a.crop.transpose(2, 0, 1).copy()).float()[None] / 255
     real = (src, torch.from_numpy(w.grid)[None], torch.from_numpy(w.cavity)[None, None],
             torch.from_numpy(w.teeth)[None, None])
-    for inputs in (example_inputs(256), real):
+    real_path = export_onnx(tmp_path / "warp_real.onnx", a.crop.shape[:2], w.grid.shape[:2])
+    for inputs, p in ((example_inputs(256), path), (real, real_path)):
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             ref = net(*inputs).numpy()
         (got,) = sess.run(None, {k: v.numpy() for k, v in zip(("source", "grid", "cavity", "teeth"), inputs)})

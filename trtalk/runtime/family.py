@@ -80,6 +80,9 @@ class ModelFamily(abc.ABC):
     has_visual_mouth: bool = False
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
+    #: `generate` returns the avatar photo's own frame (the warp avatar), not a crop: there is
+    #: nothing to paste back and ``--size`` is the family's own (`trtalk.warp.avatar.AvatarConfig`)
+    full_frame: bool = False
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
     motion_grid: Any = None
 
@@ -383,14 +386,20 @@ class WarpFamily(ModelFamily):
 
     name = "warp"
     has_visual_mouth = True
+    full_frame = True
 
-    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
+    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None,
+                 size: int | None = None) -> None:
         super().__init__(random_weights=False)
+        from dataclasses import replace
+
         from trtalk.warp.render import WarpRenderConfig
 
         self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
+        if size is not None:  # --size: the long side of the photo's frame
+            self.cfg = replace(self.cfg, avatar=replace(self.cfg.avatar, size=size))
         self.fps = fps
-        self.output_size = self.cfg.avatar.size
+        self.output_size = self.cfg.avatar.size or self.cfg.avatar.max_size
         self._renderers: dict[int, Any] = {}
         self.reset()
 
@@ -470,10 +479,11 @@ class WarpFamily(ModelFamily):
 
 def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
                 device: str = "cpu", options: Any = None, *, fps: float = 25.0,
-                pdfgc: dict[str, Any] | None = None) -> ModelFamily:
+                pdfgc: dict[str, Any] | None = None, size: int | None = None) -> ModelFamily:
     """The family ``model`` ready to run: PC-AVS and PD-FGC through `trtalk.engine.open_runner`
     (PD-FGC: `trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
-    network on torch or onnxruntime, on the CPU)."""
+    network on torch or onnxruntime, on the CPU; ``size``: its frame's long side, None the
+    photo's own up to 512; the crop families' ``--size`` is the frame step's)."""
     if model not in FAMILIES:
         raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
     if model == "pdfgc":
@@ -491,7 +501,7 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
         if device != "cpu":
             raise TrtalkError("the warp avatar runs on the CPU (its warp is a few ms a frame); "
                               "drop --device or use --model pcavs")
-        return WarpFamily(fps=fps, backend=backend)
+        return WarpFamily(fps=fps, backend=backend, size=size)
     from trtalk.engine.runner import open_runner
 
     runner = open_runner(backend, checkpoint, device, options)

@@ -192,7 +192,7 @@ def _run(cmd: StreamCommand) -> int:
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
-        family = cfg.model.open(cfg.fps)
+        family = cfg.model.open(cfg.fps, size=cfg.size)
         _attach_controls(cmd, family, sink, stack)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
