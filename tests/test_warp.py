@@ -349,3 +349,117 @@ def test_eye_closure_shuts_the_eyes_and_leaves_the_mouth(renderer) -> None:
     g0, g5, g1 = lid_gap(base), lid_gap(half), lid_gap(shut)
     # mediapipe's 468-point mesh never closes its lids fully on a shut eye (0.091 -> 0.052 here).
     assert g1 < 0.7 * g0 and g1 < g5 < g0, (g0, g5, g1)
+
+
+# ---------------------------------------------------------------- registration: the photo's own frame
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_own_pose_closed_mouth_gives_the_photo_back(renderer, face_image_path: Path) -> None:
+    """The output is the photo's own frame (no crop, no paste): at the photo's own pose with a
+    closed mouth it is the photo (PSNR >= 35 dB; the warp is the identity, so exactly), through
+    the renderer and through the family the pipeline drives."""
+    import torch
+
+    from trtalk.face import read_image
+    from trtalk.runtime.family import WarpFamily
+
+    photo = read_image(face_image_path)
+    out = renderer.frame(0.0, 0.0, np.eye(3))
+    assert out.shape == photo.shape  # 512 x 512: the photo's own size (the default cap is 512)
+    assert _psnr(out, photo) >= 35.0
+    family = WarpFamily()
+    avatar = family.make_avatar(photo, "astronaut", mesh=renderer.avatar.mesh)
+    frames = family.generate(avatar, torch.zeros(2, 2), torch.zeros(2, 3))
+    assert frames.shape == (2, *photo.shape)
+    assert min(_psnr(f, photo) for f in frames) >= 35.0
+
+
+def test_size_is_the_frames_long_side(renderer, face_image_path: Path) -> None:
+    """``size`` resizes the photo's frame (long side, even sides); at the own pose the output is
+    the resized photo."""
+    import cv2
+
+    from trtalk.face import read_image
+    from trtalk.warp.avatar import AvatarConfig, frame_size
+    from trtalk.warp.render import WarpRenderConfig, WarpRenderer
+
+    photo = read_image(face_image_path)
+    wide = np.ascontiguousarray(photo[:381, :])  # 381 x 512: odd height, landscape
+    assert frame_size(wide.shape[:2], AvatarConfig()) == (380, 512)
+    assert frame_size(wide.shape[:2], AvatarConfig(size=256)) == (190, 256)
+    assert frame_size((1200, 900), AvatarConfig()) == (512, 384)
+    r = WarpRenderer(wide, WarpRenderConfig(avatar=AvatarConfig(size=256)), mesh=renderer.avatar.mesh)
+    out = r.frame(0.0, 0.0, np.eye(3))
+    assert out.shape == (190, 256, 3)
+    ref = cv2.resize(wide, (256, 190), interpolation=cv2.INTER_AREA)
+    assert _psnr(out, ref) >= 35.0
+    with pytest.raises(TrtalkError, match="--size"):
+        AvatarConfig(size=8)
+
+
+def test_head_motion_carries_hair_and_keeps_the_frame_border(renderer) -> None:
+    """A turned head takes its hair along (the region just above the face changes like the face
+    does) while the frame's border and the far background stay the photo's: no porthole, no
+    pasted ellipse. The face's landmarks, re-detected on the output, rotate by the roll asked."""
+    from trtalk.face import FaceMeshDetector
+
+    a = renderer.avatar
+    photo = a.crop
+    rot = M.euler_to_matrix(0.0, 0.0, 10.0)
+    out = renderer.frame(0.0, 0.0, rot)
+    diff = np.abs(out.astype(int) - photo.astype(int)).sum(axis=2)
+    # The frame's border is fixed: its anchors sit on the pixels' outer edges, so the outermost
+    # pixel rows move by a small fraction of a pixel at most.
+    w = a.warp_inputs(a.deform(0.0, 0.0, rot), 0.0)
+    x0, y0, x1, y1 = w.outer_roi
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    shift = np.linalg.norm(w.outer - np.stack([xx, yy], axis=2), axis=2)
+    fh, fw = a.frame_hw
+    edge = np.zeros((fh, fw), bool)
+    edge[[0, -1]] = edge[:, [0, -1]] = True
+    assert shift[edge[y0:y1, x0:x1]].max() < 0.3
+    assert diff[edge].mean() < 1.0
+    mesh = a.mesh[:, :2]
+    lo, hi = mesh.min(axis=0), mesh.max(axis=0)
+    h = hi[1] - lo[1]
+    # Hair: the band above the mesh's top, as wide as the face, moves (not a still hat over a
+    # rotating face).
+    hair = diff[int(lo[1] - 0.25 * h):int(lo[1] - 0.05 * h), int(lo[0]):int(hi[0])]
+    face = diff[int(lo[1]):int(hi[1]), int(lo[0]):int(hi[0])]
+    assert hair.mean() > 0.3 * face.mean() > 0, (hair.mean(), face.mean())
+    # Far from the head (the bottom corners): the photo.
+    assert diff[-40:, :40].max() == 0 and diff[-40:, -40:].max() == 0
+    with FaceMeshDetector(static_image_mode=True, max_num_faces=1) as det:
+        m0, m1 = det.detect3d(photo)[0], det.detect3d(out)[0]
+    from trtalk.warp.drive import measure_pose
+
+    roll = measure_pose(m0, m1)[2]
+    assert 7.0 < abs(roll) < 13.0, roll
+
+
+def test_grid_on_a_lattice_matches_the_exact_grid(renderer) -> None:
+    """The warp field outside the face is computed every other pixel and interpolated: it stays
+    within a fraction of a pixel of the exact per-pixel field there (the field is continuous)."""
+    from dataclasses import replace
+
+    from trtalk.warp.avatar import Avatar
+
+    a = renderer.avatar
+    assert a.grid_step == 2  # 512 px: the lattice is on
+    exact = Avatar(a.crop, a.mesh, replace(a.cfg, grid_step=1))
+    pts = a.deform(0.5, 0.2, M.euler_to_matrix(12.0, -5.0, 6.0))
+    fast, ref = a.warp_inputs(pts, 0.5), exact.warp_inputs(pts, 0.5)
+    assert fast.outer_roi == ref.outer_roi and fast.roi == ref.roi
+    # The face: exact in both (a few edge pixels differ by cv2's clipping of triangles to the box).
+    np.testing.assert_allclose(fast.grid, ref.grid, rtol=0, atol=1e-3)
+    assert (np.abs(fast.grid - ref.grid) > 1e-6).mean() < 0.005
+    err = np.linalg.norm(fast.outer - ref.outer, axis=2)
+    fx0, fy0, fx1, fy1 = a.face_roi
+    x0, y0 = a.roi[:2]
+    err[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = 0
+    assert np.percentile(err, 99.9) < 0.5 and err.mean() < 0.02, (np.percentile(err, 99.9), err.mean())

@@ -14,7 +14,7 @@ frame's face landmarks (mediapipe's 468-point mesh, ``landmarks=``) the mask
 is the face only: from just above the eyebrows to the chin and cheek to cheek
 (the face oval below the brows, closed by the brow line), shrunk by half the
 feather so its soft edge lies on skin, then feathered (a Gaussian edge
-``feather`` crop pixels wide, scaled to the frame). The generated face is
+``FACE_FEATHER`` = 12 pixels of the 224 crop wide, scaled to the frame). The generated face is
 colour-matched to the frame inside the mask (per-channel mean and standard
 deviation, the mouth left out of the statistics since it opens and shuts; a
 running average over frames so the match cannot flicker), so the seam
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Default width of the soft edge, in crop pixels (about a tenth of the crop).
 DEFAULT_FEATHER = 24.0
+#: Width of the landmark mask's soft edge, in crop pixels: the face is about half the crop wide,
+#: so a narrower edge than the ellipse's keeps most of it at full strength.
+FACE_FEATHER = 12.0
 
 # Ellipse centre and semi-axes as fractions of the crop side (224 -> centre, 80 x 94).
 _CENTRE = (0.5, 0.5)
@@ -127,7 +130,8 @@ class PasteBack:
     the PC-AVS crop, 224: ``AlignedClip.crop_matrices``).
 
     Call with (frame, generated, crop_M, landmarks=None); see :func:`paste_back`. With the
-    frame's face ``landmarks`` the mask is the face only and the generated face is colour-matched
+    frame's face ``landmarks`` the mask is the face only (its soft edge ``face_feather`` pixels of
+    the 224 crop wide) and the generated face is colour-matched
     (``colour_match``; ``colour_smoothing`` is the running average's weight of the past frames).
     Work is confined to the frame region the mask lands on, so cost depends on the face's size
     in the frame, not the frame's. One instance serves one stream (the colour match runs over
@@ -135,9 +139,11 @@ class PasteBack:
     """
 
     def __init__(self, crop_size: int = CROP_SIZE, feather: float = DEFAULT_FEATHER,
-                 colour_match: bool = True, colour_smoothing: float = 0.8) -> None:
+                 colour_match: bool = True, colour_smoothing: float = 0.8,
+                 face_feather: float = FACE_FEATHER) -> None:
         self.crop_size = crop_size
         self.feather = feather
+        self.face_feather = face_feather
         self.colour_match = colour_match
         self.colour_smoothing = colour_smoothing
         self.mask = face_mask(crop_size, feather)
@@ -163,8 +169,9 @@ class PasteBack:
                               + bytes([h % 256, w % 256]), digest_size=16).digest()
         if key == self._mask_key:
             return self._mask_roi
-        # The feather is given in crop pixels; m scales frame pixels by sqrt(det) into the crop.
-        feather = self.feather / max(float(np.sqrt(abs(np.linalg.det(m[:, :2])))), 1e-9)
+        # The feather is given in crop pixels (of the 224 crop); m scales frame pixels by
+        # sqrt(det) into this crop.
+        feather = self.face_feather * self.crop_size / CROP_SIZE / max(float(np.sqrt(abs(np.linalg.det(m[:, :2])))), 1e-9)
         sigma = feather / 4.0
         poly = landmark_polygon(landmarks)
         reach = int(math.ceil(3 * sigma)) + 2

@@ -259,7 +259,7 @@ class Avatar:
         # The head's centre sits above the face mesh's (the skull and hair are above the brow).
         mid = (hi + lo) / 2 - np.array([0.0, 0.15 * half[1]])
         ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        margin = 0.06 * max(fh, fw)
+        margin = 0.1 * max(fh, fw)
         ring_pts, ring_w = [], []
         for k, (radius, share) in enumerate(rings):
             a = ang + (np.pi / 24 if k % 2 else 0.0)  # stagger rings: better-shaped triangles
