@@ -675,3 +675,31 @@ def _http_ok(url: str) -> bool:
         return _http(url)[0] == 200
     except OSError:
         return False
+
+
+def test_paste_back_goes_into_the_avatar_photo_never_the_camera_frame() -> None:
+    """A session with the webcam pose and paste-back pastes the generated face into the avatar's
+    photo: even a camera sample that carries its full frame and crop map is not the background,
+    and the frame sent is the photo's size with the photo outside the face."""
+    import cv2
+
+    from trtalk.models import PCAVS, PCAVSConfig
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.runtime.pose_path import PoseSample
+    from trtalk.serve.session import Session
+
+    family = PCAVSFamily(PCAVS.random(seed=3, config=PCAVSConfig.small()), random_weights=True)
+    photo = cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB)
+    avatar = family.make_avatar(photo, "astronaut")
+    session = Session("s1", PipelineConfig(fps=FPS, paste_back=True), family, avatar, BatchScheduler(family),
+                      "webcam")
+    camera = np.zeros((480, 640, 3), np.uint8)  # the user's own camera frame: pure green
+    camera[..., 1] = 255
+    sample = PoseSample(0.0, 0.0, 0, True, avatar.crop, avatar.crop_m, camera, avatar.state["mesh"])
+    assert session.pipeline.background(0, sample) is None  # None: the avatar's photo
+    crop = np.full((224, 224, 3), 200, np.uint8)
+    out = session.pipeline.step.compose(crop, session.pipeline.background(0, sample))
+    assert out.shape[:2] == photo.shape[:2] != camera.shape[:2]
+    changed = np.abs(out.astype(int) - photo.astype(int)).max(axis=2) > 0
+    assert 0 < changed.mean() < 0.1  # the face only, into the photo
+    assert not ((out[..., 1] > 250) & (out[..., 0] < 5)).any()  # nothing of the camera frame

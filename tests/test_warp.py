@@ -463,3 +463,26 @@ def test_grid_on_a_lattice_matches_the_exact_grid(renderer) -> None:
     x0, y0 = a.roi[:2]
     err[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = 0
     assert np.percentile(err, 99.9) < 0.5 and err.mean() < 0.02, (np.percentile(err, 99.9), err.mean())
+
+
+def test_head_placement_follows_the_pose_sources_shift_and_scale(renderer) -> None:
+    """A pose source whose head moves 12 px right and 6 px up (interocular distance io) reads as
+    (12/io, -6/io); one whose head grows 10 % reads log 1.1; the avatar moves its head by that
+    many of *its* interocular distances, the frame border staying put."""
+    from trtalk.warp.placement import HeadPlacement
+
+    a = renderer.avatar
+    m0 = a.mesh.copy()
+    io = a.interocular
+    hp = HeadPlacement(smoothing=0.0)
+    assert np.allclose(hp.update(m0), 0.0)
+    got = hp.update(m0 + np.array([12.0, -6.0, 0.0]))
+    np.testing.assert_allclose(got, [12.0 / io, -6.0 / io, 0.0], atol=1e-6)
+    c = m0.mean(axis=0)
+    grown = hp.update(c + 1.1 * (m0 - c))
+    assert abs(grown[2] - np.log(1.1)) < 1e-6
+    assert hp.update(None)[2] == grown[2]  # no face: the last value holds
+    pts = a.place(a.deform(0.0, 0.0, np.eye(3)), (0.25, -0.1), 0.0)
+    np.testing.assert_allclose(pts[:468, :2] - a.mesh[:, :2], np.tile([0.25 * io, -0.1 * io], (468, 1)), atol=1e-9)
+    out = renderer.frame(0.0, 0.0, np.eye(3), placement=(0.25, -0.1, 0.0))
+    assert np.abs(out[0].astype(int) - a.crop[0]).mean() < 1.0 and np.abs(out.astype(int) - a.crop).mean() > 2.0

@@ -62,7 +62,8 @@ class AvatarConfig:
     lid travels this share of the gap, the lower lid the rest). ``lash_opacity``: darkness of the
     lash line drawn along the seam of a shut eye (faded in over the last 40 % of closure).
     ``max_yaw``/``max_pitch``/``max_roll``: clamps in degrees; beyond these an
-    orthographic 2D warp of one photo looks broken.
+    orthographic 2D warp of one photo looks broken. ``max_shift`` (interocular distances) and
+    ``max_log_scale`` clamp the head's shift and scale (:meth:`Avatar.place`).
     ``min_face_px``: a face smaller than this (mesh extent in photo pixels) is refused;
     ``warn_face_px``: below this it works but is upscaled and blurry, so we warn.
     """
@@ -80,6 +81,8 @@ class AvatarConfig:
     max_yaw: float = 25.0
     max_pitch: float = 15.0
     max_roll: float = 20.0
+    max_shift: float = 0.8
+    max_log_scale: float = 0.15
     min_face_px: float = 40.0
     warn_face_px: float = 100.0
     warn_photo_angle: float = 25.0
@@ -408,6 +411,20 @@ class Avatar:
         rot = np.asarray(rotation, dtype=np.float64)
         moved = (p - self.pivot) @ rot.T + self.pivot
         return p + self.follow[:, None] * (moved - p)
+
+    def place(self, points: np.ndarray, shift: tuple[float, float] = (0.0, 0.0), log_scale: float = 0.0) -> np.ndarray:
+        """``points`` (from :meth:`deform`) with the head moved by ``shift`` (dx, dy in interocular
+        distances) and scaled by ``exp(log_scale)`` about its pivot, both clamped by the config,
+        the surroundings following with the same falloff as the rotation."""
+        dx = float(np.clip(shift[0], -self.cfg.max_shift, self.cfg.max_shift)) * self.interocular
+        dy = float(np.clip(shift[1], -self.cfg.max_shift, self.cfg.max_shift)) * self.interocular
+        s = float(np.exp(np.clip(log_scale, -self.cfg.max_log_scale, self.cfg.max_log_scale)))
+        if dx == 0.0 and dy == 0.0 and s == 1.0:
+            return points
+        moved = (points - self.pivot) * s + self.pivot
+        moved[:, 0] += dx
+        moved[:, 1] += dy
+        return points + self.follow[:, None] * (moved - points)
 
     # -- rasterisation ----------------------------------------------------
 

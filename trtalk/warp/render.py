@@ -74,12 +74,16 @@ class WarpRenderer:
 
             self.net = OrtWarp(self.avatar.crop, grid_hw=(y1 - y0, x1 - x0))
 
-    def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0) -> np.ndarray:
+    def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0,
+              placement: tuple[float, float, float] | None = None) -> np.ndarray:
         """One frame: mouth ``open_``/``rounding`` in [0, 1], head ``rotation`` (3x3), ``eye_closure``
-        in [0, 1] (0: the photo's eyes, bit-identical to a frame without the argument; 1: shut)."""
+        in [0, 1] (0: the photo's eyes, bit-identical to a frame without the argument; 1: shut),
+        ``placement`` (dx, dy, log scale) of the head (`trtalk.warp.placement`; None: in place)."""
         rot = rotation_clamped(rotation, self.cfg.avatar)
         closure = float(np.clip(eye_closure, 0.0, 1.0))
         pts = self.avatar.deform(open_, rounding, rot, closure)
+        if placement is not None:
+            pts = self.avatar.place(pts, (placement[0], placement[1]), placement[2])
         w = self.avatar.warp_inputs(pts, open_, closure)
         out = self.avatar.crop.copy()
         if w.outer is not None:
