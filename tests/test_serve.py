@@ -282,6 +282,13 @@ def server():
                  capacity_fps_override=2 * FPS / 0.9 + 1)
     srv.prepare()
     good = srv.avatars["astronaut"]
+    # The warp avatar's frames are the whole photo: the client reads the mouth where it is there.
+    av = good.state["renderer"].avatar
+    lips = av.mesh[[61, 291, 13, 14, 0, 17], :2]
+    fh, fw = av.frame_hw
+    io = av.interocular
+    MOUTH_BOX[:] = [((lips[:, 0].min() - 0.1 * io) / fw, (lips[:, 1].min() - 0.1 * io) / fh,
+                     (lips[:, 0].max() + 0.1 * io) / fw, (lips[:, 1].max() + 0.35 * io) / fh)]
     srv.avatars["boom"] = Avatar(good.image, good.crop, good.crop_m, good.ref_pose, {"renderer": BoomRenderer()})
     url, stop = run_in_thread(srv)
     yield srv, url
@@ -290,9 +297,15 @@ def server():
     assert leftover == set()
 
 
+#: The astronaut's mouth box in the warp avatar's frames (the photo's own frame), set by `server`.
+MOUTH_BOX: list[tuple[float, float, float, float]] = []
+
+
 def _client(url: str, wave: np.ndarray, seconds: float, **kw):
     from trtalk.serve.client import run_client
 
+    if MOUTH_BOX:
+        kw.setdefault("mouth_box", MOUTH_BOX[0])
     return asyncio.run(run_client(url, wave, seconds, **kw))
 
 

@@ -50,7 +50,7 @@ from trtalk.errors import TrtalkError
 log = logging.getLogger(__name__)
 
 #: Bumped when the grid, alignment or fit changes: old cache entries are then ignored.
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: the warp avatar renders the whole photo frame (no crop, no paste-back)
 
 #: encode(crops 224x224x3 RGB uint8, meshes 468x3 in the crop's source frame) -> codes (N, P)
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]

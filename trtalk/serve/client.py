@@ -113,19 +113,27 @@ class ClientResult:
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 0.0
 
 
-def mouth_luma(image: np.ndarray) -> float:
-    """Mean luma of the mouth box of a generated crop (x 0.35-0.65, y 0.62-0.82)."""
+#: Where the mouth is in an aligned crop (x0, y0, x1, y1 as fractions of the frame).
+CROP_MOUTH_BOX = (0.35, 0.62, 0.65, 0.82)
+
+
+def mouth_luma(image: np.ndarray, box: tuple[float, float, float, float] = CROP_MOUTH_BOX) -> float:
+    """Mean luma of the mouth ``box`` (x0, y0, x1, y1 as fractions of the frame; default: where an
+    aligned crop has it; the warp avatar's frames are the photo's, so give its own)."""
     h, w = image.shape[:2]
-    box = image[int(0.62 * h):int(0.82 * h), int(0.35 * w):int(0.65 * w)].astype(np.float32)
+    x0, y0, x1, y1 = box
+    box = image[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)].astype(np.float32)
     return float((0.299 * box[..., 0] + 0.587 * box[..., 1] + 0.114 * box[..., 2]).mean())
 
 
 async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: str = "astronaut",
                      pose: str = "still", token: str | None = None, camera: np.ndarray | None = None,
                      stall_after_s: float | None = None, flood: int = 0, bye: bool = True,
-                     vanish: bool = False, extra: dict[str, Any] | None = None) -> ClientResult:
+                     vanish: bool = False, extra: dict[str, Any] | None = None,
+                     mouth_box: tuple[float, float, float, float] = CROP_MOUTH_BOX) -> ClientResult:
     """One session for ``seconds`` (see the module docstring). ``flood`` sends that many control
-    messages at once after connecting; ``vanish`` leaves without a bye and without closing."""
+    messages at once after connecting; ``vanish`` leaves without a bye and without closing;
+    ``mouth_box``: where `mouth_luma` looks (fractions of the frame)."""
     res = ClientResult()
     pc = RTCPeerConnection()
     channel = pc.createDataChannel("control")
@@ -155,7 +163,7 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
                 f = await track.recv()
                 res.frame_times.append(time.monotonic())
                 res.frame_pts.append(int(f.pts or 0))
-                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24")))
+                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24"), mouth_box))
         except MediaStreamError:
             pass
 
