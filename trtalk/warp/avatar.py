@@ -466,16 +466,23 @@ class Avatar:
         depth = deformed[tri, 2].mean(axis=1)
         depth[self._behind] = np.inf
         order = np.argsort(-depth, kind="stable")  # farthest first; nearest drawn last wins
-        src_map = _evaluate(_rasterise(d, order, self._origin, step, (ny, nx)), table,
+        lo, hi = d.min(axis=1), d.max(axis=1)
+        fx0, fy0, fx1, fy1 = self.face_roi
+        lattice_order = order
+        if step > 1:
+            # Triangles well inside the face's box are drawn exactly below; the lattice needs them
+            # only within two nodes of the box's edge (where its interpolation reaches outside).
+            m = 2 * step + 1
+            inner = (lo[:, 0] > fx0 + m) & (hi[:, 0] < fx1 - 1 - m) & (lo[:, 1] > fy0 + m) & (hi[:, 1] < fy1 - 1 - m)
+            lattice_order = order[~inner[order]]
+        src_map = _evaluate(_rasterise(d, lattice_order, self._origin, step, (ny, nx)), table,
                             self._xs, self._ys).reshape(ny, nx, 2)
         if step > 1:
             src_map = cv2.resize(src_map, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)
         src_map = src_map[step:step + y1 - y0, step:step + x1 - x0]
-        fx0, fy0, fx1, fy1 = self.face_roi
         if step > 1:
             # The face exactly, pixel by pixel: an interpolated field would blend the two sides
             # of a fold (a turned cheek over the background) into specks of neither.
-            lo, hi = d.min(axis=1), d.max(axis=1)
             hit = order[(hi[order, 0] >= fx0 - 1) & (lo[order, 0] <= fx1) & (hi[order, 1] >= fy0 - 1)
                         & (lo[order, 1] <= fy1)]
             ids = _rasterise(d, hit, np.array([fx0, fy0], np.float64), 1, (fy1 - fy0, fx1 - fx0))
