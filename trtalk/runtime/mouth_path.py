@@ -95,13 +95,14 @@ class LipMeter:
 
     Open = inner-lip gap (mid upper to mid lower lip) in interocular distances above the rest gap
     (the smallest seen so far: a closed mouth, or the face's own parted lips), over ``open_gap``,
-    the gap the warp avatar's fully open mouth shows (0.21 interocular distances, measured with
-    the same detector on the avatar's own frames: 0.11 closed, 0.32 at open 1). Rounding = how much
+    the gap the warp avatar's fully open mouth adds to its closed lips (0.16 interocular distances,
+    measured with the same detector on the avatar's own frames: its opening is absolute, 0 =
+    closed lips, and the detector reads the drawn inner lips a little narrower than the rig). Rounding = how much
     narrower the mouth corners are than at rest, over ``round_narrow`` (the avatar's rounding 1
     narrows them by ~14 %), only while the mouth is open (as the audio mapping does).
     """
 
-    def __init__(self, open_gap: float = 0.21, round_narrow: float = 0.14) -> None:
+    def __init__(self, open_gap: float = 0.16, round_narrow: float = 0.14) -> None:
         self.open_gap = open_gap
         self.round_narrow = round_narrow
         self.reset()

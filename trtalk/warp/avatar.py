@@ -353,6 +353,36 @@ class Avatar:
         self._pucker = near_corner * np.sign(pu) * self.cfg.pucker * hw
         self._u, self._v = u, v
         self.mouth_half_width = hw
+        #: inner-lip gap at open = 1 (crop px): the opening is absolute, 0 = lips closed
+        self.open_gap = (self.cfg.jaw_drop + self.cfg.lip_raise) * s
+
+        # The photo's own parted lips: its inner-lip gap (0 when under 1.5 % of the face height,
+        # i.e. closed), and the field that closes them: the inner lips meet (the lower lip, with
+        # the jaw, travels 70 % of each point's gap, the upper lip 30 %); the rest of the jaw and
+        # the upper lip follow with their weights.
+        face_h = float(np.linalg.norm(pts[10] - pts[152]))
+        gap0 = float((pts[M.LOWER_LIP_MID] - pts[M.UPPER_LIP_MID]) @ v)
+        self.rest_gap = gap0 if gap0 > 0.015 * face_h else 0.0
+        close = np.zeros((NUM_MESH, 2))
+        if self.rest_gap > 0.0:
+            close += (-0.7 * self.rest_gap * jaw / max(float(jaw[M.LOWER_LIP_MID]), 1e-6))[:, None] * v
+            close += (0.3 * self.rest_gap * raise_)[:, None] * v
+            up_i, lo_i = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
+            d = pts[lo_i] - pts[up_i]
+            close[up_i] = 0.3 * d
+            close[lo_i] = -0.7 * d
+        self._close = close
+        # Teeth rows: along the inner lip line, tallest in the middle, tapering to nothing at the
+        # corners (a tooth row recedes into the cheeks; a band of constant height reads as blocks).
+        self._upper_teeth_h = 0.045 * s
+        self._lower_teeth_h = 0.028 * s
+        inner_u = (pts[list(M.INNER_UPPER_LIP)] - origin) @ u
+        half_in = max(float(np.abs(inner_u).max()), 1e-6)
+        self._teeth_profile = np.clip(1.0 - (inner_u / half_in) ** 2, 0.0, 1.0)
+
+    def rest_open(self) -> float:
+        """The opening (the ``open_`` of :meth:`deform`) that shows the photo's own lips unchanged."""
+        return float(min(self.rest_gap / self.open_gap, 1.0))
 
     # -- eyelid rig -------------------------------------------------------
 
@@ -403,11 +433,19 @@ class Avatar:
             mesh[:, :2] += min(float(eye_closure), 1.0) * self._lid
         # Rounding narrows the mouth, which reads as a smaller opening too.
         open_eff = open_ * (1.0 - 0.3 * rounding)
-        dv = open_eff * (self._jaw - self._raise)
+        # The opening is absolute (0: lips closed, 1: an inner-lip gap of open_gap px). Up to the
+        # photo's own gap its parted lips close in proportion; beyond it the jaw drops.
+        target = open_eff * self.open_gap
+        if target < self.rest_gap:
+            mesh[:, :2] += (1.0 - target / self.rest_gap) * self._close
+            extra = 0.0
+        else:
+            extra = (target - self.rest_gap) / self.open_gap
+        dv = extra * (self._jaw - self._raise)
         du = -rounding * self._pucker
         mesh[:, :2] += dv[:, None] * self._v + du[:, None] * self._u
         # The jaw swings back a little as it drops.
-        mesh[:, 2] += 0.3 * open_eff * self._jaw
+        mesh[:, 2] += 0.3 * extra * self._jaw
         rot = np.asarray(rotation, dtype=np.float64)
         moved = (p - self.pivot) @ rot.T + self.pivot
         return p + self.follow[:, None] * (moved - p)
@@ -512,27 +550,48 @@ class Avatar:
         return cv2.GaussianBlur(lash, (3, 3), 0).astype(np.float32) * alpha
 
     def _mouth_masks(self, dst: np.ndarray, open_: float) -> tuple[np.ndarray, np.ndarray]:
+        """Cavity and teeth masks of the deformed mouth.
+
+        The cavity is the inner-lip polygon, softened at the lip edge (lips shade the inside). The
+        upper teeth are a row hanging from the upper jaw: the inner upper lip line, less the lip's
+        own lift, down ``_upper_teeth_h`` in the middle; the lower teeth a shorter, dimmer row
+        rising from the inner lower lip, so they move with the chin. Both follow the lip line and
+        taper to nothing (and darken) towards the corners. Shading fades in over the first
+        quarter of the opening beyond the photo's own lips, so a photo's parted lips are left
+        alone at rest.
+        """
         size = self.cfg.size
-        cavity = np.zeros((size, size), np.uint8)
-        teeth = np.zeros((size, size), np.uint8)
-        if open_ <= 0.02:
+        fade = float(np.clip((open_ * self.open_gap - self.rest_gap) / (0.25 * self.open_gap), 0.0, 1.0))
+        if fade <= 0.0:
             z = np.zeros((size, size), np.float32)
             return z, z
+        cavity = np.zeros((size, size), np.uint8)
         up = dst[list(M.INNER_UPPER_LIP)]
         lo = dst[list(M.INNER_LOWER_LIP)]
         poly = np.concatenate([up, lo[::-1]])
         cv2.fillPoly(cavity, [np.round(poly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
-        # Upper teeth: a band hanging from the upper lip, a fifth of the opening tall at most.
-        band = 0.055 * self.interocular
-        tpoly = np.concatenate([up, (up + self._v * band)[::-1]])
-        cv2.fillPoly(teeth, [np.round(tpoly * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
-        # Fade the shading in over the first part of the opening, so a photo
-        # with parted lips is left alone at rest.
-        fade = float(np.clip(open_ / 0.25, 0.0, 1.0)) / 255.0
-        # A slight blur softens the lip edge of the cavity, as lips shade the inside of the mouth.
-        cav = cv2.GaussianBlur(cavity, (3, 3), 0).astype(np.float32) * fade
-        tee = cv2.GaussianBlur(np.minimum(teeth, cavity), (3, 3), 0).astype(np.float32) / 255.0
-        return cav, tee
+        # "Down" in the output: from the deformed eyes (follows roll).
+        eye = dst[M.EYE_OUTER_RIGHT] - dst[M.EYE_OUTER_LEFT]
+        eye = eye / max(float(np.linalg.norm(eye)), 1e-9)
+        down = np.array([-eye[1], eye[0]])
+        prof = self._teeth_profile[:, None]
+        extra = max(open_ * self.open_gap - self.rest_gap, 0.0) / self.open_gap
+        lift = (extra * self._raise[list(M.INNER_UPPER_LIP)])[:, None] * down
+        upper_edge = up + lift + prof * self._upper_teeth_h * down
+        lower_edge = lo - prof * self._lower_teeth_h * down
+        teeth = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(teeth, [np.round(np.concatenate([up - 2 * prof * down, upper_edge[::-1]]) * 16).astype(np.int32)],
+                     215, lineType=cv2.LINE_AA, shift=4)
+        cv2.fillPoly(teeth, [np.round(np.concatenate([lo + 2 * prof * down, lower_edge[::-1]]) * 16).astype(np.int32)],
+                     130, lineType=cv2.LINE_AA, shift=4)
+        # Teeth darken towards the corners, where the cheeks shade them.
+        c0, c1 = dst[M.INNER_UPPER_LIP[0]], dst[M.INNER_UPPER_LIP[-1]]
+        mid, half = (c0 + c1) / 2, max(float(np.linalg.norm(c1 - c0)) / 2, 1.0)
+        lateral = ((self._xs - mid[0]) * eye[0] + (self._ys - mid[1]) * eye[1]) / half
+        shade = np.clip(1.0 - 0.7 * lateral ** 2, 0.0, 1.0).reshape(size, size)
+        cav = cv2.GaussianBlur(cavity, (5, 5), 0).astype(np.float32) * (fade / 255.0)
+        tee = cv2.GaussianBlur(np.minimum(teeth, cavity), (3, 3), 0).astype(np.float32) * (shade / 255.0)
+        return cav, tee.astype(np.float32)
 
 
 def rotation_clamped(rotation: np.ndarray, cfg: AvatarConfig) -> np.ndarray:

@@ -1,12 +1,21 @@
 """What drives the warp avatar: mouth parameters from audio, head rotation from a pose source.
 
 Mouth: from the PC-AVS mel frontend (:func:`trtalk.audio.mel_spectrogram`,
-100 frames/s, values in [0, 1] that are a dB scale, 0 = silence).
-Per video frame, *openness* comes from the level of the voice band (loud
-vowels open the mouth, silence closes it) and *rounding* from spectral
-shape (energy weighted to the low bands, as in /o/ /u/ whose second
-formant is low). Both pass an attack/release follower so the mouth snaps
-open at syllable onsets and closes a little more slowly, like speech.
+100 frames/s, values in [0, 1] that are a dB scale, 0 = silence), one 20-row
+window per video frame exactly as the pipeline hands it to the family (rows
+up to 80 ms past the frame's centre: the stream's lookahead, so the mouth is
+causal live).
+
+*Openness* (0 = lips closed, 1 = the avatar's widest opening) comes from a
+small linear audio-to-mouth model (:class:`MouthModel`, ``trtalk/assets/
+mouth_model.safetensors``, 61 weights) trained by ``scripts/train_mouth_model.py``
+on public talking clips with their tracked inner-lip gap: pooled mel bands of
+the window's newest 12 rows -> a score, mapped through a monotone table (the
+training clips' gap distribution) to the opening, so the share of closed
+frames matches real speech and a low score (pauses, the near-silent hold of a
+bilabial stop) closes the lips. *Rounding* comes from spectral shape (energy
+weighted to the low bands, as in /o/ /u/ whose second formant is low). Both
+pass an attack/release follower.
 
 Pose: :class:`PoseTracker` fits each frame's mesh rigidly to the first
 frame's (upper face only) and reports the rotation relative to that first
@@ -15,13 +24,17 @@ frame; :func:`idle_motion` is the built-in gentle head motion.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from trtalk.audio import mel_spectrogram
+from trtalk.errors import TrtalkError
 from trtalk.warp import mesh as M
 
 # Mel frame m is centred on sample m*hop - (n_fft - hop) + n_fft/2 = (m - 3) * 160 for the
@@ -29,47 +42,157 @@ from trtalk.warp import mesh as M
 _MEL_CENTRE_OFFSET = 3
 _MEL_FPS = 100.0
 
+#: The shipped audio-to-mouth model (made by scripts/train_mouth_model.py).
+MOUTH_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "mouth_model.safetensors"
+#: Environment variable naming another model file (held-out evaluation: benchmarks/self_reenact.py).
+MOUTH_MODEL_ENV = "TRTALK_MOUTH_MODEL"
+
 
 @dataclass(frozen=True)
 class MouthConfig:
     """Audio -> mouth mapping.
 
+    ``model``: "builtin" (the shipped :class:`MouthModel`, or the file named by
+    ``$TRTALK_MOUTH_MODEL``), a path to a model file, or "envelope" (the plain voice-band level
+    between ``open_floor`` and ``open_ceil``, the mapping before the model).
     ``open_floor``/``open_ceil``: voice-band mel level (0..1 dB scale) mapped
-    to closed / fully open. ``attack``/``release``: per-video-frame follower
-    coefficients at 25 fps (fraction of the gap closed per frame).
-    ``window_ms``: audio averaged around each video frame.
+    to closed / fully open by the envelope mapping. ``attack``/``release``: per-video-frame
+    follower coefficients at 25 fps (fraction of the gap closed per frame).
+    ``window_ms``: audio averaged around each video frame for the rounding (and the envelope).
+    ``close_level``: the lips shut whenever the voice band's level over the 30 ms at the frame's
+    centre is under this (a pause, or the near-silent hold of a stop such as /m b p/ before its
+    burst), whatever the model says, or ``close_dip`` under the loudest row of the window (the
+    silent hold of a stop between louder sounds).
     """
 
+    model: str = "builtin"
+    close_level: float = 0.28
+    close_dip: float = 0.18
     open_floor: float = 0.28
     open_ceil: float = 0.55
     round_floor: float = 0.02
     round_ceil: float = 0.14
-    attack: float = 0.75
-    release: float = 0.55
+    attack: float = 0.6
+    release: float = 0.9
     window_ms: float = 50.0
     voice_bands: tuple[int, int] = (4, 48)
+
+
+@dataclass(frozen=True)
+class MouthModel:
+    """A linear audio-to-mouth model on one frame's (20, 80) time x freq mel window.
+
+    ``features``: rows ``rows[0]:rows[1]`` of the window, mel bins averaged in ``bands`` equal
+    groups, flattened time-major. ``score = features @ weight + bias``; the opening is
+    ``interp(score, score_points, open_points)`` (monotone, 0 = closed, clipped to [0, 1]).
+    """
+
+    weight: np.ndarray
+    bias: float
+    bands: int
+    rows: tuple[int, int]
+    score_points: np.ndarray
+    open_points: np.ndarray
+
+    def features(self, window_tf: np.ndarray) -> np.ndarray:
+        return window_features(window_tf, self.bands, self.rows)
+
+    def opening(self, window_tf: np.ndarray) -> float:
+        score = float(self.features(window_tf) @ self.weight) + self.bias
+        return float(np.clip(np.interp(score, self.score_points, self.open_points), 0.0, 1.0))
+
+
+def window_features(window_tf: np.ndarray, bands: int, rows: tuple[int, int]) -> np.ndarray:
+    """The model's input: ``window_tf[rows[0]:rows[1]]`` (time x 80 mel bins) pooled to ``bands``
+    groups of bins, flattened time-major; float64. Works on a batch (..., 20, 80) too."""
+    w = np.asarray(window_tf, dtype=np.float64)[..., rows[0]:rows[1], :]
+    pooled = w.reshape(*w.shape[:-1], bands, w.shape[-1] // bands).mean(axis=-1)
+    return pooled.reshape(*w.shape[:-2], -1)
+
+
+def save_mouth_model(model: MouthModel, path: str | Path) -> Path:
+    """Write ``model`` as safetensors (a temporary file renamed into place)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tensors = {
+        "weight": np.asarray(model.weight, np.float32), "bias": np.array([model.bias], np.float32),
+        "bands": np.array([model.bands], np.int64), "rows": np.array(model.rows, np.int64),
+        "score_points": np.asarray(model.score_points, np.float32),
+        "open_points": np.asarray(model.open_points, np.float32),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "trtalk-mouth-model-1"})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def load_mouth_model(path: str | Path) -> MouthModel:
+    """Read a model written by :func:`save_mouth_model`; TrtalkError when it is missing or malformed."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrtalkError(f"mouth model {path} not found; reinstall trtalk or train one with "
+                          f"scripts/train_mouth_model.py")
+    try:
+        t = load_file(str(path))
+        bands, rows = int(t["bands"][0]), (int(t["rows"][0]), int(t["rows"][1]))
+        weight = t["weight"].astype(np.float64)
+        sp, op = t["score_points"].astype(np.float64), t["open_points"].astype(np.float64)
+        ok = (bands > 0 and 80 % bands == 0 and 0 <= rows[0] < rows[1] <= 20
+              and weight.shape == ((rows[1] - rows[0]) * bands,) and sp.shape == op.shape and sp.ndim == 1
+              and len(sp) >= 2 and bool(np.all(np.diff(sp) >= 0)) and np.isfinite(weight).all())
+    except (SafetensorError, KeyError, IndexError, ValueError, OSError) as exc:
+        raise TrtalkError(f"mouth model {path} is not a trtalk mouth model ({exc}); retrain it with "
+                          f"scripts/train_mouth_model.py") from None
+    if not ok:
+        raise TrtalkError(f"mouth model {path} has inconsistent shapes; retrain it with "
+                          f"scripts/train_mouth_model.py")
+    return MouthModel(weight, float(t["bias"][0]), bands, rows, sp, op)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(path: str) -> MouthModel:
+    return load_mouth_model(path)
+
+
+def mouth_model(cfg: MouthConfig = MouthConfig()) -> MouthModel | None:
+    """The model ``cfg.model`` names (None for "envelope"); loaded once per path."""
+    if cfg.model == "envelope":
+        return None
+    if cfg.model == "builtin":
+        return _cached_model(os.environ.get(MOUTH_MODEL_ENV) or str(MOUTH_MODEL_PATH))
+    return _cached_model(str(cfg.model))
 
 
 def mouth_params(wave: np.ndarray, num_frames: int, fps: float = 25.0,
                  cfg: MouthConfig = MouthConfig()) -> np.ndarray:
     """Per-video-frame mouth parameters, (num_frames, 2) float32: column 0 open, 1 rounding, in [0, 1].
 
-    ``wave`` is 16 kHz mono float32. Silence (all-zero mel) gives 0 for both.
+    ``wave`` is 16 kHz mono float32, scaled by the official whole-file gain as `trtalk render`
+    does. Silence (all-zero mel) gives 0 for both.
     """
-    mel = mel_spectrogram(np.asarray(wave, dtype=np.float32)) if len(wave) else np.zeros((0, 80), np.float32)
+    from trtalk.audio import rms_gain
+
+    wave = np.asarray(wave, dtype=np.float32)
+    mel = mel_spectrogram(wave * np.float32(rms_gain(wave))) if len(wave) else np.zeros((0, 80), np.float32)
     return mouth_params_from_mel(mel, num_frames, fps, cfg)
 
 
 def mouth_params_from_mel(mel: np.ndarray, num_frames: int, fps: float = 25.0,
                           cfg: MouthConfig = MouthConfig()) -> np.ndarray:
-    """As :func:`mouth_params`, from a precomputed (T, 80) mel."""
-    half = _half_window(cfg)
+    """As :func:`mouth_params`, from a precomputed (T, 80) mel: each frame's PC-AVS window, as the
+    pipeline hands them to the warp family, through :func:`mouth_from_window` and the follower."""
+    from trtalk.audio import mel_windows
+
+    windows = mel_windows(np.asarray(mel, np.float32).reshape(-1, 80), num_frames, fps)[:, 0].transpose(0, 2, 1)
     follower = MouthFollower(fps, cfg)
     out = np.zeros((num_frames, 2), np.float32)
-    for i in range(num_frames):
-        c = int(round(i / fps * _MEL_FPS)) + _MEL_CENTRE_OFFSET
-        a, b = max(c - half, 0), min(c + half + 1, len(mel))
-        out[i] = follower.step(*mouth_targets(mel[a:b] if b > a else mel[:0], cfg))
+    for i, w in enumerate(windows):
+        out[i] = follower.step(*mouth_from_window(w, cfg))
     return out
 
 
@@ -83,7 +206,19 @@ def mouth_from_window(window_tf: np.ndarray, cfg: MouthConfig = MouthConfig()) -
     """(open, rounding) targets of one frame from its (20, 80) time x freq PC-AVS mel window."""
     half = _half_window(cfg)
     lo, hi = WINDOW_CENTRE_ROW - half, WINDOW_CENTRE_ROW + half + 1
-    return mouth_targets(window_tf[max(lo, 0):hi], cfg)
+    rows = window_tf[max(lo, 0):hi]
+    env_open, round_t = mouth_targets(rows, cfg)
+    model = mouth_model(cfg)
+    if model is None:
+        return env_open, round_t
+    b0, b1 = cfg.voice_bands
+    centre = window_tf[WINDOW_CENTRE_ROW - 1:WINDOW_CENTRE_ROW + 2, b0:b1]
+    lev = float(centre.mean())
+    if not np.any(window_tf) or lev < cfg.close_level or \
+            lev < float(window_tf[:, b0:b1].mean(axis=1).max()) - cfg.close_dip:
+        return 0.0, 0.0  # a pause or a stop's hold: closed, whatever the model's bias says
+    open_t = model.opening(window_tf)
+    return open_t, round_t * min(1.0, open_t * 3.0)
 
 
 def _half_window(cfg: MouthConfig) -> int:
@@ -91,7 +226,8 @@ def _half_window(cfg: MouthConfig) -> int:
 
 
 def mouth_targets(rows_tf: np.ndarray, cfg: MouthConfig = MouthConfig()) -> tuple[float, float]:
-    """(open, rounding) targets in [0, 1] from the mel rows around a frame (time x freq)."""
+    """(open, rounding) targets in [0, 1] from the mel rows around a frame (time x freq), by the
+    voice-band level (the envelope mapping) and the spectral tilt."""
     if len(rows_tf) == 0:
         return 0.0, 0.0
     b0, b1 = cfg.voice_bands
@@ -114,10 +250,13 @@ class MouthFollower:
         self.state = np.zeros(2)
 
     def step(self, open_t: float, round_t: float) -> np.ndarray:
-        """The smoothed (open, rounding); values under 0.02 snap to exactly closed (rest face)."""
+        """The smoothed (open, rounding); values under 0.02 snap to exactly closed (rest face), and
+        a closed target (0: a pause or a bilabial hold) shuts the lips at once."""
         target = np.array([open_t, round_t])
         k = np.where(target > self.state, self.att, self.rel)
         self.state = self.state + k * (target - self.state)
+        if open_t <= 0.0:
+            self.state[0] = 0.0
         out = self.state.astype(np.float32)
         out[out < 0.02] = 0.0
         return out

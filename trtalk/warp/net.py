@@ -36,14 +36,15 @@ ONNX_OPSET = 17  # GridSample needs opset >= 16
 class WarpNet(nn.Module):
     """``frame = lerp(grid_sample(source, grid), mouth_colour, cavity)``.
 
-    The cavity colour is a dark red-brown, darker towards the top where the
-    upper lip shades it; the upper-teeth band is off-white.
+    The cavity colour is a very dark red-brown (its shading comes from the soft cavity mask: the
+    lip edges blend into it); the teeth rows are off-white, dimmed by the teeth mask towards the
+    corners and on the lower row.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("cavity_rgb", torch.tensor([0.16, 0.05, 0.05]).view(1, 3, 1, 1))
-        self.register_buffer("teeth_rgb", torch.tensor([0.80, 0.77, 0.72]).view(1, 3, 1, 1))
+        self.register_buffer("cavity_rgb", torch.tensor([0.09, 0.025, 0.03]).view(1, 3, 1, 1))
+        self.register_buffer("teeth_rgb", torch.tensor([0.86, 0.83, 0.78]).view(1, 3, 1, 1))
 
     def forward(self, source: torch.Tensor, grid: torch.Tensor, cavity: torch.Tensor,
                 teeth: torch.Tensor) -> torch.Tensor:
