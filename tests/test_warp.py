@@ -89,7 +89,9 @@ def test_demo_writes_playable_mp4_with_audio(demo_mp4: Path) -> None:
         # the writer's encoder, as the decoder names its format (libx264 and libopenh264 -> h264)
         assert kinds.get("video") == {"libx264": "h264", "libopenh264": "h264"}.get(encoder, encoder)
         assert kinds.get("audio") == "aac"
-        n = sum(1 for _ in c.decode(video=0))
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        n = len(frames)
+    assert frames[0].shape == (512, 512, 3)  # the photo's own frame
     speech = load_audio(Path(__file__).parent.parent / "trtalk" / "assets" / "demo_speech.wav")
     assert abs(n - len(speech) / 16000 * FPS) <= 1
 
@@ -101,9 +103,12 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     we measure r ~= 0.68 (the mouth follows level in dB through an
     attack/release follower, the envelope is linear RMS, so r < 1 by design)
     and ask for 0.5. In silence (envelope < 1% of its peak over +-120 ms) the
-    lips are closed: the gap is under 0.06 interocular distances (closed lips
-    read ~0.03; the photo's own parted lips, the astronaut smiles, ~0.12), and
-    speech opens it at least 0.1 beyond the closed mouth.
+    lips are closed: the gap is under 0.07 interocular distances, and speech
+    opens it at least 0.07 beyond the closed mouth. The demo's frame is the whole
+    photo (512 px, the face ~120 px across), where mediapipe reads the same lips
+    a little differently than in a 256 px face crop: closed lips 0.041-0.060
+    (0.033 in the crop), the photo's own parted lips (the astronaut smiles)
+    0.111, fully open readings saturate near 0.13 (0.16 in the crop).
     """
     from trtalk.media.read import iter_frames
 
@@ -116,8 +121,8 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     assert r > 0.5, f"lip gap correlates with the speech envelope only at r={r:.2f}"
     silent = _envelope(speech, len(frames), half_s=0.12) < 0.01 * env.max()
     assert silent.sum() >= 5, "the demo speech should contain pauses"
-    assert np.all(gaps[silent] < 0.06), gaps[silent]
-    assert gaps.max() > float(np.median(gaps[silent])) + 0.1, "the mouth never visibly opens"
+    assert np.all(gaps[silent] < 0.07), gaps[silent]
+    assert gaps.max() > float(np.median(gaps[silent])) + 0.07, "the mouth never visibly opens"
 
 
 # ---------------------------------------------------------------- head pose
@@ -348,8 +353,9 @@ def test_eye_closure_shuts_the_eyes_and_leaves_the_mouth(renderer) -> None:
 
     half = renderer.frame(0.4, 0.2, rot, eye_closure=0.5)
     g0, g5, g1 = lid_gap(base), lid_gap(half), lid_gap(shut)
-    # mediapipe's 468-point mesh never closes its lids fully on a shut eye (0.091 -> 0.052 here).
-    assert g1 < 0.7 * g0 and g1 < g5 < g0, (g0, g5, g1)
+    # mediapipe's 468-point mesh never closes its lids fully on a shut eye: 0.091 -> 0.052 in a
+    # 256 px face crop, 0.077 -> 0.054 in the photo's own 512 px frame (the avatar's frame now).
+    assert g1 < 0.75 * g0 and g1 < g5 < g0, (g0, g5, g1)
 
 
 # ---------------------------------------------------------------- registration: the photo's own frame
@@ -370,12 +376,15 @@ def test_own_pose_closed_mouth_gives_the_photo_back(renderer, face_image_path: P
     from trtalk.runtime.family import WarpFamily
 
     photo = read_image(face_image_path)
-    out = renderer.frame(0.0, 0.0, np.eye(3))
+    # The photo's own mouth: the astronaut's lips are parted (an opening of 0 closes them).
+    rest = renderer.avatar.rest_open()
+    out = renderer.frame(rest, 0.0, np.eye(3))
     assert out.shape == photo.shape  # 512 x 512: the photo's own size (the default cap is 512)
     assert _psnr(out, photo) >= 35.0
     family = WarpFamily()
     avatar = family.make_avatar(photo, "astronaut", mesh=renderer.avatar.mesh)
-    frames = family.generate(avatar, torch.zeros(2, 2), torch.zeros(2, 3))
+    mouth = torch.tensor([[rest, 0.0]] * 2, dtype=torch.float32)
+    frames = family.generate(avatar, mouth, torch.zeros(2, 3))
     assert frames.shape == (2, *photo.shape)
     assert min(_psnr(f, photo) for f in frames) >= 35.0
 
@@ -395,7 +404,7 @@ def test_size_is_the_frames_long_side(renderer, face_image_path: Path) -> None:
     assert frame_size(wide.shape[:2], AvatarConfig(size=256)) == (190, 256)
     assert frame_size((1200, 900), AvatarConfig()) == (512, 384)
     r = WarpRenderer(wide, WarpRenderConfig(avatar=AvatarConfig(size=256)), mesh=renderer.avatar.mesh)
-    out = r.frame(0.0, 0.0, np.eye(3))
+    out = r.frame(r.avatar.rest_open(), 0.0, np.eye(3))
     assert out.shape == (190, 256, 3)
     ref = cv2.resize(wide, (256, 190), interpolation=cv2.INTER_AREA)
     assert _psnr(out, ref) >= 35.0
@@ -412,11 +421,12 @@ def test_head_motion_carries_hair_and_keeps_the_frame_border(renderer) -> None:
     a = renderer.avatar
     photo = a.crop
     rot = M.euler_to_matrix(0.0, 0.0, 10.0)
-    out = renderer.frame(0.0, 0.0, rot)
+    rest = a.rest_open()
+    out = renderer.frame(rest, 0.0, rot)
     diff = np.abs(out.astype(int) - photo.astype(int)).sum(axis=2)
     # The frame's border is fixed: its anchors sit on the pixels' outer edges, so the outermost
     # pixel rows move by a small fraction of a pixel at most.
-    w = a.warp_inputs(a.deform(0.0, 0.0, rot), 0.0)
+    w = a.warp_inputs(a.deform(rest, 0.0, rot), rest)
     x0, y0, x1, y1 = w.outer_roi
     yy, xx = np.mgrid[y0:y1, x0:x1]
     shift = np.linalg.norm(w.outer - np.stack([xx, yy], axis=2), axis=2)
@@ -483,7 +493,8 @@ def test_head_placement_follows_the_pose_sources_shift_and_scale(renderer) -> No
     grown = hp.update(c + 1.1 * (m0 - c))
     assert abs(grown[2] - np.log(1.1)) < 1e-6
     assert hp.update(None)[2] == grown[2]  # no face: the last value holds
-    pts = a.place(a.deform(0.0, 0.0, np.eye(3)), (0.25, -0.1), 0.0)
+    rest = a.rest_open()
+    pts = a.place(a.deform(rest, 0.0, np.eye(3)), (0.25, -0.1), 0.0)
     np.testing.assert_allclose(pts[:468, :2] - a.mesh[:, :2], np.tile([0.25 * io, -0.1 * io], (468, 1)), atol=1e-9)
-    out = renderer.frame(0.0, 0.0, np.eye(3), placement=(0.25, -0.1, 0.0))
+    out = renderer.frame(rest, 0.0, np.eye(3), placement=(0.25, -0.1, 0.0))
     assert np.abs(out[0].astype(int) - a.crop[0]).mean() < 1.0 and np.abs(out.astype(int) - a.crop).mean() > 2.0

@@ -311,8 +311,11 @@ class Avatar:
         nx, ny = -(-w // step) + 2, -(-h // step) + 2
         ys, xs = np.mgrid[0:ny, 0:nx].astype(np.float64)
         self._lattice = (ny, nx)
-        self._xs = (self._origin[0] + step * xs).ravel().astype(np.float32)
-        self._ys = (self._origin[1] + step * ys).ravel().astype(np.float32)
+        self._lat_xs = (self._origin[0] + step * xs).ravel().astype(np.float32)
+        self._lat_ys = (self._origin[1] + step * ys).ravel().astype(np.float32)
+        # Pixel coordinates of the (size x size) canvas the mouth masks are drawn on.
+        cy, cx = np.mgrid[0:self.cfg.size, 0:self.cfg.size].astype(np.float32)
+        self._xs, self._ys = cx.ravel(), cy.ravel()
         fx0, fy0, fx1, fy1 = self.face_roi
         gy, gx = np.mgrid[fy0:fy1, fx0:fx1].astype(np.float32)
         self._face_xy = (gx.ravel(), gy.ravel())
@@ -514,7 +517,7 @@ class Avatar:
             inner = (lo[:, 0] > fx0 + m) & (hi[:, 0] < fx1 - 1 - m) & (lo[:, 1] > fy0 + m) & (hi[:, 1] < fy1 - 1 - m)
             lattice_order = order[~inner[order]]
         src_map = _evaluate(_rasterise(d, lattice_order, self._origin, step, (ny, nx)), table,
-                            self._xs, self._ys).reshape(ny, nx, 2)
+                            self._lat_xs, self._lat_ys).reshape(ny, nx, 2)
         if step > 1:
             src_map = cv2.resize(src_map, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)
         src_map = src_map[step:step + y1 - y0, step:step + x1 - x0]
