@@ -2,8 +2,10 @@
 """The README strip (docs/talking_strip.png): photos talking with a moving head, warp avatar.
 
 Each row is one photo rendered by `trtalk render` (the warp avatar, the built-in speech, `--pose
-auto`: head motion and blinks generated from the speech), five frames across the clip, the first
-column being frame 0 (= the photo). Photos, all public domain and available offline:
+auto`: head motion and blinks generated from the speech), five frames across the clip (the first
+is frame 0, the photo itself), each cut to the same head-and-shoulders box (the whole frames are
+the photo's; the box only makes the faces big enough to see). Photos, all public domain and
+available offline:
 
 - the built-in astronaut (NASA; `trtalk/assets/README.md`);
 - Grace Hopper's official US Navy portrait (a work of the US federal government), as shipped by
@@ -44,6 +46,22 @@ def photos(tmp: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def head_box(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """A square around the face (1.1 face extents beyond it on each side), inside the frame."""
+    from trtalk.face import FaceMeshDetector
+
+    with FaceMeshDetector(static_image_mode=True, max_num_faces=1) as det:
+        mesh = det.detect(frame)[0]
+    lo, hi = mesh.min(axis=0), mesh.max(axis=0)
+    c, half = (lo + hi) / 2, 1.6 * float((hi - lo).max())
+    c[1] += 0.25 * half  # some neck and shoulders
+    h, w = frame.shape[:2]
+    half = min(half, w / 2, h / 2)
+    x0 = int(np.clip(c[0] - half, 0, w - 2 * half))
+    y0 = int(np.clip(c[1] - half, 0, h - 2 * half))
+    return x0, y0, x0 + int(2 * half), y0 + int(2 * half)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "talking_strip.png")
@@ -63,17 +81,13 @@ def main() -> int:
             frames = list(iter_frames(out))
             pick = np.linspace(0, len(frames) - 1, args.columns + 1)[:-1].round().astype(int)
             pick[1:] = pick[1:] + (pick[1] - pick[0]) // 2  # between the even steps: mid-motion
-            tiles = []
-            for k in pick:
-                f = frames[k]
-                h, w = f.shape[:2]
-                tiles.append(cv2.resize(f, (round(w * args.size / h), args.size), interpolation=cv2.INTER_AREA))
+            x0, y0, x1, y1 = head_box(frames[0])
+            tiles = [cv2.resize(frames[k][y0:y1, x0:x1], (args.size, args.size), interpolation=cv2.INTER_AREA)
+                     for k in pick]
             row = np.hstack(tiles)
             cv2.putText(row, label, (6, args.size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                         cv2.LINE_AA)
             rows.append(row)
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out}")
