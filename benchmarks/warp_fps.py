@@ -56,9 +56,14 @@ def run_once(face: Path, audio: Path, pose: Path, backend: str, out: Path, size:
     from trtalk.runtime.family import WarpFamily
     from trtalk.runtime.render import RenderConfig, render
 
+    cpu0 = time.process_time()
     result = render(RenderConfig(output=out, face=face, audio=audio, pose=pose, size=size),
                     WarpFamily(fps=25.0, backend=backend, size=size))
-    return {"frames": result.frames, "seconds": result.seconds, "fps": result.fps}
+    cpu = time.process_time() - cpu0
+    # CPU seconds of this process (all its threads): on a machine shared with other jobs the wall
+    # clock counts their time too; frames per CPU second does not.
+    return {"frames": result.frames, "seconds": result.seconds, "fps": result.fps, "cpu_s": cpu,
+            "fps_per_cpu_s": result.frames / cpu if cpu > 0 else float("inf")}
 
 
 def machine_info() -> dict:
@@ -113,7 +118,10 @@ def main() -> int:
                     for _ in range(args.repeats)]
             best = sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]  # the median run
             results[backend] = {"median": best, "fps_all": [round(r["fps"], 1) for r in runs]}
-            print(f"{backend:12s} {best['fps']:6.1f} fps (median of {args.repeats}; runs {results[backend]['fps_all']})")
+            results[backend]["fps_per_cpu_s_all"] = [round(r["fps_per_cpu_s"], 1) for r in runs]
+            results[backend]["load_average"] = os.getloadavg()
+            print(f"{backend:12s} {best['fps']:6.1f} fps (median of {args.repeats}; runs {results[backend]['fps_all']}); "
+                  f"frames per CPU second {results[backend]['fps_per_cpu_s_all']}; load {os.getloadavg()[0]:.1f}")
     report = {
         "benchmark": f"trtalk render --model warp --size {args.size}: pose alignment + audio features + warp "
                      f"+ encoding",

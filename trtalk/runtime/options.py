@@ -79,7 +79,7 @@ class ModelOptions:
 
     def family_threads(self) -> int | None:
         """The family's default compute threads (`trtalk.threads`): 1 for the warp avatar on torch
-        (its network is a 256x256 grid_sample; more threads only compete with the per-frame numpy
+        (its network is a grid_sample over the face region; more threads only compete with the per-frame numpy
         and mediapipe work: 60 ms per frame with 2 threads, 5 ms with 1, measured on 2 cores),
         None (the usable cores) otherwise."""
         model = self.model or ("pcavs" if self.checkpoint is not None else "warp")

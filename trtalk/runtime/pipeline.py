@@ -72,8 +72,10 @@ class PipelineConfig:
     batch: int = option(4, help="most frames per generator call, 1 to 256")
     layout: Literal["generated", "side-by-side"] = option(
         "generated", help="the generated frame only, or avatar | generated | pose source")
-    paste_back: bool = option(False, help="paste the generated face back into the avatar photo (crop "
-                              "models; the warp avatar's frames are the photo already)")
+    paste_back: bool = option(False, help="paste the generated face (the face only, colour-matched) back "
+                              "into the face source's frames (render), the camera or pose video frames "
+                              "(stream) or the avatar photo; crop models only: the warp avatar's "
+                              "frames are the photo already")
     size: int | None = option(None, metavar="PX", help="output size: the side of the crop models' "
                               "square frames, the long side of the warp avatar's photo frame (even sides)",
                               default_text="224 for the crop models; the photo's own, at most 512, for "
