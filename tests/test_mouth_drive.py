@@ -133,9 +133,13 @@ def test_open_zero_closes_the_photos_parted_lips(renderer) -> None:
 
 
 def test_teeth_rows_follow_the_jaws_and_taper(renderer) -> None:
-    """Upper teeth under the upper lip, lower teeth on the lower lip, inside the cavity; the lower row
-    moves down with the chin while the upper stays with the upper jaw; nothing at the corners."""
-    a = renderer.avatar
+    """Drawn rows (a photo without teeth showing; the astronaut's own teeth switched off): upper
+    teeth under the upper lip, lower teeth on the lower lip, inside the cavity; the lower row moves
+    down with the chin while the upper stays with the upper jaw; nothing at the corners."""
+    import copy
+
+    a = copy.copy(renderer.avatar)
+    a.photo_teeth = False
     eye = np.eye(3)
 
     def rows(open_: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,3 +184,56 @@ def test_closed_mouth_has_no_shading(renderer) -> None:
     pts = a.deform(0.0, 0.0, np.eye(3))
     cav, teeth = a._mouth_masks(pts[:, :2], 0.0)
     assert not cav.any() and not teeth.any()
+
+
+def test_photo_teeth_are_kept_and_move_with_the_jaws(renderer, face_image_path: Path) -> None:
+    """The astronaut smiles with teeth: the open mouth shows them (no drawn rows, the photo's pale
+    pixels under the upper lip), darkens between the rows, and the upper band stays with the upper
+    lip while the lower lip drops. The same photo with the inside of its lips painted lip-red draws
+    rows instead."""
+    from trtalk.face import read_image
+    from trtalk.warp.avatar import Avatar
+
+    a = renderer.avatar
+    assert a.photo_teeth
+    eye = np.eye(3)
+    pts = a.deform(1.0, 0.0, eye)
+    cav, teeth = a._mouth_masks(pts[:, :2], 1.0)
+    assert not teeth.any() and cav.max() > 0.9
+    frame = renderer.frame(1.0, 0.0, eye)
+    cx = int(round((pts[M.UPPER_LIP_MID, 0] + pts[M.LOWER_LIP_MID, 0]) / 2))
+    y_up, y_lo = pts[M.UPPER_LIP_MID, 1], pts[M.LOWER_LIP_MID, 1]
+    assert y_lo - y_up > 2 * a.rest_gap
+    col = frame[:, cx].astype(np.float32).mean(axis=1)
+    band = col[int(np.ceil(y_up)) + 1:int(y_up + 0.5 * a.rest_gap) + 1]
+    middle = col[int(y_up + 0.5 * (y_lo - y_up))]
+    # The photo's own teeth: the upper half of its gap at the same column.
+    y0 = a.mesh[M.UPPER_LIP_MID, 1]
+    own = a.crop[int(np.ceil(y0)) + 1:int(y0 + 0.5 * a.rest_gap) + 1, cx].astype(np.float32).mean()
+    assert band.size and own > 140 and abs(band.mean() - own) < 40  # the photo's pale teeth
+    assert middle < 60 and middle < band.mean() - 80  # dark between the rows
+    # The uncovered band hangs from the upper lip: at a smaller opening it starts at the same place.
+    pts2 = a.deform(0.8, 0.0, eye)
+    cav2, _ = a._mouth_masks(pts2[:, :2], 0.8)
+    top1 = np.nonzero(cav[:, cx] > 0.5)[0].min()
+    top2 = np.nonzero(cav2[:, cx] > 0.5)[0].min()
+    assert abs((top1 - y_up) - (top2 - pts2[M.UPPER_LIP_MID, 1])) <= 1.5
+
+    photo = read_image(face_image_path).copy()
+    inner = np.concatenate([a.mesh[list(M.INNER_UPPER_LIP), :2], a.mesh[list(M.INNER_LOWER_LIP), :2][::-1]])
+    inv = np.linalg.inv(np.vstack([a.crop_M, [0, 0, 1]]))[:2]
+    poly = inner @ inv[:, :2].T + inv[:, 2]
+    import cv2
+
+    cv2.fillPoly(photo, [np.round(poly).astype(np.int32)], (150, 60, 60))
+    red = Avatar(photo, renderer.avatar.photo_mesh if hasattr(renderer.avatar, "photo_mesh") else _photo_mesh(a))
+    assert red.rest_gap > 0 and not red.photo_teeth
+
+
+def _photo_mesh(a) -> np.ndarray:
+    """The avatar's mesh back in photo pixels (its crop transform inverted)."""
+    inv = np.linalg.inv(np.vstack([a.crop_M, [0, 0, 1]]))[:2]
+    mesh = a.mesh.copy()
+    mesh[:, :2] = a.mesh[:, :2] @ inv[:, :2].T + inv[:, 2]
+    mesh[:, 2] = a.mesh[:, 2] / a.crop_M[0, 0]
+    return mesh

@@ -382,6 +382,31 @@ class Avatar:
         inner_u = (pts[list(M.INNER_UPPER_LIP)] - origin) @ u
         half_in = max(float(np.abs(inner_u).max()), 1e-6)
         self._teeth_profile = np.clip(1.0 - (inner_u / half_in) ** 2, 0.0, 1.0)
+        #: whether the photo shows its own teeth between its parted lips (then the open mouth shows
+        #: them, moving with the jaws, instead of drawn rows)
+        self.photo_teeth = self._shows_teeth(inner_up, inner_lo)
+
+    def _shows_teeth(self, inner_up: np.ndarray, inner_lo: np.ndarray) -> bool:
+        """Whether the photo's parted lips show teeth: at least a quarter of the pixels between its
+        inner lips are brighter than its upper lip by a fifth of the lip's level (plus 12 of 255) and
+        less saturated than 0.3 (teeth are pale; a dark or red inside is not teeth)."""
+        if self.rest_gap <= 0.0:
+            return False
+        size = self.cfg.size
+        inside = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(inside, [np.round(np.concatenate([inner_up, inner_lo[::-1]])).astype(np.int32)], 1)
+        lip = np.zeros((size, size), np.uint8)
+        upper_lip = np.concatenate([self.mesh[list(M.OUTER_UPPER_LIP), :2], inner_up[::-1]])
+        cv2.fillPoly(lip, [np.round(upper_lip).astype(np.int32)], 1)
+        lip[inside > 0] = 0
+        if inside.sum() < 12 or lip.sum() < 12:
+            return False
+        px = self.crop[inside > 0].astype(np.float32)
+        lum = px.mean(axis=1)
+        sat = (px.max(axis=1) - px.min(axis=1)) / np.maximum(px.max(axis=1), 1.0)
+        lip_lum = float(self.crop[lip > 0].astype(np.float32).mean())
+        pale = (lum > 1.2 * lip_lum + 12.0) & (sat < 0.3)
+        return bool(pale.mean() >= 0.25)
 
     def rest_open(self) -> float:
         """The opening (the ``open_`` of :meth:`deform`) that shows the photo's own lips unchanged."""
@@ -559,9 +584,12 @@ class Avatar:
         upper teeth are a row hanging from the upper jaw: the inner upper lip line, less the lip's
         own lift, down ``_upper_teeth_h`` in the middle; the lower teeth a shorter, dimmer row
         rising from the inner lower lip, so they move with the chin. Both follow the lip line and
-        taper to nothing (and darken) towards the corners. Shading fades in over the first
-        quarter of the opening beyond the photo's own lips, so a photo's parted lips are left
-        alone at rest.
+        taper to nothing (and darken) towards the corners. A photo that shows its own teeth
+        (:attr:`photo_teeth`) keeps them instead: no drawn rows, and the cavity darkens only the
+        middle of the opening, leaving bands along both inner lips where the stretched photo shows
+        its upper teeth (moving with the upper jaw) and lower teeth (with the chin). Shading fades
+        in over the first quarter of the opening beyond the photo's own lips, so a photo's parted
+        lips are left alone at rest.
         """
         size = self.cfg.size
         fade = float(np.clip((open_ * self.open_gap - self.rest_gap) / (0.25 * self.open_gap), 0.0, 1.0))
@@ -582,6 +610,20 @@ class Avatar:
         lift = (extra * self._raise[list(M.INNER_UPPER_LIP)])[:, None] * down
         upper_edge = up + lift + prof * self._upper_teeth_h * down
         lower_edge = lo - prof * self._lower_teeth_h * down
+        if self.photo_teeth:
+            # The photo's own teeth: between the inner lips the mesh stretches the photo's mouth, its
+            # upper part moving with the upper lip, its lower part with the lower lip (the chin). Leave
+            # bands of the photo's own gap uncovered (the upper teeth, most of what a smile shows, and
+            # a thinner lower row) and darken only between them.
+            own = np.zeros((size, size), np.uint8)
+            top = up + lift + prof * (0.6 * self.rest_gap) * down
+            bottom = lo - prof * (0.3 * self.rest_gap) * down
+            for edge, lip_line in ((top, up - 2 * prof * down), (bottom, lo + 2 * prof * down)):
+                cv2.fillPoly(own, [np.round(np.concatenate([lip_line, edge[::-1]]) * 16).astype(np.int32)], 255,
+                             lineType=cv2.LINE_AA, shift=4)
+            own = cv2.GaussianBlur(np.minimum(own, cavity), (5, 5), 0).astype(np.float32) / 255.0
+            cav = cv2.GaussianBlur(cavity, (5, 5), 0).astype(np.float32) * (fade / 255.0)
+            return (cav * (1.0 - own)).astype(np.float32), np.zeros((size, size), np.float32)
         teeth = np.zeros((size, size), np.uint8)
         cv2.fillPoly(teeth, [np.round(np.concatenate([up - 2 * prof * down, upper_edge[::-1]]) * 16).astype(np.int32)],
                      215, lineType=cv2.LINE_AA, shift=4)
