@@ -342,9 +342,11 @@ def _delivered(res) -> bool:
 
 def test_session_frames_latency_and_mouth_follow_the_speech(server, speech_wave) -> None:
     srv, url = server
-    res = _client(url, speech_wave, 5.0)
+    res = _client(url, speech_wave, 5.0, mouth_box=None)  # the box the server announces
     _wait_idle(srv)
     assert res.status == 200 and res.error is None and res.session
+    ready = res.messages[0]
+    assert ready["type"] == "ready" and np.allclose(ready["mouth_box"], MOUTH_BOX[0], atol=1e-6)
     assert _delivered(res), (len(res.frame_pts), res.fps())
     assert res.audio_frames > 150  # 20 ms frames of the delayed microphone audio, ~5 s
     st = res.stats

@@ -130,14 +130,16 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
                      pose: str = "still", token: str | None = None, camera: np.ndarray | None = None,
                      stall_after_s: float | None = None, flood: int = 0, bye: bool = True,
                      vanish: bool = False, extra: dict[str, Any] | None = None,
-                     mouth_box: tuple[float, float, float, float] = CROP_MOUTH_BOX) -> ClientResult:
+                     mouth_box: tuple[float, float, float, float] | None = None) -> ClientResult:
     """One session for ``seconds`` (see the module docstring). ``flood`` sends that many control
     messages at once after connecting; ``vanish`` leaves without a bye and without closing;
-    ``mouth_box``: where `mouth_luma` looks (fractions of the frame)."""
+    ``mouth_box``: where `mouth_luma` looks (fractions of the frame; None: where the server's
+    "ready" message says the mouth is, an aligned crop's box until then)."""
     res = ClientResult()
     pc = RTCPeerConnection()
     channel = pc.createDataChannel("control")
     done = asyncio.Event()
+    box: list[Any] = [mouth_box, mouth_box or CROP_MOUTH_BOX]  # (asked, in use)
 
     @channel.on("message")
     def on_message(msg: Any) -> None:
@@ -145,6 +147,8 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
         res.messages.append(m)
         if m.get("type") == "ready":
             res.session = m.get("session")
+            if box[0] is None and m.get("mouth_box"):
+                box[1] = tuple(m["mouth_box"])
         if m.get("type") == "error":
             res.error = m.get("message")
             done.set()
@@ -163,7 +167,7 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
                 f = await track.recv()
                 res.frame_times.append(time.monotonic())
                 res.frame_pts.append(int(f.pts or 0))
-                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24"), mouth_box))
+                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24"), box[1]))
         except MediaStreamError:
             pass
 

@@ -392,10 +392,10 @@ class Avatar:
         less saturated than 0.3 (teeth are pale; a dark or red inside is not teeth)."""
         if self.rest_gap <= 0.0:
             return False
-        size = self.cfg.size
-        inside = np.zeros((size, size), np.uint8)
+        fh, fw = self.frame_hw  # the photo's frame (self.crop), not the square mask canvas
+        inside = np.zeros((fh, fw), np.uint8)
         cv2.fillPoly(inside, [np.round(np.concatenate([inner_up, inner_lo[::-1]])).astype(np.int32)], 1)
-        lip = np.zeros((size, size), np.uint8)
+        lip = np.zeros((fh, fw), np.uint8)
         upper_lip = np.concatenate([self.mesh[list(M.OUTER_UPPER_LIP), :2], inner_up[::-1]])
         cv2.fillPoly(lip, [np.round(upper_lip).astype(np.int32)], 1)
         lip[inside > 0] = 0
