@@ -456,9 +456,8 @@ def mouth_box(avatar: Avatar, paste_back: bool = False) -> list[float]:
     photo), from the photo's mesh and its size with paste-back, else an aligned crop's."""
     from trtalk.serve.client import CROP_MOUTH_BOX
 
-    renderer = avatar.state.get("renderer")
-    if renderer is not None:
-        a = renderer.avatar
+    a = getattr(avatar.state.get("renderer"), "avatar", None)
+    if a is not None and hasattr(a, "frame_hw"):
         mesh, (h, w), io = a.mesh[:, :2], a.frame_hw, a.interocular
     elif paste_back and avatar.state.get("mesh") is not None:
         mesh = np.asarray(avatar.state["mesh"])[:, :2]
