@@ -66,6 +66,7 @@ setup(
         "safetensors>=0.4",
         "scipy>=1.10",
         "tqdm>=4.60",
+        "psutil>=5.9",  # process RSS / open files / threads in `trtalk bench` and scripts/soak.py
     ],
     extras_require={
         # onnxscript: the dynamo exporter (the TorchScript one fails on the dynamic-batch blur).
@@ -74,15 +75,17 @@ setup(
         "bench": ["matplotlib>=3.7"],
         "trt-rtx": ["tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu13-bindings"],
         "stream": ["sounddevice>=0.4", "pyvirtualcam>=0.11"],
-        # trtalk serve: the web page over WebRTC; playwright drives the system Chromium in its
-        # browser tests (never `playwright install`: CI installs Debian's chromium).
-        "serve": ["aiohttp>=3.9", "aiortc>=1.9", "playwright>=1.40"],
+        # trtalk serve: the web page over WebRTC, /metrics with prometheus_client; playwright drives
+        # the system Chromium in its browser tests (never `playwright install`: CI installs
+        # Debian's chromium).
+        "serve": ["aiohttp>=3.9", "aiortc>=1.9", "prometheus_client>=0.17", "playwright>=1.40"],
         # Triton kernels (modconv impl "triton"); its wheels are Linux-only. The test extra has it
         # too: CI checks the kernels in Triton's CPU interpreter. sounddevice: the microphone tests
-        # (tests/test_mic_real.py runs on a PulseAudio server where there is one).
+        # (tests/test_mic_real.py runs on a PulseAudio server where there is one). pytest-timeout: the
+        # per-test limit in pytest.ini.
         "triton": [TRITON],
-        "test": ["pytest>=7", "hypothesis>=6.100", "librosa>=0.10", "onnxruntime-extensions>=0.12",
-                 "matplotlib>=3.7", "sounddevice>=0.4", TRITON],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.100", "librosa>=0.10",
+                 "onnxruntime-extensions>=0.12", "matplotlib>=3.7", "sounddevice>=0.4", TRITON],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},
 )

@@ -4,7 +4,7 @@
 Runs ``python -m trtalk.cli stream --realtime`` as a subprocess, fed by a long speech file (the
 built-in clip repeated) and, by default, a looped head-motion pose video, into the null sink (or
 an mp4 with ``--record``). Every ``--interval`` seconds (5) this script reads the stream's RSS,
-open file descriptors (``/proc/<pid>/fd``) and threads from ``/proc``, and the machine's load;
+open file descriptors and threads (psutil), and the machine's load;
 the stream's own periodic stats (``--stats``) give frames, drops and audio/video drift over time,
 its ``--stats-json`` the final report. The property to show is flat memory: the result gives the
 RSS slope in MB/min after a warm-up (least squares), next to the fd and thread counts.
@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,17 +126,16 @@ def write_pose_video(path: Path, seconds: float = 4.0, fps: int = 25) -> None:
 
 
 def proc_sample(pid: int, t_s: float) -> Sample | None:
+    """The process's RSS, open file descriptors and threads now; None once it is exiting or gone."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        p = psutil.Process(pid)
+        with p.oneshot():
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return None  # exiting: a zombie has no memory to show
+            rss, fds, threads = p.memory_info().rss, p.num_fds(), p.num_threads()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if "VmRSS" not in fields or fields.get("State", "").strip().startswith("Z"):
-        return None  # exiting: a zombie has no memory to show
-    rss_kb = int(fields["VmRSS"].split()[0])
-    return Sample(round(t_s, 2), round(rss_kb / 1024, 1), fds, int(fields.get("Threads", "0")),
-                  round(os.getloadavg()[0], 2))
+    return Sample(round(t_s, 2), round(rss / 2 ** 20, 1), fds, threads, round(os.getloadavg()[0], 2))
 
 
 _STATS_HEAD = re.compile(r"stats: (\d+) frames in ([\d.]+) s: ([\d.]+) fps")
@@ -229,7 +229,7 @@ def markdown(r: dict) -> str:
          f"Inputs: {r['inputs']}", "",
          f"Exit status {r['returncode']}; stream ran {r['stream_seconds']:.0f} s after "
          f"{r['startup_s']:.1f} s of start-up; sampled every {r['params']['interval']:g} s from "
-         f"outside (/proc/<pid>/status, /proc/<pid>/fd); the steady state is from "
+         f"outside (psutil: RSS, open fds, threads); the steady state is from "
          f"{r['params']['warmup']:g} s after the stream started to its end "
          f"(t = {s['steady_from_s']} to {s['steady_to_s']} s).", "",
          "| | first | last | min | max | slope per min | mean 1st half | mean 2nd half |",

@@ -60,6 +60,25 @@ VIDEO_SIZE = 256
 log = logging.getLogger(__name__)
 
 
+# ------------------------------------------------------------------ lanes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip, with the reason, where torch sees no CUDA device (the one place
+    that decides it: no per-module ``skipif`` copies)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch sees none here "
+                                   "(scripts/gpu_check.sh runs these on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 # ------------------------------------------------------------------ images
 
 

@@ -25,6 +25,9 @@ from trtalk.export.exporter import ExportOptions
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.models import PCAVS, PCAVSConfig
 
+# Every test here builds AOTInductor packages or shares a module fixture that does (minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 SEED = 0
 PACKAGED = ("audio", "generator")
 

@@ -32,6 +32,7 @@ def bench_out(tmp_path_factory) -> Path:
     return out / "report"
 
 
+@pytest.mark.slow
 def test_results_schema_every_backend_present(bench_out: Path):
     r = json.loads((bench_out / "results.json").read_text())
     labels = {run["backend"] for run in r["runs"]}
@@ -53,6 +54,7 @@ def test_results_schema_every_backend_present(bench_out: Path):
     assert "torch" in r["speedup_vs_torch_ref_p50"]
 
 
+@pytest.mark.slow
 def test_flops_and_fraction_of_peak(bench_out: Path):
     r = json.loads((bench_out / "results.json").read_text())
     flops = r["flops_per_frame"]
@@ -85,6 +87,7 @@ def test_official_generator_has_the_most_flops():
     assert 0.5e6 < extra < 5e6, extra
 
 
+@pytest.mark.slow
 def test_report_files_and_provenance(bench_out: Path):
     r = json.loads((bench_out / "results.json").read_text())
     assert r["command"].startswith("trtalk bench ") and "--model-config small" in r["command"]

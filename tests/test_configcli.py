@@ -313,7 +313,7 @@ def test_converted_subcommands_keep_their_flags(monkeypatch: pytest.MonkeyPatch,
         (Path("d.mp4"), Path("a.wav"), Path("p.mp4"), Path("f.png"), True, 30.0, "onnxruntime")
     assert p.parse_args(["devices"]).func.cls is None
     assert trtalk.cli.main(["demo", "--fps", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "trtalk: error: --fps must be a positive number, got 0.0"
+    assert capsys.readouterr().err.strip() == "trtalk: error: --fps 0 is out of range: it must be between 0.1 and 240"
     with pytest.raises(SystemExit) as exc:
         p.parse_args(["export", "--out", "o", "--target", "coreml"])
     assert exc.value.code == 2

@@ -188,7 +188,6 @@ def test_plugin_library_that_cannot_load(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU and TensorRT")
 def test_tensorrt_runner_matches_onnxruntime(ort_runner, cache_dir, model):  # pragma: no cover
     trt_runner = open_runner("tensorrt", None, "cuda",
                              RunnerOptions(cache_dir=cache_dir, config=PCAVSConfig.small()), seed=SEED)

@@ -77,6 +77,7 @@ def export_fp16(small_model, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ manifest and graph checks
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_graph(export_fp32: Path, small_model: PCAVS):
     m = Manifest.read(export_fp32)
     raw = json.loads((export_fp32 / "manifest.json").read_text())
@@ -104,6 +105,7 @@ def test_manifest_lists_every_graph(export_fp32: Path, small_model: PCAVS):
         [f"{s}.onnx" for s in STAGES] + ["manifest.json"])
 
 
+@pytest.mark.slow
 def test_graphs_pass_checker_with_dynamic_batch(export_fp32: Path):
     for stage in STAGES:
         model = onnx.load(str(export_fp32 / f"{stage}.onnx"))
@@ -113,6 +115,7 @@ def test_graphs_pass_checker_with_dynamic_batch(export_fp32: Path):
             assert v.type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+@pytest.mark.slow
 def test_manifest_detects_modified_graph(export_fp32: Path, tmp_path: Path):
     import shutil
 
@@ -130,6 +133,7 @@ def test_manifest_detects_modified_graph(export_fp32: Path, tmp_path: Path):
 # ------------------------------------------------------------------ ORT parity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 def test_fp32_parity_onnxruntime(export_fp32: Path, small_model: PCAVS, stage: str):
     spec = stage_specs(small_model)[stage]
@@ -156,6 +160,7 @@ def test_full_size_generator_fp32_parity(tmp_path: Path):
     assert float(np.abs(got - ref).max()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_fp16_graphs_types(export_fp16: Path):
     """fp32 I/O; fp16 weights; Softmax and the demodulation rsqrt computed in fp32."""
     m = Manifest.read(export_fp16)
@@ -185,6 +190,7 @@ def _only_feeds_fp32(model, name: str, types: dict) -> bool:
                for n in model.graph.node if name in n.input)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 def test_fp16_parity_onnxruntime(export_fp16: Path, small_model: PCAVS, stage: str):
     """ORT CPU runs the fp16 graphs (fp16 ops without a CPU kernel run via inserted casts)."""
@@ -210,6 +216,7 @@ def rtx_engines(export_fp16: Path):
     return build_rtx_engines(export_fp16)
 
 
+@pytest.mark.slow
 def test_rtx_fp16_engines_match_manifest(rtx_engines):
     from trtalk.export.engine_file import read_sidecar
 
@@ -225,6 +232,7 @@ def test_rtx_fp16_engines_match_manifest(rtx_engines):
         logging.getLogger(__name__).info("%s engine built in %.2f s", stage, e["build_seconds"])
 
 
+@pytest.mark.slow
 def test_rtx_rejects_unknown_compute_capability(export_fp16: Path):
     pytest.importorskip("tensorrt_rtx_bindings")
     from trtalk.export.tensorrt import BuildOptions, resolve_compute_capability

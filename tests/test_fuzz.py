@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +54,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.fuzz
 
 if sys.platform != "linux":
     pytest.skip("the fuzz server forks and reads /proc (Linux)", allow_module_level=True)
@@ -757,3 +761,186 @@ def test_interrupted_run_leaves_nothing(cli: ForkServer, work: Path, command: st
         run = cli.run(argv, ex.root, signal_when={"signum": int(signum), "when_glob": "out/.*tmp*"})
         assert run.signalled_at_s is not None, f"the run ended before writing:\n{run.describe()}"
         check(run, ex.root, outputs, interrupted=True)
+
+
+# --------------------------------------------------------------------------- the HTTP surface
+#
+# serve and the stream's control endpoint (issue 24), in this process on loopback, with short
+# read timeouts so that a request whose declared length exceeds its body ends quickly. Each
+# example is one raw request on a fresh connection. Properties: an answer (a status line) or a
+# closed connection within the bound; never a 5xx; no ERROR log record or traceback; the server
+# still answers afterwards; nothing changed (no command queued with a bad request, no session,
+# no drain).
+
+HTTP_TIMEOUT_S = 8.0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def http_servers():
+    """(control endpoint port, serve port, its Server, the log records both produce)."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("aiortc")
+    from trtalk.runtime.controls import ControlServer, Controls
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Server, ServerLimits
+    from trtalk.serve.cli import run_in_thread
+
+    records = _Records()
+    logging.getLogger().addHandler(records)
+    controls = Controls({"happy": __import__("torch").ones(30)})
+    control = ControlServer(controls, port=0, read_timeout_s=1.5).start()
+    srv = Server(WarpFamily(25.0), PipelineConfig(fps=25.0),
+                 limits=ServerLimits(max_upload_bytes=64_000, header_timeout_s=1.5, body_timeout_s=1.5),
+                 capacity_fps_override=60)
+    srv.builtin = {}
+    srv.prepare()
+    url, stop = run_in_thread(srv)
+    try:
+        yield control, int(url.rsplit(":", 1)[1]), srv, records
+    finally:
+        stop()
+        srv.scheduler.close()
+        control.close()
+        logging.getLogger().removeHandler(records)
+
+
+HOSTS = ["127.0.0.1", "localhost", "127.0.0.1:{port}", "localhost:{port}", "[::1]", "evil.example",
+         "evil.example:{port}", "localhost:abc", "localhost:99999", "", " ", "a b", "[::1", "127.0.0.1:",
+         "xn--80ak6aa92e.com", "localhost\tx"]
+CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "application/json; charset=foo",
+                 "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                 "image/png", "application/json;;;", "APPLICATION/JSON"]
+ORIGINS = [None, "null", "http://evil.example", "http://127.0.0.1:{port}", "http://localhost:{port}", "::", "http://[x"]
+PATHS = ["/", "/control", "/control/", "/state", "/api/offer", "/api/avatar", "/api/config", "/metrics",
+         "/healthz", "/static/app.js", "/static/../../etc/passwd", "/api/offer?token=secret-value", "//",
+         "/%00", "/" + "a" * 3000, "*"]
+METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT", "BREW", "get"]
+
+
+def _json_text(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["command", "offer", "deep", "random", "bytes"]))
+    if kind == "deep":
+        n = draw(st.integers(10, 120_000))
+        return (b"[" * n + b"]" * draw(st.integers(0, n))) if draw(st.booleans()) else b'{"a":' * n + b"1"
+    if kind == "bytes":
+        return draw(st.binary(max_size=2000))
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30))
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
+                                                                                          max_size=4), max_leaves=12)
+    if kind == "command":
+        keys = st.sampled_from(["set", "preset", "strength", "offset", "factor", "source", "x"])
+        names = st.sampled_from(["emotion", "gaze", "blink", "freeze", "unfreeze", "pose_source", "off", "happy",
+                                 "pose", "eyes", "webcam", "/etc/passwd", "avatar"])
+        obj = draw(st.dictionaries(keys, st.one_of(names, values), max_size=4))
+    elif kind == "offer":
+        keys = st.sampled_from(["sdp", "type", "avatar", "pose", "mouth", "paste_back", "x"])
+        obj = draw(st.dictionaries(keys, st.one_of(st.sampled_from(["offer", "v=0", "astronaut", "webcam", "blend",
+                                                                     "still", "false"]), values), max_size=6))
+    else:
+        obj = draw(values)
+    return json.dumps(obj, allow_nan=True).encode()
+
+
+@st.composite
+def http_request(draw: st.DrawFn, port: int) -> tuple[bytes, str, str]:
+    """(the raw request, its method, its path)."""
+    method = draw(st.sampled_from(METHODS))
+    path = draw(st.sampled_from(PATHS) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126),
+                                                  min_size=1, max_size=40).map(lambda t: "/" + t))
+    body = _json_text(draw) if draw(st.booleans()) else b""
+    headers: list[tuple[str, str]] = []
+    host = draw(st.sampled_from(HOSTS + [None]))
+    if host is not None:
+        headers.append(("Host", host.format(port=port)))
+    ctype = draw(st.sampled_from(CONTENT_TYPES))
+    if ctype is not None:
+        headers.append(("Content-Type", ctype))
+    origin = draw(st.sampled_from(ORIGINS))
+    if origin is not None:
+        headers.append(("Origin", origin.format(port=port)))
+    length = draw(st.sampled_from(["exact", "none", "-1", "abc", "1e3", "99999999999", "shorter", "longer", " 5",
+                                   "5, 5", "chunked"]))
+    if length == "exact":
+        headers.append(("Content-Length", str(len(body))))
+    elif length == "shorter":
+        headers.append(("Content-Length", str(max(0, len(body) - 3))))
+    elif length == "longer":
+        headers.append(("Content-Length", str(len(body) + 10)))
+    elif length == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+        body = (f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n") if body else b"0\r\n\r\n"
+    elif length != "none":
+        headers.append(("Content-Length", length))
+    if draw(st.booleans()):
+        headers.append(("Authorization", draw(st.sampled_from(["Bearer x", "Bearer " + "y" * 5000, "Basic ::",
+                                                               "Bearer"]))))
+    if draw(st.integers(0, 9)) == 0:
+        headers.append((draw(st.text(alphabet="abcXYZ-_:", min_size=1, max_size=20)), "v" * draw(st.integers(0, 9000))))
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1", "FOO"]))
+    head = f"{method} {path} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    return head.encode("utf-8", "surrogateescape") + body, method, path
+
+
+def _send(port: int, data: bytes) -> tuple[bytes, float]:
+    import socket
+    import time
+
+    t = time.monotonic()
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT_S) as sock:
+        try:
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return out, time.monotonic() - t
+
+
+def _check_http(answer: bytes, seconds: float, records: list[logging.LogRecord]) -> None:
+    assert seconds < HTTP_TIMEOUT_S, "the server held the connection"
+    if answer:
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert re.match(rb"HTTP/\d\.\d \d{3}", status_line), status_line[:100]
+        status = int(status_line.split(b" ", 2)[1])
+        assert status < 500 or status == 505, answer[:500]  # 505: an HTTP/2 request line
+    loud = [r for r in records if r.levelno >= logging.ERROR or (r.exc_info and r.levelno >= logging.WARNING)]
+    assert not loud, [r.getMessage()[:300] for r in loud]
+
+
+@fuzz(ci_examples=40)
+@given(data=st.data())
+def test_control_endpoint_http(http_servers, data: st.DataObject) -> None:
+    control, _, _, records = http_servers
+    records.records.clear()
+    raw, method, path = data.draw(http_request(control.port))
+    answer, seconds = _send(control.port, raw)
+    _check_http(answer, seconds, records.records)
+    if not answer.startswith(b"HTTP/1.0 200") and not answer.startswith(b"HTTP/1.1 200"):
+        assert control.controls.begin_frame(0) == []  # a refused request queued nothing
+    control.controls.begin_frame(0)
+    ok, _ = _send(control.port, b"GET /state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.0 200")
+
+
+@fuzz(ci_examples=40)
+@given(data=st.data())
+def test_serve_http(http_servers, data: st.DataObject) -> None:
+    _, port, srv, records = http_servers
+    records.records.clear()
+    raw, method, path = data.draw(http_request(port))
+    answer, seconds = _send(port, raw)
+    _check_http(answer, seconds, records.records)
+    assert not srv.sessions and not srv.draining
+    ok, _ = _send(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,12 +96,12 @@ def test_config_schema_round_trip_and_sizes():
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["render", "--fps", "1e9"], "--fps 1e\\+09 is more than 240"),
-    (["render", "--batch", "100000"], "--batch 100000 is out of range: 1 to 256"),
+    (["render", "--fps", "1e9"], "--fps 1e\\+09 is out of range: it must be between 0.1 and 240"),
+    (["render", "--batch", "100000"], "--batch 100000 is out of range: it must be between 1 and 256"),
     (["stream", "--audio", "x.wav", "--batch", "0"], "--batch 0 is out of range"),
-    (["render", "--duration", "1e9"], "more than 86400 s"),
-    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch must be between 1 and 1024"),
-    (["bench", "--batch", "1,100000"], "batch 100000 is out of range: 1 to 256"),
+    (["render", "--duration", "1e9"], "--duration 1e\\+09 is out of range: it must be between 0.001 and 86400"),
+    (["export", "--out", "never", "--max-batch", "5000"], "--max-batch 5000 is out of range: it must be between 1 and 1024"),
+    (["bench", "--batch", "1,100000"], "--batch 100000 is out of range: it must be between 1 and 256"),
 ])
 def test_options_that_scale_work_are_bounded(tmp_path, capsys, monkeypatch, argv, match):
     import re
@@ -470,7 +471,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {"onnx", "onnxruntime", "onnxslim", "onnxscript", "tensorrt",
                                   "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda", "pyvirtualcam",
                                   "librosa", "triton", "onnxruntime_extensions", "aiohttp", "aiortc",
-                                  "playwright"}:
+                                  "playwright", "prometheus_client"}:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 import trtalk.cli
@@ -550,3 +551,477 @@ def test_stream_record_stopped_before_the_first_frame_says_so(tmp_path, capsys, 
     assert "stopped before the first frame; nothing was recorded" in err
     assert "no frames were produced" not in err
     assert list(tmp_path.iterdir()) == []  # no file, no temp file, no folder
+
+
+# ------------------------------------------------- issue 24: the HTTP surface, clean exits
+
+
+def _raw_http(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection; (all the server answered before closing, seconds)."""
+    import socket
+
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out, time.monotonic() - t
+
+
+def _post(body: bytes, content_type: str = "application/json", host: str = "127.0.0.1",
+          extra: str = "", length: str | None = None) -> bytes:
+    head = (f"POST /control HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n{extra}\r\n")
+    return head.encode() + body
+
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    # issue 24, 1: another site's page (or a rebound DNS name) drove the stream
+    (_post(b'{"set": "blink"}', host="evil.com"), 403, "loopback names"),
+    (_post(b'{"set": "blink"}', extra="Origin: http://evil.com\r\n"), 403, "cross-site"),
+    (_post(b'{"set": "blink"}', content_type="text/plain"), 415, "application/json"),
+    (_post(b'{"set": "blink"}', content_type="application/x-www-form-urlencoded"), 415, "application/json"),
+    (_post(b'{"set": "blink"}', content_type="application/json; charset=foo"), 415, "UTF-8"),
+    (b"GET /state HTTP/1.1\r\nHost: evil.com\r\n\r\n", 403, "loopback names"),
+    (b"GET /state HTTP/1.1\r\nHost: localhost:abc\r\n\r\n", 400, "Host"),
+    # 2: a negative or non-numeric length read until the client closed (or raised)
+    (_post(b"x" * 100_000, length="-1"), 400, "Content-Length"),
+    (_post(b"{}", length="abc"), 400, "Content-Length"),
+    (_post(b"{}", length="99999999"), 413, "over 65536 bytes"),
+    # 3: wrong types were TypeErrors without an answer
+    (_post(b'{"set": "emotion", "preset": ["a"]}'), 400, "emotion preset must be a name"),
+    (_post(b'{"a": 1}'), 400, 'a control command is a JSON object with \\"set\\"'),
+    (_post(b'{"set": ["emotion"]}'), 400, "unknown control"),
+    (_post(b'{"set": "freeze", "factor": {}}'), 400, "freeze needs factor"),
+    (_post(b'{"set": "pose_source", "source": "' + b"a" * 5000 + b'"}'), 400, "pose_source needs"),
+    (_post(b"[" * 60_000), 400, "nested deeper"),
+    (_post(b'{"set": "gaze", "offset": [NaN, 0]}'), 400, "gaze offset"),
+])
+def test_control_endpoint_refuses_hostile_requests(request_bytes, status, reason, caplog):
+    """Each answered with its 4xx and reason, nothing queued, one INFO line, no traceback."""
+    import logging
+
+    from trtalk.runtime.controls import ControlServer, Controls
+
+    caplog.set_level(logging.INFO)
+    controls = Controls({"happy": torch.ones(30)})
+    with ControlServer(controls, port=0) as srv:
+        answer, seconds = _raw_http(srv.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert int(head.split(b" ", 2)[1]) == status, answer[:300]
+    assert reason.encode() in body, body
+    assert seconds < 5 and controls.begin_frame(0) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+def test_control_endpoint_times_out_slow_clients():
+    """Issue 24, 2 and 7: a client that never finishes its headers or its body is dropped after
+    the read timeout (shortened to 1 s), holding nothing."""
+    from trtalk.runtime.controls import ControlServer, Controls
+
+    controls = Controls()
+    with ControlServer(controls, port=0, read_timeout_s=1.0) as srv:
+        answer, seconds = _raw_http(srv.port, b"POST /cont")
+        assert answer == b"" and 0.8 < seconds < 4
+        answer, seconds = _raw_http(srv.port, _post(b"{", length="10"))
+        assert answer == b"" and 0.8 < seconds < 4
+        ok, _ = _raw_http(srv.port, _post(b'{"set": "blink"}'))
+        assert ok.startswith(b"HTTP/1.0 200")
+
+
+def test_control_token_needs_eight_characters(capsys):
+    """Issue 24: serve required 8+ characters, ``stream --control-token`` took anything."""
+    line = _one_line_error(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--control",
+                            "--control-token", "short"], capsys)
+    assert "--control-token must be at least 8 characters" in line
+
+
+EXIT_DURING_POSE_SWITCH = r"""
+import json, sys, threading, time, urllib.request
+import torch
+from trtalk.runtime.controls import ControlServer, Controls
+
+controls = Controls()
+
+def prepare(path):  # a pose file being encoded: seconds of native code in the request thread
+    x, t = torch.randn(512, 512), time.monotonic()
+    while time.monotonic() - t < 3:
+        x = torch.tanh(x @ x)
+    return x
+
+controls.prepare_pose = prepare
+with ControlServer(controls, port=0) as srv:
+    req = urllib.request.Request(f"{srv.url}/control", method="POST",
+                                 headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"set": "pose_source", "source": sys.argv[1]}).encode())
+    threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=30).read(), daemon=True).start()
+    time.sleep(1.0)  # the stream ends while the switch is being encoded
+print("stream over", flush=True)
+"""
+
+
+def test_stream_ends_cleanly_while_a_pose_switch_is_encoded(tmp_path):
+    """Issue 24, 4: the stream ended (or got SIGINT) while a ``pose_source`` file was being
+    encoded in the endpoint's daemon thread: exit 134, "terminate called without an active
+    exception" (4 of 4; 2 of 2 with this script before the fix). The endpoint now joins its
+    request threads when it closes."""
+    script = tmp_path / "exit_probe.py"
+    script.write_text(EXIT_DURING_POSE_SWITCH)
+    out = subprocess.run([sys.executable, str(script), str(ROOT / "trtalk/assets/astronaut.png")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "stream over" in out.stdout and "terminate called" not in out.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--capacity-fps", "nan"], "--capacity-fps must be a finite number"),
+    (["serve", "--capacity-fps", "inf"], "--capacity-fps must be a finite number"),
+    (["serve", "--capacity-fps", "0"], "--capacity-fps 0 is out of range"),
+    (["serve", "--capacity-fps", "-5"], "--capacity-fps -5 is out of range"),
+    (["serve", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number"),
+    (["serve", "--max-upload-mp", "inf"], "--max-upload-mp must be a finite number"),
+    (["serve", "--port", "70000"], "--port 70000 is out of range: it must be between 0 and 65535"),
+    (["serve", "--port", "-1"], "--port -1 is out of range"),
+    (["stream", "--control-port", "70000"], "--control-port 70000 is out of range"),
+    (["stream", "--stats", "inf"], "--stats must be a finite number"),
+    (["render", "--lost-hold-s", "inf"], "--lost-hold-s must be a finite number"),
+    (["render", "--seed", "-1"], "--seed -1 is out of range"),
+    (["render", "--emotion-strength", "nan"], "--emotion-strength must be a finite number"),
+    (["render", "--mouth-blend", "1.5"], "--mouth-blend 1.5 is out of range"),
+    (["render", "--motion-max-yaw", "1e300"], "--motion-max-yaw 1e+300 is out of range"),
+    (["export", "--max-batch", "0"], "--max-batch 0 is out of range"),
+    (["bench", "--batch", "1,100000"], "--batch 100000 is out of range"),
+    (["bench", "--stream-duration", "inf"], "--stream-duration must be a finite number"),
+])
+def test_numeric_options_are_bounded_before_anything_loads(argv, message, capsys, monkeypatch):
+    """Issue 24, 6: ``serve --capacity-fps nan|inf``, ``--max-upload-mb inf``, ``--port 70000``
+    crashed with a traceback after the model had loaded and warmed up; ``--capacity-fps 0``
+    started a server that refused everyone. Every numeric flag now declares its bounds
+    (`trtalk.configcli.option(bounds=...)`), floats must be finite, and the check runs when the
+    flags are read: one line, exit 2, nothing loaded."""
+    from trtalk.runtime.options import ModelOptions
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(ModelOptions, "open", no_model)
+    line = _one_line_error(argv, capsys)
+    assert message in line, line
+
+
+def test_every_numeric_flag_declares_bounds():
+    """The general rule behind the test above: an int or float flag of any command without
+    declared bounds is a mistake (a new option must say its range)."""
+    import argparse
+
+    from trtalk import configcli
+    from trtalk.cli import SUBCOMMAND_MODULES
+    import importlib
+    import dataclasses
+
+    unbounded = []
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, p in action.choices.items():
+                func = p.get_default("func")
+                cls = getattr(func, "cls", None)
+                if cls is None or not dataclasses.is_dataclass(cls):
+                    continue
+                for opt in configcli._options(cls):
+                    if opt.parse in (int, float) and opt.spec.bounds is None:
+                        unbounded.append(f"{command} {opt.name}")
+    assert unbounded == [], unbounded
+
+
+# ---------------------------------------------------------------- issue 24: disk full
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 40 KB tmpfs (root only; elsewhere the monkeypatched tests below cover the same paths)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _small_checkpoint(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from trtalk.models.checkpoint import FORMAT, NETWORKS
+    from trtalk.models.pcavs import PCAVS
+
+    small = PCAVS.random(0, PCAVSConfig.small())
+    tensors = {f"{n}.{k}": v.contiguous() for n in NETWORKS for k, v in small.network(n).state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "config": small.config.to_json()})
+    return path
+
+
+def test_disk_full_is_one_line_for_every_writer(full_disk, tmp_path, capsys):
+    """Issue 24, 9: on a full disk render (av OSError), stream --record, convert
+    (SafetensorError) and export onnx (OSError) exited 1 with tracebacks. Now: one line, exit
+    2, nothing left on the full disk."""
+    speech = str(ROOT / "trtalk/assets/demo_speech.wav")
+    runs = {
+        "render": ["render", "--audio", speech, "--duration", "2", "-o", str(full_disk / "r.mp4")],
+        "stream": ["stream", "--audio", speech, "--fast", "--duration", "2", "--record", str(full_disk / "s.mp4")],
+        "convert": ["convert", str(_small_checkpoint(tmp_path / "src.safetensors")), "-o",
+                    str(full_disk / "c.safetensors")],
+        "export": ["export", "--model-config", "small", "--out", str(full_disk / "e")],
+    }
+    for name, argv in runs.items():
+        line = _one_line_error(argv, capsys)
+        assert "no space left on the device" in line, (name, line)
+        assert list(full_disk.iterdir()) == [], (name, list(full_disk.iterdir()))
+
+
+def test_disk_full_without_root(tmp_path, capsys, monkeypatch):
+    """The same through monkeypatched writers (ENOSPC from the mp4 muxer, safetensors' own
+    error text), for machines where no tmpfs can be mounted."""
+    import errno
+
+    import safetensors.torch
+
+    from trtalk.media.mp4 import Mp4Sink
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Mp4Sink, "_write", full)
+    line = _one_line_error(["render", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--duration", "1",
+                            "-o", str(tmp_path / "out" / "r.mp4")], capsys)
+    assert "no space left on the device while writing" in line and "r.mp4" in line
+
+    class SafetensorError(Exception):
+        pass
+
+    def full_safetensors(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    src = _small_checkpoint(tmp_path / "src.safetensors")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_safetensors)
+    line = _one_line_error(["convert", str(src), "-o", str(tmp_path / "c" / "m.safetensors")], capsys)
+    assert "no space left on the device while writing" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+def test_aot_build_checks_free_space_first(tmp_path, capsys, monkeypatch):
+    """Issue 24, 9: ``export --target aot`` on a full disk aborted inside the C++ compiler
+    (exit 134). It now checks the free space before building: one line, exit 2."""
+    import shutil as _shutil
+
+    from trtalk.export import aot
+
+    real = _shutil.disk_usage
+    monkeypatch.setattr(aot, "build_aot_package", lambda *a, **k: pytest.fail("built on a full disk"))
+    monkeypatch.setattr("trtalk.fsutil.shutil.disk_usage",
+                        lambda p: real(p)._replace(free=30 << 20))  # 30 MB free
+    line = _one_line_error(["export", "--target", "aot", "--model-config", "small", "--device", "cpu",
+                            "--precision", "fp32", "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert re.search(r"building the aot \w+ package needs about [\d.]+ GiB free in .*; 0.0 GiB are", line), line
+
+
+def test_aot_compiler_files_go_under_the_cache_and_are_removed(tmp_path, monkeypatch):
+    """Issue 24: 724 MB of compiler files stayed in the system temp folder after AOT builds.
+    The compiler's cache folder is now inside the build's temp folder in trtalk's cache, removed
+    with it (a stand-in compiler records where it was told to write)."""
+    import torch._inductor
+    import torch._inductor.package
+
+    from trtalk.export import aot
+    from trtalk.models.pcavs import PCAVS
+
+    seen = {}
+
+    def fake_compile(module, args, options):
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        seen["cache"] = Path(cache_dir())
+        out = Path(options["aot_inductor.output_path"])
+        out.mkdir(parents=True)
+        (seen["cache"] / "junk.o").write_bytes(b"x" * 1000)
+        return [str(out)]
+
+    monkeypatch.setattr(torch._inductor, "aot_compile", fake_compile)
+    monkeypatch.setattr(torch._inductor.package, "package_aoti", lambda path, files: Path(path).write_bytes(b"pkg"))
+    monkeypatch.setattr(aot, "_check_package", lambda *a: {"max_abs_diff": 0.0, "batch": 1})
+    engines = tmp_path / "cache" / "engines"
+    engines.mkdir(parents=True)
+    model = PCAVS.random(0, PCAVSConfig.small())
+    stage = next(iter(aot.stage_specs(model)))
+    aot.build_aot_package(model, stage, aot.AotOptions(device="cpu", precision="fp32", buckets=(1,)),
+                          engines / "x.pt2")
+    assert seen["cache"].is_relative_to(engines)
+    assert sorted(p.name for p in engines.iterdir()) == ["x.pt2"]  # the work folder is gone
+    assert not os.environ.get("TORCHINDUCTOR_CACHE_DIR", "").startswith(str(engines))
+
+
+def test_corrupt_cache_copies_are_pruned(tmp_path):
+    """Issue 24: ``.corrupt-*`` copies piled up in the engine cache (5 x 33 MB): the newest
+    `KEEP_CORRUPT` stay, older ones (engine and sidecar together) go."""
+    from trtalk.export.cache import KEEP_CORRUPT, prune_corrupt
+
+    for i in range(6):
+        for name in (f"gen-abc.plan.corrupt-2026120{i}T000000Z", f"gen-abc.plan.json.corrupt-2026120{i}T000000Z"):
+            (tmp_path / name).write_bytes(b"x")
+            os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "gen-abc.plan").write_bytes(b"ok")
+    prune_corrupt(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["gen-abc.plan"] + sorted(
+        f"gen-abc.plan{j}.corrupt-2026120{i}T000000Z" for i in range(6 - KEEP_CORRUPT, 6) for j in ("", ".json"))
+
+
+# ------------------------------------------------- issue 24: caches validate their contents
+
+
+@pytest.mark.parametrize("damage", ["coef_shape", "coef_columns", "degree", "nan", "centres", "low_high"])
+def test_damaged_angle_map_contents_are_refitted(tmp_path, damage, caplog):
+    """Issue 24, 10: a cached angle map of valid format but wrong contents was used: a `coef`
+    of the wrong shape gave a traceback on every run, ``degree=1e6`` a MemoryError after 40 s,
+    NaN coefficients near-black frames. Each is now refitted (the encoder runs again)."""
+    from trtalk.motion import posemap
+
+    g = posemap.GridSpec(yaw=(-10.0, 0.0, 10.0), pitch=(-5.0, 5.0), roll=(0.0,), held_out=4)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 5))
+    photo = np.zeros((8, 8, 3), np.uint8)
+    calls = []
+
+    class FakeRenderer:
+        def __init__(self, *a):
+            pass
+
+        def __call__(self, angles):
+            return list(angles), list(angles)
+
+    def encode(crops, meshes):
+        calls.append(len(crops))
+        return np.tanh(np.radians(np.asarray(crops)) @ w)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(posemap, "GridRenderer", FakeRenderer):
+        good = posemap.build_angle_map(photo, encode, family="f", weights_id="w", grid=g, cache_dir=tmp_path)
+        (path,) = (tmp_path / "posemaps").glob("*.npz")
+        with np.load(path) as z:
+            parts = dict(z)
+        if damage == "coef_shape":
+            parts["coef"] = parts["coef"][:-2]
+        elif damage == "coef_columns":
+            parts["coef"] = parts["coef"][:, :3]
+        elif damage == "degree":
+            parts["degree"] = np.array(1_000_000)
+            parts["kind"] = np.array("poly")
+        elif damage == "nan":
+            parts["coef"] = np.full_like(parts["coef"], np.nan)
+        elif damage == "centres":
+            parts["centres"] = parts["centres"][:2]
+        else:
+            parts["low"], parts["high"] = parts["high"], parts["low"]
+        with open(path, "wb") as f:
+            np.savez(f, **parts)
+        calls.clear()
+        t = time.monotonic()
+        again = posemap.build_angle_map(photo, encode, family="f", weights_id="w", grid=g, cache_dir=tmp_path)
+    assert calls == [len(g.train_angles()) + g.held_out], damage  # fitted again
+    assert time.monotonic() - t < 10
+    assert np.allclose(again.coef, good.coef) and "is unusable" in caplog.text
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path, capsys, pdfgc_model):
+    """Issue 24: a PD-FGC checkpoint with NaN weights rendered black frames, exit 0, no
+    warning. Every checkpoint loader (PC-AVS folder and safetensors, PD-FGC) now refuses NaN or
+    Inf with a one-line error naming the tensor."""
+    import copy
+
+    from trtalk.models import pdfgc as P
+    from trtalk.models.checkpoint import load_pcavs
+
+    src = _small_checkpoint(tmp_path / "pc.safetensors")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[3]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(src), metadata=meta)
+    with pytest.raises(TrtalkError, match=rf"tensor '{re.escape(name.split('.', 1)[1])}' holds NaN or Inf"):
+        load_pcavs(src)
+    line = _one_line_error(["convert", str(src), "-o", str(tmp_path / "c.safetensors")], capsys)
+    assert "holds NaN or Inf" in line
+
+    bad = copy.deepcopy(pdfgc_model)
+    with torch.no_grad():
+        next(bad.generator.parameters()).fill_(float("nan"))
+    path = P.save_pdfgc_safetensors(bad, tmp_path / "pd.safetensors")
+    with pytest.raises(TrtalkError, match=r"tensor '.*' holds NaN or Inf"):
+        P.load_pdfgc(path)
+
+
+# -------------------------------------------------------- issue 24: smaller option items
+
+
+def test_mouth_video_gives_the_clip_s_frames(talking_video_path, tmp_path, capsys):
+    """Issue 24: ``--mouth video`` on a 50-frame clip (with its AAC track, a little longer)
+    gave 51 frames; ``--mouth video photo.png`` said the audio was too short."""
+    from trtalk.media.read import probe
+
+    out = tmp_path / "dub.mp4"
+    assert main(["render", "--mouth", "video", str(talking_video_path), "-o", str(out)]) == 0
+    assert probe(talking_video_path).num_frames == 50 and probe(out).num_frames == 50
+    rec = tmp_path / "rec.mp4"
+    assert main(["stream", "--mouth", "video", str(talking_video_path), "--fast", "--record", str(rec)]) == 0
+    assert probe(rec).num_frames == 50
+    line = _one_line_error(["render", "--mouth", "video", str(ROOT / "trtalk/assets/astronaut.png"),
+                            "-o", str(tmp_path / "x.mp4")], capsys)
+    assert "is an image" in line and "give a video" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eyes", ""], "--eyes is empty"),
+    (["--emotion", "."], "--emotion is empty"),
+    (["--emotion-presets", ",,,"], "--emotion-presets names no file"),
+])
+def test_empty_pdfgc_factor_values_are_refused(argv, message, tmp_path, capsys):
+    """Issue 24: ``--eyes ""`` read the current folder as a video; ``--emotion-presets ",,,"``
+    was accepted."""
+    line = _one_line_error(["render", "--model", "pdfgc", "--model-config", "small", *argv,
+                            "-o", str(tmp_path / "x.mp4")], capsys)
+    assert message in line
+
+
+def test_stream_pose_off_as_documented(tmp_path, capsys, monkeypatch):
+    """Issue 24: ``stream --pose off`` (README: PD-FGC's zero pose code) was refused ("off does
+    not exist"). It now sets the pose factor off on PD-FGC and is a one-line error elsewhere."""
+    from trtalk.runtime import options
+
+    seen = []
+    real_open = options.ModelOptions.open
+
+    def spy_open(self, *a, **k):
+        family = real_open(self, *a, **k)
+        real_set = family.set_factor
+        family.set_factor = lambda factor, spec: seen.append((factor, spec.kind)) or real_set(factor, spec)
+        return family
+
+    monkeypatch.setattr(options.ModelOptions, "open", spy_open)
+    speech = str(ROOT / "trtalk/assets/demo_speech.wav")
+    assert main(["stream", "--audio", speech, "--fast", "--duration", "0.3", "--pose", "off", "--model", "pdfgc",
+                 "--model-config", "small"]) == 0
+    assert seen == [("pose", "off")]
+    line = _one_line_error(["stream", "--audio", speech, "--fast", "--pose", "off"], capsys)
+    assert "--pose off is a PD-FGC switch" in line

@@ -7,10 +7,10 @@ the package right under ``trtalk`` (``trtalk.face.align`` -> ``face``; ``trtalk/
 
 The layers, lowest first; a package may import only packages of strictly lower layers:
 
-- ``trtalk``; ``errors``, ``signals``, ``net``; ``fsutil``, ``configcli``, ``threads``: the
-  version; the user-error type, the SIGINT/SIGTERM helper (which atomic files consult before
-  they commit), the loopback rule of the HTTP endpoints; atomic files, config-to-flags, the CPU
-  thread policy.
+- ``trtalk``; ``errors``, ``signals``, ``net``; ``fsutil``, ``configcli``, ``threads``,
+  ``httpguard``: the version; the user-error type, the SIGINT/SIGTERM helper (which atomic files
+  consult before they commit), the loopback rule of the HTTP endpoints; atomic files,
+  config-to-flags, the CPU thread policy, the request rules both HTTP endpoints share.
 - ``media``, ``audio``, ``kernels``: plumbing with no model in it: image/video decoding and
   the mp4 writer (PyAV, OpenCV), audio decoding and the mel frontend, the CUDA kernels and
   their torch references.
@@ -45,7 +45,7 @@ PKG = ROOT / "trtalk"
 LAYERS: list[set[str]] = [
     {"trtalk"},
     {"errors", "signals", "net"},
-    {"fsutil", "configcli", "threads"},
+    {"fsutil", "configcli", "threads", "httpguard"},
     {"media", "audio", "kernels"},
     {"models", "face"},
     {"warp", "export"},

@@ -28,6 +28,8 @@ import pytest
 
 from trtalk.audio import load_audio
 
+pytestmark = pytest.mark.device
+
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
 SPEECH = ROOT / "trtalk" / "assets" / "demo_speech.wav"

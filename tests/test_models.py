@@ -168,6 +168,7 @@ def test_checkpoint_round_trip_is_bit_identical(model, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp files left
 
 
+@pytest.mark.slow
 def test_small_config_travels_in_safetensors_metadata(tmp_path):
     small = PCAVS.random(seed=7, config=PCAVSConfig.small())
     save_official_folder(small, tmp_path / "ck")

@@ -26,6 +26,9 @@ from trtalk.export.pdfgc_stages import PDFGC_STAGES
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.models.pdfgc import PDFGC, PDFGCConfig, save_pdfgc_folder
 
+# Every test here exports PD-FGC or shares a module fixture that does (minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 SEED = 3
 SMALL_CHANNELS = {"7": 512, "14": 64, "28": 64, "56": 32, "112": 32, "224": 16}
 
@@ -211,12 +214,7 @@ def test_aot_package_of_a_pdfgc_stage(model: PDFGC, tmp_path: Path):
 # ------------------------------------------------------------------ GPU (TensorRT)
 
 
-def _has_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU and TensorRT")
 def test_tensorrt_family_matches_torch(model: PDFGC, tmp_path: Path):  # pragma: no cover
     """PD-FGC on TensorRT (fp16 engines, built into the cache) and on torch CUDA graphs: the
     family's frames match torch fp32 on the CPU."""

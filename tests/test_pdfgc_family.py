@@ -136,24 +136,27 @@ def test_control_applies_at_next_frame_and_is_logged(pdfgc_model):
     assert hotkey(fam.controls, "1") == {"set": "emotion", "preset": "happy"}
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def test_control_endpoint_json_and_token(pdfgc_model):
     controls = Controls({"happy": torch.ones(30)})
     with ControlServer(controls, port=0) as srv:
-        req = urllib.request.Request(f"{srv.url}/control", method="POST",
+        req = urllib.request.Request(f"{srv.url}/control", method="POST", headers=JSON,
                                      data=json.dumps({"set": "emotion", "preset": "happy"}).encode())
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.load(r) == {"queued": {"set": "emotion", "preset": "happy"}}
-        bad = urllib.request.Request(f"{srv.url}/control", method="POST", data=b'{"set": "nope"}')
+        bad = urllib.request.Request(f"{srv.url}/control", method="POST", data=b'{"set": "nope"}', headers=JSON)
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(bad, timeout=5)
         assert exc.value.code == 400
     assert controls.begin_frame(7) == [{"set": "emotion", "preset": "happy"}]
     assert controls.state.emotion_preset == "happy" and controls.log[0][0] == 7
-    with ControlServer(controls, port=0, token="s3cret") as srv:
+    with ControlServer(controls, port=0, token="s3cret-token") as srv:
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"{srv.url}/state", timeout=5)
         assert exc.value.code == 401
-        req = urllib.request.Request(f"{srv.url}/state", headers={"Authorization": "Bearer s3cret"})
+        req = urllib.request.Request(f"{srv.url}/state", headers={"Authorization": "Bearer s3cret-token"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.load(r)["emotion_preset"] == "happy"
 
@@ -178,7 +181,7 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_mod
             k = self.frames_written
             seen[k] = fam.controls.current["emotion"].clone()
             if k == 3:
-                req = urllib.request.Request(f"{srv.url}/control", method="POST",
+                req = urllib.request.Request(f"{srv.url}/control", method="POST", headers=JSON,
                                              data=json.dumps({"set": "emotion", "preset": "happy"}).encode())
                 urllib.request.urlopen(req, timeout=5).close()
             super().write(frame, pts_s)

@@ -198,6 +198,7 @@ def test_capacity_uses_batches_that_fit_the_budget() -> None:
     assert capacity_fps(tp, costs, 1.0) == 400.0
 
 
+@pytest.mark.slow
 def test_pcavs_generate_many_matches_per_avatar_generate(monkeypatch) -> None:
     """One generator call over items of two avatars gives each item what its own avatar's
     generate gives (the generator takes per-sample identity codes)."""
@@ -278,7 +279,8 @@ def server():
 
     threads_before = {t.name for t in threading.enumerate()}
     srv = Server(WarpFamily(FPS), PipelineConfig(fps=FPS),
-                 limits=ServerLimits(stall_timeout_s=1.5, control_rate=20.0, max_upload_bytes=200_000),
+                 limits=ServerLimits(stall_timeout_s=1.5, control_rate=20.0, max_upload_bytes=200_000,
+                                     header_timeout_s=3.0),
                  capacity_fps_override=2 * FPS / 0.9 + 1)
     srv.prepare()
     good = srv.avatars["astronaut"]
@@ -378,12 +380,37 @@ def test_metrics_and_healthz(server, speech_wave) -> None:
     assert code == 200
     assert "trtalk_sessions_active 0" in text
     assert 'trtalk_batch_size_bucket{le="+Inf"}' in text
-    frames = int(next(l for l in text.splitlines() if l.startswith("trtalk_frames_total")).split()[1])
+    frames = int(float(next(l for l in text.splitlines() if l.startswith("trtalk_frames_total")).split()[1]))
     code, body, _ = _http(url + "/healthz")
     health = json.loads(body)
     assert code == 200 and health["status"] == "ok" and health["capacity_sessions"] == 2
     assert health["worker_alive"] is True
     assert frames >= 0 and srv.metrics.frames == frames
+
+
+def test_two_servers_in_one_process_keep_their_own_metrics() -> None:
+    """Each server counts into its own prometheus_client registry, not the process-wide one."""
+    import prometheus_client
+
+    from trtalk.runtime.family import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import Capacity, Server
+
+    a, b = (Server(WarpFamily(FPS), PipelineConfig(fps=FPS)) for _ in range(2))
+    a.capacity = b.capacity = Capacity({}, 2 * FPS)  # as prepare() sets it, without the worker
+    a.metrics.session_started("s1")
+    for _ in range(3):
+        a.metrics.frame("s1", 0.12)
+    b.metrics.session_refused()
+    ta, tb = a.metrics.render(a), b.metrics.render(b)
+    assert "trtalk_frames_total 3.0" in ta and "trtalk_frames_total 0.0" in tb
+    assert 'trtalk_session_mic_to_frame_seconds_count{session="s1"} 3.0' in ta and 'session="s1"' not in tb
+    assert "trtalk_sessions_refused_total 0.0" in ta and "trtalk_sessions_refused_total 1.0" in tb
+    assert (a.metrics.frames, b.metrics.frames, b.metrics.refused) == (3, 0, 1)
+    a.metrics.session_ended("s1", {"late": 2})
+    ta = a.metrics.render(a)
+    assert 'session="s1"' not in ta and 'trtalk_frames_dropped_total{reason="late"} 2.0' in ta
+    assert "trtalk_frames_total" not in prometheus_client.generate_latest().decode()
 
 
 def test_admission_refuses_beyond_capacity_and_others_keep_their_rate(server, speech_wave) -> None:
@@ -494,13 +521,119 @@ def test_other_sites_cannot_drive_a_tokenless_server(server, speech_wave) -> Non
     assert code == 403 and "loopback names" in json.loads(body)["error"]
     code, body, _ = _http(url + "/api/offer", "POST", b'{"sdp": "x", "type": "offer"}',
                           {"Content-Type": "text/plain"})
-    assert code == 400 and "application/json" in json.loads(body)["error"]
+    assert code == 415 and "application/json" in json.loads(body)["error"]
     assert not srv.draining and not srv.sessions
     port = url.rsplit(":", 1)[1]
     code, _, _ = _http(url + "/api/config", headers={"Origin": f"http://127.0.0.1:{port}"})
     assert code == 200
     code, _, _ = _http(url + "/api/config", headers={"Host": f"localhost:{port}"})
     assert code == 200
+
+
+def _raw(url: str, data: bytes, timeout: float = 15.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection; (everything answered until the server closes, seconds)."""
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    t = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out, time.monotonic() - t
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+
+
+def test_hostile_requests_get_a_4xx_and_one_line(server, caplog) -> None:
+    """Issue 24, 5: what used to answer 500 with a traceback (a JSON offer nested 100 000 deep,
+    an unknown charset, ``Host: localhost:abc``) or log aiohttp's ERROR traceback (a malformed
+    Content-Length) is a 4xx with a short reason and no traceback; ``"paste_back": "false"`` is
+    refused, not read as true."""
+    import logging
+
+    srv, url = server
+    caplog.set_level(logging.INFO)
+    offer = url + "/api/offer"
+    code, body, _ = _http(offer, "POST", b"[" * 100_000, {"Content-Type": "application/json"})
+    assert code == 400 and "nested deeper" in json.loads(body)["error"]
+    code, body, _ = _http(offer, "POST", b"{}", {"Content-Type": "application/json; charset=foo"})
+    assert code == 415 and "UTF-8" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/config", headers={"Host": "localhost:abc"})
+    assert code == 400 and "Host" in json.loads(body)["error"]
+    code, body, _ = _http(offer, "POST", json.dumps({"sdp": "v=0", "type": "offer", "avatar": "astronaut",
+                                                       "paste_back": "false"}).encode(),
+                          {"Content-Type": "application/json"})
+    assert code == 400 and "paste_back must be true or false" in json.loads(body)["error"]
+    for length in (b"-1", b"abc", b"1e3"):
+        answer, _ = _raw(url, b"POST /api/avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length
+                         + b"\r\n\r\n")
+        assert _status(answer) == 400, answer[:200]
+    answer, _ = _raw(url, b"POST /api/avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n")
+    assert _status(answer) == 413
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    for path in ("/api/avatar", "/api/offer"):  # a client that leaves mid-body: aiohttp logged ERROR
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: 1000\r\n\r\n0123456789".encode())
+            time.sleep(0.3)
+    time.sleep(0.5)
+    assert not srv.sessions
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert loud == [], [r.getMessage() for r in loud]
+
+
+def test_slow_clients_hold_no_upload_slot(server) -> None:
+    """Issue 24, 7: two uploads trickling a byte a second (the report: one every 15 s, with the
+    30 s body timeout shortened to 2 s here) took both upload slots, and every other upload got
+    429. Now a body is read before a slot is taken, and one that is too slow is a 408; a
+    connection that never finishes its headers is closed after the header timeout (3 s here)."""
+    import cv2
+
+    srv, url = server
+    photo = cv2.resize(cv2.imread(str(ASTRONAUT)), (256, 256))
+    jpg = cv2.imencode(".jpg", photo)[1].tobytes()
+    srv.limits.body_timeout_s = 2.0
+    answers: list[tuple[bytes, float]] = []
+
+    def trickle() -> None:
+        import socket
+
+        host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+        t = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(b"POST /api/avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+            out = b""
+            try:
+                for _ in range(20):
+                    sock.sendall(b"x")
+                    time.sleep(0.5)
+            except OSError:  # the server answered and closed
+                pass
+            while chunk := sock.recv(65536):
+                out += chunk
+        answers.append((out, time.monotonic() - t))
+
+    try:
+        slow = [threading.Thread(target=trickle) for _ in range(2)]
+        for t in slow:
+            t.start()
+        time.sleep(0.5)
+        codes = [_http(url + "/api/avatar", "POST", jpg)[0] for _ in range(3)]
+        assert codes == [200, 200, 200], codes
+        for t in slow:
+            t.join(30)
+    finally:
+        srv.limits.body_timeout_s = 30.0
+    assert [_status(a) for a, _ in answers] == [408, 408], answers
+    assert all(s < 6 for _, s in answers), answers
+    answer, seconds = _raw(url, b"GET /api/con")  # headers never finished
+    assert answer == b"" and 2.5 < seconds < 8, (answer, seconds)
 
 
 def test_simultaneous_offers_never_overfill_the_server(server, speech_wave) -> None:
@@ -584,7 +717,10 @@ def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> 
     assert all(f is not root and f.controls is not root.controls for f in families)
 
 
-def test_token_is_checked_everywhere(speech_wave) -> None:
+def test_token_is_checked_everywhere(speech_wave, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
     from trtalk.runtime.family import WarpFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server
@@ -606,6 +742,8 @@ def test_token_is_checked_everywhere(speech_wave) -> None:
     finally:
         stop()
         srv.scheduler.close()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "token=***" in logged and "s3cret-token" not in logged  # issue 24: tokens stay out of logs
 
 
 def test_serve_refuses_a_public_host_without_token() -> None:
@@ -718,3 +856,65 @@ def test_paste_back_goes_into_the_avatar_photo_never_the_camera_frame() -> None:
     changed = np.abs(out.astype(int) - photo.astype(int)).max(axis=2) > 0
     assert 0 < changed.mean() < 0.1  # the face only, into the photo
     assert not ((out[..., 1] > 250) & (out[..., 0] < 5)).any()  # nothing of the camera frame
+
+
+MEMORY_SERVER = r"""
+import sys
+from trtalk.runtime.family import WarpFamily
+from trtalk.runtime.pipeline import PipelineConfig
+from trtalk.serve.app import Server, ServerLimits
+from trtalk.serve.cli import run_in_thread
+
+srv = Server(WarpFamily(25.0), PipelineConfig(fps=25.0), limits=ServerLimits(stall_timeout_s=3.0),
+             capacity_fps_override=60)
+srv.prepare()
+url, stop = run_in_thread(srv)
+print(url, flush=True)
+sys.stdin.read()
+stop()
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="issue 24, 8 open: +35 MB a 640x360 camera session remain "
+                                       "(+48 before bound_heap_growth); native, not yet found")
+def test_camera_sessions_give_their_memory_back(speech_wave, tmp_path) -> None:
+    """Issue 24, 8: the server's memory grows with every camera session (1920x1080: +228 MB a
+    session). Ten sessions of a 640x360 camera (webcam pose, blended lips, paste-back, 3 s
+    each) against a server in its own process: after the first two, its RSS must stay within
+    90 MB of what it was then. Measured on 2 CPU cores: 573, 626, 686, ... 1001 MB before
+    `trtalk.serve.app.bound_heap_growth`, 506, 543, 589, ... 859 MB with it: still failing,
+    hence the strict xfail (it fails loudly once the leak is fixed: then drop the mark)."""
+    import subprocess
+    import sys
+
+    import cv2
+    import psutil
+
+    from trtalk.serve.client import run_client
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "server.py"
+    script.write_text(MEMORY_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=root,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://"), url
+        server = psutil.Process(proc.pid)
+        camera = cv2.resize(cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB), (640, 360))
+        rss = []
+        for _ in range(10):
+            res = asyncio.run(run_client(url, speech_wave, 3.0, pose="webcam", camera=camera,
+                                         extra={"mouth": "blend", "paste_back": True}))
+            assert res.status == 200 and res.error is None, res.error
+            for _ in range(50):  # until the session is gone
+                if json.loads(_http(url + "/healthz")[1])["sessions"] == 0:
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)
+            rss.append(server.memory_info().rss / 2 ** 20)
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    assert max(rss[2:]) - rss[1] < 90, [round(r) for r in rss]

@@ -3,20 +3,32 @@ browser, never `playwright install`), with Chromium's fake devices: the tests' s
 microphone and a y4m of the face photo as the camera. The warp avatar on the CPU.
 
 Skips (with the reason) where /usr/bin/chromium or playwright is missing; CI installs both.
+
+Timing of the mouth check. Each frame the page samples carries its RTP timestamp; the served
+fixture starts aiortc's RTP timestamps at 0 (RFC 3550 draws a random origin), so a real frame's
+RTP timestamp is its pts, k * 3600 on the 90 kHz clock: the page knows which frame k it shows.
+Frame k shows the microphone audio up to k / 25 s + the lookahead, counted from the session's
+first microphone sample, and the fixture records that audio as the session placed it. So every
+sampled frame maps to a known stretch of speech, and the mouth is checked at that one lag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.browser
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("aiortc")
@@ -29,7 +41,9 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it",
                 allow_module_level=True)
 
-from test_serve import _envelope  # noqa: E402
+SR = 16_000
+VIDEO_CLOCK = 90_000
+LOOKAHEAD_S = 0.12  # the pipeline's audio lookahead (the page reports it: "+ audio lookahead 120 ms")
 
 
 def write_y4m(path: Path, image_rgb: np.ndarray, frames: int = 25, size: int = 256) -> Path:
@@ -41,6 +55,62 @@ def write_y4m(path: Path, image_rgb: np.ndarray, frames: int = 25, size: int = 2
         for _ in range(frames):
             f.write(b"FRAME\n" + yuv.tobytes())
     return path
+
+
+@contextlib.contextmanager
+def rtp_timestamps_from_zero() -> Iterator[list[int]]:
+    """aiortc's senders start their RTP timestamps at 0 instead of a random origin (the list
+    grows by one per stream that did)."""
+    from aiortc import rtcrtpsender
+
+    real, zeroed = rtcrtpsender.random32, []
+
+    def origin_or_random() -> int:
+        if sys._getframe(1).f_code.co_name == "_run_rtp":  # the timestamp origin, drawn per stream
+            zeroed.append(1)
+            return 0
+        return real()  # SSRCs and the rest stay random
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rtcrtpsender, "random32", origin_or_random)
+        yield zeroed
+
+
+@contextlib.contextmanager
+def recorded_microphones() -> Iterator[dict[str, list[tuple[int, np.ndarray]]]]:
+    """The microphone audio each session accepted, as (position in the session's sample count,
+    samples), by source name ("browser-mic:<session id>"); the first 60 s of each."""
+    from trtalk.serve.session import PushAudioSource
+
+    real, got = PushAudioSource.push, {}
+
+    def push(self, samples: np.ndarray) -> None:
+        before = self._counted
+        real(self, samples)
+        if self._counted != before and self._counted <= 60 * SR:  # accepted, placed at its end
+            got.setdefault(self.name, []).append((self._counted - len(samples), np.array(samples)))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PushAudioSource, "push", push)
+        yield got
+
+
+def session_audio(chunks: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """The microphone signal as the session counts it: each accepted chunk at its position, zeros
+    where it jumped over a gap (the pipeline fills those with silence)."""
+    out = np.zeros(max(pos + len(x) for pos, x in chunks))
+    for pos, x in chunks:
+        out[pos:pos + len(x)] = x
+    return out
+
+
+def audio_envelope(mic: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """RMS of the audio frame k drew on: the last 0.2 s before its time + the lookahead."""
+    end = np.round((k / FPS + LOOKAHEAD_S) * SR).astype(int)
+    idx = end[:, None] + np.arange(-3200, 0)[None, :]
+    padded = np.concatenate([mic, np.zeros(1)])  # index -1 and past the end: silence
+    idx = np.where((idx >= 0) & (idx < len(mic)), idx, -1)
+    return np.sqrt(np.mean(padded[idx] ** 2, axis=1))
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +137,12 @@ def served(face_image_path, speech_wav_path, tmp_path_factory):
             # four tabs at once: none of them is throttled as a background tab
             "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
             "--disable-backgrounding-occluded-windows"]
-    with playwright_api.sync_playwright() as p:
+    with rtp_timestamps_from_zero() as zeroed, recorded_microphones() as mics, \
+            playwright_api.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
             str(tmp / "profile"), executable_path=CHROMIUM, headless=True, args=args)
         try:
-            yield srv, f"{url}/?token=browser-test-token", browser, tmp
+            yield srv, f"{url}/?token=browser-test-token", browser, tmp, zeroed, mics
         finally:
             browser.close()
             stop()
@@ -84,54 +155,62 @@ def _start(page, url: str, pose: str = "still") -> None:
     page.click("#start")
 
 
-def _rate(page, seconds: float) -> float:
-    n0 = page.evaluate("window.trtalk.frames")
-    t0 = time.monotonic()
-    page.wait_for_timeout(seconds * 1000)
-    return (page.evaluate("window.trtalk.frames") - n0) / (time.monotonic() - t0)
+# A sample of a real frame: drawn (a draw before the first decoded frame reads black, luma 0) and
+# with its pts as RTP timestamp (a repeated keep-alive frame, and the first frames after one before
+# the session's first frame, carry other timestamps).
+REAL = "s.rtp !== null && s.rtp % 3600 === 0 && s.mouth > 1.0"
 
 
 def test_browser_session_shows_the_talking_avatar(served, speech_wave) -> None:
-    srv, url, browser, tmp = served
+    srv, url, browser, tmp, zeroed, mics = served
     page = browser.new_page()
     _start(page, url, pose="webcam")
-    page.wait_for_function("window.trtalk.frames > 25", timeout=20000, polling=250)
-    fps = _rate(page, 4.0)
+    page.wait_for_function("window.trtalk.session !== null || window.trtalk.error", timeout=20000, polling=250)
+    # Two loops of the speech file (75 frames each) of real frames, however long that takes here.
+    page.wait_for_function(f"window.trtalk.samples.filter((s) => {REAL}).length >= 150 "
+                           "|| window.trtalk.error", timeout=90000, polling=250)
     page.wait_for_function("window.trtalk.stats && window.trtalk.stats.frames > 0", timeout=5000, polling=250)
     latency = page.inner_text("#latency")
-    samples = page.evaluate("window.trtalk.samples")
-    error = page.evaluate("window.trtalk.error")
+    samples = page.evaluate(f"window.trtalk.samples.filter((s) => {REAL})")
+    error, sid = page.evaluate("window.trtalk.error"), page.evaluate("window.trtalk.session")
     page.screenshot(path=str(tmp / "page.png"))
     if os.environ.get("TRTALK_SCREENSHOT"):
         shutil.copy(tmp / "page.png", os.environ["TRTALK_SCREENSHOT"])
     page.click("#stop")
     page.close()
     assert error is None
-    assert 15.0 <= fps <= 32.0, fps  # new frames (the track repeats one only after 0.5 s)
+    assert zeroed, "aiortc no longer draws the RTP timestamp origin in RTCRtpSender._run_rtp"
     assert re.search(r"mic→frame \d+ ms \(p95 \d+\) \+ audio lookahead 120 ms", latency), latency
-    # The mouth box follows the speech file's envelope: frame k (from its RTP timestamp) shows
-    # wave time (k + lag) / 25; Chromium's fake microphone started the file before the session,
-    # so the lag is searched (the wave is 3 s, 75 frames, and loops).
-    # A canvas draw before the first decoded frame reads black (luma 0): such a sample is no frame
-    # of the avatar, and one of them among ~150-grey mouths would decide the correlation alone.
-    s = [x for x in samples if x["rtp"] is not None and x["mouth"] > 1.0]
-    rtp = np.unwrap(np.asarray([x["rtp"] for x in s], np.float64), period=2 ** 32)
-    k = np.round((rtp - rtp[0]) * FPS / 90000).astype(int)
-    mouth = np.asarray([x["mouth"] for x in s])
-    env = _envelope(speech_wave, FPS)
-    rs = [abs(np.corrcoef(mouth, env[(k + lag) % len(env)])[0, 1]) for lag in range(len(env))]
-    # Idle machine: best lag 0.85-0.86 (median over lags 0.31), mouth luma std 5.2 (a still mouth:
-    # ~0.5). Two fresh-clone CI runs gave 0.483 and 0.489 at the best lag, the neighbouring lags
-    # close behind (frame timing smeared in the browser), so the bound is 0.4 and the mouth must
-    # also move: at least one loop of the wave.
-    assert len(s) >= 75 and np.std(mouth) > 2.0 and max(rs) > 0.4, (len(s), np.std(mouth), max(rs))
+    # The page shows new frames on the session's clock: frame numbers only increase, and never
+    # faster than 25 fps (30 allows for arrival jitter). How many a loaded machine makes is speed
+    # (benchmarks/serve_load.py), not asserted.
+    k = np.asarray([x["rtp"] for x in samples], np.int64) // (VIDEO_CLOCK // int(FPS))
+    t = np.asarray([x["t"] for x in samples]) / 1000.0
+    assert (np.diff(k) > 0).all(), k
+    assert len(k) / (t[-1] - t[0]) <= 30.0, (len(k), t[-1] - t[0])
+    # The mouth box follows the speech the session received, at the known lag, and clearly better
+    # than 10-65 frames away (Chromium loops the 3 s file: 75 frames). Measured with other
+    # test runs beside it on 2 shared cores (load 10-12), 5 runs: 0.65-0.71 at the known lag,
+    # 0.38-0.49 at the best other.
+    mic = session_audio(mics[f"browser-mic:{sid}"])
+    mouth = np.asarray([x["mouth"] for x in samples])
+
+    def corr(lag: int) -> float:
+        return abs(np.corrcoef(mouth, audio_envelope(mic, k + lag))[0, 1])
+
+    r, others = corr(0), max(corr(lag) for lag in range(10, 66))
+    print(f"browser mouth vs speech: r {r:.3f} at the known lag, best other {others:.3f}; "
+          f"mouth luma std {np.std(mouth):.2f}; {len(k)} frames k {k[0]}..{k[-1]}; "
+          f"{len(mic) / SR:.1f} s of audio, {np.count_nonzero(mic == 0) / SR:.2f} s of it zeros")
+    assert np.std(mouth) > 2.0, np.std(mouth)  # the mouth moves (a still one: ~0.5)
+    assert r > 0.4 and r > others + 0.1, (r, others)
 
 
 def test_lips_from_the_camera_in_the_page(served) -> None:
     """The page's Lips choice: a camera choice brings the webcam pose with it (the lips are read
     from the frames it tracks), a camera-less pose brings the voice back; a session with camera
     lips reports frames whose mouth the camera gave."""
-    srv, url, browser, tmp = served
+    srv, url, browser, tmp, *_ = served
     page = browser.new_page()
     page.goto(url)
     page.wait_for_function("document.querySelectorAll('#mouth option').length > 0", timeout=15000, polling=250)
@@ -153,7 +232,7 @@ def test_lips_from_the_camera_in_the_page(served) -> None:
 
 
 def test_four_browser_sessions_at_once(served) -> None:
-    srv, url, browser, tmp = served
+    srv, url, browser, tmp, *_ = served
     pages = [browser.new_page() for _ in range(4)]
     for page in pages:
         _start(page, url)
@@ -164,10 +243,14 @@ def test_four_browser_sessions_at_once(served) -> None:
     n0 = [s.sink.frames_written for s in sessions]
     d0 = [p.evaluate("window.trtalk.decoded") for p in pages]
     t0 = time.monotonic()
-    time.sleep(4.0)
+    # Until every session made, and every page decoded, 25 new frames (one second of video).
+    while time.monotonic() < t0 + 60.0:
+        made = [s.sink.frames_written - n for s, n in zip(sessions, n0)]
+        shown = [p.evaluate("window.trtalk.decoded") - n for p, n in zip(pages, d0)]
+        if min(made) >= 25 and min(shown) >= 25:
+            break
+        time.sleep(0.25)
     dt = time.monotonic() - t0
-    made = [(s.sink.frames_written - n) / dt for s, n in zip(sessions, n0)]
-    shown = [(p.evaluate("window.trtalk.decoded") - n) / dt for p, n in zip(pages, d0)]
     for page in pages:
         page.wait_for_function("window.trtalk.stats && window.trtalk.stats.frames > 0", timeout=5000, polling=250)
     latencies = [p.inner_text("#latency") for p in pages]
@@ -186,10 +269,9 @@ def test_four_browser_sessions_at_once(served) -> None:
     # Every page plays a live stream and every session makes new frames. Four sessions plus the browser rendering all four on two shared
     # CPU cores are CPU-bound (warp frames are numpy work under the GIL): the rate is reported,
     # not asserted; the load benchmark measures it.
-    print(f"4 browser sessions: new frames/s {[round(x, 1) for x in made]}, "
-          f"decoded frames/s {[round(x, 1) for x in shown]}")
-    assert min(shown) >= 1.0, shown
-    assert min(made) > 0.5, made
+    print(f"4 browser sessions: new frames/s {[round(x / dt, 1) for x in made]}, "
+          f"decoded frames/s {[round(x / dt, 1) for x in shown]} over {dt:.1f} s")
+    assert min(shown) >= 25 and min(made) >= 25, (shown, made, dt)
     assert batched >= 2  # frames of different sessions shared generator batches
     assert not srv.sessions
     assert not [t for t in threading.enumerate() if t.name.startswith("trtalk-session")]

@@ -348,6 +348,7 @@ def test_devices_lists_everything(capsys: pytest.CaptureFixture) -> None:
 # ----------------------------------------------------------------------------- small model
 
 
+@pytest.mark.slow
 def test_small_model_end_to_end(avatar: Path, tmp_path: Path) -> None:
     """The real (small-config, random-weight) networks through the runtime: 0.6 s, recorded."""
     family = ModelOptions(model="pcavs", model_config="small").open()
@@ -362,6 +363,7 @@ def test_small_model_end_to_end(avatar: Path, tmp_path: Path) -> None:
     assert n == 15 and abs(a_s - v_s) <= 1024 / 16000 + 1e-6
 
 
+@pytest.mark.slow
 def test_cli_sigint_finalises_recording(avatar: Path, tmp_path: Path) -> None:
     """`trtalk stream --realtime --record`: SIGINT after frames flow -> exit 0, playable mp4, stats JSON."""
     wav = write_wav(tmp_path / "speech.wav", make_speech_wave(30.0))

@@ -2,7 +2,8 @@
 
 A subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``func=callable(args) -> int`` as default. User errors (`TrtalkError`) print one line on stderr
-and exit with status 2; nothing else is caught here.
+and exit with status 2, as does a full disk (`trtalk.fsutil.disk_full`); nothing else is caught
+here.
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrtalkError as exc:
         print(f"trtalk: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        from trtalk.fsutil import disk_full, disk_full_error
+
+        if not disk_full(exc):
+            raise
+        # a writer without its own handling (atomic files convert theirs): still one line
+        print(f"trtalk: error: {disk_full_error(getattr(exc, 'filename', None))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "SIGINT"
         print(f"trtalk: interrupted ({name}); unfinished output was discarded", file=sys.stderr)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -98,6 +99,7 @@ class OptionSpec:
     prefix: str | None = None
     cli: bool = True
     nargs: str | int | None = None
+    bounds: tuple[float | None, float | None] | None = None
 
 
 def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MISSING,
@@ -107,7 +109,8 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
            section: str | None = None, const: Any = _NO_CONST, negative: str | None = None,
            negative_help: str | None = None, positional: bool = False,
            default_text: str | None = None, prefix: str | None = None, cli: bool = True,
-           nargs: str | int | None = None, **field_kwargs: Any) -> Any:
+           nargs: str | int | None = None, bounds: tuple[float | None, float | None] | None = None,
+           **field_kwargs: Any) -> Any:
     """A `dataclasses.field` that is also a command-line flag.
 
     default / default_factory: the field's default (none: a required flag).
@@ -124,6 +127,9 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
     cli: False keeps the field off the command line.
     nargs: for a ``list[X]``/``tuple[X, ...]`` field, the number of words (argparse's nargs)
     instead of one comma-separated value.
+    bounds: ``(low, high)``, inclusive (None: open), for an int or float flag (each item of a
+    list): a value outside is a one-line error before the command runs. Every float flag must
+    be finite (nan and inf are refused) whether or not it declares bounds.
     Other keyword arguments go to `dataclasses.field`.
     """
     if isinstance(flags, str):
@@ -132,7 +138,8 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
                       choices=tuple(choices) if choices is not None else None, metavar=metavar,
                       hidden=hidden, type=type, exclusive=exclusive, section=section, const=const,
                       negative=negative, negative_help=negative_help, positional=positional,
-                      default_text=default_text, prefix=prefix, cli=cli, nargs=nargs)
+                      default_text=default_text, prefix=prefix, cli=cli, nargs=nargs,
+                      bounds=tuple(bounds) if bounds is not None else None)
     metadata = dict(field_kwargs.pop("metadata", None) or {})
     metadata[META_KEY] = spec
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata,
@@ -420,6 +427,27 @@ def _build(cls: type, values: Mapping[tuple[str, ...], Any], defaults: Any,
     return cls(**kwargs)
 
 
+def _bounds_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    return f"at least {low:g}" if low is not None else f"at most {high:g}"
+
+
+def _check_number(opt: _Opt, value: Any) -> None:
+    """TrtalkError for a float flag's nan/inf or an int/float flag outside its ``bounds``."""
+    if opt.parse not in (int, float) or value is None:
+        return
+    items = value if opt.sequence is not None else [value]
+    low, high = opt.spec.bounds or (None, None)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # a const or default of another kind
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TrtalkError(f"{opt.name} must be a finite number, got {v}")
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise TrtalkError(f"{opt.name} {v:g} is out of range: it must be {_bounds_text(low, high)}")
+
+
 def config_from_args(cls: type[T], namespace: argparse.Namespace, *, prefix: str = "",
                      **overrides: Any) -> T:
     """The ``cls`` instance that the flags in ``namespace`` describe (see `add_config_args`).
@@ -436,6 +464,7 @@ def config_from_args(cls: type[T], namespace: argparse.Namespace, *, prefix: str
         if opt.sequence is not None and value is not None:
             value = opt.sequence(value)  # not the parser's default object itself
         values[opt.path] = value
+        _check_number(opt, value)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__qualname__} has no field {', '.join(sorted(unknown))}")

@@ -9,6 +9,7 @@ truncated file under the real name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -23,7 +24,8 @@ from trtalk.signals import raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STALE_AFTER_S", "atomic_output", "check_writable", "pid_alive", "remove_abandoned",
+__all__ = ["STALE_AFTER_S", "atomic_output", "check_free_space", "check_writable", "disk_full",
+           "disk_full_error", "pid_alive", "remove_abandoned",
            "output_folder", "output_parent", "remove_stale_temps",
            "temp_path_for"]
 
@@ -111,6 +113,45 @@ def remove_abandoned(parent: str | os.PathLike[str], pattern: re.Pattern[str], *
     return removed
 
 
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk is full: an OSError
+    with ENOSPC / EDQUOT / EFBIG, or a library's own error with that text (safetensors, ONNX)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if any(t in str(exc).lower() for t in _FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def disk_full_error(path: str | os.PathLike[str] | None = None) -> TrtalkError:
+    """The one-line error of a full disk while writing ``path``."""
+    where = f" while writing {path}" if path is not None else ""
+    return TrtalkError(f"no space left on the device{where}; free some space or write elsewhere "
+                       f"(nothing partial was kept)")
+
+
+def check_free_space(folder: str | os.PathLike[str], need_bytes: int, what: str) -> None:
+    """TrtalkError unless ``folder`` (or its nearest existing parent) has ``need_bytes`` free."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return  # cannot tell: the writer's own failure is the check
+    if free < need_bytes:
+        raise TrtalkError(f"{what} needs about {need_bytes / 2**30:.1f} GiB free in {p}; "
+                          f"{free / 2**30:.1f} GiB are: free some space or choose another folder")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, interruptible: bool = True) -> Iterator[Path]:
     """Yield a temp path to write to; move it onto ``path`` on success.
@@ -143,9 +184,11 @@ def atomic_output(path: str | os.PathLike[str], *, interruptible: bool = True) -
             raise_if_interrupted()  # a SIGINT / SIGTERM whose exception a library swallowed
         os.replace(tmp, target)
         log.debug("wrote %s", target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if disk_full(exc):
+            raise disk_full_error(target) from None
         raise
 
 

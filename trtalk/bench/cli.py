@@ -26,13 +26,15 @@ class BenchCommand:
     backends: list[Literal[tuple(PRESETS)]] = option(  # type: ignore[valid-type]
         default_factory=lambda: list(PRESETS), help="comma-separated rows to compare",
         default_text="all")
-    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64],
+    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64], bounds=(1, 256),
                               help="comma-separated batch sizes, each 1 to 256")
     precision: list[Literal["fp32", "fp16"]] | None = option(
         None, help="fp32,fp16 for the backends whose precision is a choice",
         default_text="fp32 on CPU, fp16,fp32 on CUDA")
-    warmup: int | None = option(None, help="untimed runs per batch", default_text="3 CPU, 10 CUDA")
-    iters: int | None = option(None, help="timed runs per batch", default_text="10 CPU, 100 CUDA")
+    warmup: int | None = option(None, bounds=(0, 100000),
+                                help="untimed runs per batch", default_text="3 CPU, 10 CUDA")
+    iters: int | None = option(None, bounds=(1, 100000),
+                               help="timed runs per batch", default_text="10 CPU, 100 CUDA")
     device: str | None = option(None, help="cpu or cuda[:N]", default_text="cuda when visible")
     out: Path | None = option(None, help="output folder", default_text="benchmarks/results/<machine>")
     checkpoint: Path | None = option(None, help="official checkpoint folder or converted file")
@@ -43,16 +45,19 @@ class BenchCommand:
         None, help="model family of the seeded random weights (with --checkpoint: the checkpoint's)",
         default_text="pcavs")
     cache_dir: Path | None = option(None, help="export / engine cache", default_text="trtalk's")
-    seed: int = option(0, help="seed of the random weights")
-    threads: int | None = option(None, help="CPU threads for torch and onnxruntime (1 is steadier on a busy machine)")
+    seed: int = option(0, bounds=(0, 2**32 - 1), help="seed of the random weights")
+    threads: int | None = option(None, bounds=(1, 1024), help="CPU threads for torch and onnxruntime "
+                                                              "(1 is steadier on a busy machine)")
     stream: bool = option(False, section="streaming (--stream)",
                           help="measure the live runtime instead (stream.json/.md)")
-    stream_duration: float = option(5.0, section="streaming (--stream)", metavar="S", help="seconds of stream")
+    stream_duration: float = option(5.0, section="streaming (--stream)", bounds=(0.01, 3600), metavar="S",
+                                    help="seconds of stream")
     stream_pose: Literal["video", "still"] = option("video", section="streaming (--stream)",
                                                     help="synthesised head-motion video or the avatar's still pose")
     stream_backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
         "torch", section="streaming (--stream)", help="backend of the streamed networks")
-    stream_batch: int = option(4, section="streaming (--stream)", help="most frames per generator call")
+    stream_batch: int = option(4, section="streaming (--stream)", bounds=(1, 256),
+                               help="most frames per generator call")
 
 
 def register(sub) -> None:

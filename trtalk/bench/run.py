@@ -14,9 +14,8 @@ Promises of `run_bench`:
   device peak for the backend's precision.
 - Memory: on CUDA ``torch.cuda.max_memory_allocated`` (torch's allocator only: onnxruntime /
   TensorRT allocations are outside it, so also the device's used memory from ``mem_get_info``);
-  on CPU the peak resident set size of the whole process, sampled every 2 ms from
-  /proc/self/statm while the backend runs (``ru_maxrss`` where /proc is absent), and its growth
-  over the RSS before the backend was loaded.
+  on CPU the peak resident set size of the whole process, sampled every 2 ms with psutil while
+  the backend runs, and its growth over the RSS before the backend was loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
 import resource
 import threading
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import psutil
 import torch
 
 from trtalk.bench.flops import compare_with_design, count_stage_flops
@@ -171,16 +170,18 @@ class RssSampler:
 
     def __init__(self, interval_s: float = 0.002) -> None:
         self.interval_s = interval_s
-        self.baseline = current_rss()
-        self.peak = self.baseline or 0
+        self._process = psutil.Process()
+        self.baseline = self._rss()
+        self.peak = self.baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            rss = current_rss()
-            if rss is not None and rss > self.peak:
-                self.peak = rss
+            self.peak = max(self.peak, self._rss())
 
     def __enter__(self) -> "RssSampler":
         self._thread.start()
@@ -189,18 +190,7 @@ class RssSampler:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        rss = current_rss()
-        if rss is not None:
-            self.peak = max(self.peak, rss)
-
-
-def current_rss() -> int | None:
-    """Resident set size now (bytes), from /proc/self/statm; None where there is no /proc."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
+        self.peak = max(self.peak, self._rss())
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -380,7 +370,6 @@ def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, i
     if v.reason is not None:
         log.info("%s: unavailable (%s)", v.label, v.reason)
         return entry
-    rss_before = current_rss()
     on_cuda = cfg.is_cuda
     peak = None
     try:
@@ -434,9 +423,9 @@ def bench_variant(model: PCAVS, v: Variant, cfg: BenchConfig, flops: dict[str, i
             torch.cuda.empty_cache()
     entry["host_memory"] = {
         "kind": "host: peak RSS of the whole process while this backend ran, sampled every 2 ms "
-                "from /proc/self/statm; growth = peak - RSS before it was loaded",
-        "peak_rss_bytes": int(rss.peak) if rss_before is not None else None,
-        "growth_bytes": int(rss.peak - rss_before) if rss_before is not None else None,
+                "(psutil); growth = peak - RSS before it was loaded",
+        "peak_rss_bytes": int(rss.peak),
+        "growth_bytes": int(rss.peak - rss.baseline),
         "process_ru_maxrss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
     }
     return entry

@@ -213,6 +213,9 @@ def quarantine(path: Path) -> Path:
     except OSError as exc:
         raise TrtalkError(f"cannot move the corrupt cache entry {path} aside ({exc.strerror or exc}); "
                           f"delete it") from None
+    from trtalk.export.cache import prune_corrupt
+
+    prune_corrupt(path.parent)  # the newest few stay for inspection
     return aside
 
 

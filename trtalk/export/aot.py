@@ -59,6 +59,7 @@ import torch
 from trtalk import __version__
 from trtalk.export.cache import EngineCache, EngineKey, EngineRecord
 from trtalk.errors import TrtalkError
+from trtalk.fsutil import check_free_space
 from trtalk.export.stages import BATCH, FAMILY_NOISE, CastIO, StageSpec, example_inputs, \
     family_of, family_stages, stage_module, stage_specs, stage_tensors
 from trtalk.models.pcavs import PCAVS
@@ -262,37 +263,43 @@ def _check_package(path: Path, module: torch.nn.Module, spec: StageSpec, opts: A
 def build_aot_package(model: PCAVS | PDFGC, stage: str, opts: AotOptions, path: Path) -> dict:
     """Export and compile ``stage`` into the package ``path`` (a ``.pt2`` name); sidecar extras.
 
-    One AOTInductor model per entry of ``opts.models``; the generated sources and libraries go
-    to a temporary folder that is removed afterwards (only the package stays).
+    One AOTInductor model per entry of ``opts.models``; the generated sources and libraries, and
+    the compiler's own caches, go to a temporary folder next to ``path`` (in trtalk's cache, not
+    the system temp folder) that is removed afterwards (only the package stays).
     """
     import torch._inductor
     from torch._inductor.package import package_aoti
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
     opts = opts.resolved()
     spec = stage_specs(model)[stage]
     module = _stage_for_build(model, stage, opts)
-    work = Path(tempfile.mkdtemp(prefix=f"trtalk-aot-{stage}-"))
+
+    # the compiler's files (sources, objects, its own caches: hundreds of MB) go under trtalk's
+    # cache, next to the package being built, and are removed with it
+    work = Path(tempfile.mkdtemp(prefix=f".aot-build-{stage}-", dir=path.parent))
     models: dict[str, dict] = {}
     try:
-        files = {}
-        for name, batch in opts.models.items():
-            n = batch or int(opts.trace_batch or 2)
-            args = tuple(a.to(opts.device) for a in example_inputs(spec, n, seed=0))
-            what = f"batch 1..{opts.max_batch}" if batch is None else f"batch {batch}"
-            t0 = time.perf_counter()
-            ep = _export(module, args, dynamic=batch is None, max_batch=opts.max_batch)
-            t1 = time.perf_counter()
-            log.info("aot %s (%s): exported in %.1f s; compiling with AOTInductor ...",
-                     stage, what, t1 - t0)
-            files[name] = torch._inductor.aot_compile(
-                ep.module(), args,
-                options={"aot_inductor.package": True, "aot_inductor.output_path": str(work / name)})
-            t2 = time.perf_counter()
-            log.info("aot %s (%s): compiled in %.1f s", stage, what, t2 - t1)
-            models[name] = {"batch": batch, "export_seconds": round(t1 - t0, 3),
-                            "compile_seconds": round(t2 - t1, 3)}
-            del ep
-        package_aoti(str(path), files)
+        with temporary_cache_dir(str(work / "inductor")):
+            files = {}
+            for name, batch in opts.models.items():
+                n = batch or int(opts.trace_batch or 2)
+                args = tuple(a.to(opts.device) for a in example_inputs(spec, n, seed=0))
+                what = f"batch 1..{opts.max_batch}" if batch is None else f"batch {batch}"
+                t0 = time.perf_counter()
+                ep = _export(module, args, dynamic=batch is None, max_batch=opts.max_batch)
+                t1 = time.perf_counter()
+                log.info("aot %s (%s): exported in %.1f s; compiling with AOTInductor ...",
+                         stage, what, t1 - t0)
+                files[name] = torch._inductor.aot_compile(
+                    ep.module(), args,
+                    options={"aot_inductor.package": True, "aot_inductor.output_path": str(work / name)})
+                t2 = time.perf_counter()
+                log.info("aot %s (%s): compiled in %.1f s", stage, what, t2 - t1)
+                models[name] = {"batch": batch, "export_seconds": round(t1 - t0, 3),
+                                "compile_seconds": round(t2 - t1, 3)}
+                del ep
+            package_aoti(str(path), files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     check = _check_package(path, module, spec, opts)
@@ -304,6 +311,17 @@ def build_aot_package(model: PCAVS | PDFGC, stage: str, opts: AotOptions, path: 
              for t in spec.outputs])
     return {"io": io, "models": models, "device": opts.device, "check": check,
             "versions": {"trtalk": __version__, "torch": torch.__version__}}
+
+
+#: the compiler's working files of one stage (sources, objects, caches; 724 MB seen for PC-AVS)
+AOT_WORK_BYTES = 1 << 30
+
+
+def aot_build_bytes(model: PCAVS | PDFGC, opts: AotOptions) -> int:
+    """Free disk a stage's build needs, about: the compiler's work plus, per model in the
+    package, twice the weights (the compiled library and the package holding it)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return AOT_WORK_BYTES + 2 * weights * len(opts.resolved().models)
 
 
 def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] | None = None,
@@ -325,6 +343,8 @@ def aot_packages(model: PCAVS | PDFGC, opts: AotOptions, stages: Iterable[str] |
         if rec is not None:
             log.info("aot [%d/%d] %s: cached package %s", i, len(stages), stage, rec.path.name)
         else:
+            check_free_space(cache.dir, aot_build_bytes(model, opts),
+                             f"building the aot {stage} package")
             layout = (f"batch 1..{key.max_batch}" if key.buckets == DYNAMIC
                       else f"batch buckets {key.buckets}")
             log.info("aot [%d/%d] %s: building the %s package (%s) for %s (%s) into %s ...", i,

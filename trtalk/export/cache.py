@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,42 @@ def cache_root(root: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env)
     return Path.home() / ".cache" / "trtalk"
+
+
+#: how many set-aside ``.corrupt-*`` entries a cache folder keeps (the newest; for inspection)
+KEEP_CORRUPT = 3
+
+
+def prune_corrupt(folder: Path, keep: int = KEEP_CORRUPT) -> list[Path]:
+    """Delete all but the newest ``keep`` ``*.corrupt-*`` entries of ``folder`` (files or
+    folders; an engine and its sidecar count as one); returns what was deleted."""
+    groups: dict[str, list[Path]] = {}
+    try:
+        entries = [p for p in folder.iterdir() if ".corrupt-" in p.name]
+    except OSError:
+        return []
+    for p in entries:  # one group per set-aside time stamp and entry name (sidecar included)
+        base, _, stamp = p.name.partition(".corrupt-")
+        groups.setdefault(base.removesuffix(".json") + stamp, []).append(p)
+
+    def age(paths: list[Path]) -> float:
+        try:
+            return max(p.lstat().st_mtime for p in paths)
+        except OSError:
+            return 0.0
+
+    ordered = sorted(groups.values(), key=age, reverse=True)
+    removed = []
+    for paths in ordered[keep:]:
+        for p in paths:
+            try:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d old set-aside cache entries from %s", len(removed), folder)
+    return removed
 
 
 class EngineCache:
@@ -67,6 +104,7 @@ class EngineCache:
                     p.unlink(missing_ok=True)
         log.warning("cached %s engine %s is unusable (%s); moved aside as %s.corrupt-%s, rebuilding",
                     stage, path.name, reason, path.name, stamp)
+        prune_corrupt(self.dir)
         return None
 
     def get_or_build(self, stage: str, key: EngineKey, build: Callable[[Path], dict]) -> EngineRecord:

@@ -65,7 +65,7 @@ class ExportOptions:
                                      default_text="random weights")  # None: loudly warned, recorded
     precision: str = option("fp16", choices=PRECISIONS,
                             help="graph precision (fp16: fp16 weights/activations, fp32 I/O)")
-    max_batch: int = option(8, help="largest batch of the graphs and engines, 1 to 1024")
+    max_batch: int = option(8, bounds=(1, 1024), help="largest batch of the graphs and engines, 1 to 1024")
     target: str = option("onnx", choices=TARGETS, help="what to produce")
     fold_up_blur: bool | None = option(None, help="fold the blur into the upsampling convs (exact)",
                                        default_text="yes for TensorRT targets, no for plain ONNX")
@@ -73,7 +73,7 @@ class ExportOptions:
                           help="modulated-conv form in the generator graph (plugin: custom "
                                "trtalk::ModulatedConv2d nodes for the TensorRT plugin; fp32, "
                                "datacenter TensorRT)")
-    seed: int = option(RANDOM_SEED, help="seed of the random weights (no --checkpoint)")
+    seed: int = option(RANDOM_SEED, bounds=(0, 2**32 - 1), help="seed of the random weights (no --checkpoint)")
     compute_capability: str | None = option(
         None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121",
         default_text="the local GPU")  # TensorRT targets; None = builder default
@@ -84,8 +84,9 @@ class ExportOptions:
     device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
                                 default_text="cuda when visible")
     buckets: tuple[int, ...] | None = option(
-        None, help="--target aot: one static-batch model per batch size (e.g. 1,2,4,8,16,32,64; "
-                   "a batch runs padded to the next one) instead of one dynamic-batch model",
+        None, bounds=(1, 1024),
+        help="--target aot: one static-batch model per batch size (e.g. 1,2,4,8,16,32,64; "
+             "a batch runs padded to the next one) instead of one dynamic-batch model",
         default_text="one model, batch 1..max(64, --max-batch)")
     cache_dir: Path | None = option(None, help="export / engine cache (--target aot builds into it)",
                                     default_text="trtalk's")

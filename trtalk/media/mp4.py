@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from trtalk.errors import TrtalkError
-from trtalk.fsutil import atomic_output, check_writable
+from trtalk.fsutil import atomic_output, check_writable, disk_full, disk_full_error
 from trtalk.media.frames import check_frame, pad_to_even
 from trtalk.media.sinks import FrameSink
 from trtalk.signals import raise_if_interrupted
@@ -296,7 +296,7 @@ class Mp4Sink(FrameSink):
             self._pending.append(x)
             self._pending_n += x.size
 
-    def write_audio(self, samples: np.ndarray) -> None:
+    def _write_audio(self, samples: np.ndarray) -> None:
         """Append mono float32 samples (clipped to [-1, 1]) to the audio track.
 
         Raises:
@@ -378,6 +378,24 @@ class Mp4Sink(FrameSink):
             self._astream = aus
 
     def write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
+        try:
+            self._write(frame_rgb, pts_s)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            self.abort()  # nothing partial is kept
+            raise disk_full_error(self._path) from None
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        try:
+            self._write_audio(samples)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            self.abort()
+            raise disk_full_error(self._path) from None
+
+    def _write(self, frame_rgb: np.ndarray, pts_s: float | None = None) -> None:
         """Encode one ``H x W x 3`` RGB uint8 frame.
 
         Args:
@@ -451,8 +469,10 @@ class Mp4Sink(FrameSink):
                 for packet in self._astream.encode(None):
                     self._container.mux(packet)
             self._container.close()
-        except BaseException:
+        except BaseException as exc:
             self.abort()
+            if disk_full(exc):
+                raise disk_full_error(self._path) from None
             raise
         self._closed = True
         self._pending.clear()

@@ -53,7 +53,8 @@ def check_keys(state: object, module: torch.nn.Module, source: str, network: str
     motion"); ``skip(key)``: file keys that are dropped unread (a loader's official skips);
     ``optional(key)``: network keys the file may lack (left at init, logged). Tolerated: a uniform
     ``module.`` prefix and absent BatchNorm ``num_batches_tracked`` counters. Any other mismatch
-    raises TrtalkError naming ``source`` and the first missing, unexpected or mis-shaped key."""
+    raises TrtalkError naming ``source`` and the first missing, unexpected or mis-shaped key, or
+    the first tensor holding NaN or Inf."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TrtalkError(f"{source} is not a {network} state_dict (expected a dict of tensors)")
     if state and all(k.startswith("module.") for k in state):
@@ -70,6 +71,10 @@ def check_keys(state: object, module: torch.nn.Module, source: str, network: str
         if v.shape != expected[k].shape:
             raise TrtalkError(f"{source}: key '{k}' has shape {_fmt_shape(v.shape)}, the {network} "
                               f"network expects {_fmt_shape(expected[k].shape)}")
+    for k, v in kept.items():  # a damaged file can hold NaN/Inf: black frames, no error
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise TrtalkError(f"{source}: tensor '{k}' holds NaN or Inf values; the checkpoint is "
+                              f"damaged (download or convert it again)")
     absent = [k for k in expected if k not in kept and optional(k)]
     if absent:
         log.info("%s lacks %d unused key(s) of the %s network (e.g. %s); left at init", source,

@@ -30,15 +30,16 @@ from trtalk.errors import TrtalkError
 class BlinkConfig:
     """Blink timing (each field a flag where a front end exposes blinks)."""
 
-    rate_per_min: float = option(17.0, help="blinks per minute while silent")
-    speech_rate_per_min: float = option(26.0, help="blinks per minute while speaking")
-    duration_s: float = option(0.25, help="mean blink duration in seconds")
-    duration_jitter: float = option(0.2, help="relative spread of the blink duration")
-    min_interval_s: float = option(0.5, help="no new blink this soon after one started")
-    phrase_end_boost: float = option(4.0, help="blink rate factor just after speech stops")
-    phrase_end_s: float = option(0.6, help="how long the phrase-end boost lasts")
-    mouth_open_limit: float = option(0.6, help="no blink starts while the mouth opening is above this")
-    seed: int = option(0, help="seed of the blink timing")
+    rate_per_min: float = option(17.0, bounds=(0, 600), help="blinks per minute while silent")
+    speech_rate_per_min: float = option(26.0, bounds=(0, 600), help="blinks per minute while speaking")
+    duration_s: float = option(0.25, bounds=(0.01, 10), help="mean blink duration in seconds")
+    duration_jitter: float = option(0.2, bounds=(0, 0.99), help="relative spread of the blink duration")
+    min_interval_s: float = option(0.5, bounds=(0.01, 3600), help="no new blink this soon after one started")
+    phrase_end_boost: float = option(4.0, bounds=(0, 100), help="blink rate factor just after speech stops")
+    phrase_end_s: float = option(0.6, bounds=(0.01, 60), help="how long the phrase-end boost lasts")
+    mouth_open_limit: float = option(0.6, bounds=(0, 10),
+                                     help="no blink starts while the mouth opening is above this")
+    seed: int = option(0, bounds=(0, 2**32 - 1), help="seed of the blink timing")
 
     def __post_init__(self) -> None:
         for name in ("rate_per_min", "speech_rate_per_min", "phrase_end_boost"):

@@ -50,14 +50,16 @@ PITCH_BANDS = (0, 14)
 class MotionConfig:
     """Speech-driven head motion (`--pose auto`): how much, how lively, which seed, the bounds."""
 
-    amplitude: float = option(1.0, help="scale of all head angles (0 holds the head still)")
-    liveliness: float = option(1.0, help="how often the head nods and turns with stressed syllables, "
+    amplitude: float = option(1.0, bounds=(0, 10), help="scale of all head angles (0 holds the head still)")
+    liveliness: float = option(1.0, bounds=(0, 10), help="how often the head nods and turns with stressed syllables, "
                                          "and how fast it sways (0.5 calm, 2 animated)")
-    seed: int = option(0, help="seed of the head motion (the same seed and audio give the same motion)")
-    max_yaw: float = option(15.0, help="largest yaw in degrees")
-    max_pitch: float = option(10.0, help="largest pitch in degrees")
-    max_roll: float = option(8.0, help="largest roll in degrees")
-    max_speed: float = option(80.0, help="largest angular speed per axis in degrees per second")
+    seed: int = option(0, bounds=(0, 2**32 - 1),
+                       help="seed of the head motion (the same seed and audio give the same motion)")
+    max_yaw: float = option(15.0, bounds=(0.01, 90), help="largest yaw in degrees")
+    max_pitch: float = option(10.0, bounds=(0.01, 90), help="largest pitch in degrees")
+    max_roll: float = option(8.0, bounds=(0.01, 90), help="largest roll in degrees")
+    max_speed: float = option(80.0, bounds=(0.01, 10000),
+                              help="largest angular speed per axis in degrees per second")
     silent_sway: float = option(0.3, cli=False)  # sway amplitude in pauses, relative to speech
     speech_floor: float = option(0.22, cli=False)  # voice-band mel level of no activity
     speech_ceil: float = option(0.45, cli=False)  # ... of full activity

@@ -87,6 +87,11 @@ class GridSpec:
         return np.array([max(self.yaw), max(self.pitch), max(self.roll)])
 
 
+#: the largest polynomial degree and thin-plate centre count a (cached) map may have
+MAX_DEGREE = 8
+MAX_CENTRES = 20_000
+
+
 def _exponents(degree: int) -> np.ndarray:
     return np.array([e for e in itertools.product(range(degree + 1), repeat=3) if sum(e) <= degree])
 
@@ -148,9 +153,51 @@ class AngleMap:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "AngleMap":
+        """The map saved at ``path``; TrtalkError when its contents are not a usable map
+        (`validate`), not only when the file is unreadable."""
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["low"], z["high"], int(z["degree"]), z["coef"], json.loads(str(z["info"])),
+            degree = z["degree"]
+            if degree.shape != () or not np.issubdtype(degree.dtype, np.integer):
+                raise TrtalkError("degree is not an integer")
+            amap = cls(z["low"], z["high"], int(degree), z["coef"], json.loads(str(z["info"])),
                        str(z["kind"]), z["centres"])
+        amap.validate()
+        return amap
+
+    def validate(self, kind: str | None = None, degree: int | None = None) -> None:
+        """TrtalkError unless the map is well formed: finite bounds with low < high, a known
+        kind, a small degree, finite coefficients of the shape its features need (and, when
+        given, the ``kind`` and ``degree`` expected)."""
+        def bad(why: str) -> TrtalkError:
+            return TrtalkError(f"the angle map is damaged: {why}")
+
+        if self.kind not in ("tps", "poly") or (kind is not None and self.kind != kind):
+            raise bad(f"kind {self.kind!r}")
+        if not 0 <= self.degree <= MAX_DEGREE or (degree is not None and self.kind == "poly"
+                                                   and self.degree != degree):
+            raise bad(f"degree {self.degree}")
+        for name in ("low", "high"):
+            v = np.asarray(getattr(self, name))
+            if v.shape != (3,) or not np.issubdtype(v.dtype, np.floating) or not np.isfinite(v).all():
+                raise bad(f"{name} is not 3 finite numbers")
+        if not (np.asarray(self.low) < np.asarray(self.high)).all():
+            raise bad("low is not below high")
+        c = np.asarray(self.centres)
+        if self.kind == "tps":
+            if c.ndim != 2 or c.shape[1] != 3 or not 0 < len(c) <= MAX_CENTRES or not np.isfinite(c).all():
+                raise bad(f"centres of shape {c.shape}")
+            rows = len(c) + 4
+        else:
+            rows = len(_exponents(self.degree))
+        coef = np.asarray(self.coef)
+        if (coef.ndim != 2 or coef.shape[0] != rows or not 0 < coef.shape[1] <= 4096
+                or not np.issubdtype(coef.dtype, np.floating)):
+            raise bad(f"coef of shape {coef.shape}, expected ({rows}, code size)")
+        if not np.isfinite(coef).all():
+            raise bad("coef holds NaN or Inf")
+        recorded = self.info.get("code_size") if isinstance(self.info, dict) else None
+        if recorded is not None and recorded != coef.shape[1]:
+            raise bad(f"coef has {coef.shape[1]} outputs, its record says {recorded}")
 
 
 def fit_angle_map(angles: np.ndarray, codes: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -262,6 +309,9 @@ def build_angle_map(photo: np.ndarray, encode: EncodeFn, *, mesh: np.ndarray | N
         if path.is_file():
             try:
                 amap = AngleMap.load(path)
+                amap.validate(grid.kind, grid.degree)
+                if amap.kind == "tps" and len(amap.centres) != len(grid.train_angles()):
+                    raise TrtalkError(f"the angle map is damaged: {len(amap.centres)} centres")
                 log.info("angle -> pose code map from the cache (%s)", path.name)
                 return amap
             except Exception as exc:  # noqa: BLE001 - a broken entry (bad zip, truncated, wrong keys) is rebuilt

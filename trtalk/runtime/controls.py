@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from trtalk import httpguard
 from trtalk.errors import TrtalkError
 from trtalk.net import is_loopback
 
@@ -60,6 +61,9 @@ def parse_factor(value: str | Path | None, factor: str, default: str = "avatar")
     if value is None:
         return FactorSpec(default)
     text = str(value)
+    if not text.strip() or text.strip() == ".":
+        raise TrtalkError(f"--{factor} is empty; give a video, an image, webcam, off"
+                          f"{', auto' if factor == 'eyes' else ''} or avatar")
     low = text.lower()
     if low in ("off", "webcam", "pose", "avatar", "auto"):
         if low == "auto" and factor != "eyes":
@@ -69,7 +73,16 @@ def parse_factor(value: str | Path | None, factor: str, default: str = "avatar")
     if not p.exists():
         raise TrtalkError(f"--{factor} {text}: no such file; give a video, an image, webcam, off"
                           f"{', auto' if factor == 'eyes' else ''} or avatar")
+    if p.is_dir():
+        raise TrtalkError(f"--{factor} {text} is a folder; give a video or an image file")
     return FactorSpec("image" if p.suffix.lower() in IMAGE_EXTS else "video", p)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return "\0" not in path and Path(path).is_file()
+    except (OSError, ValueError):  # a name too long, ...
+        return False
 
 
 def clip_frame(t: int, length: int) -> int:
@@ -114,6 +127,8 @@ class Controls:
         self.frame = 0
         #: (frame, command) of every change applied, in order
         self.log: list[tuple[int, dict]] = []
+        #: set when the stream ends (`ControlServer.close`): later commands are refused
+        self.closed = False
 
     # -- any thread ----------------------------------------------------------------------
 
@@ -123,10 +138,12 @@ class Controls:
             raise TrtalkError('a control command is a JSON object with "set": one of '
                               + ", ".join(self.COMMANDS))
         what = cmd["set"]
-        if what not in self.COMMANDS:
-            raise TrtalkError(f"unknown control {what!r}; choose one of {', '.join(self.COMMANDS)}")
+        if not isinstance(what, str) or what not in self.COMMANDS:
+            raise TrtalkError(f"unknown control {what!r:.60}; choose one of {', '.join(self.COMMANDS)}")
         if what == "emotion":
             preset = cmd.get("preset")
+            if preset is not None and not isinstance(preset, str):
+                raise TrtalkError("emotion preset must be a name (a string) or \"off\"")
             if preset is not None and preset != "off" and preset not in self.presets:
                 raise TrtalkError(f"unknown emotion preset {preset!r}; known: "
                                   f"{', '.join(sorted(self.presets)) or 'none (give --emotion-preset)'}")
@@ -140,11 +157,11 @@ class Controls:
                                for v in off)):
                 raise TrtalkError("gaze offset must be [dx, dy], each in [-5, 5]")
         elif what in ("freeze", "unfreeze"):
-            if cmd.get("factor") not in FACTORS:
+            if not isinstance(cmd.get("factor"), str) or cmd.get("factor") not in FACTORS:
                 raise TrtalkError(f"{what} needs factor: one of {', '.join(FACTORS)}")
         elif what == "pose_source":
             src = cmd.get("source")
-            if not isinstance(src, str) or (src not in POSE_SWITCHES and not Path(src).is_file()):
+            if not isinstance(src, str) or (src not in POSE_SWITCHES and not _is_file(src)):
                 raise TrtalkError(f'pose_source needs "source": a video or image file on this machine, '
                                   f'or one of {", ".join(POSE_SWITCHES)} (the stream\'s pose source, '
                                   f'the avatar\'s own pose, a zero code)')
@@ -153,6 +170,8 @@ class Controls:
     def submit(self, cmd: object) -> dict:
         """Queue a validated command for the next frame; returns it. A pose file is encoded
         here, in the caller's thread, before it is queued."""
+        if self.closed:
+            raise TrtalkError("the stream is ending: no more commands")
         c = self.validate(cmd)
         prepared = None
         if c["set"] == "pose_source" and c["source"] not in POSE_SWITCHES:
@@ -216,81 +235,172 @@ class Controls:
 class ControlServer:
     """``POST /control`` (a JSON command, see `Controls.validate`) and ``GET /state`` on
     ``host:port`` (port 0: any free one). Bound beyond loopback, every request needs
-    ``Authorization: Bearer <token>`` (made when not given; see ``token``)."""
+    ``Authorization: Bearer <token>`` (made when not given; see ``token``). The request rules of
+    `trtalk.httpguard` apply (loopback Host and same-origin without a token, JSON bodies of at
+    most `MAX_BODY` bytes, read timeouts); every refusal is a 4xx with a one-line reason.
+
+    Handler threads are not daemons: `close` joins them (bounded by the read timeouts and the
+    encoding of a pose file being switched to), so the process never exits while one of them
+    is inside native code."""
+
+    MAX_BODY = 65536
 
     def __init__(self, controls: Controls, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, read_timeout_s: float = httpguard.HEADER_TIMEOUT_S) -> None:
         self.controls = controls
         loopback = is_loopback(host)
+        httpguard.check_token(token, "--control-token")
         self.token = token if token is not None else (None if loopback else secrets.token_urlsafe(16))
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = read_timeout_s  # the socket's: headers and body each (StreamRequestHandler)
+
             def log_message(self, fmt: str, *args: Any) -> None:  # to logging, not stderr
-                log.debug("control endpoint: " + fmt, *args)
+                log.debug("control endpoint: %s", httpguard.redact(fmt % args))
+
+            def log_error(self, fmt: str, *args: Any) -> None:
+                log.info("control endpoint: %s", httpguard.redact(fmt % args))
 
             def _reply(self, code: int, body: dict) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if code >= 400:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _authorised(self) -> bool:
-                if server.token is None:
-                    return True
-                got = self.headers.get("Authorization", "")
-                if hmac.compare_digest(got.encode(), f"Bearer {server.token}".encode()):
-                    return True
-                self._reply(401, {"error": "missing or wrong token"})
-                return False
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """http.server's own refusals (malformed request line, unknown method, header
+                too long) as short JSON answers; an unknown method is a 405, not a 501."""
+                from http import HTTPStatus
+
+                if code == 501:
+                    code, message = 405, "only GET /state and POST /control"
+                try:
+                    reason = message or HTTPStatus(code).phrase
+                except ValueError:
+                    reason = "bad request"
+                log.info("control endpoint: refused (%d): %s", code, reason)
+                self.close_connection = True
+                if len(getattr(self, "requestline", "").split()) >= 3:
+                    self.request_version = "HTTP/1.0"  # a bad version still gets a status line
+                try:
+                    self._reply(code, {"error": reason})
+                except OSError:
+                    pass
+
+            def _check(self) -> None:
+                """HttpRefusal unless the token and the Host/Origin rules pass."""
+                if server.token is not None:
+                    got = self.headers.get("Authorization", "")
+                    if not hmac.compare_digest(got.encode("utf-8", "replace"),
+                                               f"Bearer {server.token}".encode()):
+                        raise httpguard.HttpRefusal(401, "missing or wrong token")
+                httpguard.check_host(self.headers.get("Host"), server.token)
+                httpguard.check_origin(self.command, self.headers.get("Origin"), self.headers.get("Host"),
+                                       server.token)
+
+            def _refuse(self, exc: httpguard.HttpRefusal) -> None:
+                log.info("control endpoint: %s %s refused (%d): %s", self.command,
+                         httpguard.redact(self.path[:200]), exc.status, exc.reason)
+                self._reply(exc.status, {"error": exc.reason})
+
+            def _read_body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding"):
+                    raise httpguard.HttpRefusal(411, "send the command with a Content-Length")
+                n = httpguard.content_length(self.headers.get("Content-Length"), server.MAX_BODY) or 0
+                data = b""
+                while len(data) < n:  # the socket timeout bounds each read
+                    chunk = self.rfile.read(n - len(data))
+                    if not chunk:
+                        raise httpguard.HttpRefusal(400, "the body ended early")
+                    data += chunk
+                return data
 
             def do_GET(self) -> None:  # noqa: N802
-                if not self._authorised():
+                try:
+                    self._check()
+                    if self.path.rstrip("/") != "/state":
+                        raise httpguard.HttpRefusal(404, "GET /state or POST /control")
+                except httpguard.HttpRefusal as exc:
+                    self._refuse(exc)
                     return
-                if self.path.rstrip("/") == "/state":
-                    self._reply(200, server.controls.snapshot())
-                else:
-                    self._reply(404, {"error": "GET /state or POST /control"})
+                self._reply(200, server.controls.snapshot())
 
             def do_POST(self) -> None:  # noqa: N802
-                if not self._authorised():
-                    return
-                if self.path.rstrip("/") != "/control":
-                    self._reply(404, {"error": "POST /control"})
-                    return
-                n = int(self.headers.get("Content-Length") or 0)
-                if n > 65536:
-                    self._reply(413, {"error": "command too large"})
-                    return
                 try:
-                    cmd = json.loads(self.rfile.read(n) or b"null")
-                    applied = server.controls.submit(cmd)
-                except (ValueError, TrtalkError) as exc:
-                    self._reply(400, {"error": str(exc)})
+                    self._check()
+                    if self.path.rstrip("/") != "/control":
+                        raise httpguard.HttpRefusal(404, "POST /control")
+                    httpguard.require_json(self.headers.get("Content-Type"))
+                    cmd = httpguard.json_body(self._read_body())
+                    try:
+                        applied = server.controls.submit(cmd)
+                    except TrtalkError as exc:
+                        raise httpguard.HttpRefusal(400, str(exc)) from None
+                except httpguard.HttpRefusal as exc:
+                    self._refuse(exc)
+                    return
+                except OSError as exc:  # a timeout or a vanished client: nobody to answer
+                    log.info("control endpoint: %s: %s", type(exc).__name__, exc)
+                    self.close_connection = True
                     return
                 self._reply(200, {"queued": applied})
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        class Httpd(ThreadingHTTPServer):
+            daemon_threads = False  # joined by close (see the class docstring)
+            block_on_close = False  # close joins them itself, with a bound
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                     name="control-request", daemon=False)
+                server._handlers = [h for h in server._handlers if h.is_alive()] + [t]
+                t.start()
+
+            def handle_error(self, request: Any, client_address: Any) -> None:  # one line
+                import sys
+
+                exc = sys.exc_info()[1]
+                log.info("control endpoint: request from %s failed: %s: %s", client_address[0],
+                         type(exc).__name__, exc)
+
+        self._handlers: list[threading.Thread] = []
+        self._httpd = Httpd((host, port), Handler)
         self.host, self.port = host, self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="control-endpoint",
                                          daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        from trtalk.net import url_host
+
+        return f"http://{url_host(self.host)}:{self.port}"
 
     def start(self) -> "ControlServer":
+        self.controls.closed = False
         self._thread.start()
         log.info("control endpoint on %s%s", self.url, " (token required)" if self.token else "")
         return self
 
-    def close(self) -> None:
-        self._httpd.shutdown()
+    def close(self, join_s: float = 60.0) -> None:
+        """Stop serving, then wait for requests in flight (a pose file being encoded); after
+        ``join_s`` a thread still running is left to the interpreter's own join at exit."""
+        import time
+
+        self.controls.closed = True  # later commands are refused, not encoded
+        if self._thread.is_alive():
+            self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=2)
+        end = time.monotonic() + join_s
+        for t in list(self._handlers):
+            t.join(timeout=max(0.0, end - time.monotonic()))
+            if t.is_alive():
+                log.warning("control endpoint: a request is still running after %.0f s", join_s)
 
     def __enter__(self) -> "ControlServer":
         return self.start()

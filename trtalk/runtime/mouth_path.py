@@ -56,7 +56,7 @@ class MouthOptions:
         help="where the lips come from: audio (the speech), video PATH (another video's mouth; its "
              "own audio track is played), webcam (the webcam or --pose video; no microphone needed) "
              "or blend (audio and webcam mixed, see --mouth-blend)")
-    mouth_blend: float = option(DEFAULT_BLEND, metavar="W",
+    mouth_blend: float = option(DEFAULT_BLEND, metavar="W", bounds=(0, 1),
                                 help="--mouth blend: weight of the webcam's mouth, 0 (audio only) to "
                                      "1 (webcam only)")
 
@@ -68,6 +68,9 @@ class MouthOptions:
                               f"webcam or blend")
         if words[0] == "video" and len(words) != 2:
             raise TrtalkError("--mouth video needs the video's path: --mouth video speaker.mp4")
+        if words[0] == "video" and Path(words[1]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            raise TrtalkError(f"--mouth video {words[1]} is an image; the lips follow a video's frames over "
+                              f"time: give a video (or --mouth audio)")
         if words[0] != "video" and len(words) != 1:
             raise TrtalkError(f"--mouth {words[0]} takes no path (only --mouth video PATH does)")
         if not (0.0 <= self.mouth_blend <= 1.0):

@@ -42,7 +42,7 @@ class ModelOptions:
                    "official seeded maps (torch only)",
         default_text="fixed for PC-AVS, seeded for PD-FGC")
     cuda_graphs: bool = option(False, help="replay each stage as a CUDA graph (torch, tensorrt)")
-    seed: int = option(0, help="seed of the random weights when there is no checkpoint")
+    seed: int = option(0, bounds=(0, 2**32 - 1), help="seed of the random weights when there is no checkpoint")
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
     eyes: str | None = option(None, section="PD-FGC factors", metavar="SRC",
                               help="eyes (blink and gaze): a video, an image, webcam (the pose "
@@ -54,7 +54,7 @@ class ModelOptions:
     emotion: str | None = option(None, section="PD-FGC factors", metavar="SRC",
                                  help="emotion: a reference still (a preset: happy.jpg), a video, "
                                       "webcam, off or avatar", default_text="the avatar's own")
-    emotion_strength: float = option(1.0, section="PD-FGC factors",
+    emotion_strength: float = option(1.0, section="PD-FGC factors", bounds=(0, 2),
                                      help="scale of an image's emotion code, 0 (neutral) to 2")
     emotion_presets: list[Path] | None = option(None, section="PD-FGC factors", metavar="IMAGES",
                                                 help="comma-separated stills whose emotion codes "
@@ -111,6 +111,8 @@ class ModelOptions:
         if self.model_config == "small" and self.checkpoint is not None:
             raise TrtalkError("--model-config small is for tests with random weights; drop --checkpoint or it")
         check_device(self.device)
+        if self.emotion_presets is not None and not self.emotion_presets:  # ",,," -> []
+            raise TrtalkError("--emotion-presets names no file; give comma-separated stills (happy.jpg,sad.jpg)")
         model = self.resolved_model()
         pd_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
                                    ("--eyes-closed", self.eyes_closed),

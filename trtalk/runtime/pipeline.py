@@ -67,34 +67,42 @@ class PipelineConfig:
     """Options of the pipeline (shared by `trtalk render` and `trtalk stream`: each field is one
     flag of both, with the same meaning)."""
 
-    fps: float = option(25.0, help="output frame rate, at most 240")
-    duration: float | None = option(None, metavar="S", help="stop after S seconds of output (at most 86400)")
-    batch: int = option(4, help="most frames per generator call, 1 to 256")
+    fps: float = option(25.0, bounds=(0.1, 240), help="output frame rate, at most 240")
+    duration: float | None = option(None, metavar="S", bounds=(0.001, 86400),
+                                    help="stop after S seconds of output (at most 86400)")
+    batch: int = option(4, bounds=(1, 256), help="most frames per generator call, 1 to 256")
     layout: Literal["generated", "side-by-side"] = option(
         "generated", help="the generated frame only, or avatar | generated | pose source")
     paste_back: bool = option(False, help="paste the generated face (the face only, colour-matched) back "
                               "into the face source's frames (render), the camera or pose video frames "
                               "(stream) or the avatar photo; crop models only: the warp avatar's "
                               "frames are the photo already")
-    size: int | None = option(None, metavar="PX", help="output size: the side of the crop models' "
-                              "square frames, the long side of the warp avatar's photo frame (even sides)",
+    size: int | None = option(None, metavar="PX", bounds=(32, 4096),
+                              help="output size: the side of the crop models' square frames, the long "
+                                   "side of the warp avatar's photo frame (even sides)",
                               default_text="224 for the crop models; the photo's own, at most 512, for "
                                            "the warp avatar")
-    audio_gain: float | None = option(None, help="fixed gain on the audio", default_text="the whole-file "
-                                      "gain for files, a running RMS estimate live")
-    pose_smoothing: float | None = option(None, help="exponential smoothing of pose codes in [0, 1)",
+    audio_gain: float | None = option(None, bounds=(1e-6, MAX_AUDIO_GAIN), help="fixed gain on the audio",
+                                      default_text="the whole-file gain for files, a running RMS "
+                                                   "estimate live")
+    pose_smoothing: float | None = option(None, bounds=(0, 0.999),
+                                          help="exponential smoothing of pose codes in [0, 1)",
                                           default_text="0.5 live, 0 for files aligned as a whole")
-    audio_timeout_s: float = option(0.25, section="live timing",
+    audio_timeout_s: float = option(0.25, section="live timing", bounds=(0.001, 60),
                                     help="seconds without audio before the microphone counts as lost "
                                          "(at least twice the device's latency plus block)")
-    audio_start_timeout_s: float = option(5.0, section="live timing",
+    audio_start_timeout_s: float = option(5.0, section="live timing", bounds=(0.001, 600),
                                           help="seconds to wait for the microphone's first audio")
-    max_delay_s: float = option(0.5, section="live timing", help="frames later than this are dropped")
-    lost_hold_s: float = option(0.3, section="live timing", help="hold the last pose this long when the face is lost")
-    lost_ease_s: float = option(1.0, section="live timing", help="then ease to the avatar's pose over this long")
-    camera_timeout_s: float = option(0.5, section="live timing",
+    max_delay_s: float = option(0.5, section="live timing", bounds=(0.001, 60),
+                                help="frames later than this are dropped")
+    lost_hold_s: float = option(0.3, section="live timing", bounds=(0, 3600),
+                                help="hold the last pose this long when the face is lost")
+    lost_ease_s: float = option(1.0, section="live timing", bounds=(0, 3600),
+                                help="then ease to the avatar's pose over this long")
+    camera_timeout_s: float = option(0.5, section="live timing", bounds=(0.001, 60),
                                      help="seconds without a camera frame before it counts as lost")
-    threads: int | None = option(None, metavar="N", help="CPU threads for inference (torch and onnxruntime); "
+    threads: int | None = option(None, metavar="N", bounds=(1, MAX_THREADS),
+                                 help="CPU threads for inference (torch and onnxruntime); "
                                  "idle ones sleep (README: thread settings)",
                                  default_text="$TRTALK_THREADS, else the usable cores")
     motion: MotionConfig = option(default_factory=MotionConfig, prefix="motion-", section="generated motion")

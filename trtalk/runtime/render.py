@@ -69,7 +69,7 @@ class RenderConfig(PipelineConfig):
                                           "off (PD-FGC: a zero pose code, the official switch); "
                                           "'auto': head motion and blinks generated from the speech",
                                default_text="the face source itself")
-    batch: int = option(8, help="most frames per generator call, 1 to 256")
+    batch: int = option(8, bounds=(1, 256), help="most frames per generator call, 1 to 256")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
 
 
@@ -192,6 +192,12 @@ class Renderer:
         else:
             audio = AudioFileSource(cfg.audio)
         n = num_video_frames(len(audio.wave), cfg.fps)
+        if mouth_clip is not None:  # the video's own audio runs a little past its last frame
+            clip_n = max(1, int(math.floor(len(mouth_clip) * cfg.fps / mouth_clip.fps + 0.5)))
+            if clip_n < n and (cfg.duration is None or clip_n / cfg.fps < cfg.duration):
+                import dataclasses
+
+                n, cfg = clip_n, dataclasses.replace(cfg, duration=clip_n / cfg.fps)  # the pipeline stops there
         if cfg.duration is not None:
             n = min(n, int(math.floor(cfg.duration * cfg.fps + 0.5)))
         log.info("audio %s: %.2f s -> %d frames at %g fps", cfg.audio, len(audio.wave) / 16000, n, cfg.fps)

@@ -47,7 +47,7 @@ class StreamCommand:
     realtime: bool | None = option(None, negative="--fast", help="real-time pace",
                                    negative_help="files only: as fast as possible on a virtual clock",
                                    default_text="real time with --mic/--webcam, --fast for files")
-    stats: float | None = option(None, const=5.0, metavar="EVERY_S",
+    stats: float | None = option(None, const=5.0, bounds=(0.1, 86400), metavar="EVERY_S",
                                  help="log latency stats every EVERY_S seconds (5 if bare)")
     stats_json: Path | None = option(None, metavar="PATH", help="write the final report as JSON")
     control: bool = option(False, section="live control",
@@ -55,7 +55,7 @@ class StreamCommand:
                                 "gaze offset, blink now, freeze a factor, switch the pose source)")
     control_host: str = option("127.0.0.1", section="live control",
                                help="control endpoint address (beyond loopback a token is required)")
-    control_port: int = option(8765, section="live control", help="control endpoint port (0: any free one)")
+    control_port: int = option(8765, section="live control", bounds=(0, 65535), help="control endpoint port (0: any free one)")
     control_token: str | None = option(None, section="live control",
                                        help="bearer token of the endpoint",
                                        default_text="none on loopback, else a random one (logged)")
@@ -129,7 +129,18 @@ def _run(cmd: StreamCommand) -> int:
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
     from trtalk.runtime.stream import StreamPipeline
 
+    from trtalk.httpguard import check_token
+
+    check_token(cmd.control_token, "--control-token")
     cfg = cmd.stream
+    pose_off = cmd.pose is not None and str(cmd.pose) == "off" and not cmd.pose.exists()
+    if pose_off:
+        if cfg.model.resolved_model() != "pdfgc":
+            raise TrtalkError("--pose off is a PD-FGC switch (a zero pose code); this model has no pose "
+                              "switch: give a pose video or image, or --pose-static")
+        if cfg.mouth_source.source in ("webcam", "blend"):
+            raise TrtalkError("--mouth webcam reads the lips from the pose source's frames; --pose off "
+                              "has none (add --webcam, or give a pose video)")
     live = cmd.mic is not None or cmd.webcam is not None
     realtime = cmd.realtime if cmd.realtime is not None else live
     if live and not realtime:
@@ -174,6 +185,12 @@ def _run(cmd: StreamCommand) -> int:
             from trtalk.runtime.mouth_path import video_audio
 
             audio = video_audio(mouth.path)  # type: ignore[arg-type]
+            from trtalk.media.read import probe
+
+            info = probe(mouth.path)  # its audio runs a little past its last frame: stop there
+            if info.num_frames and info.fps:
+                clip_s = info.num_frames / info.fps
+                cfg.duration = clip_s if cfg.duration is None else min(cfg.duration, clip_s)
         else:  # --mouth webcam, no microphone: silence that never holds a frame back
             from trtalk.audio import audio_lookahead_s
             from trtalk.runtime.mouth_path import SilenceSource
@@ -187,12 +204,16 @@ def _run(cmd: StreamCommand) -> int:
         if cmd.webcam is not None:
             pose = WebcamSource(cmd.webcam, fps=max(cfg.fps, 25.0))
             pose.processor = PoseTracker(cfg.fps, keep_frames=cfg.paste_back)
-        elif cmd.pose is not None and not motion:
+        elif cmd.pose is not None and not motion and not pose_off:
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps, size=cfg.size)
+        if pose_off:  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
+            from trtalk.runtime.controls import FactorSpec
+
+            family.set_factor("pose", FactorSpec("off"))
         _attach_controls(cmd, family, sink, stack)
         pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.

@@ -26,7 +26,6 @@ import json
 import logging
 import secrets
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from trtalk import httpguard
 from trtalk.errors import TrtalkError
-from trtalk.net import is_loopback
 from trtalk.runtime.family import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
@@ -48,6 +47,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONTROL_MAX_BYTES = 4096
+#: the largest offer body (an SDP of a few KB and the session's choices)
+OFFER_MAX_BYTES = 256 * 1024
 
 
 @dataclass
@@ -63,6 +64,10 @@ class ServerLimits:
     headroom: float = 0.9
     #: a running session below this share of the frame rate (over 2 s) blocks admission
     min_fps_ratio: float = 0.85
+    #: a connection gets this long to send its request headers (and stays this long idle)
+    header_timeout_s: float = httpguard.HEADER_TIMEOUT_S
+    #: a request gets this long to send its body (an upload slot is taken only once it is read)
+    body_timeout_s: float = httpguard.BODY_TIMEOUT_S
 
 
 @dataclass
@@ -103,6 +108,44 @@ def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
         size = (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2))
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+#: allocations from this size up get their own mapping, returned to the system when freed
+MMAP_THRESHOLD = 256 * 1024
+_HEAP_BOUNDED = False
+
+
+def bound_heap_growth() -> bool:
+    """Slow the server's memory growth per camera session (glibc only; False elsewhere or when
+    it cannot be set). A mitigation, not the fix (issue 24, 8 is still open).
+
+    Each camera session decodes, tracks and pastes frames of hundreds of KB on threads of its
+    own. glibc's malloc raises its mmap threshold each time such a buffer is freed, so later
+    frames come from the threads' arenas, whose pages stay resident. Fixing the threshold at
+    `MMAP_THRESHOLD` (which stops the dynamic raise) maps them on their own and returns them when
+    freed. Measured (tests/test_serve.py ``test_camera_sessions_give_their_memory_back``, ten 3 s
+    sessions of a 640x360 camera, webcam pose, blended lips, paste-back, 2 CPU cores): RSS
+    573 -> 1001 MB without it (+48 MB a session), 506 -> 859 MB with it (+35 MB a session);
+    the rest is native memory not yet found (not PyAV's frame conversions, not mediapipe's
+    graphs: both measured flat in isolation)."""
+    global _HEAP_BOUNDED
+    if _HEAP_BOUNDED:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3
+        _HEAP_BOUNDED = bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+    if _HEAP_BOUNDED:
+        log.debug("malloc: allocations of %d KB and more are mapped on their own", MMAP_THRESHOLD // 1024)
+    return _HEAP_BOUNDED
 
 
 class _Bucket:
@@ -157,6 +200,8 @@ class Server:
     def prepare(self) -> None:
         """Make the built-in avatars and measure throughput (before the worker starts)."""
         from trtalk.face import read_image
+
+        bound_heap_growth()
 
         for name, path in self.builtin.items():
             self.avatars[name] = self.family.make_avatar(read_image(path), str(path))
@@ -332,7 +377,7 @@ class Server:
                        f"tracks: pick the webcam pose")
         refusal = self.admit()
         if refusal:
-            self.metrics.refused += 1
+            self.metrics.session_refused()
             raise web.HTTPServiceUnavailable(text=json.dumps({"error": refusal}),
                                              content_type="application/json")
         sdp, kind = params.get("sdp"), params.get("type")
@@ -343,7 +388,12 @@ class Server:
 
         from trtalk.runtime.mouth_path import MouthOptions
 
-        cfg = replace(self.cfg, paste_back=bool(params.get("paste_back", False)),
+        paste_back = params.get("paste_back", False)
+        if paste_back is None:
+            paste_back = False
+        if not isinstance(paste_back, bool):
+            raise _bad("paste_back must be true or false (a JSON boolean)")
+        cfg = replace(self.cfg, paste_back=paste_back,
                       mouth_source=MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend))
         # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
         # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
@@ -417,6 +467,86 @@ def _bad(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body of ``request``, however it arrives (chunked too); HttpRefusal 413 as soon
+    as it passes ``limit`` bytes (nothing more is read), 408 when it takes over ``timeout_s``."""
+    chunks, size = [], 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    try:
+        while True:
+            left = end - loop.time()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(request.content.readany(), left)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise httpguard.HttpRefusal(413, f"the body is over {limit} bytes")
+            chunks.append(chunk)
+    except asyncio.TimeoutError:
+        raise httpguard.HttpRefusal(408, f"the body took over {timeout_s:g} s to arrive") from None
+    except (ConnectionError, EOFError) as exc:  # aiohttp: the client left mid-body
+        raise httpguard.HttpRefusal(400, f"the body ended early ({type(exc).__name__})") from None
+    except Exception as exc:  # aiohttp's ClientPayloadError (a malformed chunked body)
+        from aiohttp import ClientPayloadError
+
+        if isinstance(exc, ClientPayloadError):
+            raise httpguard.HttpRefusal(400, "the body is malformed") from None
+        raise
+
+
+class _QuietClientErrors(logging.Filter):
+    """aiohttp logs an ERROR with a traceback for each malformed request or client that leaves
+    mid-body: those become one INFO line (a bug in trtalk's handlers keeps its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from aiohttp import ClientPayloadError
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, (HttpProcessingError, ClientPayloadError, ConnectionError, asyncio.TimeoutError)):
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {first}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_QUIET = _QuietClientErrors()
+
+
+def quiet_aiohttp_errors() -> None:
+    """Install `_QuietClientErrors` on aiohttp's server logger (once)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
+
+
+def _access_logger():  # -> an aiohttp AbstractAccessLogger subclass (aiohttp imported lazily)
+    from aiohttp.abc import AbstractAccessLogger
+
+    class RedactingAccessLogger(AbstractAccessLogger):
+        """One line a request, ``?token=`` values redacted."""
+
+        def log(self, request: Any, response: Any, time: float) -> None:
+            self.logger.info('%s "%s %s" %d %.3fs', request.remote, request.method,
+                             httpguard.redact(request.path_qs[:300]), response.status, time)
+
+    return RedactingAccessLogger
+
+
+def runner_kwargs(limits: ServerLimits) -> dict[str, Any]:
+    """`web.AppRunner` arguments: the header timeout (aiohttp closes a connection that has not
+    sent a whole request within its keep-alive timeout), the redacting access log, and a short
+    linger after a refused body (aiohttp's default reads the rest for 10 s)."""
+    return {"keepalive_timeout": limits.header_timeout_s, "access_log_class": _access_logger(),
+            "lingering_time": 1.0}  # after a refusal, wait at most 1 s for the rest of a body
+
+
 TOKEN_COOKIE = "trtalk_token"
 
 
@@ -427,24 +557,6 @@ def _token_ok(request: web.Request, token: str) -> bool:
     if not given and auth.startswith("Bearer "):
         given = auth[7:]
     return hmac.compare_digest(given.encode(), token.encode())
-
-
-def _foreign(request: web.Request, token: str | None) -> str | None:
-    """Why ``request`` comes from another site (None: it does not). Without a token the server
-    listens on loopback only, but a page from anywhere can make the browser post to it, or reach
-    it under its own name by DNS rebinding: such a server answers only requests addressed to a
-    loopback name, and state-changing ones only from its own page. With a token, the token is
-    the check (its cookie is SameSite=Strict; a reverse proxy may rewrite Host)."""
-    if token:
-        return None
-    host = request.url.host or ""
-    if not is_loopback(host):
-        return f"this server answers only on loopback names, not {host!r}"
-    origin = request.headers.get("Origin")
-    if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
-        if origin == "null" or urllib.parse.urlsplit(origin).netloc != request.host:
-            return "cross-site request refused: use the server's own page"
-    return None
 
 
 SERVER_KEY = web.AppKey("server", Server)
@@ -475,16 +587,26 @@ def make_app(server: Server) -> web.Application:
     """The aiohttp application of ``server`` (already prepared)."""
 
     @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if server.token and not _token_ok(request, server.token):
-            return web.json_response({"error": "missing or wrong token: open the link with ?token=..."},
-                                     status=401)
-        refusal = _foreign(request, server.token)
-        if refusal:
-            return web.json_response({"error": refusal}, status=403)
-        return await handler(request)
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Token, Host/Origin and Content-Length rules (`trtalk.httpguard`) before any handler;
+        a refusal is a 4xx with a one-line JSON reason and one log line."""
+        try:
+            if server.token and not _token_ok(request, server.token):
+                raise httpguard.HttpRefusal(401, "missing or wrong token: open the link with ?token=...")
+            host = request.headers.get("Host")
+            httpguard.check_host(host, server.token)
+            httpguard.check_origin(request.method, request.headers.get("Origin"), host, server.token)
+            httpguard.content_length(request.headers.get("Content-Length"), max_body)
+            return await handler(request)
+        except httpguard.HttpRefusal as exc:
+            log.info("%s %s refused (%d): %s", request.method, httpguard.redact(request.path_qs[:200]),
+                     exc.status, exc.reason)
+            return web.json_response({"error": exc.reason}, status=exc.status,
+                                     headers={"Connection": "close"} if exc.status in (408, 413) else None)
 
-    app = web.Application(middlewares=[auth], client_max_size=server.limits.max_upload_bytes + 1024)
+    max_body = server.limits.max_upload_bytes + 1024
+    app = web.Application(middlewares=[guard], client_max_size=max_body)
+    quiet_aiohttp_errors()
     app[SERVER_KEY] = server
 
     async def index(request: web.Request) -> web.StreamResponse:
@@ -506,22 +628,20 @@ def make_app(server: Server) -> web.Application:
 
     async def upload(request: web.Request) -> web.Response:
         limit = server.limits.max_upload_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; use a "
-                                               f"smaller one"}, status=413)
+        too_big = f"the photo is over {limit // (1024 * 1024)} MB; use a smaller one"
+        try:  # read before taking a slot: a slow client holds only its own connection
+            httpguard.content_length(request.headers.get("Content-Length"), limit)
+            data = await read_body(request, limit, server.limits.body_timeout_s)
+        except httpguard.HttpRefusal as exc:
+            if exc.status == 413:
+                raise httpguard.HttpRefusal(413, too_big) from None
+            raise
         if server._uploading >= server.upload_slots:
             return web.json_response({"error": "the server is checking other photos: try again in a "
                                                "moment"}, status=429)
         server._uploading += 1
         try:
-            chunks, size = [], 0
-            async for chunk in request.content.iter_any():  # the whole body, however it arrives
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    return web.json_response({"error": f"the photo is over {limit // (1024 * 1024)} MB; "
-                                                       f"use a smaller one"}, status=413)
-            key = await server.add_upload(b"".join(chunks))
+            key = await server.add_upload(data)
         except TrtalkError as exc:
             status = 415 if str(exc).startswith("not an image") else 413 if "megapixels" in str(exc) else 422
             return web.json_response({"error": str(exc)}, status=status)
@@ -530,12 +650,8 @@ def make_app(server: Server) -> web.Application:
         return web.json_response({"id": key})
 
     async def offer(request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            raise _bad("the body must be JSON (Content-Type: application/json)")
-        try:
-            params = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise _bad("the body must be JSON") from None
+        httpguard.require_json(request.headers.get("Content-Type"))
+        params = httpguard.json_body(await read_body(request, OFFER_MAX_BYTES, server.limits.body_timeout_s))
         if not isinstance(params, dict):
             raise _bad("the body must be a JSON object")
         return web.json_response(await server.start_session(params))

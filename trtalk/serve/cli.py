@@ -16,6 +16,7 @@ from pathlib import Path
 from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.httpguard import check_token
 from trtalk.net import is_loopback, url_host
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import PipelineConfig
@@ -29,19 +30,23 @@ class ServeCommand:
     """`trtalk serve`: where it listens, who may use it, how many sessions, and the model."""
 
     host: str = option("127.0.0.1", help="address to listen on; anything but loopback needs --token")
-    port: int = option(8080, help="TCP port of the page and signalling")
+    port: int = option(8080, bounds=(0, 65535), help="TCP port of the page and signalling")
     token: str | None = option(None, help="secret every request must carry (?token= or a Bearer header)")
     token_file: Path | None = option(None, help="read the token from this file (first line)")
-    max_sessions: int = option(8, section="capacity", help="most sessions at once (admission also "
+    max_sessions: int = option(8, bounds=(1, 256), section="capacity",
+                               help="most sessions at once (admission also "
                                "refuses what the measured throughput cannot serve in real time)")
-    max_batch: int = option(8, section="capacity", help="most frames per generator batch across sessions")
-    capacity_fps: float | None = option(None, section="capacity", metavar="FPS",
+    max_batch: int = option(8, section="capacity", bounds=(1, 256),
+                            help="most frames per generator batch across sessions")
+    capacity_fps: float | None = option(None, section="capacity", bounds=(0.1, 1e5), metavar="FPS",
                                         help="frames/s the server can make, instead of measuring it at start")
-    stall_timeout_s: float = option(10.0, section="limits",
+    stall_timeout_s: float = option(10.0, section="limits", bounds=(0.1, 3600),
                                     help="end a session whose microphone sends nothing this long")
-    max_upload_mb: float = option(8.0, section="limits", help="largest avatar photo upload")
-    max_upload_mp: float = option(16.0, section="limits", help="largest avatar photo in megapixels")
-    control_rate: float = option(20.0, section="limits",
+    max_upload_mb: float = option(8.0, section="limits", bounds=(0.01, 1024),
+                                  help="largest avatar photo upload")
+    max_upload_mp: float = option(16.0, section="limits", bounds=(0.01, 1000),
+                                  help="largest avatar photo in megapixels")
+    control_rate: float = option(20.0, section="limits", bounds=(0.1, 10000),
                                  help="control-channel messages/s a session may send before it is closed")
     stream: PipelineConfig = option(default_factory=PipelineConfig, prefix="")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
@@ -65,8 +70,7 @@ def resolve_token(cmd: ServeCommand) -> str | None:
             token = cmd.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:
             raise TrtalkError(f"cannot read the token from --token-file {cmd.token_file}: {exc}") from None
-    if token is not None and len(token) < 8:
-        raise TrtalkError("the token must be at least 8 characters")
+    check_token(token, "--token-file" if cmd.token_file is not None else "--token")
     if not is_loopback(cmd.host) and not token:
         raise TrtalkError(f"--host {cmd.host} exposes the server beyond this machine: give --token "
                           f"or --token-file too")
@@ -90,8 +94,9 @@ def _import_serve_deps() -> None:
     try:
         import aiohttp  # noqa: F401
         import aiortc  # noqa: F401
+        import prometheus_client  # noqa: F401
     except ImportError as exc:
-        raise TrtalkError(f"trtalk serve needs aiohttp and aiortc ({exc.name} is missing): "
+        raise TrtalkError(f"trtalk serve needs aiohttp, aiortc and prometheus_client ({exc.name} is missing): "
                           f"pip install 'trtalk[serve]'") from None
 
 
@@ -125,7 +130,9 @@ async def _serve(app, host: str, port: int) -> None:
 
     from aiohttp import web
 
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    from trtalk.serve.app import SERVER_KEY, runner_kwargs
+
+    runner = web.AppRunner(app, shutdown_timeout=2.0, **runner_kwargs(app[SERVER_KEY].limits))
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,8 +144,6 @@ async def _serve(app, host: str, port: int) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         await stop.wait()
-        from trtalk.serve.app import SERVER_KEY
-
         log.info("stopping: ending %d session(s)", len(app[SERVER_KEY].sessions))
     finally:
         t = time.monotonic()
@@ -153,14 +158,14 @@ def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
 
     from aiohttp import web
 
-    from trtalk.serve.app import make_app
+    from trtalk.serve.app import make_app, runner_kwargs
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict = {}
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(server))
+        runner = web.AppRunner(make_app(server), **runner_kwargs(server.limits))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

@@ -1,144 +1,157 @@
-"""`/metrics` in the Prometheus text format (0.0.4), written by hand (no client library).
+"""`/metrics` in the Prometheus text format, with `prometheus_client` (the serve extra).
 
 Series: sessions (active, started, refused, failed), frames and drops, the scheduler's batch
 sizes (histogram), mic-to-frame latency (histogram, overall and per active session: a session's
 series disappear when it ends, so the label set stays bounded), the worker's busy seconds and the
 measured capacity.
+
+Each server has its own `CollectorRegistry` (never the process-wide default one), so two servers
+in one process keep separate counts. The event counters and latency histograms are
+`prometheus_client` metrics updated as things happen; what the server and the scheduler already
+count (sessions running, capacity, drops, batches) is read at scrape time by `_ServerCollector`.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
-
-
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus semantics)."""
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, v)] += 1
-        self.sum += v
-        self.count += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        out, acc = [], 0
-        sep = "," if labels else ""
-        for b, c in zip(list(self.buckets) + [float("inf")], self.counts):
-            acc += c
-            le = "+Inf" if b == float("inf") else f"{b:g}"
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {acc}')
-        lab = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{lab} {self.sum:.6f}", f"{name}_count{lab} {self.count}"]
-        return out
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
 class Metrics:
-    """The server's counters; `render` writes them with the scheduler's."""
+    """One server's series (see the module docstring); `render` writes them for a scrape."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started = 0
-        self.refused = 0
-        self.failed = 0
-        self.frames = 0
-        self.drops: dict[str, int] = {}
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.per_session: dict[str, Histogram] = {}
+        self._lock = threading.Lock()  # the per-session label set and the ended sessions' drops
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._server: Any = None
+        r = self.registry
+        self._started = Counter("trtalk_sessions_started", "Sessions admitted.", registry=r)
+        self._refused = Counter("trtalk_sessions_refused", "Sessions refused by admission control.",
+                                registry=r)
+        self._failed = Counter("trtalk_sessions_failed", "Sessions ended by an error.", registry=r)
+        self._frames = Counter("trtalk_frames", "Frames sent to browsers.", registry=r)
+        self._latency = Histogram("trtalk_mic_to_frame_seconds",
+                                  "Last needed mic sample to frame sent, all sessions.",
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self._session_latency = Histogram("trtalk_session_mic_to_frame_seconds",
+                                          "Mic-to-frame latency per active session.", ["session"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.per_session: dict[str, Any] = {}  # sid -> its labelled latency histogram
+        self.drops: dict[str, int] = {}  # frames dropped by sessions that have ended, by reason
+        r.register(_ServerCollector(self))
+
+    # ------------------------------------------------------------------ events
 
     def session_started(self, sid: str) -> None:
         with self._lock:
-            self.started += 1
-            self.per_session[sid] = Histogram(LATENCY_BUCKETS)
+            self._started.inc()
+            self.per_session[sid] = self._session_latency.labels(session=sid)
+
+    def session_refused(self) -> None:
+        self._refused.inc()
 
     def session_ended(self, sid: str, drops: dict[str, int]) -> None:
         with self._lock:
-            self.per_session.pop(sid, None)
+            if self.per_session.pop(sid, None) is not None:
+                self._session_latency.remove(sid)
             for k, v in drops.items():
                 self.drops[k] = self.drops.get(k, 0) + v
 
     def error(self) -> None:
-        with self._lock:
-            self.failed += 1
+        self._failed.inc()
 
     def frame(self, sid: str, mic_to_frame_s: float) -> None:
+        self._frames.inc()
+        self._latency.observe(mic_to_frame_s)
         with self._lock:
-            self.frames += 1
-            self.latency.observe(mic_to_frame_s)
             h = self.per_session.get(sid)
-            if h is not None:
-                h.observe(mic_to_frame_s)
+        if h is not None:
+            h.observe(mic_to_frame_s)
+
+    # ------------------------------------------------------------------ reads
+
+    def _count(self, series: str) -> int:
+        return int(self.registry.get_sample_value(series) or 0)
+
+    @property
+    def started(self) -> int:
+        return self._count("trtalk_sessions_started_total")
+
+    @property
+    def refused(self) -> int:
+        return self._count("trtalk_sessions_refused_total")
+
+    @property
+    def failed(self) -> int:
+        return self._count("trtalk_sessions_failed_total")
+
+    @property
+    def frames(self) -> int:
+        return self._count("trtalk_frames_total")
 
     def render(self, server: Any) -> str:
+        """The exposition text of every series, ``server``'s state read now."""
+        self._server = server
+        return generate_latest(self.registry).decode("utf-8")
+
+
+class _ServerCollector(Collector):
+    """The series read at scrape time from the server and its scheduler."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []  # values come from a server bound at render time; nothing to describe before
+
+    def collect(self) -> Iterator[Any]:
+        server = self.metrics._server
+        if server is None:
+            return
         st = server.scheduler.stats
-        live_drops: dict[str, int] = {}
+        yield GaugeMetricFamily("trtalk_sessions_active", "Sessions running now.",
+                                value=len(server.sessions))
+        yield GaugeMetricFamily("trtalk_sessions_capacity", "Sessions the measured throughput admits.",
+                                value=server.capacity_sessions())
+        yield GaugeMetricFamily("trtalk_capacity_frames_per_second",
+                                "Measured generator frames/s (best batch).",
+                                value=min(server.capacity.frames_per_s, 1e9))
+        yield GaugeMetricFamily("trtalk_draining", "1 while the server admits no new session.",
+                                value=int(server.draining))
+        drops: dict[str, int] = {}
         for s in list(server.sessions.values()):
             for k, v in dict(s.pipeline.latency.drops).items():  # a snapshot: the session writes it
-                live_drops[k] = live_drops.get(k, 0) + v
-        with self._lock:
-            drops = dict(self.drops)
-            for k, v in live_drops.items():
                 drops[k] = drops.get(k, 0) + v
-            lines = [
-                "# HELP trtalk_sessions_active Sessions running now.",
-                "# TYPE trtalk_sessions_active gauge",
-                f"trtalk_sessions_active {len(server.sessions)}",
-                "# HELP trtalk_sessions_capacity Sessions the measured throughput admits.",
-                "# TYPE trtalk_sessions_capacity gauge",
-                f"trtalk_sessions_capacity {server.capacity_sessions()}",
-                "# HELP trtalk_capacity_frames_per_second Measured generator frames/s (best batch).",
-                "# TYPE trtalk_capacity_frames_per_second gauge",
-                f"trtalk_capacity_frames_per_second {min(server.capacity.frames_per_s, 1e9):.3f}",
-                "# HELP trtalk_draining 1 while the server admits no new session.",
-                "# TYPE trtalk_draining gauge",
-                f"trtalk_draining {int(server.draining)}",
-                "# HELP trtalk_sessions_started_total Sessions admitted.",
-                "# TYPE trtalk_sessions_started_total counter",
-                f"trtalk_sessions_started_total {self.started}",
-                "# HELP trtalk_sessions_refused_total Sessions refused by admission control.",
-                "# TYPE trtalk_sessions_refused_total counter",
-                f"trtalk_sessions_refused_total {self.refused}",
-                "# HELP trtalk_sessions_failed_total Sessions ended by an error.",
-                "# TYPE trtalk_sessions_failed_total counter",
-                f"trtalk_sessions_failed_total {self.failed}",
-                "# HELP trtalk_frames_total Frames sent to browsers.",
-                "# TYPE trtalk_frames_total counter",
-                f"trtalk_frames_total {self.frames}",
-                "# HELP trtalk_frames_dropped_total Frames dropped, by reason.",
-                "# TYPE trtalk_frames_dropped_total counter",
-            ]
-            lines += [f'trtalk_frames_dropped_total{{reason="{k}"}} {v}' for k, v in sorted(drops.items())]
-            lines += [f'trtalk_frames_dropped_total{{reason="scheduler_deadline"}} {st.dropped}',
-                      "# HELP trtalk_worker_batches_total Generator batches run.",
-                      "# TYPE trtalk_worker_batches_total counter",
-                      f"trtalk_worker_batches_total {st.batches}",
-                      "# HELP trtalk_worker_errors_total Sessions whose frames made the model raise.",
-                      "# TYPE trtalk_worker_errors_total counter",
-                      f"trtalk_worker_errors_total {st.errors}",
-                      "# HELP trtalk_worker_busy_seconds_total Seconds the worker spent in batches.",
-                      "# TYPE trtalk_worker_busy_seconds_total counter",
-                      f"trtalk_worker_busy_seconds_total {st.busy_s:.6f}",
-                      "# HELP trtalk_batch_size Frames per generator batch.",
-                      "# TYPE trtalk_batch_size histogram"]
-            bs = Histogram((1, 2, 4, 8, 16, 32))
-            for size, n in sorted(dict(st.batch_sizes).items()):  # a snapshot: the worker writes it
-                bs.counts[bisect.bisect_left(bs.buckets, size)] += n
-                bs.sum += size * n
-                bs.count += n
-            lines += bs.lines("trtalk_batch_size")
-            lines += ["# HELP trtalk_mic_to_frame_seconds Last needed mic sample to frame sent, all sessions.",
-                      "# TYPE trtalk_mic_to_frame_seconds histogram"]
-            lines += self.latency.lines("trtalk_mic_to_frame_seconds")
-            lines += ["# HELP trtalk_session_mic_to_frame_seconds Mic-to-frame latency per active session.",
-                      "# TYPE trtalk_session_mic_to_frame_seconds histogram"]
-            for sid, h in sorted(self.per_session.items()):
-                lines += h.lines("trtalk_session_mic_to_frame_seconds", f'session="{sid}"')
-        return "\n".join(lines) + "\n"
+        with self.metrics._lock:
+            for k, v in self.metrics.drops.items():
+                drops[k] = drops.get(k, 0) + v
+        drops["scheduler_deadline"] = drops.get("scheduler_deadline", 0) + st.dropped
+        fam = CounterMetricFamily("trtalk_frames_dropped", "Frames dropped, by reason.", labels=["reason"])
+        for k, v in sorted(drops.items()):
+            fam.add_metric([k], v)
+        yield fam
+        yield CounterMetricFamily("trtalk_worker_batches", "Generator batches run.", value=st.batches)
+        yield CounterMetricFamily("trtalk_worker_errors", "Sessions whose frames made the model raise.",
+                                  value=st.errors)
+        yield CounterMetricFamily("trtalk_worker_busy_seconds", "Seconds the worker spent in batches.",
+                                  value=st.busy_s)
+        counts = [0] * (len(BATCH_BUCKETS) + 1)
+        total = 0
+        for size, n in sorted(dict(st.batch_sizes).items()):  # a snapshot: the worker writes it
+            counts[bisect.bisect_left(BATCH_BUCKETS, size)] += n
+            total += size * n
+        cumulative, acc = [], 0
+        for b, c in zip([str(b) for b in BATCH_BUCKETS] + ["+Inf"], counts):
+            acc += c
+            cumulative.append((b, acc))
+        yield HistogramMetricFamily("trtalk_batch_size", "Frames per generator batch.",
+                                    buckets=cumulative, sum_value=total)
