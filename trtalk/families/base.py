@@ -75,6 +75,9 @@ class ModelFamily(abc.ABC):
     capabilities: Capabilities = Capabilities()
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
+    #: `generate` returns the avatar photo's own frame (the warp avatar), not a crop: there is
+    #: nothing to paste back and ``--size`` is the family's own (`trtalk.warp.avatar.AvatarConfig`)
+    full_frame: bool = False
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
     motion_grid: Any = None
 

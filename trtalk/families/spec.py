@@ -74,6 +74,9 @@ class OpenRequest:
     fps: float = 25.0
     controls: Mapping[str, Any] = field(default_factory=dict)
     make_runner: Callable[..., Any] | None = None
+    #: the output frame's size where the family makes its own frame (``full_frame``: the warp
+    #: avatar's long side; None its default); crop families' ``--size`` is the frame step's
+    size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,10 @@ class ModelOptions:
                 "emotion_strength": self.emotion_strength, "eyes_closed": self.eyes_closed,
                 "presets": presets, "mouth_smoothing": self.mouth_smoothing or mouth_smoothing}
 
-    def open(self, fps: float = 25.0, mouth_smoothing: str = "causal") -> ModelFamily:
-        """The family, loaded (checkpoints read, engines built or taken from the cache)."""
+    def open(self, fps: float = 25.0, mouth_smoothing: str = "causal", size: int | None = None) -> ModelFamily:
+        """The family, loaded (checkpoints read, engines built or taken from the cache); ``size``:
+        the frame size of a family that makes its own frame (``full_frame``: the warp avatar's long
+        side, ``--size``; the crop families' is the frame step's)."""
         from trtalk.engine.runner import check_device
 
         if self.model_config not in ("official", "small"):
@@ -148,7 +150,7 @@ class ModelOptions:
             raise TrtalkError(f"the {spec.title} has no small config")
         config = spec.small_config() if self.model_config == "small" and spec.small_config else None
         return open_family(spec.name, self.checkpoint, self.backend, self.device,
-                           self.runner_options(spec, config), fps=fps, controls=controls)
+                           self.runner_options(spec, config), fps=fps, controls=controls, size=size)
 
     def runner_options(self, spec: FamilySpec, config: object = None) -> RunnerOptions:
         """How the family's networks run (`trtalk.engine.RunnerOptions`)."""
@@ -159,12 +161,13 @@ class ModelOptions:
 
 def open_family(model: str, checkpoint: Any = None, backend: str = "torch",
                 device: str = "cpu", options: RunnerOptions | None = None, *, fps: float = 25.0,
-                controls: dict | None = None) -> ModelFamily:
+                controls: dict | None = None, size: int | None = None) -> ModelFamily:
     """The family ``model`` ready to run (`FamilySpec.open`, its networks from
     `trtalk.engine.open_runner`), after the checks its capabilities call for; ``checkpoint`` a
     checkpoint, an export directory or a model instance (what `open_runner` takes); ``options`` the
     runner's (its ``family`` is set to ``model``), ``controls`` the factor sources of a family
-    with eye or emotion controls (`ModelOptions.control_kwargs`)."""
+    with eye or emotion controls (`ModelOptions.control_kwargs`), ``size`` the frame size of a
+    family that makes its own frame (`OpenRequest.size`)."""
     from trtalk.engine.runner import open_runner
 
     spec = registry.get(model)
@@ -179,7 +182,7 @@ def open_family(model: str, checkpoint: Any = None, backend: str = "torch",
                           f"drop --device or use another --model")
     opts = dataclasses.replace(options or RunnerOptions(), family=spec.name)
     fam = spec.open(OpenRequest(checkpoint, backend, device, opts, fps, dict(controls or {}),
-                                make_runner=open_runner))
+                                make_runner=open_runner, size=size))
     if caps.checkpoint:
         fam.weights_source = (checkpoint, opts)  # keys its angle map (`--pose auto`)
     return fam
