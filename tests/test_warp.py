@@ -458,11 +458,11 @@ def test_grid_on_a_lattice_matches_the_exact_grid(renderer) -> None:
     within a fraction of a pixel of the exact per-pixel field there (the field is continuous)."""
     from dataclasses import replace
 
-    from trtalk.warp.avatar import Avatar
+    from trtalk.warp.avatar import WarpAvatar
 
     a = renderer.avatar
     assert a.grid_step == 2  # 512 px: the lattice is on
-    exact = Avatar(a.crop, a.mesh, replace(a.cfg, grid_step=1))
+    exact = WarpAvatar(a.crop, a.mesh, replace(a.cfg, grid_step=1))
     pts = a.deform(0.5, 0.2, M.euler_to_matrix(12.0, -5.0, 6.0))
     fast, ref = a.warp_inputs(pts, 0.5), exact.warp_inputs(pts, 0.5)
     assert fast.outer_roi == ref.outer_roi and fast.roi == ref.roi
