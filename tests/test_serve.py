@@ -837,7 +837,7 @@ def test_paste_back_goes_into_the_avatar_photo_never_the_camera_frame() -> None:
     and the frame sent is the photo's size with the photo outside the face."""
     import cv2
 
-    from trtalk.models import PCAVS, PCAVSConfig
+    from trtalk.families.pcavs import PCAVS, PCAVSConfig
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.runtime.pose_path import PoseSample
     from trtalk.serve.session import Session
