@@ -92,6 +92,7 @@ class _AnglesOnly:
 
     name = "stub"
     output_size = 8
+    full_frame = False
     random_weights = False
 
     def reset(self) -> None:
