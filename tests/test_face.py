@@ -426,3 +426,98 @@ def test_paste_back_round_trip(astronaut: np.ndarray) -> None:
     mouth = np.round(clip.points[0, 2]).astype(int)  # type: ignore[index]
     assert (white[mouth[1], mouth[0]] == 255).all()
     assert (white[outside] == astronaut[outside]).all()
+
+
+# -- paste-back with the frame's landmarks: the face only, registered, colour-matched ------------
+
+
+@pytest.fixture(scope="module")
+def astronaut_mesh(astronaut: np.ndarray, detector: FaceMeshDetector) -> np.ndarray:
+    return detector.detect(astronaut)[0]
+
+
+def _smooth_pattern(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A frame of smooth colour blobs (strong gradients, no detail finer than ~3 px): a misplaced
+    paste shows as a large difference, a correctly placed one only as resampling error."""
+    rng = np.random.default_rng(seed)
+    x = cv2.GaussianBlur(rng.random((*shape, 3)).astype(np.float32), (0, 0), 3.0)
+    x = (x - x.min()) / (x.max() - x.min())
+    return np.round(255 * x).astype(np.uint8)
+
+
+def test_paste_back_registers_exactly(astronaut_mesh: np.ndarray) -> None:
+    """A crop cut out with crop_M and pasted back unchanged gives the frame back inside the pasted
+    region (mean difference under 1 grey level, 99th percentile under 4: two bilinear resamplings
+    of a pattern whose gradients reach ~20 levels per pixel; a shift of half a pixel would give
+    several levels everywhere) and exactly outside it; the colour match changes nothing when the
+    colours already match."""
+    from trtalk.face.pasteback import PasteBack, landmark_polygon
+
+    clip = align_file(ASSET)
+    m = clip.crop_matrices[0]
+    frame = _smooth_pattern((512, 512))
+    crop = cv2.warpAffine(frame, m, (224, 224), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = PasteBack()(frame, crop, m, astronaut_mesh)
+    face = np.zeros((512, 512), np.uint8)
+    cv2.fillPoly(face, [np.round(landmark_polygon(astronaut_mesh)).astype(np.int32)], 1)
+    face = face.astype(bool)
+    assert face.sum() > 5000  # the face, not a sliver
+    diff = np.abs(out.astype(int) - frame.astype(int)).max(axis=2)
+    assert diff[face].mean() < 1.0 and np.percentile(diff[face], 99) < 4, (diff[face].mean(),
+                                                                            np.percentile(diff[face], 99))
+    # For scale: the same crop pasted half a pixel off differs by several levels.
+    white = PasteBack(colour_match=False)(frame, np.full_like(crop, 255), m, astronaut_mesh)
+    pasted = (white == 255).all(axis=2)
+    assert pasted.sum() > 0.5 * face.sum()
+    shifted = m.copy()
+    shifted[:, 2] += 0.5
+    bad = np.abs(PasteBack()(frame, crop, shifted, astronaut_mesh).astype(int) - frame.astype(int)).max(axis=2)
+    assert bad[pasted].mean() > 3 * diff[pasted].mean() + 1.0, (bad[pasted].mean(), diff[pasted].mean())
+
+
+def test_landmark_mask_is_the_face_from_brow_to_chin(astronaut: np.ndarray, astronaut_mesh: np.ndarray) -> None:
+    """With the frame's landmarks only the face is pasted: a white crop covers the nose, mouth
+    and cheeks, and leaves the hair above the brows, the ears' side and the background exactly as
+    they were (so nothing outside the face can show twice when the generated head turns)."""
+    from trtalk.face.pasteback import PasteBack, landmark_polygon
+
+    clip = align_file(ASSET)
+    white = np.full((224, 224, 3), 255, np.uint8)
+    out = PasteBack(colour_match=False)(astronaut, white, clip.crop_matrices[0], astronaut_mesh)
+    lm = astronaut_mesh
+    io = np.linalg.norm(lm[263] - lm[33])
+    for idx in (1, 13, 14, 50, 280, 152 - 0):  # nose tip, lips, both cheeks
+        x, y = np.round(lm[idx] if idx != 152 else lm[152] - [0, 0.25 * io]).astype(int)
+        assert (out[y, x] >= 250).all(), idx
+    # Above the brows (forehead top, hairline, hair) and outside the face oval: untouched.
+    poly = landmark_polygon(lm)
+    inside = np.zeros(astronaut.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(poly).astype(np.int32)], 1)
+    grown = cv2.dilate(inside, np.ones((9, 9), np.uint8)).astype(bool)
+    np.testing.assert_array_equal(out[~grown], astronaut[~grown])
+    top = np.round(lm[10]).astype(int)
+    assert (out[top[1], top[0] - 5:top[0] + 6] == astronaut[top[1], top[0] - 5:top[0] + 6]).all()
+    # The brows themselves are in (near the soft edge: mostly).
+    brow = np.round(lm[105]).astype(int)
+    assert (out[brow[1], brow[0]].astype(int) - astronaut[brow[1], brow[0]] > 0.8 * (255 - astronaut[brow[1], brow[0]].astype(int))).all()
+
+
+def test_colour_match_moves_the_generated_face_to_the_frames_colours(astronaut: np.ndarray,
+                                                                      astronaut_mesh: np.ndarray) -> None:
+    """A generated face with a colour cast (+40 red, 0.7x contrast) is pasted with the frame's
+    per-channel mean and spread inside the mask; without the match the cast shows."""
+    from trtalk.face.pasteback import PasteBack
+
+    clip = align_file(ASSET)
+    m = clip.crop_matrices[0]
+    crop = cv2.warpAffine(astronaut, m, (224, 224), flags=cv2.INTER_LINEAR).astype(np.float32)
+    cast = crop.mean(axis=(0, 1)) + 0.7 * (crop - crop.mean(axis=(0, 1)))
+    cast[..., 0] += 40
+    cast = np.clip(cast, 0, 255).astype(np.uint8)
+    matched = PasteBack()(astronaut, cast, m, astronaut_mesh)
+    plain = PasteBack(colour_match=False)(astronaut, cast, m, astronaut_mesh)
+    changed = np.abs(plain.astype(int) - astronaut.astype(int)).max(axis=2) > 0
+    err_matched = np.abs(matched[changed].astype(float).mean(0) - astronaut[changed].astype(float).mean(0))
+    err_plain = np.abs(plain[changed].astype(float).mean(0) - astronaut[changed].astype(float).mean(0))
+    assert err_plain[0] > 12 and err_matched.max() < 2, (err_plain, err_matched)
+    assert abs(matched[changed].std() - astronaut[changed].std()) < 0.15 * astronaut[changed].std()

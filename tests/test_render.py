@@ -202,3 +202,33 @@ def test_bad_layout_and_device(face_image_path, speech_wav_path, tmp_path, monke
         ModelOptions(model="pcavs", device="cuda").open()
     with pytest.raises(TrtalkError, match="banana"):
         ModelOptions(model="pcavs", device="banana").open()
+
+
+def test_side_by_side_at_one_height_pose_panel_only_with_a_pose_source(face_image_path, speech_wave,
+                                                                         pose_video_path, tmp_path):
+    """Side by side: every panel at the frame's height; with ``--pose auto`` there is no pose
+    source, so no third panel (it would repeat the reference)."""
+    from trtalk.runtime.family import WarpFamily
+
+    wav = write_wav(tmp_path / "s.wav", speech_wave[:int(0.4 * 16000)])
+    auto = Renderer(RenderConfig(output=tmp_path / "auto.mp4", face=face_image_path, audio=wav,
+                                 pose=Path("auto"), layout="side-by-side", size=256),
+                    WarpFamily(size=256)).run()
+    frames = _inspect(auto.output)["frames"]
+    assert frames[0].shape == (256, 2 * 256, 3)  # reference | generated
+    # The reference panel is the photo at the frame's scale.
+    ref = cv2.resize(cv2.cvtColor(cv2.imread(str(face_image_path)), cv2.COLOR_BGR2RGB), (256, 256),
+                     interpolation=cv2.INTER_AREA)
+    assert np.abs(frames[0][:, :256].astype(int) - ref).mean() < 4
+    posed = Renderer(RenderConfig(output=tmp_path / "pose.mp4", face=face_image_path, audio=wav,
+                                  pose=pose_video_path, layout="side-by-side", size=256),
+                     WarpFamily(size=256)).run()
+    assert _inspect(posed.output)["frames"][0].shape == (256, 3 * 256, 3)  # ... | pose source
+
+
+def test_size_resizes_the_crop_models_frames(face_image_path, speech_wave, small_model, tmp_path):
+    wav = write_wav(tmp_path / "s.wav", speech_wave[:int(0.3 * 16000)])
+    res = _render(RenderConfig(output=tmp_path / "s.mp4", face=face_image_path, audio=wav, size=160), small_model)
+    assert _inspect(res.output)["frames"][0].shape == (160, 160, 3)
+    with pytest.raises(TrtalkError, match="--size"):
+        RenderConfig(size=7)

@@ -284,6 +284,13 @@ def server():
                  capacity_fps_override=2 * FPS / 0.9 + 1)
     srv.prepare()
     good = srv.avatars["astronaut"]
+    # The warp avatar's frames are the whole photo: the client reads the mouth where it is there.
+    av = good.state["renderer"].avatar
+    lips = av.mesh[[61, 291, 13, 14, 0, 17], :2]
+    fh, fw = av.frame_hw
+    io = av.interocular
+    MOUTH_BOX[:] = [((lips[:, 0].min() - 0.1 * io) / fw, (lips[:, 1].min() - 0.1 * io) / fh,
+                     (lips[:, 0].max() + 0.1 * io) / fw, (lips[:, 1].max() + 0.35 * io) / fh)]
     srv.avatars["boom"] = Avatar(good.image, good.crop, good.crop_m, good.ref_pose, {"renderer": BoomRenderer()})
     url, stop = run_in_thread(srv)
     yield srv, url
@@ -292,9 +299,15 @@ def server():
     assert leftover == set()
 
 
+#: The astronaut's mouth box in the warp avatar's frames (the photo's own frame), set by `server`.
+MOUTH_BOX: list[tuple[float, float, float, float]] = []
+
+
 def _client(url: str, wave: np.ndarray, seconds: float, **kw):
     from trtalk.serve.client import run_client
 
+    if MOUTH_BOX:
+        kw.setdefault("mouth_box", MOUTH_BOX[0])
     return asyncio.run(run_client(url, wave, seconds, **kw))
 
 
@@ -334,9 +347,11 @@ def test_session_frames_latency_and_mouth_follow_the_speech(server, demo_speech)
     # Real speech (the shipped TTS demo, 4.64 s, looped by the client): the mouth model was
     # trained on speech, and the synthetic `speech_wave` has no articulation to follow.
     speech_wave = demo_speech
-    res = _client(url, speech_wave, 5.0)
+    res = _client(url, speech_wave, 5.0, mouth_box=None)  # the box the server announces
     _wait_idle(srv)
     assert res.status == 200 and res.error is None and res.session
+    ready = res.messages[0]
+    assert ready["type"] == "ready" and np.allclose(ready["mouth_box"], MOUTH_BOX[0], atol=1e-6)
     assert _delivered(res), (len(res.frame_pts), res.fps())
     assert res.audio_frames > 150  # 20 ms frames of the delayed microphone audio, ~5 s
     st = res.stats
@@ -348,15 +363,15 @@ def test_session_frames_latency_and_mouth_follow_the_speech(server, demo_speech)
     # so the speech's loudness is no reference for it. Measured beside a CPU render: 0.42 at
     # the right lag, 0.31 one frame off, under 0.2 at 10 frames or more.
     k = np.round((np.asarray(res.frame_pts) - res.frame_pts[0]) * FPS / 90000).astype(int)
-    ref = _expected_mouth_luma(srv, speech_wave)
+    ref = _expected_mouth_luma(srv, speech_wave, MOUTH_BOX[0])
     mouth = np.asarray(res.mouth)
     r = np.corrcoef(mouth, ref[k % len(ref)])[0, 1]
     lags = [abs(np.corrcoef(mouth, ref[(k + lag) % len(ref)])[0, 1]) for lag in range(10, len(ref) - 10)]
     assert r > 0.3 and r > max(lags) + 0.1, (r, max(lags))
 
 
-def _expected_mouth_luma(srv, wave: np.ndarray) -> np.ndarray:
-    """The client's mouth-box luma of each frame of one loop of ``wave`` (25 fps) as the
+def _expected_mouth_luma(srv, wave: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The client's mouth ``box`` luma of each frame of one loop of ``wave`` (25 fps) as the
     astronaut's renderer draws the mouth that `mouth_params` gives for it (still pose)."""
     from trtalk.serve.client import mouth_luma
     from trtalk.warp.drive import mouth_params
@@ -365,7 +380,7 @@ def _expected_mouth_luma(srv, wave: np.ndarray) -> np.ndarray:
     looped = np.tile(wave, 3)  # the middle loop has the loop's own audio before and after it
     params = mouth_params(looped, 3 * n, FPS)[n:2 * n]
     renderer = srv.avatars["astronaut"].state["renderer"]
-    return np.array([mouth_luma(renderer.frame(float(o), float(rd), np.eye(3))) for o, rd in params])
+    return np.array([mouth_luma(renderer.frame(float(o), float(rd), np.eye(3)), box) for o, rd in params])
 
 
 def test_metrics_and_healthz(server, speech_wave) -> None:
@@ -823,6 +838,34 @@ def _http_ok(url: str) -> bool:
         return _http(url)[0] == 200
     except OSError:
         return False
+
+
+def test_paste_back_goes_into_the_avatar_photo_never_the_camera_frame() -> None:
+    """A session with the webcam pose and paste-back pastes the generated face into the avatar's
+    photo: even a camera sample that carries its full frame and crop map is not the background,
+    and the frame sent is the photo's size with the photo outside the face."""
+    import cv2
+
+    from trtalk.models import PCAVS, PCAVSConfig
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.runtime.pose_path import PoseSample
+    from trtalk.serve.session import Session
+
+    family = PCAVSFamily(PCAVS.random(seed=3, config=PCAVSConfig.small()), random_weights=True)
+    photo = cv2.cvtColor(cv2.imread(str(ASTRONAUT)), cv2.COLOR_BGR2RGB)
+    avatar = family.make_avatar(photo, "astronaut")
+    session = Session("s1", PipelineConfig(fps=FPS, paste_back=True), family, avatar, BatchScheduler(family),
+                      "webcam")
+    camera = np.zeros((480, 640, 3), np.uint8)  # the user's own camera frame: pure green
+    camera[..., 1] = 255
+    sample = PoseSample(0.0, 0.0, 0, True, avatar.crop, avatar.crop_m, camera, avatar.state["mesh"])
+    assert session.pipeline.background(0, sample) is None  # None: the avatar's photo
+    crop = np.full((224, 224, 3), 200, np.uint8)
+    out = session.pipeline.step.compose(crop, session.pipeline.background(0, sample))
+    assert out.shape[:2] == photo.shape[:2] != camera.shape[:2]
+    changed = np.abs(out.astype(int) - photo.astype(int)).max(axis=2) > 0
+    assert 0 < changed.mean() < 0.1  # the face only, into the photo
+    assert not ((out[..., 1] > 250) & (out[..., 0] < 5)).any()  # nothing of the camera frame
 
 
 MEMORY_SERVER = r"""

@@ -89,7 +89,9 @@ def test_demo_writes_playable_mp4_with_audio(demo_mp4: Path) -> None:
         # the writer's encoder, as the decoder names its format (libx264 and libopenh264 -> h264)
         assert kinds.get("video") == {"libx264": "h264", "libopenh264": "h264"}.get(encoder, encoder)
         assert kinds.get("audio") == "aac"
-        n = sum(1 for _ in c.decode(video=0))
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        n = len(frames)
+    assert frames[0].shape == (512, 512, 3)  # the photo's own frame
     speech = load_audio(Path(__file__).parent.parent / "trtalk" / "assets" / "demo_speech.wav")
     assert abs(n - len(speech) / 16000 * FPS) <= 1
 
@@ -98,12 +100,14 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     """The lip gap seen by mediapipe on the output tracks the speech envelope.
 
     Threshold: with ~116 frames, |r| > 0.18 is already significant at p < 0.05;
-    we measure r ~= 0.68 (the mouth follows level in dB through an
-    attack/release follower, the envelope is linear RMS, so r < 1 by design)
-    and ask for 0.5. In silence (envelope < 1% of its peak over +-120 ms) the
-    lips are closed: the gap is under 0.06 interocular distances (closed lips
-    read ~0.03; the photo's own parted lips, the astronaut smiles, ~0.12), and
-    speech opens it at least 0.1 beyond the closed mouth.
+    we measure r ~= 0.48 (the mouth model's opening against linear RMS, read
+    by mediapipe on the whole 512 px photo) and ask for 0.4. In silence (envelope < 1% of its peak over +-120 ms) the
+    lips are closed: the gap is under 0.07 interocular distances, and speech
+    opens it at least 0.07 beyond the closed mouth. The demo's frame is the whole
+    photo (512 px, the face ~120 px across), where mediapipe reads the same lips
+    a little differently than in a 256 px face crop: closed lips 0.041-0.060
+    (0.033 in the crop), the photo's own parted lips (the astronaut smiles)
+    0.111, fully open readings saturate near 0.13 (0.16 in the crop).
     """
     from trtalk.media.read import iter_frames
 
@@ -113,11 +117,12 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     env = _envelope(speech, len(frames))
     r = float(np.corrcoef(gaps, env)[0, 1])
     logging.getLogger(__name__).info("lip gap vs envelope r = %.3f", r)
-    assert r > 0.5, f"lip gap correlates with the speech envelope only at r={r:.2f}"
+    # 0.48 measured on the whole-photo frame (the face ~120 px; the 256 px face crop read higher).
+    assert r > 0.4, f"lip gap correlates with the speech envelope only at r={r:.2f}"
     silent = _envelope(speech, len(frames), half_s=0.12) < 0.01 * env.max()
     assert silent.sum() >= 5, "the demo speech should contain pauses"
-    assert np.all(gaps[silent] < 0.06), gaps[silent]
-    assert gaps.max() > float(np.median(gaps[silent])) + 0.1, "the mouth never visibly opens"
+    assert np.all(gaps[silent] < 0.07), gaps[silent]
+    assert gaps.max() > float(np.median(gaps[silent])) + 0.07, "the mouth never visibly opens"
 
 
 # ---------------------------------------------------------------- head pose
@@ -205,15 +210,17 @@ def test_onnx_runtime_matches_torch(tmp_path: Path, renderer) -> None:
     onnx.checker.check_model(model)
     assert {op.version for op in model.opset_import if op.domain in ("", "ai.onnx")} == {17}
     assert "GridSample" in {n.op_type for n in model.graph.node}
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     net = WarpNet().eval()
-    # Random inputs, and a real frame's inputs (open mouth, turned head).
+    # Random inputs, and a real frame's inputs (open mouth, turned head): the whole photo frame as
+    # the source, the face's region as the grid.
     a = renderer.avatar
     w = a.warp_inputs(a.deform(0.8, 0.4, M.euler_to_matrix(8, 4, -5)), 0.8)
     src = torch.from_numpy(a.crop.transpose(2, 0, 1).copy()).float()[None] / 255
     real = (src, torch.from_numpy(w.grid)[None], torch.from_numpy(w.cavity)[None, None],
             torch.from_numpy(w.teeth)[None, None])
-    for inputs in (example_inputs(256), real):
+    real_path = export_onnx(tmp_path / "warp_real.onnx", a.crop.shape[:2], w.grid.shape[:2])
+    for inputs, p in ((example_inputs(256), path), (real, real_path)):
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             ref = net(*inputs).numpy()
         (got,) = sess.run(None, {k: v.numpy() for k, v in zip(("source", "grid", "cavity", "teeth"), inputs)})
@@ -346,5 +353,148 @@ def test_eye_closure_shuts_the_eyes_and_leaves_the_mouth(renderer) -> None:
 
     half = renderer.frame(0.4, 0.2, rot, eye_closure=0.5)
     g0, g5, g1 = lid_gap(base), lid_gap(half), lid_gap(shut)
-    # mediapipe's 468-point mesh never closes its lids fully on a shut eye (0.091 -> 0.052 here).
-    assert g1 < 0.7 * g0 and g1 < g5 < g0, (g0, g5, g1)
+    # mediapipe's 468-point mesh never closes its lids fully on a shut eye: 0.091 -> 0.052 in a
+    # 256 px face crop, 0.077 -> 0.054 in the photo's own 512 px frame (the avatar's frame now).
+    assert g1 < 0.75 * g0 and g1 < g5 < g0, (g0, g5, g1)
+
+
+# ---------------------------------------------------------------- registration: the photo's own frame
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_own_pose_closed_mouth_gives_the_photo_back(renderer, face_image_path: Path) -> None:
+    """The output is the photo's own frame (no crop, no paste): at the photo's own pose with a
+    closed mouth it is the photo (PSNR >= 35 dB; the warp is the identity, so exactly), through
+    the renderer and through the family the pipeline drives."""
+    import torch
+
+    from trtalk.face import read_image
+    from trtalk.runtime.family import WarpFamily
+
+    photo = read_image(face_image_path)
+    # The photo's own mouth: the astronaut's lips are parted (an opening of 0 closes them).
+    rest = renderer.avatar.rest_open()
+    out = renderer.frame(rest, 0.0, np.eye(3))
+    assert out.shape == photo.shape  # 512 x 512: the photo's own size (the default cap is 512)
+    assert _psnr(out, photo) >= 35.0
+    family = WarpFamily()
+    avatar = family.make_avatar(photo, "astronaut", mesh=renderer.avatar.mesh)
+    mouth = torch.tensor([[rest, 0.0]] * 2, dtype=torch.float32)
+    frames = family.generate(avatar, mouth, torch.zeros(2, 3))
+    assert frames.shape == (2, *photo.shape)
+    assert min(_psnr(f, photo) for f in frames) >= 35.0
+
+
+def test_size_is_the_frames_long_side(renderer, face_image_path: Path) -> None:
+    """``size`` resizes the photo's frame (long side, even sides); at the own pose the output is
+    the resized photo."""
+    import cv2
+
+    from trtalk.face import read_image
+    from trtalk.warp.avatar import AvatarConfig, frame_size
+    from trtalk.warp.render import WarpRenderConfig, WarpRenderer
+
+    photo = read_image(face_image_path)
+    wide = np.ascontiguousarray(photo[:381, :])  # 381 x 512: odd height, landscape
+    assert frame_size(wide.shape[:2], AvatarConfig()) == (380, 512)
+    assert frame_size(wide.shape[:2], AvatarConfig(size=256)) == (190, 256)
+    assert frame_size((1200, 900), AvatarConfig()) == (512, 384)
+    r = WarpRenderer(wide, WarpRenderConfig(avatar=AvatarConfig(size=256)), mesh=renderer.avatar.mesh)
+    out = r.frame(r.avatar.rest_open(), 0.0, np.eye(3))
+    assert out.shape == (190, 256, 3)
+    ref = cv2.resize(wide, (256, 190), interpolation=cv2.INTER_AREA)
+    assert _psnr(out, ref) >= 35.0
+    with pytest.raises(TrtalkError, match="--size"):
+        AvatarConfig(size=8)
+
+
+def test_head_motion_carries_hair_and_keeps_the_frame_border(renderer) -> None:
+    """A turned head takes its hair along (the region just above the face changes like the face
+    does) while the frame's border and the far background stay the photo's: no porthole, no
+    pasted ellipse. The face's landmarks, re-detected on the output, rotate by the roll asked."""
+    from trtalk.face import FaceMeshDetector
+
+    a = renderer.avatar
+    photo = a.crop
+    rot = M.euler_to_matrix(0.0, 0.0, 10.0)
+    rest = a.rest_open()
+    out = renderer.frame(rest, 0.0, rot)
+    diff = np.abs(out.astype(int) - photo.astype(int)).sum(axis=2)
+    # The frame's border is fixed: its anchors sit on the pixels' outer edges, so the outermost
+    # pixel rows move by a small fraction of a pixel at most.
+    w = a.warp_inputs(a.deform(rest, 0.0, rot), rest)
+    x0, y0, x1, y1 = w.outer_roi
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    shift = np.linalg.norm(w.outer - np.stack([xx, yy], axis=2), axis=2)
+    fh, fw = a.frame_hw
+    edge = np.zeros((fh, fw), bool)
+    edge[[0, -1]] = edge[:, [0, -1]] = True
+    assert shift[edge[y0:y1, x0:x1]].max() < 0.3
+    assert diff[edge].mean() < 1.0
+    mesh = a.mesh[:, :2]
+    lo, hi = mesh.min(axis=0), mesh.max(axis=0)
+    h = hi[1] - lo[1]
+    # Hair: the band above the mesh's top, as wide as the face, moves (not a still hat over a
+    # rotating face).
+    hair = diff[int(lo[1] - 0.25 * h):int(lo[1] - 0.05 * h), int(lo[0]):int(hi[0])]
+    face = diff[int(lo[1]):int(hi[1]), int(lo[0]):int(hi[0])]
+    assert hair.mean() > 0.3 * face.mean() > 0, (hair.mean(), face.mean())
+    # Far from the head (the bottom corners): the photo.
+    assert diff[-40:, :40].max() == 0 and diff[-40:, -40:].max() == 0
+    with FaceMeshDetector(static_image_mode=True, max_num_faces=1) as det:
+        m0, m1 = det.detect3d(photo)[0], det.detect3d(out)[0]
+    from trtalk.warp.drive import measure_pose
+
+    roll = measure_pose(m0, m1)[2]
+    assert 7.0 < abs(roll) < 13.0, roll
+
+
+def test_grid_on_a_lattice_matches_the_exact_grid(renderer) -> None:
+    """The warp field outside the face is computed every other pixel and interpolated: it stays
+    within a fraction of a pixel of the exact per-pixel field there (the field is continuous)."""
+    from dataclasses import replace
+
+    from trtalk.warp.avatar import Avatar
+
+    a = renderer.avatar
+    assert a.grid_step == 2  # 512 px: the lattice is on
+    exact = Avatar(a.crop, a.mesh, replace(a.cfg, grid_step=1))
+    pts = a.deform(0.5, 0.2, M.euler_to_matrix(12.0, -5.0, 6.0))
+    fast, ref = a.warp_inputs(pts, 0.5), exact.warp_inputs(pts, 0.5)
+    assert fast.outer_roi == ref.outer_roi and fast.roi == ref.roi
+    # The face: exact in both (a few edge pixels differ by cv2's clipping of triangles to the box).
+    np.testing.assert_allclose(fast.grid, ref.grid, rtol=0, atol=1e-3)
+    assert (np.abs(fast.grid - ref.grid) > 1e-6).mean() < 0.005
+    err = np.linalg.norm(fast.outer - ref.outer, axis=2)
+    fx0, fy0, fx1, fy1 = a.face_roi
+    x0, y0 = a.roi[:2]
+    err[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = 0
+    assert np.percentile(err, 99.9) < 0.5 and err.mean() < 0.02, (np.percentile(err, 99.9), err.mean())
+
+
+def test_head_placement_follows_the_pose_sources_shift_and_scale(renderer) -> None:
+    """A pose source whose head moves 12 px right and 6 px up (interocular distance io) reads as
+    (12/io, -6/io); one whose head grows 10 % reads log 1.1; the avatar moves its head by that
+    many of *its* interocular distances, the frame border staying put."""
+    from trtalk.warp.placement import HeadPlacement
+
+    a = renderer.avatar
+    m0 = a.mesh.copy()
+    io = a.interocular
+    hp = HeadPlacement(smoothing=0.0)
+    assert np.allclose(hp.update(m0), 0.0)
+    got = hp.update(m0 + np.array([12.0, -6.0, 0.0]))
+    np.testing.assert_allclose(got, [12.0 / io, -6.0 / io, 0.0], atol=1e-6)
+    c = m0.mean(axis=0)
+    grown = hp.update(c + 1.1 * (m0 - c))
+    assert abs(grown[2] - np.log(1.1)) < 1e-6
+    assert hp.update(None)[2] == grown[2]  # no face: the last value holds
+    rest = a.rest_open()
+    pts = a.place(a.deform(rest, 0.0, np.eye(3)), (0.25, -0.1), 0.0)
+    np.testing.assert_allclose(pts[:468, :2] - a.mesh[:, :2], np.tile([0.25 * io, -0.1 * io], (468, 1)), atol=1e-9)
+    out = renderer.frame(rest, 0.0, np.eye(3), placement=(0.25, -0.1, 0.0))
+    assert np.abs(out[0].astype(int) - a.crop[0]).mean() < 1.0 and np.abs(out.astype(int) - a.crop).mean() > 2.0

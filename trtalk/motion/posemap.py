@@ -50,7 +50,7 @@ from trtalk.errors import TrtalkError
 log = logging.getLogger(__name__)
 
 #: Bumped when the grid, alignment or fit changes: old cache entries are then ignored.
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: the warp avatar renders the whole photo frame (no crop, no paste-back)
 
 #: encode(crops 224x224x3 RGB uint8, meshes 468x3 in the crop's source frame) -> codes (N, P)
 EncodeFn = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
@@ -247,7 +247,7 @@ class GridRenderer:
 
         self.renderer = WarpRenderer(photo, WarpRenderConfig(paste_back=True), name, mesh=mesh)
         av = self.renderer.avatar
-        # Crop pixels -> photo pixels.
+        # Frame pixels (the renderer's frame: the photo at its size) -> photo pixels.
         a = av.crop_M[:, :2]
         self._inv_a = np.linalg.inv(a)
         self._inv_t = -self._inv_a @ av.crop_M[:, 2]
@@ -274,7 +274,9 @@ class GridRenderer:
             mesh = self._to_photo(av.deform(0.0, 0.0, rotation_clamped(rot, av.cfg))[:468])
             m = self._base.copy()
             m[:, 2] += TEMPLATE[2] - apply_affine(self._base, three_points(mesh)[2])
-            crops.append(align_image(frame, m))
+            # The frame is the photo at the renderer's size: compose frame -> photo -> crop.
+            crops.append(align_image(frame, np.concatenate([m[:, :2] @ self._inv_a, (m[:, :2] @ self._inv_t
+                                                            + m[:, 2])[:, None]], axis=1)))
             meshes.append(mesh)
         return crops, meshes
 

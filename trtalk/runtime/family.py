@@ -80,6 +80,9 @@ class ModelFamily(abc.ABC):
     has_visual_mouth: bool = False
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
+    #: `generate` returns the avatar photo's own frame (the warp avatar), not a crop: there is
+    #: nothing to paste back and ``--size`` is the family's own (`trtalk.warp.avatar.AvatarConfig`)
+    full_frame: bool = False
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
     motion_grid: Any = None
 
@@ -377,20 +380,27 @@ class WarpFamily(ModelFamily):
     """The landmark-driven warp avatar (`trtalk.warp`): no weights, nothing downloaded.
 
     Mouth code = (open, rounding) after the attack/release follower; pose code = (yaw, pitch,
-    roll) in degrees relative to the first tracked face; ``backend`` "torch" or "onnxruntime"
-    runs the warp network.
+    roll) in degrees relative to the first tracked face, then (from a tracked pose source) eye
+    closure 0 and the head's shift and log scale (`trtalk.warp.placement`); ``backend`` "torch"
+    or "onnxruntime" runs the warp network.
     """
 
     name = "warp"
     has_visual_mouth = True
+    full_frame = True
 
-    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None) -> None:
+    def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None,
+                 size: int | None = None) -> None:
         super().__init__(random_weights=False)
+        from dataclasses import replace
+
         from trtalk.warp.render import WarpRenderConfig
 
         self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
+        if size is not None:  # --size: the long side of the photo's frame
+            self.cfg = replace(self.cfg, avatar=replace(self.cfg.avatar, size=size))
         self.fps = fps
-        self.output_size = self.cfg.avatar.size
+        self.output_size = self.cfg.avatar.size or self.cfg.avatar.max_size
         self._renderers: dict[int, Any] = {}
         self.reset()
 
@@ -400,9 +410,11 @@ class WarpFamily(ModelFamily):
 
     def reset(self) -> None:
         from trtalk.warp.drive import MeshRotation, MouthFollower
+        from trtalk.warp.placement import HeadPlacement
 
         self._follower = MouthFollower(self.fps, self.cfg.mouth)
         self._rotation = MeshRotation()
+        self._placement = HeadPlacement()
         if getattr(self, "_lips", None) is not None:
             self._lips.reset()
         self._last_lips = np.zeros(2, np.float32)
@@ -431,7 +443,7 @@ class WarpFamily(ModelFamily):
 
         renderer = WarpRenderer(image, self.cfg, name, mesh=mesh)
         av = renderer.avatar
-        return Avatar(image, av.crop, av.crop_M, torch.zeros(3), {"renderer": renderer})
+        return Avatar(image, av.crop, av.crop_M, torch.zeros(7), {"renderer": renderer})
 
     def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         from trtalk.warp.drive import mouth_from_window
@@ -441,7 +453,9 @@ class WarpFamily(ModelFamily):
                                           for w in windows]))
 
     def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self._rotation.update(p.mesh) for p in inputs])).float()
+        return torch.from_numpy(np.stack([np.concatenate([self._rotation.update(p.mesh), [0.0],
+                                                          self._placement.update(p.mesh)])
+                                          for p in inputs])).float()
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         from trtalk.warp.drive import idle_euler
@@ -458,22 +472,25 @@ class WarpFamily(ModelFamily):
 
     def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
         """Pose codes are (yaw, pitch, roll) degrees, optionally with eye closure in [0, 1] as a
-        fourth column (generated motion with blinks)."""
+        fourth column (generated motion with blinks) and the head's (dx, dy, log scale) as the
+        fifth to seventh (a tracked pose source)."""
         from trtalk.warp import mesh as M
 
         renderer = avatar.state["renderer"]
         frames = [renderer.frame(float(m[0]), float(m[1]), M.euler_to_matrix(*map(float, p[:3])),
-                                 float(p[3]) if len(p) > 3 else 0.0)
+                                 float(p[3]) if len(p) > 3 else 0.0,
+                                 tuple(map(float, p[4:7])) if len(p) >= 7 else None)
                   for m, p in zip(mouth, pose)]
         return np.stack(frames)
 
 
 def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, backend: str = "torch",
                 device: str = "cpu", options: Any = None, *, fps: float = 25.0,
-                pdfgc: dict[str, Any] | None = None) -> ModelFamily:
+                pdfgc: dict[str, Any] | None = None, size: int | None = None) -> ModelFamily:
     """The family ``model`` ready to run: PC-AVS and PD-FGC through `trtalk.engine.open_runner`
     (PD-FGC: `trtalk.runtime.pdfgc_family`; ``pdfgc``: its factor sources), or the warp avatar (its
-    network on torch or onnxruntime, on the CPU)."""
+    network on torch or onnxruntime, on the CPU; ``size``: its frame's long side, None the
+    photo's own up to 512; the crop families' ``--size`` is the frame step's)."""
     if model not in FAMILIES:
         raise TrtalkError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
     if model == "pdfgc":
@@ -491,7 +508,7 @@ def open_family(model: str = "pcavs", checkpoint: Path | str | None = None, back
         if device != "cpu":
             raise TrtalkError("the warp avatar runs on the CPU (its warp is a few ms a frame); "
                               "drop --device or use --model pcavs")
-        return WarpFamily(fps=fps, backend=backend)
+        return WarpFamily(fps=fps, backend=backend, size=size)
     from trtalk.engine.runner import open_runner
 
     runner = open_runner(backend, checkpoint, device, options)

@@ -79,7 +79,7 @@ class ModelOptions:
 
     def family_threads(self) -> int | None:
         """The family's default compute threads (`trtalk.threads`): 1 for the warp avatar on torch
-        (its network is a 256x256 grid_sample; more threads only compete with the per-frame numpy
+        (its network is a grid_sample over the face region; more threads only compete with the per-frame numpy
         and mediapipe work: 60 ms per frame with 2 threads, 5 ms with 1, measured on 2 cores),
         None (the usable cores) otherwise."""
         model = self.model or ("pcavs" if self.checkpoint is not None else "warp")
@@ -100,8 +100,9 @@ class ModelOptions:
                 "emotion_strength": self.emotion_strength, "eyes_closed": self.eyes_closed,
                 "presets": presets, "mouth_smoothing": self.mouth_smoothing or mouth_smoothing}
 
-    def open(self, fps: float = 25.0, mouth_smoothing: str = "causal") -> ModelFamily:
-        """The family, loaded (checkpoints read, engines built or taken from the cache)."""
+    def open(self, fps: float = 25.0, mouth_smoothing: str = "causal", size: int | None = None) -> ModelFamily:
+        """The family, loaded (checkpoints read, engines built or taken from the cache); ``size``:
+        the warp avatar's frame long side (``--size``; the crop families' is the frame step's)."""
         from trtalk.engine.runner import RunnerOptions, check_device
         from trtalk.models.pcavs import PCAVSConfig
 
@@ -138,4 +139,4 @@ class ModelOptions:
                                       ("--noise", self.noise not in (None, "fixed"))) if v]
             if changed:
                 raise TrtalkError(f"{changed[0]} is a PC-AVS option; the warp avatar has no such setting")
-        return open_family(model, self.checkpoint, self.backend, self.device, opts, fps=fps)
+        return open_family(model, self.checkpoint, self.backend, self.device, opts, fps=fps, size=size)

@@ -301,11 +301,12 @@ class PDFGCFamily(ModelFamily):
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
         from trtalk.face import to_tensor
 
-        crop, crop_m, _ = align_photo(image, name, crop, crop_m)
+        crop, crop_m, mesh = align_photo(image, name, crop, crop_m, mesh)
         x = to_tensor(crop).to(self.device)
         id_vec, id_map = self.model.encode_identity(x)
         pose, eye, emo = self._encode_motion(x)
-        state = {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0]}
+        # mesh: the photo's landmarks, for paste-back's face mask
+        state = {"id_vec": id_vec, "id_map": id_map, "eyes": eye[0], "emotion": emo[0], "mesh": mesh}
         if self.specs["eyes"].kind == "auto" and self._closed_eye is None:
             closed = self.warp_closed_eye(image, name)
             if closed is None:

@@ -73,7 +73,15 @@ class PipelineConfig:
     batch: int = option(4, bounds=(1, 256), help="most frames per generator call, 1 to 256")
     layout: Literal["generated", "side-by-side"] = option(
         "generated", help="the generated frame only, or avatar | generated | pose source")
-    paste_back: bool = option(False, help="paste the generated face back into the photo or camera frame")
+    paste_back: bool = option(False, help="paste the generated face (the face only, colour-matched) back "
+                              "into the face source's frames (render), the camera or pose video frames "
+                              "(stream) or the avatar photo; crop models only: the warp avatar's "
+                              "frames are the photo already")
+    size: int | None = option(None, metavar="PX", bounds=(32, 4096),
+                              help="output size: the side of the crop models' square frames, the long "
+                                   "side of the warp avatar's photo frame (even sides)",
+                              default_text="224 for the crop models; the photo's own, at most 512, for "
+                                           "the warp avatar")
     audio_gain: float | None = option(None, bounds=(1e-6, MAX_AUDIO_GAIN), help="fixed gain on the audio",
                                       default_text="the whole-file gain for files, a running RMS "
                                                    "estimate live")
@@ -126,6 +134,8 @@ class PipelineConfig:
             raise TrtalkError(f"--duration {self.duration:g} is more than {MAX_DURATION_S:g} s (24 h)")
         if self.pose_smoothing is not None and not 0 <= self.pose_smoothing < 1:
             raise TrtalkError("--pose-smoothing must be in [0, 1)")
+        if self.size is not None and not 32 <= self.size <= 4096:
+            raise TrtalkError(f"--size {self.size} is out of range: 32 to 4096 pixels")
         if self.audio_gain is not None and not 0 < self.audio_gain <= MAX_AUDIO_GAIN:
             raise TrtalkError(f"--audio-gain must be a number in (0, {MAX_AUDIO_GAIN:g}]")
 
@@ -154,7 +164,8 @@ class Pipeline:
         self.sinks = list(sinks)
         self.clock: Clock = clock or RealClock()
         self.realtime = self.clock.realtime
-        self.step = FrameStep(family, avatar, layout=cfg.layout, paste_back=cfg.paste_back)
+        self.step = FrameStep(family, avatar, layout=cfg.layout, paste_back=cfg.paste_back, size=cfg.size,
+                              pose_panel=pose_source is not None)
         fixed = cfg.audio_gain
         if fixed is None and isinstance(audio, AudioFileSource) and not audio.loop:
             from trtalk.audio import rms_gain
@@ -278,8 +289,9 @@ class Pipeline:
         if good is None:
             # No face seen yet: the camera frame itself.
             return Background(frame_s.frame, None)
-        m = sample.crop_m if sample is not None and sample.crop_m is not None else good.crop_m
-        return Background(frame_s.frame, m)
+        cur = sample is not None and sample.crop_m is not None
+        m = sample.crop_m if cur else good.crop_m
+        return Background(frame_s.frame, m, sample.mesh if cur else good.mesh)
 
     def _process(self, idx: list[int], stop: threading.Event) -> None:
         t_start = time.perf_counter()

@@ -9,7 +9,8 @@
   alignment) and replayed forward and backward at its own frame rate (`ClipPoseSource`); without
   a pose file and with a still face, the avatar's own pose; ``--pose auto``: head motion and
   blinks generated from the speech (`trtalk.runtime.motion_path`; the default of `trtalk demo`);
-- paste-back into the face source's frames (the official loop over them);
+- paste-back into the face source's frames (the official loop over them), the face only
+  (`trtalk.face.pasteback`: brow to chin by the frame's landmarks, colour-matched);
 - sink: an H.264/AAC mp4 written to a temporary file and renamed at the end;
 - mouth (`trtalk.runtime.mouth_path`): the audio's by default; ``--mouth video PATH`` reads the
   lips from another video aligned as a whole (output frame k shows its frame at ``k / fps``) and
@@ -244,7 +245,8 @@ class Renderer:
 
         def background(k: int, sample: PoseSample | None) -> Background:
             i = pingpong(k, len(face))
-            return Background(face_frames[i], face.crop_matrices[i])
+            found = face.landmarks is not None and bool(face.found[i])
+            return Background(face_frames[i], face.crop_matrices[i], face.landmarks[i] if found else None)
 
         def report(done: int, total: int | None) -> None:
             if progress is not None:

@@ -54,7 +54,7 @@ def _run(cfg: RenderConfig) -> int:
     with output_parent(cfg.output):
         check_render(cfg)  # inputs, output, memory estimate: before the model loads
         threads.apply(cfg.threads, cfg.model.family_threads())
-        family = cfg.model.open(cfg.fps, mouth_smoothing="centred")
+        family = cfg.model.open(cfg.fps, mouth_smoothing="centred", size=cfg.size)
         with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total

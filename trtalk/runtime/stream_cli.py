@@ -209,7 +209,7 @@ def _run(cmd: StreamCommand) -> int:
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
-        family = cfg.model.open(cfg.fps)
+        family = cfg.model.open(cfg.fps, size=cfg.size)
         if pose_off:  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
             from trtalk.runtime.controls import FactorSpec
 

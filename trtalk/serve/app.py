@@ -416,7 +416,8 @@ class Server:
         @pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
             self.channels[sid] = channel
-            channel.send(json.dumps({"type": "ready", "session": sid, "pose": pose, "mouth": mouth}))
+            channel.send(json.dumps({"type": "ready", "session": sid, "pose": pose, "mouth": mouth,
+                                     "mouth_box": mouth_box(session.avatar, cfg.paste_back)}))
 
             @channel.on("message")
             def on_message(message: Any) -> None:
@@ -559,6 +560,27 @@ def _token_ok(request: web.Request, token: str) -> bool:
 
 
 SERVER_KEY = web.AppKey("server", Server)
+
+
+def mouth_box(avatar: Avatar, paste_back: bool = False) -> list[float]:
+    """Where the mouth is in the frames a session sends, (x0, y0, x1, y1) as fractions of the frame
+    (the page's frame probe reads it there): from the warp avatar's mesh (its frames are the whole
+    photo), from the photo's mesh and its size with paste-back, else an aligned crop's."""
+    from trtalk.serve.client import CROP_MOUTH_BOX
+
+    a = getattr(avatar.state.get("renderer"), "avatar", None)
+    if a is not None and hasattr(a, "frame_hw"):
+        mesh, (h, w), io = a.mesh[:, :2], a.frame_hw, a.interocular
+    elif paste_back and avatar.state.get("mesh") is not None:
+        mesh = np.asarray(avatar.state["mesh"])[:, :2]
+        h, w = avatar.image.shape[:2]
+        io = float(np.linalg.norm(mesh[263] - mesh[33]))
+    else:
+        return list(CROP_MOUTH_BOX)
+    lips = mesh[[61, 291, 13, 14, 0, 17]]
+    box = [(lips[:, 0].min() - 0.1 * io) / w, (lips[:, 1].min() - 0.1 * io) / h,
+           (lips[:, 0].max() + 0.1 * io) / w, (lips[:, 1].max() + 0.35 * io) / h]
+    return [float(np.clip(v, 0.0, 1.0)) for v in box]
 
 
 def make_app(server: Server) -> web.Application:

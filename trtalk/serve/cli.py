@@ -109,7 +109,7 @@ def _run(cmd: ServeCommand) -> int:
 
     limits = limits_of(cmd)
     threads.apply(cmd.stream.threads, cmd.model.family_threads())
-    family = cmd.model.open(cmd.stream.fps)
+    family = cmd.model.open(cmd.stream.fps, size=cmd.stream.size)
     server = Server(family, cmd.stream, token=token, limits=limits, max_batch=cmd.max_batch,
                     capacity_fps_override=cmd.capacity_fps)
     server.prepare()

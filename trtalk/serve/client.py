@@ -113,23 +113,33 @@ class ClientResult:
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 0.0
 
 
-def mouth_luma(image: np.ndarray) -> float:
-    """Mean luma of the mouth box of a generated crop (x 0.35-0.65, y 0.62-0.82)."""
+#: Where the mouth is in an aligned crop (x0, y0, x1, y1 as fractions of the frame).
+CROP_MOUTH_BOX = (0.35, 0.62, 0.65, 0.82)
+
+
+def mouth_luma(image: np.ndarray, box: tuple[float, float, float, float] = CROP_MOUTH_BOX) -> float:
+    """Mean luma of the mouth ``box`` (x0, y0, x1, y1 as fractions of the frame; default: where an
+    aligned crop has it; the warp avatar's frames are the photo's, so give its own)."""
     h, w = image.shape[:2]
-    box = image[int(0.62 * h):int(0.82 * h), int(0.35 * w):int(0.65 * w)].astype(np.float32)
+    x0, y0, x1, y1 = box
+    box = image[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)].astype(np.float32)
     return float((0.299 * box[..., 0] + 0.587 * box[..., 1] + 0.114 * box[..., 2]).mean())
 
 
 async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: str = "astronaut",
                      pose: str = "still", token: str | None = None, camera: np.ndarray | None = None,
                      stall_after_s: float | None = None, flood: int = 0, bye: bool = True,
-                     vanish: bool = False, extra: dict[str, Any] | None = None) -> ClientResult:
+                     vanish: bool = False, extra: dict[str, Any] | None = None,
+                     mouth_box: tuple[float, float, float, float] | None = None) -> ClientResult:
     """One session for ``seconds`` (see the module docstring). ``flood`` sends that many control
-    messages at once after connecting; ``vanish`` leaves without a bye and without closing."""
+    messages at once after connecting; ``vanish`` leaves without a bye and without closing;
+    ``mouth_box``: where `mouth_luma` looks (fractions of the frame; None: where the server's
+    "ready" message says the mouth is, an aligned crop's box until then)."""
     res = ClientResult()
     pc = RTCPeerConnection()
     channel = pc.createDataChannel("control")
     done = asyncio.Event()
+    box: list[Any] = [mouth_box, mouth_box or CROP_MOUTH_BOX]  # (asked, in use)
 
     @channel.on("message")
     def on_message(msg: Any) -> None:
@@ -137,6 +147,8 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
         res.messages.append(m)
         if m.get("type") == "ready":
             res.session = m.get("session")
+            if box[0] is None and m.get("mouth_box"):
+                box[1] = tuple(m["mouth_box"])
         if m.get("type") == "error":
             res.error = m.get("message")
             done.set()
@@ -155,7 +167,7 @@ async def run_client(url: str, wave16k: np.ndarray, seconds: float, *, avatar: s
                 f = await track.recv()
                 res.frame_times.append(time.monotonic())
                 res.frame_pts.append(int(f.pts or 0))
-                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24")))
+                res.mouth.append(mouth_luma(f.to_ndarray(format="rgb24"), box[1]))
         except MediaStreamError:
             pass
 

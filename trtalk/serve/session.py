@@ -163,8 +163,13 @@ class PoseChoice:
 def _webcam(session: "Session") -> Source:
     from trtalk.runtime.pose_path import PoseTracker
 
-    return PushVideoSource(f"browser-camera:{session.id}",
-                           PoseTracker(session.cfg.fps, keep_frames=session.cfg.paste_back))
+    # The camera's frames themselves are not kept: paste-back goes into the avatar's photo.
+    return PushVideoSource(f"browser-camera:{session.id}", PoseTracker(session.cfg.fps))
+
+
+def avatar_background(k: int, sample: Any) -> None:
+    """A session's paste-back background for every frame: None, i.e. the avatar's photo."""
+    return None
 
 
 #: The page's pose choices, in order (first: the default).
@@ -389,8 +394,11 @@ class Session:
         self.audio = PushAudioSource(f"browser-mic:{sid}")
         self.video: Source | None = self.choice.make(self)
         self.sink = TrackSink(cfg.fps)
+        # Paste-back means into the avatar's photo, never the browser's camera frame (that is the
+        # user's own face: pasting the avatar's face, hair and background onto it is a face swap).
         self.pipeline = Pipeline(cfg, _WorkerFamily(family, scheduler), avatar, self.audio,  # type: ignore[arg-type]
-                                 self.video, [self.sink], RealClock(), **self.choice.pipeline_kwargs)
+                                 self.video, [self.sink], RealClock(), background=avatar_background,
+                                 **self.choice.pipeline_kwargs)
         self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, layout=cfg.layout,
                                            paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))

@@ -3,27 +3,35 @@
 Everything here is CPU/numpy "control" work; the pixels are moved by
 :class:`trtalk.warp.net.WarpNet`.
 
-Layout. The avatar is a ``size x size`` (default 256) face-centred square
-crop of the photo (``Avatar.crop``, RGB uint8; ``Avatar.crop_M`` maps photo
-pixels to crop pixels). Its control points (``Avatar.rest``, Nx3 crop pixels
-plus depth) are the 468 mesh points, then a ring of "soft" anchors around
-the face that follow the head at half strength, then a ring of fixed anchors
-on the crop border so the warp fades into the untouched background. A
-Delaunay triangulation of the rest points' 2D positions (``Avatar.triangles``)
-makes the warp piecewise affine.
+Layout. The avatar deforms the whole photo: its frame (``Avatar.crop``, RGB uint8, H x W) is the
+photo itself, resized so its long side is ``AvatarConfig.size`` (default: the photo's own, capped
+at ``max_size``) with even sides (H.264); ``Avatar.crop_M`` maps photo pixels to frame pixels (a
+scale). There is no square crop and nothing is pasted: the output *is* the photo's frame, and at
+the photo's own pose with a closed mouth the warp is the identity (the photo comes back).
+
+Control points (``Avatar.rest``, Nx3 frame pixels plus depth): the 468 mesh points, then rings of
+anchors around the face whose share of the head's rigid motion (``Avatar.follow``) falls off with
+distance -- hair and hat next to the face move with it, the neck and shoulders less, the
+background not at all -- and fixed anchors along the frame border, so the frame's edge never
+moves. A Delaunay triangulation of the rest points' 2D positions (``Avatar.triangles``) makes the
+warp piecewise affine.
 
 Per frame, :meth:`Avatar.deform` moves the points (jaw and lips by the mouth
 parameters, then a rigid 3D rotation about a pivot behind the face, then an
 orthographic projection), and :meth:`Avatar.warp_inputs` rasterises, in the
 output image, which triangle covers each pixel (nearest triangle drawn last,
 so a turned head occludes correctly) and turns it into a backward sampling
-grid plus the mouth-cavity and teeth masks.
+grid plus the mouth-cavity and teeth masks. Only the region the moving triangles can reach
+(``Avatar.roi``) is warped; the rest of the frame is the photo, copied. Above ``fine_px`` the
+grid is computed on a lattice of every ``grid_step``-th pixel and interpolated (the field is
+piecewise affine and continuous, so this costs nothing visible), so the cost follows the face's
+size rather than the frame's.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -39,9 +47,14 @@ NUM_MESH = 468
 
 @dataclass(frozen=True)
 class AvatarConfig:
-    """How the avatar is cut out and how far it may move.
+    """How big the avatar's frame is and how far it may move.
 
-    ``crop_scale``: crop side in units of the face mesh's larger extent.
+    ``size``: the long side of the output frame in pixels (the photo is resized to it, sides made
+    even); None: the photo's own long side, at most ``max_size``.
+    ``follow_rings``: (radius, share) pairs: rings of anchors at ``radius`` face half-extents from
+    the head's centre that take ``share`` of the head's rigid motion (falloff to the still
+    background; the frame border is fixed). ``grid_step``: the warp field's lattice step in
+    pixels (1: every pixel; 0: 1 up to ``fine_px`` warped pixels on the long side, else 2).
     ``jaw_drop``: lower-lip travel at mouth open = 1, in interocular distances.
     ``lip_raise``: upper-lip lift at open = 1, same unit.
     ``pucker``: inward travel of the mouth corners at rounding = 1, in mouth half-widths.
@@ -49,13 +62,17 @@ class AvatarConfig:
     lid travels this share of the gap, the lower lid the rest). ``lash_opacity``: darkness of the
     lash line drawn along the seam of a shut eye (faded in over the last 40 % of closure).
     ``max_yaw``/``max_pitch``/``max_roll``: clamps in degrees; beyond these an
-    orthographic 2D warp of one photo looks broken.
+    orthographic 2D warp of one photo looks broken. ``max_shift`` (interocular distances) and
+    ``max_log_scale`` clamp the head's shift and scale (:meth:`Avatar.place`).
     ``min_face_px``: a face smaller than this (mesh extent in photo pixels) is refused;
     ``warn_face_px``: below this it works but is upscaled and blurry, so we warn.
     """
 
-    size: int = 256
-    crop_scale: float = 1.9
+    size: int | None = None
+    max_size: int = 512
+    follow_rings: tuple[tuple[float, float], ...] = ((1.3, 1.0), (1.75, 0.8), (2.3, 0.45), (3.0, 0.15))
+    grid_step: int = 0
+    fine_px: int = 320
     jaw_drop: float = 0.2
     lip_raise: float = 0.04
     pucker: float = 0.22
@@ -64,24 +81,49 @@ class AvatarConfig:
     max_yaw: float = 25.0
     max_pitch: float = 15.0
     max_roll: float = 20.0
+    max_shift: float = 0.8
+    max_log_scale: float = 0.15
     min_face_px: float = 40.0
     warn_face_px: float = 100.0
     warn_photo_angle: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.size is not None and not 32 <= self.size <= 4096:
+            raise TrtalkError(f"--size {self.size} is out of range: 32 to 4096 pixels")
+
+
+def frame_size(photo_hw: tuple[int, int], cfg: AvatarConfig) -> tuple[int, int]:
+    """(height, width) of the avatar's frame for a photo of ``photo_hw``: long side ``cfg.size``
+    (None: the photo's own, at most ``cfg.max_size``), both sides even (H.264's 4:2:0)."""
+    h, w = photo_hw
+    long0 = max(h, w)
+    target = cfg.size if cfg.size is not None else min(long0, cfg.max_size)
+    if target == long0:
+        return h - h % 2, w - w % 2  # the photo's own size: an odd last row/column is dropped
+    s = target / long0
+    return max(2, int(round(h * s / 2)) * 2), max(2, int(round(w * s / 2)) * 2)
 
 
 @dataclass(frozen=True)
 class WarpInputs:
     """One frame's inputs to the warp network (numpy, float32).
 
-    ``grid``: (size, size, 2) backward sampling positions, normalised to
-    [-1, 1] as ``torch.nn.functional.grid_sample`` (align_corners=False)
-    wants them: ``grid[y, x] = (u, v)`` for the source crop pixel to show at
-    output pixel (x, y). ``cavity``/``teeth``: (size, size) in [0, 1].
+    ``grid``: (h, w, 2) backward sampling positions for the frame region ``roi`` (x0, y0, x1,
+    y1; h = y1 - y0, w = x1 - x0), normalised to [-1, 1] over the *whole* frame as
+    ``torch.nn.functional.grid_sample`` (align_corners=False) wants them: ``grid[y, x] = (u, v)``
+    for the source frame pixel to show at frame pixel (x0 + x, y0 + y). ``cavity``/``teeth``:
+    (h, w) in [0, 1]. ``roi`` is the face's region (where the mouth and lids are shaded);
+    ``outer`` (H', W', 2) is the source pixel (x, y; centres at integers, as ``cv2.remap`` takes
+    it) to show at each pixel of the larger moving region ``outer_roi``, the face's region
+    included. Outside ``outer_roi`` the frame is the photo's.
     """
 
     grid: np.ndarray
     cavity: np.ndarray
     teeth: np.ndarray
+    roi: tuple[int, int, int, int] = (0, 0, 0, 0)
+    outer: np.ndarray | None = None
+    outer_roi: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def _face_frame(mesh2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -92,6 +134,37 @@ def _face_frame(mesh2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     u = u / max(s, 1e-9)
     v = np.array([-u[1], u[0]])
     return origin, u, v, s
+
+
+def _rasterise(d: np.ndarray, order: np.ndarray, origin: np.ndarray, step: int,
+               shape: tuple[int, int]) -> np.ndarray:
+    """Triangle id + 1 (0: none) at each node of a lattice (node (i, j) at frame position
+    ``origin + step * (i, j)``), triangles ``d`` (T x 3 x 2 frame pixels) drawn in ``order``."""
+    ids = np.zeros(shape, np.uint16)
+    # Lattice coordinates with 4 fractional bits for cv2's sub-pixel fill (cv2 fills the pixel
+    # centres at integer coordinates: the lattice nodes).
+    fixed = np.round((d - origin) * (16.0 / step)).astype(np.int32)
+    for k in order:
+        cv2.fillConvexPoly(ids, fixed[k], int(k) + 1, lineType=cv2.LINE_8, shift=4)
+    return ids
+
+
+def _evaluate(ids: np.ndarray, table: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """(N, 2) float32 source positions of frame positions (xs, ys) under their triangles'
+    affine maps (``table`` 6 x (T + 1), the last column the identity for uncovered nodes)."""
+    idx = ids.ravel().astype(np.intp) - 1
+    c = [np.take(row, idx) for row in table]
+    out = np.empty((len(idx), 2), np.float32)
+    out[:, 0] = c[0] * xs + c[1] * ys + c[4]
+    out[:, 1] = c[2] * xs + c[3] * ys + c[5]
+    return out
+
+
+def _box(pts: np.ndarray, pad: float, h: int, w: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the integer box around ``pts`` grown by ``pad``, inside an h x w frame."""
+    lo, hi = pts.min(axis=0) - pad, pts.max(axis=0) + pad
+    return (max(int(np.floor(lo[0])), 0), max(int(np.floor(lo[1])), 0),
+            min(int(np.ceil(hi[0])) + 1, w), min(int(np.ceil(hi[1])) + 1, h))
 
 
 def _inside(poly: np.ndarray, pts: np.ndarray, tol: float) -> np.ndarray:
@@ -129,16 +202,24 @@ class Avatar:
             )
         self.photo_pose = (yaw, pitch, roll)
 
-        # Face-centred square crop, scaled to size x size.
-        size = cfg.size
-        centre = (lo + hi) / 2
-        side = extent * cfg.crop_scale
-        scale = size / side
-        self.crop_M = np.array(
-            [[scale, 0.0, size / 2 - scale * centre[0]], [0.0, scale, size / 2 - scale * centre[1]]]
-        )
-        self.crop = cv2.warpAffine(photo_rgb, self.crop_M, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)
+        # The frame: the photo itself at the output size (no crop, nothing pasted later).
+        h0, w0 = photo_rgb.shape[:2]
+        fh, fw = frame_size((h0, w0), cfg)
+        sx, sy = fw / w0, fh / h0
+        if (fh, fw) == (h0 - h0 % 2, w0 - w0 % 2):
+            # The photo's own size (an odd last row/column dropped): pixels are the photo's.
+            self.crop_M = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+            self.crop = np.ascontiguousarray(photo_rgb[:fh, :fw])
+        else:
+            # Pixel centres map as cv2.resize maps them: x' = sx (x + 0.5) - 0.5.
+            self.crop_M = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+            interp = cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR
+            self.crop = cv2.resize(photo_rgb, (fw, fh), interpolation=interp)
+        self.frame_hw = (fh, fw)
+        # Square canvas side (the frame is its top-left part): the mouth and lash masks' array size.
+        size = max(fh, fw)
+        self.cfg = cfg = replace(cfg, size=size)
+        scale = float(np.sqrt(self.crop_M[0, 0] * self.crop_M[1, 1]))
         mesh = np.empty_like(mesh3d)
         mesh[:, :2] = mesh3d[:, :2] @ self.crop_M[:, :2].T + self.crop_M[:, 2]
         mesh[:, 2] = mesh3d[:, 2] * scale
@@ -150,34 +231,94 @@ class Avatar:
         # so yaw swings the face sideways a little as a real head does.
         self.pivot = np.array([mesh[:, 0].mean(), mesh[:, 1].mean(), mesh[:, 2].mean() + 0.7 * s])
 
-        # Soft ring: 24 points around the face at 1.35x the hull, following the head at half strength.
-        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        half = (mesh[:, :2].max(axis=0) - mesh[:, :2].min(axis=0)) / 2 * 1.35
-        mid = (mesh[:, :2].max(axis=0) + mesh[:, :2].min(axis=0)) / 2
-        ring = np.stack([mid[0] + half[0] * np.cos(ang), mid[1] + half[1] * np.sin(ang)], axis=1)
-        ring = np.clip(ring, 2.0, size - 3.0)
-        # Fixed border: 8 points per side including corners (pixel-edge positions).
-        t = np.linspace(-0.5, size - 0.5, 9)
-        border = np.concatenate([
-            np.stack([t, np.full_like(t, -0.5)], 1), np.stack([t, np.full_like(t, size - 0.5)], 1),
-            np.stack([np.full_like(t[1:-1], -0.5), t[1:-1]], 1), np.stack([np.full_like(t[1:-1], size - 0.5), t[1:-1]], 1),
-        ])
-        self.n_ring, self.n_border = len(ring), len(border)
-        anchors = np.concatenate([ring, border])
-        anchors3 = np.concatenate([anchors, np.full((len(anchors), 1), mesh[:, 2].mean())], axis=1)
+        anchors, follow = self._anchors(mesh[:, :2], cfg.follow_rings)
+        self.n_ring, self.n_border = int((follow > 0).sum()), int((follow == 0).sum())
+        # An anchor takes the depth of the nearest mesh point: the rings next to the face's
+        # silhouette turn with it (the silhouette is at the back of the face), without a seam.
+        near = np.linalg.norm(anchors[:, None] - mesh[None, :, :2], axis=2).argmin(axis=1)
+        anchors3 = np.concatenate([anchors, mesh[near, 2:3]], axis=1)
         self.rest = np.concatenate([mesh, anchors3]).astype(np.float64)
-        # Anchor strength of the head rotation: 1 on the mesh, 0.5 on the ring, 0 on the border.
-        self.follow = np.concatenate([np.ones(NUM_MESH), np.full(len(ring), 0.5), np.zeros(len(border))])
+        # Share of the head's rigid motion: 1 on the mesh, falling off over the rings, 0 on the border.
+        self.follow = np.concatenate([np.ones(NUM_MESH), follow])
         self.triangles = Delaunay(self.rest[:, :2]).simplices.astype(np.int32)
         # Triangles touching an anchor are drawn first (behind the face) whatever their depth.
         self._behind = (self.triangles >= NUM_MESH).any(axis=1)
 
         self._mouth_weights(origin, u, v, s)
         self._eyelid_rig(s)
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-        self._xs, self._ys = xs.ravel(), ys.ravel()
-        logger.debug("avatar: face %.0f px, crop scale %.2f, %d points, %d triangles",
-                     extent, scale, len(self.rest), len(self.triangles))
+        self._warp_region()
+        logger.debug("avatar: face %.0f px, frame %dx%d (scale %.2f), %d points, %d triangles, "
+                     "warped region %s, lattice step %d", extent, fw, fh, scale, len(self.rest),
+                     len(self.triangles), self.roi, self.grid_step)
+
+    # -- anchors and the warped region --------------------------------------
+
+    def _anchors(self, pts: np.ndarray, rings: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Anchor positions (K x 2) and their share of the head's motion (K,): rings around the
+        head, damped near the frame border, then fixed points along the border (pixel edges)."""
+        fh, fw = self.frame_hw
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        half = (hi - lo) / 2
+        # The head's centre sits above the face mesh's (the skull and hair are above the brow).
+        mid = (hi + lo) / 2 - np.array([0.0, 0.15 * half[1]])
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        margin = 0.1 * max(fh, fw)
+        ring_pts, ring_w = [], []
+        for k, (radius, share) in enumerate(rings):
+            a = ang + (np.pi / 24 if k % 2 else 0.0)  # stagger rings: better-shaped triangles
+            ring = np.stack([mid[0] + radius * half[0] * np.cos(a), mid[1] + radius * half[1] * np.sin(a)], 1)
+            # Distance inside the frame (pixel edges at -0.5 and side - 0.5).
+            d = np.minimum.reduce([ring[:, 0] + 0.5, fw - 0.5 - ring[:, 0], ring[:, 1] + 0.5, fh - 0.5 - ring[:, 1]])
+            keep = d > 0.02 * max(fh, fw) + 1.0
+            damp = np.clip(d / margin, 0.0, 1.0)
+            damp = damp * damp * (3 - 2 * damp)  # smoothstep to 0 at the border
+            ring_pts.append(ring[keep])
+            ring_w.append((share * damp)[keep])
+        # The fixed border: about every 1/16 of the long side, corners included.
+        n = 16
+        tx = np.linspace(-0.5, fw - 0.5, max(3, int(round(n * fw / max(fh, fw))) + 1))
+        ty = np.linspace(-0.5, fh - 0.5, max(3, int(round(n * fh / max(fh, fw))) + 1))
+        border = np.concatenate([
+            np.stack([tx, np.full_like(tx, -0.5)], 1), np.stack([tx, np.full_like(tx, fh - 0.5)], 1),
+            np.stack([np.full_like(ty[1:-1], -0.5), ty[1:-1]], 1),
+            np.stack([np.full_like(ty[1:-1], fw - 0.5), ty[1:-1]], 1),
+        ])
+        anchors = np.concatenate(ring_pts + [border])
+        follow = np.concatenate(ring_w + [np.zeros(len(border))])
+        return anchors, follow
+
+    def _warp_region(self) -> None:
+        """The frame region the moving triangles can reach (``roi``: x0, y0, x1, y1), the face's
+        part of it that the warp network shades (``face_roi``: the mesh with room for the jaw and
+        a turn), the lattice step of the warp field and the lattice's node positions."""
+        fh, fw = self.frame_hw
+        moving = self.follow[self.triangles].max(axis=1) > 0
+        p = self.rest[self.triangles[moving], :2].reshape(-1, 2)
+        # A little room for the outer rings' small travel beyond their rest position.
+        pad = 0.02 * max(fh, fw) + 2
+        self.roi = _box(p, pad, fh, fw)
+        mesh = self.mesh[:, :2]
+        extent = float((mesh.max(axis=0) - mesh.min(axis=0)).max())
+        fx0, fy0, fx1, fy1 = _box(mesh, 0.3 * extent, fh, fw)
+        x0, y0, x1, y1 = self.roi
+        self.face_roi = (max(fx0, x0), max(fy0, y0), min(fx1, x1), min(fy1, y1))
+        w, h = x1 - x0, y1 - y0
+        step = self.cfg.grid_step or (1 if max(w, h) <= self.cfg.fine_px else 2)
+        self.grid_step = step
+        # Lattice node (i, j) sits at frame position origin + step * (i, j); cv2.resize by
+        # ``step`` then puts frame pixel (x0 + k) at resized column k + step (one node of margin).
+        self._origin = np.array([x0 - step / 2 - 0.5, y0 - step / 2 - 0.5])
+        nx, ny = -(-w // step) + 2, -(-h // step) + 2
+        ys, xs = np.mgrid[0:ny, 0:nx].astype(np.float64)
+        self._lattice = (ny, nx)
+        self._lat_xs = (self._origin[0] + step * xs).ravel().astype(np.float32)
+        self._lat_ys = (self._origin[1] + step * ys).ravel().astype(np.float32)
+        # Pixel coordinates of the (size x size) canvas the mouth masks are drawn on.
+        cy, cx = np.mgrid[0:self.cfg.size, 0:self.cfg.size].astype(np.float32)
+        self._xs, self._ys = cx.ravel(), cy.ravel()
+        fx0, fy0, fx1, fy1 = self.face_roi
+        gy, gx = np.mgrid[fy0:fy1, fx0:fx1].astype(np.float32)
+        self._face_xy = (gx.ravel(), gy.ravel())
 
     # -- mouth rig --------------------------------------------------------
 
@@ -251,10 +392,10 @@ class Avatar:
         less saturated than 0.3 (teeth are pale; a dark or red inside is not teeth)."""
         if self.rest_gap <= 0.0:
             return False
-        size = self.cfg.size
-        inside = np.zeros((size, size), np.uint8)
+        fh, fw = self.frame_hw  # the photo's frame (self.crop), not the square mask canvas
+        inside = np.zeros((fh, fw), np.uint8)
         cv2.fillPoly(inside, [np.round(np.concatenate([inner_up, inner_lo[::-1]])).astype(np.int32)], 1)
-        lip = np.zeros((size, size), np.uint8)
+        lip = np.zeros((fh, fw), np.uint8)
         upper_lip = np.concatenate([self.mesh[list(M.OUTER_UPPER_LIP), :2], inner_up[::-1]])
         cv2.fillPoly(lip, [np.round(upper_lip).astype(np.int32)], 1)
         lip[inside > 0] = 0
@@ -337,6 +478,20 @@ class Avatar:
         moved = (p - self.pivot) @ rot.T + self.pivot
         return p + self.follow[:, None] * (moved - p)
 
+    def place(self, points: np.ndarray, shift: tuple[float, float] = (0.0, 0.0), log_scale: float = 0.0) -> np.ndarray:
+        """``points`` (from :meth:`deform`) with the head moved by ``shift`` (dx, dy in interocular
+        distances) and scaled by ``exp(log_scale)`` about its pivot, both clamped by the config,
+        the surroundings following with the same falloff as the rotation."""
+        dx = float(np.clip(shift[0], -self.cfg.max_shift, self.cfg.max_shift)) * self.interocular
+        dy = float(np.clip(shift[1], -self.cfg.max_shift, self.cfg.max_shift)) * self.interocular
+        s = float(np.exp(np.clip(log_scale, -self.cfg.max_log_scale, self.cfg.max_log_scale)))
+        if dx == 0.0 and dy == 0.0 and s == 1.0:
+            return points
+        moved = (points - self.pivot) * s + self.pivot
+        moved[:, 0] += dx
+        moved[:, 1] += dy
+        return points + self.follow[:, None] * (moved - points)
+
     # -- rasterisation ----------------------------------------------------
 
     def warp_inputs(self, deformed: np.ndarray, open_: float, eye_closure: float = 0.0) -> WarpInputs:
@@ -345,7 +500,6 @@ class Avatar:
         A nearly shut eye (``eye_closure`` over 0.6) gets a dark lash line along its seam,
         through the shading (``cavity``) mask.
         """
-        size = self.cfg.size
         tri = self.triangles
         dst = deformed[:, :2]
         src = self.rest[:, :2]
@@ -372,26 +526,46 @@ class Avatar:
         table = np.stack([l00, l01, l10, l11, tx, ty]).astype(np.float32)
         table = np.concatenate([table, np.array([[1], [0], [0], [1], [0], [0]], np.float32)], axis=1)
 
-        ids = np.zeros((size, size), np.uint16)
+        x0, y0, x1, y1 = self.roi
+        step = self.grid_step
+        ny, nx = self._lattice
         depth = deformed[tri, 2].mean(axis=1)
         depth[self._behind] = np.inf
         order = np.argsort(-depth, kind="stable")  # farthest first; nearest drawn last wins
-        fixed = np.round(d * 16.0).astype(np.int32)  # 4 fractional bits for cv2's sub-pixel fill
-        # cv2 fills pixel centres at integer coordinates; our points use the same convention.
-        for k in order:
-            cv2.fillConvexPoly(ids, fixed[k], int(k) + 1, lineType=cv2.LINE_8, shift=4)
-        idx = ids.ravel().astype(np.intp) - 1
-        c = [np.take(row, idx) for row in table]
-        xs, ys = self._xs, self._ys
-        grid = np.empty((size * size, 2), np.float32)
-        # Pixel centre i -> normalised (i + 0.5) * 2 / size - 1 (grid_sample, align_corners=False).
-        k = np.float32(2.0 / size)
-        grid[:, 0] = (c[0] * xs + c[1] * ys + c[4] + 0.5) * k - 1.0
-        grid[:, 1] = (c[2] * xs + c[3] * ys + c[5] + 0.5) * k - 1.0
+        lo, hi = d.min(axis=1), d.max(axis=1)
+        fx0, fy0, fx1, fy1 = self.face_roi
+        lattice_order = order
+        if step > 1:
+            # Triangles well inside the face's box are drawn exactly below; the lattice needs them
+            # only within two nodes of the box's edge (where its interpolation reaches outside).
+            m = 2 * step + 1
+            inner = (lo[:, 0] > fx0 + m) & (hi[:, 0] < fx1 - 1 - m) & (lo[:, 1] > fy0 + m) & (hi[:, 1] < fy1 - 1 - m)
+            lattice_order = order[~inner[order]]
+        src_map = _evaluate(_rasterise(d, lattice_order, self._origin, step, (ny, nx)), table,
+                            self._lat_xs, self._lat_ys).reshape(ny, nx, 2)
+        if step > 1:
+            src_map = cv2.resize(src_map, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)
+        src_map = src_map[step:step + y1 - y0, step:step + x1 - x0]
+        if step > 1:
+            # The face exactly, pixel by pixel: an interpolated field would blend the two sides
+            # of a fold (a turned cheek over the background) into specks of neither.
+            hit = order[(hi[order, 0] >= fx0 - 1) & (lo[order, 0] <= fx1) & (hi[order, 1] >= fy0 - 1)
+                        & (lo[order, 1] <= fy1)]
+            ids = _rasterise(d, hit, np.array([fx0, fy0], np.float64), 1, (fy1 - fy0, fx1 - fx0))
+            src_map[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = _evaluate(ids, table, *self._face_xy).reshape(
+                fy1 - fy0, fx1 - fx0, 2)
+        face = src_map[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+        fh, fw = self.frame_hw
+        # Pixel centre i -> normalised (i + 0.5) * 2 / side - 1 (grid_sample, align_corners=False).
+        grid = np.empty(face.shape, np.float32)
+        grid[..., 0] = (face[..., 0] + 0.5) * np.float32(2.0 / fw) - 1.0
+        grid[..., 1] = (face[..., 1] + 0.5) * np.float32(2.0 / fh) - 1.0
         cavity, teeth = self._mouth_masks(dst, open_)
         if eye_closure > 0.6:
             cavity = np.maximum(cavity, self._lash_mask(dst, eye_closure))
-        return WarpInputs(grid.reshape(size, size, 2), cavity, teeth)
+        return WarpInputs(grid, np.ascontiguousarray(cavity[fy0:fy1, fx0:fx1]),
+                          np.ascontiguousarray(teeth[fy0:fy1, fx0:fx1]), self.face_roi,
+                          np.ascontiguousarray(src_map), self.roi)
 
     def _lash_mask(self, dst: np.ndarray, eye_closure: float) -> np.ndarray:
         size = self.cfg.size

@@ -7,9 +7,10 @@ engine path as the learned models: torch eager, ONNX Runtime, or an
 ONNX-to-TensorRT build.
 
 Inputs (all float32, NCHW / NHWC as torch's ``grid_sample`` wants):
-    ``source`` (1, 3, H, W) RGB in [0, 1]; ``grid`` (1, H, W, 2) in [-1, 1]
-    (align_corners=False); ``cavity`` and ``teeth`` (1, 1, H, W) in [0, 1].
-Output: ``frame`` (1, 3, H, W) RGB in [0, 1].
+    ``source`` (1, 3, H, W) RGB in [0, 1] (the avatar's whole frame); ``grid`` (1, h, w, 2) in
+    [-1, 1] over the source (align_corners=False); ``cavity`` and ``teeth`` (1, 1, h, w) in
+    [0, 1]. The grid covers the region of the frame that moves (h x w, at most H x W).
+Output: ``frame`` (1, 3, h, w) RGB in [0, 1]: that region.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ class WarpNet(nn.Module):
         return (warped + cavity * (mouth - warped)).clamp(0.0, 1.0)
 
 
-def export_onnx(path: str | Path, size: int = 256) -> Path:
-    """Write :class:`WarpNet` as an ONNX model (opset 17) for ``size x size`` frames; returns the path."""
+def export_onnx(path: str | Path, size: int | tuple[int, int] = 256,
+                grid_hw: tuple[int, int] | None = None) -> Path:
+    """Write :class:`WarpNet` as an ONNX model (opset 17) for source frames of ``size`` (a side or
+    (H, W)) and grids of ``grid_hw`` (default: the source's size); returns the path."""
     path = Path(path)
     net = WarpNet().eval()
-    args = example_inputs(size)
+    args = example_inputs(size, grid_hw=grid_hw)
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript
         # (not a dependency); for this graph both give the same plain ONNX.
@@ -69,15 +72,20 @@ def export_onnx(path: str | Path, size: int = 256) -> Path:
     return path
 
 
-def example_inputs(size: int = 256, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random but plausible inputs: a near-identity grid, soft masks."""
+def example_inputs(size: int | tuple[int, int] = 256, seed: int = 0,
+                   grid_hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Random but plausible inputs: a near-identity grid (over the source's top-left ``grid_hw``
+    region), soft masks."""
     g = torch.Generator().manual_seed(seed)
-    source = torch.rand(1, 3, size, size, generator=g)
-    lin = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
-    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)[None] + 0.05 * torch.randn(1, size, size, 2, generator=g)
-    cavity = torch.rand(1, 1, size, size, generator=g)
-    teeth = torch.rand(1, 1, size, size, generator=g)
+    h, w = (size, size) if isinstance(size, int) else size
+    gh, gw = grid_hw or (h, w)
+    source = torch.rand(1, 3, h, w, generator=g)
+    lx = (torch.arange(gw, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+    ly = (torch.arange(gh, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+    gy, gx = torch.meshgrid(ly, lx, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None] + 0.05 * torch.randn(1, gh, gw, 2, generator=g)
+    cavity = torch.rand(1, 1, gh, gw, generator=g)
+    teeth = torch.rand(1, 1, gh, gw, generator=g)
     return source, grid, cavity, teeth
 
 
@@ -100,15 +108,15 @@ class TorchWarp:
 class OrtWarp:
     """Runs the exported ONNX graph in ONNX Runtime (CPU); same interface as :class:`TorchWarp`."""
 
-    def __init__(self, source_rgb: np.ndarray, onnx_path: str | Path | None = None, threads: int = 1) -> None:
+    def __init__(self, source_rgb: np.ndarray, onnx_path: str | Path | None = None, threads: int = 1,
+                 grid_hw: tuple[int, int] | None = None) -> None:
         import onnxruntime as ort
 
-        size = source_rgb.shape[0]
         if onnx_path is None:
             import tempfile
 
             self._tmp = tempfile.TemporaryDirectory(prefix="trtalk-warp-")
-            onnx_path = export_onnx(Path(self._tmp.name) / "warp.onnx", size)
+            onnx_path = export_onnx(Path(self._tmp.name) / "warp.onnx", tuple(source_rgb.shape[:2]), grid_hw)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # Spinning workers would starve the per-frame numpy/mediapipe work (trtalk.threads).

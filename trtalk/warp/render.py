@@ -1,8 +1,10 @@
 """The warp avatar's frame renderer: (open, rounding, rotation) -> an RGB frame of one photo.
 
 Per frame: :meth:`Avatar.deform` -> :meth:`Avatar.warp_inputs` -> the warp network (torch or
-ONNX Runtime) -> optional paste-back into the photo. The frame loop around it is the pipeline's
-(`trtalk.runtime.family.WarpFamily` drives this renderer), as for every model family.
+ONNX Runtime) on the region that moves -> that region written into a copy of the photo's frame.
+The output is the photo's own frame (its long side ``AvatarConfig.size``), so there is nothing to
+paste back: ``paste_back`` is accepted and changes nothing. The frame loop around it is the
+pipeline's (`trtalk.runtime.family.WarpFamily` drives this renderer), as for every model family.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from trtalk.errors import TrtalkError
@@ -24,7 +27,8 @@ BACKENDS = ("torch", "onnxruntime")
 
 @dataclass(frozen=True)
 class WarpRenderConfig:
-    """Rendering options. ``backend``: "torch" or "onnxruntime" for the warp network."""
+    """Rendering options. ``backend``: "torch" or "onnxruntime" for the warp network.
+    ``paste_back``: kept for old callers; the frames are the photo's own frame either way."""
 
     fps: float = 25.0
     paste_back: bool = False
@@ -49,7 +53,7 @@ def detect_avatar_mesh(photo_rgb: np.ndarray, name: str) -> np.ndarray:
 class WarpRenderer:
     """Turns (open, rounding, rotation) into an RGB uint8 frame of one avatar photo.
 
-    Frames are ``size x size`` crops, or the whole photo when ``paste_back``.
+    Frames are the photo's frame (``avatar.crop``, H x W: the photo at the configured size).
     """
 
     def __init__(self, photo_rgb: np.ndarray, cfg: WarpRenderConfig = WarpRenderConfig(),
@@ -60,6 +64,7 @@ class WarpRenderer:
         if mesh is None:
             mesh = detect_avatar_mesh(photo_rgb, name)
         self.avatar = Avatar(photo_rgb, mesh, cfg.avatar, name)
+        x0, y0, x1, y1 = self.avatar.face_roi
         if cfg.backend == "torch":
             from trtalk.warp.net import TorchWarp
 
@@ -67,21 +72,26 @@ class WarpRenderer:
         else:
             from trtalk.warp.net import OrtWarp
 
-            self.net = OrtWarp(self.avatar.crop)
-        self._paste = None
-        if cfg.paste_back:
-            from trtalk.face import PasteBack
+            self.net = OrtWarp(self.avatar.crop, grid_hw=(y1 - y0, x1 - x0))
 
-            self._paste = PasteBack(crop_size=cfg.avatar.size)
-
-    def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0) -> np.ndarray:
+    def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0,
+              placement: tuple[float, float, float] | None = None) -> np.ndarray:
         """One frame: mouth ``open_``/``rounding`` in [0, 1], head ``rotation`` (3x3), ``eye_closure``
-        in [0, 1] (0: the photo's eyes, bit-identical to a frame without the argument; 1: shut)."""
+        in [0, 1] (0: the photo's eyes, bit-identical to a frame without the argument; 1: shut),
+        ``placement`` (dx, dy, log scale) of the head (`trtalk.warp.placement`; None: in place)."""
         rot = rotation_clamped(rotation, self.cfg.avatar)
         closure = float(np.clip(eye_closure, 0.0, 1.0))
         pts = self.avatar.deform(open_, rounding, rot, closure)
+        if placement is not None:
+            pts = self.avatar.place(pts, (placement[0], placement[1]), placement[2])
         w = self.avatar.warp_inputs(pts, open_, closure)
-        out = self.net(w.grid, w.cavity, w.teeth)
-        if self._paste is not None:
-            out = self._paste(self.avatar.photo, out, self.avatar.crop_M)
+        out = self.avatar.crop.copy()
+        if w.outer is not None:
+            # The moving region around the face: a plain bilinear resampling (what the network
+            # does there too, as it has nothing to shade).
+            x0, y0, x1, y1 = w.outer_roi
+            out[y0:y1, x0:x1] = cv2.remap(self.avatar.crop, w.outer, None, cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = w.roi
+        out[y0:y1, x0:x1] = self.net(w.grid, w.cavity, w.teeth)
         return out

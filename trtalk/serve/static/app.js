@@ -59,8 +59,12 @@
       try {
         if (video.readyState < 2 || !video.videoWidth) throw new Error("no frame yet");
         ctx.drawImage(video, 0, 0, 64, 64);
-        // mouth box of the generated crop: x 0.35-0.65, y 0.62-0.82 (mean luma)
-        const d = ctx.getImageData(22, 40, 20, 12).data;
+        // mouth box (mean luma): where the server says the mouth is (the "ready" message), else
+        // an aligned crop's, x 0.35-0.65, y 0.62-0.82
+        const b = state.mouthBox || [0.35, 0.62, 0.65, 0.82];
+        const x0 = Math.floor(b[0] * 64), y0 = Math.floor(b[1] * 64);
+        const d = ctx.getImageData(x0, y0, Math.max(1, Math.ceil(b[2] * 64) - x0),
+                                   Math.max(1, Math.ceil(b[3] * 64) - y0)).data;
         let s = 0;
         for (let i = 0; i < d.length; i += 4) s += 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2];
         state.samples.push({ t: now, rtp: meta.rtpTimestamp == null ? null : meta.rtpTimestamp,
@@ -97,7 +101,9 @@
     channel = pc.createDataChannel("control");
     channel.onmessage = (ev) => {
       const m = JSON.parse(ev.data);
-      if (m.type === "ready") { state.session = m.session; state.ready = true; status("connected"); }
+      if (m.type === "ready") {
+        state.session = m.session; state.ready = true; state.mouthBox = m.mouth_box || null; status("connected");
+      }
       else if (m.type === "stats") {
         state.stats = m;
         $("latency").textContent = "latency: mic→frame " + fmt(m.mic_to_frame_ms) +
