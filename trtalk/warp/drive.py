@@ -78,8 +78,10 @@ class MouthConfig:
     barely apart, often closed in the real clips) as it is and lifts the middle: the demo's
     open frames now open 0.22 (p25), 0.33 (median), 0.59 (p75), 0.79 (p90), and only the loudest
     open vowels pass 0.85 (judged by eye on the demo speech). Held out on the self-reenactment
-    clips the opening r and closed-lip agreement stay as they were (0.369 and 0.382 -> 0.394;
-    a steeper curve, 0.25 -> 0.4 and 0.5 -> 0.7, cost 0.01 of r).
+    clips (benchmarks/self_reenact.py, leave-one-out models) it costs a little: with the
+    photo-frame renderer opening r 0.352 -> 0.341, closed-lip agreement 0.407 -> 0.389 (with
+    the earlier crop renderer 0.369 -> 0.369 and 0.382 -> 0.394; the steeper 0.25 -> 0.4,
+    0.5 -> 0.7 cost 0.01 of r there).
     """
 
     model: str = "builtin"
