@@ -162,6 +162,26 @@ def speech_wave() -> np.ndarray:
     return wave_
 
 
+#: The shipped demo speech (espeak-ng TTS, 4.64 s, 16 kHz mono 16-bit): real speech, the kind of
+#: audio a voice agent sends.
+DEMO_SPEECH_PATH = Path(trtalk.__file__).resolve().parent / "assets" / "demo_speech.wav"
+
+
+@pytest.fixture(scope="session")
+def demo_speech() -> np.ndarray:
+    """The shipped demo speech as float32 mono at 16 kHz, shape ``(74269,)`` (4.64 s).
+
+    For checks that the mouth follows *speech*: the mouth model was trained on real speech, and
+    :func:`speech_wave` is a harmonic stand-in with no articulation. Read-only, shared.
+    """
+    with wave.open(str(DEMO_SPEECH_PATH), "rb") as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2 and w.getframerate() == SPEECH_SR
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    wave_ = (pcm.astype(np.float32) / 32768.0)
+    wave_.setflags(write=False)
+    return wave_
+
+
 # ------------------------------------------------------------------ media writers
 
 

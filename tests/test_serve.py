@@ -343,8 +343,11 @@ def _delivered(res) -> bool:
     return len(pts) >= 10 and bool((np.diff(pts) > 0).all()) and res.fps() <= 30.0
 
 
-def test_session_frames_latency_and_mouth_follow_the_speech(server, speech_wave) -> None:
+def test_session_frames_latency_and_mouth_follow_the_speech(server, demo_speech) -> None:
     srv, url = server
+    # Real speech (the shipped TTS demo, 4.64 s, looped by the client): the mouth model was
+    # trained on speech, and the synthetic `speech_wave` has no articulation to follow.
+    speech_wave = demo_speech
     res = _client(url, speech_wave, 5.0, mouth_box=None)  # the box the server announces
     _wait_idle(srv)
     assert res.status == 200 and res.error is None and res.session
@@ -354,24 +357,31 @@ def test_session_frames_latency_and_mouth_follow_the_speech(server, speech_wave)
     assert res.audio_frames > 150  # 20 ms frames of the delayed microphone audio, ~5 s
     st = res.stats
     assert st is not None and st["frames"] > 50 and 0 < st["mic_to_frame_ms"]["p50"] < 500
-    # The mouth box follows the speech envelope: frame k shows wave time k / 25 (the wave loops).
+    # The mouth box shows the mouth the speech calls for, on time: frame k shows wave time k / 25
+    # (the wave loops). The reference is the mouth box of the avatar rendered offline with the
+    # mouth the same audio gives (`mouth_params`, still pose): the box's mean luma is not
+    # monotone in the opening (teeth brighten it up to ~0.5 open, the cavity darkens it beyond),
+    # so the speech's loudness is no reference for it. Measured beside a CPU render: 0.42 at
+    # the right lag, 0.31 one frame off, under 0.2 at 10 frames or more.
     k = np.round((np.asarray(res.frame_pts) - res.frame_pts[0]) * FPS / 90000).astype(int)
-    env = _envelope(speech_wave, FPS)
-    r = np.corrcoef(np.asarray(res.mouth), env[k % len(env)])[0, 1]
-    lags = [abs(np.corrcoef(np.asarray(res.mouth), env[(k + lag) % len(env)])[0, 1]) for lag in range(10, 65)]
-    # 0.82 on an idle machine, 0.45 with a render running beside it: the right lag must win clearly
-    assert abs(r) > 0.35 and abs(r) > max(lags), (r, max(lags))
+    ref = _expected_mouth_luma(srv, speech_wave, MOUTH_BOX[0])
+    mouth = np.asarray(res.mouth)
+    r = np.corrcoef(mouth, ref[k % len(ref)])[0, 1]
+    lags = [abs(np.corrcoef(mouth, ref[(k + lag) % len(ref)])[0, 1]) for lag in range(10, len(ref) - 10)]
+    assert r > 0.3 and r > max(lags) + 0.1, (r, max(lags))
 
 
-def _envelope(wave: np.ndarray, fps: float) -> np.ndarray:
-    """RMS of each frame's audio window (its last 0.2 s before frame time + 0.12 s lookahead)."""
-    n = int(round(len(wave) / 16000 * fps))
-    out = np.zeros(n)
-    for k in range(n):
-        end = int((k / fps + 0.12) * 16000)
-        idx = np.arange(end - 3200, end) % len(wave)
-        out[k] = np.sqrt(np.mean(wave[idx] ** 2))
-    return out
+def _expected_mouth_luma(srv, wave: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The client's mouth ``box`` luma of each frame of one loop of ``wave`` (25 fps) as the
+    astronaut's renderer draws the mouth that `mouth_params` gives for it (still pose)."""
+    from trtalk.serve.client import mouth_luma
+    from trtalk.warp.drive import mouth_params
+
+    n = int(round(len(wave) / 16000 * FPS))
+    looped = np.tile(wave, 3)  # the middle loop has the loop's own audio before and after it
+    params = mouth_params(looped, 3 * n, FPS)[n:2 * n]
+    renderer = srv.avatars["astronaut"].state["renderer"]
+    return np.array([mouth_luma(renderer.frame(float(o), float(rd), np.eye(3)), box) for o, rd in params])
 
 
 def test_metrics_and_healthz(server, speech_wave) -> None:
