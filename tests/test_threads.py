@@ -122,7 +122,7 @@ from trtalk import cli, threads
 from trtalk.runtime import options
 seen = {}
 orig = options.ModelOptions.open
-def spy(self, fps=25.0):
+def spy(self, fps=25.0, **kw):
     import cv2, torch
     seen.update(torch=torch.get_num_threads(), cv2=cv2.getNumThreads(), policy=threads.applied().__dict__)
     raise SystemExit(0)
