@@ -37,7 +37,10 @@ class BenchCommand:
                                help="timed runs per batch", default_text="10 CPU, 100 CUDA")
     device: str | None = option(None, help="cpu or cuda[:N]", default_text="cuda when visible")
     out: Path | None = option(None, help="output folder", default_text="benchmarks/results/<machine>")
-    checkpoint: Path | None = option(None, help="official checkpoint folder or converted file")
+    checkpoint: Path | None = option(None, help="official checkpoint folder, converted file, or a "
+                                                "`trtalk export --out` folder (onnxruntime and tensorrt run "
+                                                "its graphs as they are; torch and aot the weights it was "
+                                                "exported from)")
     model_config: Literal["official", "small"] | None = option(
         None, help=MODEL_CONFIG_HELP,
         default_text="official; small for --stream on CPU")

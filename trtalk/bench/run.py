@@ -139,6 +139,11 @@ class BenchConfig:
         from trtalk.export.exporter import DEFAULT_FAMILY
 
         if self.checkpoint is not None:
+            from trtalk.engine.runner import source_family
+            from trtalk.runtime.options import is_export_folder
+
+            if is_export_folder(self.checkpoint):  # an export folder: its manifest's family
+                return source_family(self.checkpoint, self.model or DEFAULT_FAMILY)
             return registry.detect(self.checkpoint, fallback=self.model or DEFAULT_FAMILY)
         return self.model or DEFAULT_FAMILY
 
@@ -475,8 +480,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     info = machine_info(cfg.device)
     t0 = time.perf_counter()
-    model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
-                               config=None if cfg.checkpoint else cfg.architecture, family=cfg.family)
+    from trtalk.runtime.options import is_export_folder
+
+    if is_export_folder(cfg.checkpoint):
+        # an export folder: its graphs on onnxruntime / tensorrt (used as they are), the weights it
+        # was made from on torch / aot (and for the FLOP count)
+        from trtalk.engine.runner import export_source_model
+        from trtalk.export.manifest import Manifest
+
+        model, record = export_source_model(Path(cfg.checkpoint), "torch"), Manifest.read(cfg.checkpoint).checkpoint  # type: ignore[arg-type]
+    else:
+        model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
+                                   config=None if cfg.checkpoint else cfg.architecture, family=cfg.family)
     model = model.eval()
     flops = count_stage_flops(model)
     flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
@@ -491,7 +506,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {**{k: (str(v) if isinstance(v, Path) else v)
                       for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)},
                    "precisions": cfg.wanted_precisions(),
-                   "weights": "checkpoint" if cfg.checkpoint else f"seeded random (seed {cfg.seed}); "
+                   "weights": "checkpoint" if not record.get("random_weights") else
+                              f"seeded random (seed {record.get('seed', cfg.seed)}); "
                               "timing does not depend on weight values",
                    "checkpoint_sha256": record.get("sha256")},
         "family": cfg.family,

@@ -368,7 +368,7 @@ def export_aot(opts: "ExportOptions", model: torch.nn.Module | None = None) -> d
         opts = dataclasses.replace(opts, model=registry.spec_of(model).name)  # its family is the export's
     opts.validate()
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    aopts = AotOptions(device=device, precision=opts.precision,
+    aopts = AotOptions(device=device, precision=dataclasses.replace(opts, device=device).resolved_precision(),
                        max_batch=max(opts.max_batch, DEFAULT_MAX_BATCH),
                        buckets=tuple(opts.buckets) if opts.buckets else None).resolved()
     if device.startswith("cuda"):

@@ -65,8 +65,11 @@ class ExportOptions:
                                          "into the engine cache)")
     checkpoint: Path | None = option(None, help="official checkpoint folder or trtalk .safetensors",
                                      default_text="random weights")  # None: loudly warned, recorded
-    precision: str = option("fp16", choices=PRECISIONS,
-                            help="graph precision (fp16: fp16 weights/activations, fp32 I/O)")
+    precision: str = option("auto", choices=("auto",) + PRECISIONS,
+                            help="graph precision (fp16: fp16 weights/activations, fp32 I/O; auto: as "
+                                 "render picks it, fp16 for CUDA and fp32 for the CPU)",
+                            default_text="auto: fp16 for TensorRT targets and CUDA (--device, or a "
+                                         "visible GPU), fp32 for the CPU")
     max_batch: int = option(8, bounds=(1, 1024), help="largest batch of the graphs and engines, 1 to 1024")
     target: str = option("onnx", choices=TARGETS, help="what to produce")
     fold_up_blur: bool | None = option(None, help="fold the blur into the upsampling convs (exact)",
@@ -108,13 +111,27 @@ class ExportOptions:
             return self.model
         return registry.spec_of(self.config).name if self.config is not None else DEFAULT_FAMILY
 
+    def resolved_precision(self) -> str:
+        """``precision``, or for "auto" the rule render uses: fp16 where the graphs run on CUDA
+        (the TensorRT targets; ``--device cuda``; a visible GPU), fp32 on the CPU; the plugin
+        generator graph is fp32."""
+        if self.precision != "auto":
+            return self.precision
+        if self.modconv == "plugin":
+            return "fp32"
+        if self.target in ("tensorrt", "tensorrt-rtx"):
+            return "fp16"
+        if self.device is not None:
+            return "fp16" if self.device.startswith("cuda") else "fp32"
+        return "fp16" if torch.cuda.is_available() else "fp32"
+
     def stage_names(self) -> tuple[str, ...]:
         """The stages to export: ``stages``, else all of the family's."""
         return tuple(self.stages) if self.stages is not None else registry.get(self.family()).stages
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise TrtalkError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise TrtalkError(f"--precision must be one of auto, {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
             raise TrtalkError(f"--target must be one of {', '.join(TARGETS)}")
         if self.modconv not in MODCONV_CHOICES:
@@ -135,7 +152,7 @@ class ExportOptions:
             if self.target == "tensorrt-rtx":
                 raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
                                   "or --target tensorrt (datacenter TensorRT >= 10) for the plugin")
-            if self.precision != "fp32":
+            if self.resolved_precision() != "fp32":
                 raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
                                   "fp16 I/O at build time); add --precision fp32")
         if not 1 <= self.max_batch <= 1024:
@@ -232,6 +249,7 @@ def export_pcavs(opts: ExportOptions, model: torch.nn.Module | None = None,
     if model is not None and opts.model is None and opts.checkpoint is None:
         opts = dataclasses.replace(opts, model=registry.spec_of(model).name)
     opts.validate()
+    opts = dataclasses.replace(opts, precision=opts.resolved_precision())
     if opts.target == "aot":
         raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
     assert opts.out is not None
