@@ -456,7 +456,9 @@ def test_faults_reach_only_their_session(server, speech_wave) -> None:
     """A worker error (the "boom" avatar), a stalled microphone and a flooded control channel
     each end their own session with a clear message; a healthy session beside them keeps delivering frames."""
     srv, url = server
-    srv.capacity.frames_per_s = 3 * FPS / 0.9 + 1  # room for the three
+    from trtalk.serve.capacity import FixedCost
+
+    srv.set_cost(FixedCost(1 / (3 * FPS / 0.9 + 1)))  # room for the three
     try:
         healthy, boom, stalled = _many(url, [
             (speech_wave, 5.0, {}),
@@ -464,7 +466,7 @@ def test_faults_reach_only_their_session(server, speech_wave) -> None:
             (speech_wave, 5.0, {"stall_after_s": 0.5}),
         ])
     finally:
-        srv.capacity.frames_per_s = 2 * FPS / 0.9 + 1
+        srv.set_cost(FixedCost(1 / (2 * FPS / 0.9 + 1)))
     assert boom.error and "inference failed: RuntimeError: boom" in boom.error
     assert stalled.error and "no audio from the microphone for 1.5 s" in stalled.error
     assert healthy.error is None and _delivered(healthy), (len(healthy.frame_pts), healthy.fps())

@@ -39,6 +39,7 @@ from trtalk.families.base import Avatar, ModelFamily
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
+from trtalk.serve.capacity import Admission, CostModel, FixedCost, MeasuredCost, usable_cores, warmup_cost
 from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
 from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices
 
@@ -62,6 +63,10 @@ class ServerLimits:
     stall_timeout_s: float = 10.0
     control_rate: float = 20.0
     headroom: float = 0.9
+    #: the share of the usable cores the server counts on at start (the interpreter lock, the OS
+    #: and other processes take the rest); lowered at run time to what the process reached
+    #: whenever a session fell behind (`trtalk.serve.capacity.MeasuredCost`)
+    core_share: float = 0.8
     #: a running session below this share of the frame rate (over 2 s) blocks admission
     min_fps_ratio: float = 0.85
     #: a connection gets this long to send its request headers (and stays this long idle)
@@ -72,7 +77,9 @@ class ServerLimits:
 
 @dataclass
 class Capacity:
-    """The measured throughput (frames/s per batch size) and what admission uses."""
+    """The warm-up's model throughput (frames/s per batch size) and the frames/s admission
+    counts on now (`Admission.frames_per_s`: encoding and the sessions' own work included,
+    refreshed as the server runs)."""
 
     throughput: dict[int, float] = field(default_factory=dict)
     frames_per_s: float = float("inf")
@@ -194,6 +201,10 @@ class Server:
         self.upload_slots = 2
         self._uploading = 0
         self._starting = 0  # sessions admitted and being built (counted by `admit`)
+        #: what admission reads (`trtalk.serve.capacity`); measured in `prepare`
+        self.cost: CostModel = FixedCost(0.0)
+        self.admission = Admission(self.cost, cfg.fps, self.limits.headroom, self.limits.max_sessions)
+        self._frames_seen: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -206,14 +217,62 @@ class Server:
         for name, path in self.builtin.items():
             self.avatars[name] = self.family.make_avatar(read_image(path), str(path))
         if self._capacity_override is not None:
-            self.capacity = Capacity({}, self._capacity_override)
+            self.set_cost(FixedCost(1.0 / self._capacity_override))
         elif self._warmup and self.avatars:
+            avatar = next(iter(self.avatars.values()))
             budget = self.cfg.max_delay_s / 2
-            tp = measure_throughput(self.scheduler, next(iter(self.avatars.values())), self.cfg.fps, budget)
-            self.capacity = Capacity(tp, capacity_fps(tp, self.scheduler.cost_s, budget))
-            log.info("capacity: %.1f frames/s (%.1f sessions at %g fps)", self.capacity.frames_per_s,
-                     self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps, self.cfg.fps)
+            tp = measure_throughput(self.scheduler, avatar, self.cfg.fps, budget)
+            self.capacity.throughput = tp
+            run_frame, frame = self._one_frame(avatar)
+            cost = MeasuredCost(warmup_cost(run_frame, frame), usable_cores() * self.limits.core_share,
+                                model_fps=lambda: capacity_fps(
+                                    {b: b / c for b, c in self.scheduler.cost_s.items() if c > 0},
+                                    self.scheduler.cost_s, budget))
+            self.set_cost(cost)
+            log.info("capacity: %.1f frames/s (%.1f ms CPU a frame with encoding, %.1f cores, model "
+                     "%.0f frames/s): %d session(s) at %g fps", self.capacity.frames_per_s,
+                     1000 * cost.frame_cost_s(), cost.cpu_rate(), cost.model_fps(),
+                     self.capacity_sessions(), self.cfg.fps)
         self.scheduler.start()
+
+    def _one_frame(self, avatar: Avatar) -> tuple[Any, np.ndarray]:
+        """One frame through the scheduler's networks (batch 1) as a callable, and its frame."""
+        import torch
+
+        from trtalk.audio.mel import MEL_WINDOW_FRAMES
+        from trtalk.serve.scheduler import WorkItem
+
+        fam = self.scheduler.family.for_session()
+        pose = fam.still_pose(avatar, [0], self.cfg.fps)
+        item = WorkItem(0.0, 0, "warmup", fam, avatar, torch.zeros(1, 80, MEL_WINDOW_FRAMES), 0, pose[0])
+        frame = self.scheduler.run_batch([item])[0]
+        return (lambda: self.scheduler.run_batch([item])), np.asarray(frame)
+
+    def set_cost(self, cost: CostModel) -> None:
+        """Admit by ``cost`` from now on (tests inject theirs)."""
+        self.cost = cost
+        self.admission = Admission(cost, self.cfg.fps, self.limits.headroom, self.limits.max_sessions)
+        self.capacity.frames_per_s = self.admission.frames_per_s()
+
+    def observe_load(self) -> None:
+        """Feed the frames the sessions made since the last call (and whether any fell behind)
+        to a measured cost model; refresh the capacity shown on the page and /metrics."""
+        frames = 0
+        seen: dict[str, int] = {}
+        for sid, s in list(self.sessions.items()):
+            n = s.sink.frames_written
+            frames += max(0, n - self._frames_seen.get(sid, 0))
+            seen[sid] = n
+        self._frames_seen = seen
+        behind = any(s.recent_fps is not None and s.recent_fps < self.limits.min_fps_ratio * self.cfg.fps
+                     for s in self.sessions.values())
+        if isinstance(self.cost, MeasuredCost):
+            self.cost.observe(frames, behind)
+        self.capacity.frames_per_s = self.admission.frames_per_s()
+
+    def room(self) -> int:
+        """Sessions that can still start (the measured capacity less those running or starting)."""
+        return max(0, self.capacity_sessions() - len(self.sessions) - self._starting)
 
     async def on_startup(self, app: web.Application) -> None:
         self._loop = asyncio.get_running_loop()
@@ -227,8 +286,8 @@ class Server:
         self.scheduler.close()
 
     def capacity_sessions(self) -> int:
-        by_rate = int(self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps + 1e-9)
-        return max(0, min(self.limits.max_sessions, by_rate))
+        """Sessions that fit at the frame rate (`Admission.sessions`), at most --max-sessions."""
+        return self.admission.sessions()
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -243,7 +302,7 @@ class Server:
                     f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
         n = len(self.sessions) + self._starting
         cap = self.capacity_sessions()
-        if n >= cap:
+        if not self.admission.admits(n):
             if cap < self.limits.max_sessions:
                 return (f"the server is full: it makes about {self.capacity.frames_per_s:.0f} frames/s, "
                         f"enough for {cap} session(s) at {self.cfg.fps:g} fps, and {n} are running; "
@@ -313,6 +372,14 @@ class Server:
             for sid, s in list(self.sessions.items()):
                 try:
                     s.sample_rate(now)
+                except Exception:  # noqa: BLE001 - one session's trouble must not stop the ticker
+                    log.warning("session %s: rate sampling failed", sid, exc_info=True)
+            try:
+                self.observe_load()
+            except Exception:  # noqa: BLE001
+                log.warning("capacity refresh failed", exc_info=True)
+            for sid, s in list(self.sessions.items()):
+                try:
                     if now - s.audio.last_push > self.limits.stall_timeout_s:
                         await self.end_session(sid, f"no audio from the microphone for "
                                                     f"{self.limits.stall_timeout_s:g} s: the session was "
@@ -624,7 +691,8 @@ def make_app(server: Server) -> web.Application:
             "fps": server.cfg.fps, "model": server.family.name,
             "random_weights": server.family.random_weights,
             "max_upload_bytes": server.limits.max_upload_bytes,
-            "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions)})
+            "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions),
+            "room": server.room()})
 
     async def upload(request: web.Request) -> web.Response:
         limit = server.limits.max_upload_bytes
@@ -665,7 +733,8 @@ def make_app(server: Server) -> web.Application:
         return web.json_response({
             "status": "draining" if server.draining else "ok",
             "sessions": len(server.sessions), "capacity_sessions": server.capacity_sessions(),
-            "capacity_fps": server.capacity.frames_per_s, "worker_alive": server.scheduler._thread is not None
+            "room": server.room(), "capacity_fps": server.capacity.frames_per_s,
+            "frame_cost_ms": 1000 * server.cost.frame_cost_s(), "cpu_rate": server.cost.cpu_rate(), "worker_alive": server.scheduler._thread is not None
             and server.scheduler._thread.is_alive()})
 
     async def drain(request: web.Request) -> web.Response:

@@ -31,7 +31,7 @@
     for (const m of config.mouths) $("mouth").add(new Option(m.label, m.id));
     $("mouth-label").hidden = config.mouths.length < 2;
     $("model").textContent = "model: " + config.model + (config.random_weights ? " (random weights)" : "") +
-      " · " + config.fps + " fps · room for " + config.capacity_sessions + " session(s)";
+      " · " + config.fps + " fps · room for " + config.room + " more session(s) (" + config.sessions + " of " + config.capacity_sessions + " running)";
     $("start").disabled = false;  // nothing to start before the settings are known
   }
 
