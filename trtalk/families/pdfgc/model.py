@@ -38,7 +38,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from trtalk.models.fan import SMALL_FEATURES, FANTrunk
+from trtalk.models.fan import SMALL_DEPTH, SMALL_FEATURES, FANTrunk
 from trtalk.models.generator import OFFICIAL_CHANNELS, PDFGC_NOISE_SEED, Generator
 from trtalk.models.resnet_se import SMALL as SMALL_SE
 from trtalk.models.resnet_se import ResNetSE
@@ -171,7 +171,7 @@ class MotionEncoder(nn.Module):
 
     def __init__(self, small: bool = False) -> None:
         super().__init__()
-        self.model = FANTrunk(SMALL_FEATURES if small else 256)
+        self.model = FANTrunk(SMALL_FEATURES, SMALL_DEPTH) if small else FANTrunk()
         self.to_mouth = _head()
         self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, 512 - POSE_DIM - EYE_DIM))
         self.to_headpose = _head()
