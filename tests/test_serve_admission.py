@@ -130,3 +130,29 @@ def test_capacity_override_is_a_fixed_cost() -> None:
     srv = Server(WarpFamily(FPS), PipelineConfig(fps=FPS), capacity_fps_override=2 * FPS / 0.9 + 1)
     srv.set_cost(FixedCost(1.0 / srv._capacity_override))  # what prepare() does with the flag
     assert srv.capacity_sessions() == 2 and math.isclose(srv.capacity.frames_per_s, 2 * FPS / 0.9 + 1)
+
+
+def test_the_next_session_waits_until_the_newest_is_measured() -> None:
+    """A burst of offers cannot overfill the server on the warm-up's figure: after an admission
+    the next one waits for the cost model to be refreshed with that session running."""
+    from trtalk.families.warp.runtime import WarpFamily
+    from trtalk.runtime.pipeline import PipelineConfig
+    from trtalk.serve.app import SETTLE_SAMPLES, Server
+
+    clocks = FakeClocks()
+    srv = Server(WarpFamily(FPS), PipelineConfig(fps=FPS), warmup=False)
+    cost = MeasuredCost(0.005, cores=2.0, alpha=0.5, cpu_clock=lambda: clocks.cpu,
+                        wall_clock=lambda: clocks.wall)
+    srv.set_cost(cost)
+    assert srv.admit() is None  # the first: on the warm-up's figure
+    srv._starting, srv._admitted_at = 1, cost.samples  # as the offer handler does
+    refusal = srv.admit()
+    assert refusal is not None and "measuring the load" in refusal
+    sink = SimpleNamespace(frames_written=0)
+    srv._starting = 0
+    srv.sessions = {"a": SimpleNamespace(sink=sink, recent_fps=25.0)}  # type: ignore[assignment]
+    for _ in range(SETTLE_SAMPLES):
+        sink.frames_written += 25
+        clocks.run(1.0, 0.25)  # 10 ms a frame: plenty of room
+        srv.observe_load()
+    assert srv.admit() is None

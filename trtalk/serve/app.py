@@ -75,6 +75,11 @@ class ServerLimits:
     body_timeout_s: float = httpguard.BODY_TIMEOUT_S
 
 
+#: refreshes of a measured cost (0.5 s apart, each over >= 10 served frames) after admitting a
+#: session before the next may be admitted
+SETTLE_SAMPLES = 3
+
+
 @dataclass
 class Capacity:
     """The warm-up's model throughput (frames/s per batch size) and the frames/s admission
@@ -205,6 +210,7 @@ class Server:
         self.cost: CostModel = FixedCost(0.0)
         self.admission = Admission(self.cost, cfg.fps, self.limits.headroom, self.limits.max_sessions)
         self._frames_seen: dict[str, int] = {}
+        self._admitted_at = -SETTLE_SAMPLES  # the cost model's samples when the last session was admitted
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -270,6 +276,10 @@ class Server:
             self.cost.observe(frames, behind)
         self.capacity.frames_per_s = self.admission.frames_per_s()
 
+    def _cost_samples(self) -> int:
+        """Refreshes of a measured cost model so far (a fixed one is always settled)."""
+        return self.cost.samples if isinstance(self.cost, MeasuredCost) else 1 << 30
+
     def room(self) -> int:
         """Sessions that can still start (the measured capacity less those running or starting)."""
         return max(0, self.capacity_sessions() - len(self.sessions) - self._starting)
@@ -301,6 +311,11 @@ class Server:
             return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
                     f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
         n = len(self.sessions) + self._starting
+        if n and self._cost_samples() < self._admitted_at + SETTLE_SAMPLES:
+            # the last session's load is not measured yet: admitting on the older figure could
+            # overfill the server (a burst of offers), so the next waits for the refresh
+            return ("the server is measuring the load of its newest session: try again in a "
+                    "few seconds")
         cap = self.capacity_sessions()
         if not self.admission.admits(n):
             if cap < self.limits.max_sessions:
@@ -465,6 +480,7 @@ class Server:
         # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
         # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
         self._starting += 1
+        self._admitted_at = self._cost_samples()
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
                 sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
