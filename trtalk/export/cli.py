@@ -24,10 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "package per stage into the engine cache instead (for GPUs TensorRT-RTX does "
                     "not run on, and the CPU; backend aot loads them). Without --checkpoint, "
                     "seeded random weights are exported (for tests and benchmarks; recorded in "
-                    "the manifest).")
+                    "the manifest, warned and stamped wherever the folder runs). The folder is a "
+                    "--checkpoint for render, stream, demo, serve and bench, used as it is. "
+                    "--model warp exports what of the warp avatar is a network: warp.onnx (its "
+                    "grid_sample warp, any size) and mouth.onnx (the audio-to-mouth model's "
+                    "linear score); the rest of it is geometry. Cost of --model-config small "
+                    "(PC-AVS, five graphs): about 30 CPU-seconds here; the official networks "
+                    "take a few minutes.")
 
 
 def _run(opts: ExportOptions) -> int:
+    if opts.model == "warp":
+        return _run_warp(opts)
     if opts.target == "aot":
         from trtalk.export.aot import describe_aot, export_aot
 
@@ -36,4 +44,23 @@ def _run(opts: ExportOptions) -> int:
     manifest = export_pcavs(opts)
     print(describe(manifest))
     print(f"wrote {opts.out / 'manifest.json'}")  # type: ignore[operator]
+    return 0
+
+
+def _run_warp(opts: ExportOptions) -> int:
+    """``--model warp``: its two small graphs (`trtalk.families.warp.export`)."""
+    from trtalk.errors import TrtalkError
+    from trtalk.families.warp.export import export_warp
+
+    if opts.target != "onnx" or opts.checkpoint is not None or opts.model_config != "official":
+        raise TrtalkError("--model warp exports its ONNX graphs only: drop --target, --checkpoint "
+                          "and --model-config")
+    if opts.out is None:
+        raise TrtalkError("--model warp writes an export directory: add --out DIR")
+    m = export_warp(opts.out)
+    for name, rec in m["graphs"].items():
+        print(f"{name:9s} {rec['file']:12s} {rec['bytes'] / 1e3:8.1f} KB  "
+              f"{', '.join(rec['inputs'])} -> {', '.join(rec['outputs'])}")
+    print(f"wrote {opts.out / 'manifest.json'} (the warp network and the mouth model's score; the "
+          f"rest of the warp avatar is geometry, not a network)")
     return 0

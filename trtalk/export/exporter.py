@@ -85,7 +85,8 @@ class ExportOptions:
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
     model: str | None = option(
         None, help="model family of the seeded random weights (no --checkpoint); with one, it must "
-                   "match the checkpoint's", default_text="the checkpoint's, else pcavs")
+                   "match the checkpoint's; warp: the warp avatar's two small graphs",
+        default_text="the checkpoint's, else pcavs")
     device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
                                 default_text="cuda when visible")
     buckets: tuple[int, ...] | None = option(

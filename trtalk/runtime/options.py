@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,18 @@ CHECKPOINT_HELP = ("official PC-AVS or PD-FGC checkpoint folder, a `trtalk conve
 def is_export_folder(path: object) -> bool:
     """Whether ``path`` is a `trtalk export` folder (holds manifest.json)."""
     return path is not None and Path(path).is_dir() and (Path(path) / "manifest.json").is_file()  # type: ignore[arg-type]
+
+
+def export_family(path: object, default: str = CHECKPOINT_FALLBACK) -> str:
+    """The family an export folder's manifest names (``default`` when unreadable: the backend
+    that opens it then says what is wrong)."""
+    import json
+
+    try:
+        family = json.loads((Path(path) / "manifest.json").read_text()).get("family", "pcavs")  # type: ignore[arg-type]
+    except (OSError, ValueError, AttributeError):
+        return default
+    return family if isinstance(family, str) and family in registry.names() else default
 
 
 @dataclass
@@ -101,9 +114,7 @@ class ModelOptions:
                      "seeded random weights instead)")
             return NO_CHECKPOINT_FAMILY
         if is_export_folder(self.checkpoint):
-            from trtalk.engine.runner import source_family
-
-            return source_family(self.checkpoint, CHECKPOINT_FALLBACK)  # the manifest's family
+            return export_family(self.checkpoint)  # the manifest's
         return registry.detect(self.checkpoint, fallback=CHECKPOINT_FALLBACK)  # its loader names problems
 
     def family_threads(self) -> int | None:
@@ -190,7 +201,9 @@ def open_family(model: str, checkpoint: Any = None, backend: str = "torch",
 
     spec = registry.get(model)
     caps = spec.capabilities
-    if checkpoint is not None and not caps.checkpoint:
+    exported = isinstance(checkpoint, (str, os.PathLike)) and is_export_folder(checkpoint) \
+        and export_family(checkpoint) == spec.name  # the family's own export folder
+    if checkpoint is not None and not caps.checkpoint and not exported:
         raise TrtalkError(f"the {spec.title} has no checkpoint; drop --checkpoint or use --model "
                           f"{next(s.name for s in registry.all_specs().values() if s.capabilities.checkpoint)}")
     if backend not in caps.backends:
