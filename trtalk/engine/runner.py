@@ -313,6 +313,10 @@ def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
                       fold_up_blur=device.startswith("cuda"), family=opts.family)
     m = Manifest.read(d)
+    if opts.precision is not None and opts.precision != m.precision:
+        log.warning("the export folder %s holds %s graphs: they run as they are (--precision %s "
+                    "does not apply; export again with --precision %s for that)", d, m.precision,
+                    opts.precision, opts.precision)
     specs = _specs_from_manifest(m)
     return {s: OrtBackend(specs[s], m.graph_path(d, s, verify=False), device=device, precision=m.precision,
                           max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in m.stages}
