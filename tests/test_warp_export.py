@@ -13,7 +13,7 @@ from trtalk.errors import TrtalkError
 
 @pytest.fixture(scope="module")
 def warp_export(tmp_path_factory):
-    from trtalk.families.warp.export import export_warp
+    from trtalk.export.warp import export_warp
 
     out = tmp_path_factory.mktemp("warp_export")
     export_warp(out)

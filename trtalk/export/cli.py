@@ -50,7 +50,7 @@ def _run(opts: ExportOptions) -> int:
 def _run_warp(opts: ExportOptions) -> int:
     """``--model warp``: its two small graphs (`trtalk.families.warp.export`)."""
     from trtalk.errors import TrtalkError
-    from trtalk.families.warp.export import export_warp
+    from trtalk.export.warp import export_warp
 
     if opts.target != "onnx" or opts.checkpoint is not None or opts.model_config != "official":
         raise TrtalkError("--model warp exports its ONNX graphs only: drop --target, --checkpoint "
