@@ -254,7 +254,7 @@ def cli(monkeypatch):
 
 
 def test_cli_modconv_plugin_needs_fp32_and_no_rtx(cli, tmp_path, capsys):
-    assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin"]) == 2
+    assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--precision fp32" in err and len(err.splitlines()) == 1
     assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin", "--precision", "fp32",
