@@ -34,12 +34,14 @@ class ServeCommand:
     token: str | None = option(None, help="secret every request must carry (?token= or a Bearer header)")
     token_file: Path | None = option(None, help="read the token from this file (first line)")
     max_sessions: int = option(8, bounds=(1, 256), section="capacity",
-                               help="most sessions at once (admission also "
-                               "refuses what the measured throughput cannot serve in real time)")
+                               help="most sessions at once (admission also refuses a session "
+                               "unless every admitted one keeps its frame rate: measured CPU per "
+                               "frame, encoding included, refreshed as it runs)")
     max_batch: int = option(8, section="capacity", bounds=(1, 256),
                             help="most frames per generator batch across sessions")
     capacity_fps: float | None = option(None, section="capacity", bounds=(0.1, 1e5), metavar="FPS",
-                                        help="frames/s the server can make, instead of measuring it at start")
+                                        help="frames/s the server can make for its sessions, "
+                                             "encoding included, instead of measuring it")
     stall_timeout_s: float = option(10.0, section="limits", bounds=(0.1, 3600),
                                     help="end a session whose microphone sends nothing this long")
     max_upload_mb: float = option(8.0, section="limits", bounds=(0.01, 1024),
