@@ -8,7 +8,7 @@ the live path hands the avatar, and the tracked gaps). Four questions:
 
 1. *lag*: which audio time (relative to the video frame) the lip gap follows best (the voice-band
    envelope's correlation with the gap at offsets of -80..+80 ms);
-2. *features and model* (raw model output, before the closure rules and the follower): the shipped
+2. *features and model* (raw model output, before the closure rules and the follower; evaluation clips only): the first model's
    features (pooled mel bands of rows 8-19) against richer ones (all 20 rows with the voice-band
    envelope, its deltas and the spectral flux; several pooled context scales), ridge at a few
    strengths, a 1-hidden-layer MLP (seeded torch, a few thousand weights), a smoothed target, and
@@ -72,7 +72,7 @@ def feat_scales(w: np.ndarray) -> np.ndarray:
     return np.concatenate([p[:, a:b].mean(1) for a, b in SEGMENTS] + [fe, np.diff(fe, axis=1)], 1)
 
 
-FEATURES = {"shipped (rows 8-19, 10 bands)": feat_shipped, "20 rows + envelope, deltas, flux": feat_rows_deltas,
+FEATURES = {"rows 8-19, 10 bands (the first model)": feat_shipped, "20 rows + envelope, deltas, flux": feat_rows_deltas,
             "7 context scales + envelope and deltas": feat_scales}
 
 
@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = []
     variants = [(name, f, f"ridge {lam:g}", lambda x, y, lam=lam: ridge(x, y, lam), 0, False)
                 for name, f in FEATURES.items() for lam in (10.0, 100.0, 1000.0)]
-    variants += [("shipped (rows 8-19, 10 bands)", feat_shipped, "ridge 100, target smoothed over 3 frames",
+    variants += [("rows 8-19, 10 bands (the first model)", feat_shipped, "ridge 100, target smoothed over 3 frames",
                   lambda x, y: ridge(x, y, 100.0), 3, False),
-                 ("shipped (rows 8-19, 10 bands), per-clip mean removed", feat_shipped, "ridge 100",
+                 ("rows 8-19, 10 bands (the first model), per-clip mean removed", feat_shipped, "ridge 100",
                   lambda x, y: ridge(x, y, 100.0), 0, True),
                  ("7 context scales, per-clip mean removed", feat_scales, "ridge 10",
                   lambda x, y: ridge(x, y, 10.0), 0, True)]
