@@ -389,3 +389,38 @@ def test_livekit_generator_contract():
     after = sum(x.samples_per_channel for x in items[ends[0]:] if isinstance(x, rtc.AudioFrame))
     assert after < 1.2 * RATE
     assert sum(x.samples_per_channel for x in audio) == len(out)
+
+
+def test_livekit_worker_server_request_and_token():
+    """`trtalk livekit-worker`'s pieces that need no LiveKit server: the AgentServer runs jobs as
+    threads (one process, one shared scheduler) and reports avatars / max as its load; the
+    dispatch metadata round-trips; the avatar's token joins the room as the requested identity,
+    publishing on behalf of the agent; missing server settings are a one-line error."""
+    pytest.importorskip("livekit.agents")
+    from livekit import api
+    from livekit.agents.job import JobExecutorType
+
+    from trtalk.integrations.livekit import PUBLISH_ON_BEHALF, AvatarRequest, avatar_token
+    from trtalk.integrations.livekit_cli import AvatarJobs, LivekitWorkerCommand, _resolve, build_server
+
+    cmd = LivekitWorkerCommand(url="ws://127.0.0.1:7880", api_key="key", api_secret="s" * 32, max_avatars=4)
+    jobs = AvatarJobs(cmd)
+    server = build_server(cmd, jobs)
+    assert server._job_executor_type == JobExecutorType.THREAD
+    assert server.load_fnc() == 0.0
+    jobs.active = 3
+    assert server.load_fnc() == 0.75
+    jobs.active = 9
+    assert server.load_fnc() == 1.0
+
+    req = AvatarRequest("agent-1", "trtalk-avatar-agent-1")
+    assert AvatarRequest.from_json(req.to_json()) == req
+    with pytest.raises(TrtalkError, match="not a trtalk avatar request"):
+        AvatarRequest.from_json('{"agent_identity": "x"}')
+    claims = api.TokenVerifier("key", "s" * 32).verify(avatar_token("key", "s" * 32, "room-a", req))
+    assert claims.identity == "trtalk-avatar-agent-1"
+    assert claims.video.room == "room-a" and claims.video.room_join
+    assert claims.attributes[PUBLISH_ON_BEHALF] == "agent-1"
+
+    with pytest.raises(TrtalkError, match="--url"):
+        _resolve(LivekitWorkerCommand(url=None, api_key=None, api_secret=None))

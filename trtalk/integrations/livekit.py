@@ -210,5 +210,8 @@ class TrtalkAvatarSession(AvatarSession):
         ctx = get_job_context()
         await ctx.api.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
             agent_name=self._agent_name, room=room.name, metadata=request.to_json()))
-        agent_session.output.audio = DataStreamAudioOutput(
-            room, destination_identity=self.avatar_identity, wait_remote_track=rtc.TrackKind.KIND_VIDEO)
+        # the agent's audio to the avatar (only the chain's last sink is swapped, as LiveKit's
+        # avatar plugins do); AvatarRunner reports playback start, so wait for it
+        agent_session.output.replace_audio_tail(DataStreamAudioOutput(
+            room, destination_identity=self.avatar_identity, wait_remote_track=rtc.TrackKind.KIND_VIDEO,
+            wait_playback_start=True))
