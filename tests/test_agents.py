@@ -391,7 +391,7 @@ def test_livekit_generator_contract():
     assert sum(x.samples_per_channel for x in audio) == len(out)
 
 
-def test_livekit_worker_server_request_and_token():
+def test_livekit_worker_server_request_and_token(monkeypatch):
     """`trtalk livekit-worker`'s pieces that need no LiveKit server: the AgentServer runs jobs as
     threads (one process, one shared scheduler) and reports avatars / max as its load; the
     dispatch metadata round-trips; the avatar's token joins the room as the requested identity,
@@ -422,5 +422,12 @@ def test_livekit_worker_server_request_and_token():
     assert claims.video.room == "room-a" and claims.video.room_join
     assert claims.attributes[PUBLISH_ON_BEHALF] == "agent-1"
 
-    with pytest.raises(TrtalkError, match="--url"):
+    for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(TrtalkError, match="--url, --api-key, --api-secret missing"):
         _resolve(LivekitWorkerCommand(url=None, api_key=None, api_secret=None))
+    monkeypatch.setenv("LIVEKIT_URL", "ws://x")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "k")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "s")
+    got = _resolve(LivekitWorkerCommand(url=None, api_key=None, api_secret=None))
+    assert (got.url, got.api_key, got.api_secret) == ("ws://x", "k", "s")
