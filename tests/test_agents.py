@@ -431,3 +431,4 @@ def test_livekit_worker_server_request_and_token(monkeypatch):
     monkeypatch.setenv("LIVEKIT_API_SECRET", "s")
     got = _resolve(LivekitWorkerCommand(url=None, api_key=None, api_secret=None))
     assert (got.url, got.api_key, got.api_secret) == ("ws://x", "k", "s")
+

@@ -87,9 +87,10 @@ class AvatarJobs:
         try:
             await gen.start()
             await room.connect(cmd.url or "", token)
-            runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=request.agent_identity),
-                                  video_gen=gen, options=gen.avatar_options())
-            await runner.start()
+            avatar_runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=request.agent_identity),
+                                         video_gen=gen, options=gen.avatar_options())
+            await avatar_runner.start()
+            runner = avatar_runner  # (AvatarRunner.aclose fails on a runner whose start failed)
             gone = asyncio.Event()
             room.on("participant_disconnected",
                     lambda p: p.identity == request.agent_identity and gone.set())
