@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--checkpoint for render, stream, demo, serve and bench, used as it is. "
                     "--model warp exports what of the warp avatar is a network: warp.onnx (its "
                     "grid_sample warp, any size) and mouth.onnx (the audio-to-mouth model's "
-                    "linear score); the rest of it is geometry. Cost of --model-config small "
-                    "(PC-AVS, five graphs): about 30 CPU-seconds here; the official networks "
-                    "take a few minutes.")
+                    "linear score); the rest of it is geometry. Cost: --model-config small "
+                    "(every network small) takes under a minute of CPU for the five PC-AVS graphs; "
+                    "the official networks take a few minutes.")
 
 
 def _run(opts: ExportOptions) -> int:
