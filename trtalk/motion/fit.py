@@ -13,9 +13,11 @@
    moved (in the log domain, damped, bounded) towards what closes the gap of the statistic it
    drives most: amplitudes <- spread, sway time constants <- median speed over spread, gesture
    gains <- p99 over median speed, drift <- the slow band's share, pause sway <- the pause/speech
-   speed ratio, nod rate <- the speed/level correlation. Twelve rounds; the round whose
-   simulated statistics are closest (`distance`) to the target wins. The rest posture is the
-   median angle. Blinks (`fit_blinks`): dips of the eye openness under 70 % of its running
+   speed ratio, nod rate <- the speed/level correlation. The rest posture (optional: angles are
+   relative to the video's first frame) is the median angle. The target statistics are first shrunk
+   towards what the prior (generic) style does on the same audio, by `PRIOR_SECONDS` worth of
+   it: on a few seconds of video the statistics are mostly noise. Twelve rounds; the round whose
+   simulated statistics are closest (`distance`) to the target wins. Blinks (`fit_blinks`): dips of the eye openness under 70 % of its running
    median, counted and timed, shrunk towards the prior style by 20 s worth of its rate.
 
 A fit of a minute of video takes a few seconds after the tracking (the tracking runs at the
@@ -43,6 +45,8 @@ AXES = ("yaw", "pitch", "roll")
 BAND_EDGES = (0.5, 2.0)
 #: seeds the fit simulates with (the benchmark evaluates with others)
 FIT_SEEDS = (1000, 1001, 1002, 1003)
+#: how many seconds of the prior style `trtalk motion fit` weighs against the video's statistics
+PRIOR_SECONDS = 10.0
 #: statistics below this are treated as this (degrees or deg/s) in log ratios
 EPS = 0.05
 #: mel level under which a frame counts as a pause (the voice-band mean, as `SpeechFeatures`)
@@ -120,6 +124,20 @@ def motion_stats(angles: np.ndarray, level: np.ndarray, fps: float) -> Stats:
                  np.percentile(sp, 99, axis=0), band, corr, ratio)
 
 
+def blend(measured: Stats, prior: Stats, weight: float) -> Stats:
+    """``weight`` of ``measured`` and the rest of ``prior``: geometric for the spreads, speeds and
+    bands, arithmetic for the correlation and the pause ratio (either where the other is undefined)."""
+    def mix(a: float, b: float) -> float:
+        if not math.isfinite(a):
+            return b
+        return a if not math.isfinite(b) else weight * a + (1 - weight) * b
+
+    geo = {k: np.exp(weight * np.log(np.maximum(getattr(measured, k), EPS))
+                     + (1 - weight) * np.log(np.maximum(getattr(prior, k), EPS)))
+           for k in ("std", "p50", "p90", "p99", "band")}
+    return Stats(**geo, corr=mix(measured.corr, prior.corr), pause_ratio=mix(measured.pause_ratio, prior.pause_ratio))
+
+
 def distance(gen: Stats, real: Stats) -> float:
     """How far generated motion's statistics are from the real motion's: the mean of
     |ln(generated / real)| over the per-axis spread, speed p50 / p90 / p99 and the three band
@@ -169,21 +187,28 @@ def _log_ratio(target: np.ndarray | float, sim: np.ndarray | float) -> np.ndarra
 
 def fit_motion(tracks: Sequence[Track], fps: float, prior: MotionStyle | None = None, *, rounds: int = 12,
                seeds: Sequence[int] = FIT_SEEDS, rest: bool = True, name: str = "fitted",
-               source: str = "") -> tuple[MotionStyle, dict]:
+               source: str = "", prior_seconds: float = 0.0) -> tuple[MotionStyle, dict]:
     """The head motion part of a style fitted to ``tracks`` (their statistics averaged: one clip
     for a person, many for a generic style). ``rest``: fit the rest posture (the median angle;
-    False keeps the prior's). Returns the style and a report (target and simulated statistics,
-    the distance per round)."""
+    False keeps the prior's). ``prior_seconds``: shrink the target statistics towards the
+    prior style's on the same audio, as if the prior had been seen for this many seconds
+    (weight ``T / (T + prior_seconds)`` of the measured ones, T the tracks' duration; in the log
+    domain): a short video's statistics are noisy. Returns the style and a report (target and
+    simulated statistics, the distance per round)."""
     if not tracks:
         raise TrtalkError("no motion to fit a style to")
     prior = prior or MotionStyle()
     target = Stats.mean([motion_stats(t.angles, speech_level(t.windows), fps) for t in tracks])
+    seconds = sum(len(t.angles) for t in tracks) / fps
+    weight = 1.0
+    if prior_seconds > 0:  # shrink towards what the prior does on this audio
+        weight = seconds / (seconds + prior_seconds)
+        target = blend(target, simulated_stats(prior, tracks, fps, seeds), weight)
     st = {k: np.array(getattr(prior, k), dtype=np.float64) for k in ("sway", "sway_tau", "posture", "gesture", "drift")}
     st["drift"] = np.maximum(st["drift"], 0.5)  # a multiplicative update cannot leave zero
     pause, nod = prior.pause_sway, prior.nod_rate
     rest_deg = (np.clip(np.median(np.concatenate([t.angles for t in tracks]), axis=0), *BOUNDS["rest"])
                 if rest else np.array(prior.rest))
-    seconds = sum(len(t.angles) for t in tracks) / fps
     best: tuple[float, MotionStyle, Stats] | None = None
     history = []
     damp = 0.8
@@ -216,7 +241,7 @@ def fit_motion(tracks: Sequence[Track], fps: float, prior: MotionStyle | None = 
             nod = nod * math.exp(float(np.clip(2.0 * (target.corr - sim.corr), -0.7, 0.7)))
     assert best is not None
     dist, style, sim = best
-    report = {"target": target.as_dict(), "simulated": sim.as_dict(), "distance": round(dist, 4),
+    report = {"target": target.as_dict(), "weight": round(weight, 3), "simulated": sim.as_dict(), "distance": round(dist, 4),
               "rounds": history, "seconds": round(seconds, 2)}
     log.info("fitted motion style %s on %.1f s: distance %.3f (rounds %s)", name, seconds, dist, history)
     return style, report
@@ -325,7 +350,8 @@ def track_video(path: str | Path, max_seconds: float = MAX_SECONDS) -> tuple[np.
 
 
 def fit_style_from_video(path: str | Path, *, name: str | None = None, prior: MotionStyle | None = None,
-                         max_seconds: float = MAX_SECONDS) -> tuple[MotionStyle, dict]:
+                         max_seconds: float = MAX_SECONDS,
+                         prior_seconds: float = PRIOR_SECONDS, rest: bool = False) -> tuple[MotionStyle, dict]:
     """`trtalk motion fit`: track the video, read its audio, fit the motion and the blinks."""
     from trtalk.audio import load_audio
     from trtalk.motion.head import wave_windows
@@ -336,7 +362,7 @@ def fit_style_from_video(path: str | Path, *, name: str | None = None, prior: Mo
     wave = load_audio(path)
     windows = wave_windows(wave, fps, len(angles))
     name = name or Path(path).stem[:100]
-    style, report = fit_motion([Track(angles, windows)], fps, prior, name=name,
+    style, report = fit_motion([Track(angles, windows)], fps, prior, name=name, prior_seconds=prior_seconds, rest=rest,
                                source=f"trtalk motion fit {Path(path).name}"[:200])
     speaking = speech_level(windows) >= PAUSE_LEVEL
     blink, blink_report = fit_blinks(eye, speaking, fps, prior)

@@ -86,6 +86,10 @@ class MotionConfig:
                 raise TrtalkError(f"--motion-{name.replace('_', '-')} must be a positive number, got {value}")
         if not self.speech_ceil > self.speech_floor:
             raise TrtalkError("motion speech_ceil must be above speech_floor")
+        if self.style is not None and str(self.style) != "":
+            from trtalk.motion.style import load_style
+
+            load_style(self.style)  # a bad file is a one-line error before anything loads
 
     @property
     def bounds(self) -> np.ndarray:
