@@ -14,9 +14,19 @@ correlation of head speed with speech energy (per clip, Pearson, speed and the v
 level both smoothed over 0.2 s), and the share of time the head is still (speed under 3 deg/s).
 A PNG plots the generated and the real angle tracks over 10 s of one clip.
 
-The clips are read from a folder (``--clips``; every .mp4 under it); they are not committed:
+Then (``motion_style.md``, `style_eval`): personal vs generic head motion styles, held out: each
+clip's styles are fitted on its first 60 % and compared on its last 40 %, with a cross table.
+``--write-generic PATH`` also writes the generic style fitted on every clip's first 60 % (how
+``trtalk/assets/motion_style.json`` was made).
 
-    python benchmarks/motion_compare.py --clips /tmp/pcavs --out benchmarks/results/motion
+The clips are read from a folder (``--clips``; every .mp4 under it); they are not committed. On a
+fresh machine, from a clone of github.com/Hangz-nju-cuhk/Talking-Face_PC-AVS:
+
+    for z in Audio_Source Input Pose_Source; do
+        git --git-dir=<clone>/.git show HEAD:misc/$z.zip > $z.zip; unzip -q $z.zip -d /tmp/pcavs/$z
+    done
+    python benchmarks/motion_compare.py --clips /tmp/pcavs --out benchmarks/results/motion \
+        --track-cache /tmp/pcavs-tracks
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ MAX_BYTES = 16 * 1024
 GENERIC_PATH = Path(__file__).resolve().parent.parent / "assets" / "motion_style.json"
 
 Triple = tuple[float, float, float]
+#: the fields that are (yaw, pitch, roll) triples
+TRIPLES = ("rest", "sway", "sway_tau", "posture", "gesture", "drift")
 
 #: inclusive bounds of each number (triples: of each item)
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -135,8 +137,7 @@ def from_json(data: Any, where: str = "") -> MotionStyle:
     kwargs: dict[str, Any] = {}
     for key in known & set(data):
         value = data[key]
-        if isinstance(getattr(MotionStyle, key, None), tuple) or key in ("rest", "sway", "sway_tau", "posture",
-                                                                         "gesture", "drift"):
+        if key in TRIPLES:
             if not isinstance(value, list) or len(value) != 3:
                 raise _bad(where, f"{key} must be a list of 3 numbers (yaw, pitch, roll)")
             value = tuple(value)
