@@ -17,8 +17,9 @@
    relative to the video's first frame) is the median angle. The target statistics are first shrunk
    towards what the prior (generic) style does on the same audio, by `PRIOR_SECONDS` worth of
    it: on a few seconds of video the statistics are mostly noise. Twelve rounds; the round whose
-   simulated statistics are closest (`distance`) to the target wins. Blinks (`fit_blinks`): dips of the eye openness under 70 % of its running
-   median, counted and timed, shrunk towards the prior style by 20 s worth of its rate.
+   simulated statistics are closest (`distance`) to the target wins.
+4. Blinks (`fit_blinks`): dips of the eye openness under 70 % of its running median, counted
+   and timed, shrunk towards the prior style by 20 s worth of its rate.
 
 A fit of a minute of video takes a few seconds after the tracking (the tracking runs at the
 face mesh's speed, a few ms a frame on a CPU).
