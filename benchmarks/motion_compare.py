@@ -159,10 +159,35 @@ def plot(path: Path, real: np.ndarray, gen: np.ndarray, en: np.ndarray, title: s
 
 EVAL_SEEDS = tuple(range(8))
 FIT_SHARE = 0.6
+#: the leave-one-out generic styles: 2 simulation seeds and 8 rounds (CPU time; the shipped
+#: generic and the personal styles use fit_motion's defaults, 4 seeds and 12 rounds)
+LOO_SEEDS, LOO_ROUNDS = (1000, 1001), 8
+
+
+def _fit_pair(args: tuple) -> tuple:
+    """(generic style fitted on the other clips' first 60 %, personal style of clip i)."""
+    from trtalk.motion.fit import PRIOR_SECONDS, fit_motion
+    from trtalk.motion.style import MotionStyle
+
+    i, name, fit = args
+    g, _ = fit_motion([t for j, t in enumerate(fit) if j != i], FPS, MotionStyle(), rest=False,
+                      name=f"generic-loo-{i}", seeds=LOO_SEEDS, rounds=LOO_ROUNDS)
+    p, _ = fit_motion([fit[i]], FPS, g, name=name, prior_seconds=PRIOR_SECONDS)
+    print(f"styles {name}: fitted", flush=True)
+    return g, p
+
+
+def _cross_column(args: tuple) -> list[float]:
+    """Distance of every personal style, driven by clip i's held-out audio, to its held-out motion."""
+    from trtalk.motion.fit import distance, motion_stats, simulate, speech_level
+
+    i, personal, held, real = args
+    return [float(np.mean([distance(motion_stats(simulate(p, held.windows, FPS, s), speech_level(held.windows), FPS), real)
+                           for s in EVAL_SEEDS])) for p in personal]
 
 
 def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarray], out: Path,
-               write_generic: Path | None, command: str) -> dict:
+               write_generic: Path | None, command: str, jobs: int = 2) -> dict:
     """Personal vs generic styles, held out: fit on the first 60 % of each clip, generate on the
     last 40 % of its audio (seeds 0-7), compare with the real motion of that 40 % (module
     docstring of `trtalk.motion.fit`: `distance`). The generic style of clip i is fitted on the
@@ -173,7 +198,7 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
     generic style (fitted on all clips' first 60 %)."""
     from trtalk.motion.fit import (PRIOR_SECONDS, Stats, Track, distance, fit_motion, motion_stats,
                                    simulate, speech_level)
-    from trtalk.motion.style import MotionStyle, save_style
+    from trtalk.motion.style import MotionStyle, generic_style, save_style
 
     n = len(names)
     cut = [int(FIT_SHARE * len(a)) for a in real]
@@ -189,29 +214,29 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
     def dist(style: MotionStyle, i: int) -> float:
         return float(np.mean([distance(g, held_stats[i]) for g in gen_stats(style, held[i])]))
 
-    generic, personal = [], []
-    for i in range(n):
-        g, _ = fit_motion([fit[j] for j in range(n) if j != i], FPS, hand, rest=False, name=f"generic-loo-{i}")
-        p, _ = fit_motion([fit[i]], FPS, g, name=names[i], prior_seconds=PRIOR_SECONDS)
-        generic.append(g)
-        personal.append(p)
-        print(f"styles {names[i]}: fitted", flush=True)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pairs = list(pool.map(_fit_pair, [(i, names[i], fit) for i in range(n)]))
+        generic, personal = [g for g, _ in pairs], [p for _, p in pairs]
+        cross = np.array(list(pool.map(_cross_column, [(i, personal, held[i], held_stats[i]) for i in range(n)]))).T
     rows = []
     for i in range(n):
         rows.append({"clip": names[i], "fit_s": round(cut[i] / FPS, 2), "held_out_s": round(len(held[i].angles) / FPS, 2),
-                     "personal": dist(personal[i], i), "generic": dist(generic[i], i), "hand_set": dist(hand, i),
+                     "personal": float(cross[i, i]), "generic": dist(generic[i], i), "hand_set": dist(hand, i),
                      "copy_fit_stats": distance(fit_stats[i], held_stats[i]),
                      "copy_others_stats": distance(Stats.mean([fit_stats[j] for j in range(n) if j != i]), held_stats[i])})
-    cross = np.array([[dist(personal[j], i) for i in range(n)] for j in range(n)])  # style j, clip i
     own = [int(np.argmin(cross[:, i]) == i) for i in range(n)]
     rank = [int((cross[:, i] < cross[i, i]).sum()) + 1 for i in range(n)]
     copy_cross = np.array([[distance(fit_stats[j], held_stats[i]) for i in range(n)] for j in range(n)])
     copy_own = [int(np.argmin(copy_cross[:, i]) == i) for i in range(n)]
-    # the shipped generic style: every clip's first 60 %
-    shipped, rep = fit_motion(fit, FPS, hand, rest=False, name="generic",
-                              source=f"PC-AVS sample clips ({n} VoxCeleb clips), first 60 % of each")
+    # the shipped generic style: every clip's first 60 % (4 seeds, 12 rounds: fit_motion's defaults)
     if write_generic is not None:
+        shipped, rep = fit_motion(fit, FPS, hand, rest=False, name="generic",
+                                  source=f"PC-AVS sample clips ({n} VoxCeleb clips), first 60 % of each")
         save_style(shipped, write_generic)
+    else:
+        shipped, rep = generic_style(), None
     real_std = np.mean([h.std for h in held_stats], axis=0)
     gen_std = np.mean([np.mean([g.std for g in gen_stats(shipped, held[i])], axis=0) for i in range(n)], axis=0)
     loo_std = np.mean([np.mean([g.std for g in gen_stats(generic[i], held[i])], axis=0) for i in range(n)], axis=0)
@@ -224,7 +249,8 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
               "copy_cross_own_closest": sum(copy_own),
               "held_out_std": {"real_mean": real_std.round(3).tolist(), "generic_shipped": gen_std.round(3).tolist(),
                                "generic_loo": loo_std.round(3).tolist(), "hand_set": hand_std.round(3).tolist()},
-              "generic_style": shipped.to_json(), "generic_fit": rep}
+              "generic_style": shipped.to_json(), "generic_fit": rep, "loo_seeds": list(LOO_SEEDS),
+              "loo_rounds": LOO_ROUNDS}
     (out / "motion_style.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Personal vs generic head motion styles (held out)", "",
           f"Command: `{command}`", "",
@@ -235,7 +261,8 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
           "real motion of that last part.", "",
           "- personal: fitted on the clip's first 60 %, shrunk towards its generic style by "
           f"{PRIOR_SECONDS:g} s worth of it (the default of `trtalk motion fit`);",
-          "- generic: fitted on the other 13 clips' first 60 % (leave one out; it never sees the clip);",
+          f"- generic: fitted on the other {n - 1} clips' first 60 % (leave one out; it never sees the clip; "
+          f"{len(LOO_SEEDS)} simulation seeds, {LOO_ROUNDS} rounds);",
           "- hand-set: the motion before styles (`MotionStyle()` defaults);",
           "- copy own / copy others: no generator: the real first-60 % statistics of the clip itself, or "
           "the mean of the other clips', used as the prediction (how much a person's own earlier motion tells "
@@ -287,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the personal vs generic style evaluation (motion_style.md)")
     ap.add_argument("--track-cache", type=Path, default=None,
                     help="keep the tracked angles of each clip here (a rerun tracks nothing)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes for the style fits")
     ap.add_argument("--write-generic", type=Path, default=None,
                     help="also write the generic style fitted on every clip's first 60 %% here "
                          "(trtalk/assets/motion_style.json is made so)")
@@ -354,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "motion_compare.md").write_text("\n".join(md))
     print("\n".join(md))
     if args.styles:
-        style_eval(names, real, wins, args.out, args.write_generic, result["command"])
+        style_eval(names, real, wins, args.out, args.write_generic, result["command"], args.jobs)
     return 0
 
 
