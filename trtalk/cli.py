@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
     "trtalk.serve.cli",
+    "trtalk.integrations.livekit_cli",
 )
 
 
