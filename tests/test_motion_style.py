@@ -229,3 +229,19 @@ def test_server_style_upload(tmp_path: Path) -> None:
     with pytest.raises(TrtalkError) as err:
         srv.add_style(json.dumps({"format": "trtalk-motion-style", "version": 1, "drift_tau": 0}).encode())
     assert "drift_tau" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_agent_face_takes_a_motion_style(tmp_path: Path) -> None:
+    """The agent integrations' `AgentFace(motion_style=...)`: a good file reaches the session's
+    pipeline options, a bad one is a one-line error before anything starts."""
+    from trtalk.integrations.face import AgentFace
+
+    photo = Path(__file__).resolve().parent.parent / "trtalk" / "assets" / "astronaut.png"
+    good = save_style(_known_style(), tmp_path / "me.json")
+    face = AgentFace(photo, motion_style=good)
+    assert face.cfg.motion.style == str(good)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "trtalk-motion-style", "version": 1, "drift_tau": -1}')
+    with pytest.raises(TrtalkError) as err:
+        AgentFace(photo, motion_style=bad)
+    assert "drift_tau" in str(err.value) and "\n" not in str(err.value)
