@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_cache_lock
 
 from trtalk.engine import EngineCache, EngineKey, Runner, RunnerOptions, open_runner
 from trtalk.engine.backend import OrtBackend
@@ -34,16 +35,17 @@ def model() -> PCAVS:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    # Shared with test_export.py (same session): whichever runs first exports, the other reuses.
-    return tmp_path_factory.getbasetemp() / "trtalk-shared-cache"
+def cache_dir(shared_cache) -> Path:
+    # Shared with test_export.py (same run): whichever runs first exports, the other reuses.
+    return shared_cache
 
 
 @pytest.fixture(scope="module")
 def ort_runner(model, cache_dir) -> Runner:
     # No export dir given: the runner exports the checkpoint-less model into the cache first.
     opts = RunnerOptions(cache_dir=cache_dir, config=PCAVSConfig.small(), max_batch=4)
-    return open_runner("onnxruntime", None, "cpu", opts, seed=SEED)
+    with shared_cache_lock(cache_dir):
+        return open_runner("onnxruntime", None, "cpu", opts, seed=SEED)
 
 
 @pytest.fixture(scope="module")
