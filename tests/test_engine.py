@@ -77,6 +77,7 @@ def test_torch_runner_matches_model(model, torch_runner):
     assert (b.name, b.device, b.dtype) == ("generator", "cpu", "float32")
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
     assert {b.name for b in ort_runner.backends.values()} == set(STAGES)
     assert all(isinstance(b, OrtBackend) and b.providers == ["CPUExecutionProvider"]
@@ -102,6 +103,7 @@ def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
     assert len(exports) == 1 and (exports[0] / "manifest.json").is_file()
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_ort_backend_numpy_io_and_reuse_of_cached_export(ort_runner, cache_dir, model):
     export_dir = next((cache_dir / "exports").iterdir())
     backends = open_runner("onnxruntime", export_dir, "cpu", RunnerOptions(cache_dir=cache_dir)).backends
@@ -115,6 +117,7 @@ def test_ort_backend_numpy_io_and_reuse_of_cached_export(ort_runner, cache_dir, 
     assert len(list((cache_dir / "exports").iterdir())) == 1
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_backend_splits_batches_above_max_batch(ort_runner, model):
     ob = ort_runner.backends["audio"]
     small = OrtBackend(ob.spec, ob.path, max_batch=2).load()
@@ -308,6 +311,7 @@ def test_unwritable_cache_is_one_line_error(tmp_path):
         EngineCache(blocker).get_or_build("pose", _key(), _builder([]))
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_rtx_engine_through_cache(tmp_path, model, ort_runner, cache_dir):
     """A real TensorRT-RTX build of one graph through the cache (CPU, ahead-of-time for sm89).
 
@@ -336,6 +340,7 @@ def test_rtx_engine_through_cache(tmp_path, model, ort_runner, cache_dir):
     assert cache.get_or_build("audio", key, build).sha256 == e.sha256 and calls == [1]
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_render_through_ort_runner_matches_torch(ort_runner, torch_runner, face_image_path, speech_wav_path,
                                                  tmp_path):
     """`trtalk render --backend onnxruntime` path: the renderer drives a Runner the same way."""
