@@ -35,6 +35,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
     "trtalk.serve.cli",
+    "trtalk.integrations.livekit_cli",
 )
 
 
