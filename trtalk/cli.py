@@ -31,6 +31,7 @@ threads.prepare_env()
 SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
     "trtalk.families.cli",
+    "trtalk.motion.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
