@@ -88,6 +88,9 @@ def test_server_admits_by_its_cost_model_and_shows_the_room() -> None:
     srv = Server(WarpFamily(FPS), PipelineConfig(fps=FPS), limits=ServerLimits(max_sessions=8), warmup=False)
     srv.set_cost(FixedCost(0.030, rate=1.8))  # 60 frames/s, 54 with headroom: two sessions
     assert srv.capacity_sessions() == 2 and srv.room() == 2 and srv.admit() is None
+    srv._starting, srv._admitted_at = 1, srv._cost_samples()  # one being built: a fixed cost
+    assert srv.admit() is None and srv.room() == 1                # needs no settling
+    srv._starting = 0
     assert srv.capacity.frames_per_s == pytest.approx(60.0)
     fake = SimpleNamespace(sink=SimpleNamespace(frames_written=0), recent_fps=None,
                            pipeline=SimpleNamespace(latency=SimpleNamespace(drops={})))

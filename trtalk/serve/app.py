@@ -286,8 +286,8 @@ class Server:
         self.capacity.frames_per_s = self.admission.frames_per_s()
 
     def _cost_samples(self) -> int:
-        """Refreshes of a measured cost model so far (a fixed one is always settled)."""
-        return self.cost.samples if isinstance(self.cost, MeasuredCost) else 1 << 30
+        """Refreshes of a measured cost model so far (0 for a fixed one, which never settles)."""
+        return self.cost.samples if isinstance(self.cost, MeasuredCost) else 0
 
     def room(self) -> int:
         """Sessions that can still start (the measured capacity less those running or starting)."""
@@ -320,7 +320,7 @@ class Server:
             return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
                     f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
         n = len(self.sessions) + self._starting
-        if n and self._cost_samples() < self._admitted_at + SETTLE_SAMPLES:
+        if n and isinstance(self.cost, MeasuredCost) and self.cost.samples < self._admitted_at + SETTLE_SAMPLES:
             # the last session's load is not measured yet: admitting on the older figure could
             # overfill the server (a burst of offers), so the next waits for the refresh
             return ("the server is measuring the load of its newest session: try again in a "
