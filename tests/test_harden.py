@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -628,6 +629,42 @@ def test_control_endpoint_times_out_slow_clients():
         assert answer == b"" and 0.8 < seconds < 4
         ok, _ = _raw_http(srv.port, _post(b'{"set": "blink"}'))
         assert ok.startswith(b"HTTP/1.0 200")
+
+
+def test_control_endpoint_closes_promptly_while_a_pose_file_is_encoded():
+    """Issue 24: `ControlServer.close` waited up to 60 s for a pose file being encoded. Encoding
+    now checks `Controls.check_open` per frame (`PDFGCFamily._encode_file`), so closing cancels
+    it: here an encoding that would take 60 s stops at its next step, close returns in seconds,
+    no request thread is left and the client gets a 503 (nothing queued)."""
+    from trtalk.families.controls import ControlServer, Controls
+
+    controls = Controls()
+    started, steps = threading.Event(), []
+
+    def prepare(path):  # 1200 steps of 50 ms, checking between them as the real encoder does
+        started.set()
+        for i in range(1200):
+            controls.check_open("detect", i, 1200)
+            steps.append(i)
+            time.sleep(0.05)
+        return torch.zeros(1)
+
+    controls.prepare_pose = prepare
+    srv = ControlServer(controls, port=0).start()
+    answers: list[bytes] = []
+    client = threading.Thread(target=lambda: answers.append(_raw_http(srv.port, _post(
+        b'{"set": "pose_source", "source": "' + str(ROOT / "trtalk/assets/astronaut.png").encode() + b'"}'),
+        timeout=30)[0]))
+    client.start()
+    assert started.wait(20)
+    t = time.monotonic()
+    srv.close()
+    closed_in = time.monotonic() - t
+    client.join(10)
+    assert closed_in < 5 and len(steps) < 200, (closed_in, len(steps))
+    assert not any(h.is_alive() for h in srv._handlers)
+    assert answers and answers[0].startswith(b"HTTP/1.0 503") and b"the stream is ending" in answers[0]
+    assert controls.begin_frame(0) == []  # nothing queued
 
 
 def test_control_token_needs_eight_characters(capsys):
