@@ -721,6 +721,7 @@ def test_stream_ends_cleanly_while_a_pose_switch_is_encoded(tmp_path):
     (["serve", "--max-upload-mp", "inf"], "--max-upload-mp must be a finite number"),
     (["serve", "--port", "70000"], "--port 70000 is out of range: it must be between 0 and 65535"),
     (["serve", "--port", "-1"], "--port -1 is out of range"),
+    (["serve", "--max-connections", "0"], "--max-connections 0 is out of range"),
     (["stream", "--control-port", "70000"], "--control-port 70000 is out of range"),
     (["stream", "--stats", "inf"], "--stats must be a finite number"),
     (["render", "--lost-hold-s", "inf"], "--lost-hold-s must be a finite number"),

@@ -647,6 +647,37 @@ def test_slow_clients_hold_no_upload_slot(server) -> None:
     assert answer == b"" and 2.5 < seconds < 8, (answer, seconds)
 
 
+def test_connections_over_the_cap_get_a_quick_503(server) -> None:
+    """Issue 24: serve had no limit on open connections (each could hold a body of up to
+    --max-upload-mb until the body timeout). Over ``--max-connections`` (4 here), a new connection
+    gets a 503 at once, unread; once the held ones close, requests are answered again."""
+    import socket
+
+    srv, url = server
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    srv.limits.max_connections = 4
+    held = []
+    try:
+        for _ in range(4):  # four clients sending their headers slowly
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /api/avatar HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append(sock)
+        time.sleep(0.3)
+        answer, seconds = _raw(url, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _status(answer) == 503 and b"too many connections" in answer, answer
+        assert seconds < 3, seconds  # at once (the 1 s linger at most), not after a timeout
+    finally:
+        for sock in held:
+            sock.close()
+        srv.limits.max_connections = 64
+    for _ in range(50):  # the held connections are gone once the server has seen them close
+        code = _http(url + "/healthz")[0]
+        if code == 200:
+            break
+        time.sleep(0.1)
+    assert code == 200
+
+
 def test_simultaneous_offers_never_overfill_the_server(server, speech_wave) -> None:
     """Four offers at once against room for two: a slot is held from admission on, so exactly
     two start and two are refused."""

@@ -69,6 +69,8 @@ class ServerLimits:
     header_timeout_s: float = httpguard.HEADER_TIMEOUT_S
     #: a request gets this long to send its body (an upload slot is taken only once it is read)
     body_timeout_s: float = httpguard.BODY_TIMEOUT_S
+    #: open connections at most (idle, reading, answering); beyond it a new one gets a 503
+    max_connections: int = 64
 
 
 @dataclass
@@ -572,6 +574,94 @@ def runner_kwargs(limits: ServerLimits) -> dict[str, Any]:
     linger after a refused body (aiohttp's default reads the rest for 10 s)."""
     return {"keepalive_timeout": limits.header_timeout_s, "access_log_class": _access_logger(),
             "lingering_time": 1.0}  # after a refusal, wait at most 1 s for the rest of a body
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over `ServerLimits.max_connections`: a 503 at once, the request unread; the
+    connection closes when the client does or after a second (closing with the request unread
+    at once could reset the connection before the client reads the answer)."""
+
+    BODY = b'{"error": "the server has too many connections open; try again shortly"}'
+    REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    LINGER_S = 1.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.write(self.REPLY)  # type: ignore[attr-defined]
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read
+
+    def eof_received(self) -> bool:
+        self._transport.close()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._timer.cancel()
+
+
+class _CappedServer(web.Server):
+    """aiohttp's connection manager (`web.Server`) with a cap on open connections: the protocol
+    factory hands out `_Busy` instead of a request handler once ``limits.max_connections`` are
+    open or being opened (a handler made but not yet connected counts for `PENDING_S`)."""
+
+    limits = ServerLimits()
+    PENDING_S = 5.0
+
+    def __call__(self) -> Any:
+        now = time.monotonic()
+        pending: dict[Any, float] = self.__dict__.setdefault("_pending", {})
+        for handler, t in list(pending.items()):
+            if now - t > self.PENDING_S:
+                del pending[handler]
+        if len(self.connections) + len(pending) >= self.limits.max_connections:
+            _log_busy(self.limits.max_connections)
+            return _Busy()
+        handler = super().__call__()
+        pending[handler] = now
+        return handler
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        self.__dict__.setdefault("_pending", {}).pop(handler, None)
+        super().connection_made(handler, transport)
+
+
+_busy_log = {"at": 0.0, "count": 0}
+
+
+def _log_busy(limit: int) -> None:
+    """One INFO line at most every 10 s for connections refused over the cap (a flood of them
+    must not flood the log)."""
+    _busy_log["count"] += 1
+    now = time.monotonic()
+    if now - _busy_log["at"] >= 10.0:
+        log.info("%d connection(s) refused (503): %d open, the --max-connections limit",
+                 _busy_log["count"], limit)
+        _busy_log["at"], _busy_log["count"] = now, 0
+
+
+class CappedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server refuses connections over ``limits.max_connections`` (read
+    for each new connection; `_CappedServer`)."""
+
+    def __init__(self, app: web.Application, *, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app's own manager (its handler, request factory and options as aiohttp made them),
+        # given the cap: `_CappedServer` only adds to the protocol factory and connection_made.
+        server.__class__ = _CappedServer
+        server.limits = self.limits  # type: ignore[attr-defined]
+        return server
+
+
+def make_runner(app: web.Application, limits: ServerLimits, **kwargs: Any) -> web.AppRunner:
+    """The runner `trtalk serve` uses: `runner_kwargs` and the connection cap of ``limits``."""
+    return CappedAppRunner(app, limits=limits, **runner_kwargs(limits), **kwargs)
 
 
 TOKEN_COOKIE = "trtalk_token"
