@@ -594,7 +594,7 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or DEFAULT_FAMILY), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
-    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
+    scfg = StreamConfig(face=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
     audio = AudioFileSource(speech)
     if len(audio.wave) / 16000.0 < cfg.duration_s:  # loop a short file (running gain, then)
         audio.close()
