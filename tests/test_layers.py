@@ -11,7 +11,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``trtalk``; ``errors``, ``signals``, ``net``; ``fsutil``, ``configcli``, ``threads``,
   ``httpguard``: the version; the user-error type, the SIGINT/SIGTERM helper (which atomic files
   consult before they commit), the loopback rule of the HTTP endpoints; atomic files,
-  config-to-flags, the CPU thread policy, the request rules both HTTP endpoints share.
+  config-to-flags, the CPU thread policy, the request rules both HTTP endpoints share, the
+  progress bars of long jobs.
 - ``media``, ``audio``, ``kernels``: plumbing with no model in it: image/video decoding and
   the mp4 writer (PyAV, OpenCV), audio decoding and the mel frontend, the CUDA kernels and
   their torch references.
@@ -29,7 +30,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``runtime``: sources, sinks, clocks, render and stream.
 - ``bench``, ``serve``: timing of everything below; the web server (WebRTC sessions batched on one
   inference worker), a front end like render and stream.
-- ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
+- ``cli``: the ``trtalk`` command, which loads each package's subcommand by name; ``__main__``:
+  ``python -m trtalk``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ PKG = ROOT / "trtalk"
 LAYERS: list[set[str]] = [
     {"trtalk"},
     {"errors", "signals", "net"},
-    {"fsutil", "configcli", "threads", "httpguard"},
+    {"fsutil", "configcli", "threads", "httpguard", "progress"},
     {"media", "audio", "kernels"},
     {"models", "face"},
     {"warp"},
@@ -61,6 +63,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"bench", "serve"},
     {"cli"},
+    {"__main__"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ["Steps", "bar", "enabled", "set_enabled", "set_terminal", "steps"]
+__all__ = ["Steps", "bar", "enabled", "set_enabled", "set_terminal", "start", "steps"]
 
 _state: dict[str, Any] = {"enabled": True, "terminal": None}
 
@@ -81,6 +81,19 @@ class Steps:
         if self.started:
             self.bar.update(1)
             self.started = False
+
+    def close(self) -> None:
+        """Count the last step and close the bar."""
+        self.done()
+        self.bar.close()
+
+
+def start(total: int, desc: str, unit: str = "step") -> Steps:
+    """`steps` without a ``with`` (for a loop already inside a try): call ``.close()`` after it."""
+    from tqdm import tqdm
+
+    return Steps(tqdm(total=total, desc=desc, unit=unit, file=_stream(), disable=not enabled(),
+                      dynamic_ncols=True, leave=True))
 
 
 @contextlib.contextmanager

@@ -58,8 +58,7 @@ def register(sub) -> None:
 
 
 def _run(cfg: RenderConfig) -> int:
-    from tqdm import tqdm
-
+    from trtalk import progress
     from trtalk.fsutil import output_parent
     from trtalk.media.mp4 import check_video_path
     from trtalk.runtime.render import check_render, render
@@ -71,7 +70,7 @@ def _run(cfg: RenderConfig) -> int:
         check_render(cfg)  # inputs, output, memory estimate: before the model loads
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps, mouth_smoothing="centred", size=cfg.size)
-        with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
+        with progress.bar(total=0, unit="frame", desc="render") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)

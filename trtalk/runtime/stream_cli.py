@@ -43,7 +43,8 @@ class StreamCommand:
     record: Path | None = option(None, exclusive="sink", section="outputs", metavar="OUT.mp4",
                                  help="record video + audio")
     sink: Literal["null"] | None = option(None, exclusive="sink", section="outputs",
-                                          help="discard frames (benchmark)")
+                                          help="discard frames (to measure); the default when no "
+                                               "output is named (said on start)")
     realtime: bool | None = option(None, negative="--fast", help="real-time pace",
                                    negative_help="files only: as fast as possible on a virtual clock",
                                    default_text="real time with --mic/--webcam, --fast for files")
@@ -82,6 +83,11 @@ def register(sub) -> None:
     devices.register(sub)
 
 
+#: Said when no output is named: the frames are made (and timed) but go nowhere.
+NO_SINK_NOTE = ("trtalk stream: no output named, so the frames are made and discarded; add "
+                "--virtual-cam, --preview or --record OUT.mp4 (--sink null discards them without this note)")
+
+
 def _make_sink(cmd: StreamCommand) -> FrameSink:
     from trtalk.media.mp4 import Mp4Sink, check_video_path
     from trtalk.media.sinks import NullSink
@@ -95,6 +101,8 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
     if cmd.record is not None:
         check_video_path(cmd.record, "--record")
         return Mp4Sink(cmd.record, fps=fps, push_audio=True, live=True)
+    if cmd.sink is None:
+        print(NO_SINK_NOTE, file=sys.stderr)
     return NullSink()
 
 
