@@ -649,14 +649,14 @@ def read_config_file(path: Path, options: Sequence[tuple[_Opt, list[argparse.Act
     for key, value in data.items():
         opt = by_key.get(key) or by_key.get(key.replace("_", "-"))
         where = f"--config {path}: {key!r:.60}"
+        if isinstance(value, dict):
+            raise TrtalkError(f"{where} is a table; the file is flat: one `key = value` per option")
         if opt is None:
             import difflib
 
             close = difflib.get_close_matches(key.replace("_", "-"), list(by_key), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TrtalkError(f"{where} is not an option of this command{hint}")
-        if isinstance(value, dict):
-            raise TrtalkError(f"{where} is a table; the file is flat: one `key = value` per option")
         try:
             out[opt.dest] = _file_value(opt, value, key)
         except TrtalkError as exc:
