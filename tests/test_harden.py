@@ -503,8 +503,9 @@ def test_cli_works_without_the_optional_extras(tmp_path):
 
 @pytest.mark.parametrize("command", ["render", "demo", "stream", "export"])
 def test_model_config_is_a_visible_option(command, capsys):
+    # issue 23: --help shows the common options; --help-all every one
     with pytest.raises(SystemExit):
-        main([command, "--help"])
+        main([command, "--help-all"])
     out = capsys.readouterr().out
     assert "--model-config {official,small}" in out and "seconds on a CPU" in " ".join(out.split())
 
