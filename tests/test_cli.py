@@ -123,6 +123,8 @@ def test_an_unknown_flag_gets_the_command_usage_and_the_closest_flag(capsys) -> 
     assert "unrecognized arguments: --audo talk.wav (did you mean --audio?)" in err
     err = _exit_message(["stream", "--virtualcam"], capsys)
     assert "did you mean --virtual-cam?" in err
+    err = _exit_message(["render", "--fps", "fast"], capsys)
+    assert "invalid float value: 'fast'" in err and "did you mean" not in err
     err = _exit_message(["rendr"], capsys)
     assert "did you mean render?" in err
 
@@ -372,3 +374,31 @@ def test_export_summary_is_readable_not_a_dict() -> None:
     text = describe(t(graphs=graphs, engines={}, checkpoint={"path": "pcavs.safetensors", "sha256": "ab" * 32,
                                                              "random_weights": False, "seed": None}))
     assert text.splitlines()[-1] == "weights: pcavs.safetensors (sha256 abababababab...)"
+
+
+# ----------------------------------------------------------------------------- third-party noise
+
+
+def test_native_noise_is_filtered_unless_verbose(capfd, monkeypatch) -> None:
+    import contextlib
+    import os
+
+    from trtalk import progress
+
+    with trtalk.cli._quiet_native_stderr(True):
+        assert progress._stream() is not sys.stderr  # bars go to the terminal, around the filter
+        os.write(2, b"W0000 00:00:1733480000.123456   12345 inference_feedback_manager.cc:114] noise\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"trtalk: error: a real message\n")
+    err = capfd.readouterr().err
+    assert err == "trtalk: error: a real message\n"
+    assert progress._stream() is sys.stderr
+    seen = []
+    monkeypatch.setattr(trtalk.cli, "_quiet_native_stderr",
+                        lambda on: seen.append(on) or contextlib.nullcontext())
+    monkeypatch.setattr(trtalk.cli, "_setup_logging", lambda verbose, quiet: None)
+    capfd.readouterr()
+    seen.clear()
+    for argv, want in ((["models"], True), (["-v", "models"], False), (["-q", "models"], True)):
+        assert trtalk.cli.main(argv) == 0
+        assert seen.pop() is want, argv

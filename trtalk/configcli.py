@@ -700,7 +700,8 @@ class TrtalkParser(argparse.ArgumentParser):
         import difflib
 
         names = [s for a in self._actions for s in a.option_strings if a.help is not argparse.SUPPRESS]
-        for word in message.replace(",", " ").split():
+        words = message.split("unrecognized arguments:", 1)[1].split() if "unrecognized arguments:" in message else []
+        for word in words:
             word = word.strip("'\"").split("=")[0]
             if word.startswith("--") and word not in names:
                 close = difflib.get_close_matches(word, [n for n in names if n.startswith("--")], n=1)
