@@ -40,6 +40,14 @@ Fields that share ``exclusive="name"`` form a mutually exclusive group; ``sectio
 fields under a titled group in ``--help``. Help shows the default as ``(default: X)`` (None and
 False are not shown; ``default_text="the local GPU"`` says it in words).
 
+A command (`add_command`) shows its ``basic`` flags under ``--help`` and every flag under
+``--help-all``, ends its help with ``examples``, and leaves out (``omit``) shared fields that do
+not apply to it (their defaults stand). ``aliases=("--old",)`` keeps an old flag name working,
+unshown. Every command with options takes ``--config FILE.toml`` (flat ``flag-name = value``
+keys, checked like flags: `read_config_file`; flags on the command line win) and
+``--print-config`` (the options as such a file: `to_toml`). An unknown flag is answered with the
+command's usage and the closest flag (`TrtalkParser`).
+
 Validation stays in the dataclass (``__post_init__``): a ``ValueError`` raised there reaches the
 user as a one-line `TrtalkError`; a `TrtalkError` passes through. A field whose type cannot be a
 flag fails when the parser is built (TypeError), not when a user runs the command.
