@@ -134,7 +134,8 @@ def test_the_command_table_matches_the_modules(parser: argparse.ArgumentParser) 
     register."""
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     registered = {c.dest: c.help for c in action._choices_actions}
-    assert registered == {name: help_ for name, (_, help_) in trtalk.cli.COMMANDS.items()}
+    assert registered == {name: help_ for name, (_, help_) in trtalk.cli.COMMANDS.items()}, \
+        "a command was added or its help changed: update trtalk.cli.COMMANDS (what `trtalk --help` shows)"
     lazy = trtalk.cli.build_parser("")
     lazy_action = next(a for a in lazy._actions if isinstance(a, argparse._SubParsersAction))
     assert lazy.format_help() == parser.format_help()
