@@ -861,9 +861,7 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type | N
                                 "flags given here override it)")
         files.add_argument("--print-config", action="store_true",
                            help="print the options as such a file and exit")
-        if basic is None:
-            p.add_argument("--help-all", action=_HelpAll, help="the same as --help for this command")
-        else:
+        if basic is not None:
             basic = tuple(basic)
             unknown = [b for b in basic if not any(_matches(opt, b) for opt, _ in added)]
             if unknown:
@@ -880,6 +878,8 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type | N
             p.usage = f"%(prog)s [options]{' ' + positional if positional else ''}"
             p.add_argument("--help-all", action=_HelpAll,
                            help=f"show all {len(added)} options (this list shows the common ones)")
+    if cls is None or basic is None:
+        p.add_argument("--help-all", action=_HelpAll, help="the same as --help for this command")
     p.set_defaults(func=_Command(cls, run, name, omit))
     return p
 
