@@ -84,6 +84,9 @@ setup(
         # (tests/test_mic_real.py runs on a PulseAudio server where there is one). pytest-timeout: the
         # per-test limit in pytest.ini.
         "triton": [TRITON],
+        # The voice-agent integrations (Pipecat, LiveKit Agents) are not an extra: they need
+        # protobuf>=5 and mediapipe pins <5, so no single resolve holds both. They are pinned in
+        # requirements-agents.txt, installed in a second pip call (scripts/install.sh).
         "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.100", "librosa>=0.10",
                  "onnxruntime-extensions>=0.12", "matplotlib>=3.7", "sounddevice>=0.4", TRITON],
     },

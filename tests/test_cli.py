@@ -20,7 +20,7 @@ import trtalk.cli
 from trtalk.configcli import config_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
-WITH_OPTIONS = ("render", "demo", "stream", "serve", "export", "bench", "models", "convert")
+WITH_OPTIONS = ("render", "demo", "stream", "serve", "export", "bench", "models", "convert", "livekit-worker")
 #: The most lines `trtalk COMMAND --help` may print (it was 186-231 for the long ones).
 MAX_HELP_LINES = 60
 
@@ -101,6 +101,7 @@ def test_a_flag_that_does_not_apply_is_not_offered(parser: argparse.ArgumentPars
 
 
 def test_face_everywhere_avatar_a_hidden_alias(parser: argparse.ArgumentParser) -> None:
+    assert "--face" in _flags(_sub(parser, "livekit-worker"), visible_only=True)
     for name in ("render", "demo", "stream"):
         p = _sub(parser, name)
         assert "--face" in _flags(p, visible_only=True) and "--avatar" not in _flags(p, visible_only=True)
@@ -166,6 +167,7 @@ CASES = {
     "bench": ["--batch", "1,2", "--backends", "torch,onnxruntime", "--precision", "fp32"],
     "models": ["--json"],
     "convert": ["ck", "-o", "x.safetensors"],
+    "livekit-worker": ["--face", "me.jpg", "--max-avatars", "4", "--url", "ws://127.0.0.1:7880"],
 }
 
 

@@ -43,6 +43,7 @@ SUBCOMMAND_MODULES = (
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
     "trtalk.serve.cli",
+    "trtalk.integrations.livekit_cli",
 )
 
 #: Each command's module and help, for the placeholders of the commands that do not run (tests
@@ -62,6 +63,8 @@ COMMANDS = {
     "bench": ("trtalk.bench.cli", "benchmark every backend side by side (tables, plots), or the live stream"),
     "serve": ("trtalk.serve.cli",
               "web page: talk to the avatar in a browser over WebRTC (many sessions, one worker)"),
+    "livekit-worker": ("trtalk.integrations.livekit_cli",
+                       "avatar worker for LiveKit Agents: LiveKit dispatches avatars to it (many per GPU)"),
 }
 
 EXAMPLES = """examples:
