@@ -54,7 +54,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trtalk", "trtalk.*"]),
-    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.safetensors", "assets/*.md", "kernels/*.so", "serve/static/*"]},
+    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.safetensors", "assets/*.md", "assets/*.json", "kernels/*.so", "serve/static/*"]},
     cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch>=2.1",

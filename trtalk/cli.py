@@ -39,6 +39,7 @@ for _name in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):
 SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
     "trtalk.families.cli",
+    "trtalk.motion.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",

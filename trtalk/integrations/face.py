@@ -98,7 +98,9 @@ class AgentFace:
     model, shared with every face in the process that chooses the same; ``fps`` the frame rate;
     ``pose``: ``auto`` (head motion and blinks from the speech) or ``still``; ``sample_rate`` the
     output audio's rate (pushed audio at another rate is resampled to it); ``stream``: pipeline options beyond
-    these (`PipelineConfig`); ``on_output(FaceOutput)`` is called on the pipeline's thread for
+    these (`PipelineConfig`); ``motion_style``: a head motion style file for ``pose="auto"``
+    (`trtalk motion fit`; None: the generic style; the LiveKit and Pipecat wrappers pass it on as
+    one of their keyword arguments); ``on_output(FaceOutput)`` is called on the pipeline's thread for
     every frame and must return quickly.
     """
 
@@ -106,6 +108,7 @@ class AgentFace:
                  fps: float = 25.0, backend: str | None = None, device: str | None = None, *,
                  pose: str = "auto", sample_rate: int = 24000, size: int | None = None,
                  stream: PipelineConfig | None = None, max_batch: int = 8,
+                 motion_style: str | Path | None = None,
                  on_output: Callable[[FaceOutput], None] = lambda out: None, **controls: Any) -> None:
         if pose not in ("auto", "still"):
             raise TrtalkError(f"pose must be auto or still, got {pose!r}")
@@ -114,6 +117,8 @@ class AgentFace:
         self.avatar_path = Path(avatar)
         self.options = shared_mod.options_for(model, checkpoint, backend, device, **controls)
         self.cfg = replace(stream or PipelineConfig(), fps=fps, size=size)
+        if motion_style is not None:  # validated now: a bad file is a one-line error here
+            self.cfg = replace(self.cfg, motion=replace(self.cfg.motion, style=str(motion_style)))
         self.fps = float(fps)
         # ticks from one frame boundary to the next common one (25 fps: 2 ticks, 30 fps: 5)
         self._align = (Fraction(self.fps).limit_denominator(1000) * Fraction(str(shared_mod.TICK_S))).denominator

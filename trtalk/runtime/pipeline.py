@@ -38,6 +38,7 @@ from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
 from trtalk.motion.blink import BlinkConfig
 from trtalk.motion.head import MotionConfig
+from trtalk.motion.style import MotionStyle
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.families.base import Avatar, ModelFamily
@@ -149,13 +150,14 @@ class Pipeline:
     the family's still pose. ``background`` chooses what paste-back pastes into (default: the pose
     sample's frame when kept, else the avatar photo). ``motion``: with no pose source, generate
     head motion and blinks from the speech (`trtalk.runtime.motion_path`, ``--pose auto``)
-    instead of the family's still pose.
+    instead of the family's still pose; ``motion_style``: its style (None: ``cfg.motion.style``'s
+    file, else the generic style).
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None, motion: bool = False,
-                 mouth_clip: MouthClip | None = None) -> None:
+                 mouth_clip: MouthClip | None = None, motion_style: MotionStyle | None = None) -> None:
         self.cfg = cfg
         self.family = family
         self.avatar = avatar
@@ -175,13 +177,18 @@ class Pipeline:
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        blink, style = cfg.blink, None
+        if motion and pose_source is None:  # --pose auto: the style and its blinks
+            from trtalk.runtime.motion_path import auto_motion
+
+            style, blink = auto_motion(cfg.motion, cfg.blink, motion_style)
         configure = getattr(family, "configure_motion", None)
         if configure is not None:  # a family with its own blinks (PD-FGC's --eyes auto)
-            configure(cfg.motion, cfg.blink, avatar if motion and pose_source is None else None)
+            configure(cfg.motion, blink, avatar if motion and pose_source is None else None)
         if motion and pose_source is None:
             from trtalk.runtime.motion_path import MotionPose
 
-            self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, cfg.blink)
+            self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, blink, style=style)
         mouth_opts = cfg.mouth_source
         if mouth_opts.source in ("webcam", "blend"):
             if pose_source is None:

@@ -32,6 +32,7 @@ import torch
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
 from trtalk.families.base import Avatar, ModelFamily
+from trtalk.motion.style import MotionStyle
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
@@ -373,13 +374,15 @@ class Session:
     """One browser's stream: a `Pipeline` on its own thread (see the module docstring).
 
     ``on_end(session)`` runs on that thread when the pipeline stops (``error`` says why, if it
-    failed); ``on_frame(session, timing)`` after every frame.
+    failed); ``on_frame(session, timing)`` after every frame. ``motion_style``: the head motion
+    style of pose "auto" (None: the config's ``--motion-style``, else the generic style).
     """
 
     def __init__(self, sid: str, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar,
                  scheduler: BatchScheduler, pose: str,
                  on_end: Callable[["Session"], None] = lambda s: None,
-                 on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None) -> None:
+                 on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None,
+                 motion_style: MotionStyle | None = None) -> None:
         self.id = sid
         self.cfg = cfg
         self.family = family
@@ -398,7 +401,8 @@ class Session:
         # user's own face: pasting the avatar's face, hair and background onto it is a face swap).
         self.pipeline = Pipeline(cfg, _WorkerFamily(family, scheduler), avatar, self.audio,  # type: ignore[arg-type]
                                  self.video, [self.sink], RealClock(), background=avatar_background,
-                                 **self.choice.pipeline_kwargs)
+                                 **self.choice.pipeline_kwargs,
+                                 **({"motion_style": motion_style} if motion_style is not None else {}))
         self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, layout=cfg.layout,
                                            paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
