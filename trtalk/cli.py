@@ -56,6 +56,7 @@ COMMANDS = {
              "render a talking-face clip with the built-in warp avatar (no model downloads)"),
     "models": ("trtalk.families.cli", "list the model families (built-in and plugins) and their capabilities"),
     "convert": ("trtalk.families.cli", "convert an official PC-AVS or PD-FGC checkpoint folder to safetensors"),
+    "motion": ("trtalk.motion.cli", "head motion styles for --pose auto (fit one to a video of a person)"),
     "export": ("trtalk.export.cli",
                "export a model's stages to ONNX (and TensorRT engines) or AOTInductor packages"),
     "stream": ("trtalk.runtime.stream_cli",
