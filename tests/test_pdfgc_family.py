@@ -186,7 +186,7 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_mod
                 urllib.request.urlopen(req, timeout=5).close()
             super().write(frame, pts_s)
 
-    cfg = StreamConfig(avatar=face_image_path, fps=25.0, duration=0.28, batch=1)
+    cfg = StreamConfig(face=face_image_path, fps=25.0, duration=0.28, batch=1)
     audio = AudioFileSource(write_wav(tmp_path / "s.wav", speech_wave[:16000]))
     pose = clip_pose_source(pose_video_path)
     with ControlServer(fam.controls, port=0) as srv, PostingSink() as sink:

@@ -24,7 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "package per stage into the engine cache instead (for GPUs TensorRT-RTX does "
                     "not run on, and the CPU; backend aot loads them). Without --checkpoint, "
                     "seeded random weights are exported (for tests and benchmarks; recorded in "
-                    "the manifest).")
+                    "the manifest).",
+        basic=("--out", "--checkpoint", "--model", "--target", "--precision", "--max-batch",
+               "--model-config", "--device"),
+        examples=(("trtalk export --checkpoint pcavs.safetensors --out export/",
+                   "four ONNX graphs and manifest.json in export/"),
+                  ("trtalk export --checkpoint pcavs.safetensors --target aot --device cuda",
+                   "AOTInductor packages in the engine cache (render --backend aot uses them)"),
+                  ("trtalk export --model-config small --precision fp32 --out /tmp/small",
+                   "the small test model on random weights")))
 
 
 def _run(opts: ExportOptions) -> int:

@@ -60,7 +60,16 @@ def register(sub) -> None:
                 description="Serve a page where a person picks or uploads an avatar photo, allows the "
                             "microphone (and camera) and sees and hears the avatar. Needs "
                             "`pip install 'trtalk[serve]'`. Listens on 127.0.0.1 unless --host is "
-                            "given (then --token or --token-file is required).")
+                            "given (then --token or --token-file is required).",
+                basic=("--host", "--port", "--token", "--token-file", "--max-sessions", "--checkpoint",
+                       "--model", "--device", "--fps"),
+                examples=(("trtalk serve", "the warp avatar on http://127.0.0.1:8080/"),
+                          ("trtalk serve --host 0.0.0.0 --token-file token.txt --checkpoint pcavs.safetensors",
+                           "PC-AVS for the network, every request carrying the token"),
+                          ("trtalk serve --device cuda --max-batch 16", "a GPU, up to 16 frames a batch")),
+                # the page picks each session's mouth source; sessions run until they end; the
+                # scheduler's batch is --max-batch
+                omit=("stream.batch", "stream.duration", "stream.mouth_source.mouth"))
 
 
 def resolve_token(cmd: ServeCommand) -> str | None:
