@@ -159,7 +159,7 @@ def _warp_frames(face: Path, wave: np.ndarray, pose: Path | None = None) -> tupl
     family.mouth = lambda mel, frames: mouths.append(inner(mel, frames)) or mouths[-1]
     sink = _Frames()
     src = clip_pose_source(pose) if pose is not None else None
-    StreamPipeline(StreamConfig(avatar=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
+    StreamPipeline(StreamConfig(face=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
                    VirtualClock()).run()
     return sink.frames, mouths
 

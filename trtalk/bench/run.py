@@ -36,6 +36,7 @@ import torch
 
 from trtalk.bench.flops import compare_with_design, count_stage_flops
 from trtalk.bench.peaks import device_peak, machine_info, machine_tag
+from trtalk import progress
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.families import registry
@@ -500,7 +501,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     flops = count_stage_flops(model)
     flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
     log.info("FLOPs per frame (GFLOP): %s", {s: round(f / 1e9, 3) for s, f in flops.items()})
-    runs = [bench_variant(model, v, cfg, flops) for v in plan_variants(cfg)]
+    variants = plan_variants(cfg)
+    with progress.steps(len(variants), "bench", unit="backend") as bar:
+        runs = []
+        for v in variants:
+            bar.next(v.label)
+            runs.append(bench_variant(model, v, cfg, flops))
     on_gpu = cfg.is_cuda and info.get("gpu")
     result = {
         "schema": "trtalk-bench/1",
@@ -614,7 +620,7 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or DEFAULT_FAMILY), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
-    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
+    scfg = StreamConfig(face=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
     audio = AudioFileSource(speech)
     if len(audio.wave) / 16000.0 < cfg.duration_s:  # loop a short file (running gain, then)
         audio.close()

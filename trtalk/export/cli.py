@@ -30,7 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "grid_sample warp, any size) and mouth.onnx (the audio-to-mouth model's "
                     "linear score); the rest of it is geometry. Cost: --model-config small "
                     "(every network small) takes under a minute of CPU for the five PC-AVS graphs; "
-                    "the official networks take a few minutes.")
+                    "the official networks take a few minutes.",
+        basic=("--out", "--checkpoint", "--model", "--target", "--precision", "--max-batch",
+               "--model-config", "--device"),
+        examples=(("trtalk export --checkpoint pcavs.safetensors --out export/",
+                   "four ONNX graphs and manifest.json in export/"),
+                  ("trtalk export --checkpoint pcavs.safetensors --target aot --device cuda",
+                   "AOTInductor packages in the engine cache (render --backend aot uses them)"),
+                  ("trtalk export --model-config small --precision fp32 --out /tmp/small",
+                   "the small test model on random weights")))
 
 
 def _run(opts: ExportOptions) -> int:

@@ -13,7 +13,6 @@ half-written files (an older manifest is removed before the first file is replac
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ import torch
 
 from trtalk import __version__
 from trtalk.configcli import option
+from trtalk import progress
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
@@ -306,8 +306,10 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
     staging = out / f".staging-{secrets.token_hex(4)}-{os.getpid()}"
     staging.mkdir()
     t_all = time.perf_counter()
+    bar = progress.start(len(stages), f"export {family}", unit="stage")
     try:
         for i, stage in enumerate(stages, 1):
+            bar.next(stage)
             log.info("[%d/%d] exporting %s %s ...", i, len(stages), family, stage)
             module = stage_module(model, stage, modconv="decomposed", fuse=export_rewrites(opts))
             if stage == "generator" and opts.modconv == "plugin":
@@ -330,6 +332,7 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
                 if name:
                     os.replace(staging / name, out / name)
     finally:
+        bar.close()
         shutil.rmtree(staging, ignore_errors=True)
 
     manifest.write(out)  # the graphs are complete and usable even if an engine build fails
@@ -343,13 +346,22 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
 
 
 def describe(manifest: Manifest) -> str:
-    """A short human summary (the CLI prints it)."""
-    lines = []
+    """A short human summary (the CLI prints it): one aligned line per graph and engine, then
+    where the weights came from."""
+    rows = []
     for stage, rec in manifest.graphs.items():
         ins = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.inputs)
         outs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.outputs)
-        lines.append(f"{stage:9s} {rec.file:16s} {rec.bytes / 1e6:8.1f} MB  {ins} -> {outs}")
+        rows.append((stage, rec.file, f"{rec.bytes / 1e6:.1f} MB", f"{ins} -> {outs}"))
     for stage, eng in manifest.engines.items():
-        lines.append(f"{stage:9s} engine {eng['file']} ({eng['bytes'] / 1e6:.1f} MB, "
-                     f"built in {eng['build_seconds']:.1f} s)")
-    return "\n".join(lines) + "\n" + json.dumps(manifest.checkpoint)
+        rows.append((stage, eng["file"], f"{eng['bytes'] / 1e6:.1f} MB",
+                     f"engine, built in {eng['build_seconds']:.1f} s"))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
+    ck = manifest.checkpoint or {}
+    if ck.get("random_weights"):
+        lines.append(f"weights: RANDOM (seed {ck.get('seed')}; no --checkpoint): for tests and benchmarks only")
+    else:
+        sha = str(ck.get("sha256") or "")[:12]
+        lines.append(f"weights: {ck.get('path')}" + (f" (sha256 {sha}...)" if sha else ""))
+    return "\n".join(lines)

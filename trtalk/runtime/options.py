@@ -58,12 +58,12 @@ class ModelOptions:
     """
 
     model: str | None = option(
-        None, help="model family (`trtalk models` lists them)", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
-    checkpoint: Path | None = option(None, help=CHECKPOINT_HELP)
+        None, metavar="NAME", help="model family (`trtalk models` lists them)", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
+    checkpoint: Path | None = option(None, metavar="PATH", help=CHECKPOINT_HELP)
     backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] | None = option(
         None, help="inference backend (aot: AOTInductor packages, built once into the engine cache)",
         default_text="onnxruntime for an export folder, else torch")
-    device: str = option("cpu", help="cpu, cuda or cuda:N")
+    device: str = option("cpu", metavar="DEV", help="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16"] | None = option(None, help="compute precision",
                                                        default_text="fp32 on CPU, fp16 on CUDA")
     noise: Literal["fixed", "random", "zero", "seeded"] | None = option(

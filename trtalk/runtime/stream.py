@@ -35,7 +35,8 @@ DEFAULT_AVATAR = ASSETS / "astronaut.png"
 class StreamConfig(PipelineConfig):
     """Options of a stream: the pipeline's, the avatar photo and the model."""
 
-    avatar: Path = option(DEFAULT_AVATAR, help="photo of the face to animate", default_text="the built-in photo")
+    face: Path = option(DEFAULT_AVATAR, metavar="FILE", help="photo of the face to animate", default_text="the built-in photo",
+                        aliases=("--avatar",))
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
     pose_cache: int = option(256, cli=False)
 
@@ -68,7 +69,7 @@ class StreamPipeline(Pipeline):
                  sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
                  background: BackgroundFn | None = None, motion: bool = False) -> None:
         family = as_family(runner, cfg, random_weights)
-        super().__init__(cfg, family, load_avatar(cfg.avatar, family), audio, pose_source, sinks,
+        super().__init__(cfg, family, load_avatar(cfg.face, family), audio, pose_source, sinks,
                          clock, background, motion)
 
 

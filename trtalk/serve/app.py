@@ -23,6 +23,7 @@ A session's control data channel ("control") carries ``{"type": "bye"}`` from th
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -78,6 +79,8 @@ class ServerLimits:
     header_timeout_s: float = httpguard.HEADER_TIMEOUT_S
     #: a request gets this long to send its body (an upload slot is taken only once it is read)
     body_timeout_s: float = httpguard.BODY_TIMEOUT_S
+    #: open connections at most (idle, reading, answering); beyond it a new one gets a 503
+    max_connections: int = 64
 
 
 #: refreshes of a measured cost (0.5 s apart, each over >= 10 served frames) after admitting a
@@ -127,6 +130,28 @@ def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def freeze_startup_heap() -> None:
+    """Move the objects alive now (modules, weights, avatars: the server's lifetime) out of the
+    cyclic garbage collector's reach, so that `collect_session_garbage` only walks what sessions
+    made since. Call once the server is prepared."""
+    gc.collect()
+    gc.freeze()
+
+
+def collect_session_garbage() -> int:
+    """Free an ended session's reference cycles now; returns the number of objects collected.
+
+    A session's peer connection (aiortc's transports, receivers with their decoders and decoded
+    camera frames, the jitter buffers) and the session's own pipeline form reference cycles, which
+    only Python's full collection frees. That collection runs on its own only once the objects
+    awaiting it number a quarter of the long-lived ones, which in a server holding a model is
+    rarely (issue 24, 8: the RSS grew +12 to +17 MB with every 640x360 camera session and never
+    came back; `gc.collect()` after each session held it flat). After `freeze_startup_heap` this
+    walks only the sessions' objects: 8 to 50 ms on 2 loaded cores (a full collection without
+    the freeze took 730 to 810 ms there)."""
+    return gc.collect()
+
+
 #: allocations from this size up get their own mapping, returned to the system when freed
 MMAP_THRESHOLD = 256 * 1024
 _HEAP_BOUNDED = False
@@ -134,7 +159,7 @@ _HEAP_BOUNDED = False
 
 def bound_heap_growth() -> bool:
     """Slow the server's memory growth per camera session (glibc only; False elsewhere or when
-    it cannot be set). A mitigation, not the fix (issue 24, 8 is still open).
+    it cannot be set). A mitigation; the leak itself was garbage cycles (`collect_session_garbage`).
 
     Each camera session decodes, tracks and pastes frames of hundreds of KB on threads of its
     own. glibc's malloc raises its mmap threshold each time such a buffer is freed, so later
@@ -142,9 +167,8 @@ def bound_heap_growth() -> bool:
     `MMAP_THRESHOLD` (which stops the dynamic raise) maps them on their own and returns them when
     freed. Measured (tests/test_serve.py ``test_camera_sessions_give_their_memory_back``, ten 3 s
     sessions of a 640x360 camera, webcam pose, blended lips, paste-back, 2 CPU cores): RSS
-    573 -> 1001 MB without it (+48 MB a session), 506 -> 859 MB with it (+35 MB a session);
-    the rest is native memory not yet found (not PyAV's frame conversions, not mediapipe's
-    graphs: both measured flat in isolation)."""
+    573 -> 1001 MB without it (+48 MB a session), 506 -> 859 MB with it (+35 MB a session),
+    before sessions' garbage was collected as they end."""
     global _HEAP_BOUNDED
     if _HEAP_BOUNDED:
         return True
@@ -248,6 +272,7 @@ class Server:
                      "%.0f frames/s): %d session(s) at %g fps", self.capacity.frames_per_s,
                      1000 * cost.frame_cost_s(), cost.cpu_rate(), cost.model_fps(),
                      self.capacity_sessions(), self.cfg.fps)
+        freeze_startup_heap()
         self.scheduler.start()
 
     def _one_frame(self, avatar: Avatar) -> tuple[Any, np.ndarray]:
@@ -379,6 +404,10 @@ class Server:
                     await pc.close()
             log.info("session %s ended%s", sid, f": {message}" if message else "")
         finally:
+            session = pc = None
+            t0 = time.perf_counter()
+            n = collect_session_garbage()
+            log.debug("session %s: %d objects collected in %.0f ms", sid, n, (time.perf_counter() - t0) * 1e3)
             self.closing.discard(sid)
 
     @property
@@ -656,6 +685,94 @@ def runner_kwargs(limits: ServerLimits) -> dict[str, Any]:
             "lingering_time": 1.0}  # after a refusal, wait at most 1 s for the rest of a body
 
 
+class _Busy(asyncio.Protocol):
+    """A connection over `ServerLimits.max_connections`: a 503 at once, the request unread; the
+    connection closes when the client does or after a second (closing with the request unread
+    at once could reset the connection before the client reads the answer)."""
+
+    BODY = b'{"error": "the server has too many connections open; try again shortly"}'
+    REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    LINGER_S = 1.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.write(self.REPLY)  # type: ignore[attr-defined]
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read
+
+    def eof_received(self) -> bool:
+        self._transport.close()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._timer.cancel()
+
+
+class _CappedServer(web.Server):
+    """aiohttp's connection manager (`web.Server`) with a cap on open connections: the protocol
+    factory hands out `_Busy` instead of a request handler once ``limits.max_connections`` are
+    open or being opened (a handler made but not yet connected counts for `PENDING_S`)."""
+
+    limits = ServerLimits()
+    PENDING_S = 5.0
+
+    def __call__(self) -> Any:
+        now = time.monotonic()
+        pending: dict[Any, float] = self.__dict__.setdefault("_pending", {})
+        for handler, t in list(pending.items()):
+            if now - t > self.PENDING_S:
+                del pending[handler]
+        if len(self.connections) + len(pending) >= self.limits.max_connections:
+            _log_busy(self.limits.max_connections)
+            return _Busy()
+        handler = super().__call__()
+        pending[handler] = now
+        return handler
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        self.__dict__.setdefault("_pending", {}).pop(handler, None)
+        super().connection_made(handler, transport)
+
+
+_busy_log = {"at": 0.0, "count": 0}
+
+
+def _log_busy(limit: int) -> None:
+    """One INFO line at most every 10 s for connections refused over the cap (a flood of them
+    must not flood the log)."""
+    _busy_log["count"] += 1
+    now = time.monotonic()
+    if now - _busy_log["at"] >= 10.0:
+        log.info("%d connection(s) refused (503): %d open, the --max-connections limit",
+                 _busy_log["count"], limit)
+        _busy_log["at"], _busy_log["count"] = now, 0
+
+
+class CappedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server refuses connections over ``limits.max_connections`` (read
+    for each new connection; `_CappedServer`)."""
+
+    def __init__(self, app: web.Application, *, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app's own manager (its handler, request factory and options as aiohttp made them),
+        # given the cap: `_CappedServer` only adds to the protocol factory and connection_made.
+        server.__class__ = _CappedServer
+        server.limits = self.limits  # type: ignore[attr-defined]
+        return server
+
+
+def make_runner(app: web.Application, limits: ServerLimits, **kwargs: Any) -> web.AppRunner:
+    """The runner `trtalk serve` uses: `runner_kwargs` and the connection cap of ``limits``."""
+    return CappedAppRunner(app, limits=limits, **runner_kwargs(limits), **kwargs)
+
+
 TOKEN_COOKIE = "trtalk_token"
 
 
@@ -791,9 +908,10 @@ def make_app(server: Server) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({
             "status": "draining" if server.draining else "ok",
-            "sessions": len(server.sessions), "capacity_sessions": server.capacity_sessions(),
-            "room": server.room(), "capacity_fps": server.capacity.frames_per_s,
-            "frame_cost_ms": 1000 * server.cost.frame_cost_s(), "cpu_rate": server.cost.cpu_rate(), "worker_alive": server.scheduler._thread is not None
+            "sessions": len(server.sessions), "closing": len(server.closing),
+            "capacity_sessions": server.capacity_sessions(), "room": server.room(),
+            "capacity_fps": server.capacity.frames_per_s, "frame_cost_ms": 1000 * server.cost.frame_cost_s(),
+            "cpu_rate": server.cost.cpu_rate(), "worker_alive": server.scheduler._thread is not None
             and server.scheduler._thread.is_alive()})
 
     async def drain(request: web.Request) -> web.Response:
