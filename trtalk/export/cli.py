@@ -24,13 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "package per stage into the engine cache instead (for GPUs TensorRT-RTX does "
                     "not run on, and the CPU; backend aot loads them). Without --checkpoint, "
                     "seeded random weights are exported (for tests and benchmarks; recorded in "
-                    "the manifest, warned and stamped wherever the folder runs). The folder is a "
-                    "--checkpoint for render, stream, demo, serve and bench, used as it is. "
-                    "--model warp exports what of the warp avatar is a network: warp.onnx (its "
-                    "grid_sample warp, any size) and mouth.onnx (the audio-to-mouth model's "
-                    "linear score); the rest of it is geometry. Cost: --model-config small "
-                    "(every network small) takes under a minute of CPU for the five PC-AVS graphs; "
-                    "the official networks take a few minutes.",
+                    "the manifest; stamped wherever it runs). The folder is a --checkpoint "
+                    "everywhere, used as it is. --model warp: its warp and mouth-score graphs (the "
+                    "rest is geometry). --model-config small: under a minute of CPU.",
         basic=("--out", "--checkpoint", "--model", "--target", "--precision", "--max-batch",
                "--model-config", "--device"),
         examples=(("trtalk export --checkpoint pcavs.safetensors --out export/",
