@@ -210,22 +210,23 @@ class Renderer:
         from trtalk.runtime.motion_path import is_auto
 
         motion = is_auto(cfg.pose)
+        state = self.family.new_state()
+        caps = self.family.capabilities
         if pose_off(cfg):
-            set_factor = getattr(self.family, "set_factor", None)
-            if set_factor is None:
+            if not caps.pose_factor:
                 raise TrtalkError(f"--pose off is a PD-FGC switch; {self.family.name} has no pose "
                                   f"switch (give a pose video or image)")
             from trtalk.families.controls import FactorSpec
 
-            set_factor("pose", FactorSpec("off"))
+            self.family.set_factor(state, "pose", FactorSpec("off"))
             pose = None
         elif motion:
             pose = None
-        elif cfg.pose is not None and hasattr(self.family, "set_factor"):
+        elif cfg.pose is not None and caps.pose_factor:
             # PD-FGC reads a pose file itself: the official loop and 3-frame box mean.
             from trtalk.families.controls import parse_factor
 
-            self.family.set_factor("pose", parse_factor(cfg.pose, "pose"))  # type: ignore[attr-defined]
+            self.family.set_factor(state, "pose", parse_factor(cfg.pose, "pose"))
             pose = None
         elif cfg.pose is not None:
             pose_clip, _ = align_clip(cfg.pose)
@@ -238,10 +239,8 @@ class Renderer:
                  "generated motion" if motion else
                  (cfg.pose or ("the face" if pose is not None else "the avatar itself")))
 
-        if hasattr(self.family, "set_length"):
-            self.family.set_length(n)  # type: ignore[attr-defined]
-        if getattr(self.family, "wants_lookahead", False):
-            self.family.set_lookahead(_file_windows(audio.wave, n, cfg.fps))  # type: ignore[attr-defined]
+        self.family.set_length(state, n)
+        self.family.set_lookahead(state, _file_windows(audio.wave, n, cfg.fps))
 
         def background(k: int, sample: PoseSample | None) -> Background:
             i = pingpong(k, len(face))
@@ -254,7 +253,8 @@ class Renderer:
 
         with Mp4Sink(cfg.output, fps=cfg.fps, audio=audio.wave, sample_rate=16000) as sink:
             pipe = Pipeline(cfg, self.family, avatar, audio, pose, [sink], VirtualClock(),
-                            background if cfg.paste_back else None, motion=motion, mouth_clip=mouth_clip)
+                            background if cfg.paste_back else None, motion=motion, mouth_clip=mouth_clip,
+                            family_state=state)
             pipe.run(progress=report)
             frames = pipe.last_slot + 1
         if frames != n:
@@ -264,13 +264,16 @@ class Renderer:
 
 def _file_windows(wave, n: int, fps: float):
     """Frame k's mel window of the whole file (the official frontend), None from frame n on: the
-    centred mouth smoothing's lookahead."""
+    centred mouth smoothing's lookahead (computed on the first call: a family that never asks
+    costs nothing)."""
     from trtalk.audio.mel import mel_spectrogram, mel_windows
 
-    windows = mel_windows(mel_spectrogram(wave), n, fps)
+    windows: list = []
 
     def window(k: int):
-        return windows[k] if 0 <= k < n else None
+        if not windows:
+            windows.append(mel_windows(mel_spectrogram(wave), n, fps))
+        return windows[0][k] if 0 <= k < n else None
 
     return window
 

@@ -66,10 +66,11 @@ class StreamPipeline(Pipeline):
 
     def __init__(self, cfg: StreamConfig, runner: Any, audio: Source, pose_source: Source | None,
                  sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
-                 background: BackgroundFn | None = None, motion: bool = False) -> None:
+                 background: BackgroundFn | None = None, motion: bool = False, *,
+                 family_state: FamilyState | None = None) -> None:
         family = as_family(runner, cfg, random_weights)
         super().__init__(cfg, family, load_avatar(cfg.avatar, family), audio, pose_source, sinks,
-                         clock, background, motion)
+                         clock, background, motion, family_state=family_state)
 
 
 def pose_file_source(path: str | Path, cfg: PipelineConfig, loop: bool = True, **kw: Any) -> VideoFileSource:

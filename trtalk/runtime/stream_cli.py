@@ -89,17 +89,18 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
     return NullSink()
 
 
-def _attach_controls(cmd: StreamCommand, family, sink: FrameSink, stack: contextlib.ExitStack) -> None:
-    """Live controls of a family that has them (PD-FGC): preview hotkeys, and the endpoint
-    with --control. TrtalkError for --control on a family without controls."""
-    controls = getattr(family, "controls", None)
+def _attach_controls(cmd: StreamCommand, family, state, sink: FrameSink, stack: contextlib.ExitStack) -> None:
+    """Live controls of a family that has them (PD-FGC; the stream's ``state``'s): preview
+    hotkeys, and the endpoint with --control. TrtalkError for --control on a family without."""
+    controls = state.controls if family.capabilities.live_controls else None
     if controls is None:
         if cmd.control:
             raise TrtalkError(f"--control needs a PD-FGC checkpoint; {family.name} has no live controls")
         return
     from trtalk.families.controls import ControlServer, hotkey
+    from trtalk.runtime.livesinks import PreviewSink
 
-    if hasattr(sink, "on_key"):
+    if isinstance(sink, PreviewSink):  # the preview window's keys
         def on_key(key: str) -> None:
             try:
                 hotkey(controls, key)
@@ -210,12 +211,13 @@ def _run(cmd: StreamCommand) -> int:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps, size=cfg.size)
+        state = family.new_state()
         if pose_off:  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
             from trtalk.families.controls import FactorSpec
 
-            family.set_factor("pose", FactorSpec("off"))
-        _attach_controls(cmd, family, sink, stack)
-        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
+            family.set_factor(state, "pose", FactorSpec("off"))
+        _attach_controls(cmd, family, state, sink, stack)
+        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion, family_state=state)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
         with on_signals(stop):
             report = pipeline.run(stop)

@@ -400,7 +400,7 @@ class Server:
         self._starting += 1
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
-                sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
+                sid, cfg, self.family, avatar, self.scheduler, pose,
                 on_end=self._on_end, on_frame=self._on_frame))
         except TrtalkError as exc:
             raise _bad(str(exc)) from None

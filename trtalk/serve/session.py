@@ -31,7 +31,7 @@ import torch
 
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily, PoseInput
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
@@ -301,30 +301,6 @@ class TrackSink(FrameSink):
 # ----------------------------------------------------------------------------- step
 
 
-class _WorkerFamily:
-    """The session's family as the pipeline sees it: what runs a network (pose encoding, the lips
-    read from camera frames, the audio mouth a blend mixes in) runs on the worker thread."""
-
-    def __init__(self, family: ModelFamily, scheduler: BatchScheduler) -> None:
-        self._family = family
-        self._scheduler = scheduler
-
-    def pose(self, inputs: Sequence[Any]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.pose(inputs))
-
-    def visual_mouth(self, inputs: Sequence[Any]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.visual_mouth(inputs))
-
-    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.rest_mouth(avatar))
-
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.mouth(mel, frames))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._family, name)
-
-
 class ScheduledStep(FrameStep):
     """`FrameStep` whose crops come from the shared scheduler (see the module docstring)."""
 
@@ -337,11 +313,12 @@ class ScheduledStep(FrameStep):
         self.deadline_drops = 0
 
     def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
-              mouth: torch.Tensor | None = None) -> np.ndarray:
+              mouth: torch.Tensor | None = None,
+              camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         p = self.session.pipeline
         deadlines = [p.t0 + p.audio.need_samples(k) / SAMPLE_RATE + p.cfg.max_delay_s for k in frames]
-        futures = self.scheduler.submit(self.session.id, self.family, self.avatar, mel, frames, pose,
-                                        deadlines, mouth=mouth)
+        futures = self.scheduler.submit(self.session.id, self.state, self.avatar, mel, frames, pose,
+                                        deadlines, mouth=mouth, camera=camera)
         out = []
         for fut in futures:
             crop = fut.result(timeout=30)
@@ -396,11 +373,15 @@ class Session:
         self.sink = TrackSink(cfg.fps)
         # Paste-back means into the avatar's photo, never the browser's camera frame (that is the
         # user's own face: pasting the avatar's face, hair and background onto it is a face swap).
-        self.pipeline = Pipeline(cfg, _WorkerFamily(family, scheduler), avatar, self.audio,  # type: ignore[arg-type]
-                                 self.video, [self.sink], RealClock(), background=avatar_background,
-                                 **self.choice.pipeline_kwargs)
-        self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, layout=cfg.layout,
-                                           paste_back=cfg.paste_back)
+        #: this stream's state in the server's shared family (blinks, smoothing, controls)
+        self.family_state = family.new_state()
+        # what runs a network (pose encoding, the lips read from camera frames, the audio mouth a
+        # blend mixes in) runs on the worker thread
+        self.pipeline = Pipeline(cfg, family, avatar, self.audio, self.video, [self.sink], RealClock(),
+                                 background=avatar_background, **self.choice.pipeline_kwargs,
+                                 family_state=self.family_state, call=scheduler.call)
+        self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, state=self.family_state,
+                                           layout=cfg.layout, paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
         self._thread: threading.Thread | None = None
         #: frames/s over the last 2 s, once the session is 3 s old (the admission check reads it)
