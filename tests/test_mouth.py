@@ -154,9 +154,10 @@ def test_pcavs_pose_and_visual_mouth_share_one_encoder_pass():
     family = PCAVSFamily(runner)
     crops = [np.full((224, 224, 3), v, np.uint8) for v in (10, 200, 10)]
     inputs = [PoseInput(c, None) for c in crops]
-    family.want_visual_mouth(True)
-    pose = family.pose(inputs)
-    mouth = family.visual_mouth(inputs)
+    st = family.new_state()
+    family.want_visual_mouth(st, True)
+    pose = family.pose(st, inputs)
+    mouth = family.visual_mouth(st, inputs)
     # Two distinct crops: one pose_mouth pass each, no pose-only pass, no second pass for the lips.
     assert runner.calls == {"pose": 0, "pose_mouth": 2}
     assert pose.shape == (3, 12) and mouth.shape == (3, 500)

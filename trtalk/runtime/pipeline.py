@@ -41,6 +41,7 @@ from trtalk.motion.head import MotionConfig
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
+from trtalk.runtime.inputs import InputPlan, auto_pose, plan_of_source
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.mouth_path import MouthClip, MouthOptions, MouthPath
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
@@ -156,7 +157,7 @@ class Pipeline:
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None, motion: bool = False,
                  mouth_clip: MouthClip | None = None, *, family_state: FamilyState | None = None,
-                 call: NetworkCall = direct_call) -> None:
+                 call: NetworkCall = direct_call, plan: InputPlan | None = None) -> None:
         self.cfg = cfg
         self.family = family
         #: the stream's state in the (shared) family: blinks, smoothing, controls, counters
@@ -177,19 +178,19 @@ class Pipeline:
         self.gain = GainControl(cfg.gain, fixed)
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
+        if plan is None:  # built directly from sources: the plan they make
+            plan = plan_of_source(pose_source, motion, cfg.mouth_source, self.realtime, family.capabilities,
+                                  family.name)
+        #: the stream's sources (`trtalk.runtime.inputs`)
+        self.plan = plan
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime,
-                             family_state=state, call=call)
+                             family_state=state, call=call, plan=plan)
         # a family with blinks of its own (PD-FGC's --eyes auto) follows the motion settings
-        family.configure_motion(state, cfg.motion, cfg.blink, avatar if motion and pose_source is None else None)
-        if motion and pose_source is None:
-            from trtalk.runtime.motion_path import MotionPose
-
-            self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, cfg.blink)
-        mouth_opts = cfg.mouth_source
+        family.configure_motion(state, cfg.motion, cfg.blink, avatar if plan.motion else None)
+        if plan.motion:
+            self.pose.motion = auto_pose(family, avatar, cfg)
+        mouth_opts = plan.mouth
         if mouth_opts.source in ("webcam", "blend"):
-            if pose_source is None:
-                raise TrtalkError(f"--mouth {mouth_opts.source} reads the lips from the pose video or "
-                                  f"camera and there is none; add --pose VIDEO (stream: or --webcam)")
             family.want_visual_mouth(state, True)  # PC-AVS: pose and lips from one encoder pass
         self.mouth = MouthPath(mouth_opts, family, avatar, cfg.fps, mouth_clip,
                                hold_s=cfg.lost_hold_s, ease_s=cfg.lost_ease_s, family_state=state, call=call)

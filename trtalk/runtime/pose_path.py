@@ -230,12 +230,14 @@ class PosePath:
 
     ``source`` None: the family's still pose for every frame. ``family_state``: the stream's
     family state (None: a new one); ``call(fn)`` runs the pose encoder (`trtalk serve`: on its
-    worker thread).
+    worker thread). ``plan``: the stream's `trtalk.runtime.inputs.InputPlan`, whose pose source
+    sets the codes' default smoothing (``plan.pose_smoothing``: none for a clip aligned as a
+    whole, 0.5 live).
     """
 
     def __init__(self, cfg: PoseConfig, family: ModelFamily, avatar: Avatar, source: Source | None,
                  fps: float, realtime: bool, *, family_state: FamilyState | None = None,
-                 call: NetworkCall = direct_call) -> None:
+                 call: NetworkCall = direct_call, plan: Any) -> None:
         self.cfg = cfg
         self.family = family
         self.family_state = family_state if family_state is not None else family.new_state()
@@ -246,7 +248,7 @@ class PosePath:
         self.realtime = realtime
         smoothing = cfg.smoothing
         if smoothing is None:
-            smoothing = 0.0 if isinstance(source, ClipPoseSource) else 0.5
+            smoothing = plan.pose_smoothing
         self.state = PoseState(avatar.ref_pose, smoothing, cfg.hold_s, cfg.ease_s)
         self.t0 = 0.0
         self._samples: collections.deque[PoseSample] = collections.deque(maxlen=max(8, int(2 * fps)))

@@ -40,7 +40,7 @@ from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
 from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
-from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices
+from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices, session_plan
 
 log = logging.getLogger(__name__)
 
@@ -372,9 +372,13 @@ class Server:
             why = (f"the {self.family.name} model cannot read lips from the camera ({mouth!r})"
                    if mouth in MOUTH_CHOICES else f"unknown lip source {mouth!r}")
             raise _bad(f"{why}; choose {', '.join(offered)}")
-        if offered[mouth].camera and not POSE_CHOICES[pose].camera:
-            raise _bad(f"lips from the camera ({mouth!r}) read the frames the webcam head pose "
-                       f"tracks: pick the webcam pose")
+        from trtalk.runtime.mouth_path import MouthOptions
+
+        mouth_opts = MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend)
+        try:
+            plan = session_plan(self.family, pose, mouth_opts)
+        except TrtalkError as exc:
+            raise _bad(str(exc)) from None
         refusal = self.admit()
         if refusal:
             self.metrics.session_refused()
@@ -386,22 +390,19 @@ class Server:
         sid = secrets.token_hex(6)
         from dataclasses import replace
 
-        from trtalk.runtime.mouth_path import MouthOptions
-
         paste_back = params.get("paste_back", False)
         if paste_back is None:
             paste_back = False
         if not isinstance(paste_back, bool):
             raise _bad("paste_back must be true or false (a JSON boolean)")
-        cfg = replace(self.cfg, paste_back=paste_back,
-                      mouth_source=MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend))
+        cfg = replace(self.cfg, paste_back=paste_back, mouth_source=mouth_opts)
         # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
         # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
         self._starting += 1
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
                 sid, cfg, self.family, avatar, self.scheduler, pose,
-                on_end=self._on_end, on_frame=self._on_frame))
+                on_end=self._on_end, on_frame=self._on_frame, plan=plan))
         except TrtalkError as exc:
             raise _bad(str(exc)) from None
         finally:

@@ -33,6 +33,8 @@ from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
 from trtalk.families.base import Avatar, ModelFamily, PoseInput
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
+from trtalk.runtime.inputs import InputPlan, InputRequest, plan_inputs
+from trtalk.runtime.mouth_path import MouthOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
 from trtalk.runtime.step import FrameStep
@@ -151,13 +153,13 @@ class PushVideoSource(Source):
 @dataclass(frozen=True)
 class PoseChoice:
     """A pose source the page offers: ``make(session)`` returns the pipeline's pose source (None:
-    none), ``camera`` says whether the page sends its camera, ``pipeline_kwargs`` go to the
-    session's `Pipeline` (e.g. generated motion: ``{"motion": True}`` where the pipeline has it)."""
+    none), ``camera`` says whether the page sends its camera, ``pose`` is what it asks of the input
+    plan (`session_plan`: ``--pose auto`` for generated motion)."""
 
     label: str
     camera: bool
     make: Callable[["Session"], Source | None]
-    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    pose: str | None = None
 
 
 def _webcam(session: "Session") -> Source:
@@ -176,7 +178,7 @@ def avatar_background(k: int, sample: Any) -> None:
 POSE_CHOICES: dict[str, PoseChoice] = {
     "still": PoseChoice("still: the avatar's own pose", False, lambda s: None),
     "webcam": PoseChoice("webcam: follow your head", True, _webcam),
-    "auto": PoseChoice("auto: head motion from your speech", False, lambda s: None, {"motion": True}),
+    "auto": PoseChoice("auto: head motion from your speech", False, lambda s: None, "auto"),
 }
 
 
@@ -201,6 +203,14 @@ MOUTH_CHOICES: dict[str, MouthChoice] = {
 def mouth_choices(family: ModelFamily) -> dict[str, MouthChoice]:
     """The lip choices ``family`` can serve."""
     return {k: c for k, c in MOUTH_CHOICES.items() if not c.camera or family.has_visual_mouth}
+
+
+def session_plan(family: ModelFamily, pose: str, mouth: MouthOptions) -> InputPlan:
+    """The input plan (`trtalk.runtime.inputs`) of a session with the page's ``pose`` choice (a
+    `POSE_CHOICES` key) and lip source; a one-line `TrtalkError` for a combination that cannot run."""
+    choice = POSE_CHOICES[pose]
+    return plan_inputs(InputRequest(pose=choice.pose, pose_static=pose == "still", webcam=choice.camera, mic=True,
+                                    mouth=mouth, front="serve"), family.capabilities, family.name)
 
 
 # ----------------------------------------------------------------------------- sink
@@ -356,7 +366,8 @@ class Session:
     def __init__(self, sid: str, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar,
                  scheduler: BatchScheduler, pose: str,
                  on_end: Callable[["Session"], None] = lambda s: None,
-                 on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None) -> None:
+                 on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None,
+                 plan: InputPlan | None = None) -> None:
         self.id = sid
         self.cfg = cfg
         self.family = family
@@ -378,8 +389,8 @@ class Session:
         # what runs a network (pose encoding, the lips read from camera frames, the audio mouth a
         # blend mixes in) runs on the worker thread
         self.pipeline = Pipeline(cfg, family, avatar, self.audio, self.video, [self.sink], RealClock(),
-                                 background=avatar_background, **self.choice.pipeline_kwargs,
-                                 family_state=self.family_state, call=scheduler.call)
+                                 background=avatar_background, family_state=self.family_state,
+                                 call=scheduler.call, plan=plan or session_plan(family, pose, cfg.mouth_source))
         self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, state=self.family_state,
                                            layout=cfg.layout, paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
