@@ -175,7 +175,7 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
     grid = GridSpec(**SMALL_GRID)
 
     def encode(crops, meshes):
-        return fam.pose([PoseInput(c, m) for c, m in zip(crops, meshes)]).numpy()
+        return fam.pose(fam.new_state(), [PoseInput(c, m) for c, m in zip(crops, meshes)]).numpy()
 
     amap = build_angle_map(img, encode, mesh=avatar.state["mesh"], family="pcavs", weights_id="w1",
                            grid=grid, cache_dir=tmp_path)

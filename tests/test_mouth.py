@@ -170,16 +170,21 @@ class _ToyFamily:
 
     name = "toy"
 
-    def visual_mouth(self, inputs):
+    def new_state(self):
+        from trtalk.families.base import FamilyState
+
+        return FamilyState()
+
+    def visual_mouth(self, state, inputs):
         return torch.full((len(inputs), 2), 3.0)
 
-    def mouth(self, mel, frames):
+    def mouth(self, state, mel, frames):
         return torch.ones(len(frames), 2)
 
     def rest_mouth(self, avatar):
         return torch.zeros(2)
 
-    def want_visual_mouth(self, on=True):
+    def want_visual_mouth(self, state, on=True):
         pass
 
 

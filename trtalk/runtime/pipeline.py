@@ -150,7 +150,12 @@ class Pipeline:
     the family's still pose. ``background`` chooses what paste-back pastes into (default: the pose
     sample's frame when kept, else the avatar photo). ``motion``: with no pose source, generate
     head motion and blinks from the speech (`trtalk.runtime.motion_path`, ``--pose auto``)
-    instead of the family's still pose.
+    instead of the family's still pose. ``plan``: the front end's `trtalk.runtime.inputs.InputPlan`
+    (None: the plan of ``pose_source`` and ``motion``, `plan_of_source`).
+
+    ``family`` is shared (its networks); ``family_state`` is this stream's (None: a new one from
+    `ModelFamily.new_state`); ``call(fn)`` runs the pose path's and mouth path's network calls
+    (`trtalk serve`: on its worker thread).
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
