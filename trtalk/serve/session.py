@@ -9,12 +9,14 @@
 - `ScheduledStep`: the `FrameStep` whose inference goes through the shared `BatchScheduler`
   instead of calling the family itself (compose, paste-back and layout are the step's own).
 - `Session`: a `Pipeline` (audio path, pose path, latency report: the same code `trtalk stream`
-  runs) on its own thread.
+  runs) on its own thread, over the server's one family (shared networks) with its own
+  `FamilyState` (followers, blinks, controls); its network calls run on the scheduler's worker.
 
 Pose sources are rows of `POSE_CHOICES`: a name, whether it needs the browser's camera, and a
 function that makes the pipeline's pose source (None: the family's still pose). Lip sources are
 rows of `MOUTH_CHOICES` (the stream's ``--mouth``): the voice, or the lips the camera sees (the
-pose's camera frames, so only with the webcam pose), or both mixed.
+pose's camera frames, so only with the webcam pose), or both mixed. `session_plan` turns the
+page's two choices into the session's input plan (`trtalk.runtime.inputs.plan_inputs`).
 """
 
 from __future__ import annotations
