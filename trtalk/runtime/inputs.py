@@ -159,8 +159,6 @@ def plan_inputs(req: InputRequest, caps: Capabilities, family: str = "this") -> 
         pose = "face"
     else:
         pose = "auto" if req.auto_default else "still"
-    # the lips
-    _check_mouth(mouth, pose, caps, family, req.front)
     # the audio
     if mouth.source == "video":
         if req.mic or (req.audio and not req.offline):
@@ -180,6 +178,8 @@ def plan_inputs(req: InputRequest, caps: Capabilities, family: str = "this") -> 
     else:
         raise TrtalkError("give --mic [DEV] or --audio FILE (or --mouth webcam: lips from the camera, "
                           "no audio)")
+    # the lips
+    _check_mouth(mouth, pose, caps, family, req.front)
     return InputPlan(pose, path, mouth, audio, realtime)
 
 
