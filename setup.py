@@ -54,7 +54,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["trtalk", "trtalk.*"]),
-    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.safetensors", "assets/*.md", "kernels/*.so", "serve/static/*"]},
+    package_data={"trtalk": ["assets/*.png", "assets/*.wav", "assets/*.safetensors", "assets/*.md", "assets/*.json", "kernels/*.so", "serve/static/*"]},
     cmdclass={"build_py": BuildPyWithKernels},
     install_requires=[
         "torch>=2.1",
@@ -82,9 +82,12 @@ setup(
         # Triton kernels (modconv impl "triton"); its wheels are Linux-only. The test extra has it
         # too: CI checks the kernels in Triton's CPU interpreter. sounddevice: the microphone tests
         # (tests/test_mic_real.py runs on a PulseAudio server where there is one). pytest-timeout: the
-        # per-test limit in pytest.ini.
+        # per-test limit in pytest.ini. pytest-xdist: the suite runs on two workers (`-n 2`, README).
         "triton": [TRITON],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.100", "librosa>=0.10",
+        # The voice-agent integrations (Pipecat, LiveKit Agents) are not an extra: they need
+        # protobuf>=5 and mediapipe pins <5, so no single resolve holds both. They are pinned in
+        # requirements-agents.txt, installed in a second pip call (scripts/install.sh).
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "hypothesis>=6.100", "librosa>=0.10",
                  "onnxruntime-extensions>=0.12", "matplotlib>=3.7", "sounddevice>=0.4", TRITON],
     },
     entry_points={"console_scripts": ["trtalk=trtalk.cli:main"]},

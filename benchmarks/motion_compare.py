@@ -14,9 +14,19 @@ correlation of head speed with speech energy (per clip, Pearson, speed and the v
 level both smoothed over 0.2 s), and the share of time the head is still (speed under 3 deg/s).
 A PNG plots the generated and the real angle tracks over 10 s of one clip.
 
-The clips are read from a folder (``--clips``; every .mp4 under it); they are not committed:
+Then (``motion_style.md``, `style_eval`): personal vs generic head motion styles, held out: each
+clip's styles are fitted on its first 60 % and compared on its last 40 %, with a cross table.
+``--write-generic PATH`` also writes the generic style fitted on every clip's first 60 % (how
+``trtalk/assets/motion_style.json`` was made).
 
-    python benchmarks/motion_compare.py --clips /tmp/pcavs --out benchmarks/results/motion
+The clips are read from a folder (``--clips``; every .mp4 under it); they are not committed. On a
+fresh machine, from a clone of github.com/Hangz-nju-cuhk/Talking-Face_PC-AVS:
+
+    for z in Audio_Source Input Pose_Source; do
+        git --git-dir=<clone>/.git show HEAD:misc/$z.zip > $z.zip; unzip -q $z.zip -d /tmp/pcavs/$z
+    done
+    python benchmarks/motion_compare.py --clips /tmp/pcavs --out benchmarks/results/motion \
+        --track-cache /tmp/pcavs-tracks
 """
 
 from __future__ import annotations
@@ -38,6 +48,23 @@ from trtalk.motion.head import HeadMotion, MotionConfig, wave_windows  # noqa: E
 FPS = 25.0
 AXES = ("yaw", "pitch", "roll")
 STILL_DEG_S = 3.0
+
+
+def cached_real_angles(path: Path, cache: Path | None) -> tuple[np.ndarray, float]:
+    """`real_angles`, kept in ``cache`` (one .npz per clip, keyed by folder, name and size) so a
+    rerun tracks nothing."""
+    if cache is None:
+        return real_angles(path)
+    key = cache / f"{path.parent.name}_{path.stem}_{path.stat().st_size}.npz"
+    if key.exists():
+        z = np.load(key)
+        return z["angles"], float(z["fps"])
+    ang, fps = real_angles(path)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = key.with_suffix(".tmp.npz")
+    np.savez(tmp, angles=ang, fps=fps)
+    tmp.replace(key)
+    return ang, fps
 
 
 def real_angles(path: Path) -> tuple[np.ndarray, float]:
@@ -130,6 +157,152 @@ def plot(path: Path, real: np.ndarray, gen: np.ndarray, en: np.ndarray, title: s
     plt.close(fig)
 
 
+EVAL_SEEDS = tuple(range(8))
+FIT_SHARE = 0.6
+#: the leave-one-out generic styles: 2 simulation seeds and 8 rounds (CPU time; the shipped
+#: generic and the personal styles use fit_motion's defaults, 4 seeds and 12 rounds)
+LOO_SEEDS, LOO_ROUNDS = (1000, 1001), 8
+
+
+def _fit_pair(args: tuple) -> tuple:
+    """(generic style fitted on the other clips' first 60 %, personal style of clip i)."""
+    from trtalk.motion.fit import PRIOR_SECONDS, fit_motion
+    from trtalk.motion.style import MotionStyle
+
+    i, name, fit = args
+    g, _ = fit_motion([t for j, t in enumerate(fit) if j != i], FPS, MotionStyle(), rest=False,
+                      name=f"generic-loo-{i}", seeds=LOO_SEEDS, rounds=LOO_ROUNDS)
+    p, _ = fit_motion([fit[i]], FPS, g, name=name, prior_seconds=PRIOR_SECONDS)
+    print(f"styles {name}: fitted", flush=True)
+    return g, p
+
+
+def _cross_column(args: tuple) -> list[float]:
+    """Distance of every personal style, driven by clip i's held-out audio, to its held-out motion."""
+    from trtalk.motion.fit import distance, motion_stats, simulate, speech_level
+
+    i, personal, held, real = args
+    return [float(np.mean([distance(motion_stats(simulate(p, held.windows, FPS, s), speech_level(held.windows), FPS), real)
+                           for s in EVAL_SEEDS])) for p in personal]
+
+
+def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarray], out: Path,
+               write_generic: Path | None, command: str, jobs: int = 2) -> dict:
+    """Personal vs generic styles, held out: fit on the first 60 % of each clip, generate on the
+    last 40 % of its audio (seeds 0-7), compare with the real motion of that 40 % (module
+    docstring of `trtalk.motion.fit`: `distance`). The generic style of clip i is fitted on the
+    other clips' first 60 % (leave one out); the personal one on clip i's first 60 %, shrunk
+    towards that generic style (`PRIOR_SECONDS`). Also: the cross table (clip j's personal style
+    driven by clip i's held-out audio vs clip i's held-out motion), the statistics-copy bound
+    (clip i's own first-60 % statistics, no generator, against its last 40 %), and the shipped
+    generic style (fitted on all clips' first 60 %)."""
+    from trtalk.motion.fit import (PRIOR_SECONDS, Stats, Track, distance, fit_motion, motion_stats,
+                                   simulate, speech_level)
+    from trtalk.motion.style import MotionStyle, generic_style, save_style
+
+    n = len(names)
+    cut = [int(FIT_SHARE * len(a)) for a in real]
+    fit = [Track(a[:k], w[:k]) for a, w, k in zip(real, windows, cut)]
+    held = [Track(a[k:], w[k:]) for a, w, k in zip(real, windows, cut)]
+    held_stats = [motion_stats(t.angles, speech_level(t.windows), FPS) for t in held]
+    fit_stats = [motion_stats(t.angles, speech_level(t.windows), FPS) for t in fit]
+    hand = MotionStyle()
+
+    def gen_stats(style: MotionStyle, t: Track) -> list[Stats]:
+        return [motion_stats(simulate(style, t.windows, FPS, s), speech_level(t.windows), FPS) for s in EVAL_SEEDS]
+
+    def dist(style: MotionStyle, i: int) -> float:
+        return float(np.mean([distance(g, held_stats[i]) for g in gen_stats(style, held[i])]))
+
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pairs = list(pool.map(_fit_pair, [(i, names[i], fit) for i in range(n)]))
+        generic, personal = [g for g, _ in pairs], [p for _, p in pairs]
+        cross = np.array(list(pool.map(_cross_column, [(i, personal, held[i], held_stats[i]) for i in range(n)]))).T
+    rows = []
+    for i in range(n):
+        rows.append({"clip": names[i], "fit_s": round(cut[i] / FPS, 2), "held_out_s": round(len(held[i].angles) / FPS, 2),
+                     "personal": float(cross[i, i]), "generic": dist(generic[i], i), "hand_set": dist(hand, i),
+                     "copy_fit_stats": distance(fit_stats[i], held_stats[i]),
+                     "copy_others_stats": distance(Stats.mean([fit_stats[j] for j in range(n) if j != i]), held_stats[i])})
+    own = [int(np.argmin(cross[:, i]) == i) for i in range(n)]
+    rank = [int((cross[:, i] < cross[i, i]).sum()) + 1 for i in range(n)]
+    copy_cross = np.array([[distance(fit_stats[j], held_stats[i]) for i in range(n)] for j in range(n)])
+    copy_own = [int(np.argmin(copy_cross[:, i]) == i) for i in range(n)]
+    # the shipped generic style: every clip's first 60 % (4 seeds, 12 rounds: fit_motion's defaults)
+    if write_generic is not None:
+        shipped, rep = fit_motion(fit, FPS, hand, rest=False, name="generic",
+                                  source=f"PC-AVS sample clips ({n} VoxCeleb clips), first 60 % of each")
+        save_style(shipped, write_generic)
+    else:
+        shipped, rep = generic_style(), None
+    real_std = np.mean([h.std for h in held_stats], axis=0)
+    gen_std = np.mean([np.mean([g.std for g in gen_stats(shipped, held[i])], axis=0) for i in range(n)], axis=0)
+    loo_std = np.mean([np.mean([g.std for g in gen_stats(generic[i], held[i])], axis=0) for i in range(n)], axis=0)
+    hand_std = np.mean([np.mean([g.std for g in gen_stats(hand, held[i])], axis=0) for i in range(n)], axis=0)
+    wins = sum(r["personal"] < r["generic"] for r in rows)
+    result = {"command": command, "clips": names, "eval_seeds": list(EVAL_SEEDS), "fit_share": FIT_SHARE,
+              "prior_seconds": PRIOR_SECONDS, "rows": rows, "personal_wins": wins,
+              "copy_fit_stats_wins": sum(r["copy_fit_stats"] < r["copy_others_stats"] for r in rows),
+              "cross": cross.round(4).tolist(), "cross_own_closest": sum(own), "cross_own_rank": rank,
+              "copy_cross_own_closest": sum(copy_own),
+              "held_out_std": {"real_mean": real_std.round(3).tolist(), "generic_shipped": gen_std.round(3).tolist(),
+                               "generic_loo": loo_std.round(3).tolist(), "hand_set": hand_std.round(3).tolist()},
+              "generic_style": shipped.to_json(), "generic_fit": rep, "loo_seeds": list(LOO_SEEDS),
+              "loo_rounds": LOO_ROUNDS}
+    (out / "motion_style.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = ["# Personal vs generic head motion styles (held out)", "",
+          f"Command: `{command}`", "",
+          f"Clips: the {n} PC-AVS sample clips (VoxCeleb talking heads, 224x224, 25 fps, {sum(len(a) for a in real) / FPS:.1f} s "
+          "in all, 4-14 s each), head angles from trtalk's landmark tracker. Each clip: styles fitted on its first "
+          f"{FIT_SHARE:.0%} (`trtalk.motion.fit.fit_motion`), motion generated (`HeadMotion`, seeds "
+          f"{EVAL_SEEDS[0]}-{EVAL_SEEDS[-1]}, distances averaged) from the audio of its last {1 - FIT_SHARE:.0%} and compared with the "
+          "real motion of that last part.", "",
+          "- personal: fitted on the clip's first 60 %, shrunk towards its generic style by "
+          f"{PRIOR_SECONDS:g} s worth of it (the default of `trtalk motion fit`);",
+          f"- generic: fitted on the other {n - 1} clips' first 60 % (leave one out; it never sees the clip; "
+          f"{len(LOO_SEEDS)} simulation seeds, {LOO_ROUNDS} rounds);",
+          "- hand-set: the motion before styles (`MotionStyle()` defaults);",
+          "- copy own / copy others: no generator: the real first-60 % statistics of the clip itself, or "
+          "the mean of the other clips', used as the prediction (how much a person's own earlier motion tells "
+          "about their later motion in these clips: the bound of any personal fit).", "",
+          "Distance (`trtalk.motion.fit.distance`): the mean of |ln(generated / real)| over the per-axis angle std, "
+          "speed p50 / p90 / p99 and the RMS in three bands (< 0.5, 0.5-2, > 2 Hz) (21 terms, floored at 0.05), "
+          "and |difference| of corr(head speed, speech level) (1 term). Lower is closer.", "",
+          "| clip | fit / held-out s | personal | generic (LOO) | hand-set | copy own | copy others |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['clip']} | {r['fit_s']} / {r['held_out_s']} | {r['personal']:.3f} | {r['generic']:.3f} | "
+                  f"{r['hand_set']:.3f} | {r['copy_fit_stats']:.3f} | {r['copy_others_stats']:.3f} |")
+    mean = {k: np.mean([r[k] for r in rows]) for k in ("personal", "generic", "hand_set", "copy_fit_stats", "copy_others_stats")}
+    md.append(f"| mean | | {mean['personal']:.3f} | {mean['generic']:.3f} | {mean['hand_set']:.3f} | "
+              f"{mean['copy_fit_stats']:.3f} | {mean['copy_others_stats']:.3f} |")
+    md += ["", f"Personal closer than generic: **{wins} of {n}** clips. Copy own closer than copy others: "
+           f"{result['copy_fit_stats_wins']} of {n}.", "",
+           "Cross table: row = whose personal style, column = whose held-out audio and motion; cell = distance "
+           "(the column's minimum in bold).", "",
+           "| style \\ clip | " + " | ".join(str(i) for i in range(n)) + " |", "|---" * (n + 1) + "|"]
+    for j in range(n):
+        cells = [(f"**{cross[j, i]:.2f}**" if own[i] and j == i or np.argmin(cross[:, i]) == j else f"{cross[j, i]:.2f}")
+                 for i in range(n)]
+        md.append(f"| {j} {names[j]} | " + " | ".join(cells) + " |")
+    md += ["", f"Held-out motion closest to its own style: **{sum(own)} of {n}** clips (rank of the own style per "
+           f"clip, 1 = closest: {rank}). With the statistics copied instead of generated: {sum(copy_own)} of {n}.", "",
+           "Angle std on the held-out parts (deg, yaw / pitch / roll; generated: mean over clips and seeds):", "",
+           "| | yaw | pitch | roll |", "|---|---|---|---|",
+           "| real (tracked) | " + " | ".join(f"{v:.2f}" for v in real_std) + " |",
+           "| generic, shipped (all clips' first 60 %) | " + " | ".join(f"{v:.2f}" for v in gen_std) + " |",
+           "| generic, leave one out | " + " | ".join(f"{v:.2f}" for v in loo_std) + " |",
+           "| hand-set (before styles) | " + " | ".join(f"{v:.2f}" for v in hand_std) + " |",
+           "", "Generic within 20 % of the real mean per axis: "
+           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, gen_std, real_std)) + " (shipped); "
+           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_std, real_std)) + " (leave one out).", ""]
+    (out / "motion_style.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=Path, required=True, help="folder with the PC-AVS misc/ mp4 clips")
@@ -137,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-tracked", dest="tracked", action="store_false",
                     help="skip rendering the generated motion and tracking it back")
+    ap.add_argument("--no-styles", dest="styles", action="store_false",
+                    help="skip the personal vs generic style evaluation (motion_style.md)")
+    ap.add_argument("--track-cache", type=Path, default=None,
+                    help="keep the tracked angles of each clip here (a rerun tracks nothing)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes for the style fits")
+    ap.add_argument("--write-generic", type=Path, default=None,
+                    help="also write the generic style fitted on every clip's first 60 %% here "
+                         "(trtalk/assets/motion_style.json is made so)")
     args = ap.parse_args(argv)
     from trtalk.audio import load_audio
 
@@ -148,16 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     from trtalk.warp.render import WarpRenderer
 
     renderer = WarpRenderer(read_image(DEFAULT_FACE)) if args.tracked else None
-    real, gen, seen, energies, names = [], [], [], [], []
+    real, gen, seen, energies, names, wins = [], [], [], [], [], []
     for clip in clips:
         wave = load_audio(clip)
-        ang, fps = real_angles(clip)
+        ang, fps = cached_real_angles(clip, args.track_cache)
         if abs(fps - FPS) > 0.01:
             print(f"skip {clip.name}: {fps} fps")
             continue
         win = wave_windows(wave, FPS, len(ang))
         g = HeadMotion(FPS, MotionConfig(seed=args.seed)).run(win)
         real.append(ang)
+        wins.append(win)
         gen.append(g)
         if renderer is not None:
             seen.append(rendered_angles(renderer, g))
@@ -187,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# Generated head motion vs real talking heads", "",
           f"Command: `{result['command']}`", "",
           "Real: the PC-AVS sample clips (misc/Input, Pose_Source, Audio_Source; VoxCeleb, 224x224, "
-          "25 fps, own audio) through trtalk's landmark tracker. Generated: `HeadMotion` (defaults, "
-          f"seed {args.seed}) on the same clips' audio. Clips: {', '.join(names)}.", "",
+          "25 fps, own audio) through trtalk's landmark tracker. Generated: `HeadMotion` (defaults: "
+          f"the generic style, seed {args.seed}) on the same clips' audio. Clips: {', '.join(names)}.", "",
           "The third column renders the generated angles with the warp avatar (built-in photo) and "
           "tracks them back with the same tracker, so it carries the tracker's jitter as the real "
           "column does (the speeds and the still share of the first two columns are not comparable "
@@ -199,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     md += ["", f"Plot: `motion_tracks.png` ({names[longest]}, first 10 s).", ""]
     (args.out / "motion_compare.md").write_text("\n".join(md))
     print("\n".join(md))
+    if args.styles:
+        style_eval(names, real, wins, args.out, args.write_generic, result["command"], args.jobs)
     return 0
 
 

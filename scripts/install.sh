@@ -10,4 +10,8 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # trt-rtx: TensorRT for RTX builds engines ahead of time even on a CPU-only machine (~100 MB).
 .venv/bin/python -m pip install -q -e ".[test,export,trt-rtx,serve]"
+# The voice-agent integrations (tests/test_agents.py runs them): a second pip call, pinned in
+# requirements-agents.txt, which says why it cannot be an extra (protobuf: pip reports
+# mediapipe's pin, expected). About 2 minutes on 2 shared cores.
+.venv/bin/python -m pip install -q -r requirements-agents.txt
 echo "trtalk installed in $(pwd)/.venv"

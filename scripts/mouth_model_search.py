@@ -8,7 +8,7 @@ the live path hands the avatar, and the tracked gaps). Four questions:
 
 1. *lag*: which audio time (relative to the video frame) the lip gap follows best (the voice-band
    envelope's correlation with the gap at offsets of -80..+80 ms);
-2. *features and model* (raw model output, before the closure rules and the follower): the shipped
+2. *features and model* (raw model output, before the closure rules and the follower; evaluation clips only): the first model's
    features (pooled mel bands of rows 8-19) against richer ones (all 20 rows with the voice-band
    envelope, its deltas and the spectral flux; several pooled context scales), ridge at a few
    strengths, a 1-hidden-layer MLP (seeded torch, a few thousand weights), a smoothed target, and
@@ -20,7 +20,11 @@ the live path hands the avatar, and the tracked gaps). Four questions:
 4. closed-lip agreement of (3): the share of the real closed frames (gap < 1.5 % of the face
    height) where the output's gap is closed too.
 
-    python scripts/mouth_model_search.py --loo-dir /tmp/mouth_loo
+5. *with the extra clips* (scripts/train_mouth_model.py's ``--extra``): ridge variants (pooled
+   bands, rows, strength, whose gaps the table matches) at runtime, held out on the evaluation
+   clips and on the extra clips (by speaker group).
+
+    python scripts/mouth_model_search.py --clips /tmp/pcavs --loo-dir /tmp/mouth_loo --extra <as for training>
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from trtalk.warp.drive import MouthConfig, mouth_params_from_mel  # noqa: E402
 
@@ -67,7 +72,7 @@ def feat_scales(w: np.ndarray) -> np.ndarray:
     return np.concatenate([p[:, a:b].mean(1) for a, b in SEGMENTS] + [fe, np.diff(fe, axis=1)], 1)
 
 
-FEATURES = {"shipped (rows 8-19, 10 bands)": feat_shipped, "20 rows + envelope, deltas, flux": feat_rows_deltas,
+FEATURES = {"rows 8-19, 10 bands (the first model)": feat_shipped, "20 rows + envelope, deltas, flux": feat_rows_deltas,
             "7 context scales + envelope and deltas": feat_scales}
 
 
@@ -139,21 +144,65 @@ def loo_runtime(data: list[dict], stems: list[str], loo_dir: Path, cfg: MouthCon
     return rs, agree
 
 
+def with_extra(T, specs: list, data: list[dict], extras: list, extra_data: list[dict], open_gap_fh: float) -> list[dict]:
+    """Runtime scores (closure rules and follower included) of ridge variants trained with the extra
+    clips, held out on both sets: each evaluation clip by a model that never saw it, each extra clip
+    by one that saw no clip of its group; the table matched to the evaluation clips in training
+    ("clips") or to all training clips ("all")."""
+    out = []
+    variants = [(10, (8, 20), 100.0, "none"), (10, (8, 20), 100.0, "all"), (10, (8, 20), 100.0, "clips"),
+                (10, (8, 20), 300.0, "clips"), (10, (8, 20), 1000.0, "clips"), (10, (4, 20), 300.0, "clips"),
+                (10, (6, 20), 100.0, "clips"), (10, (10, 20), 100.0, "clips"), (16, (8, 20), 100.0, "clips"),
+                (16, (8, 20), 300.0, "clips"), (20, (8, 20), 100.0, "clips"), (20, (8, 20), 300.0, "clips"),
+                (40, (8, 20), 300.0, "clips")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for bands, rows, lam, table in variants:
+            T.BANDS, T.ROWS, T.RIDGE = bands, rows, lam
+            use_extra = table != "none"  # "none": the evaluation clips alone (the model before the extra clips)
+            res = {"bands": bands, "rows": list(rows), "ridge": lam,
+                   "trained_on": "evaluation + extra clips" if use_extra else "evaluation clips only",
+                   "table_from": "all" if table == "none" else table}
+            for set_name, clips, ds in (("evaluation", specs, data), ("extra", extras, extra_data)):
+                rs, agree = [], []
+                for s, d in zip(clips, ds):
+                    group = s.group or s.key
+                    ev_d = [od for o, od in zip(specs, data) if o.key != s.key]
+                    ex_d = [od for o, od in zip(extras, extra_data) if (o.group or o.key) != group] if use_extra else []
+                    model = T.fit(ev_d + ex_d, open_gap_fh, ev_d if table == "clips" else None)
+                    e = T.evaluate(model, d, open_gap_fh, Path(tmp))
+                    rs.append(e["r"])
+                    if e["closed_agree"] is not None:
+                        agree.append(e["closed_agree"])
+                res[f"{set_name}_held_out_r"] = float(np.nanmean(rs))
+                res[f"{set_name}_closed_agree"] = float(np.mean(agree))
+            out.append(res)
+            print(json.dumps(res), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", nargs="+", required=True, help="the evaluation clips, as scripts/train_mouth_model.py takes them")
+    ap.add_argument("--extra", nargs="*", default=[], help="the extra training clips, as scripts/train_mouth_model.py takes them")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trtalk-mouth-cache",
-                    help="scripts/train_mouth_model.py's cache (run it first)")
+                    help="scripts/train_mouth_model.py's tracking cache")
     ap.add_argument("--loo-dir", type=Path, required=True, help="its leave-one-clip-out models")
     ap.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "self_reenact" / "mouth_model_search.json")
     args = ap.parse_args(argv)
-    files = sorted(args.cache.glob("*.npz"))
-    if not files:
-        raise SystemExit(f"no cached clips under {args.cache}; run scripts/train_mouth_model.py first")
-    data = [dict(np.load(f)) for f in files]
-    stems = [f.stem.split("_")[-1] for f in files]
+    import train_mouth_model as T
+
+    specs = [s for a in args.clips for s in T.parse_specs(a)]
+    by_key = {}
+    for s in (s for a in args.extra for s in T.parse_specs(a)):
+        if s.key not in by_key or s.group is not None:
+            by_key[s.key] = s
+    extras = [s for s in by_key.values() if s.key not in {e.key for e in specs}]
+    data = [T.clip_data(s, args.cache) for s in specs]
+    extra_data = [T.clip_data(s, args.cache) for s in extras]
+    stems = [s.path.stem for s in specs]
     from trtalk.warp.avatar import AvatarConfig
 
-    ratio = float(np.mean([d["face_over_eyes"][0] for d in data]))
+    ratio = float(np.mean([d["face_over_eyes"][0] for d in data + extra_data]))
     open_gap_fh = (AvatarConfig().jaw_drop + AvatarConfig().lip_raise) / ratio
     report: dict = {"command": "python scripts/mouth_model_search.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                     "machine": {"python": platform.python_version(), "platform": platform.platform()},
@@ -174,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = []
     variants = [(name, f, f"ridge {lam:g}", lambda x, y, lam=lam: ridge(x, y, lam), 0, False)
                 for name, f in FEATURES.items() for lam in (10.0, 100.0, 1000.0)]
-    variants += [("shipped (rows 8-19, 10 bands)", feat_shipped, "ridge 100, target smoothed over 3 frames",
+    variants += [("rows 8-19, 10 bands (the first model)", feat_shipped, "ridge 100, target smoothed over 3 frames",
                   lambda x, y: ridge(x, y, 100.0), 3, False),
-                 ("shipped (rows 8-19, 10 bands), per-clip mean removed", feat_shipped, "ridge 100",
+                 ("rows 8-19, 10 bands (the first model), per-clip mean removed", feat_shipped, "ridge 100",
                   lambda x, y: ridge(x, y, 100.0), 0, True),
                  ("7 context scales, per-clip mean removed", feat_scales, "ridge 10",
                   lambda x, y: ridge(x, y, 10.0), 0, True)]
@@ -199,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"runtime close_lead {lead} close_dip {dip:g}: r {runtime[-1]['held_out_mean_r']:.3f}, "
                   f"closed agree {runtime[-1]['closed_agree']:.3f}", flush=True)
     report["runtime"] = runtime
+    if extras:
+        report["with_extra_clips"] = with_extra(T, specs, data, extras, extra_data, open_gap_fh)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.report.with_name(args.report.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")

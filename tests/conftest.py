@@ -36,6 +36,13 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+# pytest-xdist (the README's test command runs `-n 2`, one worker per core of CI's 2 CPUs): each
+# worker, and every trtalk process a test starts (they inherit the environment), computes with one
+# thread, so the two workers never fight over a core (an OpenMP pool of 2 beside a busy core waits
+# at every barrier). Set before numpy and torch load: OpenMP and OpenBLAS read it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import cv2
 import numpy as np
 import pytest
@@ -63,9 +70,38 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ lanes
 
 
+#: The test files that take longest (CI's durations on 2 idle cores, a file's setup and calls
+#: together), longest first. Under pytest-xdist (`-n 2 --dist loadfile`: each file runs whole on one
+#: worker, its module fixtures built once) the files are handed out in this order, then the rest in
+#: collection order, so the long files start first and the short ones fill in behind them and both
+#: workers finish at about the same time. A stale list costs only speed, never a result.
+LONGEST_FILES = ("test_aot.py", "test_serve.py", "test_pdfgc_engines.py", "test_export.py", "test_bench.py",
+                 "test_fuzz.py", "test_harden.py", "test_mic_real.py", "test_pdfgc_export.py",
+                 "test_engine.py",  # after test_export.py: it reuses that file's export (shared_cache)
+                 "test_serve_browser.py", "test_pipeline.py", "test_family_plugin.py", "test_models.py",
+                 "test_kernels.py", "test_audio.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's loadfile hands out the files with the most tests first, which is not the
+    # longest first; keep the order of `pytest_collection_modifyitems` below.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    """Reorder ``items`` in place: whole files, those of :data:`LONGEST_FILES` first (in its
+    order); a file's tests keep their order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` skip, with the reason, where torch sees no CUDA device (the one place
-    that decides it: no per-module ``skipif`` copies)."""
+    """Under pytest-xdist, the longest files first (:data:`LONGEST_FILES`). Tests marked ``gpu``
+    skip, with the reason, where torch sees no CUDA device (the one place that decides it: no
+    per-module ``skipif`` copies)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _longest_first(items)
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
@@ -379,6 +415,29 @@ def empty_dir(path: Path) -> Path:
     """``path`` made as an empty folder (parents too): an input with nothing in it."""
     path.mkdir(parents=True)
     return path
+
+
+# ------------------------------------------------------------------ shared export cache
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trtalk cache (``cache_dir``) for the whole run, the pytest-xdist workers' too: a graph
+    set exported into it by one test file (the same seed, config, precision and batch: one cache
+    key) is reused by the others. Fill it inside :func:`shared_cache_lock`."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    return root / "trtalk-shared-cache"
+
+
+def shared_cache_lock(cache: Path):
+    """A lock around filling ``cache``: the second worker to want an export waits for the first
+    one's instead of exporting it again (the cache would stay correct, but twice the work)."""
+    from filelock import FileLock  # torch's own dependency
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache) + ".lock")
 
 
 # ------------------------------------------------------------------ PD-FGC checkpoints

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_cache_lock
 
 from trtalk.engine import EngineCache, EngineKey, Runner, RunnerOptions, open_runner
 from trtalk.engine.backend import OrtBackend
@@ -34,16 +35,17 @@ def model() -> PCAVS:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    # Shared with test_export.py (same session): whichever runs first exports, the other reuses.
-    return tmp_path_factory.getbasetemp() / "trtalk-shared-cache"
+def cache_dir(shared_cache) -> Path:
+    # Shared with test_export.py (same run): whichever runs first exports, the other reuses.
+    return shared_cache
 
 
 @pytest.fixture(scope="module")
 def ort_runner(model, cache_dir) -> Runner:
     # No export dir given: the runner exports the checkpoint-less model into the cache first.
     opts = RunnerOptions(cache_dir=cache_dir, config=PCAVSConfig.small(), max_batch=4)
-    return open_runner("onnxruntime", None, "cpu", opts, seed=SEED)
+    with shared_cache_lock(cache_dir):
+        return open_runner("onnxruntime", None, "cpu", opts, seed=SEED)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,7 @@ def test_torch_runner_matches_model(model, torch_runner):
     assert (b.name, b.device, b.dtype) == ("generator", "cpu", "float32")
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
     assert {b.name for b in ort_runner.backends.values()} == set(STAGES)
     assert all(isinstance(b, OrtBackend) and b.providers == ["CPUExecutionProvider"]
@@ -100,6 +103,7 @@ def test_ort_runner_matches_torch(model, ort_runner, torch_runner, cache_dir):
     assert len(exports) == 1 and (exports[0] / "manifest.json").is_file()
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_ort_backend_numpy_io_and_reuse_of_cached_export(ort_runner, cache_dir, model):
     export_dir = next((cache_dir / "exports").iterdir())
     backends = open_runner("onnxruntime", export_dir, "cpu", RunnerOptions(cache_dir=cache_dir)).backends
@@ -113,6 +117,7 @@ def test_ort_backend_numpy_io_and_reuse_of_cached_export(ort_runner, cache_dir, 
     assert len(list((cache_dir / "exports").iterdir())) == 1
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_backend_splits_batches_above_max_batch(ort_runner, model):
     ob = ort_runner.backends["audio"]
     small = OrtBackend(ob.spec, ob.path, max_batch=2).load()
@@ -306,6 +311,7 @@ def test_unwritable_cache_is_one_line_error(tmp_path):
         EngineCache(blocker).get_or_build("pose", _key(), _builder([]))
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_rtx_engine_through_cache(tmp_path, model, ort_runner, cache_dir):
     """A real TensorRT-RTX build of one graph through the cache (CPU, ahead-of-time for sm89).
 
@@ -334,6 +340,7 @@ def test_rtx_engine_through_cache(tmp_path, model, ort_runner, cache_dir):
     assert cache.get_or_build("audio", key, build).sha256 == e.sha256 and calls == [1]
 
 
+@pytest.mark.slow  # the ONNX export of ort_runner: 41 s on 2 cores (once a run, shared)
 def test_render_through_ort_runner_matches_torch(ort_runner, torch_runner, face_image_path, speech_wav_path,
                                                  tmp_path):
     """`trtalk render --backend onnxruntime` path: the renderer drives a Runner the same way."""

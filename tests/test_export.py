@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import build_rtx_engines, check_rtx_engine
+from conftest import build_rtx_engines, check_rtx_engine, shared_cache_lock
 import torch
 
 from trtalk.errors import TrtalkError
@@ -51,18 +51,14 @@ def small_model() -> PCAVS:
     return PCAVS.random(SEED, PCAVSConfig.small())
 
 
-def shared_cache_dir(tmp_path_factory) -> Path:
-    """One trtalk cache per test session: test_engine.py's onnxruntime runner reuses this export."""
-    return tmp_path_factory.getbasetemp() / "trtalk-shared-cache"
-
-
 @pytest.fixture(scope="module")
-def export_fp32(small_model, tmp_path_factory) -> Path:
+def export_fp32(small_model, shared_cache) -> Path:
     from trtalk.engine.runner import ensure_export
 
     # Same seed and config as small_model: the cache key is (random seed, config, precision, batch).
-    return ensure_export(None, "fp32", 4, shared_cache_dir(tmp_path_factory),
-                         config=PCAVSConfig.small(), seed=SEED)
+    # The run's shared cache: test_engine.py's onnxruntime runner reuses this export.
+    with shared_cache_lock(shared_cache):
+        return ensure_export(None, "fp32", 4, shared_cache, config=PCAVSConfig.small(), seed=SEED)
 
 
 @pytest.fixture(scope="module")

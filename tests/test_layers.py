@@ -29,6 +29,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``runtime``: sources, sinks, clocks, render and stream.
 - ``bench``, ``serve``: timing of everything below; the web server (WebRTC sessions batched on one
   inference worker), a front end like render and stream.
+- ``integrations``: the voice-agent frameworks (Pipecat, LiveKit Agents) on serve's sessions and
+  scheduler, one shared scheduler per process.
 - ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
 """
 
@@ -60,6 +62,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"runtime"},
     {"bench", "serve"},
+    {"integrations"},
     {"cli"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

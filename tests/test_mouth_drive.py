@@ -243,3 +243,40 @@ def _photo_mesh(a) -> np.ndarray:
     mesh[:, :2] = a.mesh[:, :2] @ inv[:, :2].T + inv[:, 2]
     mesh[:, 2] = a.mesh[:, 2] / a.crop_m[0, 0]
     return mesh
+
+
+def _train_script():
+    import importlib.util
+    import sys
+
+    if "train_mouth_model" in sys.modules:
+        return sys.modules["train_mouth_model"]
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_mouth_model.py"
+    spec = importlib.util.spec_from_file_location("train_mouth_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_mouth_model"] = mod  # its dataclass looks its module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_clips_are_resampled_to_25_fps_and_parsed(tmp_path: Path) -> None:
+    """scripts/train_mouth_model.py: a 30 fps lip track lands on the 25 fps grid by linear
+    interpolation (NaN where a neighbour has no face); 25 fps tracks pass unchanged; clip specs
+    carry a panel crop and a speaker group."""
+    T = _train_script()
+    ramp = np.arange(30, dtype=np.float64)  # value = source frame index at 30 fps
+    grid = T.to_frame_grid(ramp, 30.0, 26)
+    np.testing.assert_allclose(grid[:25], np.arange(25) * 30 / 25)  # 25 fps frame k = source frame 1.2 k
+    assert np.isnan(grid[25])  # 1 s: past the last source frame
+    holed = ramp.copy()
+    holed[6] = np.nan  # 25 fps frame 5 is source frame 6 exactly; frames 4 and 6 (4.8, 7.2) avoid it
+    g = T.to_frame_grid(holed, 30.0, 10)
+    assert np.isnan(g[5]) and np.isfinite(np.delete(g, 5)).all()
+    same = T.to_frame_grid(np.array([0.1, np.nan, 0.3]), 25.0, 3)
+    assert same[0] == 0.1 and np.isnan(same[1]) and same[2] == 0.3
+    clip = tmp_path / "panels.mp4"
+    clip.write_bytes(b"")
+    (spec,) = T.parse_specs(f"{clip}#crop=896,0,224,224#group=spk")
+    assert spec.crop == (896, 0, 224, 224) and spec.group == "spk" and "crop896x0x224x224" in spec.key
+    with pytest.raises(SystemExit):
+        T.parse_specs(f"{clip}#size=3")

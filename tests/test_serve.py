@@ -521,6 +521,38 @@ def test_upload_reads_the_whole_photo_and_bounds_its_size(server) -> None:
         assert np.abs(image[-40:].astype(int) - want[-40:].astype(int)).mean() < 1.0  # the bottom too
 
 
+def test_motion_style_upload_and_choice(server) -> None:
+    """``POST /api/motion-style``: a valid style file is kept and listed, a bad one is a one-line
+    422, one over the size limit a 413; an offer naming an unknown style is refused, a known one
+    passes that check."""
+    from trtalk.motion.style import MAX_BYTES, MotionStyle, dumps_style
+
+    srv, url = server
+    style = MotionStyle(name="me", sway=(9.0, 2.0, 1.0))
+    code, body, _ = _http(url + "/api/motion-style", "POST", dumps_style(style).encode())
+    assert code == 200, body
+    key = json.loads(body)["id"]
+    assert srv.styles[key] == style
+    code, body, _ = _http(url + "/api/config")
+    listed = {s["id"]: s["label"] for s in json.loads(body)["motion_styles"]}
+    assert listed[key] == "uploaded: me" and "default" in listed
+    code, body, _ = _http(url + "/api/motion-style", "POST", b'{"format": "trtalk-motion-style", "version": 1, '
+                                                                b'"sway": [1, 2, 1e999]}')
+    err = json.loads(body)["error"]
+    assert code == 422 and "sway" in err and "\n" not in err, (code, err)
+    code, body, _ = _http(url + "/api/motion-style", "POST", b" " * (MAX_BYTES + 1))
+    assert code == 413, body
+    avatar = next(iter(srv.builtin))
+    offer = {"avatar": avatar, "pose": "auto", "sdp": "x", "type": "nope"}
+    code, body, _ = _http(url + "/api/offer", "POST", json.dumps({**offer, "motion_style": "style-unknown"}).encode(),
+                          {"Content-Type": "application/json"})
+    assert code == 400 and "unknown motion style" in json.loads(body)["error"]
+    code, body, _ = _http(url + "/api/offer", "POST", json.dumps({**offer, "motion_style": key}).encode(),
+                          {"Content-Type": "application/json"})
+    assert code == 400 and "createOffer" in json.loads(body)["error"]  # past the style check
+    assert not srv.sessions
+
+
 def test_other_sites_cannot_drive_a_tokenless_server(server, speech_wave) -> None:
     """Without a token the server is on loopback, but any page the user opens can make the
     browser post to it, or reach it by DNS rebinding: requests addressed to another name, posts
@@ -886,6 +918,7 @@ stop()
 """
 
 
+@pytest.mark.slow  # ten 3 s camera sessions: 41 s
 @pytest.mark.xfail(strict=False, reason="issue 24, 8 open: +12 MB a 640x360 camera session remain "
                                        "(+48 before bound_heap_growth and the camera frames no longer "
                                        "kept); native, not yet found")

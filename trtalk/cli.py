@@ -31,10 +31,12 @@ threads.prepare_env()
 SUBCOMMAND_MODULES = (
     "trtalk.runtime.render_cli",
     "trtalk.families.cli",
+    "trtalk.motion.cli",
     "trtalk.export.cli",
     "trtalk.runtime.stream_cli",
     "trtalk.bench.cli",
     "trtalk.serve.cli",
+    "trtalk.integrations.livekit_cli",
 )
 
 

@@ -17,14 +17,18 @@ pause, on top of the speaking state's 0.12 s hangover).
 Motion (`HeadMotion`, the sum of three parts, then bounded):
 
 - sway: per-axis smoothed noise (two cascaded Ornstein-Uhlenbeck stages, seeded: it has no period)
-  whose amplitude follows the smoothed speech activity (``silent_sway`` of it in pauses);
+  whose amplitude follows the smoothed speech activity (the style's ``pause_sway`` of it in pauses);
 - gestures: nods (a pitch impulse through a critically damped spring: down, then back) and small
   turns/tilts at stressed syllables, drawn with probabilities that ``liveliness`` scales;
 - posture: at each phrase start (and at some stressed syllables) the head settles, within about
   a second, to a new turned/tilted posture, which drifts back towards the photo's pose during long
   pauses.
 
-Angles are soft-bounded (``max * tanh(x / max)``) and their per-frame change is capped at
+- drift: slow posture drift (a slow Ornstein-Uhlenbeck process), whatever the speech, around the
+  style's rest posture.
+
+The amplitudes, time constants and gains are a style's (`trtalk.motion.style`: the generic one, or a
+person's fitted by `trtalk.motion.fit`). Angles are soft-bounded (``max * tanh(x / max)``) and their per-frame change is capped at
 ``max_speed`` degrees per second, so angles and angular speeds are bounded whatever the audio.
 Angles are degrees relative to the avatar photo's own pose, in the warp avatar's convention
 (`trtalk.warp.mesh`: positive pitch moves the nose down, positive yaw towards the image left).
@@ -37,8 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
+
+if TYPE_CHECKING:
+    from trtalk.motion.style import MotionStyle
 
 #: mel bands averaged for the voice level (as the warp avatar's mouth: ~200 Hz to ~2.3 kHz)
 VOICE_BANDS = (4, 48)
@@ -60,12 +69,14 @@ class MotionConfig:
     max_roll: float = option(8.0, bounds=(0.01, 90), help="largest roll in degrees")
     max_speed: float = option(80.0, bounds=(0.01, 10000),
                               help="largest angular speed per axis in degrees per second")
-    silent_sway: float = option(0.3, cli=False)  # sway amplitude in pauses, relative to speech
+    style: str | None = option(None, metavar="STYLE.json",
+                               help="a person's head motion style (`trtalk motion fit VIDEO -o STYLE.json`)",
+                               default_text="the generic style")
     speech_floor: float = option(0.22, cli=False)  # voice-band mel level of no activity
     speech_ceil: float = option(0.45, cli=False)  # ... of full activity
 
     def __post_init__(self) -> None:
-        for name in ("amplitude", "liveliness", "silent_sway"):
+        for name in ("amplitude", "liveliness"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 10):
                 raise TrtalkError(f"--motion-{name.replace('_', '-')} must be a number in [0, 10], got {value}")
@@ -75,6 +86,10 @@ class MotionConfig:
                 raise TrtalkError(f"--motion-{name.replace('_', '-')} must be a positive number, got {value}")
         if not self.speech_ceil > self.speech_floor:
             raise TrtalkError("motion speech_ceil must be above speech_floor")
+        if self.style is not None and str(self.style) != "":
+            from trtalk.motion.style import load_style
+
+            load_style(self.style)  # a bad file is a one-line error before anything loads
 
     @property
     def bounds(self) -> np.ndarray:
@@ -186,20 +201,30 @@ class HeadMotion:
     ``step(window)`` takes frame k's mel window in frame order and returns its angles; ``skip``
     frames (dropped live) advance the clock with the last window. `features` is the last frame's
     `FrameFeatures` (the blink generator reads speaking and mouth opening from it).
+
+    ``style`` (`trtalk.motion.style.MotionStyle`) sets the amplitudes, time constants, gesture
+    gains, drift and rest posture; None: ``config.style``'s file, else the generic style. The
+    style changes constants only: the cost per frame and the causality are the same.
     """
 
-    #: sway amplitude at full speech before ``amplitude`` (deg) and its time constants (s)
-    SWAY_DEG = np.array([6.5, 3.8, 3.0])
-    #: spread of the postures taken at phrase starts and some stressed syllables (deg)
-    POSTURE_DEG = np.array([8.0, 4.0, 4.0])
-    SWAY_TAU = np.array([1.1, 0.8, 1.4])
+    def __init__(self, fps: float = 25.0, config: MotionConfig | None = None, style: "MotionStyle | None" = None) -> None:
+        from trtalk.motion.style import resolve_style
 
-    def __init__(self, fps: float = 25.0, config: MotionConfig | None = None) -> None:
         if not (fps > 0 and math.isfinite(fps)):
             raise TrtalkError(f"fps must be a positive number, got {fps}")
         self.fps = fps
         self.dt = 1.0 / fps
         self.cfg = config or MotionConfig()
+        self.style = style if style is not None else resolve_style(self.cfg.style)
+        st = self.style
+        #: sway amplitude at full speech before ``amplitude`` (deg) and its time constants (s)
+        self.sway_deg = np.array(st.sway, dtype=np.float64)
+        self.sway_tau = np.array(st.sway_tau, dtype=np.float64)
+        #: spread of the postures taken at phrase starts and some stressed syllables (deg)
+        self.posture_deg = np.array(st.posture, dtype=np.float64)
+        self.gesture_gain = np.array(st.gesture, dtype=np.float64)
+        self.drift_deg = np.array(st.drift, dtype=np.float64)
+        self.rest = np.array(st.rest, dtype=np.float64)
         self.speech = SpeechFeatures(fps, self.cfg)
         self.reset()
 
@@ -209,6 +234,7 @@ class HeadMotion:
         self._rng = np.random.default_rng(self.cfg.seed)
         self._ou1 = self._rng.standard_normal(3) * 0.5
         self._ou2 = self._ou1.copy()
+        self._drift = self._rng.standard_normal(3)
         self._act = 0.0
         self._spring = _Spring(1.1)
         self._posture = np.zeros(3)
@@ -236,46 +262,52 @@ class HeadMotion:
         signs = rng.choice([-1.0, 1.0], size=3)
         mags = rng.random(3)
         posture_draw = rng.standard_normal(3)
+        drift_noise = rng.standard_normal(3)
+        st = self.style
+        live_nod = live * st.nod_rate
 
         # Speech activity envelope: quick to rise, slow to fall.
         target = f.activity if f.speaking else 0.0
         self._act += _alpha(0.25 if target > self._act else 0.9, dt) * (target - self._act)
         # Sway: two cascaded OU stages per axis (unit variance at the first), faster when lively.
         # ... and slower in pauses: a listening head drifts, a speaking one sways.
-        tau = self.SWAY_TAU / max(0.25, live) ** 0.5 * (1.0 + 1.5 * (1.0 - self._act))
+        tau = self.sway_tau / max(0.25, live) ** 0.5 * (1.0 + 1.5 * (1.0 - self._act))
         a1 = dt / tau
         self._ou1 += -a1 * self._ou1 + np.sqrt(2 * a1) * noise
         self._ou2 += _alpha(0.25, dt) * (self._ou1 - self._ou2)
-        sway_gain = cfg.silent_sway + (1.0 - cfg.silent_sway) * self._act
-        sway = self.SWAY_DEG * sway_gain * self._ou2
+        sway_gain = st.pause_sway + (1.0 - st.pause_sway) * self._act
+        sway = self.sway_deg * sway_gain * self._ou2
+        # Drift: slow posture drift (one OU stage of unit variance), whatever the speech.
+        a2 = dt / st.drift_tau
+        self._drift += -a2 * self._drift + math.sqrt(2 * a2) * drift_noise
 
         # Gestures at stressed syllables: a nod, sometimes with a small turn and tilt.
         self._since_gesture += dt
         if f.onset > 0 and self._since_gesture > 0.35:
             strength = f.onset * (0.4 + 0.6 * f.prominence)
-            p_nod = min(1.0, 0.8 * live * (0.3 + f.prominence))
+            p_nod = min(1.0, 0.8 * live_nod * (0.3 + f.prominence))
             if u_gesture < p_nod:
                 peak = np.zeros(3)
                 peak[1] = (1.5 + 3.0 * mags[0]) * strength
-                if u_turn < 0.45 * min(1.0, live):
+                if u_turn < 0.45 * min(1.0, live_nod):
                     peak[0] = signs[0] * (1.0 + 3.0 * mags[1]) * strength
                     peak[2] = signs[2] * (0.5 + 1.5 * mags[2]) * strength
-                self._spring.kick(peak)
+                self._spring.kick(peak * self.gesture_gain)
                 self._since_gesture = 0.0
         # Posture: a new one at each phrase start (and now and then at a stressed syllable: people
         # shift their posture mid-sentence too), back towards the photo's pose in long pauses.
         shift = f.phrase_start or (f.onset > 0 and f.prominence > 0.6 and u_posture < 0.15 * live)
         if shift:
-            spread = self.POSTURE_DEG
+            spread = self.posture_deg
             self._posture_target = np.clip(posture_draw * spread, -2.0 * spread, 2.0 * spread)
         if f.phrase_start:
-            self._spring.kick(np.array([0.0, -1.5 * live, 0.0]))  # a slight lift as a phrase starts
+            self._spring.kick(np.array([0.0, -1.5 * live, 0.0]) * self.gesture_gain)  # a slight lift as a phrase starts
         elif not f.speaking:
             self._posture_target *= 1.0 - _alpha(5.0, dt)
         self._posture += _alpha(0.35, dt) * (self._posture_target - self._posture)
         gesture = self._spring.step(dt)
 
-        raw = cfg.amplitude * (sway + gesture + self._posture)
+        raw = cfg.amplitude * (self.rest + sway + gesture + self._posture + self.drift_deg * self._drift)
         b = cfg.bounds
         bounded = b * np.tanh(raw / b)
         step = cfg.max_speed * dt

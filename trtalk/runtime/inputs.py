@@ -195,12 +195,14 @@ def _check_mouth(mouth: MouthOptions, pose: str, caps: Capabilities, family: str
         raise TrtalkError(f"the {family} model has no visual mouth; use --mouth audio")
 
 
-def auto_pose(family: Any, avatar: Any, cfg: Any) -> Any:
+def auto_pose(family: Any, avatar: Any, cfg: Any, blink: Any = None, style: Any = None) -> Any:
     """The generated-motion pose source of ``--pose auto`` (`trtalk.runtime.motion_path.MotionPose`)
-    from the pipeline's options ``cfg`` (``fps``, ``motion``, ``blink``): the one place it is built."""
+    from the pipeline's options ``cfg`` (``fps``, ``motion``), the blinks ``blink`` (None:
+    ``cfg.blink``) and the motion style ``style`` (`trtalk.runtime.motion_path.auto_motion`): the
+    one place it is built."""
     from trtalk.runtime.motion_path import MotionPose
 
-    return MotionPose(family, avatar, cfg.fps, cfg.motion, cfg.blink)
+    return MotionPose(family, avatar, cfg.fps, cfg.motion, blink if blink is not None else cfg.blink, style=style)
 
 
 def plan_of_source(pose_source: Any, motion: bool, mouth: MouthOptions, realtime: bool,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from trtalk.motion.blink import BlinkConfig, BlinkGenerator
 from trtalk.motion.head import HeadMotion, MotionConfig
+from trtalk.motion.style import MotionStyle, resolve_style
 from trtalk.families.base import Avatar, ModelFamily
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,21 @@ def is_auto(pose: object) -> bool:
     return pose is not None and str(pose) == AUTO
 
 
+def auto_motion(motion: MotionConfig, blink: BlinkConfig,
+                style: MotionStyle | None = None) -> tuple[MotionStyle, BlinkConfig]:
+    """The head motion style and blink settings of ``--pose auto``: ``style`` when given (a
+    server's uploaded style), else ``--motion-style``'s file, else the generic style; the blinks
+    take the style's rate and duration unless a ``--blink-*`` timing flag was given."""
+    st = style if style is not None else resolve_style(motion.style)
+    default = BlinkConfig()
+    timing = ("rate_per_min", "speech_rate_per_min", "duration_s")
+    if all(getattr(blink, k) == getattr(default, k) for k in timing):
+        duration = min(st.blink_duration_s, blink.min_interval_s)
+        blink = replace(blink, rate_per_min=st.blink_rate_per_min,
+                        speech_rate_per_min=st.blink_speech_rate_per_min, duration_s=duration)
+    return st, blink
+
+
 class MotionPose:
     """Pose codes of output frames from generated head motion and blinks (module docstring).
 
@@ -48,10 +65,11 @@ class MotionPose:
     """
 
     def __init__(self, family: ModelFamily, avatar: Avatar, fps: float, motion: MotionConfig | None = None,
-                 blink: BlinkConfig | None = None, keep_trace: bool = False) -> None:
+                 blink: BlinkConfig | None = None, keep_trace: bool = False,
+                 style: MotionStyle | None = None) -> None:
         self.family = family
         self.avatar = avatar
-        self.head = HeadMotion(fps, motion)
+        self.head = HeadMotion(fps, motion, style=style)
         self.blink = BlinkGenerator(fps, blink)
         self.keep_trace = keep_trace
         self.trace: list[tuple[int, float, float, float, float]] = []

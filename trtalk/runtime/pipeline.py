@@ -38,6 +38,7 @@ from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
 from trtalk.motion.blink import BlinkConfig
 from trtalk.motion.head import MotionConfig
+from trtalk.motion.style import MotionStyle
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
 from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
@@ -156,13 +157,16 @@ class Pipeline:
     ``family`` is shared (its networks); ``family_state`` is this stream's (None: a new one from
     `ModelFamily.new_state`); ``call(fn)`` runs the pose path's and mouth path's network calls
     (`trtalk serve`: on its worker thread).
+    ``motion_style``: the generated motion's style (None: ``cfg.motion.style``'s file, else the
+    generic style).
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None, motion: bool = False,
-                 mouth_clip: MouthClip | None = None, *, family_state: FamilyState | None = None,
-                 call: NetworkCall = direct_call, plan: InputPlan | None = None) -> None:
+                 mouth_clip: MouthClip | None = None, motion_style: MotionStyle | None = None, *,
+                 family_state: FamilyState | None = None, call: NetworkCall = direct_call,
+                 plan: InputPlan | None = None) -> None:
         self.cfg = cfg
         self.family = family
         #: the stream's state in the (shared) family: blinks, smoothing, controls, counters
@@ -190,10 +194,15 @@ class Pipeline:
         self.plan = plan
         self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime,
                              family_state=state, call=call, plan=plan)
+        blink, style = cfg.blink, None
+        if plan.motion:  # --pose auto: the style and its blinks
+            from trtalk.runtime.motion_path import auto_motion
+
+            style, blink = auto_motion(cfg.motion, cfg.blink, motion_style)
         # a family with blinks of its own (PD-FGC's --eyes auto) follows the motion settings
-        family.configure_motion(state, cfg.motion, cfg.blink, avatar if plan.motion else None)
+        family.configure_motion(state, cfg.motion, blink, avatar if plan.motion else None)
         if plan.motion:
-            self.pose.motion = auto_pose(family, avatar, cfg)
+            self.pose.motion = auto_pose(family, avatar, cfg, blink, style)
         mouth_opts = plan.mouth
         if mouth_opts.source in ("webcam", "blend"):
             family.want_visual_mouth(state, True)  # PC-AVS: pose and lips from one encoder pass

@@ -7,8 +7,11 @@ Endpoints (every one checks the token when the server has one: ``?token=``, head
 - ``GET /api/config``: avatars, pose and lip choices, fps, capacity;
 - ``POST /api/avatar``: upload a photo (raw body; byte, header and pixel limits before decoding,
   a face is required) -> ``{"id": ...}``;
-- ``POST /api/offer``: ``{"sdp", "type", "avatar", "pose", "mouth", "paste_back"}`` -> the SDP answer, or
-  ``{"error"}`` (503 when the server is full: admission control);
+- ``POST /api/motion-style``: upload a head motion style (`trtalk motion fit`'s JSON; raw body, at
+  most `trtalk.motion.style.MAX_BYTES`, validated) -> ``{"id", "name"}``;
+- ``POST /api/offer``: ``{"sdp", "type", "avatar", "pose", "mouth", "paste_back", "motion_style"}`` ->
+  the SDP answer, or ``{"error"}`` (503 when the server is full: admission control);
+  ``motion_style`` (pose ``auto`` only): an id of ``/api/config``'s ``motion_styles`` or an upload's;
 - ``GET /metrics``: Prometheus text; ``GET /healthz``: JSON state and capacity;
   ``POST /api/drain``: stop admitting sessions (running ones go on).
 
@@ -36,6 +39,8 @@ from aiohttp import web
 from trtalk import httpguard
 from trtalk.errors import TrtalkError
 from trtalk.families.base import Avatar, ModelFamily
+from trtalk.motion.style import MAX_BYTES as STYLE_MAX_BYTES
+from trtalk.motion.style import MotionStyle, resolve_style
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
@@ -183,6 +188,10 @@ class Server:
         self.tasks: dict[str, list[asyncio.Task]] = {}
         self.avatars: dict[str, Avatar] = {}
         self.uploads: list[str] = []
+        #: head motion styles for pose "auto": "default" (``--motion-style``, else the generic
+        #: style) and uploads (at most ``max_uploads``, oldest dropped first)
+        self.styles: dict[str, MotionStyle] = {"default": resolve_style(cfg.motion.style)}
+        self.style_uploads: list[str] = []
         self.builtin = {p.stem: p for p in sorted(ASSETS.glob("*.png"))}
         self.capacity = Capacity()
         self.draining = False
@@ -322,6 +331,19 @@ class Server:
                 except Exception:  # noqa: BLE001 - one session's trouble must not stop the ticker
                     log.warning("session %s: housekeeping failed", sid, exc_info=True)
 
+    def add_style(self, data: bytes) -> tuple[str, MotionStyle]:
+        """Validate an uploaded style file (`trtalk.motion.style.parse_style`) and keep it."""
+        from trtalk.motion.style import parse_style
+
+        style = parse_style(data, "(upload)")
+        key = f"style-{hashlib.sha256(data).hexdigest()[:16]}"
+        if key not in self.styles:
+            self.styles[key] = style
+            self.style_uploads.append(key)
+            while len(self.style_uploads) > self.limits.max_uploads:
+                self.styles.pop(self.style_uploads.pop(0), None)
+        return key, style
+
     async def get_avatar(self, key: str) -> Avatar | None:
         return self.avatars.get(key)
 
@@ -379,6 +401,10 @@ class Server:
             plan = session_plan(self.family, pose, mouth_opts)
         except TrtalkError as exc:
             raise _bad(str(exc)) from None
+        style_key = params.get("motion_style") or "default"
+        if not isinstance(style_key, str) or style_key not in self.styles:
+            raise _bad("unknown motion style: pick one of the list or upload a style file")
+        motion_style = self.styles[style_key] if plan.motion else None
         refusal = self.admit()
         if refusal:
             self.metrics.session_refused()
@@ -402,7 +428,7 @@ class Server:
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
                 sid, cfg, self.family, avatar, self.scheduler, pose,
-                on_end=self._on_end, on_frame=self._on_frame, plan=plan))
+                on_end=self._on_end, on_frame=self._on_frame, plan=plan, motion_style=motion_style))
         except TrtalkError as exc:
             raise _bad(str(exc)) from None
         finally:
@@ -625,6 +651,9 @@ def make_app(server: Server) -> web.Application:
             "fps": server.cfg.fps, "model": server.family.name,
             "random_weights": server.family.random_weights,
             "max_upload_bytes": server.limits.max_upload_bytes,
+            "motion_styles": [{"id": k, "label": ("default: " if k == "default" else "uploaded: ") + st.name}
+                              for k, st in server.styles.items()],
+            "max_style_bytes": STYLE_MAX_BYTES,
             "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions)})
 
     async def upload(request: web.Request) -> web.Response:
@@ -649,6 +678,20 @@ def make_app(server: Server) -> web.Application:
         finally:
             server._uploading -= 1
         return web.json_response({"id": key})
+
+    async def upload_style(request: web.Request) -> web.Response:
+        try:
+            httpguard.content_length(request.headers.get("Content-Length"), STYLE_MAX_BYTES)
+            data = await read_body(request, STYLE_MAX_BYTES, server.limits.body_timeout_s)
+        except httpguard.HttpRefusal as exc:
+            if exc.status == 413:
+                raise httpguard.HttpRefusal(413, f"a motion style file is at most {STYLE_MAX_BYTES} bytes") from None
+            raise
+        try:
+            key, style = server.add_style(data)
+        except TrtalkError as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        return web.json_response({"id": key, "name": style.name})
 
     async def offer(request: web.Request) -> web.Response:
         httpguard.require_json(request.headers.get("Content-Type"))
@@ -676,6 +719,7 @@ def make_app(server: Server) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/api/config", config)
     app.router.add_post("/api/avatar", upload)
+    app.router.add_post("/api/motion-style", upload_style)
     app.router.add_post("/api/offer", offer)
     app.router.add_post("/api/drain", drain)
     app.router.add_get("/metrics", metrics)

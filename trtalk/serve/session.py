@@ -34,6 +34,7 @@ import torch
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
 from trtalk.families.base import Avatar, ModelFamily, PoseInput
+from trtalk.motion.style import MotionStyle
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.inputs import InputPlan, InputRequest, plan_inputs
 from trtalk.runtime.mouth_path import MouthOptions
@@ -362,14 +363,15 @@ class Session:
     """One browser's stream: a `Pipeline` on its own thread (see the module docstring).
 
     ``on_end(session)`` runs on that thread when the pipeline stops (``error`` says why, if it
-    failed); ``on_frame(session, timing)`` after every frame.
+    failed); ``on_frame(session, timing)`` after every frame. ``motion_style``: the head motion
+    style of pose "auto" (None: the config's ``--motion-style``, else the generic style).
     """
 
     def __init__(self, sid: str, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar,
                  scheduler: BatchScheduler, pose: str,
                  on_end: Callable[["Session"], None] = lambda s: None,
                  on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None,
-                 plan: InputPlan | None = None) -> None:
+                 plan: InputPlan | None = None, motion_style: MotionStyle | None = None) -> None:
         self.id = sid
         self.cfg = cfg
         self.family = family
@@ -392,7 +394,8 @@ class Session:
         # blend mixes in) runs on the worker thread
         self.pipeline = Pipeline(cfg, family, avatar, self.audio, self.video, [self.sink], RealClock(),
                                  background=avatar_background, family_state=self.family_state,
-                                 call=scheduler.call, plan=plan or session_plan(family, pose, cfg.mouth_source))
+                                 call=scheduler.call, plan=plan or session_plan(family, pose, cfg.mouth_source),
+                                 motion_style=motion_style)
         self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, state=self.family_state,
                                            layout=cfg.layout, paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))

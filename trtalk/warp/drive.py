@@ -8,10 +8,11 @@ causal live).
 
 *Openness* (0 = lips closed, 1 = the avatar's widest opening) comes from a
 small linear audio-to-mouth model (:class:`MouthModel`, ``trtalk/assets/
-mouth_model.safetensors``, 121 weights) trained by ``scripts/train_mouth_model.py``
-on public talking clips with their tracked inner-lip gap: pooled mel bands of
-the window's rows 8-19 -> a score, mapped through a monotone table (the
-training clips' gap distribution) to the opening, so the share of closed
+mouth_model.safetensors``, 193 weights) trained by ``scripts/train_mouth_model.py``
+on public talking clips (the 14 PC-AVS sample clips and 12 more from public
+repositories) with their tracked inner-lip gap: 16 pooled mel bands of the
+window's rows 8-19 -> a score, mapped through a monotone table (the PC-AVS
+clips' gap distribution) to the opening, so the share of closed
 frames matches real speech and a low score closes the lips; pauses and the
 near-silent hold of a stop close them whatever the score, judged 50 ms ahead
 of the frame (the lips lead the sound). ``scripts/mouth_model_search.py``

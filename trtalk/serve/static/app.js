@@ -29,6 +29,8 @@
     for (const a of config.avatars) $("avatar").add(new Option(a.label, a.id));
     for (const p of config.poses) $("pose").add(new Option(p.label, p.id));
     for (const m of config.mouths) $("mouth").add(new Option(m.label, m.id));
+    for (const st of config.motion_styles || []) $("motion-style").add(new Option(st.label, st.id));
+    showStyle();
     $("mouth-label").hidden = config.mouths.length < 2;
     $("model").textContent = "model: " + config.model + (config.random_weights ? " (random weights)" : "") +
       " · " + config.fps + " fps · room for " + config.capacity_sessions + " session(s)";
@@ -48,6 +50,23 @@
       $("avatar").add(opt); $("avatar").value = r.id;
       status("photo ready");
     } catch (e) { error(e.message); status("upload refused"); }
+  });
+
+  // A motion style (`trtalk motion fit`) shapes the generated head motion: pose "auto" only.
+  function showStyle() { $("style-box").hidden = !config || $("pose").value !== "auto"; }
+  $("style-upload").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    if (!file || !config) return;
+    error(null);
+    if (file.size > config.max_style_bytes) { error("that is too large for a motion style file"); return; }
+    status("checking the motion style…");
+    try {
+      const r = await api("api/motion-style", { method: "POST", body: file,
+        headers: { "Content-Type": "application/json" } });
+      const opt = new Option("uploaded: " + r.name, r.id);
+      $("motion-style").add(opt); $("motion-style").value = r.id;
+      status("motion style ready");
+    } catch (e) { error(e.message); status("style refused"); }
   });
 
   function watchFrames(video) {
@@ -88,6 +107,7 @@
     if (!config) return;
     const m = choice(config.mouths, $("mouth").value);
     if (m && m.camera && !choice(config.poses, $("pose").value).camera) $("mouth").value = config.mouths[0].id;
+    showStyle();
   });
 
   async function start() {
@@ -133,6 +153,7 @@
       const answer = await api("api/offer", { method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", avatar: $("avatar").value,
                                pose: $("pose").value, mouth: $("mouth").value,
+                               motion_style: $("pose").value === "auto" ? ($("motion-style").value || null) : null,
                                paste_back: $("paste").checked }) });
       await pc.setRemoteDescription(answer);
       $("stop").disabled = false;
