@@ -1,17 +1,23 @@
-"""Load test of `trtalk serve`: K concurrent headless aiortc sessions on the loopback address.
+"""Load test of `trtalk serve`: K headless aiortc sessions on the loopback address, admitted
+by the server's own measured admission (issue 23: no admitted session below the frame rate).
 
-Starts `trtalk serve` as its own process (so clients and server do not share a GIL), first as is
-to read the capacity its warm-up measured (/healthz), then with admission opened up
-(``--capacity-fps``) so every K runs. For each K it runs K clients (`trtalk.serve.client`, the
-tests' speech wave looped as the microphone) for ``--seconds`` and reports per-session frames/s
-(new frames each session's pipeline made, from its report; also the frames received, which
-include the last frame repeated while no new one is due), mic-to-frame p50/p99 (the server's per-session
-report, last 500 frames) and the server's batch-size histogram over that run (from /metrics).
+Starts `trtalk serve` as its own process (so clients and server do not share a GIL). For each K
+it starts K clients (`trtalk.serve.client`, the tests' speech wave looped as the microphone)
+``--stagger`` seconds apart, so each arrives while the earlier ones run and the server's cost
+model has measured them; the server admits or refuses each. Each admitted client runs until
+``--seconds`` after the last one started. Reported per K: which sessions were admitted and
+refused, each admitted session's frames/s (new frames its pipeline made, from its own report),
+mic-to-frame p50/p99, the server's batch-size histogram and its capacity before and after
+(/healthz: measured CPU ms a frame, CPU rate, sessions that fit). The run passes when no
+admitted session made fewer than ``--min-fps`` frames/s (default: 24 at 25 fps).
+
+``--open`` adds the old sweep with admission opened up (``--capacity-fps``), every K running,
+to show what admission protects against.
 
     python benchmarks/serve_load.py --model warp --out benchmarks/results/serve_load_warp_cpu.json
     python benchmarks/serve_load.py --model pcavs --model-config small --out ...
 
-Bounded: K <= 16, seconds <= 60.
+Bounded: K <= 16, seconds <= 60. Exit status 1 when an admitted session fell below --min-fps.
 """
 
 from __future__ import annotations
@@ -69,13 +75,23 @@ def batch_hist(url: str) -> dict[str, int]:
             for m in re.finditer(r'trtalk_batch_size_bucket\{le="([^"]+)"\} (\d+)', text)}
 
 
-def run_k(url: str, k: int, seconds: float, wave: np.ndarray) -> dict:
+def health(url: str) -> dict:
+    return json.loads(urllib.request.urlopen(url + "/healthz", timeout=10).read())
+
+
+def run_k(url: str, k: int, seconds: float, wave: np.ndarray, stagger: float = 0.0) -> dict:
+    """K clients, ``stagger`` s apart, each until ``seconds`` after the last one started."""
     from trtalk.serve.client import run_client
 
+    async def one(i: int):
+        await asyncio.sleep(i * stagger)
+        return await run_client(url, wave, seconds + (k - 1 - i) * stagger)
+
     async def main():
-        return await asyncio.gather(*[run_client(url, wave, seconds) for _ in range(k)])
+        return await asyncio.gather(*[one(i) for i in range(k)])
 
     before = batch_hist(url)
+    health_before = health(url)
     res = asyncio.run(main())
     time.sleep(1.0)
     after = batch_hist(url)
@@ -89,7 +105,7 @@ def run_k(url: str, k: int, seconds: float, wave: np.ndarray) -> dict:
     sessions = []
     for r in res:
         st = r.stats or {}
-        sessions.append({"status": r.status, "error": r.error,
+        sessions.append({"status": r.status, "admitted": r.status == 200, "error": r.error,
                          "fps_received": round(r.fps(skip_s=2.0), 2),
                          "server_fps": st.get("fps"), "frames": st.get("frames"),
                          "dropped": st.get("dropped"),
@@ -98,13 +114,24 @@ def run_k(url: str, k: int, seconds: float, wave: np.ndarray) -> dict:
     p50 = [s["mic_to_frame_ms"]["p50"] for s in ok]
     p99 = [s["mic_to_frame_ms"]["p99"] for s in ok]
     fps = [s["server_fps"] for s in ok if s["server_fps"] is not None]
-    return {"k": k, "sessions": sessions, "batch_size_hist": hist,
+    return {"k": k, "admitted": sum(s["admitted"] for s in sessions),
+            "refused": sum(s["status"] == 503 for s in sessions), "sessions": sessions,
+            "batch_size_hist": hist, "health_before": health_before, "health_after": health(url),
             # new frames/s each session's pipeline made (its own report); the video track repeats
             # the last frame when none is new, so frames received (fps_received) can be more
             "fps_min": min(fps, default=None),
             "fps_mean": round(float(np.mean(fps)), 2) if fps else None,
             "mic_to_frame_p50_ms_median": round(float(np.median(p50)), 1) if p50 else None,
             "mic_to_frame_p99_ms_max": round(float(max(p99)), 1) if p99 else None}
+
+
+def _line(r: dict) -> str:
+    h = r["health_after"]
+    return (f"K={r['k']}: admitted {r['admitted']}, refused {r['refused']}; fps min {r['fps_min']} "
+            f"mean {r['fps_mean']}, mic->frame p50 {r['mic_to_frame_p50_ms_median']} ms, p99 max "
+            f"{r['mic_to_frame_p99_ms_max']} ms; capacity {h.get('capacity_sessions')} session(s), "
+            f"{h.get('frame_cost_ms', float('nan')):.1f} ms CPU a frame, {h.get('cpu_rate', float('nan')):.2f} "
+            f"CPU s/s; batches {r['batch_size_hist']}")
 
 
 def main() -> int:
@@ -117,44 +144,60 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--server-args", default="", help="more `trtalk serve` flags, e.g. '--threads 1'")
+    ap.add_argument("--stagger", type=float, default=3.0, help="seconds between the clients' arrivals")
+    ap.add_argument("--min-fps", type=float, default=None, help="the floor of an admitted session's "
+                    "frames/s (default: 24 at 25 fps, i.e. 0.96 of --fps)")
+    ap.add_argument("--open", action="store_true", help="also run every K with admission opened up")
     args = ap.parse_args()
     ks = [int(x) for x in args.ks.split(",")]
+    if args.min_fps is None:
+        args.min_fps = 0.96 * args.fps
     if max(ks) > 16 or args.seconds > 60:
         raise SystemExit("K <= 16 and --seconds <= 60")
     from conftest import make_speech_wave
 
     wave = make_speech_wave()
+    runs, opened = [], []
     proc, url = start_server(args, [])
-    health = json.loads(urllib.request.urlopen(url + "/healthz").read())
-    proc.terminate()
-    proc.wait(30)
-    proc, url = start_server(args, ["--capacity-fps", "1000000"])
-    runs = []
+    measured = health(url)
+    print(f"measured at start: {measured}", flush=True)
     try:
         for k in ks:
-            r = run_k(url, k, args.seconds, wave)
+            r = run_k(url, k, args.seconds, wave, args.stagger)
             runs.append(r)
-            print(f"K={k}: fps min {r['fps_min']} mean {r['fps_mean']}, mic->frame p50 "
-                  f"{r['mic_to_frame_p50_ms_median']} ms, p99 max {r['mic_to_frame_p99_ms_max']} ms, "
-                  f"batches {r['batch_size_hist']}", flush=True)
+            print(_line(r), flush=True)
+            time.sleep(2.0)  # the sessions end and leave the server idle
     finally:
         proc.terminate()
         proc.wait(30)
+    if args.open:
+        proc, url = start_server(args, ["--capacity-fps", "100000"])
+        try:
+            for k in ks:
+                r = run_k(url, k, args.seconds, wave)
+                opened.append(r)
+                print("admission opened up: " + _line(r), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    below = [(r["k"], s["server_fps"]) for r in runs for s in r["sessions"]
+             if s["admitted"] and (s["server_fps"] is None or s["server_fps"] < args.min_fps)]
+    verdict = "PASS" if not below else f"FAIL: admitted sessions below {args.min_fps} frames/s: {below}"
+    print(verdict, flush=True)
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     result = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "git": git,
               "model": args.model, "model_config": args.model_config, "fps": args.fps,
               "max_batch": args.max_batch, "seconds": args.seconds, "cpus": os.cpu_count(),
               "load_avg_at_end": os.getloadavg(),
-              "measured_capacity": {"sessions": health["capacity_sessions"],
-                                    "frames_per_s": health["capacity_fps"]},
-              "runs": runs}
+              "measured_capacity": measured, "min_fps": args.min_fps, "verdict": verdict,
+              "runs": runs, "runs_admission_opened": opened}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(args.out)
-    return 0
+    return 0 if not below else 1
 
 
 if __name__ == "__main__":

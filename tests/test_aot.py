@@ -202,6 +202,12 @@ def test_export_options_for_the_aot_target(tmp_path) -> None:
         ExportOptions(out=tmp_path, buckets=(1, 2)).validate()
     with pytest.raises(TrtalkError, match="drop --modconv plugin"):
         ExportOptions(target="aot", modconv="plugin").validate()
-    with pytest.raises(TrtalkError, match="add --precision fp32"):  # fp16 is the export default
-        export_aot(ExportOptions(target="aot", device="cpu", cache_dir=tmp_path))
+    with pytest.raises(TrtalkError, match="add --precision fp32"):  # an explicit fp16 on the CPU
+        export_aot(ExportOptions(target="aot", device="cpu", precision="fp16", cache_dir=tmp_path))
     assert not (tmp_path / "engines").exists()
+    # the default precision is render's rule: fp32 for the CPU, fp16 for CUDA and TensorRT
+    assert ExportOptions(target="aot", device="cpu").resolved_precision() == "fp32"
+    assert ExportOptions(target="aot", device="cuda").resolved_precision() == "fp16"
+    assert ExportOptions(out=tmp_path, target="tensorrt-rtx").resolved_precision() == "fp16"
+    assert ExportOptions(out=tmp_path, modconv="plugin").resolved_precision() == "fp32"
+    assert ExportOptions(out=tmp_path, precision="fp16").resolved_precision() == "fp16"

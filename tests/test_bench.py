@@ -61,8 +61,8 @@ def test_flops_and_fraction_of_peak(bench_out: Path):
     assert set(flops) == {"identity", "pose", "audio", "generator", "pose_mouth"}
     assert all(f > 0 for f in flops.values())
     # Small dev model: its generator is narrow; the official one is the largest stage.
-    assert r["flops_vs_design"]["pose"]["verdict"] == "near DESIGN"
-    assert r["flops_vs_design"]["identity"]["verdict"] == "near DESIGN"
+    assert r["flops_vs_design"]["pose"]["verdict"] == "near the reference"
+    assert r["flops_vs_design"]["identity"]["verdict"] == "near the reference"
     peak = r["peaks"]["fp32"]
     assert peak["flops"] > 0 and peak["estimate"] is True
     for run in r["runs"]:
@@ -96,7 +96,8 @@ def test_report_files_and_provenance(bench_out: Path):
         assert m[k], k
     assert r["targets"]["measured_here"] is False
     md = (bench_out / "results.md").read_text()
-    assert r["command"] in md and "not measured on this machine" in md and "torch-fp16" in md
+    assert r["command"] in md and "torch-fp16" in md
+    assert "## Targets" not in md and "DESIGN" not in md  # H100 goals are not a CPU's
     pngs = sorted(bench_out.glob("*.png"))
     assert {p.name for p in pngs} >= {"latency_vs_batch.png", "frame_breakdown_b1.png"}
     for p in pngs:

@@ -146,10 +146,13 @@ def test_unknown_kind_and_missing_cuda():
             open_runner("torch", None, "cuda").backends
 
 
-def test_torch_backend_refuses_export_dir(tmp_path):
+def test_torch_backend_on_a_broken_export_dir_is_one_line_error(tmp_path):
+    """torch runs the weights an export folder records (tests/test_export.py); a folder whose
+    manifest is unreadable is a one-line error, not a guess."""
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(TrtalkError, match="needs a checkpoint"):
+    with pytest.raises(TrtalkError, match="re-export") as exc:
         open_runner("torch", tmp_path).backends
+    assert "\n" not in str(exc.value)
 
 
 # ------------------------------------------------------------------ tensorrt: no GPU here

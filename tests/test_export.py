@@ -250,7 +250,7 @@ def cli(monkeypatch):
 
 
 def test_cli_modconv_plugin_needs_fp32_and_no_rtx(cli, tmp_path, capsys):
-    assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin"]) == 2
+    assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin", "--precision", "fp16"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--precision fp32" in err and len(err.splitlines()) == 1
     assert cli(["export", "--out", str(tmp_path / "o"), "--modconv", "plugin", "--precision", "fp32",
@@ -369,3 +369,75 @@ def test_datacenter_tensorrt_networks_are_strongly_typed() -> None:
     old = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0))
     assert network_flags(old, "tensorrt") == 0
     assert network_flags(trt11, "tensorrt-rtx") == 0
+
+
+# ------------------------------------------------------------------ export folders as --checkpoint
+
+
+def test_an_export_folder_runs_as_is_warned_and_stamped(export_fp16, small_model, tmp_path, monkeypatch,
+                                                         caplog) -> None:
+    """``--checkpoint EXPORT`` on onnxruntime runs the folder's own graphs: the exporter is never
+    called and the cache stays empty; its manifest's random weights are warned once and every
+    frame is stamped, as without a checkpoint (issue 23)."""
+    import logging
+
+    import trtalk.export.exporter as exporter
+    from trtalk.engine.runner import RunnerOptions, open_runner
+    from trtalk.families.base import Avatar
+    from trtalk.families.pcavs.runtime import PCAVSFamily
+    from trtalk.runtime.step import RANDOM_WEIGHTS_NOTE, FrameStep, stamp
+
+    def never(*args, **kwargs):
+        raise AssertionError("an export folder was re-exported")
+
+    monkeypatch.setattr(exporter, "export_pcavs", never)
+    monkeypatch.setattr(exporter, "load_model", never)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING):
+        runner = open_runner("onnxruntime", export_fp16, "cpu", RunnerOptions(cache_dir=cache))
+    assert not cache.exists()
+    assert runner.random_weights
+    assert [r.levelname for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()] == ["WARNING"]
+    style, id_map = example_inputs(stage_specs(small_model)["generator"], batch=2, seed=11)
+    with torch.no_grad():
+        want = small_model.generate(style, id_map)
+    assert (runner.generate(style, id_map) - want).abs().max().item() <= FP16_IMAGE_TOL  # its fp16 graphs
+    family = PCAVSFamily(runner)
+    crop = np.full((224, 224, 3), 128, np.uint8)
+    avatar = Avatar(crop, crop, np.eye(2, 3), torch.zeros(12))
+    framed = FrameStep(family, avatar).compose(crop)
+    np.testing.assert_array_equal(framed, stamp(crop, RANDOM_WEIGHTS_NOTE))
+    assert not np.array_equal(framed, crop)
+
+
+def test_export_folder_on_torch_runs_the_weights_it_was_made_from(export_fp16, small_model) -> None:
+    """torch (and aot) run weights, not graphs: an export folder gives the seeded random weights
+    its manifest records (family, config, seed), the same model it was exported from."""
+    from trtalk.engine.runner import open_runner
+    from trtalk.runtime.options import ModelOptions
+
+    runner = open_runner("torch", export_fp16, "cpu")
+    assert runner.random_weights
+    style, id_map = example_inputs(stage_specs(small_model)["generator"], batch=1, seed=11)
+    same = open_runner("torch", small_model, "cpu")
+    assert torch.equal(runner.generate(style, id_map), same.generate(style, id_map))
+    assert torch.equal(runner.encode_audio(example_inputs(stage_specs(small_model)["audio"], 1, 3)[0]),
+                       same.encode_audio(example_inputs(stage_specs(small_model)["audio"], 1, 3)[0]))
+    # the front ends' default backend for an export folder is onnxruntime (its graphs)
+    opts = ModelOptions(checkpoint=export_fp16)
+    assert opts.resolved_backend() == "onnxruntime" and opts.resolved_model() == "pcavs"
+    assert ModelOptions(checkpoint=export_fp16, backend="torch").resolved_backend() == "torch"
+
+
+def test_a_cached_export_is_reused_not_rebuilt(export_fp32, tmp_path_factory, monkeypatch) -> None:
+    """The second ask for the same weights, precision and batch finds the cached export."""
+    import trtalk.export.exporter as exporter
+    from trtalk.engine.runner import ensure_export
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached export was rebuilt")
+
+    monkeypatch.setattr(exporter, "export_pcavs", never)
+    again = ensure_export(None, "fp32", 4, shared_cache_dir(tmp_path_factory), config=PCAVSConfig.small(),
+                          seed=SEED)
+    assert again == export_fp32

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -416,10 +417,11 @@ def test_truncated_video_is_used_with_a_warning(tmp_path, caplog):
     assert f"only {n} frame(s) of the 50 its container lists decoded" in caplog.text
 
 
-def test_quiet_hides_mediapipe_native_warnings(tmp_path):
+def test_mediapipe_native_warnings_are_hidden(tmp_path):
+    """Hidden by default (issue 23; -q before), errors still shown."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = tmp_path / "q.mp4"
-    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "-q", "demo", "--duration", "0.2",
+    res = subprocess.run([sys.executable, "-m", "trtalk.cli", "demo", "--duration", "0.2",
                           "-o", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "W0000" not in res.stderr and "XNNPACK" not in res.stderr, res.stderr
@@ -502,8 +504,9 @@ def test_cli_works_without_the_optional_extras(tmp_path):
 
 @pytest.mark.parametrize("command", ["render", "demo", "stream", "export"])
 def test_model_config_is_a_visible_option(command, capsys):
+    # issue 23: --help shows the common options; --help-all every one
     with pytest.raises(SystemExit):
-        main([command, "--help"])
+        main([command, "--help-all"])
     out = capsys.readouterr().out
     assert "--model-config {official,small}" in out and "seconds on a CPU" in " ".join(out.split())
 
@@ -630,6 +633,42 @@ def test_control_endpoint_times_out_slow_clients():
         assert ok.startswith(b"HTTP/1.0 200")
 
 
+def test_control_endpoint_closes_promptly_while_a_pose_file_is_encoded():
+    """Issue 24: `ControlServer.close` waited up to 60 s for a pose file being encoded. Encoding
+    now checks `Controls.check_open` per frame (`PDFGCFamily._encode_file`), so closing cancels
+    it: here an encoding that would take 60 s stops at its next step, close returns in seconds,
+    no request thread is left and the client gets a 503 (nothing queued)."""
+    from trtalk.families.controls import ControlServer, Controls
+
+    controls = Controls()
+    started, steps = threading.Event(), []
+
+    def prepare(path):  # 1200 steps of 50 ms, checking between them as the real encoder does
+        started.set()
+        for i in range(1200):
+            controls.check_open("detect", i, 1200)
+            steps.append(i)
+            time.sleep(0.05)
+        return torch.zeros(1)
+
+    controls.prepare_pose = prepare
+    srv = ControlServer(controls, port=0).start()
+    answers: list[bytes] = []
+    client = threading.Thread(target=lambda: answers.append(_raw_http(srv.port, _post(
+        b'{"set": "pose_source", "source": "' + str(ROOT / "trtalk/assets/astronaut.png").encode() + b'"}'),
+        timeout=30)[0]))
+    client.start()
+    assert started.wait(20)
+    t = time.monotonic()
+    srv.close()
+    closed_in = time.monotonic() - t
+    client.join(10)
+    assert closed_in < 5 and len(steps) < 200, (closed_in, len(steps))
+    assert not any(h.is_alive() for h in srv._handlers)
+    assert answers and answers[0].startswith(b"HTTP/1.0 503") and b"the stream is ending" in answers[0]
+    assert controls.begin_frame(0) == []  # nothing queued
+
+
 def test_control_token_needs_eight_characters(capsys):
     """Issue 24: serve required 8+ characters, ``stream --control-token`` took anything."""
     line = _one_line_error(["stream", "--audio", str(ROOT / "trtalk/assets/demo_speech.wav"), "--control",
@@ -684,6 +723,7 @@ def test_stream_ends_cleanly_while_a_pose_switch_is_encoded(tmp_path):
     (["serve", "--max-upload-mp", "inf"], "--max-upload-mp must be a finite number"),
     (["serve", "--port", "70000"], "--port 70000 is out of range: it must be between 0 and 65535"),
     (["serve", "--port", "-1"], "--port -1 is out of range"),
+    (["serve", "--max-connections", "0"], "--max-connections 0 is out of range"),
     (["stream", "--control-port", "70000"], "--control-port 70000 is out of range"),
     (["stream", "--stats", "inf"], "--stats must be a finite number"),
     (["render", "--lost-hold-s", "inf"], "--lost-hold-s must be a finite number"),

@@ -11,7 +11,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
 - ``trtalk``; ``errors``, ``signals``, ``net``; ``fsutil``, ``configcli``, ``threads``,
   ``httpguard``: the version; the user-error type, the SIGINT/SIGTERM helper (which atomic files
   consult before they commit), the loopback rule of the HTTP endpoints; atomic files,
-  config-to-flags, the CPU thread policy, the request rules both HTTP endpoints share.
+  config-to-flags, the CPU thread policy, the request rules both HTTP endpoints share, the
+  progress bars of long jobs.
 - ``media``, ``audio``, ``kernels``: plumbing with no model in it: image/video decoding and
   the mp4 writer (PyAV, OpenCV), audio decoding and the mel frontend, the CUDA kernels and
   their torch references.
@@ -31,7 +32,8 @@ The layers, lowest first; a package may import only packages of strictly lower l
   inference worker), a front end like render and stream.
 - ``integrations``: the voice-agent frameworks (Pipecat, LiveKit Agents) on serve's sessions and
   scheduler, one shared scheduler per process.
-- ``cli``: the ``trtalk`` command, which loads each package's subcommand by name.
+- ``cli``: the ``trtalk`` command, which loads each package's subcommand by name; ``__main__``:
+  ``python -m trtalk``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ PKG = ROOT / "trtalk"
 LAYERS: list[set[str]] = [
     {"trtalk"},
     {"errors", "signals", "net"},
-    {"fsutil", "configcli", "threads", "httpguard"},
+    {"fsutil", "configcli", "threads", "httpguard", "progress"},
     {"media", "audio", "kernels"},
     {"models", "face"},
     {"warp"},
@@ -64,6 +66,7 @@ LAYERS: list[set[str]] = [
     {"bench", "serve"},
     {"integrations"},
     {"cli"},
+    {"__main__"},
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 

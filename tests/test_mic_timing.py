@@ -139,7 +139,7 @@ def test_slow_starting_device_is_not_lost_audio(fake_sd: type[FakeDevice], face_
     fake_sd.startup_s = 0.6
     fake_sd.wave = make_speech_wave(3.0, seed=3)
     sink = AudioSink()
-    cfg = StreamConfig(avatar=face_image_path, duration=1.5)
+    cfg = StreamConfig(face=face_image_path, duration=1.5)
     pipe = StreamPipeline(cfg, StubRunner(), MicSource(), None, [sink], RealClock())
     report = pipe.run()
     assert report.frames + report.drops.get("frames_late", 0) == 38

@@ -190,7 +190,7 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_mod
                 urllib.request.urlopen(req, timeout=5).close()
             super().write(frame, pts_s)
 
-    cfg = StreamConfig(avatar=face_image_path, fps=25.0, duration=0.28, batch=1)
+    cfg = StreamConfig(face=face_image_path, fps=25.0, duration=0.28, batch=1)
     audio = AudioFileSource(write_wav(tmp_path / "s.wav", speech_wave[:16000]))
     pose = clip_pose_source(pose_video_path)
     with ControlServer(st.controls, port=0) as srv, PostingSink() as sink:
@@ -320,6 +320,28 @@ def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(pdfgc_model, 
     assert torch.allclose(st.controls.current["pose"], st.clips["pose"][0])  # a still: its code
     with pytest.raises(TrtalkError, match="pose_source needs"):
         st.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})
+
+
+def test_closing_the_stream_cancels_a_pose_file_being_encoded(pdfgc_model, pose_video_path, monkeypatch):
+    """Issue 24: closing the control endpoint waited for a pose file's whole encoding (up to
+    60 s). The encoding checks `Controls.check_open` after every frame: closed at frame 3 of the
+    50-frame clip, it stops there with a one-line error and queues nothing."""
+    from trtalk.face.landmarks import FaceMeshDetector
+
+    fam, avatar = _family(pdfgc_model)
+    seen = []
+    detect = FaceMeshDetector.detect3d
+
+    def counting(self, image):
+        seen.append(1)
+        if len(seen) == 3:
+            fam.controls.closed = True  # the stream ends while the file is encoded
+        return detect(self, image)
+
+    monkeypatch.setattr(FaceMeshDetector, "detect3d", counting)
+    with pytest.raises(TrtalkError, match="the stream is ending"):
+        fam.controls.submit({"set": "pose_source", "source": str(pose_video_path)})
+    assert len(seen) == 3 and fam.controls.begin_frame(0) == []
 
 
 def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):

@@ -147,7 +147,7 @@ def test_streaming_mel_equals_whole_file(avatar: Path) -> None:
     """The stream's per-frame mel windows are the offline frontend's, for the same gain."""
     x = make_speech_wave(3.0, seed=7)
     runner = StubRunner()
-    cfg = StreamConfig(avatar=avatar, batch=3)
+    cfg = StreamConfig(face=avatar, batch=3)
     src = AudioFileSource(wave=x, block=137)  # odd block size: chunking must not matter
     report = StreamPipeline(cfg, runner, src, None, [NullSink()], VirtualClock()).run()
     n = num_video_frames(len(x), FPS)
@@ -156,7 +156,7 @@ def test_streaming_mel_equals_whole_file(avatar: Path) -> None:
     np.testing.assert_allclose(np.stack(runner.mels), expected, atol=1e-6)
     # A fixed gain option: equal to the whole-file frontend with that gain.
     runner2 = StubRunner()
-    cfg2 = StreamConfig(avatar=avatar, audio_gain=2.0)
+    cfg2 = StreamConfig(face=avatar, audio_gain=2.0)
     StreamPipeline(cfg2, runner2, AudioFileSource(wave=x), None, [NullSink()], VirtualClock()).run()
     from trtalk.audio import StreamingMel
 
@@ -176,7 +176,7 @@ def test_ten_seconds_fast_replay(avatar: Path, wave10: np.ndarray, pose_video_pa
                                  tmp_path: Path) -> None:
     """10 s of speech + a looped pose video, virtual clock: counts, pacing, queues, sync, report."""
     runner = StubRunner()
-    cfg = StreamConfig(avatar=avatar, batch=4)
+    cfg = StreamConfig(face=avatar, batch=4)
     out = tmp_path / "rec.mp4"
     lst = ListSink()
     with _recorder(out) as rec:
@@ -228,7 +228,7 @@ def test_ten_seconds_fast_replay(avatar: Path, wave10: np.ndarray, pose_video_pa
 def test_duration_limit_reads_only_the_audio_it_needs(avatar: Path, wave10: np.ndarray) -> None:
     """--duration 1 on a 10 s file, virtual clock: 25 frames, and the audio taken stops near
     what the last frame's window needs (it used to drain the whole file: 9 s of false drift)."""
-    cfg = StreamConfig(avatar=avatar, batch=4, duration=1.0)
+    cfg = StreamConfig(face=avatar, batch=4, duration=1.0)
     pipe = StreamPipeline(cfg, StubRunner(), AudioFileSource(wave=wave10, capacity=16), None,
                           [ListSink()], VirtualClock())
     report = pipe.run()
@@ -240,7 +240,7 @@ def test_mic_failure_silence_then_recovery(avatar: Path, wave10: np.ndarray,
                                            caplog: pytest.LogCaptureFixture) -> None:
     """Mic lost at 3 s, back at 5 s: the stream goes on, those windows are silence, one warning."""
     runner = StubRunner()
-    cfg = StreamConfig(avatar=avatar)
+    cfg = StreamConfig(face=avatar)
     loud = np.clip(wave10 + 0.2 * np.sin(np.arange(len(wave10)) * 0.3), -1, 1).astype(np.float32)
     audio = AudioFileSource(wave=loud, fail_at_s=3.0, resume_at_s=5.0)
     with caplog.at_level(logging.INFO, logger="trtalk.runtime"):
@@ -260,7 +260,7 @@ def test_mic_failure_silence_then_recovery(avatar: Path, wave10: np.ndarray,
 def test_camera_failure_holds_pose_and_recovers(avatar: Path, wave10: np.ndarray, pose_video_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     runner = StubRunner()
-    cfg = StreamConfig(avatar=avatar, pose_smoothing=0.0, lost_hold_s=0.3, lost_ease_s=1.0)
+    cfg = StreamConfig(face=avatar, pose_smoothing=0.0, lost_hold_s=0.3, lost_ease_s=1.0)
     audio = AudioFileSource(wave=wave10[: 6 * 16000])
     pose = pose_file_source(pose_video_path, cfg, fail_at_s=2.0, resume_at_s=4.0)
     with caplog.at_level(logging.INFO, logger="trtalk.runtime"):
@@ -289,7 +289,7 @@ def test_camera_failure_holds_pose_and_recovers(avatar: Path, wave10: np.ndarray
 def test_realtime_drops_are_bounded_and_counted(avatar: Path, wave10: np.ndarray) -> None:
     """Compute slower than real time on a real clock: stale frames dropped, counted; fps reported."""
     runner = StubRunner(delay_s=0.12)  # ~0.12 s per batch: cannot keep 25 fps with batch 2
-    cfg = StreamConfig(avatar=avatar, batch=2, max_delay_s=0.2, duration=2.0)
+    cfg = StreamConfig(face=avatar, batch=2, max_delay_s=0.2, duration=2.0)
     audio = AudioFileSource(wave=wave10, capacity=8)
     lst = ListSink()
     report = StreamPipeline(cfg, runner, audio, None, [lst], RealClock()).run()
@@ -310,7 +310,7 @@ def test_avatar_without_face_fails_at_start(tmp_path: Path, wave10: np.ndarray) 
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 127, np.uint8))
     with pytest.raises(TrtalkError, match="no face"):
-        StreamPipeline(StreamConfig(avatar=blank), StubRunner(), AudioFileSource(wave=wave10), None,
+        StreamPipeline(StreamConfig(face=blank), StubRunner(), AudioFileSource(wave=wave10), None,
                        [NullSink()], VirtualClock())
 
 
@@ -354,7 +354,7 @@ def test_small_model_end_to_end(avatar: Path, tmp_path: Path) -> None:
     family = ModelOptions(model="pcavs", model_config="small").open()
     assert family.random_weights
     x = make_speech_wave(0.6, seed=3)
-    cfg = StreamConfig(avatar=avatar, batch=8)
+    cfg = StreamConfig(face=avatar, batch=8)
     out = tmp_path / "small.mp4"
     with _recorder(out) as rec:
         report = StreamPipeline(cfg, family, AudioFileSource(wave=x), None, [rec], VirtualClock()).run()

@@ -102,12 +102,15 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     Threshold: with ~116 frames, |r| > 0.18 is already significant at p < 0.05;
     we measure r ~= 0.48 (the mouth model's opening against linear RMS, read
     by mediapipe on the whole 512 px photo) and ask for 0.4. In silence (envelope < 1% of its peak over +-120 ms) the
-    lips are closed: the gap is under 0.07 interocular distances, and speech
+    lips are closed: the gap is under 0.08 interocular distances, and speech
     opens it at least 0.07 beyond the closed mouth. The demo's frame is the whole
     photo (512 px, the face ~120 px across), where mediapipe reads the same lips
     a little differently than in a 256 px face crop: closed lips 0.041-0.060
     (0.033 in the crop), the photo's own parted lips (the astronaut smiles)
-    0.111, fully open readings saturate near 0.13 (0.16 in the crop).
+    0.111, fully open readings saturate near 0.13 (0.16 in the crop). Since the generic motion
+    style (issue 25) moves the head more (pitch especially), the closed lips of the pauses read
+    0.053-0.072 (the mouth's target is exactly closed there: the pause gate); 0.08 keeps a margin
+    under the photo's own parted lips (0.111), which a mouth left open in a pause would show.
     """
     from trtalk.media.read import iter_frames
 
@@ -121,7 +124,7 @@ def test_demo_mouth_follows_speech(demo_mp4: Path) -> None:
     assert r > 0.4, f"lip gap correlates with the speech envelope only at r={r:.2f}"
     silent = _envelope(speech, len(frames), half_s=0.12) < 0.01 * env.max()
     assert silent.sum() >= 5, "the demo speech should contain pauses"
-    assert np.all(gaps[silent] < 0.07), gaps[silent]
+    assert np.all(gaps[silent] < 0.08), gaps[silent]
     assert gaps.max() > float(np.median(gaps[silent])) + 0.07, "the mouth never visibly opens"
 
 
@@ -159,7 +162,7 @@ def _warp_frames(face: Path, wave: np.ndarray, pose: Path | None = None) -> tupl
     family.mouth = lambda st, mel, frames: mouths.append(inner(st, mel, frames)) or mouths[-1]
     sink = _Frames()
     src = clip_pose_source(pose) if pose is not None else None
-    StreamPipeline(StreamConfig(avatar=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
+    StreamPipeline(StreamConfig(face=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
                    VirtualClock()).run()
     return sink.frames, mouths
 

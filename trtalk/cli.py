@@ -1,7 +1,9 @@
 """`trtalk` command line: one subcommand per job, each registered by the module that owns it.
 
 A subcommand module exposes ``register(subparsers)`` which adds its parser and sets
-``func=callable(args) -> int`` as default. User errors (`TrtalkError`) print one line on stderr
+``func=callable(args) -> int`` as default. `main` imports only the module of the command it runs
+(`COMMANDS` names each command's module and one-line help, so that ``trtalk --help`` imports no
+torch); `build_parser()` without a command imports them all. User errors (`TrtalkError`) print one line on stderr
 and exit with status 2, as does a full disk (`trtalk.fsutil.disk_full`); nothing else is caught
 here.
 """
@@ -17,6 +19,8 @@ import re
 import signal
 import sys
 import threading
+import typing
+import warnings
 from collections.abc import Iterator
 
 from trtalk import __version__, threads
@@ -26,6 +30,10 @@ from trtalk.signals import on_signals
 # Idle OpenMP threads must sleep, and the OpenMP runtime reads that once, when torch loads: so
 # before any subcommand module (they import torch) is imported. See trtalk/threads.py.
 threads.prepare_env()
+# mediapipe's absl/glog and TensorFlow Lite read these when they load: warnings and errors only
+# (the fd-2 filter below catches what they print before reading them). A user's own setting wins.
+for _name in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL"):
+    os.environ.setdefault(_name, "2")
 
 # Modules that register subcommands, in the order `trtalk --help` lists them.
 SUBCOMMAND_MODULES = (
@@ -39,31 +47,99 @@ SUBCOMMAND_MODULES = (
     "trtalk.integrations.livekit_cli",
 )
 
+#: Each command's module and help, for the placeholders of the commands that do not run (tests
+#: check this table against what the modules register). A module missing here is imported.
+COMMANDS = {
+    "render": ("trtalk.runtime.render_cli",
+               "render a talking-face mp4 from a face, a speech track and a pose source"),
+    "demo": ("trtalk.runtime.render_cli",
+             "render a talking-face clip with the built-in warp avatar (no model downloads)"),
+    "models": ("trtalk.families.cli", "list the model families (built-in and plugins) and their capabilities"),
+    "convert": ("trtalk.families.cli", "convert an official PC-AVS or PD-FGC checkpoint folder to safetensors"),
+    "motion": ("trtalk.motion.cli", "head motion styles for --pose auto (fit one to a video of a person)"),
+    "export": ("trtalk.export.cli",
+               "export a model's stages to ONNX (and TensorRT engines) or AOTInductor packages"),
+    "stream": ("trtalk.runtime.stream_cli",
+               "live talking face: mic/audio + webcam/pose -> virtual camera, preview or mp4"),
+    "devices": ("trtalk.runtime.stream_cli", "list microphones, cameras, virtual camera, GPUs and backends"),
+    "bench": ("trtalk.bench.cli", "benchmark every backend side by side (tables, plots), or the live stream"),
+    "serve": ("trtalk.serve.cli",
+              "web page: talk to the avatar in a browser over WebRTC (many sessions, one worker)"),
+    "livekit-worker": ("trtalk.integrations.livekit_cli",
+                       "avatar worker for LiveKit Agents: LiveKit dispatches avatars to it (many per GPU)"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trtalk", description="Real-time talking-face engine (PC-AVS).")
+EXAMPLES = """examples:
+  trtalk demo                      the built-in photo speaking the built-in clip -> out/demo.mp4
+  trtalk render --face me.jpg --audio talk.wav -o talk.mp4
+  trtalk stream --face me.jpg --mic --webcam --virtual-cam
+  trtalk serve                     a web page on http://127.0.0.1:8080/
+
+`trtalk COMMAND --help` shows a command's common options, `--help-all` all of them."""
+
+
+class _TopParser(argparse.ArgumentParser):
+    """The top-level parser: a mistyped command gets the closest one."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        import difflib
+
+        if "invalid choice" in message:
+            word = message.split("invalid choice: ", 1)[1].split(" ", 1)[0].strip("'")
+            close = difflib.get_close_matches(word, list(COMMANDS), n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `trtalk` parser; with ``command`` (a command name, or "" for none) only that command's
+    module is imported, the others are placeholders that list their help."""
+    parser = _TopParser(prog="trtalk", description="Real-time talking-face engine.",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"trtalk {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the libraries' own messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        names = [n for n, (module, _) in COMMANDS.items() if module == name]
+        if command is not None and names and command not in names:
+            for n in names:
+                sub.add_parser(n, help=COMMANDS[n][1])
+        else:
+            importlib.import_module(name).register(sub)
     return parser
 
 
+def _command_of(argv: list[str]) -> str:
+    """The command word of ``argv`` ("" when there is none: the top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from trtalk import progress
+
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # mediapipe / absl / TensorFlow Lite are chatty at INFO.
-    for noisy in ("absl", "matplotlib", "PIL"):
+    progress.set_enabled(not quiet)
+    if verbose:
+        return
+    # mediapipe / absl / TensorFlow Lite are chatty at INFO; torch.export, onnx and friends warn
+    # their API users about future changes (FutureWarning, DeprecationWarning): not for a user
+    # of the command line (-v shows all of it).
+    for noisy in ("absl", "matplotlib", "PIL", "torch", "onnxscript", "onnx_ir", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 # mediapipe's C++ side (absl logging before absl::InitializeLog, TensorFlow Lite) writes straight to
 # file descriptor 2: "W0000 00:00:... inference_feedback_manager.cc ...", "INFO: Created TensorFlow
 # Lite XNNPACK delegate for CPU.". GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL and ABSL_MIN_LOG_LEVEL do
-# not reach it (tried with mediapipe 0.10.21), so `-q` passes fd 2 through a filter thread that
-# drops exactly those INFO/WARNING lines and forwards everything else (errors, Python's output).
+# not reach all of it (tried with mediapipe 0.10.21), so fd 2 passes through a filter thread that
+# drops exactly those INFO/WARNING lines and forwards everything else (errors, Python's output),
+# unless -v. Progress bars (trtalk.progress) are drawn on the real terminal, around the pipe.
 _NATIVE_NOISE = re.compile(r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |INFO: Created TensorFlow Lite |"
                            r"WARNING: All log messages before absl::InitializeLog\(\) ")
 
@@ -88,13 +164,20 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
                 if not _NATIVE_NOISE.match(line.decode(errors="replace")):
                     os.write(saved, line)
 
+    from trtalk import progress
+
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
     thread.start()
     os.dup2(write_fd, 2)
     os.close(write_fd)
+    terminal = open(saved, "w", buffering=1, closefd=False, encoding=sys.stderr.encoding or "utf-8",
+                    errors="replace")
+    progress.set_terminal(terminal)
     try:
         yield
     finally:
+        progress.set_terminal(None)
+        terminal.close()
         sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the pump sees EOF
         thread.join(timeout=5)
@@ -102,7 +185,8 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -110,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         # SIGINT and SIGTERM take the same clean unwinding path (trtalk.signals).
-        with _quiet_native_stderr(args.quiet), on_signals():
+        with _quiet_native_stderr(not args.verbose), on_signals():
             return int(args.func(args) or 0)
     except TrtalkError as exc:
         print(f"trtalk: error: {exc}", file=sys.stderr)

@@ -40,6 +40,14 @@ Fields that share ``exclusive="name"`` form a mutually exclusive group; ``sectio
 fields under a titled group in ``--help``. Help shows the default as ``(default: X)`` (None and
 False are not shown; ``default_text="the local GPU"`` says it in words).
 
+A command (`add_command`) shows its ``basic`` flags under ``--help`` and every flag under
+``--help-all``, ends its help with ``examples``, and leaves out (``omit``) shared fields that do
+not apply to it (their defaults stand). ``aliases=("--old",)`` keeps an old flag name working,
+unshown. Every command with options takes ``--config FILE.toml`` (flat ``flag-name = value``
+keys, checked like flags: `read_config_file`; flags on the command line win) and
+``--print-config`` (the options as such a file: `to_toml`). An unknown flag is answered with the
+command's usage and the closest flag (`TrtalkParser`).
+
 Validation stays in the dataclass (``__post_init__``): a ``ValueError`` raised there reaches the
 user as a one-line `TrtalkError`; a `TrtalkError` passes through. A field whose type cannot be a
 flag fails when the parser is built (TypeError), not when a user runs the command.
@@ -50,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,8 +68,8 @@ from typing import Any, Literal, TypeVar, Union
 
 from trtalk.errors import TrtalkError
 
-__all__ = ["OptionSpec", "add_command", "add_config_args", "config_from_args", "inconsistent_flags",
-           "option", "to_argv"]
+__all__ = ["OptionSpec", "TrtalkParser", "add_command", "add_config_args", "config_from_args",
+           "inconsistent_flags", "option", "read_config_file", "to_argv", "to_toml"]
 
 T = TypeVar("T")
 
@@ -100,6 +109,7 @@ class OptionSpec:
     cli: bool = True
     nargs: str | int | None = None
     bounds: tuple[float | None, float | None] | None = None
+    aliases: tuple[str, ...] = ()
 
 
 def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MISSING,
@@ -110,7 +120,7 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
            negative_help: str | None = None, positional: bool = False,
            default_text: str | None = None, prefix: str | None = None, cli: bool = True,
            nargs: str | int | None = None, bounds: tuple[float | None, float | None] | None = None,
-           **field_kwargs: Any) -> Any:
+           aliases: Sequence[str] = (), **field_kwargs: Any) -> Any:
     """A `dataclasses.field` that is also a command-line flag.
 
     default / default_factory: the field's default (none: a required flag).
@@ -130,6 +140,7 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
     bounds: ``(low, high)``, inclusive (None: open), for an int or float flag (each item of a
     list): a value outside is a one-line error before the command runs. Every float flag must
     be finite (nan and inf are refused) whether or not it declares bounds.
+    aliases: old names that still work but are not shown (``("--avatar",)`` next to ``--face``).
     Other keyword arguments go to `dataclasses.field`.
     """
     if isinstance(flags, str):
@@ -139,7 +150,7 @@ def option(default: Any = MISSING, *, help: str = "", default_factory: Any = MIS
                       hidden=hidden, type=type, exclusive=exclusive, section=section, const=const,
                       negative=negative, negative_help=negative_help, positional=positional,
                       default_text=default_text, prefix=prefix, cli=cli, nargs=nargs,
-                      bounds=tuple(bounds) if bounds is not None else None)
+                      bounds=tuple(bounds) if bounds is not None else None, aliases=tuple(aliases))
     metadata = dict(field_kwargs.pop("metadata", None) or {})
     metadata[META_KEY] = spec
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata,
@@ -322,23 +333,40 @@ def _help(opt: _Opt) -> str:
     return text
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type,
-                    *, prefix: str = "", required_exclusive: Iterable[str] = ()) -> None:
+def _matches(opt: _Opt, name: str) -> bool:
+    """Whether ``name`` (a field path ``"model.eyes"``, a flag ``"--eyes"`` or a section title)
+    names ``opt``."""
+    return name == ".".join(opt.path) or name in opt.flags or name == opt.section
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "",
+                    required_exclusive: Iterable[str] = (),
+                    omit: Iterable[str] = ()) -> list[tuple[_Opt, list[argparse.Action]]]:
     """Add one flag per field of dataclass ``cls`` (and of its dataclass fields) to ``parser``.
 
     ``prefix`` goes in front of every long flag and dest (``"stream-"`` -> ``--stream-batch``,
     ``args.stream_batch``); pass the same to `config_from_args`. ``required_exclusive``: the
-    ``exclusive`` groups of which one flag must be given.
+    ``exclusive`` groups of which one flag must be given. ``omit``: fields this command does not
+    offer (field paths ``"stream.batch"``, flags ``"--duration"`` or section titles ``"live
+    timing"``): no flag, their default in the namespace. Returns each flag with its actions.
     """
     sections: dict[str, Any] = {}
     groups: dict[str, Any] = {}
     required = set(required_exclusive)
+    omit = tuple(omit)
     seen: dict[str, tuple[str, ...]] = {}
+    added: list[tuple[_Opt, list[argparse.Action]]] = []
+    used: set[str] = set()
     for opt in _options(cls, prefix):
         if opt.dest in seen:
             raise TypeError(f"{'.'.join(opt.path)} and {'.'.join(seen[opt.dest])} both map to "
                             f"args.{opt.dest}; give one of them another prefix or name")
         seen[opt.dest] = opt.path
+        left_out = [name for name in omit if _matches(opt, name)]
+        if left_out:
+            used.update(left_out)
+            parser.set_defaults(**{opt.dest: opt.default})
+            continue
         container: Any = parser
         if opt.section:
             if opt.section not in sections:
@@ -349,29 +377,42 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type,
             if name not in groups:
                 groups[name] = container.add_mutually_exclusive_group(required=name in required)
             container = groups[name]
-        _add(container, opt)
+        added.append((opt, _add(container, opt)))
     missing = required - set(groups)
     if missing:
         raise TypeError(f"required_exclusive names no exclusive group of {cls.__qualname__}: "
                         f"{', '.join(sorted(missing))}")
+    if set(omit) - used:
+        raise TypeError(f"omit names no flag of {cls.__qualname__}: {', '.join(sorted(set(omit) - used))}")
+    known = getattr(parser, "trtalk_options", None)
+    if known is not None:
+        known.extend(added)
+    return added
 
 
-def _add(container: Any, opt: _Opt) -> None:
+def _add(container: Any, opt: _Opt) -> list[argparse.Action]:
     spec, help_text = opt.spec, _help(opt)
+    actions: list[argparse.Action] = []
     if opt.parse is None:  # a switch
         if opt.negative is None:
-            container.add_argument(*opt.flags, dest=opt.dest, action="store_true", default=opt.default,
-                                   help=help_text)
-            return
+            actions.append(container.add_argument(*opt.flags, dest=opt.dest, action="store_true",
+                                                  default=opt.default, help=help_text))
+            for alias in spec.aliases:
+                actions.append(container.add_argument(alias, dest=opt.dest, action="store_true",
+                                                      default=argparse.SUPPRESS, help=argparse.SUPPRESS))
+            return actions
         if not opt.spec.exclusive:  # --x and --no-x exclude each other
             container = container.add_mutually_exclusive_group()
-        container.add_argument(*opt.flags, dest=opt.dest, action="store_const", const=True,
-                               default=opt.default, help=help_text)
+        actions.append(container.add_argument(*opt.flags, dest=opt.dest, action="store_const", const=True,
+                                              default=opt.default, help=help_text))
+        for alias in spec.aliases:
+            actions.append(container.add_argument(alias, dest=opt.dest, action="store_const", const=True,
+                                                  default=argparse.SUPPRESS, help=argparse.SUPPRESS))
         neg_help = argparse.SUPPRESS if opt.hidden else \
             (spec.negative_help or f"turn off {opt.name}").replace("%", "%%")
-        container.add_argument(opt.negative, dest=opt.dest, action="store_const", const=False,
-                               default=opt.default, help=neg_help)
-        return
+        actions.append(container.add_argument(opt.negative, dest=opt.dest, action="store_const", const=False,
+                                              default=opt.default, help=neg_help))
+        return actions
     parse = opt.parse
     choices = opt.choices
     metavar = spec.metavar
@@ -395,13 +436,16 @@ def _add(container: Any, opt: _Opt) -> None:
     if spec.positional:
         if opt.default is not MISSING:
             kwargs.update(nargs="?", default=opt.default)
-        container.add_argument(opt.dest, **kwargs)
-        return
+        return [container.add_argument(opt.dest, **kwargs)]
     if opt.default is MISSING:
         kwargs["required"] = True
     else:
         kwargs["default"] = opt.default
-    container.add_argument(*opt.flags, dest=opt.dest, **kwargs)
+    actions.append(container.add_argument(*opt.flags, dest=opt.dest, **kwargs))
+    for alias in spec.aliases:
+        alias_kwargs = dict(kwargs, help=argparse.SUPPRESS, default=argparse.SUPPRESS, required=False)
+        actions.append(container.add_argument(alias, dest=opt.dest, **alias_kwargs))
+    return actions
 
 
 # --------------------------------------------------------------------------- back to the config
@@ -510,31 +554,333 @@ def to_argv(cfg: Any, *, prefix: str = "") -> list[str]:
     return argv + positional
 
 
+# --------------------------------------------------------------------------- config files
+
+#: The largest config file read (a config is a few hundred bytes; the file is untrusted input).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    import json
+
+    text = json.dumps(str(value), ensure_ascii=False)  # a TOML basic string, but for DEL
+    return text.replace("\x7f", "\\u007f")
+
+
+def to_toml(cfg: Any, *, prefix: str = "", omit: Iterable[str] = (), title: str = "") -> str:
+    """``cfg`` as a TOML file that ``--config`` reads back: one ``key = value`` per flag (the
+    key is the flag without ``--``), unset options as comments; ``omit`` as in `add_config_args`."""
+    omit = tuple(omit)
+    lines = [f"# {title}" if title else "# trtalk options", "# read with --config FILE.toml; "
+             "flags on the command line override it; unset options are comments", ""]
+    for opt in _options(type(cfg), prefix):
+        if opt.spec.positional or any(_matches(opt, name) for name in omit):
+            continue
+        value = cfg
+        for name in opt.path:
+            value = getattr(value, name)
+        key = opt.name[2:]
+        if value is None:
+            lines.append(f"# {key} =")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _file_value(opt: _Opt, value: Any, key: str) -> Any:
+    """The namespace value of ``opt`` from a TOML value (the checks the flag's parser makes)."""
+    def bad(expected: str) -> TrtalkError:
+        return TrtalkError(f"{key}: expected {expected}, got {_toml_value(value)[:60]}")
+
+    def scalar(v: Any) -> Any:
+        assert opt.parse is not None
+        if opt.parse in (int, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (opt.parse is int and isinstance(v, float)):
+                raise bad("an integer" if opt.parse is int else "a number")
+            out = opt.parse(v)
+        elif isinstance(v, str):
+            try:
+                out = opt.parse(v)
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+                raise TrtalkError(f"{key}: {exc}") from None
+        else:
+            raise bad("a string")
+        if opt.choices is not None and out not in opt.choices:
+            raise TrtalkError(f"{key}: {out!r} is not one of {', '.join(map(str, opt.choices))}")
+        return out
+
+    if opt.parse is None:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if opt.sequence is not None:
+        if isinstance(value, str) and opt.spec.nargs is None:
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        if not isinstance(value, list):
+            raise bad("a list")
+        return [scalar(v) for v in value]
+    return scalar(value)
+
+
+def read_config_file(path: Path, options: Sequence[tuple[_Opt, list[argparse.Action]]]) -> dict[str, Any]:
+    """``{dest: value}`` from TOML file ``path`` for the flags ``options`` (`add_config_args`'s
+    result). TrtalkError (one line) for an unreadable or malformed file, an unknown key (with the
+    closest one) or a value its flag would refuse. Bounds are checked later, with the flags'."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise TrtalkError("--config needs Python 3.11 or `pip install tomli`") from None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise TrtalkError(f"cannot read --config {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise TrtalkError(f"--config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few lines")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TrtalkError(f"--config {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TrtalkError(f"--config {path} is not valid TOML: {exc}") from None
+    by_key = {opt.name[2:]: opt for opt, _ in options if not opt.spec.positional}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        opt = by_key.get(key) or by_key.get(key.replace("_", "-"))
+        where = f"--config {path}: {key!r:.60}"
+        if isinstance(value, dict):
+            raise TrtalkError(f"{where} is a table; the file is flat: one `key = value` per option")
+        if opt is None:
+            import difflib
+
+            close = difflib.get_close_matches(key.replace("_", "-"), list(by_key), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TrtalkError(f"{where} is not an option of this command{hint}")
+        try:
+            out[opt.dest] = _file_value(opt, value, key)
+        except TrtalkError as exc:
+            raise TrtalkError(f"--config {path}: {exc}") from None
+    return out
+
+
 # --------------------------------------------------------------------------- subcommands
 
 
-class _Command:
-    """``args.func``: builds the config from the parsed flags and calls the subcommand with it."""
+class TrtalkParser(argparse.ArgumentParser):
+    """A subcommand's parser: ``--help`` shows the common flags (``basic``), ``--help-all`` all of
+    them; ``--config FILE.toml`` fills the flags not given on the command line; an unknown flag is
+    answered with this command's usage and the closest flag."""
 
-    def __init__(self, cls: type | None, run: Callable[..., int | None]) -> None:
-        self.cls, self.run = cls, run
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trtalk_options: list[tuple[_Opt, list[argparse.Action]]] = []
+        self.advanced: list[argparse.Action] = []
+        self.order: dict[int, int] = {}  # id(action) -> its place among the common flags
+
+    def format_help(self, everything: bool = False) -> str:  # type: ignore[override]
+        if everything or not self.advanced:
+            return super().format_help()
+        # the common flags only, in the order `add_command` was given them
+        saved = [(a, a.help) for a in self.advanced]
+        orders = [(g, list(g._group_actions)) for g in self._action_groups]
+        for a in self.advanced:
+            a.help = argparse.SUPPRESS
+        for g, actions in orders:
+            g._group_actions.sort(key=lambda a: self.order.get(id(a), -1 if "-h" in a.option_strings else 1 << 20))
+        try:
+            return super().format_help()
+        finally:
+            for a, text in saved:
+                a.help = text
+            for g, actions in orders:
+                g._group_actions[:] = actions
+
+    def error(self, message: str) -> typing.NoReturn:
+        import difflib
+
+        names = [s for a in self._actions for s in a.option_strings if a.help is not argparse.SUPPRESS]
+        words = message.split("unrecognized arguments:", 1)[1].split() if "unrecognized arguments:" in message else []
+        for word in words:
+            word = word.strip("'\"").split("=")[0]
+            if word.startswith("--") and word not in names:
+                close = difflib.get_close_matches(word, [n for n in names if n.startswith("--")], n=1)
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _config_path(self, args: Sequence[str]) -> str | None:
+        found = None
+        for i, a in enumerate(args):
+            if a == "--":
+                break
+            if a == "--config" and i + 1 < len(args):
+                found = args[i + 1]
+            elif a.startswith("--config="):
+                found = a.split("=", 1)[1]
+        return found
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        path = self._config_path(args) if self.trtalk_options else None
+        if path is None:
+            ns, extras = super().parse_known_args(args, namespace)
+        else:
+            ns, extras = self._parse_with_file(args, namespace, Path(path))
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        if getattr(ns, "config_file", None) is not None and str(ns.config_file) != path:
+            self.error("spell --config in full")
+        return ns, extras
+
+    def _parse_with_file(self, args: list[str], namespace: argparse.Namespace | None,
+                         path: Path) -> tuple[argparse.Namespace, list[str]]:
+        try:
+            values = read_config_file(path, self.trtalk_options)
+        except TrtalkError as exc:
+            self.exit(2, f"trtalk: error: {exc}\n")
+        # Every dest starts as a marker, so that what the command line sets is told apart; the
+        # file's values then fill the rest, the defaults what neither gives.
+        unset = object()
+        ns = namespace if namespace is not None else argparse.Namespace()
+        relaxed = []
+        for opt, actions in self.trtalk_options:
+            setattr(ns, opt.dest, unset)
+            if opt.dest in values:
+                relaxed += [a for a in actions if a.required]
+        groups = [g for g in self._mutually_exclusive_groups if g.required and
+                  any(a.dest in values for a in g._group_actions)]
+        for item in relaxed + groups:
+            item.required = False
+        try:
+            ns, extras = super().parse_known_args(args, ns)
+        finally:
+            for item in relaxed + groups:
+                item.required = True
+        given = {opt.dest for opt, _ in self.trtalk_options if getattr(ns, opt.dest) is not unset}
+        # a flag of an exclusive group on the command line replaces the file's choice in that group
+        replaced = {a.dest for g in self._mutually_exclusive_groups
+                    if any(a.dest in given for a in g._group_actions) for a in g._group_actions} - given
+        for opt, _ in self.trtalk_options:
+            if opt.dest in given:
+                continue
+            if opt.dest in values and opt.dest not in replaced:
+                setattr(ns, opt.dest, values[opt.dest])
+            else:
+                setattr(ns, opt.dest, self.get_default(opt.dest))
+        return ns, extras
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, but each line of a text is wrapped on its own (an epilog's examples
+    keep their lines and indents; a one-line description wraps as before)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            lead = indent + line[:len(line) - len(line.lstrip())]
+            if line.startswith("  trtalk "):  # an example's command line: copied as it is
+                out.append(indent + line)
+            else:
+                out.append(textwrap.fill(line.strip(), width, initial_indent=lead, subsequent_indent=lead)
+                           if line.strip() else "")
+        return "\n".join(out)
+
+
+class _HelpAll(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        text = parser.format_help(everything=True) if isinstance(parser, TrtalkParser) else parser.format_help()
+        parser._print_message(text, sys.stdout)
+        parser.exit()
+
+
+class _Command:
+    """``args.func``: builds the config from the parsed flags and calls the subcommand with it
+    (or, with ``--print-config``, prints that config as TOML)."""
+
+    def __init__(self, cls: type | None, run: Callable[..., int | None], name: str = "",
+                 omit: tuple[str, ...] = ()) -> None:
+        self.cls, self.run, self.name, self.omit = cls, run, name, omit
 
     def __call__(self, args: argparse.Namespace) -> int:
         if self.cls is None:
             return int(self.run() or 0)
-        return int(self.run(config_from_args(self.cls, args)) or 0)
+        cfg = config_from_args(self.cls, args)
+        if getattr(args, "print_config", False):
+            sys.stdout.write(to_toml(cfg, omit=self.omit, title=f"trtalk {self.name} options"))
+            return 0
+        return int(self.run(cfg) or 0)
 
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, cls: type | None,
                 run: Callable[..., int | None], *, help: str, description: str | None = None,
-                required_exclusive: Iterable[str] = (), **parser_kwargs: Any) -> argparse.ArgumentParser:
+                required_exclusive: Iterable[str] = (), basic: Iterable[str] | None = None,
+                examples: Sequence[tuple[str, str]] = (), omit: Iterable[str] = (),
+                **parser_kwargs: Any) -> argparse.ArgumentParser:
     """Add subcommand ``name`` whose flags are the fields of ``cls`` and whose ``func`` runs
     ``run(cls_instance) -> exit status`` (``run()`` when ``cls`` is None: a command without
-    options). Returns the subparser (for flags that are not config fields, e.g. ``--version``)."""
-    p = subparsers.add_parser(name, help=help, description=description, **parser_kwargs)
+    options). Returns the subparser (for flags that are not config fields, e.g. ``--version``).
+
+    ``basic``: the flags ``--help`` shows (field paths or flags, as ``omit``); the others are
+    listed by ``--help-all``. None: all. ``examples``: ``(command line, what it does)`` pairs
+    shown after the options. ``omit``: fields this command does not offer (`add_config_args`).
+    Every command with options also takes ``--config FILE.toml`` and ``--print-config``.
+    """
+    omit = tuple(omit)
+    epilog = ""
+    if examples:
+        epilog = "examples:\n" + "\n".join(f"  {cmd}\n      {what}" for cmd, what in examples)
+    saved_class = subparsers._parser_class
+    subparsers._parser_class = TrtalkParser  # add_parser takes no parser class of its own
+    try:
+        p = subparsers.add_parser(name, help=help, description=description, epilog=epilog or None,
+                                  formatter_class=_Formatter, **parser_kwargs)
+    finally:
+        subparsers._parser_class = saved_class
     if cls is not None:
-        add_config_args(p, cls, required_exclusive=required_exclusive)
-    p.set_defaults(func=_Command(cls, run))
+        added = add_config_args(p, cls, required_exclusive=required_exclusive, omit=omit)
+        files = p.add_argument_group("config file")
+        files.add_argument("--config", metavar="FILE.toml", dest="config_file",
+                           help="read options from a TOML file (keys are the flags without --; "
+                                "flags given here override it)")
+        files.add_argument("--print-config", action="store_true",
+                           help="print the options as such a file and exit")
+        if basic is not None:
+            basic = tuple(basic)
+            unknown = [b for b in basic if not any(_matches(opt, b) for opt, _ in added)]
+            if unknown:
+                raise TypeError(f"basic names no flag of {name}: {', '.join(unknown)}")
+            for opt, actions in added:
+                place = next((i for i, b in enumerate(basic) if _matches(opt, b)), None)
+                for a in actions:
+                    if place is None:
+                        p.advanced.append(a)  # type: ignore[attr-defined]
+                    else:
+                        p.order[id(a)] = place  # type: ignore[attr-defined]
+            positional = " ".join(a.metavar or a.dest for opt, acts in added for a in acts
+                                  if not a.option_strings)
+            p.usage = f"%(prog)s [options]{' ' + positional if positional else ''}"
+            p.add_argument("--help-all", action=_HelpAll,
+                           help=f"show all {len(added)} options (this list shows the common ones)")
+    if cls is None or basic is None:
+        p.add_argument("--help-all", action=_HelpAll, help="the same as --help for this command")
+    p.set_defaults(func=_Command(cls, run, name, omit))
     return p
 
 

@@ -39,7 +39,8 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class HttpRefusal(Exception):
-    """A request refused: ``status`` (4xx) and a one-line ``reason`` for the client."""
+    """A request refused: ``status`` (4xx; 503 when the server is ending) and a one-line ``reason``
+    for the client."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)

@@ -37,7 +37,10 @@ class BenchCommand:
                                help="timed runs per batch", default_text="10 CPU, 100 CUDA")
     device: str | None = option(None, help="cpu or cuda[:N]", default_text="cuda when visible")
     out: Path | None = option(None, help="output folder", default_text="benchmarks/results/<machine>")
-    checkpoint: Path | None = option(None, help="official checkpoint folder or converted file")
+    checkpoint: Path | None = option(None, help="official checkpoint folder, converted file, or a "
+                                                "`trtalk export --out` folder (onnxruntime and tensorrt run "
+                                                "its graphs as they are; torch and aot the weights it was "
+                                                "exported from)")
     model_config: Literal["official", "small"] | None = option(
         None, help=MODEL_CONFIG_HELP,
         default_text="official; small for --stream on CPU")
@@ -68,7 +71,15 @@ def register(sub) -> None:
                             "batch, with FLOPs and fraction of peak; write results.json, results.md and PNG "
                             "plots into --out (default benchmarks/results/<cpu|gpu name>). Seeded random "
                             "weights unless --checkpoint. Backends that cannot run here are listed with the "
-                            "reason. --stream instead measures the streaming runtime's latency.")
+                            "reason. --stream instead measures the streaming runtime's latency.",
+                basic=("--backends", "--batch", "--device", "--out", "--checkpoint", "--model",
+                       "--model-config", "--threads", "--stream"),
+                examples=(("trtalk bench --backends torch,onnxruntime --batch 1,8",
+                           "two backends at batch 1 and 8, tables and plots in benchmarks/results/"),
+                          ("trtalk bench --model-config small --batch 1 --iters 3",
+                           "a quick run of the small model"),
+                          ("trtalk bench --stream --stream-duration 10",
+                           "the live runtime's microphone-to-frame latency")))
 
 
 def _command(argv: list[str] | None = None) -> str:

@@ -55,16 +55,16 @@ def compare_with_design(flops: dict[str, int], official: bool, family: str = DES
         ref = DESIGN_GFLOP.get(stage)
         if ref is None:  # a stage DESIGN has no figure for (pose_mouth: pose + two small MLPs)
             out[stage] = {"gflop": round(g, 4), "design_gflop": None, "rel_diff": None,
-                          "verdict": "no DESIGN figure"}
+                          "verdict": "no reference figure"}
             continue
         rel = (g - ref) / ref
         if family != DESIGN_FAMILY:
-            verdict = f"{family}: DESIGN lists PC-AVS's networks (reference only)"
+            verdict = f"{family}: the reference is PC-AVS's networks (for scale only)"
         elif not official:
             verdict = "small dev model: not comparable" if stage == "generator" else (
-                "near DESIGN" if abs(rel) <= NEAR_TOLERANCE else "differs from DESIGN")
+                "near the reference" if abs(rel) <= NEAR_TOLERANCE else "differs from the reference")
         else:
-            verdict = "near DESIGN" if abs(rel) <= NEAR_TOLERANCE else "DIFFERS from DESIGN"
+            verdict = "near the reference" if abs(rel) <= NEAR_TOLERANCE else "DIFFERS from the reference"
         out[stage] = {"gflop": round(g, 4), "design_gflop": ref, "rel_diff": round(rel, 4),
                       "verdict": verdict}
     return out

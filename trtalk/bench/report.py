@@ -48,7 +48,8 @@ def _machine_line(m: dict[str, Any]) -> str:
         else "none"
     libs = ", ".join(f"{k} {m[k]}" for k in ("trtalk", "torch", "onnxruntime", "tensorrt", "tensorrt_rtx",
                                                 "numpy", "matplotlib") if m.get(k))
-    return (f"CPU {m['cpu']} ({m['cpu_cores']} cores usable, {m['cpu_ghz']} GHz, SIMD "
+    ghz = f"{m['cpu_ghz']:.2f} GHz" if isinstance(m.get("cpu_ghz"), (int, float)) else "clock unknown"
+    return (f"CPU {m['cpu']} ({m['cpu_cores']} cores usable, {ghz}, SIMD "
             f"{'/'.join(m['cpu_simd']) or '-'}, torch threads {m['torch_threads']}); GPU {gpu}; "
             f"device `{m['device']}`; {libs}; {m['platform']}")
 
@@ -63,10 +64,10 @@ def markdown(r: dict[str, Any]) -> str:
                     f"Frame: {r['frame_definition']}.", ""]
     # FLOPs
     L += ["## FLOPs per frame (counted, batch 1)", "", f"Method: {r['flops_method']}.", "",
-          "| stage | GFLOP | DESIGN.md GFLOP | difference | verdict |", "|---|---|---|---|---|"]
+          "| stage | GFLOP | reference GFLOP (PC-AVS) | difference | verdict |", "|---|---|---|---|---|"]
     for s, c in r["flops_vs_design"].items():
         rel = "-" if c["rel_diff"] is None else f"{100 * c['rel_diff']:+.1f}%"
-        L.append(f"| {s} | {c['gflop']:.3f} | {c['design_gflop'] or '-'} | {rel} | {c['verdict']} |")
+        L.append(f"| {s} | {c['gflop']:.3f} | {_fmt(c['design_gflop'])} | {rel} | {c['verdict']} |")
     L += [f"| frame (pose+audio+generator) | {r['flops_frame'] / 1e9:.3f} | | | |", ""]
     thr = r["config"].get("threads")
     if thr is not None and not r["machine"].get("gpu") and thr < r["machine"]["cpu_cores"]:
@@ -115,26 +116,54 @@ def markdown(r: dict[str, Any]) -> str:
                 L.append(f"| {label} | {batch} | " + " | ".join(f"{v[s]:.2f}x" for s in
                                                                ("identity", "pose", "audio", "generator", "frame")) + " |")
         L.append("")
-    # targets
+    # targets: only on the device they are set for
     t = r["targets"]
-    here = "" if t["measured_here"] else " — **not measured on this machine** (no GPU; the numbers are this machine's best, for scale only)"
-    L += [f"## Targets ({t['device']}){here}", "", "| target | goal | best here | backend |", "|---|---|---|---|"]
-    for item in t["items"]:
-        b = r["best"].get(item["metric"])
-        unit = {"generator_ms_b1": " ms", "frame_ms_b1": " ms", "speedup_b1": "x", "fps_b64": " frames/s"}
-        val = "not measured (batch not run)" if b is None else _fmt(b["value"]) + unit.get(item["metric"], "")
-        L.append(f"| {item['what']} | {item['target']} | {val} | {b['backend'] if b else '-'} |")
+    if targets_apply(r):
+        L += [f"## Targets ({t['device']})", "", "| target | goal | best here | backend |", "|---|---|---|---|"]
+        for item in t["items"]:
+            b = r["best"].get(item["metric"])
+            unit = {"generator_ms_b1": " ms", "frame_ms_b1": " ms", "speedup_b1": "x", "fps_b64": " frames/s"}
+            val = "not measured (batch not run)" if b is None else _fmt(b["value"]) + unit.get(item["metric"], "")
+            L.append(f"| {item['what']} | {item['target']} | {val} | {b['backend'] if b else '-'} |")
     L += ["", "Plots: `latency_vs_batch.png`, `frame_breakdown_b*.png`.", ""]
     return "\n".join(L)
 
 
+def targets_apply(r: dict[str, Any]) -> bool:
+    """Whether the run's device is the one the targets are set for (their section is left out
+    of other machines' reports: a CPU's numbers against H100 goals say nothing)."""
+    t = r["targets"]
+    gpu = r["machine"].get("gpu") or ""
+    wanted = t["device"].split(",")[0].strip()
+    return bool(t.get("measured_here")) and wanted.lower() in gpu.lower()
+
+
+def _legend_outside(ax: Any) -> None:
+    """The legend right of the plot, clear of every bar and line (tight_layout makes room)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def _plot_latency(r: dict[str, Any], path: Path) -> None:
+    _save(latency_figure(r), path)
+
+
+def latency_figure(r: dict[str, Any]) -> Any:
+    """The figure of ``latency_vs_batch.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, stage in zip(axes, ("generator", "frame")):
         for run in r["runs"]:
             if not run["available"] or not run["batches"]:
@@ -148,24 +177,27 @@ def _plot_latency(r: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("p50 latency (ms)")
         ax.set_title(f"{stage}" + (" (pose + audio + generator)" if stage == "frame" else ""))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
     m = r["machine"]
     fig.suptitle(f"trtalk bench on {m['gpu'] or m['cpu']} ({r['config']['model_config']} model)", fontsize=10)
     fig.text(0.01, 0.01, r["command"][:160], fontsize=6, family="monospace")
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return fig
 
 
 def _plot_breakdown(r: dict[str, Any], path: Path, batch: int) -> None:
+    _save(breakdown_figure(r, batch), path)
+
+
+def breakdown_figure(r: dict[str, Any], batch: int) -> Any:
+    """The figure of ``frame_breakdown_b<batch>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [run for run in r["runs"] if run["available"] and any(b["batch"] == batch for b in run["batches"])]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(runs) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(runs) + 2) + 2.8, 4.5))
     for i, run in enumerate(runs):
         row = next(b for b in run["batches"] if b["batch"] == batch)
         bottom = 0.0
@@ -178,12 +210,10 @@ def _plot_breakdown(r: dict[str, Any], path: Path, batch: int) -> None:
     ax.set_xticks(range(len(runs)), [run["label"] for run in runs], rotation=20, fontsize=8)
     ax.set_ylabel("p50 latency (ms)")  # linear: stacked segments are only honest on a linear axis
     ax.set_title(f"Per-stage breakdown of a frame, batch {batch}", fontsize=10)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     fig.text(0.01, 0.01, r["command"][:160], fontsize=6, family="monospace")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return fig
 
 
 def write_report(r: dict[str, Any], out: Path) -> list[Path]:

@@ -36,6 +36,7 @@ import torch
 
 from trtalk.bench.flops import compare_with_design, count_stage_flops
 from trtalk.bench.peaks import device_peak, machine_info, machine_tag
+from trtalk import progress
 from trtalk.errors import TrtalkError
 from trtalk.export.stages import example_inputs, stage_specs
 from trtalk.families import registry
@@ -127,6 +128,10 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
+        if self.model == "warp":
+            raise TrtalkError("--model warp: the warp avatar has no network stages to compare across "
+                              "backends (one grid_sample, `trtalk export --model warp`); time it end to "
+                              "end with `python benchmarks/warp_fps.py --backends torch onnxruntime`")
         if self.model is not None:
             registry.with_stages(registry.get(self.model))  # TrtalkError naming the choices
         from trtalk.engine.runner import check_device
@@ -139,6 +144,11 @@ class BenchConfig:
         from trtalk.export.exporter import DEFAULT_FAMILY
 
         if self.checkpoint is not None:
+            from trtalk.engine.runner import source_family
+            from trtalk.runtime.options import is_export_folder
+
+            if is_export_folder(self.checkpoint):  # an export folder: its manifest's family
+                return source_family(self.checkpoint, self.model or DEFAULT_FAMILY)
             return registry.detect(self.checkpoint, fallback=self.model or DEFAULT_FAMILY)
         return self.model or DEFAULT_FAMILY
 
@@ -475,13 +485,28 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     info = machine_info(cfg.device)
     t0 = time.perf_counter()
-    model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
-                               config=None if cfg.checkpoint else cfg.architecture, family=cfg.family)
+    from trtalk.runtime.options import is_export_folder
+
+    if is_export_folder(cfg.checkpoint):
+        # an export folder: its graphs on onnxruntime / tensorrt (used as they are), the weights it
+        # was made from on torch / aot (and for the FLOP count)
+        from trtalk.engine.runner import export_source_model
+        from trtalk.export.manifest import Manifest
+
+        model, record = export_source_model(Path(cfg.checkpoint), "torch"), Manifest.read(cfg.checkpoint).checkpoint  # type: ignore[arg-type]
+    else:
+        model, record = load_model(str(cfg.checkpoint) if cfg.checkpoint else None, seed=cfg.seed,
+                                   config=None if cfg.checkpoint else cfg.architecture, family=cfg.family)
     model = model.eval()
     flops = count_stage_flops(model)
     flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
     log.info("FLOPs per frame (GFLOP): %s", {s: round(f / 1e9, 3) for s, f in flops.items()})
-    runs = [bench_variant(model, v, cfg, flops) for v in plan_variants(cfg)]
+    variants = plan_variants(cfg)
+    with progress.steps(len(variants), "bench", unit="backend") as bar:
+        runs = []
+        for v in variants:
+            bar.next(v.label)
+            runs.append(bench_variant(model, v, cfg, flops))
     on_gpu = cfg.is_cuda and info.get("gpu")
     result = {
         "schema": "trtalk-bench/1",
@@ -491,7 +516,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {**{k: (str(v) if isinstance(v, Path) else v)
                       for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)},
                    "precisions": cfg.wanted_precisions(),
-                   "weights": "checkpoint" if cfg.checkpoint else f"seeded random (seed {cfg.seed}); "
+                   "weights": "checkpoint" if not record.get("random_weights") else
+                              f"seeded random (seed {record.get('seed', cfg.seed)}); "
                               "timing does not depend on weight values",
                    "checkpoint_sha256": record.get("sha256")},
         "family": cfg.family,
@@ -594,7 +620,7 @@ def run_stream_bench(cfg: StreamBenchConfig, workdir: Path) -> dict[str, Any]:
     model = ModelOptions(model=None if cfg.checkpoint is not None else (cfg.model or DEFAULT_FAMILY), checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device,
                          seed=cfg.seed, model_config=cfg.model_config)
     family = model.open(cfg.fps)
-    scfg = StreamConfig(avatar=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
+    scfg = StreamConfig(face=avatar, fps=cfg.fps, duration=cfg.duration_s, batch=cfg.batch, model=model)
     audio = AudioFileSource(speech)
     if len(audio.wave) / 16000.0 < cfg.duration_s:  # loop a short file (running gain, then)
         audio.close()

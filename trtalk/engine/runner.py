@@ -12,7 +12,10 @@ networks here; every option in `RunnerOptions` means the same on every backend, 
 ``source`` is one of: None (seeded random weights, loudly warned), a checkpoint (official folder
 or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` / `PDFGC` instance (torch and aot).
 For onnxruntime and tensorrt a checkpoint is exported first into the cache,
-``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time.
+``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time; an
+export directory is used as it is (verified, never rebuilt or copied into the cache). torch and aot
+run the weights an export directory was made from (its manifest's random weights or checkpoint).
+An export directory of random weights (its manifest says so) is warned and stamped like no checkpoint.
 For aot the stages are torch.export + AOTInductor packages in the engine cache
 (`trtalk.export.aot`), built the first time they are missing.
 """
@@ -225,9 +228,47 @@ def _source_model(source, opts: RunnerOptions, backend: str) -> torch.nn.Module:
     if isinstance(source, torch.nn.Module):
         return source
     if source is not None and _is_export_dir(Path(source)):
-        raise TrtalkError(f"--backend {backend} needs a checkpoint, not the export directory {source}")
+        return export_source_model(Path(source), backend)
     model, _ = load_model(source, seed=opts.seed, config=opts.config, family=opts.family)
     return model
+
+
+def export_random_weights(source: object) -> bool:
+    """Whether ``source`` is an export directory whose manifest records seeded random weights."""
+    if source is None or isinstance(source, torch.nn.Module) or not _is_export_dir(Path(source)):  # type: ignore[arg-type]
+        return False
+    try:
+        return bool(Manifest.read(source).checkpoint.get("random_weights"))  # type: ignore[arg-type]
+    except TrtalkError:
+        return False
+
+
+def export_source_model(folder: Path, backend: str) -> torch.nn.Module:
+    """The PyTorch model an export directory was made from (torch and aot run weights, not ONNX
+    graphs): the seeded random weights its manifest records (family, config, seed), or its
+    checkpoint when that file is still where the manifest says and matches its sha256."""
+    from trtalk.export.exporter import load_model
+
+    m = Manifest.read(folder)
+    rec = m.checkpoint
+    spec = registry.with_stages(registry.get(m.family))
+    if rec.get("random_weights"):
+        assert spec.random is not None and spec.official_config is not None
+        import json
+
+        try:
+            config = type(spec.official_config()).from_json(json.dumps(m.config))  # type: ignore[attr-defined]
+        except (AttributeError, ValueError) as exc:
+            raise TrtalkError(f"{folder}: its manifest's config cannot be read ({exc}); use "
+                              f"--backend onnxruntime") from None
+        return spec.random(config, int(rec.get("seed") or 0))
+    path = rec.get("path")
+    if path and Path(path).exists() and registry.checkpoint_hash(path) == rec.get("sha256"):
+        model, _ = load_model(path, family=m.family)
+        return model
+    raise TrtalkError(f"--backend {backend} runs weights, and the checkpoint {folder} was exported "
+                      f"from ({path}) is not there (or changed); give that checkpoint, or use "
+                      f"--backend onnxruntime to run the export's graphs")
 
 
 def _torch_backends(source, device: str, opts: RunnerOptions,
@@ -272,6 +313,10 @@ def _ort_backends(source, device: str, opts: RunnerOptions) -> dict[str, Backend
     d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
                       fold_up_blur=device.startswith("cuda"), family=opts.family)
     m = Manifest.read(d)
+    if opts.precision is not None and opts.precision != m.precision:
+        log.warning("the export folder %s holds %s graphs: they run as they are (--precision %s "
+                    "does not apply; export again with --precision %s for that)", d, m.precision,
+                    opts.precision, opts.precision)
     specs = _specs_from_manifest(m)
     return {s: OrtBackend(specs[s], m.graph_path(d, s, verify=False), device=device, precision=m.precision,
                           max_batch=max(opts.max_batch, 64), threads=opts.threads) for s in m.stages}
@@ -509,12 +554,16 @@ def open_runner(backend: str = "torch", source=None, device: str = "cpu",
         opts = dataclasses.replace(opts, seed=seed)
     opts = dataclasses.replace(opts, family=source_family(source, opts.family))
     opts.check(backend, device)
-    random_weights = source is None
-    if random_weights:
+    random_weights = source is None or export_random_weights(source)
+    if source is None:
         name = registry.get(opts.family).title
         log.warning("no checkpoint given: running with SEEDED RANDOM WEIGHTS (seed %d); the face "
                     "will not look like the input. Pass the official %s checkpoint folder or a "
                     "`trtalk convert` file to get real results.", opts.seed, name)
+    elif random_weights:
+        log.warning("the export %s holds SEEDED RANDOM WEIGHTS (its manifest says so: it was exported "
+                    "without --checkpoint); the frames are noise and stamped so. Export the real "
+                    "checkpoint with `trtalk export --checkpoint ...`.", source)
     graphs = None
     if opts.cuda_graphs and backend == "torch":
         # One graph per frame batch at the runner level; the stage backends stay eager (a graph

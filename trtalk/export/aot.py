@@ -58,6 +58,7 @@ import torch
 
 from trtalk import __version__
 from trtalk.export.cache import EngineCache, EngineKey, EngineRecord
+from trtalk import progress
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import check_free_space
 from trtalk.export.stages import BATCH, CastIO, StageSpec, example_inputs, stage_module, stage_specs, \
@@ -335,7 +336,9 @@ def aot_packages(model: torch.nn.Module, opts: AotOptions, stages: Iterable[str]
     cache = EngineCache(cache_dir)
     out: dict[str, EngineRecord] = {}
     t_all = time.perf_counter()
+    bar = progress.start(len(stages), "aot build", unit="stage")
     for i, stage in enumerate(stages, 1):
+        bar.next(stage)
         key = aot_key(model, stage, opts)
         rec = cache.lookup(stage, key)
         if rec is not None:
@@ -354,6 +357,7 @@ def aot_packages(model: torch.nn.Module, opts: AotOptions, stages: Iterable[str]
             log.info("aot [%d/%d] %s: built in %.1f s: %s", i, len(stages), stage,
                      time.perf_counter() - t0, rec.path)
         out[stage] = rec
+    bar.close()
     log.info("aot packages ready in %.1f s", time.perf_counter() - t_all)
     return out
 
@@ -368,7 +372,7 @@ def export_aot(opts: "ExportOptions", model: torch.nn.Module | None = None) -> d
         opts = dataclasses.replace(opts, model=registry.spec_of(model).name)  # its family is the export's
     opts.validate()
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    aopts = AotOptions(device=device, precision=opts.precision,
+    aopts = AotOptions(device=device, precision=dataclasses.replace(opts, device=device).resolved_precision(),
                        max_batch=max(opts.max_batch, DEFAULT_MAX_BATCH),
                        buckets=tuple(opts.buckets) if opts.buckets else None).resolved()
     if device.startswith("cuda"):

@@ -24,10 +24,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "package per stage into the engine cache instead (for GPUs TensorRT-RTX does "
                     "not run on, and the CPU; backend aot loads them). Without --checkpoint, "
                     "seeded random weights are exported (for tests and benchmarks; recorded in "
-                    "the manifest).")
+                    "the manifest; stamped wherever it runs). The folder is a --checkpoint "
+                    "everywhere, used as it is. --model warp: its warp and mouth-score graphs (the "
+                    "rest is geometry). --model-config small: under a minute of CPU.",
+        basic=("--out", "--checkpoint", "--model", "--target", "--precision", "--max-batch",
+               "--model-config", "--device"),
+        examples=(("trtalk export --checkpoint pcavs.safetensors --out export/",
+                   "four ONNX graphs and manifest.json in export/"),
+                  ("trtalk export --checkpoint pcavs.safetensors --target aot --device cuda",
+                   "AOTInductor packages in the engine cache (render --backend aot uses them)"),
+                  ("trtalk export --model-config small --precision fp32 --out /tmp/small",
+                   "the small test model on random weights")))
 
 
 def _run(opts: ExportOptions) -> int:
+    if opts.model == "warp":
+        return _run_warp(opts)
     if opts.target == "aot":
         from trtalk.export.aot import describe_aot, export_aot
 
@@ -36,4 +48,23 @@ def _run(opts: ExportOptions) -> int:
     manifest = export_pcavs(opts)
     print(describe(manifest))
     print(f"wrote {opts.out / 'manifest.json'}")  # type: ignore[operator]
+    return 0
+
+
+def _run_warp(opts: ExportOptions) -> int:
+    """``--model warp``: its two small graphs (`trtalk.families.warp.export`)."""
+    from trtalk.errors import TrtalkError
+    from trtalk.export.warp import export_warp
+
+    if opts.target != "onnx" or opts.checkpoint is not None or opts.model_config != "official":
+        raise TrtalkError("--model warp exports its ONNX graphs only: drop --target, --checkpoint "
+                          "and --model-config")
+    if opts.out is None:
+        raise TrtalkError("--model warp writes an export directory: add --out DIR")
+    m = export_warp(opts.out)
+    for name, rec in m["graphs"].items():
+        print(f"{name:9s} {rec['file']:12s} {rec['bytes'] / 1e3:8.1f} KB  "
+              f"{', '.join(rec['inputs'])} -> {', '.join(rec['outputs'])}")
+    print(f"wrote {opts.out / 'manifest.json'} (the warp network and the mouth model's score; the "
+          f"rest of the warp avatar is geometry, not a network)")
     return 0

@@ -13,7 +13,6 @@ half-written files (an older manifest is removed before the first file is replac
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ import torch
 
 from trtalk import __version__
 from trtalk.configcli import option
+from trtalk import progress
 from trtalk.errors import TrtalkError
 from trtalk.export.manifest import MANIFEST_NAME, Manifest
 from trtalk.export.onnx_export import FP32_ISLANDS, OPSET, PRECISIONS, export_stage
@@ -65,8 +65,11 @@ class ExportOptions:
                                          "into the engine cache)")
     checkpoint: Path | None = option(None, help="official checkpoint folder or trtalk .safetensors",
                                      default_text="random weights")  # None: loudly warned, recorded
-    precision: str = option("fp16", choices=PRECISIONS,
-                            help="graph precision (fp16: fp16 weights/activations, fp32 I/O)")
+    precision: str = option("auto", choices=("auto",) + PRECISIONS,
+                            help="graph precision (fp16: fp16 weights/activations, fp32 I/O; auto: as "
+                                 "render picks it, fp16 for CUDA and fp32 for the CPU)",
+                            default_text="auto: fp16 for TensorRT targets and CUDA (--device, or a "
+                                         "visible GPU), fp32 for the CPU")
     max_batch: int = option(8, bounds=(1, 1024), help="largest batch of the graphs and engines, 1 to 1024")
     target: str = option("onnx", choices=TARGETS, help="what to produce")
     fold_up_blur: bool | None = option(None, help="fold the blur into the upsampling convs (exact)",
@@ -82,7 +85,8 @@ class ExportOptions:
     model_config: Literal["official", "small"] = option("official", help=MODEL_CONFIG_HELP)
     model: str | None = option(
         None, help="model family of the seeded random weights (no --checkpoint); with one, it must "
-                   "match the checkpoint's", default_text="the checkpoint's, else pcavs")
+                   "match the checkpoint's; warp: the warp avatar's two small graphs",
+        default_text="the checkpoint's, else pcavs")
     device: str | None = option(None, help="--target aot: cpu or cuda[:N] (the packages run there)",
                                 default_text="cuda when visible")
     buckets: tuple[int, ...] | None = option(
@@ -108,13 +112,27 @@ class ExportOptions:
             return self.model
         return registry.spec_of(self.config).name if self.config is not None else DEFAULT_FAMILY
 
+    def resolved_precision(self) -> str:
+        """``precision``, or for "auto" the rule render uses: fp16 where the graphs run on CUDA
+        (the TensorRT targets; ``--device cuda``; a visible GPU), fp32 on the CPU; the plugin
+        generator graph is fp32."""
+        if self.precision != "auto":
+            return self.precision
+        if self.modconv == "plugin":
+            return "fp32"
+        if self.target in ("tensorrt", "tensorrt-rtx"):
+            return "fp16"
+        if self.device is not None:
+            return "fp16" if self.device.startswith("cuda") else "fp32"
+        return "fp16" if torch.cuda.is_available() else "fp32"
+
     def stage_names(self) -> tuple[str, ...]:
         """The stages to export: ``stages``, else all of the family's."""
         return tuple(self.stages) if self.stages is not None else registry.get(self.family()).stages
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise TrtalkError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise TrtalkError(f"--precision must be one of auto, {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
             raise TrtalkError(f"--target must be one of {', '.join(TARGETS)}")
         if self.modconv not in MODCONV_CHOICES:
@@ -135,7 +153,7 @@ class ExportOptions:
             if self.target == "tensorrt-rtx":
                 raise TrtalkError("TensorRT for RTX has no plugin layers; use --modconv decomposed, "
                                   "or --target tensorrt (datacenter TensorRT >= 10) for the plugin")
-            if self.precision != "fp32":
+            if self.resolved_precision() != "fp32":
                 raise TrtalkError("--modconv plugin exports an fp32 graph (the TensorRT plugin picks "
                                   "fp16 I/O at build time); add --precision fp32")
         if not 1 <= self.max_batch <= 1024:
@@ -232,6 +250,7 @@ def export_pcavs(opts: ExportOptions, model: torch.nn.Module | None = None,
     if model is not None and opts.model is None and opts.checkpoint is None:
         opts = dataclasses.replace(opts, model=registry.spec_of(model).name)
     opts.validate()
+    opts = dataclasses.replace(opts, precision=opts.resolved_precision())
     if opts.target == "aot":
         raise ValueError("export_pcavs writes export directories; use trtalk.export.aot.export_aot")
     assert opts.out is not None
@@ -287,8 +306,10 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
     staging = out / f".staging-{secrets.token_hex(4)}-{os.getpid()}"
     staging.mkdir()
     t_all = time.perf_counter()
+    bar = progress.start(len(stages), f"export {family}", unit="stage")
     try:
         for i, stage in enumerate(stages, 1):
+            bar.next(stage)
             log.info("[%d/%d] exporting %s %s ...", i, len(stages), family, stage)
             module = stage_module(model, stage, modconv="decomposed", fuse=export_rewrites(opts))
             if stage == "generator" and opts.modconv == "plugin":
@@ -311,6 +332,7 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
                 if name:
                     os.replace(staging / name, out / name)
     finally:
+        bar.close()
         shutil.rmtree(staging, ignore_errors=True)
 
     manifest.write(out)  # the graphs are complete and usable even if an engine build fails
@@ -324,13 +346,22 @@ def _export(opts: ExportOptions, out: Path, model: torch.nn.Module | None,
 
 
 def describe(manifest: Manifest) -> str:
-    """A short human summary (the CLI prints it)."""
-    lines = []
+    """A short human summary (the CLI prints it): one aligned line per graph and engine, then
+    where the weights came from."""
+    rows = []
     for stage, rec in manifest.graphs.items():
         ins = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.inputs)
         outs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in rec.outputs)
-        lines.append(f"{stage:9s} {rec.file:16s} {rec.bytes / 1e6:8.1f} MB  {ins} -> {outs}")
+        rows.append((stage, rec.file, f"{rec.bytes / 1e6:.1f} MB", f"{ins} -> {outs}"))
     for stage, eng in manifest.engines.items():
-        lines.append(f"{stage:9s} engine {eng['file']} ({eng['bytes'] / 1e6:.1f} MB, "
-                     f"built in {eng['build_seconds']:.1f} s)")
-    return "\n".join(lines) + "\n" + json.dumps(manifest.checkpoint)
+        rows.append((stage, eng["file"], f"{eng['bytes'] / 1e6:.1f} MB",
+                     f"engine, built in {eng['build_seconds']:.1f} s"))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows]
+    ck = manifest.checkpoint or {}
+    if ck.get("random_weights"):
+        lines.append(f"weights: RANDOM (seed {ck.get('seed')}; no --checkpoint): for tests and benchmarks only")
+    else:
+        sha = str(ck.get("sha256") or "")[:12]
+        lines.append(f"weights: {ck.get('path')}" + (f" (sha256 {sha}...)" if sha else ""))
+    return "\n".join(lines)

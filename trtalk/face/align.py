@@ -365,10 +365,12 @@ def align_file(
     return align_frames(open_media(path), detector=detector, progress=progress)
 
 
-def align_clip(path: str | Path, keep_frames: bool = False) -> tuple[Any, list[np.ndarray]]:
-    """The official whole-clip alignment of a media file, and its frames when asked (paste-back)."""
+def align_clip(path: str | Path, keep_frames: bool = False,
+               progress: ProgressFn | None = None) -> tuple[Any, list[np.ndarray]]:
+    """The official whole-clip alignment of a media file, and its frames when asked (paste-back).
+    ``progress``: as `align_frames`' (an exception it raises stops the alignment)."""
     source = open_media(path)
     if not keep_frames:
-        return align_frames(source), []
+        return align_frames(source, progress=progress), []
     frames = list(source)
-    return align_frames(frames, name=str(path)), frames
+    return align_frames(frames, progress=progress, name=str(path)), frames

@@ -36,13 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="list the model families (built-in and plugins) and their capabilities",
                 description="Every model family --model accepts: its name, title, where it came "
                             "from (built-in, or the plugin package of a `trtalk.families` entry "
-                            "point), its stages and its capabilities.")
+                            "point), its stages and its capabilities.",
+                examples=(("trtalk models", "a table"), ("trtalk models --json", "one JSON object per family")))
     add_command(sub, "convert", ConvertOptions, _run,
                 help="convert an official PC-AVS or PD-FGC checkpoint folder to safetensors",
                 description="Read checkpoints/demo/latest_net_{G,V,E,A_sync}.pth (PC-AVS) or "
                             "{appearance,motion,audio,generator}_model.pth (PD-FGC) and write one "
                             ".safetensors file, its family in the metadata, that every trtalk "
-                            "command accepts as --checkpoint.")
+                            "command accepts as --checkpoint.",
+                examples=(("trtalk convert PC-AVS/checkpoints/demo -o pcavs.safetensors", "PC-AVS"),
+                          ("trtalk convert PD-FGC/checkpoints -o pdfgc.safetensors", "PD-FGC")))
 
 
 def _run(opts: ConvertOptions) -> int:

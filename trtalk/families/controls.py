@@ -109,7 +109,8 @@ class Controls:
     ``presets``: emotion codes by name (from reference stills). ``on_blink``: called by "blink now"
     (the family's blink generator). ``on_pose_source(source, prepared)``: called with a new pose
     source (a `POSE_SWITCHES` name or a file) when applied. ``prepare_pose(path)``: encodes a pose
-    file in the submitting thread (the HTTP one), so applying it never stalls a frame.
+    file in the submitting thread (the HTTP one), so applying it never stalls a frame; it calls
+    `check_open` as it goes (per frame), so that closing the stream cancels it.
     """
 
     COMMANDS = ("emotion", "gaze", "blink", "freeze", "unfreeze", "pose_source")
@@ -167,17 +168,24 @@ class Controls:
                                   f'the avatar\'s own pose, a zero code)')
         return dict(cmd)
 
+    def check_open(self, *progress: object) -> None:
+        """Raise TrtalkError once the stream is ending (``closed``): work done for a command (a
+        pose file being encoded) calls this as it goes and stops. Takes and ignores a progress
+        callback's arguments, so it can be one."""
+        if self.closed:
+            raise TrtalkError("the stream is ending: no more commands")
+
     def submit(self, cmd: object) -> dict:
         """Queue a validated command for the next frame; returns it. A pose file is encoded
         here, in the caller's thread, before it is queued."""
-        if self.closed:
-            raise TrtalkError("the stream is ending: no more commands")
+        self.check_open()
         c = self.validate(cmd)
         prepared = None
         if c["set"] == "pose_source" and c["source"] not in POSE_SWITCHES:
             if self.prepare_pose is None:
                 raise TrtalkError("this stream cannot switch to a pose file")
             prepared = self.prepare_pose(c["source"])
+            self.check_open()  # closed while it was encoded: nothing is queued
         self._pending.put((c, prepared))
         return c
 
@@ -239,9 +247,10 @@ class ControlServer:
     `trtalk.httpguard` apply (loopback Host and same-origin without a token, JSON bodies of at
     most `MAX_BODY` bytes, read timeouts); every refusal is a 4xx with a one-line reason.
 
-    Handler threads are not daemons: `close` joins them (bounded by the read timeouts and the
-    encoding of a pose file being switched to), so the process never exits while one of them
-    is inside native code."""
+    Handler threads are not daemons: `close` joins them (bounded by the read timeouts; a pose
+    file being encoded stops at its next frame, `Controls.check_open`), so the process never
+    exits while one of them is inside native code. A command refused because the stream is
+    ending is a 503."""
 
     MAX_BODY = 65536
 
@@ -340,8 +349,9 @@ class ControlServer:
                     cmd = httpguard.json_body(self._read_body())
                     try:
                         applied = server.controls.submit(cmd)
-                    except TrtalkError as exc:
-                        raise httpguard.HttpRefusal(400, str(exc)) from None
+                    except TrtalkError as exc:  # 503: the stream is ending
+                        code = 503 if server.controls.closed else 400
+                        raise httpguard.HttpRefusal(code, str(exc)) from None
                 except httpguard.HttpRefusal as exc:
                     self._refuse(exc)
                     return
@@ -386,9 +396,10 @@ class ControlServer:
         log.info("control endpoint on %s%s", self.url, " (token required)" if self.token else "")
         return self
 
-    def close(self, join_s: float = 60.0) -> None:
-        """Stop serving, then wait for requests in flight (a pose file being encoded); after
-        ``join_s`` a thread still running is left to the interpreter's own join at exit."""
+    def close(self, join_s: float = 5.0) -> None:
+        """Stop serving and cancel requests in flight (a pose file being encoded stops at its
+        next frame), waiting at most ``join_s`` for them; a thread still running after that
+        (stuck in native code that never checks) is left to the interpreter's own join at exit."""
         import time
 
         self.controls.closed = True  # later commands are refused, not encoded

@@ -56,7 +56,13 @@ def register(sub) -> None:
                 description="Register with a LiveKit server as the agent `trtalk-avatar`; each job joins "
                             "its room as the avatar of the agent that dispatched it (an agent using "
                             "trtalk.integrations.livekit.TrtalkAvatarSession) and publishes the face "
-                            "and the agent's audio. Needs livekit-agents (pip install -r requirements-agents.txt).")
+                            "and the agent's audio. Needs livekit-agents (pip install -r requirements-agents.txt).",
+                basic=("--face", "--url", "--api-key", "--api-secret", "--agent-name", "--max-avatars",
+                       "--checkpoint", "--model", "--device"),
+                examples=(("trtalk livekit-worker --face me.jpg",
+                           "the warp avatar for $LIVEKIT_URL (key and secret from $LIVEKIT_API_KEY/SECRET)"),
+                          ("trtalk livekit-worker --checkpoint pcavs.safetensors --device cuda --max-avatars 16",
+                           "PC-AVS on a GPU, up to 16 avatars in this process")))
 
 
 class AvatarJobs:

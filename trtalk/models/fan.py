@@ -12,6 +12,11 @@ from torch import nn
 import torch.nn.functional as F
 
 
+#: the hourglass width and depth of the ``small`` test configs (official: 256, 4)
+SMALL_FEATURES = 64
+SMALL_DEPTH = 1
+
+
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
 
@@ -73,20 +78,26 @@ class HourGlass(nn.Module):
 
 
 class FANTrunk(nn.Module):
-    """FAN with one hourglass; 68 heatmaps at 56x56 -> conv6 (stride 2) -> 28x28 -> fc -> 512."""
+    """FAN with one hourglass; 68 heatmaps at 56x56 -> conv6 (stride 2) -> 28x28 -> fc -> 512.
 
-    def __init__(self):
+    ``features``: the hourglass width (official 256; the stem is a quarter, then a half of it);
+    ``depth``: the hourglass's levels (official 4). The ``small`` test configs use 64 and 1
+    (`SMALL_FEATURES`, `SMALL_DEPTH`: about 20x fewer FLOPs and a third of the graph's nodes, same
+    outputs)."""
+
+    def __init__(self, features: int = 256, depth: int = 4):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = ConvBlock(64, 128)
-        self.conv3 = ConvBlock(128, 128)
-        self.conv4 = ConvBlock(128, 256)
-        self.m0 = HourGlass(4, 256)
-        self.top_m_0 = ConvBlock(256, 256)
-        self.conv_last0 = nn.Conv2d(256, 256, 1)
-        self.l0 = nn.Conv2d(256, 68, 1)
-        self.bn_end0 = nn.BatchNorm2d(256)
+        f = features
+        self.conv1 = nn.Conv2d(3, f // 4, 7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(f // 4)
+        self.conv2 = ConvBlock(f // 4, f // 2)
+        self.conv3 = ConvBlock(f // 2, f // 2)
+        self.conv4 = ConvBlock(f // 2, f)
+        self.m0 = HourGlass(depth, f)
+        self.top_m_0 = ConvBlock(f, f)
+        self.conv_last0 = nn.Conv2d(f, f, 1)
+        self.l0 = nn.Conv2d(f, 68, 1)
+        self.bn_end0 = nn.BatchNorm2d(f)
         self.conv6 = nn.Conv2d(68, 1, 3, 2, 1)
         self.fc = nn.Linear(28 * 28, 512)
         self.bn5 = nn.BatchNorm2d(68)
@@ -110,9 +121,10 @@ class PoseEncoder(nn.Module):
     """netE: ``forward(image B x 3 x 224 x 224) -> pose code B x 12``; ``embed_mouth`` for audio;
     ``pose_and_mouth`` for the pose code and the visual mouth code from one trunk pass."""
 
-    def __init__(self, num_classes: int = 5830, pose_dim: int = 12, clip_len: int = 1):
+    def __init__(self, num_classes: int = 5830, pose_dim: int = 12, clip_len: int = 1,
+                 small: bool = False):
         super().__init__()
-        self.model = FANTrunk()
+        self.model = FANTrunk(SMALL_FEATURES, SMALL_DEPTH) if small else FANTrunk()
         self.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
         self.to_mouth = _mlp()
         self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, 512 - pose_dim))

@@ -3,13 +3,18 @@
 SE basic blocks with layers [3, 4, 6, 3] and filters [32, 64, 128, 256], self-attentive pooling
 (SAP) over time, a 512-d output (``model.fc``), and the unused speaker classifier ``fc``.
 As in the official code, ReLU comes *before* BatchNorm after the first conv and after each
-block's first conv.
+block's first conv. The ``small`` test configs use one block per stage and a quarter of the
+filters (`SMALL`), same output and key names.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+#: (layers, filters) of the ``small`` test configs' trunk
+SMALL = ((1, 1, 1, 1), (8, 16, 32, 64))
 
 
 class SELayer(nn.Module):
@@ -79,9 +84,9 @@ class ResNetSE(nn.Module):
 class AudioEncoder(nn.Module):
     """netA_sync: ``forward(mel B x 1 x 80 x 20) -> audio feature B x 512`` (before the 1.2 weight)."""
 
-    def __init__(self, num_classes: int = 5830):
+    def __init__(self, num_classes: int = 5830, small: bool = False):
         super().__init__()
-        self.model = ResNetSE()
+        self.model = ResNetSE(*SMALL) if small else ResNetSE()
         self.fc = nn.Linear(512, num_classes)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:

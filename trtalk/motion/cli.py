@@ -40,7 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="fit a person's head motion style to a talking video of them",
                 description="Track the head and eyes of VIDEO, read its audio, and fit the amplitude, rest "
                             "posture, speed and spectral shape, coupling to speech, drift and blink timing "
-                            "of the person's head motion; write them to a small JSON style file.")
+                            "of the person's head motion; write them to a small JSON style file.",
+                examples=(("trtalk motion fit talk.mp4 -o me.json",
+                           "your head motion style, then: trtalk render --pose auto --motion-style me.json"),
+                          ("trtalk motion fit talk.mp4 -o me.json --rest --max-seconds 120",
+                           "with the rest posture, from the first two minutes")))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

@@ -74,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from trtalk.configcli import add_command
 
     add_command(sub, "devices", None, _run,
-                help="list microphones, cameras, virtual camera, GPUs and backends")
+                help="list microphones, cameras, virtual camera, GPUs and backends",
+                examples=(("trtalk devices", "what `stream --mic DEV` and `--webcam DEV` can name"),
+                          ("trtalk -v devices", "the same, with the libraries' own messages")))
 
 
 def _run() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,26 @@ log = logging.getLogger(__name__)
 NO_CHECKPOINT_FAMILY = "warp"
 #: The family of a checkpoint that no family claims (its loader then names the problem).
 CHECKPOINT_FALLBACK = "pcavs"
+#: ``--checkpoint``'s help, the same in render, stream, demo, serve and bench
+CHECKPOINT_HELP = ("official PC-AVS or PD-FGC checkpoint folder, a `trtalk convert` file, or a "
+                   "`trtalk export --out` folder (its graphs run as they are, never re-exported)")
+
+
+def is_export_folder(path: object) -> bool:
+    """Whether ``path`` is a `trtalk export` folder (holds manifest.json)."""
+    return path is not None and Path(path).is_dir() and (Path(path) / "manifest.json").is_file()  # type: ignore[arg-type]
+
+
+def export_family(path: object, default: str = CHECKPOINT_FALLBACK) -> str:
+    """The family an export folder's manifest names (``default`` when unreadable: the backend
+    that opens it then says what is wrong)."""
+    import json
+
+    try:
+        family = json.loads((Path(path) / "manifest.json").read_text()).get("family", "pcavs")  # type: ignore[arg-type]
+    except (OSError, ValueError, AttributeError):
+        return default
+    return family if isinstance(family, str) and family in registry.names() else default
 
 
 @dataclass
@@ -37,12 +58,12 @@ class ModelOptions:
     """
 
     model: str | None = option(
-        None, help="model family (`trtalk models` lists them)", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
-    checkpoint: Path | None = option(None, help="official PC-AVS or PD-FGC checkpoint folder or a "
-                                                "`trtalk convert` file")
-    backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] = option(
-        "torch", help="inference backend (aot: AOTInductor packages, built once into the engine cache)")
-    device: str = option("cpu", help="cpu, cuda or cuda:N")
+        None, metavar="NAME", help="model family (`trtalk models` lists them)", default_text="the checkpoint's family with --checkpoint, else the warp avatar")
+    checkpoint: Path | None = option(None, metavar="PATH", help=CHECKPOINT_HELP)
+    backend: Literal["torch", "onnxruntime", "tensorrt", "aot"] | None = option(
+        None, help="inference backend (aot: AOTInductor packages, built once into the engine cache)",
+        default_text="onnxruntime for an export folder, else torch")
+    device: str = option("cpu", metavar="DEV", help="cpu, cuda or cuda:N")
     precision: Literal["fp32", "fp16"] | None = option(None, help="compute precision",
                                                        default_text="fp32 on CPU, fp16 on CUDA")
     noise: Literal["fixed", "random", "zero", "seeded"] | None = option(
@@ -77,6 +98,12 @@ class ModelOptions:
         """The family these options run (`resolved_model`'s spec)."""
         return registry.get(self.resolved_model())
 
+    def resolved_backend(self) -> str:
+        """``backend``, else onnxruntime for an export folder (its graphs), else torch."""
+        if self.backend is not None:
+            return self.backend
+        return "onnxruntime" if is_export_folder(self.checkpoint) else "torch"
+
     def resolved_model(self) -> str:
         if self.model is not None:
             if self.model not in registry.names():
@@ -86,13 +113,15 @@ class ModelOptions:
             log.info("no --checkpoint: using the built-in warp avatar (--model pcavs runs PC-AVS on "
                      "seeded random weights instead)")
             return NO_CHECKPOINT_FAMILY
+        if is_export_folder(self.checkpoint):
+            return export_family(self.checkpoint)  # the manifest's
         return registry.detect(self.checkpoint, fallback=CHECKPOINT_FALLBACK)  # its loader names problems
 
     def family_threads(self) -> int | None:
         """The family's default compute threads (`trtalk.threads`; its `Capabilities.threads`) on
         the torch backend, None (the usable cores) otherwise."""
         model = self.model or (CHECKPOINT_FALLBACK if self.checkpoint is not None else NO_CHECKPOINT_FAMILY)
-        if model not in registry.names() or self.backend != "torch":
+        if model not in registry.names() or self.resolved_backend() != "torch":
             return None
         return registry.get(model).capabilities.threads
 
@@ -149,7 +178,7 @@ class ModelOptions:
         if self.model_config == "small" and spec.small_config is None and spec.stages:
             raise TrtalkError(f"the {spec.title} has no small config")
         config = spec.small_config() if self.model_config == "small" and spec.small_config else None
-        return open_family(spec.name, self.checkpoint, self.backend, self.device,
+        return open_family(spec.name, self.checkpoint, self.resolved_backend(), self.device,
                            self.runner_options(spec, config), fps=fps, controls=controls, size=size)
 
     def runner_options(self, spec: FamilySpec, config: object = None) -> RunnerOptions:
@@ -172,7 +201,9 @@ def open_family(model: str, checkpoint: Any = None, backend: str = "torch",
 
     spec = registry.get(model)
     caps = spec.capabilities
-    if checkpoint is not None and not caps.checkpoint:
+    exported = isinstance(checkpoint, (str, os.PathLike)) and is_export_folder(checkpoint) \
+        and export_family(checkpoint) == spec.name  # the family's own export folder
+    if checkpoint is not None and not caps.checkpoint and not exported:
         raise TrtalkError(f"the {spec.title} has no checkpoint; drop --checkpoint or use --model "
                           f"{next(s.name for s in registry.all_specs().values() if s.capabilities.checkpoint)}")
     if backend not in caps.backends:

@@ -61,12 +61,12 @@ __all__ = ["DEFAULT_AUDIO", "DEFAULT_FACE", "LAYOUTS", "RANDOM_WEIGHTS_NOTE", "R
 class RenderConfig(PipelineConfig):
     """Options of `trtalk render` (and `trtalk demo`): the pipeline's, the input files, the model."""
 
-    output: Path = option(Path("out/render.mp4"), short="-o", help="output mp4")
-    face: Path = option(DEFAULT_FACE, help="identity: image, folder of frames or video",
-                        default_text="the built-in photo")
-    audio: Path = option(DEFAULT_AUDIO, help="speech: wav/mp3/m4a or a video's audio track",
+    output: Path = option(Path("out/render.mp4"), short="-o", metavar="OUT.mp4", help="output mp4")
+    face: Path = option(DEFAULT_FACE, metavar="FILE", help="identity: image, folder of frames or video",
+                        default_text="the built-in photo", aliases=("--avatar",))
+    audio: Path = option(DEFAULT_AUDIO, metavar="FILE", help="speech: wav/mp3/m4a or a video's audio track",
                          default_text="the built-in clip")
-    pose: Path | None = option(None, help="head pose: video or image, looped forward and backward; "
+    pose: Path | None = option(None, metavar="SRC", help="head pose: video or image, looped forward and backward; "
                                           "off (PD-FGC: a zero pose code, the official switch); "
                                           "'auto': head motion and blinks generated from the speech",
                                default_text="the face source itself")

@@ -19,31 +19,46 @@ class DemoConfig(RenderConfig):
     """`trtalk demo`: `trtalk render` with the demo's output name (the built-in warp avatar unless
     a checkpoint is given)."""
 
-    output: Path = option(Path("out/demo.mp4"), short="-o", help="output mp4")
-    pose: Path | None = option(Path("auto"), help="head pose: video or image, looped forward and "
+    output: Path = option(Path("out/demo.mp4"), short="-o", metavar="OUT.mp4", help="output mp4")
+    pose: Path | None = option(Path("auto"), metavar="SRC", help="head pose: video or image, looped forward and "
                                "backward; 'auto': head motion and blinks generated from the speech")
 
 
-#: The two subcommands: (name, config, help, description).
+#: The two subcommands: (name, config, help, description, common flags, examples, flags left out).
 COMMANDS = (
     ("render", RenderConfig, "render a talking-face mp4 from a face, a speech track and a pose source",
      "Offline rendering: the stream's pipeline on a virtual clock. Without --checkpoint the built-in "
      "warp avatar is used (--model pcavs runs PC-AVS on seeded random weights, stamped so); without "
-     "--face/--audio the built-in photo and speech clip."),
+     "--face/--audio the built-in photo and speech clip.",
+     ("--face", "--audio", "--output", "--pose", "--mouth", "--duration", "--paste-back", "--checkpoint",
+      "--model", "--backend", "--device"),
+     (("trtalk render --face me.jpg --audio talk.wav -o talk.mp4",
+       "your photo speaking your recording (warp avatar, head motion from the speech)"),
+      ("trtalk render --face me.mp4 --audio talk.wav --pose head.mp4 --paste-back --checkpoint pcavs.safetensors",
+       "PC-AVS: the head follows head.mp4, the face pasted back into me.mp4's frames"),
+      ("trtalk render --config talk.toml --duration 5",
+       "the options of a file (trtalk render --print-config > talk.toml), 5 s only")),
+     ()),
     ("demo", DemoConfig, "render a talking-face clip with the built-in warp avatar (no model downloads)",
      "`trtalk render` writing out/demo.mp4: the built-in photo speaking the built-in speech clip with "
-     "head motion and blinks generated from the speech (--pose auto), through the warp avatar."),
+     "head motion and blinks generated from the speech (--pose auto), through the warp avatar.",
+     ("--output", "--face", "--audio", "--duration", "--size", "--paste-back"),
+     (("trtalk demo", "the built-in photo and speech -> out/demo.mp4"),
+      ("trtalk demo --face me.jpg -o me.mp4", "your photo speaking the built-in clip"),
+      ("trtalk demo --audio talk.wav --duration 10", "the first 10 s of your recording")),
+     # a file render on the warp avatar: no live timing (virtual clock), no PD-FGC factors
+     ("live timing", "PD-FGC factors")),
 )
 
 
 def register(sub) -> None:
-    for name, cls, help_, description in COMMANDS:
-        add_command(sub, name, cls, _run, help=help_, description=description)
+    for name, cls, help_, description, basic, examples, omit in COMMANDS:
+        add_command(sub, name, cls, _run, help=help_, description=description, basic=basic,
+                    examples=examples, omit=omit)
 
 
 def _run(cfg: RenderConfig) -> int:
-    from tqdm import tqdm
-
+    from trtalk import progress
     from trtalk.fsutil import output_parent
     from trtalk.media.mp4 import check_video_path
     from trtalk.runtime.render import check_render, render
@@ -55,7 +70,7 @@ def _run(cfg: RenderConfig) -> int:
         check_render(cfg)  # inputs, output, memory estimate: before the model loads
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps, mouth_smoothing="centred", size=cfg.size)
-        with tqdm(total=0, unit="frame", desc="render", disable=None) as bar:
+        with progress.bar(total=0, unit="frame", desc="render") as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)

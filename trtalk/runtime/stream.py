@@ -36,7 +36,8 @@ DEFAULT_AVATAR = ASSETS / "astronaut.png"
 class StreamConfig(PipelineConfig):
     """Options of a stream: the pipeline's, the avatar photo and the model."""
 
-    avatar: Path = option(DEFAULT_AVATAR, help="photo of the face to animate", default_text="the built-in photo")
+    face: Path = option(DEFAULT_AVATAR, metavar="FILE", help="photo of the face to animate", default_text="the built-in photo",
+                        aliases=("--avatar",))
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
     pose_cache: int = option(256, cli=False)
 
@@ -70,7 +71,7 @@ class StreamPipeline(Pipeline):
                  background: BackgroundFn | None = None, motion: bool = False, *,
                  family_state: FamilyState | None = None, plan: InputPlan | None = None) -> None:
         family = as_family(runner, cfg, random_weights)
-        super().__init__(cfg, family, load_avatar(cfg.avatar, family), audio, pose_source, sinks,
+        super().__init__(cfg, family, load_avatar(cfg.face, family), audio, pose_source, sinks,
                          clock, background, motion, family_state=family_state, plan=plan)
 
 

@@ -28,11 +28,11 @@ class StreamCommand:
 
     mic: str | None = option(None, const="", metavar="DEV", exclusive="audio", section="inputs",
                              help="microphone (index or part of its name; the default device if bare)")
-    audio: Path | None = option(None, exclusive="audio", section="inputs",
+    audio: Path | None = option(None, metavar="FILE", exclusive="audio", section="inputs",
                                 help="audio file replayed as the microphone")
     webcam: str | None = option(None, const="", metavar="DEV", exclusive="pose", section="inputs",
                                 help="camera (/dev/videoN or N on Linux; the default if bare)")
-    pose: Path | None = option(None, exclusive="pose", section="inputs",
+    pose: Path | None = option(None, metavar="SRC", exclusive="pose", section="inputs",
                                help="pose video or image, aligned as a whole and replayed (looped); "
                                     "'auto': head motion and blinks generated from the speech",
                                default_text="auto without --webcam")
@@ -44,7 +44,8 @@ class StreamCommand:
     record: Path | None = option(None, exclusive="sink", section="outputs", metavar="OUT.mp4",
                                  help="record video + audio")
     sink: Literal["null"] | None = option(None, exclusive="sink", section="outputs",
-                                          help="discard frames (benchmark)")
+                                          help="discard frames (to measure); the default when no "
+                                               "output is named (said on start)")
     realtime: bool | None = option(None, negative="--fast", help="real-time pace",
                                    negative_help="files only: as fast as possible on a virtual clock",
                                    default_text="real time with --mic/--webcam, --fast for files")
@@ -70,8 +71,22 @@ def register(sub) -> None:
                 help="live talking face: mic/audio + webcam/pose -> virtual camera, preview or mp4",
                 description="Drive the avatar from a microphone (or an audio file) and a webcam (or a "
                             "pose video/image). Without --checkpoint the built-in warp avatar is used. "
-                            "Ctrl-C (or SIGTERM) stops cleanly; a recording is finalised.")
+                            "Frames go to one output: --virtual-cam, --preview, --record OUT.mp4 or "
+                            "--sink null. Ctrl-C (or SIGTERM) stops cleanly; a recording is finalised.",
+                basic=("--face", "--mic", "--audio", "--webcam", "--pose", "--virtual-cam", "--preview",
+                       "--record", "--sink", "--checkpoint", "--model", "--device", "--stats"),
+                examples=(("trtalk stream --face me.jpg --mic --webcam --virtual-cam",
+                           "you, live: microphone and camera drive the avatar in a virtual camera"),
+                          ("trtalk stream --face me.jpg --audio talk.wav --record out.mp4 --fast",
+                           "a file through the live pipeline, as fast as it goes"),
+                          ("trtalk stream --face me.jpg --mic --preview --stats",
+                           "a window, with latency figures every 5 s")))
     devices.register(sub)
+
+
+#: Said when no output is named: the frames are made (and timed) but go nowhere.
+NO_SINK_NOTE = ("trtalk stream: no output named, so the frames are made and discarded; add "
+                "--virtual-cam, --preview or --record OUT.mp4 (--sink null discards them without this note)")
 
 
 def _make_sink(cmd: StreamCommand) -> FrameSink:
@@ -87,6 +102,8 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
     if cmd.record is not None:
         check_video_path(cmd.record, "--record")
         return Mp4Sink(cmd.record, fps=fps, push_audio=True, live=True)
+    if cmd.sink is None:
+        print(NO_SINK_NOTE, file=sys.stderr)
     return NullSink()
 
 
@@ -155,8 +172,8 @@ def _run(cmd: StreamCommand) -> int:
 
         check_writable(cmd.stats_json)
     cfg.stats_interval_s = cmd.stats
-    if not cfg.avatar.is_file():
-        raise TrtalkError(f"--avatar {cfg.avatar} does not exist; give a photo with one frontal face")
+    if not cfg.face.is_file():
+        raise TrtalkError(f"--face {cfg.face} does not exist; give a photo with one frontal face")
     clock = RealClock() if realtime else VirtualClock()
     stop = threading.Event()
 

@@ -23,6 +23,7 @@ A session's control data channel ("control") carries ``{"type": "bye"}`` from th
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -44,6 +45,7 @@ from trtalk.motion.style import MotionStyle, resolve_style
 from trtalk.runtime.latency import FrameTiming
 from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
+from trtalk.serve.capacity import Admission, CostModel, FixedCost, MeasuredCost, usable_cores, warmup_cost
 from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
 from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices, session_plan
 
@@ -67,17 +69,30 @@ class ServerLimits:
     stall_timeout_s: float = 10.0
     control_rate: float = 20.0
     headroom: float = 0.9
+    #: the share of the usable cores the server counts on at start (the interpreter lock, the OS
+    #: and other processes take the rest); lowered at run time to what the process reached
+    #: whenever a session fell behind (`trtalk.serve.capacity.MeasuredCost`)
+    core_share: float = 0.8
     #: a running session below this share of the frame rate (over 2 s) blocks admission
     min_fps_ratio: float = 0.85
     #: a connection gets this long to send its request headers (and stays this long idle)
     header_timeout_s: float = httpguard.HEADER_TIMEOUT_S
     #: a request gets this long to send its body (an upload slot is taken only once it is read)
     body_timeout_s: float = httpguard.BODY_TIMEOUT_S
+    #: open connections at most (idle, reading, answering); beyond it a new one gets a 503
+    max_connections: int = 64
+
+
+#: refreshes of a measured cost (0.5 s apart, each over >= 10 served frames) after admitting a
+#: session before the next may be admitted
+SETTLE_SAMPLES = 3
 
 
 @dataclass
 class Capacity:
-    """The measured throughput (frames/s per batch size) and what admission uses."""
+    """The warm-up's model throughput (frames/s per batch size) and the frames/s admission
+    counts on now (`Admission.frames_per_s`: encoding and the sessions' own work included,
+    refreshed as the server runs)."""
 
     throughput: dict[int, float] = field(default_factory=dict)
     frames_per_s: float = float("inf")
@@ -115,6 +130,28 @@ def image_from_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def freeze_startup_heap() -> None:
+    """Move the objects alive now (modules, weights, avatars: the server's lifetime) out of the
+    cyclic garbage collector's reach, so that `collect_session_garbage` only walks what sessions
+    made since. Call once the server is prepared."""
+    gc.collect()
+    gc.freeze()
+
+
+def collect_session_garbage() -> int:
+    """Free an ended session's reference cycles now; returns the number of objects collected.
+
+    A session's peer connection (aiortc's transports, receivers with their decoders and decoded
+    camera frames, the jitter buffers) and the session's own pipeline form reference cycles, which
+    only Python's full collection frees. That collection runs on its own only once the objects
+    awaiting it number a quarter of the long-lived ones, which in a server holding a model is
+    rarely (issue 24, 8: the RSS grew +12 to +17 MB with every 640x360 camera session and never
+    came back; `gc.collect()` after each session held it flat). After `freeze_startup_heap` this
+    walks only the sessions' objects: 8 to 50 ms on 2 loaded cores (a full collection without
+    the freeze took 730 to 810 ms there)."""
+    return gc.collect()
+
+
 #: allocations from this size up get their own mapping, returned to the system when freed
 MMAP_THRESHOLD = 256 * 1024
 _HEAP_BOUNDED = False
@@ -122,7 +159,7 @@ _HEAP_BOUNDED = False
 
 def bound_heap_growth() -> bool:
     """Slow the server's memory growth per camera session (glibc only; False elsewhere or when
-    it cannot be set). A mitigation, not the fix (issue 24, 8 is still open).
+    it cannot be set). A mitigation; the leak itself was garbage cycles (`collect_session_garbage`).
 
     Each camera session decodes, tracks and pastes frames of hundreds of KB on threads of its
     own. glibc's malloc raises its mmap threshold each time such a buffer is freed, so later
@@ -130,9 +167,8 @@ def bound_heap_growth() -> bool:
     `MMAP_THRESHOLD` (which stops the dynamic raise) maps them on their own and returns them when
     freed. Measured (tests/test_serve.py ``test_camera_sessions_give_their_memory_back``, ten 3 s
     sessions of a 640x360 camera, webcam pose, blended lips, paste-back, 2 CPU cores): RSS
-    573 -> 1001 MB without it (+48 MB a session), 506 -> 859 MB with it (+35 MB a session);
-    the rest is native memory not yet found (not PyAV's frame conversions, not mediapipe's
-    graphs: both measured flat in isolation)."""
+    573 -> 1001 MB without it (+48 MB a session), 506 -> 859 MB with it (+35 MB a session),
+    before sessions' garbage was collected as they end."""
     global _HEAP_BOUNDED
     if _HEAP_BOUNDED:
         return True
@@ -203,6 +239,11 @@ class Server:
         self.upload_slots = 2
         self._uploading = 0
         self._starting = 0  # sessions admitted and being built (counted by `admit`)
+        #: what admission reads (`trtalk.serve.capacity`); measured in `prepare`
+        self.cost: CostModel = FixedCost(0.0)
+        self.admission = Admission(self.cost, cfg.fps, self.limits.headroom, self.limits.max_sessions)
+        self._frames_seen: dict[str, int] = {}
+        self._admitted_at = -SETTLE_SAMPLES  # the cost model's samples when the last session was admitted
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -215,14 +256,67 @@ class Server:
         for name, path in self.builtin.items():
             self.avatars[name] = self.family.make_avatar(read_image(path), str(path))
         if self._capacity_override is not None:
-            self.capacity = Capacity({}, self._capacity_override)
+            self.set_cost(FixedCost(1.0 / self._capacity_override))
         elif self._warmup and self.avatars:
+            avatar = next(iter(self.avatars.values()))
             budget = self.cfg.max_delay_s / 2
-            tp = measure_throughput(self.scheduler, next(iter(self.avatars.values())), self.cfg.fps, budget)
-            self.capacity = Capacity(tp, capacity_fps(tp, self.scheduler.cost_s, budget))
-            log.info("capacity: %.1f frames/s (%.1f sessions at %g fps)", self.capacity.frames_per_s,
-                     self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps, self.cfg.fps)
+            tp = measure_throughput(self.scheduler, avatar, self.cfg.fps, budget)
+            self.capacity.throughput = tp
+            run_frame, frame = self._one_frame(avatar)
+            cost = MeasuredCost(warmup_cost(run_frame, frame), usable_cores() * self.limits.core_share,
+                                model_fps=lambda: capacity_fps(
+                                    {b: b / c for b, c in self.scheduler.cost_s.items() if c > 0},
+                                    self.scheduler.cost_s, budget))
+            self.set_cost(cost)
+            log.info("capacity: %.1f frames/s (%.1f ms CPU a frame with encoding, %.1f cores, model "
+                     "%.0f frames/s): %d session(s) at %g fps", self.capacity.frames_per_s,
+                     1000 * cost.frame_cost_s(), cost.cpu_rate(), cost.model_fps(),
+                     self.capacity_sessions(), self.cfg.fps)
+        freeze_startup_heap()
         self.scheduler.start()
+
+    def _one_frame(self, avatar: Avatar) -> tuple[Any, np.ndarray]:
+        """One frame through the scheduler's networks (batch 1) as a callable, and its frame."""
+        import torch
+
+        from trtalk.audio.mel import MEL_WINDOW_FRAMES
+        from trtalk.serve.scheduler import WorkItem
+
+        fam = self.scheduler.family
+        pose = fam.still_pose(avatar, [0], self.cfg.fps)
+        item = WorkItem(0.0, 0, "warmup", fam.new_state(), avatar, torch.zeros(1, 80, MEL_WINDOW_FRAMES), 0, pose[0])
+        frame = self.scheduler.run_batch([item])[0]
+        return (lambda: self.scheduler.run_batch([item])), np.asarray(frame)
+
+    def set_cost(self, cost: CostModel) -> None:
+        """Admit by ``cost`` from now on (tests inject theirs)."""
+        self.cost = cost
+        self.admission = Admission(cost, self.cfg.fps, self.limits.headroom, self.limits.max_sessions)
+        self.capacity.frames_per_s = self.admission.frames_per_s()
+
+    def observe_load(self) -> None:
+        """Feed the frames the sessions made since the last call (and whether any fell behind)
+        to a measured cost model; refresh the capacity shown on the page and /metrics."""
+        frames = 0
+        seen: dict[str, int] = {}
+        for sid, s in list(self.sessions.items()):
+            n = s.sink.frames_written
+            frames += max(0, n - self._frames_seen.get(sid, 0))
+            seen[sid] = n
+        self._frames_seen = seen
+        behind = any(s.recent_fps is not None and s.recent_fps < self.limits.min_fps_ratio * self.cfg.fps
+                     for s in self.sessions.values())
+        if isinstance(self.cost, MeasuredCost):
+            self.cost.observe(frames, behind)
+        self.capacity.frames_per_s = self.admission.frames_per_s()
+
+    def _cost_samples(self) -> int:
+        """Refreshes of a measured cost model so far (0 for a fixed one, which never settles)."""
+        return self.cost.samples if isinstance(self.cost, MeasuredCost) else 0
+
+    def room(self) -> int:
+        """Sessions that can still start (the measured capacity less those running or starting)."""
+        return max(0, self.capacity_sessions() - len(self.sessions) - self._starting)
 
     async def on_startup(self, app: web.Application) -> None:
         self._loop = asyncio.get_running_loop()
@@ -236,8 +330,8 @@ class Server:
         self.scheduler.close()
 
     def capacity_sessions(self) -> int:
-        by_rate = int(self.capacity.frames_per_s * self.limits.headroom / self.cfg.fps + 1e-9)
-        return max(0, min(self.limits.max_sessions, by_rate))
+        """Sessions that fit at the frame rate (`Admission.sessions`), at most --max-sessions."""
+        return self.admission.sessions()
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -251,8 +345,13 @@ class Server:
             return (f"the server is not keeping up with its {len(self.sessions)} session(s) (one gets "
                     f"{slow[0].recent_fps:.1f} of {self.cfg.fps:g} frames/s): try again later")
         n = len(self.sessions) + self._starting
+        if n and isinstance(self.cost, MeasuredCost) and self.cost.samples < self._admitted_at + SETTLE_SAMPLES:
+            # the last session's load is not measured yet: admitting on the older figure could
+            # overfill the server (a burst of offers), so the next waits for the refresh
+            return ("the server is measuring the load of its newest session: try again in a "
+                    "few seconds")
         cap = self.capacity_sessions()
-        if n >= cap:
+        if not self.admission.admits(n):
             if cap < self.limits.max_sessions:
                 return (f"the server is full: it makes about {self.capacity.frames_per_s:.0f} frames/s, "
                         f"enough for {cap} session(s) at {self.cfg.fps:g} fps, and {n} are running; "
@@ -305,6 +404,10 @@ class Server:
                     await pc.close()
             log.info("session %s ended%s", sid, f": {message}" if message else "")
         finally:
+            session = pc = None
+            t0 = time.perf_counter()
+            n = collect_session_garbage()
+            log.debug("session %s: %d objects collected in %.0f ms", sid, n, (time.perf_counter() - t0) * 1e3)
             self.closing.discard(sid)
 
     @property
@@ -322,6 +425,14 @@ class Server:
             for sid, s in list(self.sessions.items()):
                 try:
                     s.sample_rate(now)
+                except Exception:  # noqa: BLE001 - one session's trouble must not stop the ticker
+                    log.warning("session %s: rate sampling failed", sid, exc_info=True)
+            try:
+                self.observe_load()
+            except Exception:  # noqa: BLE001
+                log.warning("capacity refresh failed", exc_info=True)
+            for sid, s in list(self.sessions.items()):
+                try:
                     if now - s.audio.last_push > self.limits.stall_timeout_s:
                         await self.end_session(sid, f"no audio from the microphone for "
                                                     f"{self.limits.stall_timeout_s:g} s: the session was "
@@ -425,6 +536,7 @@ class Server:
         # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
         # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
         self._starting += 1
+        self._admitted_at = self._cost_samples()
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
                 sid, cfg, self.family, avatar, self.scheduler, pose,
@@ -574,6 +686,94 @@ def runner_kwargs(limits: ServerLimits) -> dict[str, Any]:
             "lingering_time": 1.0}  # after a refusal, wait at most 1 s for the rest of a body
 
 
+class _Busy(asyncio.Protocol):
+    """A connection over `ServerLimits.max_connections`: a 503 at once, the request unread; the
+    connection closes when the client does or after a second (closing with the request unread
+    at once could reset the connection before the client reads the answer)."""
+
+    BODY = b'{"error": "the server has too many connections open; try again shortly"}'
+    REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    LINGER_S = 1.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        transport.write(self.REPLY)  # type: ignore[attr-defined]
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read
+
+    def eof_received(self) -> bool:
+        self._transport.close()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._timer.cancel()
+
+
+class _CappedServer(web.Server):
+    """aiohttp's connection manager (`web.Server`) with a cap on open connections: the protocol
+    factory hands out `_Busy` instead of a request handler once ``limits.max_connections`` are
+    open or being opened (a handler made but not yet connected counts for `PENDING_S`)."""
+
+    limits = ServerLimits()
+    PENDING_S = 5.0
+
+    def __call__(self) -> Any:
+        now = time.monotonic()
+        pending: dict[Any, float] = self.__dict__.setdefault("_pending", {})
+        for handler, t in list(pending.items()):
+            if now - t > self.PENDING_S:
+                del pending[handler]
+        if len(self.connections) + len(pending) >= self.limits.max_connections:
+            _log_busy(self.limits.max_connections)
+            return _Busy()
+        handler = super().__call__()
+        pending[handler] = now
+        return handler
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        self.__dict__.setdefault("_pending", {}).pop(handler, None)
+        super().connection_made(handler, transport)
+
+
+_busy_log = {"at": 0.0, "count": 0}
+
+
+def _log_busy(limit: int) -> None:
+    """One INFO line at most every 10 s for connections refused over the cap (a flood of them
+    must not flood the log)."""
+    _busy_log["count"] += 1
+    now = time.monotonic()
+    if now - _busy_log["at"] >= 10.0:
+        log.info("%d connection(s) refused (503): %d open, the --max-connections limit",
+                 _busy_log["count"], limit)
+        _busy_log["at"], _busy_log["count"] = now, 0
+
+
+class CappedAppRunner(web.AppRunner):
+    """`web.AppRunner` whose server refuses connections over ``limits.max_connections`` (read
+    for each new connection; `_CappedServer`)."""
+
+    def __init__(self, app: web.Application, *, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The app's own manager (its handler, request factory and options as aiohttp made them),
+        # given the cap: `_CappedServer` only adds to the protocol factory and connection_made.
+        server.__class__ = _CappedServer
+        server.limits = self.limits  # type: ignore[attr-defined]
+        return server
+
+
+def make_runner(app: web.Application, limits: ServerLimits, **kwargs: Any) -> web.AppRunner:
+    """The runner `trtalk serve` uses: `runner_kwargs` and the connection cap of ``limits``."""
+    return CappedAppRunner(app, limits=limits, **runner_kwargs(limits), **kwargs)
+
+
 TOKEN_COOKIE = "trtalk_token"
 
 
@@ -654,7 +854,8 @@ def make_app(server: Server) -> web.Application:
             "motion_styles": [{"id": k, "label": ("default: " if k == "default" else "uploaded: ") + st.name}
                               for k, st in server.styles.items()],
             "max_style_bytes": STYLE_MAX_BYTES,
-            "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions)})
+            "capacity_sessions": server.capacity_sessions(), "sessions": len(server.sessions),
+            "room": server.room()})
 
     async def upload(request: web.Request) -> web.Response:
         limit = server.limits.max_upload_bytes
@@ -708,8 +909,10 @@ def make_app(server: Server) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({
             "status": "draining" if server.draining else "ok",
-            "sessions": len(server.sessions), "capacity_sessions": server.capacity_sessions(),
-            "capacity_fps": server.capacity.frames_per_s, "worker_alive": server.scheduler._thread is not None
+            "sessions": len(server.sessions), "closing": len(server.closing),
+            "capacity_sessions": server.capacity_sessions(), "room": server.room(),
+            "capacity_fps": server.capacity.frames_per_s, "frame_cost_ms": 1000 * server.cost.frame_cost_s(),
+            "cpu_rate": server.cost.cpu_rate(), "worker_alive": server.scheduler._thread is not None
             and server.scheduler._thread.is_alive()})
 
     async def drain(request: web.Request) -> web.Response:

@@ -34,12 +34,14 @@ class ServeCommand:
     token: str | None = option(None, help="secret every request must carry (?token= or a Bearer header)")
     token_file: Path | None = option(None, help="read the token from this file (first line)")
     max_sessions: int = option(8, bounds=(1, 256), section="capacity",
-                               help="most sessions at once (admission also "
-                               "refuses what the measured throughput cannot serve in real time)")
+                               help="most sessions at once (admission also refuses a session "
+                               "unless every admitted one keeps its frame rate: measured CPU per "
+                               "frame, encoding included, refreshed as it runs)")
     max_batch: int = option(8, section="capacity", bounds=(1, 256),
                             help="most frames per generator batch across sessions")
     capacity_fps: float | None = option(None, section="capacity", bounds=(0.1, 1e5), metavar="FPS",
-                                        help="frames/s the server can make, instead of measuring it at start")
+                                        help="frames/s the server can make for its sessions, "
+                                             "encoding included, instead of measuring it")
     stall_timeout_s: float = option(10.0, section="limits", bounds=(0.1, 3600),
                                     help="end a session whose microphone sends nothing this long")
     max_upload_mb: float = option(8.0, section="limits", bounds=(0.01, 1024),
@@ -48,6 +50,8 @@ class ServeCommand:
                                   help="largest avatar photo in megapixels")
     control_rate: float = option(20.0, section="limits", bounds=(0.1, 10000),
                                  help="control-channel messages/s a session may send before it is closed")
+    max_connections: int = option(64, section="limits", bounds=(1, 10000),
+                                  help="open HTTP connections at most; more get 503 at once")
     stream: PipelineConfig = option(default_factory=PipelineConfig, prefix="")
     model: ModelOptions = option(default_factory=ModelOptions, prefix="")
 
@@ -58,7 +62,16 @@ def register(sub) -> None:
                 description="Serve a page where a person picks or uploads an avatar photo, allows the "
                             "microphone (and camera) and sees and hears the avatar. Needs "
                             "`pip install 'trtalk[serve]'`. Listens on 127.0.0.1 unless --host is "
-                            "given (then --token or --token-file is required).")
+                            "given (then --token or --token-file is required).",
+                basic=("--host", "--port", "--token", "--token-file", "--max-sessions", "--checkpoint",
+                       "--model", "--device", "--fps"),
+                examples=(("trtalk serve", "the warp avatar on http://127.0.0.1:8080/"),
+                          ("trtalk serve --host 0.0.0.0 --token-file token.txt --checkpoint pcavs.safetensors",
+                           "PC-AVS for the network, every request carrying the token"),
+                          ("trtalk serve --device cuda --max-batch 16", "a GPU, up to 16 frames a batch")),
+                # the page picks each session's mouth source; sessions run until they end; the
+                # scheduler's batch is --max-batch
+                omit=("stream.batch", "stream.duration", "stream.mouth_source.mouth"))
 
 
 def resolve_token(cmd: ServeCommand) -> str | None:
@@ -87,7 +100,7 @@ def limits_of(cmd: ServeCommand):  # -> ServerLimits (aiohttp imported lazily)
         raise TrtalkError("--max-sessions must be between 1 and 256")
     return ServerLimits(max_sessions=cmd.max_sessions, max_upload_bytes=int(cmd.max_upload_mb * 1024 * 1024),
                         max_upload_pixels=int(cmd.max_upload_mp * 1e6), stall_timeout_s=cmd.stall_timeout_s,
-                        control_rate=cmd.control_rate)
+                        control_rate=cmd.control_rate, max_connections=cmd.max_connections)
 
 
 def _import_serve_deps() -> None:
@@ -130,9 +143,9 @@ async def _serve(app, host: str, port: int) -> None:
 
     from aiohttp import web
 
-    from trtalk.serve.app import SERVER_KEY, runner_kwargs
+    from trtalk.serve.app import SERVER_KEY, make_runner
 
-    runner = web.AppRunner(app, shutdown_timeout=2.0, **runner_kwargs(app[SERVER_KEY].limits))
+    runner = make_runner(app, app[SERVER_KEY].limits, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,14 +171,14 @@ def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
 
     from aiohttp import web
 
-    from trtalk.serve.app import make_app, runner_kwargs
+    from trtalk.serve.app import make_app, make_runner
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict = {}
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(server), **runner_kwargs(server.limits))
+        runner = make_runner(make_app(server), server.limits)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

@@ -120,11 +120,22 @@ class _ServerCollector(Collector):
         st = server.scheduler.stats
         yield GaugeMetricFamily("trtalk_sessions_active", "Sessions running now.",
                                 value=len(server.sessions))
-        yield GaugeMetricFamily("trtalk_sessions_capacity", "Sessions the measured throughput admits.",
+        yield GaugeMetricFamily("trtalk_sessions_capacity",
+                                "Sessions that fit at the frame rate (measured cost, refreshed as it runs).",
                                 value=server.capacity_sessions())
+        yield GaugeMetricFamily("trtalk_sessions_room", "Sessions that can still start now.",
+                                value=server.room())
         yield GaugeMetricFamily("trtalk_capacity_frames_per_second",
-                                "Measured generator frames/s (best batch).",
+                                "Frames/s the server can make for its sessions, encoding included "
+                                "(before the admission headroom).",
                                 value=min(server.capacity.frames_per_s, 1e9))
+        yield GaugeMetricFamily("trtalk_frame_cost_seconds",
+                                "Measured process CPU seconds per served frame (EWMA; networks, "
+                                "sessions and video encoding).", value=server.cost.frame_cost_s())
+        yield GaugeMetricFamily("trtalk_cpu_rate",
+                                "CPU seconds per second the server counts on (usable cores, lowered "
+                                "to what it reached when a session fell behind).",
+                                value=min(server.cost.cpu_rate(), 1e9))
         yield GaugeMetricFamily("trtalk_draining", "1 while the server admits no new session.",
                                 value=int(server.draining))
         drops: dict[str, int] = {}

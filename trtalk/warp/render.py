@@ -33,6 +33,8 @@ class WarpRenderConfig:
     fps: float = 25.0
     paste_back: bool = False
     backend: str = "torch"
+    #: onnxruntime: this exported warp graph (`trtalk export --model warp`), else one per avatar
+    onnx_path: str | None = None
     avatar: AvatarConfig = field(default_factory=AvatarConfig)
     mouth: MouthConfig = field(default_factory=MouthConfig)
 
@@ -72,7 +74,7 @@ class WarpRenderer:
         else:
             from trtalk.warp.net import OrtWarp
 
-            self.net = OrtWarp(self.avatar.crop, grid_hw=(y1 - y0, x1 - x0))
+            self.net = OrtWarp(self.avatar.crop, onnx_path=cfg.onnx_path, grid_hw=(y1 - y0, x1 - x0))
 
     def frame(self, open_: float, rounding: float, rotation: np.ndarray, eye_closure: float = 0.0,
               placement: tuple[float, float, float] | None = None) -> np.ndarray:

@@ -37,6 +37,17 @@ MAX_CLIP_LEN = 64
 CROP_SIZES = (224,)
 #: Largest model (all four networks, float32) a config may imply: 2 GiB (official: 0.57 GiB).
 MAX_MODEL_BYTES = 2 << 30
+#: the encoders' sizes: official, or small (one block per stage, narrow trunks; the small config)
+ENCODER_SIZES = ("official", "small")
+#: the small config's generator widths
+SMALL_CHANNELS = {7: 512, 14: 64, 28: 64, 56: 32, 112: 32, 224: 16}
+
+
+def encoder_size(v: object) -> str:
+    """A config's ``encoders`` value, checked (ConfigError otherwise)."""
+    if v not in ENCODER_SIZES:
+        raise ConfigError(f"config encoders must be one of {', '.join(ENCODER_SIZES)}, got {v!r:.40}")
+    return str(v)
 
 
 class ConfigError(ValueError):
@@ -54,10 +65,15 @@ class PCAVSConfig:
     clip_len: int = 1
     mouth_weight: float = 1.2
     gen_channels: dict[int, int] = field(default_factory=lambda: dict(OFFICIAL_CHANNELS))
+    #: encoder size: "official", or "small" (narrow, shallow trunks of the small test config;
+    #: same outputs, random weights only)
+    encoders: str = "official"
 
     def __post_init__(self) -> None:
         if ID_DIM + MOUTH_DIM + self.pose_dim != self.style_dim:
             raise ValueError("style_dim must equal 2048 + 500 + pose_dim")
+        if self.encoders not in ENCODER_SIZES:
+            raise ValueError(f"encoders must be one of {', '.join(ENCODER_SIZES)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -106,6 +122,8 @@ class PCAVSConfig:
             kw["mouth_weight"] = float(w)
         if "gen_channels" in d:
             kw["gen_channels"] = _gen_channels(d["gen_channels"], kw.get("crop_size", 224))
+        if "encoders" in d:
+            kw["encoders"] = encoder_size(d["encoders"])
         try:
             cfg = cls(**kw)
         except ValueError as exc:
@@ -131,16 +149,16 @@ class PCAVSConfig:
 
     @classmethod
     def small(cls) -> "PCAVSConfig":
-        """Same architecture and keys with a narrow generator (fast tests only; 512 at 7x7 is
-        fixed by the identity map)."""
-        return cls(gen_channels={7: 512, 14: 64, 28: 64, 56: 32, 112: 32, 224: 16})
+        """A narrow generator (512 at 7x7 is fixed by the identity map) and small encoders
+        (`ENCODER_SIZES`): same stages, inputs and outputs; fast tests and trials only."""
+        return cls(gen_channels=dict(SMALL_CHANNELS), encoders="small")
 
 
 NETWORKS = ("G", "V", "E", "A_sync")
 
 #: ``--model-config`` of every command that builds PC-AVS networks (one help text for all).
-MODEL_CONFIG_HELP = ("PC-AVS network size: official (the published networks) or small (a narrow "
-                     "generator on seeded random weights: seconds on a CPU, for trying things and tests)")
+MODEL_CONFIG_HELP = ("network size: official (the published networks) or small (every network "
+                     "narrow and shallow, seeded random weights: for trying things and tests)")
 
 
 def _bounded_int(v: object, name: str, lo: int, hi: int) -> int:
@@ -209,9 +227,11 @@ class PCAVS(nn.Module):
         self.config = config or PCAVSConfig()
         c = self.config
         self.netG = Generator(style_dim=c.style_dim, size=c.crop_size, channels=c.gen_channels)
-        self.netV = IdentityEncoder(num_classes=c.num_classes)
-        self.netE = PoseEncoder(num_classes=c.num_classes, pose_dim=c.pose_dim, clip_len=c.clip_len)
-        self.netA_sync = AudioEncoder(num_classes=c.num_classes)
+        small = c.encoders == "small"
+        self.netV = IdentityEncoder(num_classes=c.num_classes, small=small)
+        self.netE = PoseEncoder(num_classes=c.num_classes, pose_dim=c.pose_dim, clip_len=c.clip_len,
+                                small=small)
+        self.netA_sync = AudioEncoder(num_classes=c.num_classes, small=small)
 
     def network(self, name: str) -> nn.Module:
         """The sub-network by its checkpoint name: "G", "V", "E" or "A_sync"."""

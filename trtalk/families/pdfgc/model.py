@@ -25,6 +25,7 @@ the key and the file instead of a network silently left at random init.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,8 +38,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from trtalk.models.fan import FANTrunk
+from trtalk.models.fan import SMALL_DEPTH, SMALL_FEATURES, FANTrunk
 from trtalk.models.generator import OFFICIAL_CHANNELS, PDFGC_NOISE_SEED, Generator
+from trtalk.models.resnet_se import SMALL as SMALL_SE
 from trtalk.models.resnet_se import ResNetSE
 from trtalk.models.resnext import IdentityEncoder
 
@@ -98,6 +100,14 @@ class PDFGCConfig:
     crop_size: int = 224
     gen_channels: dict[int, int] = field(default_factory=lambda: dict(OFFICIAL_CHANNELS))
     noise_seed: int = PDFGC_NOISE_SEED
+    #: encoder size: "official" or "small" (the small config's narrow, shallow trunks)
+    encoders: str = "official"
+
+    def __post_init__(self) -> None:
+        from trtalk.families.pcavs.model import ENCODER_SIZES
+
+        if self.encoders not in ENCODER_SIZES:
+            raise ValueError(f"encoders must be one of {', '.join(ENCODER_SIZES)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -105,7 +115,7 @@ class PDFGCConfig:
     @classmethod
     def from_json(cls, text: str) -> "PDFGCConfig":
         """The config recorded by `trtalk convert` (untrusted: validated like PC-AVS's)."""
-        from trtalk.families.pcavs.model import ConfigError, _bounded_int, _gen_channels
+        from trtalk.families.pcavs.model import ConfigError, _bounded_int, _gen_channels, encoder_size
 
         try:
             d = json.loads(text)
@@ -113,7 +123,7 @@ class PDFGCConfig:
             raise ConfigError("config is not valid JSON") from None
         if not isinstance(d, dict):
             raise ConfigError("config must be a JSON object")
-        unknown = sorted(str(k) for k in d if k not in ("crop_size", "gen_channels", "noise_seed"))
+        unknown = sorted(str(k) for k in d if k not in ("crop_size", "gen_channels", "noise_seed", "encoders"))
         if unknown:
             err = ConfigError(f"unknown config key {unknown[0]!r}")
             err.unknown = unknown  # type: ignore[attr-defined]
@@ -125,12 +135,17 @@ class PDFGCConfig:
             kw["gen_channels"] = _gen_channels(d["gen_channels"], 224)
         if "noise_seed" in d:
             kw["noise_seed"] = _bounded_int(d["noise_seed"], "noise_seed", 0, 2 ** 63 - 1)
+        if "encoders" in d:
+            kw["encoders"] = encoder_size(d["encoders"])
         return cls(**kw)
 
     @classmethod
     def small(cls) -> "PDFGCConfig":
-        """Same keys with a narrow generator (tests; 512 at 7x7 is fixed by the identity map)."""
-        return cls(gen_channels={7: 512, 14: 64, 28: 64, 56: 32, 112: 32, 224: 16})
+        """A narrow generator (512 at 7x7 is fixed by the identity map) and small encoders:
+        same stages, inputs and outputs (tests and trials; random weights)."""
+        from trtalk.families.pcavs.model import SMALL_CHANNELS
+
+        return cls(gen_channels=dict(SMALL_CHANNELS), encoders="small")
 
 
 # ----------------------------------------------------------------------------- networks
@@ -140,8 +155,8 @@ class AppearanceEncoder(IdentityEncoder):
     """``appearance_model.pth``: PC-AVS's netV without its identity classifier (the file's
     5995-way ``fc`` is skipped by the official loader and never used)."""
 
-    def __init__(self) -> None:
-        super().__init__(num_classes=1)
+    def __init__(self, small: bool = False) -> None:
+        super().__init__(num_classes=1, small=small)
         self.fc = None  # not a key of the network: the file's fc.* is skipped
 
 
@@ -154,9 +169,9 @@ class MotionEncoder(nn.Module):
 
     ``to_mouth``/``mouth_embed`` exist in the official network but inference never reads them."""
 
-    def __init__(self) -> None:
+    def __init__(self, small: bool = False) -> None:
         super().__init__()
-        self.model = FANTrunk()
+        self.model = FANTrunk(SMALL_FEATURES, SMALL_DEPTH) if small else FANTrunk()
         self.to_mouth = _head()
         self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, 512 - POSE_DIM - EYE_DIM))
         self.to_headpose = _head()
@@ -177,9 +192,9 @@ class PDFGCAudioEncoder(nn.Module):
 
     Returns the embedding before the official 1.5 weight (`PDFGC.encode_audio` applies it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, small: bool = False) -> None:
         super().__init__()
-        self.model = ResNetSE(n_out=512, n_mel_t=1)
+        self.model = ResNetSE(*SMALL_SE, n_out=512, n_mel_t=1) if small else ResNetSE(n_out=512, n_mel_t=1)
         self.mouth_embed = nn.Sequential(nn.ReLU(), nn.Linear(512, MOUTH_DIM))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -193,9 +208,10 @@ class PDFGC(nn.Module):
         super().__init__()
         self.config = config or PDFGCConfig()
         c = self.config
-        self.appearance = AppearanceEncoder()
-        self.motion = MotionEncoder()
-        self.audio = PDFGCAudioEncoder()
+        small = c.encoders == "small"
+        self.appearance = AppearanceEncoder(small)
+        self.motion = MotionEncoder(small)
+        self.audio = PDFGCAudioEncoder(small)
         self.generator = Generator(style_dim=STYLE_DIM, size=c.crop_size, channels=c.gen_channels,
                                    noise_mode="seeded", noise_seed=c.noise_seed)
 
@@ -475,6 +491,9 @@ def load_pdfgc_folder(folder: str | os.PathLike, config: PDFGCConfig | None = No
     states = {"generator": torch_load(paths["generator"])}
     if config is None:
         config = _config_from_generator(states["generator"], str(paths["generator"]))
+        states["appearance"] = torch_load(paths["appearance"])
+        if isinstance(states["appearance"], dict) and "widen.weight" in states["appearance"]:
+            config = dataclasses.replace(config, encoders="small")  # the small config's trunks
     model = PDFGC(config)
     for name, path in paths.items():
         net = model.network(name)

@@ -160,7 +160,8 @@ class PDFGCFamily(ModelFamily):
         state.controls.state.emotion_strength = self.emotion_strength  # presets picked live start here
         state.controls.on_blink = lambda: state.blinker.blink_now()
         state.controls.on_pose_source = lambda source, prepared: self._switch_pose(state, source, prepared)
-        state.controls.prepare_pose = lambda path: self._encode_file(Path(path), "pose")[0]
+        state.controls.prepare_pose = lambda path: self._encode_file(Path(path), "pose",
+                                                                     check=state.controls.check_open)[0]
         state.reset_hook = self._reset
         state.reset()
         return state
@@ -171,17 +172,22 @@ class PDFGCFamily(ModelFamily):
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def _encode_file(self, path: Path | None, label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Motion codes of every frame of an image or video (aligned as a whole clip)."""
+    def _encode_file(self, path: Path | None, label: str, check: Callable[..., None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Motion codes of every frame of an image or video (aligned as a whole clip). ``check``
+        is called after every frame and batch (it raises to cancel: `Controls.check_open`)."""
         from trtalk.face import align_clip, to_tensor
 
-        clip, _ = align_clip(Path(path))  # type: ignore[arg-type]
+        check = check or (lambda *a: None)
+        clip, _ = align_clip(Path(path), progress=check)  # type: ignore[arg-type]
         found = np.asarray(clip.found, bool)
         if not found.any():
             raise TrtalkError(f"--{label} {path}: no face found; use a clear, frontal face")
         crops = np.asarray(clip.crops)
-        outs = [self._encode_motion(to_tensor(crops[s:s + 16]).to(self.device))
-                for s in range(0, len(crops), 16)]
+        outs = []
+        for s in range(0, len(crops), 16):
+            check()
+            outs.append(self._encode_motion(to_tensor(crops[s:s + 16]).to(self.device)))
         return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
     def _closed_eye_of(self, avatar: Avatar) -> torch.Tensor | None:

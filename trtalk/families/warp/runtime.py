@@ -54,13 +54,13 @@ class WarpFamily(ModelFamily):
     capabilities = CAPABILITIES
 
     def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None,
-                 size: int | None = None) -> None:
+                 size: int | None = None, onnx_path: str | None = None) -> None:
         super().__init__(random_weights=False)
         from dataclasses import replace
 
         from trtalk.warp.render import WarpRenderConfig
 
-        self.cfg = config or WarpRenderConfig(fps=fps, backend=backend)
+        self.cfg = config or WarpRenderConfig(fps=fps, backend=backend, onnx_path=onnx_path)
         if size is not None:  # --size: the long side of the photo's frame
             self.cfg = replace(self.cfg, avatar=replace(self.cfg.avatar, size=size))
         self.fps = fps
@@ -137,5 +137,16 @@ class WarpFamily(ModelFamily):
 
 
 def open_warp(request: OpenRequest) -> WarpFamily:
-    """The warp avatar (its network on ``request.backend``: torch or onnxruntime, on the CPU)."""
-    return WarpFamily(fps=request.fps, backend=request.backend, size=request.size)
+    """The warp avatar (its network on ``request.backend``: torch or onnxruntime, on the CPU);
+    ``request.checkpoint`` may be a warp export folder (`trtalk export --model warp`), whose
+    ``warp.onnx`` onnxruntime then runs."""
+    onnx_path = None
+    if request.checkpoint is not None:
+        from trtalk.errors import TrtalkError
+        from trtalk.families.warp.export import warp_graph
+
+        if request.backend != "onnxruntime":
+            raise TrtalkError("a warp export folder is its ONNX warp graph: run it with --backend "
+                              "onnxruntime (or drop --checkpoint)")
+        onnx_path = str(warp_graph(request.checkpoint))
+    return WarpFamily(fps=request.fps, backend=request.backend, size=request.size, onnx_path=onnx_path)

@@ -33,7 +33,7 @@
     showStyle();
     $("mouth-label").hidden = config.mouths.length < 2;
     $("model").textContent = "model: " + config.model + (config.random_weights ? " (random weights)" : "") +
-      " · " + config.fps + " fps · room for " + config.capacity_sessions + " session(s)";
+      " · " + config.fps + " fps · room for " + config.room + " more session(s) (" + config.sessions + " of " + config.capacity_sessions + " running)";
     $("start").disabled = false;  // nothing to start before the settings are known
   }
 
