@@ -540,5 +540,5 @@ def family_frames(families: Sequence, seed: int = 3) -> list[np.ndarray]:
     out = []
     for f in families:
         av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
-        out.append(f.synthesize(av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
+        out.append(f.synthesize(f.new_state(), av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
     return out

@@ -1055,7 +1055,7 @@ def test_stream_pose_off_as_documented(tmp_path, capsys, monkeypatch):
     def spy_open(self, *a, **k):
         family = real_open(self, *a, **k)
         real_set = family.set_factor
-        family.set_factor = lambda factor, spec: seen.append((factor, spec.kind)) or real_set(factor, spec)
+        family.set_factor = lambda st, factor, spec: seen.append((factor, spec.kind)) or real_set(st, factor, spec)
         return family
 
     monkeypatch.setattr(options.ModelOptions, "open", spy_open)

@@ -16,6 +16,8 @@ import torch
 
 from conftest import make_speech_wave, write_wav
 from trtalk.motion.head import HeadMotion, MotionConfig, wave_windows
+from trtalk.families.base import FamilyState
+from trtalk.families.spec import Capabilities
 
 FPS = 25.0
 SR = 16000
@@ -92,16 +94,19 @@ class _AnglesOnly:
 
     name = "stub"
     output_size = 8
-    full_frame = False
+    capabilities = Capabilities()
     random_weights = False
 
-    def reset(self) -> None:
+    def new_state(self):
+        return FamilyState()
+
+    def configure_motion(self, state, motion=None, blink=None, avatar=None):
         pass
 
     def motion_codes(self, avatar, angles, eye_closure=None):
         return torch.cat([angles, eye_closure[:, None]], dim=1)
 
-    def synthesize(self, avatar, mel, frames, pose):
+    def synthesize(self, state, avatar, mel, frames, pose, camera=None):
         return np.zeros((len(frames), 8, 8, 3), np.uint8)
 
 
@@ -170,7 +175,7 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
     grid = GridSpec(**SMALL_GRID)
 
     def encode(crops, meshes):
-        return fam.pose([PoseInput(c, m) for c, m in zip(crops, meshes)]).numpy()
+        return fam.pose(fam.new_state(), [PoseInput(c, m) for c, m in zip(crops, meshes)]).numpy()
 
     amap = build_angle_map(img, encode, mesh=avatar.state["mesh"], family="pcavs", weights_id="w1",
                            grid=grid, cache_dir=tmp_path)

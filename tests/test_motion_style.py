@@ -146,16 +146,26 @@ class _AnglesOnly:
 
     name = "stub"
     output_size = 8
-    full_frame = False
     random_weights = False
 
-    def reset(self) -> None:
+    @property
+    def capabilities(self):
+        from trtalk.families.spec import Capabilities
+
+        return Capabilities()
+
+    def new_state(self):
+        from trtalk.families.base import FamilyState
+
+        return FamilyState()
+
+    def configure_motion(self, state, motion=None, blink=None, avatar=None):
         pass
 
     def motion_codes(self, avatar, angles, eye_closure=None):
         return torch.cat([angles, eye_closure[:, None]], dim=1)
 
-    def synthesize(self, avatar, mel, frames, pose):
+    def synthesize(self, state, avatar, mel, frames, pose, camera=None):
         return np.zeros((len(frames), 8, 8, 3), np.uint8)
 
 

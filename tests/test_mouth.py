@@ -154,9 +154,10 @@ def test_pcavs_pose_and_visual_mouth_share_one_encoder_pass():
     family = PCAVSFamily(runner)
     crops = [np.full((224, 224, 3), v, np.uint8) for v in (10, 200, 10)]
     inputs = [PoseInput(c, None) for c in crops]
-    family.want_visual_mouth(True)
-    pose = family.pose(inputs)
-    mouth = family.visual_mouth(inputs)
+    st = family.new_state()
+    family.want_visual_mouth(st, True)
+    pose = family.pose(st, inputs)
+    mouth = family.visual_mouth(st, inputs)
     # Two distinct crops: one pose_mouth pass each, no pose-only pass, no second pass for the lips.
     assert runner.calls == {"pose": 0, "pose_mouth": 2}
     assert pose.shape == (3, 12) and mouth.shape == (3, 500)
@@ -169,16 +170,21 @@ class _ToyFamily:
 
     name = "toy"
 
-    def visual_mouth(self, inputs):
+    def new_state(self):
+        from trtalk.families.base import FamilyState
+
+        return FamilyState()
+
+    def visual_mouth(self, state, inputs):
         return torch.full((len(inputs), 2), 3.0)
 
-    def mouth(self, mel, frames):
+    def mouth(self, state, mel, frames):
         return torch.ones(len(frames), 2)
 
     def rest_mouth(self, avatar):
         return torch.zeros(2)
 
-    def want_visual_mouth(self, on=True):
+    def want_visual_mouth(self, state, on=True):
         pass
 
 

@@ -94,8 +94,9 @@ def test_parse_factor(tmp_path):
         parse_factor(str(tmp_path / "nope.mp4"), "eyes")
 
 
-def _family(pdfgc_model, **kw) -> tuple[PDFGCFamily, object]:
+def _family(pdfgc_model, presets=None, **kw) -> tuple[PDFGCFamily, object]:
     fam = PDFGCFamily(pdfgc_model, random_weights=True, **kw)
+    fam.presets.update(presets or {})  # preset codes as `--emotion-presets` files give them
     g = np.random.default_rng(0)
     crop = g.integers(0, 255, (224, 224, 3), dtype=np.uint8)
     av_ = fam.make_avatar(crop, "synthetic", crop=crop, crop_m=np.eye(2, 3))
@@ -104,36 +105,38 @@ def _family(pdfgc_model, **kw) -> tuple[PDFGCFamily, object]:
 
 def test_factor_codes_sources_and_switches(pdfgc_model):
     fam, avatar = _family(pdfgc_model, eyes=FactorSpec("off"), emotion=FactorSpec("avatar"))
-    codes = fam.factor_codes(avatar, [0, 1])
+    st = fam.new_state()
+    codes = fam.factor_codes(st, avatar, [0, 1])
     assert torch.equal(codes["eyes"], torch.zeros(2, 6))
     assert torch.equal(codes["emotion"], avatar.state["emotion"].expand(2, -1))
     mel = torch.randn(2, 1, 80, 20, generator=torch.Generator().manual_seed(0))
-    img = fam.synthesize(avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
+    img = fam.synthesize(st, avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
     assert img.shape == (2, 224, 224, 3) and img.dtype == np.uint8
-    fam.set_factor("pose", FactorSpec("off"))
-    img_off = fam.synthesize(avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
+    fam.set_factor(st, "pose", FactorSpec("off"))
+    img_off = fam.synthesize(st, avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
     assert np.abs(img_off.astype(int) - img.astype(int)).max() > 0
 
 
 def test_control_applies_at_next_frame_and_is_logged(pdfgc_model):
     preset = torch.linspace(-1, 1, 30)
-    fam, avatar = _family(pdfgc_model, controls=Controls({"happy": preset}))
-    before = fam.factor_codes(avatar, [0, 1])["emotion"]
-    fam.controls.submit({"set": "emotion", "preset": "happy", "strength": 0.5})
-    fam.controls.submit({"set": "gaze", "offset": [0.25, -0.5]})
-    after = fam.factor_codes(avatar, [2, 3])
+    fam, avatar = _family(pdfgc_model, presets={"happy": preset})
+    st = fam.new_state()
+    before = fam.factor_codes(st, avatar, [0, 1])["emotion"]
+    st.controls.submit({"set": "emotion", "preset": "happy", "strength": 0.5})
+    st.controls.submit({"set": "gaze", "offset": [0.25, -0.5]})
+    after = fam.factor_codes(st, avatar, [2, 3])
     assert torch.allclose(after["emotion"], 0.5 * preset.expand(2, -1))
     assert not torch.allclose(before[0], after["emotion"][0])
     assert torch.allclose(after["eyes"][:, 2:4] - avatar.state["eyes"][2:4], torch.tensor([0.25, -0.5]))
-    assert [f for f, _ in fam.controls.log] == [2, 2]
+    assert [f for f, _ in st.controls.log] == [2, 2]
     # freeze holds the last frame's code while the source moves on
-    fam.controls.submit({"set": "freeze", "factor": "emotion"})
-    fam.controls.submit({"set": "emotion", "preset": "off"})
-    frozen = fam.factor_codes(avatar, [4])["emotion"]
+    st.controls.submit({"set": "freeze", "factor": "emotion"})
+    st.controls.submit({"set": "emotion", "preset": "off"})
+    frozen = fam.factor_codes(st, avatar, [4])["emotion"]
     assert torch.allclose(frozen[0], 0.5 * preset)
     with pytest.raises(TrtalkError, match="unknown emotion preset 'sad'"):
-        fam.controls.submit({"set": "emotion", "preset": "sad"})
-    assert hotkey(fam.controls, "1") == {"set": "emotion", "preset": "happy"}
+        st.controls.submit({"set": "emotion", "preset": "sad"})
+    assert hotkey(st.controls, "1") == {"set": "emotion", "preset": "happy"}
 
 
 JSON = {"Content-Type": "application/json"}
@@ -172,14 +175,15 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_mod
     from trtalk.runtime.stream import StreamConfig, StreamPipeline
 
     preset = torch.full((30,), 0.5)
-    fam = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("webcam"), emotion=FactorSpec("off"),
-                      controls=Controls({"happy": preset}))
+    fam = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("webcam"), emotion=FactorSpec("off"))
+    fam.presets["happy"] = preset
+    st = fam.new_state()
     seen: dict[int, torch.Tensor] = {}
 
     class PostingSink(NullSink):
         def write(self, frame, pts_s=None):
             k = self.frames_written
-            seen[k] = fam.controls.current["emotion"].clone()
+            seen[k] = st.controls.current["emotion"].clone()
             if k == 3:
                 req = urllib.request.Request(f"{srv.url}/control", method="POST", headers=JSON,
                                              data=json.dumps({"set": "emotion", "preset": "happy"}).encode())
@@ -189,24 +193,25 @@ def test_stream_files_eyes_webcam_emotion_off_endpoint_changes_emotion(pdfgc_mod
     cfg = StreamConfig(face=face_image_path, fps=25.0, duration=0.28, batch=1)
     audio = AudioFileSource(write_wav(tmp_path / "s.wav", speech_wave[:16000]))
     pose = clip_pose_source(pose_video_path)
-    with ControlServer(fam.controls, port=0) as srv, PostingSink() as sink:
-        StreamPipeline(cfg, fam, audio, pose, [sink], VirtualClock()).run()
+    with ControlServer(st.controls, port=0) as srv, PostingSink() as sink:
+        StreamPipeline(cfg, fam, audio, pose, [sink], VirtualClock(), family_state=st).run()
     assert sink.frames_written == 7
-    assert [f for f, _ in fam.controls.log] == [4]
+    assert [f for f, _ in st.controls.log] == [4]
     assert all(torch.equal(seen[k], torch.zeros(30)) for k in range(4))
     assert all(torch.equal(seen[k], preset) for k in range(4, 7))
-    assert fam.pose_encodings > 0  # eyes came from the pose source's motion pass
+    assert st.pose_encodings > 0  # eyes came from the pose source's motion pass
 
 
 def test_clip_pose_official_loop_and_box_mean(pdfgc_model):
     fam, avatar = _family(pdfgc_model)
+    st = fam.new_state()
     clip = torch.arange(7 * 6, dtype=torch.float32).reshape(7, 6)
-    fam._clips["pose"] = clip
-    fam.specs["pose"] = FactorSpec("video", Path("p.mp4"))
-    fam.set_length(10)
+    st.clips["pose"] = clip
+    st.specs["pose"] = FactorSpec("video", Path("p.mp4"))
+    fam.set_length(st, 10)
     idx = [P.clip_index(t - 2, 7) for t in range(10)]
     assert idx[2:] == [2, 3, 4, 5, 6, 2, 3, 4]
-    got = fam.clip_pose(range(10))
+    got = fam.clip_pose(st, range(10))
     want = P.smooth_pose(clip[idx])  # the official box mean, truncated at both ends
     assert torch.allclose(got, want)
 
@@ -252,8 +257,9 @@ def test_eyes_auto_blinks_between_open_and_closed_codes(pdfgc_model):
     fam, avatar = _family(pdfgc_model)
     open_ = avatar.state["eyes"]
     fam._closed_eye = open_ + torch.tensor([3.0, 3.0, 9.0, 9.0, 3.0, 3.0])
-    fam.set_factor("eyes", FactorSpec("auto"))
-    eyes = fam.factor_codes(avatar, range(250))["eyes"]  # 10 s at 25 fps
+    st = fam.new_state()
+    fam.set_factor(st, "eyes", FactorSpec("auto"))
+    eyes = fam.factor_codes(st, avatar, range(250))["eyes"]  # 10 s at 25 fps
     closure = (eyes[:, 0] - open_[0]) / 3.0
     assert torch.allclose(eyes[:, [2, 3]], open_[[2, 3]].expand(250, -1))  # gaze untouched
     assert torch.allclose(eyes[:, [1, 4, 5]] - open_[[1, 4, 5]], 3.0 * closure[:, None].expand(-1, 3), atol=1e-5)
@@ -261,9 +267,9 @@ def test_eyes_auto_blinks_between_open_and_closed_codes(pdfgc_model):
     starts = int(((closure[1:] > 0) & (closure[:-1] == 0)).sum())
     assert 1 <= starts <= 8  # about 17 blinks a minute
     # blink now, with the eyes from another source: one blink, at the next frame
-    fam.set_factor("eyes", FactorSpec("avatar"))
-    fam.controls.submit({"set": "blink"})
-    eyes = fam.factor_codes(avatar, range(250, 270))["eyes"]
+    fam.set_factor(st, "eyes", FactorSpec("avatar"))
+    st.controls.submit({"set": "blink"})
+    eyes = fam.factor_codes(st, avatar, range(250, 270))["eyes"]
     c = (eyes[:, 0] - open_[0]) / 3.0
     assert c[0] > 0 and c[-1] == 0
 
@@ -300,19 +306,20 @@ def test_export_cli_pdfgc_folder_with_the_wrong_model(pdfgc_folder, tmp_path, ca
 
 def test_live_pose_switch_to_a_file_is_encoded_before_it_is_queued(pdfgc_model, face_image_path):
     fam, avatar = _family(pdfgc_model)
+    st = fam.new_state()
     mel = torch.rand(2, 1, 80, 20, generator=torch.Generator().manual_seed(2))
-    fam.synthesize(avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
+    fam.synthesize(st, avatar, mel, [0, 1], avatar.ref_pose.expand(2, -1))
     calls = []
-    prepare = fam.controls.prepare_pose
-    fam.controls.prepare_pose = lambda p: calls.append(p) or prepare(p)
-    fam.controls.submit({"set": "pose_source", "source": str(face_image_path)})
+    prepare = st.controls.prepare_pose
+    st.controls.prepare_pose = lambda p: calls.append(p) or prepare(p)
+    st.controls.submit({"set": "pose_source", "source": str(face_image_path)})
     assert calls == [str(face_image_path)]  # encoded in the submitting thread
-    assert fam.specs["pose"].kind == "webcam"  # not applied yet
-    fam.synthesize(avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
-    assert fam.specs["pose"].kind == "video" and fam.controls.log[-1][0] == 2
-    assert torch.allclose(fam.controls.current["pose"], fam._clips["pose"][0])  # a still: its code
+    assert st.specs["pose"].kind == "webcam"  # not applied yet
+    fam.synthesize(st, avatar, mel, [2, 3], avatar.ref_pose.expand(2, -1))
+    assert st.specs["pose"].kind == "video" and st.controls.log[-1][0] == 2
+    assert torch.allclose(st.controls.current["pose"], st.clips["pose"][0])  # a still: its code
     with pytest.raises(TrtalkError, match="pose_source needs"):
-        fam.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})
+        st.controls.submit({"set": "pose_source", "source": "/no/such.mp4"})
 
 
 def test_closing_the_stream_cancels_a_pose_file_being_encoded(pdfgc_model, pose_video_path, monkeypatch):
@@ -341,38 +348,40 @@ def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):
     from trtalk.families.base import PoseInput
 
     fam, avatar = _family(pdfgc_model, eyes=FactorSpec("webcam"), emotion=FactorSpec("webcam"))
+    st = fam.new_state()
     g = np.random.default_rng(5)
-    crops = [g.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
-    _, eye, emo = fam.motion([PoseInput(c, None) for c in crops])
-    codes = fam.factor_codes(avatar, [0, 1, 2])
+    crops = [PoseInput(g.integers(0, 255, (224, 224, 3), dtype=np.uint8), None) for _ in range(3)]
+    _, eye, emo = fam.motion(st, crops)
+    codes = fam.factor_codes(st, avatar, [0, 1, 2], crops)  # each frame with its own crop
     assert torch.allclose(codes["eyes"], eye) and torch.allclose(codes["emotion"], emo)
-    fam.motion([PoseInput(crops[0], None)])  # a batch where the face was seen once: held
-    codes = fam.factor_codes(avatar, [3, 4])
+    codes = fam.factor_codes(st, avatar, [3, 4], [crops[0], None])  # the face seen once, then held
     assert torch.allclose(codes["eyes"], eye[0].expand(2, -1))
-    fam.motion([PoseInput(c, None) for c in crops])
-    fam.factor_codes(avatar, [5, 6, 7])
-    codes = fam.factor_codes(avatar, [8, 9, 10])  # no face in these: the last code is held,
-    assert torch.allclose(codes["eyes"], eye[2].expand(3, -1))  # not frames 5-7's replayed
-    assert fam.pose_encodings == 3  # the repeated crop came from the cache
+    codes = fam.factor_codes(st, avatar, [5, 6, 7], [None, crops[1], None])  # held from the frame before
+    assert torch.allclose(codes["eyes"], torch.stack([eye[0], eye[1], eye[1]]))
+    fam.factor_codes(st, avatar, [8, 9, 10], crops)
+    codes = fam.factor_codes(st, avatar, [11, 12, 13], [None] * 3)  # no face in these: the last code is held,
+    assert torch.allclose(codes["eyes"], eye[2].expand(3, -1))  # not frames 8-10's replayed
+    assert torch.allclose(fam.factor_codes(st, avatar, [14], None)["eyes"], eye[2][None])  # no camera at all
+    assert st.pose_encodings == 3  # the repeated crops came from the cache
 
 
 def test_serve_sessions_keep_their_own_factors(pdfgc_model):
     """`trtalk serve` makes frames of several streams in one generator call: each PD-FGC stream's
-    eyes, emotion, pose factor, blinks and controls are its own (`for_session`), and the shared
-    batch gives each stream the frames it would make alone."""
+    eyes, emotion, pose factor, blinks and controls are its own (`new_state`), the networks the
+    one family's, and the shared batch gives each stream the frames it would make alone."""
     from trtalk.serve.scheduler import BatchScheduler, WorkItem
 
     root, avatar = _family(pdfgc_model)
 
-    def session(eyes: str, pose: str) -> PDFGCFamily:
-        fam = root.for_session()
-        fam.set_factor("eyes", FactorSpec(eyes))
-        fam.set_factor("pose", FactorSpec(pose))
-        return fam
+    def session(eyes: str, pose: str):
+        st = root.new_state()
+        root.set_factor(st, "eyes", FactorSpec(eyes))
+        root.set_factor(st, "pose", FactorSpec(pose))
+        return st
 
     a, b = session("off", "webcam"), session("avatar", "off")
     assert root.specs["eyes"].kind == "avatar" and root.specs["pose"].kind == "webcam"
-    assert a.controls is not root.controls and a.model is root.model
+    assert a.controls is not b.controls and a.specs is not b.specs and a.clips is not b.clips
     g = torch.Generator().manual_seed(4)
     mel = {"a": torch.randn(3, 1, 80, 20, generator=g), "b": torch.randn(3, 1, 80, 20, generator=g)}
     pose = avatar.ref_pose.expand(3, -1)
@@ -388,7 +397,7 @@ def test_serve_sessions_keep_their_own_factors(pdfgc_model):
         assert torch.equal(c["pose"], avatar.ref_pose if it.session == "a" else torch.zeros(6))
     for name, eyes, pose_kind in (("a", "off", "webcam"), ("b", "avatar", "off")):
         alone = session(eyes, pose_kind)
-        want = alone.synthesize(avatar, mel[name], [0, 1, 2], pose)
+        want = root.synthesize(alone, avatar, mel[name], [0, 1, 2], pose)
         got = np.stack([c for it, c in zip(items, crops) if it.session == name])
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
 
@@ -398,4 +407,4 @@ def test_centred_mouth_smoothing_without_the_audio_ahead_is_an_error(pdfgc_model
     running the causal kernel."""
     fam, avatar = _family(pdfgc_model, mouth_smoothing="centred")
     with pytest.raises(TrtalkError, match="centred needs the whole audio"):
-        fam.mouth(torch.zeros(1, 1, 80, 20), [0])
+        fam.mouth(fam.new_state(), torch.zeros(1, 1, 80, 20), [0])

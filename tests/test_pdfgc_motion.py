@@ -4,6 +4,7 @@ decisions, mapped into the eye code) and `--pose auto` through the 6-d pose code
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,26 +34,26 @@ def test_eye_code_is_the_open_code_at_closure_0_and_the_closed_code_at_1() -> No
     assert torch.equal(blink_eye_code(open_[0], closed, 1.0)[b], closed[b])
 
 
-def _family(model, **kw) -> tuple[PDFGCFamily, Avatar]:
-    """A family with --eyes auto and an avatar made of codes (no photo, no networks)."""
+def _family(model, **kw) -> tuple[PDFGCFamily, Avatar, Any]:
+    """A family with --eyes auto, a stream's state and an avatar made of codes (no photo, no networks)."""
     fam = PDFGCFamily(model, random_weights=True, eyes=FactorSpec("auto"), **kw)
     g = torch.Generator().manual_seed(1)
     open_ = torch.randn(6, generator=g)
     state = {"eyes": open_, "eyes_closed": open_ + torch.tensor([2.0, -2.0, 5.0, 5.0, 2.0, -2.0]),
              "emotion": torch.zeros(30)}
     img = np.zeros((8, 8, 3), np.uint8)
-    return fam, Avatar(img, img, np.eye(2, 3), torch.zeros(6), state)
+    return fam, Avatar(img, img, np.eye(2, 3), torch.zeros(6), state), fam.new_state()
 
 
-def _closures(fam: PDFGCFamily, avatar: Avatar, windows: np.ndarray, frames: list[int],
+def _closures(fam: PDFGCFamily, st: Any, avatar: Avatar, windows: np.ndarray, frames: list[int],
               batch: int = 8) -> np.ndarray:
     """Eye closure of ``frames`` as the family draws them (read back from blink dim 0)."""
     open_, closed = avatar.state["eyes"], avatar.state["eyes_closed"]
     out = []
     for s in range(0, len(frames), batch):
         ks = frames[s:s + batch]
-        fam.listen(windows[ks], ks)
-        eyes = fam.factor_codes(avatar, ks)["eyes"]
+        fam.listen(st, windows[ks], ks)
+        eyes = fam.factor_codes(st, avatar, ks)["eyes"]
         out.append(((eyes[:, 0] - open_[0]) / (closed[0] - open_[0])).numpy())
     return np.concatenate(out)
 
@@ -77,9 +78,9 @@ def test_eyes_auto_blinks_after_phrase_ends_and_never_in_a_wide_mouth(pdfgc_mode
     wave, spans = _phrases(70)
     windows = wave_windows(wave, FPS)
     frames = list(range(len(windows)))
-    fam, avatar = _family(pdfgc_model)
-    closure = _closures(fam, avatar, windows, frames)
-    starts = np.array(fam._blinker.starts)
+    fam, avatar, st = _family(pdfgc_model)
+    closure = _closures(fam, st, avatar, windows, frames)
+    starts = np.array(st.blinker.starts)
     assert closure.max() > 0.9 and closure.min() == 0.0
     assert np.array_equal(np.flatnonzero((closure[1:] > 0) & (closure[:-1] == 0)) + 1, starts)
 
@@ -98,7 +99,7 @@ def test_eyes_auto_blinks_after_phrase_ends_and_never_in_a_wide_mouth(pdfgc_mode
 
     speech = SpeechFeatures(FPS, MotionConfig())
     mouth = np.array([speech.step(w).mouth_open for w in windows])
-    limit = fam._blinker.cfg.mouth_open_limit
+    limit = st.blinker.cfg.mouth_open_limit
     assert (mouth > limit).sum() > 100  # wide-open mouths happen in this audio ...
     assert (mouth[starts] <= limit).all()  # ... and no blink starts in one
 
@@ -119,15 +120,15 @@ def test_eyes_auto_makes_the_motion_paths_blink_decisions(pdfgc_model) -> None:
     blink, motion = BlinkConfig(seed=5, speech_rate_per_min=40.0), MotionConfig(seed=2)
     windows = wave_windows(make_speech_wave(16.0, seed=8), FPS)
     frames = [k for k in range(len(windows)) if not 45 <= k < 48]
-    fam, avatar = _family(pdfgc_model)
-    fam.configure_motion(motion, blink)
-    got = _closures(fam, avatar, windows, frames, batch=4)
+    fam, avatar, st = _family(pdfgc_model)
+    fam.configure_motion(st, motion, blink)
+    got = _closures(fam, st, avatar, windows, frames, batch=4)
     path = MotionPose(Angles(), avatar, FPS, motion, blink, keep_trace=True)
     for s in range(0, len(frames), 4):
         ks = frames[s:s + 4]
         path.codes(ks, windows[ks])
     want = np.array([row[4] for row in path.trace])
-    assert len(fam._blinker.starts) >= 4
+    assert len(st.blinker.starts) >= 4
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -182,14 +183,15 @@ def test_generated_motion_blinks_unless_the_eyes_source_was_chosen(pdfgc_model) 
     chosen source (--eyes avatar) is kept, and a stream with a pose source changes nothing."""
     from trtalk.motion.blink import BlinkConfig
 
-    implied, avatar = _family(pdfgc_model)
+    fam, avatar, implied = _family(pdfgc_model)
     implied.specs["eyes"], implied.eyes_given = FactorSpec("avatar"), False
-    implied.configure_motion(MotionConfig(), BlinkConfig(), None)  # a pose source drives the head
+    fam.configure_motion(implied, MotionConfig(), BlinkConfig(), None)  # a pose source drives the head
     assert implied.specs["eyes"].kind == "avatar"
-    implied.configure_motion(MotionConfig(), BlinkConfig(), avatar)
+    fam.configure_motion(implied, MotionConfig(), BlinkConfig(), avatar)
     assert implied.specs["eyes"].kind == "auto"
     windows = wave_windows(make_speech_wave(12.0, seed=3), FPS)
-    assert _closures(implied, avatar, windows, list(range(len(windows)))).max() > 0.9
-    chosen = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("avatar"))
-    chosen.configure_motion(MotionConfig(), BlinkConfig(), avatar)
+    assert _closures(fam, implied, avatar, windows, list(range(len(windows)))).max() > 0.9
+    chosen_fam = PDFGCFamily(pdfgc_model, random_weights=True, eyes=FactorSpec("avatar"))
+    chosen = chosen_fam.new_state()
+    chosen_fam.configure_motion(chosen, MotionConfig(), BlinkConfig(), avatar)
     assert chosen.specs["eyes"].kind == "avatar" and chosen.eyes_given

@@ -50,16 +50,16 @@ class FakeFamily(ModelFamily):
     def make_avatar(self, image, name, **kw):  # pragma: no cover - not used
         raise NotImplementedError
 
-    def mouth(self, mel, frames):
+    def mouth(self, state, mel, frames):
         return torch.tensor([[float(k)] for k in frames])
 
-    def pose(self, inputs):  # pragma: no cover - not used
+    def pose(self, state, inputs):  # pragma: no cover - not used
         raise NotImplementedError
 
     def still_pose(self, avatar, frames, fps):
         return torch.zeros(len(frames), 3)
 
-    def generate(self, avatar, mouth, pose):  # pragma: no cover - generate_many is used
+    def generate(self, state, avatar, mouth, pose, frames=None, camera=None):  # pragma: no cover - generate_many is used
         raise NotImplementedError
 
     def generate_many(self, avatars, mouth, pose):
@@ -222,10 +222,10 @@ def test_pcavs_generate_many_matches_per_avatar_generate(monkeypatch) -> None:
         avs.append(Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), rp,
                           {"id_vec": iv, "id_map": im}))
     with torch.no_grad():
-        mouth = fam.mouth(torch.randn(3, 1, 80, 20), [0, 1, 2])
+        mouth = fam.mouth(fam.new_state(), torch.randn(3, 1, 80, 20), [0, 1, 2])
     pose = torch.stack([avs[0].ref_pose, avs[1].ref_pose, avs[0].ref_pose])
     batch = fam.generate_many([avs[0], avs[1], avs[0]], mouth, pose)
-    one = [fam.generate(avs[i], mouth[j:j + 1], pose[j:j + 1])[0] for j, i in enumerate([0, 1, 0])]
+    one = [fam.generate(fam.new_state(), avs[i], mouth[j:j + 1], pose[j:j + 1])[0] for j, i in enumerate([0, 1, 0])]
     between = np.abs(batch[0] - batch[1]).max()  # the two avatars' frames differ
     assert batch.shape[0] == 3
     assert np.abs(batch - np.stack(one)).max() < 1e-3 * between
@@ -771,8 +771,8 @@ def test_bad_requests(server, speech_wave) -> None:
 
 def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> None:
     """A PD-FGC server (small seeded networks: a few frames/s on this CPU, so frames past their
-    deadline are held): two sessions at once each get frames; every session runs on its own
-    family (`PDFGCFamily.for_session`); the page offers only the voice for the lips."""
+    deadline are held): two sessions at once each get frames; every session has its own state
+    (`PDFGCFamily.new_state`) in the one shared family; the page offers only the voice for the lips."""
     from trtalk.families.pdfgc.runtime import PDFGCFamily
     from trtalk.runtime.pipeline import PipelineConfig
     from trtalk.serve.app import Server
@@ -781,10 +781,9 @@ def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> 
     root = PDFGCFamily(pdfgc_model, random_weights=True)
     srv = Server(root, PipelineConfig(fps=FPS), capacity_fps_override=100.0)
     srv.prepare()
-    families = []
-    srv.family = type("Spy", (), {"__getattr__": lambda self, n: getattr(root, n),
-                                  "for_session": lambda self: families.append(root.for_session())
-                                  or families[-1]})()
+    states = []
+    new_state = root.new_state
+    root.new_state = lambda: states.append(new_state()) or states[-1]
     url, stop = run_in_thread(srv)
     try:
         config = json.loads(_http(url + "/api/config")[1])
@@ -796,8 +795,9 @@ def test_pdfgc_sessions_run_with_their_own_factors(pdfgc_model, speech_wave) -> 
     for r in res:
         assert r.status == 200 and r.error is None, r.error
         assert len(r.frame_times) >= 3 and r.stats is not None and r.stats["frames"] > 0
-    assert len(families) == 2 and families[0] is not families[1]
-    assert all(f is not root and f.controls is not root.controls for f in families)
+    # the two sessions' states (the warm-up's was made before the spy)
+    assert len(states) == 2 and states[0] is not states[1] and states[0].controls is not states[1].controls
+    assert srv.scheduler.family is root
 
 
 def test_token_is_checked_everywhere(speech_wave, caplog) -> None:

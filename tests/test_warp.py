@@ -159,7 +159,7 @@ def _warp_frames(face: Path, wave: np.ndarray, pose: Path | None = None) -> tupl
     family = WarpFamily()
     mouths: list = []
     inner = family.mouth
-    family.mouth = lambda mel, frames: mouths.append(inner(mel, frames)) or mouths[-1]
+    family.mouth = lambda st, mel, frames: mouths.append(inner(st, mel, frames)) or mouths[-1]
     sink = _Frames()
     src = clip_pose_source(pose) if pose is not None else None
     StreamPipeline(StreamConfig(face=face, batch=8), family, AudioFileSource(wave=wave), src, [sink],
@@ -387,7 +387,7 @@ def test_own_pose_closed_mouth_gives_the_photo_back(renderer, face_image_path: P
     family = WarpFamily()
     avatar = family.make_avatar(photo, "astronaut", mesh=renderer.avatar.mesh)
     mouth = torch.tensor([[rest, 0.0]] * 2, dtype=torch.float32)
-    frames = family.generate(avatar, mouth, torch.zeros(2, 3))
+    frames = family.generate(family.new_state(), avatar, mouth, torch.zeros(2, 3))
     assert frames.shape == (2, *photo.shape)
     assert min(_psnr(f, photo) for f in frames) >= 35.0
 

@@ -12,6 +12,18 @@ networks through a `trtalk.engine.Runner` on any backend; `trtalk.families.warp.
 the warp avatar, no trained weights; `trtalk.families.pdfgc.runtime.PDFGCFamily`; a plugin's own)
 and declares its `capabilities` (`trtalk.families.spec.Capabilities`), which front ends read.
 
+Shared networks, per-stream state. A family object holds the networks (and what is derived from
+them once: encoded control files, presets) and nothing that changes while frames are made: one
+instance serves every stream of a process (every session of `trtalk serve`), with a lock where an
+engine or CUDA graph is not re-entrant. What a stream changes (followers, smoothing, blinks, live
+controls, frame counters, the per-stream code caches) lives in a `FamilyState` from
+`new_state()`, one per stream, which every call that reads or changes it is given explicitly:
+
+    state  = family.new_state()                          # per stream (`FamilyState.reset` restarts it)
+    mouth  = family.mouth(state, mel, frames)
+    pose   = family.pose(state, inputs)
+    frames = family.synthesize(state, avatar, mel, frames, pose, camera)
+
 Pose codes are what the pipeline smooths and holds when the face is lost, so each family says
 what its avatar's own pose is (``Avatar.ref_pose``) and what to show with no pose source at all
 (`still_pose`: the avatar's own pose for PC-AVS, the warp avatar's gentle built-in motion).
@@ -43,6 +55,16 @@ from trtalk.families.spec import Capabilities
 
 log = logging.getLogger(__name__)
 
+#: how a stream runs a network call ``fn`` of the shared family (`direct_call`: here and now;
+#: `trtalk serve`: on its worker thread, where the batches run)
+NetworkCall = Callable[[Callable[[], Any]], Any]
+
+
+def direct_call(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on this thread (the `NetworkCall` of a stream that owns its thread's networks)."""
+    return fn()
+
+
 @dataclass
 class Avatar:
     """One identity, prepared once: the photo, the family's crop of it and its encodings.
@@ -67,6 +89,22 @@ class PoseInput:
     mesh: np.ndarray | None
 
 
+class FamilyState:
+    """One stream's state in a family (see the module docstring): a family keeping some
+    subclasses it. ``controls``: the stream's live controls (`trtalk.families.controls.Controls`)
+    in a family with `Capabilities.live_controls`, else None; ``pose_encodings``: frames its pose
+    encoder ran on (cache misses), for the stream report."""
+
+    controls: Any = None
+
+    @property
+    def pose_encodings(self) -> int:
+        return 0
+
+    def reset(self) -> None:
+        """Forget what the stream built up (followers, references, blinks) before it (re)starts."""
+
+
 class ModelFamily(abc.ABC):
     """A network family behind the frame step (see the module docstring)."""
 
@@ -75,9 +113,6 @@ class ModelFamily(abc.ABC):
     capabilities: Capabilities = Capabilities()
     #: side of the square frames `generate` returns (paste-back maps the photo to it)
     output_size: int = 224
-    #: `generate` returns the avatar photo's own frame (the warp avatar), not a crop: there is
-    #: nothing to paste back and ``--size`` is the family's own (`trtalk.warp.avatar.AvatarConfig`)
-    full_frame: bool = False
     #: the angles `prepare_motion` renders (`trtalk.motion.posemap.GridSpec`; None: its default)
     motion_grid: Any = None
 
@@ -99,11 +134,11 @@ class ModelFamily(abc.ABC):
         """The avatar of RGB ``image``; an aligned ``crop``/``crop_m``/``mesh`` skip re-detection."""
 
     @abc.abstractmethod
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    def mouth(self, state: "FamilyState", mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         """Mouth codes B x M from mel windows B x 1 x 80 x 20 of video frames ``frames`` (in order)."""
 
     @abc.abstractmethod
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def pose(self, state: "FamilyState", inputs: Sequence[PoseInput]) -> torch.Tensor:
         """Pose codes B x P of tracked frames that have a face (in order)."""
 
     @abc.abstractmethod
@@ -111,28 +146,62 @@ class ModelFamily(abc.ABC):
         """Pose codes B x P when there is no pose source."""
 
     @abc.abstractmethod
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
-        """Frames B x H x W x 3 uint8 (H = W = `output_size`)."""
+    def generate(self, state: "FamilyState", avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 frames: Sequence[int] | None = None,
+                 camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
+        """Frames B x H x W x 3 uint8 (H = W = `output_size`) of stream ``state``'s ``frames``
+        (in order; None: the frames after the last ones it made); ``camera``: per frame, the tracked input its pose code was encoded from
+        (None where the pose was held, or no pose source), for families that read more than the
+        pose from it (PD-FGC's webcam eyes and emotion)."""
 
-    def synthesize(self, avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
-                   pose: torch.Tensor) -> np.ndarray:
+    def synthesize(self, state: "FamilyState", avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
+                   pose: torch.Tensor, camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         """Mouth from the mel windows, then `generate`: what the frame step calls per batch."""
-        return self.generate(avatar, self.mouth(mel, frames), pose)
+        return self.generate(state, avatar, self.mouth(state, mel, frames), pose, frames, camera)
 
-    def reset(self) -> None:
-        """Forget per-stream state (followers, pose references) before a new stream."""
+    def new_state(self) -> "FamilyState":
+        """A new stream's state (followers, smoothing, blinks, controls, counters); the networks
+        stay this object's, shared. Default: `FamilyState` (a family that keeps none)."""
+        return FamilyState()
 
-    def for_session(self) -> "ModelFamily":
-        """A family for one more concurrent stream: it shares the networks but not the per-stream
-        state (followers, pose references). Default: this family (it keeps none)."""
-        return self
-
-    def frame_codes(self, avatar: Avatar, frames: Sequence[int],
-                    pose: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Codes beyond mouth and pose that this stream's ``frames`` (in order) need, B rows each,
-        from this per-stream family (`for_session`): a server hands them, a row per item, to
-        `generate_many` of its own family. None (the default): the family has none."""
+    def frame_codes(self, state: "FamilyState", avatar: Avatar, frames: Sequence[int], pose: torch.Tensor,
+                    camera: Sequence[PoseInput | None] | None = None) -> dict[str, torch.Tensor] | None:
+        """Codes beyond mouth and pose that stream ``state``'s ``frames`` (in order) need, B rows
+        each: a server hands them, a row per item, to `generate_many`. None (the default): the
+        family has none."""
         return None
+
+    # Per-stream settings of families that have them (`Capabilities.pose_factor`,
+    # `Capabilities.live_controls`, centred mouth smoothing); the defaults do nothing.
+
+    def set_factor(self, state: "FamilyState", factor: str, spec: Any) -> None:
+        """Change stream ``state``'s source of ``factor`` (a `trtalk.families.controls.FactorSpec`)."""
+        raise TrtalkError(f"the {self.name or type(self).__name__} model has no {factor} switch")
+
+    def set_length(self, state: "FamilyState", n: int | None) -> None:
+        """The number of output frames when known (offline)."""
+
+    def set_lookahead(self, state: "FamilyState", fn: Callable[[int], Any]) -> None:
+        """Offline: ``fn(k)`` -> frame k's mel window (1 x 80 x 20) or None past the end."""
+
+    def configure_motion(self, state: "FamilyState", motion: Any = None, blink: Any = None,
+                         avatar: Avatar | None = None) -> None:
+        """The generated-motion settings (``--motion-*``, ``--blink-*``) for a family with blinks
+        of its own; ``avatar``: the head moves by generated motion."""
+
+    def mouth_many(self, states: Sequence["FamilyState"], mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """Mouth codes B x M of items from possibly different streams (``states[i]`` is item i's;
+        each stream's items in frame order): what a server batching several streams calls.
+        Default: one `mouth` per stream."""
+        out: list[torch.Tensor | None] = [None] * len(states)
+        streams: dict[int, list[int]] = {}
+        for i, st in enumerate(states):
+            streams.setdefault(id(st), []).append(i)
+        for idx in streams.values():
+            codes = self.mouth(states[idx[0]], mel[idx], [frames[i] for i in idx])
+            for i, c in zip(idx, codes):
+                out[i] = c
+        return torch.stack(out)  # type: ignore[arg-type]
 
     def generate_many(self, avatars: Sequence[Avatar], mouth: torch.Tensor, pose: torch.Tensor,
                       codes: Sequence[dict[str, torch.Tensor]] | None = None) -> np.ndarray:
@@ -146,7 +215,7 @@ class ModelFamily(abc.ABC):
             j = i + 1
             while j < len(avatars) and avatars[j] is avatars[i]:
                 j += 1
-            out.append(self.generate(avatars[i], mouth[i:j], pose[i:j]))
+            out.append(self.generate(self.new_state(), avatars[i], mouth[i:j], pose[i:j]))
             i = j
         return np.concatenate(out) if out else np.zeros((0, self.output_size, self.output_size, 3), np.uint8)
 
@@ -168,8 +237,10 @@ class ModelFamily(abc.ABC):
 
         amap = avatar.state.get("angle_map")
         if amap is None:
+            state = self.new_state()  # the grid's renders are no stream's
+
             def encode(crops: Sequence[np.ndarray], meshes: Sequence[np.ndarray]) -> np.ndarray:
-                out = [self.pose([PoseInput(c, m) for c, m in zip(crops[i:i + 16], meshes[i:i + 16])])
+                out = [self.pose(state, [PoseInput(c, m) for c, m in zip(crops[i:i + 16], meshes[i:i + 16])])
                        for i in range(0, len(crops), 16)]
                 return torch.cat(out).detach().float().cpu().numpy()
 
@@ -190,7 +261,7 @@ class ModelFamily(abc.ABC):
     # Lips from video frames (`trtalk.runtime.mouth_path`): optional, families without a visual
     # mouth refuse ``--mouth video/webcam/blend`` with a one-line error.
 
-    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def visual_mouth(self, state: "FamilyState", inputs: Sequence[PoseInput]) -> torch.Tensor:
         """Mouth codes B x M read from tracked frames (the same space as `mouth`'s)."""
         raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
                           f"use --mouth audio")
@@ -200,7 +271,7 @@ class ModelFamily(abc.ABC):
         raise TrtalkError(f"the {self.name or type(self).__name__} model has no visual mouth; "
                           f"use --mouth audio")
 
-    def want_visual_mouth(self, on: bool = True) -> None:
+    def want_visual_mouth(self, state: "FamilyState", on: bool = True) -> None:
         """Hint that `visual_mouth` will be asked for the frames `pose` encodes (PC-AVS then gets
         both codes from one encoder pass)."""
 

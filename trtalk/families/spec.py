@@ -38,6 +38,12 @@ class Capabilities:
     - ``shared_networks``: a server batches several sessions through one network instance (False:
       each session runs the family whole on its own, e.g. a per-session renderer).
     - ``threads``: its default compute threads (None: every usable core).
+    - ``full_frame``: its frames are the avatar photo's own frame (the warp avatar), not a crop:
+      nothing to paste back, and ``--size`` is the family's own.
+    - ``pose_factor``: a pose factor of its own (`ModelFamily.set_factor`): ``--pose off`` (a zero
+      pose code) and, offline, a pose file read with its own loop and smoothing.
+    - ``live_controls``: its streams' states carry live controls (`FamilyState.controls`: the
+      stream's hotkeys and ``--control`` endpoint).
     """
 
     visual_mouth: bool = False
@@ -52,6 +58,9 @@ class Capabilities:
     runner_options: bool = True
     shared_networks: bool = True
     threads: int | None = None
+    full_frame: bool = False
+    pose_factor: bool = False
+    live_controls: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -74,7 +83,7 @@ class OpenRequest:
     fps: float = 25.0
     controls: Mapping[str, Any] = field(default_factory=dict)
     make_runner: Callable[..., Any] | None = None
-    #: the output frame's size where the family makes its own frame (``full_frame``: the warp
+    #: the output frame's size where the family makes its own frame (`Capabilities.full_frame`: the warp
     #: avatar's long side; None its default); crop families' ``--size`` is the frame step's
     size: int | None = None
 

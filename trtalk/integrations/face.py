@@ -161,7 +161,7 @@ class AgentFace:
         self.shared = shared_mod.acquire(self.options, self.fps, self.cfg.size, self.max_batch)
         try:
             avatar = self.shared.avatar(self.avatar_path)
-            self.session = Session(self.id, self.cfg, self.shared.family.for_session(), avatar,
+            self.session = Session(self.id, self.cfg, self.shared.family, avatar,
                                    self.shared.scheduler, self.pose)
             self.session.sink.notify = self._drain
             self.session.start()

@@ -33,7 +33,7 @@ import torch
 
 from trtalk.configcli import option
 from trtalk.errors import TrtalkError
-from trtalk.families.base import Avatar, ModelFamily, PoseInput
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
 from trtalk.warp.lips import LipMeter  # noqa: F401  (re-exported: the mouth clip measures lips with it)
 from trtalk.runtime.sources import DEFAULT_BLOCK, SAMPLE_RATE, AudioChunk, AudioFileSource, Source, SourceEvent
 
@@ -189,11 +189,15 @@ class MouthPath:
     """
 
     def __init__(self, opts: MouthOptions, family: ModelFamily, avatar: Avatar, fps: float,
-                 clip: MouthClip | None = None, hold_s: float = 0.3, ease_s: float = 1.0) -> None:
+                 clip: MouthClip | None = None, hold_s: float = 0.3, ease_s: float = 1.0, *,
+                 family_state: FamilyState | None = None, call: NetworkCall = direct_call) -> None:
         from trtalk.runtime.pose_path import PoseState
 
         self.opts = opts
         self.family = family
+        #: the stream's family state; ``call(fn)`` runs a network call (`trtalk serve`: on its worker)
+        self.family_state = family_state if family_state is not None else family.new_state()
+        self.call = call
         self.avatar = avatar
         self.fps = fps
         self.clip = clip
@@ -201,7 +205,7 @@ class MouthPath:
             self.clip = MouthClip(opts.path)  # type: ignore[arg-type]
         self.state: Any = None
         if opts.visual:
-            rest = family.rest_mouth(avatar)
+            rest = call(lambda: family.rest_mouth(avatar))
             self.state = PoseState(rest, 0.0, hold_s, ease_s)
         #: frames whose mouth was read from a video frame (not held or eased)
         self.visual_frames = 0
@@ -215,7 +219,8 @@ class MouthPath:
 
     def _visual(self, frames: Sequence[int], inputs: Sequence[PoseInput | None]) -> torch.Tensor:
         use = [i for i, p in enumerate(inputs) if p is not None and p.crop is not None]
-        codes = self.family.visual_mouth([inputs[i] for i in use]) if use else None  # type: ignore[misc]
+        st = self.family_state
+        codes = self.call(lambda: self.family.visual_mouth(st, [inputs[i] for i in use])) if use else None  # type: ignore[misc]
         by = dict(zip(use, codes)) if codes is not None else {}
         self.visual_frames += len(use)
         out = []
@@ -246,6 +251,7 @@ class MouthPath:
         if src != "blend":
             return visual
         w = float(self.opts.mouth_blend)
-        audio = self.family.mouth(mel, frames).to(visual.device, visual.dtype)
+        st = self.family_state
+        audio = self.call(lambda: self.family.mouth(st, mel, frames)).to(visual.device, visual.dtype)
         return w * visual.to(audio.dtype) + (1.0 - w) * audio
 

@@ -41,7 +41,8 @@ from trtalk.motion.head import MotionConfig
 from trtalk.motion.style import MotionStyle
 from trtalk.runtime.audio_path import AudioPath, GainConfig, GainControl
 from trtalk.runtime.clock import Clock, RealClock
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
+from trtalk.runtime.inputs import InputPlan, auto_pose, plan_of_source
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.mouth_path import MouthClip, MouthOptions, MouthPath
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
@@ -150,23 +151,33 @@ class Pipeline:
     the family's still pose. ``background`` chooses what paste-back pastes into (default: the pose
     sample's frame when kept, else the avatar photo). ``motion``: with no pose source, generate
     head motion and blinks from the speech (`trtalk.runtime.motion_path`, ``--pose auto``)
-    instead of the family's still pose; ``motion_style``: its style (None: ``cfg.motion.style``'s
-    file, else the generic style).
+    instead of the family's still pose. ``plan``: the front end's `trtalk.runtime.inputs.InputPlan`
+    (None: the plan of ``pose_source`` and ``motion``, `plan_of_source`).
+
+    ``family`` is shared (its networks); ``family_state`` is this stream's (None: a new one from
+    `ModelFamily.new_state`); ``call(fn)`` runs the pose path's and mouth path's network calls
+    (`trtalk serve`: on its worker thread).
+    ``motion_style``: the generated motion's style (None: ``cfg.motion.style``'s file, else the
+    generic style).
     """
 
     def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None, motion: bool = False,
-                 mouth_clip: MouthClip | None = None, motion_style: MotionStyle | None = None) -> None:
+                 mouth_clip: MouthClip | None = None, motion_style: MotionStyle | None = None, *,
+                 family_state: FamilyState | None = None, call: NetworkCall = direct_call,
+                 plan: InputPlan | None = None) -> None:
         self.cfg = cfg
         self.family = family
+        #: the stream's state in the (shared) family: blinks, smoothing, controls, counters
+        self.family_state = state = family_state if family_state is not None else family.new_state()
         self.avatar = avatar
         self.audio_src = audio
         self.pose_src = pose_source
         self.sinks = list(sinks)
         self.clock: Clock = clock or RealClock()
         self.realtime = self.clock.realtime
-        self.step = FrameStep(family, avatar, layout=cfg.layout, paste_back=cfg.paste_back, size=cfg.size,
+        self.step = FrameStep(family, avatar, state=state, layout=cfg.layout, paste_back=cfg.paste_back, size=cfg.size,
                               pose_panel=pose_source is not None)
         fixed = cfg.audio_gain
         if fixed is None and isinstance(audio, AudioFileSource) and not audio.loop:
@@ -176,27 +187,27 @@ class Pipeline:
         self.gain = GainControl(cfg.gain, fixed)
         self.audio = AudioPath(cfg.fps, self.gain, audio.name,
                                [s for s in self.sinks if s.accepts_audio])
-        self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime)
+        if plan is None:  # built directly from sources: the plan they make
+            plan = plan_of_source(pose_source, motion, cfg.mouth_source, self.realtime, family.capabilities,
+                                  family.name)
+        #: the stream's sources (`trtalk.runtime.inputs`)
+        self.plan = plan
+        self.pose = PosePath(cfg.pose_config(), family, avatar, pose_source, cfg.fps, self.realtime,
+                             family_state=state, call=call, plan=plan)
         blink, style = cfg.blink, None
-        if motion and pose_source is None:  # --pose auto: the style and its blinks
+        if plan.motion:  # --pose auto: the style and its blinks
             from trtalk.runtime.motion_path import auto_motion
 
             style, blink = auto_motion(cfg.motion, cfg.blink, motion_style)
-        configure = getattr(family, "configure_motion", None)
-        if configure is not None:  # a family with its own blinks (PD-FGC's --eyes auto)
-            configure(cfg.motion, blink, avatar if motion and pose_source is None else None)
-        if motion and pose_source is None:
-            from trtalk.runtime.motion_path import MotionPose
-
-            self.pose.motion = MotionPose(family, avatar, cfg.fps, cfg.motion, blink, style=style)
-        mouth_opts = cfg.mouth_source
+        # a family with blinks of its own (PD-FGC's --eyes auto) follows the motion settings
+        family.configure_motion(state, cfg.motion, blink, avatar if plan.motion else None)
+        if plan.motion:
+            self.pose.motion = auto_pose(family, avatar, cfg, blink, style)
+        mouth_opts = plan.mouth
         if mouth_opts.source in ("webcam", "blend"):
-            if pose_source is None:
-                raise TrtalkError(f"--mouth {mouth_opts.source} reads the lips from the pose video or "
-                                  f"camera and there is none; add --pose VIDEO (stream: or --webcam)")
-            family.want_visual_mouth(True)  # PC-AVS: pose and lips from one encoder pass
+            family.want_visual_mouth(state, True)  # PC-AVS: pose and lips from one encoder pass
         self.mouth = MouthPath(mouth_opts, family, avatar, cfg.fps, mouth_clip,
-                               hold_s=cfg.lost_hold_s, ease_s=cfg.lost_ease_s)
+                               hold_s=cfg.lost_hold_s, ease_s=cfg.lost_ease_s, family_state=state, call=call)
         self.background = background or self._default_background
         from trtalk.audio import audio_lookahead_s
 
@@ -310,8 +321,12 @@ class Pipeline:
         mouth = self.mouth.codes(idx, mel, samples, held)
         backgrounds = [self.background(k, s) for k, s in zip(idx, samples)] if self.cfg.paste_back else None
         panels = [s.crop if s is not None else None for s in samples]
+        # the tracked input each frame's pose code was encoded from (None: held), for a family
+        # that reads more from it (PD-FGC's webcam eyes and emotion)
+        camera = ([PoseInput(s.crop, s.mesh) if s is not None and s.crop is not None and not h else None
+                   for s, h in zip(samples, held)] if held is not None else None)
         frames = self.step(idx, mel, pose_codes, backgrounds, panels, mouth=mouth,
-                           mouth_panels=self.mouth.panels if mouth is not None else None)
+                           mouth_panels=self.mouth.panels if mouth is not None else None, camera=camera)
         self.latency.compute_s += time.perf_counter() - t_start
         for k, frame, sample, a_cap in zip(idx, frames, samples, audio_cap):
             pose_cap = sample.captured if sample is not None else None
@@ -332,7 +347,7 @@ class Pipeline:
             progress: Callable[[int, int | None], None] | None = None) -> LatencyReport:
         """Run to the end; ``progress(frames done, total or None)`` after every batch."""
         stop = stop or threading.Event()
-        self.family.reset()
+        self.family_state.reset()
         if self.pose.motion is not None:
             self.pose.motion.reset()
         self.mouth.reset()
@@ -417,7 +432,7 @@ class Pipeline:
                    "audio_input_latency_ms": (None if getattr(self.audio_src, "latency", None) is None
                                               else round(1000 * self.audio_src.latency, 3)),
                    "audio_skipped_s": round(getattr(self.audio_src, "skipped_s", 0.0), 4),
-                   "pose_encodings": getattr(self.family, "pose_encodings", 0),
+                   "pose_encodings": self.family_state.pose_encodings,
                    "audio_lost_episodes": self.audio.lost_episodes,
                    "camera_lost_episodes": self.pose.camera_lost_episodes,
                    "audio_gain": round(self.gain.gain(), 6),

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trtalk.face import TEMPLATE, align_clip, align_image, apply_affine, crop_matrix, similarity_transform, three_points
-from trtalk.families.base import Avatar, ModelFamily, PoseInput
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
 from trtalk.runtime.sources import Source, SourceEvent, VideoFileSource, VideoFrame
 
 log = logging.getLogger(__name__)
@@ -228,20 +228,27 @@ class PoseConfig:
 class PosePath:
     """Selects, encodes, smooths and holds pose codes for output frames (see the module docstring).
 
-    ``source`` None: the family's still pose for every frame.
+    ``source`` None: the family's still pose for every frame. ``family_state``: the stream's
+    family state (None: a new one); ``call(fn)`` runs the pose encoder (`trtalk serve`: on its
+    worker thread). ``plan``: the stream's `trtalk.runtime.inputs.InputPlan`, whose pose source
+    sets the codes' default smoothing (``plan.pose_smoothing``: none for a clip aligned as a
+    whole, 0.5 live).
     """
 
     def __init__(self, cfg: PoseConfig, family: ModelFamily, avatar: Avatar, source: Source | None,
-                 fps: float, realtime: bool) -> None:
+                 fps: float, realtime: bool, *, family_state: FamilyState | None = None,
+                 call: NetworkCall = direct_call, plan: Any) -> None:
         self.cfg = cfg
         self.family = family
+        self.family_state = family_state if family_state is not None else family.new_state()
+        self.call = call
         self.avatar = avatar
         self.src = source
         self.fps = fps
         self.realtime = realtime
         smoothing = cfg.smoothing
         if smoothing is None:
-            smoothing = 0.0 if isinstance(source, ClipPoseSource) else 0.5
+            smoothing = plan.pose_smoothing
         self.state = PoseState(avatar.ref_pose, smoothing, cfg.hold_s, cfg.ease_s)
         self.t0 = 0.0
         self._samples: collections.deque[PoseSample] = collections.deque(maxlen=max(8, int(2 * fps)))
@@ -343,7 +350,9 @@ class PosePath:
             self._gather(t, stop)
             picks.append(self._select(t))
         use = [i for i, (s, lost) in enumerate(picks) if s is not None and not lost and s.crop is not None]
-        encoded = self.family.pose([PoseInput(picks[i][0].crop, picks[i][0].mesh) for i in use]) if use else None
+        inputs = [PoseInput(picks[i][0].crop, picks[i][0].mesh) for i in use]  # type: ignore[union-attr]
+        st = self.family_state
+        encoded = self.call(lambda: self.family.pose(st, inputs)) if use else None
         by_frame = dict(zip(use, encoded)) if encoded is not None else {}
         out = []
         for i, k in enumerate(frames):

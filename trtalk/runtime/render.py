@@ -36,6 +36,7 @@ from trtalk.errors import TrtalkError
 from trtalk.fsutil import check_writable, remove_stale_temps
 from trtalk.runtime.clock import VirtualClock
 from trtalk.families.base import ModelFamily
+from trtalk.runtime.inputs import OFF, InputRequest, plan_inputs, pose_word
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import ClipPoseSource, PoseSample, align_clip, pingpong
@@ -87,7 +88,7 @@ class RenderResult:
 
 def pose_off(cfg: RenderConfig) -> bool:
     """``--pose off``: no pose source, a zero pose code (PD-FGC's official switch)."""
-    return cfg.pose is not None and str(cfg.pose) == "off" and not Path(cfg.pose).exists()
+    return pose_word(cfg.pose, OFF)
 
 
 def _check_inputs(cfg: RenderConfig) -> None:
@@ -182,8 +183,12 @@ class Renderer:
 
         cfg = self.cfg
         t0 = time.perf_counter()
+        face, face_frames = align_clip(cfg.face, keep_frames=cfg.paste_back)
+        plan = plan_inputs(InputRequest(pose=cfg.pose, face_clip=len(face) > 1, mouth=cfg.mouth_source,
+                                        offline=True, realtime=False),
+                           self.family.capabilities, self.family.name)
         mouth_clip = None
-        if cfg.mouth_source.source == "video":
+        if plan.audio == "mouth-video":
             from trtalk.runtime.mouth_path import MouthClip, video_audio
 
             mouth_clip = MouthClip(cfg.mouth_source.path)  # type: ignore[arg-type]
@@ -202,46 +207,24 @@ class Renderer:
             n = min(n, int(math.floor(cfg.duration * cfg.fps + 0.5)))
         log.info("audio %s: %.2f s -> %d frames at %g fps", cfg.audio, len(audio.wave) / 16000, n, cfg.fps)
 
-        face, face_frames = align_clip(cfg.face, keep_frames=cfg.paste_back)
         first = face_frames[0] if face_frames else _first_frame(cfg.face)
         mesh = face.landmarks[0] if face.landmarks is not None and bool(face.found[0]) else None
         avatar = self.family.make_avatar(first, str(cfg.face), crop=face.crops[0],
                                          crop_m=face.crop_matrices[0], mesh=mesh)
-        from trtalk.runtime.motion_path import is_auto
-
-        motion = is_auto(cfg.pose)
-        if pose_off(cfg):
-            set_factor = getattr(self.family, "set_factor", None)
-            if set_factor is None:
-                raise TrtalkError(f"--pose off is a PD-FGC switch; {self.family.name} has no pose "
-                                  f"switch (give a pose video or image)")
-            from trtalk.families.controls import FactorSpec
-
-            set_factor("pose", FactorSpec("off"))
-            pose = None
-        elif motion:
-            pose = None
-        elif cfg.pose is not None and hasattr(self.family, "set_factor"):
-            # PD-FGC reads a pose file itself: the official loop and 3-frame box mean.
-            from trtalk.families.controls import parse_factor
-
-            self.family.set_factor("pose", parse_factor(cfg.pose, "pose"))  # type: ignore[attr-defined]
-            pose = None
-        elif cfg.pose is not None:
+        state = self.family.new_state()
+        factor = plan.pose_factor()  # PD-FGC: --pose off, or a pose file read with the official loop
+        if factor is not None:
+            self.family.set_factor(state, "pose", factor)
+        pose = None
+        if plan.pose == "file":
             pose_clip, _ = align_clip(cfg.pose)
             pose = ClipPoseSource(cfg.pose, pose_clip)
-        elif len(face) > 1:
+        elif plan.pose == "face":
             pose = ClipPoseSource(cfg.face, face)
-        else:
-            pose = None  # a still face: its own pose
-        log.info("face %s: %d frame(s); pose from %s", cfg.face, len(face),
-                 "generated motion" if motion else
-                 (cfg.pose or ("the face" if pose is not None else "the avatar itself")))
+        log.info("face %s: %d frame(s); pose from %s", cfg.face, len(face), plan.describe())
 
-        if hasattr(self.family, "set_length"):
-            self.family.set_length(n)  # type: ignore[attr-defined]
-        if getattr(self.family, "wants_lookahead", False):
-            self.family.set_lookahead(_file_windows(audio.wave, n, cfg.fps))  # type: ignore[attr-defined]
+        self.family.set_length(state, n)
+        self.family.set_lookahead(state, _file_windows(audio.wave, n, cfg.fps))
 
         def background(k: int, sample: PoseSample | None) -> Background:
             i = pingpong(k, len(face))
@@ -254,7 +237,8 @@ class Renderer:
 
         with Mp4Sink(cfg.output, fps=cfg.fps, audio=audio.wave, sample_rate=16000) as sink:
             pipe = Pipeline(cfg, self.family, avatar, audio, pose, [sink], VirtualClock(),
-                            background if cfg.paste_back else None, motion=motion, mouth_clip=mouth_clip)
+                            background if cfg.paste_back else None, mouth_clip=mouth_clip,
+                            family_state=state, plan=plan)
             pipe.run(progress=report)
             frames = pipe.last_slot + 1
         if frames != n:
@@ -264,13 +248,16 @@ class Renderer:
 
 def _file_windows(wave, n: int, fps: float):
     """Frame k's mel window of the whole file (the official frontend), None from frame n on: the
-    centred mouth smoothing's lookahead."""
+    centred mouth smoothing's lookahead (computed on the first call: a family that never asks
+    costs nothing)."""
     from trtalk.audio.mel import mel_spectrogram, mel_windows
 
-    windows = mel_windows(mel_spectrogram(wave), n, fps)
+    windows: list = []
 
     def window(k: int):
-        return windows[k] if 0 <= k < n else None
+        if not windows:
+            windows.append(mel_windows(mel_spectrogram(wave), n, fps))
+        return windows[0][k] if 0 <= k < n else None
 
     return window
 

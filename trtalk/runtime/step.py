@@ -2,13 +2,14 @@
 
 For a batch of output frames k:
 
-    mouth  = family.mouth(mel windows, k)            # audio window -> mouth code
+    mouth  = family.mouth(state, mel windows, k)     # audio window -> mouth code
     pose   = the pose path's codes (family.pose)     # pose sample -> pose code (smoothed, held)
-    crops  = family.generate(avatar, mouth, pose)    # style composition + generator
+    crops  = family.generate(state, avatar, mouth, pose, k, camera)  # style composition + generator
     frames = compose(crops)                          # paste-back, layout, "random weights" stamp
 
 The pipeline (`trtalk.runtime.pipeline`) decides which frames are due and feeds the step; the
-family (`trtalk.families.base`) owns the networks.
+family (`trtalk.families.base`) owns the networks, shared; ``state`` is the stream's
+(`trtalk.families.base.FamilyState`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from trtalk.errors import TrtalkError
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, PoseInput
 
 LAYOUTS = ("generated", "side-by-side")
 RANDOM_WEIGHTS_NOTE = "random weights - no checkpoint"
@@ -61,19 +62,21 @@ class FrameStep:
     per frame (else the avatar's photo); a full-frame family's frames (the warp avatar) are the
     photo's already, so it changes nothing for them. ``size``: crop families' frames are resized
     to ``size x size`` (the warp avatar renders at its own ``--size``). Frames of a family on
-    random weights are stamped so.
+    random weights are stamped so. ``state``: the stream's family state (None: a new one).
     """
 
-    def __init__(self, family: ModelFamily, avatar: Avatar, *, layout: str = "generated",
-                 paste_back: bool = False, size: int | None = None, pose_panel: bool = True) -> None:
+    def __init__(self, family: ModelFamily, avatar: Avatar, *, state: FamilyState | None = None,
+                 layout: str = "generated", paste_back: bool = False, size: int | None = None,
+                 pose_panel: bool = True) -> None:
         if layout not in LAYOUTS:
             raise TrtalkError(f"unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
         self.family = family
         self.avatar = avatar
+        self.state = state if state is not None else family.new_state()
         self.layout = layout
         self.pose_panel = pose_panel
         self._last_panel: np.ndarray | None = None
-        full = family.full_frame
+        full = family.capabilities.full_frame
         self.size = None if full or size is None or size == family.output_size else int(size)
         self.paster = None
         if paste_back and not full:
@@ -85,13 +88,15 @@ class FrameStep:
         self.reference = avatar.image if self.paster is not None else avatar.crop
 
     def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
-              mouth: torch.Tensor | None = None) -> np.ndarray:
+              mouth: torch.Tensor | None = None,
+              camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         """Generated crops B x H x W x 3 uint8 of ``frames`` from their mel windows and pose codes
-        (``mouth``: mouth codes from elsewhere, `trtalk.runtime.mouth_path`; the mel is then unused)."""
+        (``mouth``: mouth codes from elsewhere, `trtalk.runtime.mouth_path`; the mel is then unused;
+        ``camera``: per frame, the tracked input its pose was encoded from, None where held)."""
         with torch.no_grad():
             if mouth is not None:
-                return self.family.generate(self.avatar, mouth, pose)
-            return self.family.synthesize(self.avatar, mel, frames, pose)
+                return self.family.generate(self.state, self.avatar, mouth, pose, frames, camera)
+            return self.family.synthesize(self.state, self.avatar, mel, frames, pose, camera)
 
     def compose(self, crop: np.ndarray, background: Background | None = None,
                 pose_panel: np.ndarray | None = None, mouth_panel: np.ndarray | None = None) -> np.ndarray:
@@ -136,8 +141,9 @@ class FrameStep:
                  backgrounds: Sequence[Background | None] | None = None,
                  pose_panels: Sequence[np.ndarray | None] | None = None, *,
                  mouth: torch.Tensor | None = None,
-                 mouth_panels: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
-        crops = self.infer(frames, mel, pose, mouth)
+                 mouth_panels: Sequence[np.ndarray | None] | None = None,
+                 camera: Sequence[PoseInput | None] | None = None) -> list[np.ndarray]:
+        crops = self.infer(frames, mel, pose, mouth, camera)
         n = len(crops)
         bgs = backgrounds if backgrounds is not None else [None] * n
         panels = pose_panels if pose_panels is not None else [None] * n

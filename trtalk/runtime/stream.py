@@ -18,8 +18,9 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import Clock
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, FamilyState, ModelFamily
 from trtalk.families.pcavs.runtime import PCAVSFamily
+from trtalk.runtime.inputs import InputPlan
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import BackgroundFn, Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import PoseSample, PoseState, FaceTracker, RunningAligner
@@ -67,10 +68,11 @@ class StreamPipeline(Pipeline):
 
     def __init__(self, cfg: StreamConfig, runner: Any, audio: Source, pose_source: Source | None,
                  sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
-                 background: BackgroundFn | None = None, motion: bool = False) -> None:
+                 background: BackgroundFn | None = None, motion: bool = False, *,
+                 family_state: FamilyState | None = None, plan: InputPlan | None = None) -> None:
         family = as_family(runner, cfg, random_weights)
         super().__init__(cfg, family, load_avatar(cfg.face, family), audio, pose_source, sinks,
-                         clock, background, motion)
+                         clock, background, motion, family_state=family_state, plan=plan)
 
 
 def pose_file_source(path: str | Path, cfg: PipelineConfig, loop: bool = True, **kw: Any) -> VideoFileSource:

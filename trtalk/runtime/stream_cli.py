@@ -14,6 +14,7 @@ from typing import Literal
 from trtalk import threads
 from trtalk.configcli import add_command, option
 from trtalk.errors import TrtalkError
+from trtalk.runtime.inputs import InputRequest, plan_inputs
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.stream import StreamConfig
 from trtalk.signals import on_signals
@@ -106,17 +107,18 @@ def _make_sink(cmd: StreamCommand) -> FrameSink:
     return NullSink()
 
 
-def _attach_controls(cmd: StreamCommand, family, sink: FrameSink, stack: contextlib.ExitStack) -> None:
-    """Live controls of a family that has them (PD-FGC): preview hotkeys, and the endpoint
-    with --control. TrtalkError for --control on a family without controls."""
-    controls = getattr(family, "controls", None)
+def _attach_controls(cmd: StreamCommand, family, state, sink: FrameSink, stack: contextlib.ExitStack) -> None:
+    """Live controls of a family that has them (PD-FGC; the stream's ``state``'s): preview
+    hotkeys, and the endpoint with --control. TrtalkError for --control on a family without."""
+    controls = state.controls if family.capabilities.live_controls else None
     if controls is None:
         if cmd.control:
             raise TrtalkError(f"--control needs a PD-FGC checkpoint; {family.name} has no live controls")
         return
     from trtalk.families.controls import ControlServer, hotkey
+    from trtalk.runtime.livesinks import PreviewSink
 
-    if hasattr(sink, "on_key"):
+    if isinstance(sink, PreviewSink):  # the preview window's keys
         def on_key(key: str) -> None:
             try:
                 hotkey(controls, key)
@@ -137,11 +139,16 @@ def _attach_controls(cmd: StreamCommand, family, sink: FrameSink, stack: context
         print(f"control endpoint: {server.url}/control{note}", file=sys.stderr)
 
 
+def _caps(cfg: StreamConfig):
+    """(capabilities, name) of the family the stream will open, before it loads."""
+    spec = cfg.model.spec()
+    return spec.capabilities, spec.name
+
+
 def _run(cmd: StreamCommand) -> int:
     from trtalk.fsutil import output_parent
     from trtalk.media.mp4 import Mp4Sink
     from trtalk.runtime.clock import RealClock, VirtualClock
-    from trtalk.runtime.motion_path import is_auto
     from trtalk.runtime.pose_path import FaceTracker, clip_pose_source
     from trtalk.runtime.sources import AudioFileSource, MicSource, WebcamSource
     from trtalk.runtime.stream import StreamPipeline
@@ -150,33 +157,14 @@ def _run(cmd: StreamCommand) -> int:
 
     check_token(cmd.control_token, "--control-token")
     cfg = cmd.stream
-    pose_off = cmd.pose is not None and str(cmd.pose) == "off" and not cmd.pose.exists()
-    if pose_off:
-        if cfg.model.resolved_model() != "pdfgc":
-            raise TrtalkError("--pose off is a PD-FGC switch (a zero pose code); this model has no pose "
-                              "switch: give a pose video or image, or --pose-static")
-        if cfg.mouth_source.source in ("webcam", "blend"):
-            raise TrtalkError("--mouth webcam reads the lips from the pose source's frames; --pose off "
-                              "has none (add --webcam, or give a pose video)")
-    live = cmd.mic is not None or cmd.webcam is not None
-    realtime = cmd.realtime if cmd.realtime is not None else live
-    if live and not realtime:
-        raise TrtalkError("--fast works with files only; a microphone or webcam runs in real time")
     mouth = cfg.mouth_source
-    if mouth.source == "video":
-        if cmd.mic is not None or cmd.audio is not None:
-            raise TrtalkError("--mouth video plays the video's own audio track; drop --mic/--audio")
-        if not mouth.path.exists():  # type: ignore[union-attr]
-            raise TrtalkError(f"--mouth video {mouth.path} does not exist")
-    elif mouth.source == "webcam" and cmd.mic is None and cmd.audio is None:
-        if cmd.webcam is None and cmd.pose is None:
-            raise TrtalkError("--mouth webcam reads the lips from the camera: add --webcam [DEV] "
-                              "(or --pose VIDEO)")
-        if not realtime and cfg.duration is None:
-            raise TrtalkError("--mouth webcam with --fast and no audio runs until --duration S; add it")
-    elif cmd.mic is None and cmd.audio is None:
-        raise TrtalkError("give --mic [DEV] or --audio FILE (or --mouth webcam: lips from the camera, "
-                          "no audio)")
+    plan = plan_inputs(InputRequest(pose=cmd.pose, pose_static=cmd.pose_static, webcam=cmd.webcam is not None,
+                                    mic=cmd.mic is not None, audio=cmd.audio is not None, mouth=mouth,
+                                    auto_default=True, realtime=cmd.realtime, duration=cfg.duration),
+                       *_caps(cfg))
+    realtime = plan.realtime
+    if mouth.source == "video" and not mouth.path.exists():  # type: ignore[union-attr]
+        raise TrtalkError(f"--mouth video {mouth.path} does not exist")
     if cmd.audio is not None and not cmd.audio.exists():
         raise TrtalkError(f"--audio {cmd.audio} does not exist")
     if cmd.stats_json is not None:
@@ -194,11 +182,11 @@ def _run(cmd: StreamCommand) -> int:
             stack.enter_context(output_parent(cmd.record))
         # Sinks and devices first: a missing backend fails in milliseconds, before the model loads.
         sink = stack.enter_context(_make_sink(cmd))
-        if cmd.mic is not None:
+        if plan.audio == "mic":
             audio = MicSource(cmd.mic)
-        elif cmd.audio is not None:
+        elif plan.audio == "file":
             audio = AudioFileSource(cmd.audio)
-        elif mouth.source == "video":
+        elif plan.audio == "mouth-video":
             from trtalk.runtime.mouth_path import video_audio
 
             audio = video_audio(mouth.path)  # type: ignore[arg-type]
@@ -216,23 +204,21 @@ def _run(cmd: StreamCommand) -> int:
             audio = SilenceSource(audio_lookahead_s(cfg.fps) + DEFAULT_BLOCK / SAMPLE_RATE, cfg.duration)
         stack.callback(audio.close)
         pose = None
-        # Generated motion: asked for, or the default when nothing else drives the head.
-        motion = is_auto(cmd.pose) or (cmd.webcam is None and cmd.pose is None and not cmd.pose_static)
-        if cmd.webcam is not None:
+        if cmd.webcam is not None:  # also with --pose off: tracked, its code zeroed by the family
             pose = WebcamSource(cmd.webcam, fps=max(cfg.fps, 25.0))
             pose.processor = FaceTracker(cfg.fps, keep_frames=cfg.paste_back)
-        elif cmd.pose is not None and not motion and not pose_off:
+        elif plan.pose == "file":
             pose = clip_pose_source(cmd.pose, keep_frames=cfg.paste_back)
         if pose is not None:
             stack.callback(pose.close)
         threads.apply(cfg.threads, cfg.model.family_threads())
         family = cfg.model.open(cfg.fps, size=cfg.size)
-        if pose_off:  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
-            from trtalk.families.controls import FactorSpec
-
-            family.set_factor("pose", FactorSpec("off"))
-        _attach_controls(cmd, family, sink, stack)
-        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, motion=motion)
+        state = family.new_state()
+        factor = plan.pose_factor()  # PD-FGC's official switch: a zero pose code (README, PD-FGC)
+        if factor is not None:
+            family.set_factor(state, "pose", factor)
+        _attach_controls(cmd, family, state, sink, stack)
+        pipeline = StreamPipeline(cfg, family, audio, pose, [sink], clock, family_state=state, plan=plan)
         # SIGINT / SIGTERM: the first stops the stream (a recording is finalised), a second aborts.
         with on_signals(stop):
             report = pipeline.run(stop)

@@ -47,7 +47,7 @@ from trtalk.runtime.pipeline import PipelineConfig
 from trtalk.serve.metrics import Metrics
 from trtalk.serve.capacity import Admission, CostModel, FixedCost, MeasuredCost, usable_cores, warmup_cost
 from trtalk.serve.scheduler import BatchScheduler, capacity_fps, measure_throughput
-from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices
+from trtalk.serve.session import MOUTH_CHOICES, POSE_CHOICES, Session, mouth_choices, session_plan
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,9 @@ class Server:
         from trtalk.audio.mel import MEL_WINDOW_FRAMES
         from trtalk.serve.scheduler import WorkItem
 
-        fam = self.scheduler.family.for_session()
+        fam = self.scheduler.family
         pose = fam.still_pose(avatar, [0], self.cfg.fps)
-        item = WorkItem(0.0, 0, "warmup", fam, avatar, torch.zeros(1, 80, MEL_WINDOW_FRAMES), 0, pose[0])
+        item = WorkItem(0.0, 0, "warmup", fam.new_state(), avatar, torch.zeros(1, 80, MEL_WINDOW_FRAMES), 0, pose[0])
         frame = self.scheduler.run_batch([item])[0]
         return (lambda: self.scheduler.run_batch([item])), np.asarray(frame)
 
@@ -505,13 +505,17 @@ class Server:
             why = (f"the {self.family.name} model cannot read lips from the camera ({mouth!r})"
                    if mouth in MOUTH_CHOICES else f"unknown lip source {mouth!r}")
             raise _bad(f"{why}; choose {', '.join(offered)}")
-        if offered[mouth].camera and not POSE_CHOICES[pose].camera:
-            raise _bad(f"lips from the camera ({mouth!r}) read the frames the webcam head pose "
-                       f"tracks: pick the webcam pose")
+        from trtalk.runtime.mouth_path import MouthOptions
+
+        mouth_opts = MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend)
+        try:
+            plan = session_plan(self.family, pose, mouth_opts)
+        except TrtalkError as exc:
+            raise _bad(str(exc)) from None
         style_key = params.get("motion_style") or "default"
         if not isinstance(style_key, str) or style_key not in self.styles:
             raise _bad("unknown motion style: pick one of the list or upload a style file")
-        motion_style = self.styles[style_key] if POSE_CHOICES[pose].pipeline_kwargs.get("motion") else None
+        motion_style = self.styles[style_key] if plan.motion else None
         refusal = self.admit()
         if refusal:
             self.metrics.session_refused()
@@ -523,23 +527,20 @@ class Server:
         sid = secrets.token_hex(6)
         from dataclasses import replace
 
-        from trtalk.runtime.mouth_path import MouthOptions
-
         paste_back = params.get("paste_back", False)
         if paste_back is None:
             paste_back = False
         if not isinstance(paste_back, bool):
             raise _bad("paste_back must be true or false (a JSON boolean)")
-        cfg = replace(self.cfg, paste_back=paste_back,
-                      mouth_source=MouthOptions((mouth,), self.cfg.mouth_source.mouth_blend))
+        cfg = replace(self.cfg, paste_back=paste_back, mouth_source=mouth_opts)
         # off the event loop (a camera lip source encodes the avatar's rest mouth on the worker);
         # the admitted slot is held meanwhile, so concurrent offers cannot overfill the server
         self._starting += 1
         self._admitted_at = self._cost_samples()
         try:
             session = await asyncio.get_running_loop().run_in_executor(None, lambda: Session(
-                sid, cfg, self.family.for_session(), avatar, self.scheduler, pose,
-                on_end=self._on_end, on_frame=self._on_frame, motion_style=motion_style))
+                sid, cfg, self.family, avatar, self.scheduler, pose,
+                on_end=self._on_end, on_frame=self._on_frame, plan=plan, motion_style=motion_style))
         except TrtalkError as exc:
             raise _bad(str(exc)) from None
         finally:

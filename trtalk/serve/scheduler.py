@@ -1,15 +1,16 @@
 """One inference worker for every session: earliest-deadline-first batches across sessions.
 
 Each session's frame step submits its due frames as `WorkItem`s (mel window, pose code, avatar,
-the session's family and a deadline on ``time.monotonic``). The worker thread owns the model:
+the session's family state and a deadline on ``time.monotonic``). The worker thread owns the
+model (one family, shared by every session):
 
 1. it waits for items; when fewer than ``max_batch`` are queued it may wait up to ``gather_s``
    for more, but never past the earliest deadline less the measured cost of the batch;
 2. items whose deadline already passed are dropped (resolved as ``None``: the session repeats
    its last frame and counts a drop) -- a frame is never held past its deadline;
-3. the ``max_batch`` earliest deadlines form one batch: mouth codes per session family (PC-AVS:
-   one shared family, one audio-encoder call; the warp avatar: each session's own follower),
-   then one `ModelFamily.generate_many` over all avatars.
+3. the ``max_batch`` earliest deadlines form one batch: mouth codes by `ModelFamily.mouth_many`
+   (PC-AVS: one audio-encoder call; the warp avatar: each session's own follower), then one
+   `ModelFamily.generate_many` over all avatars.
 
 A batch that raises is retried one session at a time, so the error reaches only the session whose
 items fail; the others get their frames. Other model work (making an avatar, encoding webcam
@@ -34,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, PoseInput
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class WorkItem:
     deadline: float
     seq: int
     session: str = field(compare=False)
-    family: ModelFamily = field(compare=False)
+    state: FamilyState = field(compare=False)  # its stream's, in the scheduler's (shared) family
     avatar: Avatar = field(compare=False)
     mel: torch.Tensor = field(compare=False)  # 1 x 80 x 20
     frame: int = field(compare=False)
@@ -61,6 +62,9 @@ class WorkItem:
     future: Future = field(compare=False, default_factory=Future)
     #: the mouth code when it comes from elsewhere (`trtalk.runtime.mouth_path`); ``mel`` is then unused
     mouth: torch.Tensor | None = field(compare=False, default=None)
+    #: the tracked input the pose was encoded from (None: held, or no camera), for a family that
+    #: reads more from it (PD-FGC's webcam eyes and emotion)
+    camera: PoseInput | None = field(compare=False, default=None)
 
 
 @dataclass
@@ -119,14 +123,17 @@ class BatchScheduler:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, session: str, family: ModelFamily, avatar: Avatar, mel: torch.Tensor,
+    def submit(self, session: str, state: FamilyState, avatar: Avatar, mel: torch.Tensor,
                frames: Sequence[int], pose: torch.Tensor, deadlines: Sequence[float],
-               mouth: torch.Tensor | None = None) -> list[Future]:
-        """Queue frames of one session; each future gives an H x W x 3 crop, None (dropped past its
-        deadline) or raises `WorkerError`. ``mouth``: B x M mouth codes from elsewhere (the mel
-        windows are then unused)."""
-        items = [WorkItem(d, next(self._seq), session, family, avatar, mel[i], k, pose[i],
-                          mouth=None if mouth is None else mouth[i])
+               mouth: torch.Tensor | None = None,
+               camera: Sequence[PoseInput | None] | None = None) -> list[Future]:
+        """Queue frames of one session (``state``: its stream's family state); each future gives
+        an H x W x 3 crop, None (dropped past its deadline) or raises `WorkerError`. ``mouth``:
+        B x M mouth codes from elsewhere (the mel windows are then unused); ``camera``: per
+        frame, the tracked input its pose was encoded from."""
+        items = [WorkItem(d, next(self._seq), session, state, avatar, mel[i], k, pose[i],
+                          mouth=None if mouth is None else mouth[i],
+                          camera=None if camera is None else camera[i])
                  for i, (k, d) in enumerate(zip(frames, deadlines))]
         with self._cond:
             if self._stop:
@@ -244,33 +251,30 @@ class BatchScheduler:
                     it.future.set_result(crop)
 
     def run_batch(self, items: Sequence[WorkItem]) -> np.ndarray:
-        """Crops of ``items``: mouth codes per session family, one `generate_many`."""
+        """Crops of ``items``: mouth codes per session (its family state), one `generate_many`."""
         with torch.no_grad():
-            mouth: list[torch.Tensor | None] = [None] * len(items)
-            groups: dict[int, list[int]] = collections.defaultdict(list)
-            for i, it in enumerate(items):
-                if it.mouth is not None:
-                    mouth[i] = it.mouth
-                else:
-                    groups[id(it.family)].append(i)
-            for idx in groups.values():
-                # a session's frames in frame order: a follower's state must see them in order
-                idx.sort(key=lambda i: (items[i].session, items[i].frame))
-                fam = items[idx[0]].family
-                codes = fam.mouth(torch.stack([items[i].mel for i in idx]), [items[i].frame for i in idx])
-                for i, c in zip(idx, codes):
+            mouth: list[torch.Tensor | None] = [it.mouth for it in items]
+            todo = [i for i, it in enumerate(items) if it.mouth is None]
+            if todo:
+                # each session's frames in frame order: a follower's state must see them in order
+                todo.sort(key=lambda i: (items[i].session, items[i].frame))
+                codes = self.family.mouth_many([items[i].state for i in todo],
+                                               torch.stack([items[i].mel for i in todo]),
+                                               [items[i].frame for i in todo])
+                for i, c in zip(todo, codes):
                     mouth[i] = c
             pose = torch.stack([it.pose.float() for it in items])
             # per-stream codes besides mouth and pose (PD-FGC: eyes, emotion, the pose factor),
-            # from each session's family, its frames in order
+            # from each session's state, its frames in order
             codes: list[dict[str, torch.Tensor] | None] = [None] * len(items)
             streams: dict[int, list[int]] = collections.defaultdict(list)
             for i, it in enumerate(items):
-                streams[id(it.family)].append(i)
+                streams[id(it.state)].append(i)
             for idx in streams.values():
                 idx.sort(key=lambda i: (items[i].session, items[i].frame))
                 it0 = items[idx[0]]
-                rows = it0.family.frame_codes(it0.avatar, [items[i].frame for i in idx], pose[idx])
+                rows = self.family.frame_codes(it0.state, it0.avatar, [items[i].frame for i in idx], pose[idx],
+                                               [items[i].camera for i in idx])
                 if rows is not None:
                     for j, i in enumerate(idx):
                         codes[i] = {k: v[j] for k, v in rows.items()}
@@ -286,7 +290,8 @@ def measure_throughput(scheduler: BatchScheduler, avatar: Avatar, fps: float,
     measured but stop the sweep."""
     from trtalk.audio.mel import MEL_WINDOW_FRAMES
 
-    fam = scheduler.family.for_session()
+    fam = scheduler.family
+    state = fam.new_state()  # a warm-up stream's
     sizes = list(sizes or [s for s in BATCH_BUCKETS if s <= scheduler.max_batch])
     if scheduler.max_batch not in sizes:
         sizes.append(scheduler.max_batch)
@@ -294,7 +299,7 @@ def measure_throughput(scheduler: BatchScheduler, avatar: Avatar, fps: float,
     for b in sorted(set(sizes)):
         mel = torch.zeros(b, 1, 80, MEL_WINDOW_FRAMES)
         pose = fam.still_pose(avatar, list(range(b)), fps)
-        items = [WorkItem(0.0, i, "warmup", fam, avatar, mel[i], i, pose[i]) for i in range(b)]
+        items = [WorkItem(0.0, i, "warmup", state, avatar, mel[i], i, pose[i]) for i in range(b)]
         scheduler.run_batch(items)
         best = float("inf")
         for _ in range(repeats):

@@ -9,12 +9,14 @@
 - `ScheduledStep`: the `FrameStep` whose inference goes through the shared `BatchScheduler`
   instead of calling the family itself (compose, paste-back and layout are the step's own).
 - `Session`: a `Pipeline` (audio path, pose path, latency report: the same code `trtalk stream`
-  runs) on its own thread.
+  runs) on its own thread, over the server's one family (shared networks) with its own
+  `FamilyState` (followers, blinks, controls); its network calls run on the scheduler's worker.
 
 Pose sources are rows of `POSE_CHOICES`: a name, whether it needs the browser's camera, and a
 function that makes the pipeline's pose source (None: the family's still pose). Lip sources are
 rows of `MOUTH_CHOICES` (the stream's ``--mouth``): the voice, or the lips the camera sees (the
-pose's camera frames, so only with the webcam pose), or both mixed.
+pose's camera frames, so only with the webcam pose), or both mixed. `session_plan` turns the
+page's two choices into the session's input plan (`trtalk.runtime.inputs.plan_inputs`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import torch
 
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
-from trtalk.families.base import Avatar, ModelFamily
+from trtalk.families.base import Avatar, ModelFamily, PoseInput
 from trtalk.motion.style import MotionStyle
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder
+from trtalk.runtime.inputs import InputPlan, InputRequest, plan_inputs
+from trtalk.runtime.mouth_path import MouthOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
 from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
 from trtalk.runtime.step import FrameStep
@@ -152,13 +156,13 @@ class PushVideoSource(Source):
 @dataclass(frozen=True)
 class PoseChoice:
     """A pose source the page offers: ``make(session)`` returns the pipeline's pose source (None:
-    none), ``camera`` says whether the page sends its camera, ``pipeline_kwargs`` go to the
-    session's `Pipeline` (e.g. generated motion: ``{"motion": True}`` where the pipeline has it)."""
+    none), ``camera`` says whether the page sends its camera, ``pose`` is what it asks of the input
+    plan (`session_plan`: ``--pose auto`` for generated motion)."""
 
     label: str
     camera: bool
     make: Callable[["Session"], Source | None]
-    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    pose: str | None = None
 
 
 def _webcam(session: "Session") -> Source:
@@ -177,7 +181,7 @@ def avatar_background(k: int, sample: Any) -> None:
 POSE_CHOICES: dict[str, PoseChoice] = {
     "still": PoseChoice("still: the avatar's own pose", False, lambda s: None),
     "webcam": PoseChoice("webcam: follow your head", True, _webcam),
-    "auto": PoseChoice("auto: head motion from your speech", False, lambda s: None, {"motion": True}),
+    "auto": PoseChoice("auto: head motion from your speech", False, lambda s: None, "auto"),
 }
 
 
@@ -202,6 +206,14 @@ MOUTH_CHOICES: dict[str, MouthChoice] = {
 def mouth_choices(family: ModelFamily) -> dict[str, MouthChoice]:
     """The lip choices ``family`` can serve."""
     return {k: c for k, c in MOUTH_CHOICES.items() if not c.camera or family.has_visual_mouth}
+
+
+def session_plan(family: ModelFamily, pose: str, mouth: MouthOptions) -> InputPlan:
+    """The input plan (`trtalk.runtime.inputs`) of a session with the page's ``pose`` choice (a
+    `POSE_CHOICES` key) and lip source; a one-line `TrtalkError` for a combination that cannot run."""
+    choice = POSE_CHOICES[pose]
+    return plan_inputs(InputRequest(pose=choice.pose, pose_static=pose == "still", webcam=choice.camera, mic=True,
+                                    mouth=mouth, front="serve"), family.capabilities, family.name)
 
 
 # ----------------------------------------------------------------------------- sink
@@ -302,30 +314,6 @@ class TrackSink(FrameSink):
 # ----------------------------------------------------------------------------- step
 
 
-class _WorkerFamily:
-    """The session's family as the pipeline sees it: what runs a network (pose encoding, the lips
-    read from camera frames, the audio mouth a blend mixes in) runs on the worker thread."""
-
-    def __init__(self, family: ModelFamily, scheduler: BatchScheduler) -> None:
-        self._family = family
-        self._scheduler = scheduler
-
-    def pose(self, inputs: Sequence[Any]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.pose(inputs))
-
-    def visual_mouth(self, inputs: Sequence[Any]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.visual_mouth(inputs))
-
-    def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.rest_mouth(avatar))
-
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
-        return self._scheduler.call(lambda: self._family.mouth(mel, frames))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._family, name)
-
-
 class ScheduledStep(FrameStep):
     """`FrameStep` whose crops come from the shared scheduler (see the module docstring)."""
 
@@ -338,11 +326,12 @@ class ScheduledStep(FrameStep):
         self.deadline_drops = 0
 
     def infer(self, frames: Sequence[int], mel: torch.Tensor, pose: torch.Tensor,
-              mouth: torch.Tensor | None = None) -> np.ndarray:
+              mouth: torch.Tensor | None = None,
+              camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         p = self.session.pipeline
         deadlines = [p.t0 + p.audio.need_samples(k) / SAMPLE_RATE + p.cfg.max_delay_s for k in frames]
-        futures = self.scheduler.submit(self.session.id, self.family, self.avatar, mel, frames, pose,
-                                        deadlines, mouth=mouth)
+        futures = self.scheduler.submit(self.session.id, self.state, self.avatar, mel, frames, pose,
+                                        deadlines, mouth=mouth, camera=camera)
         out = []
         for fut in futures:
             crop = fut.result(timeout=30)
@@ -382,7 +371,7 @@ class Session:
                  scheduler: BatchScheduler, pose: str,
                  on_end: Callable[["Session"], None] = lambda s: None,
                  on_frame: Callable[["Session", FrameTiming], None] = lambda s, r: None,
-                 motion_style: MotionStyle | None = None) -> None:
+                 plan: InputPlan | None = None, motion_style: MotionStyle | None = None) -> None:
         self.id = sid
         self.cfg = cfg
         self.family = family
@@ -399,12 +388,16 @@ class Session:
         self.sink = TrackSink(cfg.fps)
         # Paste-back means into the avatar's photo, never the browser's camera frame (that is the
         # user's own face: pasting the avatar's face, hair and background onto it is a face swap).
-        self.pipeline = Pipeline(cfg, _WorkerFamily(family, scheduler), avatar, self.audio,  # type: ignore[arg-type]
-                                 self.video, [self.sink], RealClock(), background=avatar_background,
-                                 **self.choice.pipeline_kwargs,
-                                 **({"motion_style": motion_style} if motion_style is not None else {}))
-        self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, layout=cfg.layout,
-                                           paste_back=cfg.paste_back)
+        #: this stream's state in the server's shared family (blinks, smoothing, controls)
+        self.family_state = family.new_state()
+        # what runs a network (pose encoding, the lips read from camera frames, the audio mouth a
+        # blend mixes in) runs on the worker thread
+        self.pipeline = Pipeline(cfg, family, avatar, self.audio, self.video, [self.sink], RealClock(),
+                                 background=avatar_background, family_state=self.family_state,
+                                 call=scheduler.call, plan=plan or session_plan(family, pose, cfg.mouth_source),
+                                 motion_style=motion_style)
+        self.pipeline.step = ScheduledStep(family, avatar, scheduler, self, state=self.family_state,
+                                           layout=cfg.layout, paste_back=cfg.paste_back)
         self.pipeline.latency = MeteredRecorder(cfg.fps, lambda rec: on_frame(self, rec))
         self._thread: threading.Thread | None = None
         #: frames/s over the last 2 s, once the session is 3 s old (the admission check reads it)

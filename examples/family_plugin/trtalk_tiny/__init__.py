@@ -19,7 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from trtalk.errors import TrtalkError
-from trtalk.families.base import Avatar, ModelFamily, PoseInput, align_photo, to_uint8
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, PoseInput, align_photo, to_uint8
 from trtalk.families.spec import Capabilities, FamilySpec, OpenRequest
 from trtalk.models.stages import BATCH, StageSpec, TensorSpec
 
@@ -183,7 +183,9 @@ CAPABILITIES = Capabilities(visual_mouth=False, checkpoint=False, needs_checkpoi
 
 
 class TinyFamily(ModelFamily):
-    """The frame step's family over a runner with the four tiny stages."""
+    """The frame step's family over a runner with the four tiny stages. It keeps no per-stream
+    state, so every call ignores ``state`` (the base `FamilyState` from `new_state`); a family
+    with followers, smoothing or controls subclasses `FamilyState` and returns it from `new_state`."""
 
     name = "tiny"
     capabilities = CAPABILITIES
@@ -207,18 +209,20 @@ class TinyFamily(ModelFamily):
             ref_pose = self.runner.encode_pose(x)[0]
         return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
 
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    def mouth(self, state: FamilyState, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         with torch.no_grad():
             return self.runner.encode_audio(mel.to(self.device))
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def pose(self, state: FamilyState, inputs: Sequence[PoseInput]) -> torch.Tensor:
         with torch.no_grad():
             return self.runner.encode_pose(self._tensor([p.crop for p in inputs]))
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
 
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+    def generate(self, state: FamilyState, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 frames: Sequence[int] | None = None,
+                 camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         b = mouth.shape[0]
         id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
         style = torch.cat([id_vec.expand(b, -1), mouth, pose.to(mouth.device, mouth.dtype)], 1)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from trtalk.families.base import Avatar, CropCodeCache, ModelFamily, PoseInput, align_photo, to_uint8
+from trtalk.families.base import Avatar, CropCodeCache, FamilyState, ModelFamily, PoseInput, align_photo, to_uint8
 from trtalk.families.spec import Capabilities, OpenRequest
 
 
@@ -16,12 +16,24 @@ CAPABILITIES = Capabilities(visual_mouth=True, checkpoint=True, needs_checkpoint
                             noise=("fixed", "random", "zero"))
 
 
-class PCAVSFamily(ModelFamily):
-    """PC-AVS over a runner (`trtalk.engine.Runner` or anything with its five methods).
+class PCAVSState(FamilyState):
+    """A PC-AVS stream's pose codes by crop content (``pose_cache`` entries, LRU: a looping file
+    or a still costs one encoding per distinct frame) and whether its lips are read too."""
 
-    Pose codes are cached by crop content (``pose_cache`` entries, LRU): a looping file or a still
-    costs one encoding per distinct frame.
-    """
+    def __init__(self, pose_cache: int) -> None:
+        #: per crop: (pose code, visual mouth code or None); the visual mouth codes come from the
+        #: same encoder pass as the pose (--mouth video/webcam)
+        self.cache = CropCodeCache(pose_cache)
+        self.with_mouth = False
+
+    @property
+    def pose_encodings(self) -> int:
+        return self.cache.encodings
+
+
+class PCAVSFamily(ModelFamily):
+    """PC-AVS over a runner (`trtalk.engine.Runner` or anything with its five methods); its
+    streams' pose-code caches are their `PCAVSState`'s."""
 
     name = "pcavs"
     capabilities = CAPABILITIES
@@ -34,18 +46,13 @@ class PCAVSFamily(ModelFamily):
         super().__init__(random_weights)
         self.runner = runner
         self.device = torch.device(device)
-        #: per crop: (pose code, visual mouth code or None); the visual mouth codes come from the
-        #: same encoder pass as the pose (--mouth video/webcam)
-        self._pose_cache = CropCodeCache(pose_cache)
-        self._with_mouth = False
+        self.pose_cache = pose_cache
 
-    @property
-    def pose_encodings(self) -> int:
-        """Pose encoder calls' frames (cache misses), for the stream report."""
-        return self._pose_cache.encodings
+    def new_state(self) -> PCAVSState:
+        return PCAVSState(self.pose_cache)
 
-    def want_visual_mouth(self, on: bool = True) -> None:
-        self._with_mouth = on
+    def want_visual_mouth(self, state: PCAVSState, on: bool = True) -> None:  # type: ignore[override]
+        state.with_mouth = on
 
     def make_avatar(self, image: np.ndarray, name: str, *, crop: np.ndarray | None = None,
                     crop_m: np.ndarray | None = None, mesh: np.ndarray | None = None) -> Avatar:
@@ -57,15 +64,20 @@ class PCAVSFamily(ModelFamily):
         ref_pose = self.runner.encode_pose(x)[0]
         return Avatar(image, crop, crop_m, ref_pose, {"id_vec": id_vec, "id_map": id_map, "mesh": mesh})
 
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    def mouth(self, state: FamilyState, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         return self.runner.encode_audio(mel.to(self.device))
 
-    def _encode(self, inputs: Sequence[PoseInput], mouth: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(pose code, visual mouth code or None) of ``inputs``' crops, from the cache or encoded;
-        with ``mouth`` (or `want_visual_mouth`) one pose-encoder pass gives both together."""
+    def mouth_many(self, states: Sequence[FamilyState], mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """One audio-encoder call for items of every stream (the mouth keeps no state)."""
+        return self.runner.encode_audio(mel.to(self.device))
+
+    def _encode(self, state: PCAVSState, inputs: Sequence[PoseInput],
+                mouth: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(pose code, visual mouth code or None) of ``inputs``' crops, from the stream's cache or
+        encoded; with ``mouth`` (or `want_visual_mouth`) one pose-encoder pass gives both together."""
         from trtalk.face import to_tensor
 
-        mouth = mouth or self._with_mouth
+        mouth = mouth or state.with_mouth
 
         def encode(crops: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
             x = to_tensor(crops).to(self.device)
@@ -73,29 +85,29 @@ class PCAVSFamily(ModelFamily):
                 return list(zip(*self.runner.encode_pose_mouth(x)))
             return [(code, None) for code in self.runner.encode_pose(x)]
 
-        return self._pose_cache([p.crop for p in inputs], encode, usable=lambda e: not mouth or e[1] is not None)
+        return state.cache([p.crop for p in inputs], encode, usable=lambda e: not mouth or e[1] is not None)
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        return torch.stack([pose for pose, _ in self._encode(inputs, mouth=False)])
+    def pose(self, state: PCAVSState, inputs: Sequence[PoseInput]) -> torch.Tensor:  # type: ignore[override]
+        return torch.stack([pose for pose, _ in self._encode(state, inputs, mouth=False)])
 
-    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
+    def visual_mouth(self, state: PCAVSState, inputs: Sequence[PoseInput]) -> torch.Tensor:  # type: ignore[override]
         """The pose encoder's visual mouth codes B x 500 of aligned crops (`Runner.encode_pose_mouth`;
         a crop whose pose was just encoded with `want_visual_mouth` costs nothing more)."""
-        return torch.stack([mouth for _, mouth in self._encode(inputs, mouth=True)])
+        return torch.stack([mouth for _, mouth in self._encode(state, inputs, mouth=True)])
 
     def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
         if "rest_mouth" not in avatar.state:
-            avatar.state["rest_mouth"] = self.visual_mouth([PoseInput(avatar.crop, None)])[0]
+            avatar.state["rest_mouth"] = self.visual_mouth(self.new_state(), [PoseInput(avatar.crop, None)])[0]
         return avatar.state["rest_mouth"]
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
         return avatar.ref_pose.expand(len(frames), -1)
 
-    def synthesize(self, avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
-                   pose: torch.Tensor) -> np.ndarray:
+    def synthesize(self, state: FamilyState, avatar: Avatar, mel: torch.Tensor, frames: Sequence[int],
+                   pose: torch.Tensor, camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         synth = getattr(self.runner, "synthesize", None)
         if synth is None:  # a bare runner (tests, a PCAVS module): mouth, then generate
-            return super().synthesize(avatar, mel, frames, pose)
+            return super().synthesize(state, avatar, mel, frames, pose, camera)
         b = mel.shape[0]
         id_vec, id_map = avatar.state["id_vec"], avatar.state["id_map"]
         with torch.no_grad():
@@ -115,7 +127,9 @@ class PCAVSFamily(ModelFamily):
         with torch.no_grad():
             return to_uint8(self.runner.generate(style, id_map))
 
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+    def generate(self, state: FamilyState, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 frames: Sequence[int] | None = None,
+                 camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         from trtalk.families.pcavs.model import PCAVS
 
         b = mouth.shape[0]

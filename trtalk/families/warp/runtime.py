@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from trtalk.families.base import Avatar, ModelFamily, PoseInput
+from trtalk.families.base import Avatar, FamilyState, ModelFamily, PoseInput
 from trtalk.families.spec import Capabilities, OpenRequest
 
 
@@ -16,7 +16,28 @@ from trtalk.families.spec import Capabilities, OpenRequest
 # measured on 2 cores: more threads only compete with the numpy and mediapipe work).
 CAPABILITIES = Capabilities(visual_mouth=True, checkpoint=False, needs_checkpoint=False, noise=(),
                             exportable=False, backends=("torch", "onnxruntime"), devices=("cpu",),
-                            runner_options=False, shared_networks=False, threads=1)
+                            runner_options=False, shared_networks=False, threads=1, full_frame=True)
+
+
+class WarpState(FamilyState):
+    """A warp stream's mouth follower, head reference (rotation, placement) and lip meter."""
+
+    def __init__(self, fps: float, mouth_cfg: Any) -> None:
+        self.fps = fps
+        self.mouth_cfg = mouth_cfg
+        self.lips: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        from trtalk.warp.drive import MeshRotation, MouthFollower
+        from trtalk.warp.placement import HeadPlacement
+
+        self.follower = MouthFollower(self.fps, self.mouth_cfg)
+        self.rotation = MeshRotation()
+        self.placement = HeadPlacement()
+        if self.lips is not None:
+            self.lips.reset()
+        self.last_lips = np.zeros(2, np.float32)
 
 
 class WarpFamily(ModelFamily):
@@ -31,7 +52,6 @@ class WarpFamily(ModelFamily):
 
     name = "warp"
     capabilities = CAPABILITIES
-    full_frame = True
 
     def __init__(self, fps: float = 25.0, backend: str = "torch", config: Any = None,
                  size: int | None = None, onnx_path: str | None = None) -> None:
@@ -45,37 +65,23 @@ class WarpFamily(ModelFamily):
             self.cfg = replace(self.cfg, avatar=replace(self.cfg.avatar, size=size))
         self.fps = fps
         self.output_size = self.cfg.avatar.size or self.cfg.avatar.max_size
-        self._renderers: dict[int, Any] = {}
-        self.reset()
 
-    def for_session(self) -> "WarpFamily":
-        """A warp family with its own mouth follower and head reference (no weights to share)."""
-        return WarpFamily(self.fps, config=self.cfg)
+    def new_state(self) -> WarpState:
+        return WarpState(self.fps, self.cfg.mouth)
 
-    def reset(self) -> None:
-        from trtalk.warp.drive import MeshRotation, MouthFollower
-        from trtalk.warp.placement import HeadPlacement
-
-        self._follower = MouthFollower(self.fps, self.cfg.mouth)
-        self._rotation = MeshRotation()
-        self._placement = HeadPlacement()
-        if getattr(self, "_lips", None) is not None:
-            self._lips.reset()
-        self._last_lips = np.zeros(2, np.float32)
-
-    def visual_mouth(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.runtime.mouth_path.LipMeter`)."""
+    def visual_mouth(self, state: WarpState, inputs: Sequence[PoseInput]) -> torch.Tensor:  # type: ignore[override]
+        """(open, rounding) measured on the tracked face meshes' lips (`trtalk.warp.lips.LipMeter`)."""
         from trtalk.warp.lips import LipMeter
 
-        if getattr(self, "_lips", None) is None:
-            self._lips = LipMeter()
+        if state.lips is None:
+            state.lips = LipMeter()
         out = []
         for p in inputs:
             # A frame without a mesh (a clip frame whose face was filled in) keeps the last mouth.
-            last = out[-1] if out else getattr(self, "_last_lips", np.zeros(2, np.float32))
-            out.append(self._lips(p.mesh) if p.mesh is not None else last)
+            last = out[-1] if out else state.last_lips
+            out.append(state.lips(p.mesh) if p.mesh is not None else last)
         if out:
-            self._last_lips = out[-1]
+            state.last_lips = out[-1]
         return torch.from_numpy(np.stack(out)) if out else torch.zeros(0, 2)
 
     def rest_mouth(self, avatar: Avatar) -> torch.Tensor:
@@ -89,16 +95,16 @@ class WarpFamily(ModelFamily):
         av = renderer.avatar
         return Avatar(image, av.crop, av.crop_m, torch.zeros(7), {"renderer": renderer})
 
-    def mouth(self, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    def mouth(self, state: WarpState, mel: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:  # type: ignore[override]
         from trtalk.warp.drive import mouth_from_window
 
         windows = mel.detach().float().cpu().numpy()[:, 0].transpose(0, 2, 1)  # B x 20 x 80
-        return torch.from_numpy(np.stack([self._follower.step(*mouth_from_window(w, self.cfg.mouth))
+        return torch.from_numpy(np.stack([state.follower.step(*mouth_from_window(w, self.cfg.mouth))
                                           for w in windows]))
 
-    def pose(self, inputs: Sequence[PoseInput]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([np.concatenate([self._rotation.update(p.mesh), [0.0],
-                                                          self._placement.update(p.mesh)])
+    def pose(self, state: WarpState, inputs: Sequence[PoseInput]) -> torch.Tensor:  # type: ignore[override]
+        return torch.from_numpy(np.stack([np.concatenate([state.rotation.update(p.mesh), [0.0],
+                                                          state.placement.update(p.mesh)])
                                           for p in inputs])).float()
 
     def still_pose(self, avatar: Avatar, frames: Sequence[int], fps: float) -> torch.Tensor:
@@ -114,7 +120,9 @@ class WarpFamily(ModelFamily):
             return angles
         return torch.cat([angles, eye_closure.detach().float().cpu().reshape(-1, 1)], dim=1)
 
-    def generate(self, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor) -> np.ndarray:
+    def generate(self, state: FamilyState, avatar: Avatar, mouth: torch.Tensor, pose: torch.Tensor,
+                 frames: Sequence[int] | None = None,
+                 camera: Sequence[PoseInput | None] | None = None) -> np.ndarray:
         """Pose codes are (yaw, pitch, roll) degrees, optionally with eye closure in [0, 1] as a
         fourth column (generated motion with blinks) and the head's (dx, dy, log scale) as the
         fifth to seventh (a tracked pose source)."""
