@@ -128,12 +128,11 @@ class BenchConfig:
             raise TrtalkError("--model-config is official or small")
         if self.checkpoint is not None and self.model_config == "small":
             raise TrtalkError("--model-config small is for random weights; drop --checkpoint or it")
-        if self.model == "warp":
-            raise TrtalkError("--model warp: the warp avatar has no network stages to compare across "
-                              "backends (one grid_sample, `trtalk export --model warp`); time it end to "
-                              "end with `python benchmarks/warp_fps.py --backends torch onnxruntime`")
         if self.model is not None:
-            registry.with_stages(registry.get(self.model))  # TrtalkError naming the choices
+            spec = registry.get(self.model)  # TrtalkError naming the choices
+            if not spec.stages and spec.bench_note:
+                raise TrtalkError(f"--model {self.model}: {spec.bench_note}")
+            registry.with_stages(spec)  # TrtalkError naming the families with stages
         from trtalk.engine.runner import check_device
 
         check_device(self.device)

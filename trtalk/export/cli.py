@@ -38,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(opts: ExportOptions) -> int:
-    if opts.model == "warp":
-        return _run_warp(opts)
+    from trtalk.families import registry
+
+    spec = registry.get(opts.model) if opts.model is not None else None
+    if spec is not None and spec.export_entry:
+        return _run_own(opts, spec)
     if opts.target == "aot":
         from trtalk.export.aot import describe_aot, export_aot
 
@@ -51,17 +54,20 @@ def _run(opts: ExportOptions) -> int:
     return 0
 
 
-def _run_warp(opts: ExportOptions) -> int:
-    """``--model warp``: its two small graphs (`trtalk.families.warp.export`)."""
+def _run_own(opts: ExportOptions, spec) -> int:
+    """A family without stages that exports its own graphs (``FamilySpec.export_entry``; the warp
+    avatar: its two small graphs, `trtalk.families.warp.export`)."""
+    import importlib
+
     from trtalk.errors import TrtalkError
-    from trtalk.export.warp import export_warp
 
     if opts.target != "onnx" or opts.checkpoint is not None or opts.model_config != "official":
-        raise TrtalkError("--model warp exports its ONNX graphs only: drop --target, --checkpoint "
-                          "and --model-config")
+        raise TrtalkError(f"--model {spec.name} exports its ONNX graphs only: drop --target, "
+                          "--checkpoint and --model-config")
     if opts.out is None:
-        raise TrtalkError("--model warp writes an export directory: add --out DIR")
-    m = export_warp(opts.out)
+        raise TrtalkError(f"--model {spec.name} writes an export directory: add --out DIR")
+    module, _, func = spec.export_entry.partition(":")
+    m = getattr(importlib.import_module(module), func)(opts.out)
     for name, rec in m["graphs"].items():
         print(f"{name:9s} {rec['file']:12s} {rec['bytes'] / 1e3:8.1f} KB  "
               f"{', '.join(rec['inputs'])} -> {', '.join(rec['outputs'])}")

@@ -126,6 +126,12 @@ class FamilySpec:
     pose_code: Callable[[dict[str, "torch.Tensor"]], "torch.Tensor"] | None = None
     generator_of: Callable[["nn.Module"], "nn.Module"] | None = None
     origin: str = "built-in"
+    #: a family without stages that still has graphs to export (``trtalk export --model NAME``):
+    #: "module:function", the function taking the output folder and returning its manifest. A
+    #: dotted name, not a callable, so a low-layer family can name an exporter of a higher layer.
+    export_entry: str | None = None
+    #: why ``trtalk bench`` cannot compare this family across backends (families without stages)
+    bench_note: str = ""
 
     def owns(self, obj: object) -> bool:
         """Whether ``obj`` is this family's model or config."""

@@ -14,4 +14,8 @@ SPEC = FamilySpec(
     title="warp avatar",
     capabilities=runtime.CAPABILITIES,
     open=runtime.open_warp,
+    export_entry="trtalk.export.warp:export_warp",
+    bench_note="the warp avatar has no network stages to compare across backends (one grid_sample, "
+               "`trtalk export --model warp`); time it end to end with "
+               "`python benchmarks/warp_fps.py --backends torch onnxruntime`",
 )
