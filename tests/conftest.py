@@ -445,8 +445,8 @@ def shared_cache_lock(cache: Path):
 
 @pytest.fixture(scope="session")
 def pdfgc_model():
-    """PD-FGC with seeded random weights and the narrow test generator (its encoders and the
-    2590-wide style layers have the official sizes)."""
+    """PD-FGC with seeded random weights, the small config: the narrow test generator (its
+    2590-wide style layers keep the official sizes) and the small encoders."""
     from trtalk.families.pdfgc import model as P
 
     return P.PDFGC.random(seed=3, config=P.PDFGCConfig.small())

@@ -60,9 +60,10 @@ def test_flops_and_fraction_of_peak(bench_out: Path):
     flops = r["flops_per_frame"]
     assert set(flops) == {"identity", "pose", "audio", "generator", "pose_mouth"}
     assert all(f > 0 for f in flops.values())
-    # Small dev model: its generator is narrow; the official one is the largest stage.
-    assert r["flops_vs_design"]["pose"]["verdict"] == "near the reference"
-    assert r["flops_vs_design"]["identity"]["verdict"] == "near the reference"
+    # Small dev model: every network is narrow (issue 23: the encoders too, 14.7 -> 2.0 GFLOP a
+    # frame), so the encoders are measured far from the official networks' reference figures.
+    assert r["flops_vs_design"]["pose"]["verdict"] == "differs from the reference"
+    assert r["flops_vs_design"]["identity"]["verdict"] == "differs from the reference"
     peak = r["peaks"]["fp32"]
     assert peak["flops"] > 0 and peak["estimate"] is True
     for run in r["runs"]:

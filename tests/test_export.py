@@ -429,7 +429,7 @@ def test_export_folder_on_torch_runs_the_weights_it_was_made_from(export_fp16, s
     assert ModelOptions(checkpoint=export_fp16, backend="torch").resolved_backend() == "torch"
 
 
-def test_a_cached_export_is_reused_not_rebuilt(export_fp32, tmp_path_factory, monkeypatch) -> None:
+def test_a_cached_export_is_reused_not_rebuilt(export_fp32, shared_cache, monkeypatch) -> None:
     """The second ask for the same weights, precision and batch finds the cached export."""
     import trtalk.export.exporter as exporter
     from trtalk.engine.runner import ensure_export
@@ -438,6 +438,6 @@ def test_a_cached_export_is_reused_not_rebuilt(export_fp32, tmp_path_factory, mo
         raise AssertionError("a cached export was rebuilt")
 
     monkeypatch.setattr(exporter, "export_pcavs", never)
-    again = ensure_export(None, "fp32", 4, shared_cache_dir(tmp_path_factory), config=PCAVSConfig.small(),
+    again = ensure_export(None, "fp32", 4, shared_cache, config=PCAVSConfig.small(),
                           seed=SEED)
     assert again == export_fp32

@@ -508,7 +508,7 @@ def test_model_config_is_a_visible_option(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help-all"])
     out = capsys.readouterr().out
-    assert "--model-config {official,small}" in out and "seconds on a CPU" in " ".join(out.split())
+    assert "--model-config {official,small}" in out and "every network narrow" in " ".join(out.split())
 
 
 def test_export_model_config_small_builds_the_small_networks(monkeypatch, tmp_path):

@@ -181,9 +181,10 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
                            grid=grid, cache_dir=tmp_path)
     info = amap.info
     # Measured: held-out RMS 0.49 of the codes' spread (2.5e-4 absolute), against 0.90 for the
-    # codes' mean (the default 5 x 5 x 3 grid: 0.28 vs 0.86). Random weights respond to pixels
-    # more than to pose, so this is a loose bound.
-    assert info["heldout_rel"] < 0.6 * info["heldout_rel_mean"], info
+    # codes' mean (the default 5 x 5 x 3 grid: 0.28 vs 0.86); with the small config's small pose
+    # encoder (issue 23) 0.556 vs 0.903 (seeded, deterministic). Random weights respond to pixels
+    # more than to pose, so this is a loose bound: 0.7 of the mean's error.
+    assert info["heldout_rel"] < 0.7 * info["heldout_rel_mean"], info
     assert info["heldout_rel"] < 0.6, info
     # Angle 0 is the photo itself: the map gives (nearly) the avatar's own pose code.
     ref = avatar.ref_pose.numpy()

@@ -12,8 +12,13 @@ from trtalk.families.pdfgc import model as P
 from trtalk.models.generator import Generator, seeded_noise_maps
 
 
-def test_official_shapes(pdfgc_model):
-    sd = {n: pdfgc_model.network(n).state_dict() for n in P.NETWORKS}
+def test_official_shapes():
+    # The small config's generator (the 2590-wide style layers keep their official sizes) with
+    # the official encoders (the small config's own encoders are smaller; `pdfgc_model` uses them).
+    import dataclasses
+
+    model = P.PDFGC.random(seed=3, config=dataclasses.replace(P.PDFGCConfig.small(), encoders="official"))
+    sd = {n: model.network(n).state_dict() for n in P.NETWORKS}
     assert "fc.weight" not in sd["appearance"]
     assert sd["appearance"]["model.fc.weight"].shape == (1000, 2048)  # torchvision's, kept
     assert sd["motion"]["eye_embed.1.weight"].shape == (6, 512)

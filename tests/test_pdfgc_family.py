@@ -329,19 +329,20 @@ def test_closing_the_stream_cancels_a_pose_file_being_encoded(pdfgc_model, pose_
     from trtalk.face.landmarks import FaceMeshDetector
 
     fam, avatar = _family(pdfgc_model)
+    st = fam.new_state()
     seen = []
     detect = FaceMeshDetector.detect3d
 
     def counting(self, image):
         seen.append(1)
         if len(seen) == 3:
-            fam.controls.closed = True  # the stream ends while the file is encoded
+            st.controls.closed = True  # the stream ends while the file is encoded
         return detect(self, image)
 
     monkeypatch.setattr(FaceMeshDetector, "detect3d", counting)
     with pytest.raises(TrtalkError, match="the stream is ending"):
-        fam.controls.submit({"set": "pose_source", "source": str(pose_video_path)})
-    assert len(seen) == 3 and fam.controls.begin_frame(0) == []
+        st.controls.submit({"set": "pose_source", "source": str(pose_video_path)})
+    assert len(seen) == 3 and st.controls.begin_frame(0) == []
 
 
 def test_webcam_eyes_follow_each_frames_crop(pdfgc_model):
