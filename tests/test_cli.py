@@ -392,9 +392,12 @@ def test_native_noise_is_filtered_unless_verbose(capfd, monkeypatch) -> None:
         assert progress._stream() is not sys.stderr  # bars go to the terminal, around the filter
         os.write(2, b"W0000 00:00:1733480000.123456   12345 inference_feedback_manager.cc:114] noise\n")
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'\n")
         os.write(2, b"trtalk: error: a real message\n")
+        os.write(2, b"AttributeError: 'MessageFactory' object has no attribute 'GetPrototype' or x\n")
     err = capfd.readouterr().err
-    assert err == "trtalk: error: a real message\n"
+    assert err == ("trtalk: error: a real message\n"
+                   "AttributeError: 'MessageFactory' object has no attribute 'GetPrototype' or x\n")
     assert progress._stream() is sys.stderr
     seen = []
     monkeypatch.setattr(trtalk.cli, "_quiet_native_stderr",

@@ -141,7 +141,10 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 # drops exactly those INFO/WARNING lines and forwards everything else (errors, Python's output),
 # unless -v. Progress bars (trtalk.progress) are drawn on the real terminal, around the pipe.
 _NATIVE_NOISE = re.compile(r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |INFO: Created TensorFlow Lite |"
-                           r"WARNING: All log messages before absl::InitializeLog\(\) ")
+                           r"WARNING: All log messages before absl::InitializeLog\(\) |"
+                           # mediapipe 0.10.21's bindings on protobuf >= 5 (requirements-agents.txt
+                           # upgrades it; face detection and mesh are unchanged): one harmless line
+                           r"AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'$")
 
 
 @contextlib.contextmanager
