@@ -336,6 +336,21 @@ def test_virtual_cam_without_backend(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert "v4l2loopback" in livesinks.virtual_camera_hint() or "OBS" in livesinks.virtual_camera_hint()
 
 
+def test_stream_says_the_built_in_avatar_once(avatar: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """`trtalk stream` without --checkpoint names the warp avatar it falls back to, once (the
+    input plan asks the family's spec before the model loads: that must not say it again)."""
+    from trtalk.cli import main
+
+    wav = write_wav(tmp_path / "a.wav", make_speech_wave(0.4))
+    out = tmp_path / "s.mp4"
+    caplog.set_level(logging.INFO, logger="trtalk")
+    assert main(["stream", "--avatar", str(avatar), "--audio", str(wav), "--duration", "0.2",
+                 "--record", str(out)]) == 0
+    said = [r for r in caplog.records if "using the built-in warp avatar" in r.getMessage()]
+    assert len(said) == 1 and out.is_file()
+
+
 def test_devices_lists_everything(capsys: pytest.CaptureFixture) -> None:
     from trtalk.cli import main
 
