@@ -40,7 +40,7 @@ from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.inputs import InputPlan, InputRequest, plan_inputs
 from trtalk.runtime.mouth_path import MouthOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
-from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
+from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, AudioSource, QueueClosed, Source, VideoFrame
 from trtalk.runtime.step import FrameStep
 from trtalk.serve.scheduler import BatchScheduler, WorkerError
 
@@ -50,17 +50,13 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- sources
 
 
-class PushAudioSource(Source):
+class PushAudioSource(AudioSource):
     """Audio pushed in by the WebRTC receiver (`push`); the thread only waits for the end."""
 
-    kind = "audio"
-
     def __init__(self, name: str, capacity: int = 512) -> None:
-        super().__init__(name, capacity)
+        super().__init__(name, capacity, block=960)  # a WebRTC audio frame: 20 ms at 48 kHz, 320 samples at 16 kHz
         self.gain_hint = None
         self.duration_s = None
-        self.latency = None
-        self.block = 960  # a WebRTC audio frame: 20 ms at 48 kHz, 320 samples at 16 kHz
         self._first: float | None = None
         self._counted = 0
         self._started = threading.Event()
