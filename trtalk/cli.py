@@ -163,6 +163,7 @@ class _OrderedStdout:
         self._seen = threading.Condition()
         self._sent = 0  # sync lines written to fd 2
         self._read = 0  # sync lines the filter thread has read
+        self._ended = False  # the filter thread has stopped: nothing to wait for
 
     def synced(self) -> None:
         """Called by the filter thread when it reads a sync line."""
@@ -170,17 +171,23 @@ class _OrderedStdout:
             self._read += 1
             self._seen.notify_all()
 
+    def ended(self) -> None:
+        """Called by the filter thread when it stops (end of the block, or its output failed)."""
+        with self._seen:
+            self._ended = True
+            self._seen.notify_all()
+
     def write(self, text: str) -> int:
         with self._lock:
             try:
-                sys.stderr.flush()
-                os.write(2, _SYNC)
+                if not self._ended:
+                    sys.stderr.flush()
+                    os.write(2, _SYNC)
+                    self._sent += 1
             except (OSError, ValueError):
                 pass
-            else:
-                self._sent += 1
-                with self._seen:  # bounded: a stuck filter delays output, never blocks it
-                    self._seen.wait_for(lambda: self._read >= self._sent, timeout=2.0)
+            with self._seen:  # bounded: a stuck filter delays output, never blocks it
+                self._seen.wait_for(lambda: self._ended or self._read >= self._sent, timeout=2.0)
             n = self._out.write(text)
             self._out.flush()
             return n
@@ -218,15 +225,19 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
         ordered = None
 
     def pump() -> None:
-        with os.fdopen(read_fd, "rb") as pipe:
-            for line in pipe:
-                if line.endswith(_SYNC):  # after a native partial line, if any: pass that on
-                    if len(line) > len(_SYNC):
-                        os.write(saved, line[:-len(_SYNC)])
-                    if ordered is not None:
-                        ordered.synced()
-                elif not _NATIVE_NOISE.match(line.decode(errors="replace")):
-                    os.write(saved, line)
+        try:
+            with os.fdopen(read_fd, "rb") as pipe:
+                for line in pipe:
+                    if line.endswith(_SYNC):  # after a native partial line, if any: pass that on
+                        if len(line) > len(_SYNC):
+                            os.write(saved, line[:-len(_SYNC)])
+                        if ordered is not None:
+                            ordered.synced()
+                    elif not _NATIVE_NOISE.match(line.decode(errors="replace")):
+                        os.write(saved, line)
+        finally:
+            if ordered is not None:
+                ordered.ended()
 
     from trtalk import progress
 
