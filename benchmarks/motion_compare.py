@@ -185,6 +185,19 @@ def _cross_column(args: tuple) -> list[float]:
                            for s in EVAL_SEEDS])) for p in personal]
 
 
+def _deviate(gen, own, gen_own, weight: float):
+    """``gen`` (`Stats`) times (``own`` / ``gen_own``) ** ``weight``, term by term (the correlation:
+    plus ``weight`` times the difference; the pause ratio: ``gen``'s)."""
+    from trtalk.motion.fit import EPS, Stats
+
+    def ratio(k: str) -> np.ndarray:
+        return np.maximum(getattr(gen, k), EPS) * (np.maximum(getattr(own, k), EPS)
+                                                   / np.maximum(getattr(gen_own, k), EPS)) ** weight
+
+    corr = gen.corr + weight * (own.corr - gen_own.corr) if np.isfinite(own.corr) and np.isfinite(gen_own.corr) else gen.corr
+    return Stats(ratio("std"), ratio("p50"), ratio("p90"), ratio("p99"), ratio("band"), corr, gen.pause_ratio)
+
+
 def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarray], out: Path,
                command: str, jobs: int = 2) -> dict:
     """Personal vs generic styles, held out: fit on the first 60 % of each clip, generate on the
@@ -236,6 +249,21 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
                  for i in range(n)]
         ceiling[t0] = {"wins": int(sum(d < distance(others[i], held_stats[i]) for i, d in enumerate(d_own))),
                        "mean": round(float(np.mean(d_own)), 4)}
+    # the ceiling of an ideal personal style: one whose generated statistics on the held-out audio are
+    # the generic style's, times the clip's own first-60 % deviation from the generic's generated
+    # statistics on that part (shrunk by T0 seconds): what a fit without fitting error could give
+    gen_fit = [Stats.mean(gen_stats(generic[i], fit[i])) for i in range(n)]
+    gen_held = [gen_stats(generic[i], held[i]) for i in range(n)]
+    ideal = {}
+    for t0 in SHRINK_SECONDS:
+        d_ideal, d_gen = [], []
+        for i in range(n):
+            wt = cut[i] / FPS / (cut[i] / FPS + t0)
+            d_ideal.append(float(np.mean([distance(_deviate(g, fit_stats[i], gen_fit[i], wt), held_stats[i])
+                                          for g in gen_held[i]])))
+            d_gen.append(float(np.mean([distance(g, held_stats[i]) for g in gen_held[i]])))
+        ideal[t0] = {"wins": int(sum(a < b for a, b in zip(d_ideal, d_gen))), "mean": round(float(np.mean(d_ideal)), 4),
+                     "generic_mean": round(float(np.mean(d_gen)), 4)}
     own = [int(np.argmin(cross[:, i]) == i) for i in range(n)]
     rank = [int((cross[:, i] < cross[i, i]).sum()) + 1 for i in range(n)]
     copy_cross = np.array([[distance(fit_stats[j], held_stats[i]) for i in range(n)] for j in range(n)])
@@ -256,6 +284,7 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
               "copy_fit_stats_wins": sum(r["copy_fit_stats"] < r["copy_others_stats"] for r in rows),
               "cross": cross.round(4).tolist(), "cross_own_closest": sum(own), "cross_own_rank": rank,
               "copy_cross_own_closest": sum(copy_own), "copy_shrunk": {str(k): v for k, v in ceiling.items()},
+              "ideal_personal": {str(k): v for k, v in ideal.items()},
               "held_out_std": {"real_mean": real_std.round(3).tolist(), "generic_shipped": gen_std.round(3).tolist(),
                                "generic_loo": loo_std.round(3).tolist(), "hand_set": hand_std.round(3).tolist()},
               "whole_std": {"real_mean": real_whole.round(3).tolist(), "generic_shipped": gen_whole.round(3).tolist(),
@@ -294,6 +323,11 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
            "alone, on the held-out statistics: "
            + "; ".join(f"T0 = {t0:g} s: closer on {v['wins']} of {n} (mean {v['mean']:.3f})" for t0, v in ceiling.items())
            + f"; copy others: mean {mean['copy_others_stats']:.3f}.", "",
+           "Ceiling of an ideal personal style (a fit without fitting error): the generic (LOO) style's generated "
+           "statistics on the held-out audio (seeds 0-7), each times the clip's own first-60 % statistics over the "
+           "generic's generated ones on that part, to the power T / (T + T0); against the generic alone: "
+           + "; ".join(f"T0 = {t0:g} s: closer on {v['wins']} of {n} (mean {v['mean']:.3f} vs {v['generic_mean']:.3f})"
+                       for t0, v in ideal.items()) + ".", "",
            "Cross table: row = whose personal style, column = whose held-out audio and motion; cell = distance "
            "(the column's minimum in bold).", "",
            "| style \\ clip | " + " | ".join(str(i) for i in range(n)) + " |", "|---" * (n + 1) + "|"]
