@@ -82,9 +82,11 @@ BACKENDS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
 #: together (`DefaultPlan`). Naming them in --backends runs them.
 CPU_LEFT_OUT: dict[str, str] = {
     "torch-compile": "left out of the default CPU run: Inductor compiles C++ for each stage and "
-                     "again for each new batch size (minutes of CPU); add it to --backends to run it",
+                     "again for each new batch size (small model, 2 cores: about 120 CPU s per batch "
+                     "size); add it to --backends to run it",
     "aot": "left out of the default CPU run: its first build compiles one AOTInductor package per "
-           "stage (minutes of CPU; cached afterwards); add it to --backends to run it",
+           "stage (small model, 2 cores: about 100 CPU s; cached afterwards); add it to --backends "
+           "to run it",
 }
 FRAME_STAGES = ("pose", "audio", "generator")
 PRECISIONS = ("fp32", "fp16")
