@@ -553,7 +553,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         for v, size in zip(variants, sizes):
             calls: list[str] = []
 
-            def step(name: str) -> None:
+            def step(name: str, calls: list[str] = calls) -> None:
                 calls.append(name)
                 bar.next(name)
 
