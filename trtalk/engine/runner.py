@@ -173,11 +173,11 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     model, record = load_model(source, seed=seed, config=config, family=family)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
-    tag = f"{registry.spec_of(model).name}-{tag}"
+    family = registry.spec_of(model).name
+    tag = f"{family}-{tag}"
     root = cache_root(cache_dir) / "exports"
     fold = "-fold" if fold_up_blur else ""
     final = root / f"{tag}-{precision}{fold}-v{__version__}"
-    family = registry.spec_of(model).name
     if final.exists():
         try:
             _check_cached(final, family, precision, record)

@@ -101,8 +101,9 @@ class EngineCache:
     def covering(self, stage: str, key: EngineKey, batch: int) -> tuple[EngineRecord | None, int]:
         """A verified cached engine that serves ``key``'s graph and target for batches up to
         ``batch``: ``key`` itself when cached, else the same key but for its batch profile
-        (``max_batch`` >= ``batch``, any ``opt_batch``), the smallest such profile first; and the largest ``max_batch`` of the
-        same graph and target seen (0: none), for the log line of a build that follows.
+        (``max_batch`` >= ``batch``, any ``opt_batch``), the smallest such profile first; with its
+        ``max_batch``. None and the largest ``max_batch`` of the same graph and target that falls
+        short (0: none) when there is none, for the log line of the build that follows.
 
         The sidecars are not trusted: an entry counts only under the file name its own key gives
         (`path_for`) and after `lookup` checks its size and sha256 (an unusable one is set aside)."""
