@@ -174,6 +174,8 @@ def session(bot_server) -> dict:
     audio = np.array(rec["audio"]).reshape(-1, 2)
     video = np.array(rec["video"]).reshape(-1, 2)
     print(f"browser: {len(audio)} audio level samples, {len(video)} video frames")
+    if os.environ.get("DUMP"):
+        np.savez(os.environ["DUMP"], audio=audio, video=video, t_int=t_int)
     return {"ta": audio[:, 0], "rms": audio[:, 1], "tv": video[:, 0], "luma": video[:, 1], "t_int": t_int,
             "marks": marks, "renderer": renderer, "box": box}
 
