@@ -23,6 +23,9 @@ Media writers for tests (the one copy of each; tests import them from here):
 * :func:`write_video` - a raw PyAV video writer (codec, crf, display rotation, audio track), for
   inputs the product's own :class:`~trtalk.media.mp4.Mp4Sink` cannot make.
 * :func:`mp3_encoder` - the name of this PyAV build's mp3 encoder, or None.
+
+Head motion through the pipeline: :class:`AnglesOnlyFamily` (a family stand-in whose pose codes
+are the angles it is given) and :func:`motion_trace` (the angles and eye closure of every frame).
 """
 
 from __future__ import annotations
@@ -542,3 +545,58 @@ def family_frames(families: Sequence, seed: int = 3) -> list[np.ndarray]:
         av = f.make_avatar(crop, "x", crop=crop, crop_m=np.eye(2, 3))
         out.append(f.synthesize(f.new_state(), av, mel, [0, 1, 2], av.ref_pose.expand(3, -1)).astype(int))
     return out
+
+
+# ------------------------------------------------------------------ head motion through the pipeline
+
+
+class AnglesOnlyFamily:
+    """A family stand-in for the motion tests: its pose code is the generated angles and eye
+    closure themselves, and it draws no pixels (black 8x8 frames)."""
+
+    name = "stub"
+    output_size = 8
+    random_weights = False
+
+    @property
+    def capabilities(self):
+        from trtalk.families.spec import Capabilities
+
+        return Capabilities()
+
+    def new_state(self):
+        from trtalk.families.base import FamilyState
+
+        return FamilyState()
+
+    def configure_motion(self, state, motion=None, blink=None, avatar=None) -> None:
+        pass
+
+    def motion_codes(self, avatar, angles, eye_closure=None):
+        import torch
+
+        return torch.cat([angles, eye_closure[:, None]], dim=1)
+
+    def synthesize(self, state, avatar, mel, frames, pose, camera=None) -> np.ndarray:
+        return np.zeros((len(frames), 8, 8, 3), np.uint8)
+
+
+def motion_trace(wave: np.ndarray, block: int | None = None, style=None) -> list[tuple]:
+    """(frame, yaw, pitch, roll, eye closure) of every frame of a virtual-clock pipeline run with
+    generated head motion on `AnglesOnlyFamily`: ``wave`` (16 kHz) fed in ``block``-sample chunks
+    (None: the source's default), with the head motion ``style`` (None: the generic one)."""
+    import torch
+
+    from trtalk.families.base import Avatar
+    from trtalk.media.sinks import NullSink
+    from trtalk.runtime.clock import VirtualClock
+    from trtalk.runtime.pipeline import Pipeline, PipelineConfig
+    from trtalk.runtime.sources import AudioFileSource
+
+    avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
+    source = AudioFileSource(wave=wave) if block is None else AudioFileSource(wave=wave, block=block)
+    pipe = Pipeline(PipelineConfig(audio_gain=3.0, batch=4), AnglesOnlyFamily(), avatar,  # type: ignore[arg-type]
+                    source, None, [NullSink()], VirtualClock(), motion=True, motion_style=style)
+    pipe.pose.motion.keep_trace = True
+    pipe.run()
+    return list(pipe.pose.motion.trace)

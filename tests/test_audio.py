@@ -255,3 +255,73 @@ def test_load_audio_errors(tmp_path: Path) -> None:
     empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), SR)
     with pytest.raises(TrtalkError, match=r"empty\.wav is empty"):
         load_audio(empty)
+
+
+# ------------------------------------------------------------------ SampleQueue
+
+
+def test_sample_queue_takes_across_chunks_and_pads_with_zeros() -> None:
+    """Chunks of odd sizes come out in order in blocks of another size; a block longer than what
+    is queued is zero-padded and says how many samples were real."""
+    from trtalk.audio import SampleQueue
+
+    q = SampleQueue()
+    assert len(q) == 0 and q.take(0)[1] == 0
+    pieces = [np.arange(a, b, dtype=np.float32) for a, b in ((0, 3), (3, 10), (10, 11), (11, 24))]
+    for p in pieces:
+        q.push(p)
+    q.push(np.zeros(0, np.float32))  # an empty push changes nothing
+    assert len(q) == 24
+    a, got = q.take(5)  # inside the first two chunks
+    assert got == 5 and a.dtype == np.float32 and a.tolist() == [0, 1, 2, 3, 4]
+    b, got = q.take(7)  # across the end of chunk 2, all of chunk 3, into chunk 4
+    assert got == 7 and b.tolist() == list(range(5, 12)) and len(q) == 12
+    c, got = q.take(15)  # 12 real samples, then zeros
+    assert got == 12 and len(c) == 15 and c.tolist() == list(range(12, 24)) + [0, 0, 0]
+    assert len(q) == 0
+    d, got = q.take(4)  # empty: all zeros
+    assert got == 0 and d.tolist() == [0, 0, 0, 0]
+
+
+def test_sample_queue_matches_one_long_array() -> None:
+    """Random pushes (2-D pieces flattened), takes and drops give exactly the
+    samples a plain concatenated array would, and the pushed buffers may be reused at once."""
+    from trtalk.audio import SampleQueue
+
+    rng = np.random.default_rng(0)
+    q = SampleQueue()
+    ref = np.zeros(0, np.float32)
+    buf = np.empty(64, np.float32)
+    for _ in range(300):
+        op = rng.integers(3)
+        if op == 0:
+            k = int(rng.integers(0, 64))
+            buf[:k] = rng.standard_normal(k)
+            q.push(buf[:k].reshape(-1, 1))
+            ref = np.concatenate([ref, buf[:k].astype(np.float32)])
+            buf[:] = np.nan  # the queue copied what it kept
+        elif op == 1:
+            n = int(rng.integers(0, 80))
+            out, got = q.take(n)
+            want = np.zeros(n, np.float32)
+            want[:min(n, len(ref))] = ref[:n]
+            assert got == min(n, len(ref))
+            np.testing.assert_array_equal(out, want)
+            ref = ref[got:]
+        else:
+            n = int(rng.integers(-5, 40))
+            assert q.drop(n) == max(0, min(n, len(ref)))
+            ref = ref[max(0, n):]
+        assert len(q) == len(ref)
+
+
+def test_sample_queue_clear() -> None:
+    from trtalk.audio import SampleQueue
+
+    q = SampleQueue()
+    q.push(np.ones(10, np.float32))
+    q.take(3)  # the head chunk partly taken
+    q.clear()
+    assert len(q) == 0 and q.take(2)[1] == 0
+    q.push(np.full(2, 7.0, np.float32))
+    assert q.take(3)[0].tolist() == [7.0, 7.0, 0.0]

@@ -382,6 +382,30 @@ def test_export_summary_is_readable_not_a_dict() -> None:
 # ----------------------------------------------------------------------------- third-party noise
 
 
+def test_stdout_keeps_order_with_the_filtered_log_on_one_pipe() -> None:
+    """``trtalk render ... 2>&1 | cat``: the log (through the fd-2 filter thread) and stdout (the
+    final "rendered ..." line) reach the one pipe in program order, native noise still dropped."""
+    code = (
+        "import logging, os, sys\n"
+        "import trtalk.cli as c\n"
+        "c._setup_logging(False, False)\n"
+        "log = logging.getLogger('trtalk.x')\n"
+        "with c._quiet_native_stderr(True):\n"
+        "    for i in range(40):\n"
+        "        log.info('log %d', i)\n"
+        "        os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "        print(f'out {i}')\n"
+        "    os.write(2, b'partial ')\n"  # a native line without its end, then stdout
+        "    print('rendered 40 frames', file=sys.stdout)\n"
+        "print('after', flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=60,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stdout
+    want = [line for i in range(40) for line in (f"INFO trtalk.x: log {i}", f"out {i}")]
+    assert res.stdout.splitlines() == [*want, "partial rendered 40 frames", "after"]
+
+
 def test_native_noise_is_filtered_unless_verbose(capfd, monkeypatch) -> None:
     import contextlib
     import os

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import make_speech_wave, write_wav
+from conftest import make_speech_wave, motion_trace, write_wav
 from trtalk.motion.head import HeadMotion, MotionConfig, wave_windows
-from trtalk.families.base import FamilyState
-from trtalk.families.spec import Capabilities
 
 FPS = 25.0
 SR = 16000
@@ -75,55 +72,17 @@ def test_same_seed_same_motion_other_seed_other_motion() -> None:
     assert np.abs(a - HeadMotion(FPS, MotionConfig(seed=6)).run(w)).max() > 0.5
 
 
-def _pipeline_trace(wave: np.ndarray, family, avatar) -> list[tuple]:
-    """(frame, yaw, pitch, roll, eye closure) of every frame of a --fast run with generated motion."""
-    from trtalk.media.sinks import NullSink
-    from trtalk.runtime.clock import VirtualClock
-    from trtalk.runtime.pipeline import Pipeline, PipelineConfig
-    from trtalk.runtime.sources import AudioFileSource
-
-    cfg = PipelineConfig(audio_gain=3.0, batch=4)
-    pipe = Pipeline(cfg, family, avatar, AudioFileSource(wave=wave), None, [NullSink()], VirtualClock(), motion=True)
-    pipe.pose.motion.keep_trace = True
-    pipe.run()
-    return list(pipe.pose.motion.trace)
-
-
-class _AnglesOnly:
-    """A family stand-in that records the pose codes it is asked to draw (no pixels)."""
-
-    name = "stub"
-    output_size = 8
-    capabilities = Capabilities()
-    random_weights = False
-
-    def new_state(self):
-        return FamilyState()
-
-    def configure_motion(self, state, motion=None, blink=None, avatar=None):
-        pass
-
-    def motion_codes(self, avatar, angles, eye_closure=None):
-        return torch.cat([angles, eye_closure[:, None]], dim=1)
-
-    def synthesize(self, state, avatar, mel, frames, pose, camera=None):
-        return np.zeros((len(frames), 8, 8, 3), np.uint8)
-
-
 def test_no_lookahead_through_the_pipeline() -> None:
     """Frames 0..t keep their angles and eye closure when every sample after frame t's mel window
     changes; later frames do change (so the check can fail)."""
     from trtalk.audio import MEL_WINDOW_FRAMES, window_start
-    from trtalk.families.base import Avatar
 
-    avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
-    fam = _AnglesOnly()
     a = make_speech_wave(4.0, seed=11)
     t = 40
     cut = (window_start(t, FPS) + MEL_WINDOW_FRAMES) * 160  # samples frame t's window needs
     b = a.copy()
     b[cut:] = make_speech_wave(4.0, seed=12)[cut:] * 1.5
-    ta, tb = _pipeline_trace(a, fam, avatar), _pipeline_trace(b, fam, avatar)
+    ta, tb = motion_trace(a), motion_trace(b)
     assert len(ta) == len(tb) == 100
     assert ta[: t + 1] == tb[: t + 1]
     later = np.abs(np.array(ta[t + 1:])[:, 1:4] - np.array(tb[t + 1:])[:, 1:4]).max()
@@ -133,10 +92,7 @@ def test_no_lookahead_through_the_pipeline() -> None:
 def test_blinks_on_the_frame_clock() -> None:
     """12 s of speech: the eye-closure stream blinks at a natural rate (the generator's 26/min in
     speech is ~5 in 12 s), each blink shuts the eyes (closure near 1) and lasts 4-10 frames."""
-    from trtalk.families.base import Avatar
-
-    avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
-    eye = np.array([row[4] for row in _pipeline_trace(make_speech_wave(12.0, seed=4), _AnglesOnly(), avatar)])
+    eye = np.array([row[4] for row in motion_trace(make_speech_wave(12.0, seed=4))])
     closed = eye > 0.05
     starts = np.flatnonzero(closed[1:] & ~closed[:-1]) + 1
     assert 2 <= len(starts) <= 12, len(starts)

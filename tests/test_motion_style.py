@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import make_speech_wave
+from conftest import make_speech_wave, motion_trace
 from trtalk.errors import TrtalkError
 from trtalk.motion.fit import Track, fit_blinks, fit_motion, motion_stats, simulate, speech_level, distance
 from trtalk.motion.head import HeadMotion, MotionConfig, wave_windows
@@ -141,61 +140,17 @@ def test_bad_style_on_the_command_line(tmp_path: Path, capsys) -> None:
     assert rc == 2 and len(err.splitlines()) == 1 and "motion style" in err and "sway" in err, err
 
 
-class _AnglesOnly:
-    """A family stand-in that records the pose codes it is asked to draw (no pixels)."""
-
-    name = "stub"
-    output_size = 8
-    random_weights = False
-
-    @property
-    def capabilities(self):
-        from trtalk.families.spec import Capabilities
-
-        return Capabilities()
-
-    def new_state(self):
-        from trtalk.families.base import FamilyState
-
-        return FamilyState()
-
-    def configure_motion(self, state, motion=None, blink=None, avatar=None):
-        pass
-
-    def motion_codes(self, avatar, angles, eye_closure=None):
-        return torch.cat([angles, eye_closure[:, None]], dim=1)
-
-    def synthesize(self, state, avatar, mel, frames, pose, camera=None):
-        return np.zeros((len(frames), 8, 8, 3), np.uint8)
-
-
-def _trace(wave: np.ndarray, block: int, style: MotionStyle | None) -> list[tuple]:
-    from trtalk.families.base import Avatar
-    from trtalk.media.sinks import NullSink
-    from trtalk.runtime.clock import VirtualClock
-    from trtalk.runtime.pipeline import Pipeline, PipelineConfig
-    from trtalk.runtime.sources import AudioFileSource
-
-    avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
-    pipe = Pipeline(PipelineConfig(audio_gain=3.0, batch=4), _AnglesOnly(), avatar,  # type: ignore[arg-type]
-                    AudioFileSource(wave=wave, block=block), None, [NullSink()], VirtualClock(), motion=True,
-                    motion_style=style)
-    pipe.pose.motion.keep_trace = True
-    pipe.run()
-    return list(pipe.pose.motion.trace)
-
-
 def test_live_path_with_a_style_is_causal_in_20ms_blocks() -> None:
     """A style on the live path: the same angles and eye closures whether the audio arrives as one
     block or in 20 ms blocks; and the style is what moves the head (another style, other motion;
     the style's blink rate reaches the blinks)."""
     wave = make_speech_wave(4.0, seed=21)
     style = _known_style().with_(blink_speech_rate_per_min=60.0, blink_rate_per_min=60.0)
-    whole = _trace(wave, len(wave), style)
-    blocks = _trace(wave, 320, style)
+    whole = motion_trace(wave, len(wave), style)
+    blocks = motion_trace(wave, 320, style)
     assert len(whole) == len(blocks) == 100
     assert whole == blocks
-    generic = _trace(wave, 320, None)
+    generic = motion_trace(wave, 320, None)
     a, g = np.array(blocks)[:, 1:4], np.array(generic)[:, 1:4]
     assert np.abs(a - g).max() > 0.5
     blinks = lambda tr: int((np.diff((np.array(tr)[:, 4] > 0.5).astype(int)) == 1).sum())  # noqa: E731

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import make_speech_wave, write_wav
+from conftest import AnglesOnlyFamily, make_speech_wave, write_wav
 
 from trtalk.audio import (
     audio_lookahead_s,
@@ -36,7 +36,7 @@ from trtalk.errors import TrtalkError
 from trtalk.runtime.clock import RealClock, VirtualClock
 from trtalk.media.mp4 import Mp4Sink
 from trtalk.media.sinks import FrameSink, NullSink
-from trtalk.runtime.sources import AudioFileSource, BoundedQueue, SourceEvent
+from trtalk.runtime.sources import DEFAULT_BLOCK, AudioFileSource, BoundedQueue, SourceEvent
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.stream import (
     StreamConfig,
@@ -163,6 +163,33 @@ def test_streaming_mel_equals_whole_file(avatar: Path) -> None:
     core = StreamingMel(gain=2.0)
     mel2 = np.concatenate([core.push(x), core.flush()])
     np.testing.assert_allclose(np.stack(runner2.mels), mel_windows(mel2, n, FPS), atol=1e-6)
+
+
+def test_pipeline_audio_is_an_audio_source_and_its_latency_is_read() -> None:
+    """The pipeline's audio source declares block, latency and skipped time (`AudioSource`): a
+    source without them is refused at construction; the declared values reach the report."""
+    from trtalk.families.base import Avatar
+    from trtalk.runtime.pipeline import Pipeline, PipelineConfig
+    from trtalk.runtime.sources import Source
+
+    class NotAudio(Source):
+        kind = "audio"
+
+        def _run(self) -> None:
+            pass
+
+    avatar = Avatar(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.eye(2, 3), torch.zeros(3))
+    cfg = PipelineConfig(audio_gain=1.0)
+    with pytest.raises(TypeError, match="AudioSource"):
+        Pipeline(cfg, AnglesOnlyFamily(), avatar, NotAudio("audio:x", 4), None, [NullSink()],  # type: ignore[arg-type]
+                 VirtualClock())
+    src = AudioFileSource(wave=make_speech_wave(0.2))
+    assert src.latency is None and src.skipped_s == 0.0 and src.block == DEFAULT_BLOCK
+    src.latency, src.skipped_s = 0.035, 0.5  # as a microphone reports them
+    pipe = Pipeline(cfg, AnglesOnlyFamily(), avatar, src, None, [NullSink()], VirtualClock(),  # type: ignore[arg-type]
+                    motion=True)
+    extra = pipe.run().extra
+    assert extra["audio_input_latency_ms"] == 35.0 and extra["audio_skipped_s"] == 0.5
 
 
 def test_lookahead_constant() -> None:
@@ -334,6 +361,21 @@ def test_virtual_cam_without_backend(monkeypatch: pytest.MonkeyPatch, capsys: py
     err = capsys.readouterr().err
     assert "pyvirtualcam" in err and ("v4l2loopback" in err or "OBS" in err)
     assert "v4l2loopback" in livesinks.virtual_camera_hint() or "OBS" in livesinks.virtual_camera_hint()
+
+
+def test_stream_says_the_built_in_avatar_once(avatar: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """`trtalk stream` without --checkpoint names the warp avatar it falls back to, once (the
+    input plan asks the family's spec before the model loads: that must not say it again)."""
+    from trtalk.cli import main
+
+    wav = write_wav(tmp_path / "a.wav", make_speech_wave(0.4))
+    out = tmp_path / "s.mp4"
+    caplog.set_level(logging.INFO, logger="trtalk")
+    assert main(["stream", "--avatar", str(avatar), "--audio", str(wav), "--duration", "0.2",
+                 "--record", str(out)]) == 0
+    said = [r for r in caplog.records if "using the built-in warp avatar" in r.getMessage()]
+    assert len(said) == 1 and out.is_file()
 
 
 def test_devices_lists_everything(capsys: pytest.CaptureFixture) -> None:

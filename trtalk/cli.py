@@ -147,9 +147,67 @@ _NATIVE_NOISE = re.compile(r"[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |INFO: Created Te
                            r"AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'$")
 
 
+#: A line the stderr filter never forwards: `_OrderedStdout` writes it to fd 2 and waits until the
+#: filter has read it, so everything written to stderr before it has reached the terminal.
+_SYNC = b"\x1etrtalk-stderr-sync\n"
+
+
+class _OrderedStdout:
+    """sys.stdout while fd 2 runs through the filter thread, when both reach the same file (a
+    terminal, or one pipe for ``2>&1``): each write first waits until the filter has forwarded all
+    stderr written before it, then goes out at once, so stdout and the log keep program order."""
+
+    def __init__(self, out: typing.TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._seen = threading.Condition()
+        self._sent = 0  # sync lines written to fd 2
+        self._read = 0  # sync lines the filter thread has read
+        self._ended = False  # the filter thread has stopped: nothing to wait for
+
+    def synced(self) -> None:
+        """Called by the filter thread when it reads a sync line."""
+        with self._seen:
+            self._read += 1
+            self._seen.notify_all()
+
+    def ended(self) -> None:
+        """Called by the filter thread when it stops (end of the block, or its output failed)."""
+        with self._seen:
+            self._ended = True
+            self._seen.notify_all()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            try:
+                if not self._ended:
+                    sys.stderr.flush()
+                    os.write(2, _SYNC)
+                    self._sent += 1
+            except (OSError, ValueError):
+                pass
+            with self._seen:  # bounded: a stuck filter delays output, never blocks it
+                self._seen.wait_for(lambda: self._ended or self._read >= self._sent, timeout=2.0)
+            n = self._out.write(text)
+            self._out.flush()
+            return n
+
+    def __getattr__(self, name: str) -> typing.Any:
+        return getattr(self._out, name)
+
+
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
-    """With ``enabled``, drop native libraries' INFO/WARNING lines from fd 2 for the block."""
+    """With ``enabled``, drop native libraries' INFO/WARNING lines from fd 2 for the block; stdout
+    stays in order with the forwarded lines where both go to one file (`_OrderedStdout`)."""
     if not enabled:
         yield
         return
@@ -160,12 +218,26 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     except (OSError, ValueError):
         yield
         return
+    stdout = sys.stdout
+    try:
+        ordered = _OrderedStdout(stdout) if _same_file(stdout.fileno(), saved) else None
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor
+        ordered = None
 
     def pump() -> None:
-        with os.fdopen(read_fd, "rb") as pipe:
-            for line in pipe:
-                if not _NATIVE_NOISE.match(line.decode(errors="replace")):
-                    os.write(saved, line)
+        try:
+            with os.fdopen(read_fd, "rb") as pipe:
+                for line in pipe:
+                    if line.endswith(_SYNC):  # after a native partial line, if any: pass that on
+                        if len(line) > len(_SYNC):
+                            os.write(saved, line[:-len(_SYNC)])
+                        if ordered is not None:
+                            ordered.synced()
+                    elif not _NATIVE_NOISE.match(line.decode(errors="replace")):
+                        os.write(saved, line)
+        finally:
+            if ordered is not None:
+                ordered.ended()
 
     from trtalk import progress
 
@@ -176,9 +248,14 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     terminal = open(saved, "w", buffering=1, closefd=False, encoding=sys.stderr.encoding or "utf-8",
                     errors="replace")
     progress.set_terminal(terminal)
+    if ordered is not None:
+        stdout.flush()
+        sys.stdout = ordered  # type: ignore[assignment]
     try:
         yield
     finally:
+        if ordered is not None and sys.stdout is ordered:
+            sys.stdout = stdout
         progress.set_terminal(None)
         terminal.close()
         sys.stderr.flush()

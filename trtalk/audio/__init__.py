@@ -2,11 +2,13 @@
 
 ``load_audio`` gives a 16 kHz mono float32 wave; ``mel_spectrogram`` (or the
 chunk-by-chunk ``StreamingMel``) turns it into ``mel_tf`` (time x freq, 100
-frames/s); ``mel_windows`` cuts the per-video-frame (1, 80, 20) network inputs.
+frames/s); ``mel_windows`` cuts the per-video-frame (1, 80, 20) network inputs;
+``SampleQueue`` queues live audio chunks and hands them out in fixed blocks.
 """
 
 from trtalk.audio import mel
 from trtalk.audio.decode import audio_duration, load_audio
+from trtalk.audio.fifo import SampleQueue
 from trtalk.audio.mel import (
     MEL_WINDOW_FRAMES,
     MelConfig,
@@ -21,4 +23,4 @@ from trtalk.audio.mel import (
     window_start,
 )
 
-__all__ = ["audio_duration", "load_audio", *mel.__all__]
+__all__ = ["SampleQueue", "audio_duration", "load_audio", *mel.__all__]

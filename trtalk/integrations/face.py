@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from trtalk.audio.fifo import SampleQueue
 from trtalk.errors import TrtalkError
 from trtalk.integrations import shared as shared_mod
 from trtalk.runtime.pipeline import PipelineConfig
@@ -140,8 +141,7 @@ class AgentFace:
         self.session: Any = None
         self._lock = threading.Lock()
         self._tick_id: int | None = None
-        self._pending: list[np.ndarray] = []  # pushed audio at the output rate, not yet fed
-        self._pending_n = 0
+        self._pending = SampleQueue()  # pushed audio at the output rate, not yet fed
         self._marks: list[int] = []  # output-rate positions where an utterance ends
         self._pos16 = 0  # 16 kHz samples fed
         self._out_pos = 0  # output-rate samples fed
@@ -206,21 +206,18 @@ class AgentFace:
                 if r is None:
                     r = self._resamplers[int(sample_rate)] = _Resampler(int(sample_rate), self.sample_rate)
                 x = r(x)
-            if len(x):
-                self._pending.append(x)
-                self._pending_n += len(x)
+            self._pending.push(x)
 
     def flush(self) -> None:
         """The utterance pushed so far is complete: mark its end (see `FaceOutput.segment_ends`)."""
         with self._lock:
-            self._marks.append(self._out_pos + self._pending_n)
+            self._marks.append(self._out_pos + len(self._pending))
 
     def interrupt(self) -> None:
         """Drop the speech not yet sent: no more of its sound or its lips from the next frame on."""
         with self._lock:
             self.interruptions += 1
             self._pending.clear()
-            self._pending_n = 0
             if self._tl_speech.any():
                 self._tl[:] = 0.0
                 self._tl_speech[:] = False
@@ -231,21 +228,6 @@ class AgentFace:
             self._marks = [min(m, self._tl_base) for m in self._marks]
 
     # -- the tick (process ticker thread) ------------------------------------------------------
-
-    def _take_pending(self, n: int) -> tuple[np.ndarray, bool]:
-        out = np.zeros(n, np.float32)
-        got = 0
-        while got < n and self._pending:
-            head = self._pending[0]
-            m = min(n - got, len(head))
-            out[got:got + m] = head[:m]
-            got += m
-            if m == len(head):
-                self._pending.pop(0)
-            else:
-                self._pending[0] = head[m:]
-        self._pending_n -= got
-        return out, got > 0
 
     def _tick(self) -> None:
         if self.closed or self.session is None:
@@ -260,7 +242,8 @@ class AgentFace:
             before = self._out_pos  # where this tick's audio goes on the output timeline
             self._pos16 += int(block)
             target = int(round(self._pos16 * rate / SAMPLE_RATE))
-            x, speech = self._take_pending(target - self._out_pos)
+            x, got = self._pending.take(target - self._out_pos)
+            speech = got > 0
             self._out_pos = target
             interruptions = self.interruptions
             if self._to16 is None:

@@ -35,7 +35,7 @@ from trtalk.configcli import option
 from trtalk.errors import TrtalkError
 from trtalk.families.base import Avatar, FamilyState, ModelFamily, NetworkCall, PoseInput, direct_call
 from trtalk.warp.lips import LipMeter  # noqa: F401  (re-exported: the mouth clip measures lips with it)
-from trtalk.runtime.sources import DEFAULT_BLOCK, SAMPLE_RATE, AudioChunk, AudioFileSource, Source, SourceEvent
+from trtalk.runtime.sources import DEFAULT_BLOCK, SAMPLE_RATE, AudioChunk, AudioFileSource, AudioSource, SourceEvent
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class MouthOptions:
 # ----------------------------------------------------------------------------- sources
 
 
-class SilenceSource(Source):
+class SilenceSource(AudioSource):
     """The audio of a stream with no microphone (``--mouth webcam``): 16 kHz silence in blocks.
 
     Each block is released ``lead_s`` before its end time (the audio lookahead plus a block), so
@@ -102,14 +102,11 @@ class SilenceSource(Source):
     is the camera's. ``duration_s`` None: endless.
     """
 
-    kind = "audio"
-
     def __init__(self, lead_s: float, duration_s: float | None = None, block: int = DEFAULT_BLOCK,
                  capacity: int = 512) -> None:
-        super().__init__("audio:none", capacity)
+        super().__init__("audio:none", capacity, block)
         self.lead_s = max(0.0, lead_s)
         self.duration_s = duration_s
-        self.block = block
         self.gain_hint: float | None = None
         self.loop = duration_s is None
 

@@ -110,8 +110,6 @@ class ModelOptions:
                 raise TrtalkError(f"unknown --model {self.model!r}; choose one of {', '.join(registry.names())}")
             return self.model
         if self.checkpoint is None:
-            log.info("no --checkpoint: using the built-in warp avatar (--model pcavs runs PC-AVS on "
-                     "seeded random weights instead)")
             return NO_CHECKPOINT_FAMILY
         if is_export_folder(self.checkpoint):
             return export_family(self.checkpoint)  # the manifest's
@@ -154,6 +152,9 @@ class ModelOptions:
         if self.emotion_presets is not None and not self.emotion_presets:  # ",,," -> []
             raise TrtalkError("--emotion-presets names no file; give comma-separated stills (happy.jpg,sad.jpg)")
         spec = self.spec()
+        if self.model is None and self.checkpoint is None:  # said once, when the model loads
+            log.info("no --checkpoint: using the built-in warp avatar (--model pcavs runs PC-AVS on "
+                     "seeded random weights instead)")
         caps = spec.capabilities
         control_flags = [f for f, v in (("--eyes", self.eyes), ("--emotion", self.emotion),
                                         ("--eyes-closed", self.eyes_closed),

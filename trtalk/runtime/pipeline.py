@@ -46,7 +46,7 @@ from trtalk.runtime.inputs import InputPlan, auto_pose, plan_of_source
 from trtalk.runtime.latency import FrameTiming, LatencyRecorder, LatencyReport
 from trtalk.runtime.mouth_path import MouthClip, MouthOptions, MouthPath
 from trtalk.runtime.pose_path import PoseConfig, PosePath, PoseSample
-from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, Source
+from trtalk.runtime.sources import SAMPLE_RATE, AudioFileSource, AudioSource, Source
 from trtalk.runtime.step import Background, FrameStep
 from trtalk.threads import MAX_THREADS
 
@@ -161,7 +161,7 @@ class Pipeline:
     generic style).
     """
 
-    def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: Source,
+    def __init__(self, cfg: PipelineConfig, family: ModelFamily, avatar: Avatar, audio: AudioSource,
                  pose_source: Source | None, sinks: Sequence[FrameSink], clock: Clock | None = None,
                  background: BackgroundFn | None = None, motion: bool = False,
                  mouth_clip: MouthClip | None = None, motion_style: MotionStyle | None = None, *,
@@ -172,6 +172,8 @@ class Pipeline:
         #: the stream's state in the (shared) family: blinks, smoothing, controls, counters
         self.family_state = state = family_state if family_state is not None else family.new_state()
         self.avatar = avatar
+        if not isinstance(audio, AudioSource):  # its block, latency and skipped time are read below
+            raise TypeError(f"the pipeline's audio must be an AudioSource, got {type(audio).__name__}")
         self.audio_src = audio
         self.pose_src = pose_source
         self.sinks = list(sinks)
@@ -399,10 +401,9 @@ class Pipeline:
             return
         self.t0 = first
         self.start_delay_s = max(0.0, first - t_open)
-        latency = getattr(self.audio_src, "latency", None)
-        block = getattr(self.audio_src, "block", 0) / SAMPLE_RATE
+        latency = self.audio_src.latency
         if latency is not None:
-            self.audio_timeout_s = max(self.cfg.audio_timeout_s, 2 * (latency + block))
+            self.audio_timeout_s = max(self.cfg.audio_timeout_s, 2 * (latency + self.audio_src.block / SAMPLE_RATE))
         if self.start_delay_s > 0.05:
             log.info("%s delivered its first audio %.0f ms after it was opened; the stream starts there",
                      self.audio_src.name, 1000 * self.start_delay_s)
@@ -429,9 +430,9 @@ class Pipeline:
                    # The session clock's time of frame 0 and audio sample 0 (time.monotonic on a
                    # real clock: comparable with other processes' CLOCK_MONOTONIC on Linux).
                    "t0_clock_s": round(self.t0, 6),
-                   "audio_input_latency_ms": (None if getattr(self.audio_src, "latency", None) is None
+                   "audio_input_latency_ms": (None if self.audio_src.latency is None
                                               else round(1000 * self.audio_src.latency, 3)),
-                   "audio_skipped_s": round(getattr(self.audio_src, "skipped_s", 0.0), 4),
+                   "audio_skipped_s": round(self.audio_src.skipped_s, 4),
                    "pose_encodings": self.family_state.pose_encodings,
                    "audio_lost_episodes": self.audio.lost_episodes,
                    "camera_lost_episodes": self.pose.camera_lost_episodes,

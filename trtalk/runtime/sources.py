@@ -286,7 +286,28 @@ def _check_fault_window(fail_at_s: float | None, resume_at_s: float | None) -> N
 # --------------------------------------------------------------------------- audio
 
 
-class AudioFileSource(Source):
+class AudioSource(Source):
+    """Base of the audio sources: 16 kHz mono float32 `AudioChunk` s, ``block`` samples each
+    (the last may be shorter).
+
+    What the pipeline reads from every audio source: ``block``; ``latency``, the device's input
+    latency in seconds (None where there is no capture device: a file, pushed or generated
+    audio), which widens the lost-audio timeout; ``skipped_s``, the time the source's sample
+    counter jumped ahead so far (audio the device lost; 0 where it cannot happen).
+    """
+
+    kind = "audio"
+
+    def __init__(self, name: str, capacity: int, block: int, latency: float | None = None) -> None:
+        super().__init__(name, capacity)
+        if block < 1:
+            raise ValueError("block must be >= 1")
+        self.block = block
+        self.latency: float | None = latency
+        self.skipped_s = 0.0
+
+
+class AudioFileSource(AudioSource):
     """Replays an audio file (wav/mp3/m4a, or a video's audio track) as 16 kHz chunks.
 
     Chunk i covers media samples [i*block, (i+1)*block) and is stamped ``t = t0 + start/16000``,
@@ -296,23 +317,18 @@ class AudioFileSource(Source):
     ``recovered`` at its end. ``wave`` gives the samples directly instead of ``path``.
     """
 
-    kind = "audio"
-
     def __init__(self, path: str | Path | None = None, *, wave: np.ndarray | None = None,
                  block: int = DEFAULT_BLOCK, loop: bool = False, fail_at_s: float | None = None,
                  resume_at_s: float | None = None, capacity: int = 512) -> None:
         from trtalk.audio import load_audio
 
-        super().__init__(f"audio:{Path(path).name if path else 'wave'}", capacity)
+        super().__init__(f"audio:{Path(path).name if path else 'wave'}", capacity, block)
         if wave is None:
             if path is None:
                 raise ValueError("give path or wave")
             wave = load_audio(path)
         self.wave = np.ascontiguousarray(np.asarray(wave, dtype=np.float32).reshape(-1))
-        if block < 1:
-            raise ValueError("block must be >= 1")
         _check_fault_window(fail_at_s, resume_at_s)
-        self.block = block
         self.loop = loop
         self.fail_at_s = fail_at_s
         self.resume_at_s = resume_at_s
@@ -389,7 +405,7 @@ def resolve_mic(device: str | int | None) -> int | None:
     return matches[0]
 
 
-class MicSource(Source):
+class MicSource(AudioSource):
     """A microphone through PortAudio (sounddevice): 16 kHz mono float32 in ``block``-sample chunks.
 
     The PortAudio callback only copies the block into the bounded queue (a ring: when the consumer
@@ -416,21 +432,18 @@ class MicSource(Source):
     second, then ``recovered``.
     """
 
-    kind = "audio"
-
     def __init__(self, device: str | int | None = None, block: int = DEFAULT_BLOCK, capacity: int = 512,
                  latency_s: float = 0.04, max_skew_s: float = 0.1, resync_s: float = 1.0) -> None:
-        super().__init__(f"mic:{device if device is not None else 'default'}", capacity)
+        super().__init__(f"mic:{device if device is not None else 'default'}", capacity, block)
         self.sd = _import_sounddevice()
         self.device = resolve_mic(device)
-        self.block = block
         self.latency_s = latency_s
         self.max_skew_s = max_skew_s
         self.resync_s = resync_s
         self.gain_hint = None
         self.duration_s = None
-        self.latency: float | None = None  # PortAudio's input latency of the open stream
-        self.skipped_s = 0.0  # counted time the sample counter jumped ahead (samples lost)
+        # latency: PortAudio's input latency of the open stream (set when it opens); skipped_s:
+        # counted time the sample counter jumped ahead (samples lost)
         self.overflows = 0  # blocks PortAudio flagged as input overflow
         self._counted = 0
         self._first: float | None = None
@@ -725,6 +738,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioChunk",
     "AudioFileSource",
+    "AudioSource",
     "BoundedQueue",
     "FrameProcessor",
     "MicSource",

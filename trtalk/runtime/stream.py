@@ -24,7 +24,7 @@ from trtalk.runtime.inputs import InputPlan
 from trtalk.runtime.options import ModelOptions
 from trtalk.runtime.pipeline import BackgroundFn, Pipeline, PipelineConfig
 from trtalk.runtime.pose_path import PoseSample, PoseState, FaceTracker, RunningAligner
-from trtalk.runtime.sources import Source, VideoFileSource
+from trtalk.runtime.sources import AudioSource, Source, VideoFileSource
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class StreamPipeline(Pipeline):
     ``runner`` is a `ModelFamily` or a PC-AVS runner (wrapped in `PCAVSFamily`).
     """
 
-    def __init__(self, cfg: StreamConfig, runner: Any, audio: Source, pose_source: Source | None,
+    def __init__(self, cfg: StreamConfig, runner: Any, audio: AudioSource, pose_source: Source | None,
                  sinks: Sequence[FrameSink], clock: Clock | None = None, random_weights: bool | None = None,
                  background: BackgroundFn | None = None, motion: bool = False, *,
                  family_state: FamilyState | None = None, plan: InputPlan | None = None) -> None:

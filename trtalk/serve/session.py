@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from trtalk.audio.fifo import SampleQueue
 from trtalk.media.sinks import FrameSink
 from trtalk.runtime.clock import RealClock
 from trtalk.families.base import Avatar, ModelFamily, PoseInput
@@ -39,7 +40,7 @@ from trtalk.runtime.latency import FrameTiming, LatencyRecorder
 from trtalk.runtime.inputs import InputPlan, InputRequest, plan_inputs
 from trtalk.runtime.mouth_path import MouthOptions
 from trtalk.runtime.pipeline import Pipeline, PipelineConfig
-from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, QueueClosed, Source, VideoFrame
+from trtalk.runtime.sources import SAMPLE_RATE, AudioChunk, AudioSource, QueueClosed, Source, VideoFrame
 from trtalk.runtime.step import FrameStep
 from trtalk.serve.scheduler import BatchScheduler, WorkerError
 
@@ -49,17 +50,13 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- sources
 
 
-class PushAudioSource(Source):
+class PushAudioSource(AudioSource):
     """Audio pushed in by the WebRTC receiver (`push`); the thread only waits for the end."""
 
-    kind = "audio"
-
     def __init__(self, name: str, capacity: int = 512) -> None:
-        super().__init__(name, capacity)
+        super().__init__(name, capacity, block=960)  # a WebRTC audio frame: 20 ms at 48 kHz, 320 samples at 16 kHz
         self.gain_hint = None
         self.duration_s = None
-        self.latency = None
-        self.block = 960  # a WebRTC audio frame: 20 ms at 48 kHz, 320 samples at 16 kHz
         self._first: float | None = None
         self._counted = 0
         self._started = threading.Event()
@@ -238,10 +235,9 @@ class TrackSink(FrameSink):
         self.fps = fps
         self._lock = threading.Lock()
         self._frames: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=max_frames)
-        self._audio: collections.deque[np.ndarray] = collections.deque()
+        self._audio = SampleQueue()  # written, not yet handed to the audio track
         self._audio_pos = 0  # samples written so far (16 kHz)
-        self._audio_read = 0  # samples handed to the audio track so far
-        self._audio_buffered = 0
+        self._audio_read = 0  # samples handed to the audio track (or skipped) so far
         self.video_end_samples = 0  # audio samples the emitted video covers
         self.frames_dropped = 0
         self.notify: Callable[[], None] = lambda: None
@@ -258,14 +254,10 @@ class TrackSink(FrameSink):
 
     def write_audio(self, samples: np.ndarray) -> None:
         with self._lock:
-            self._audio.append(np.asarray(samples, np.float32))
+            self._audio.push(samples)
             self._audio_pos += len(samples)
-            self._audio_buffered += len(samples)
             # keep at most 10 s (a stalled video track must not grow this without bound)
-            while self._audio_buffered > 10 * SAMPLE_RATE:
-                old = self._audio.popleft()
-                self._audio_buffered -= len(old)
-                self._audio_read += len(old)
+            self._audio_read += self._audio.drop(len(self._audio) - 10 * SAMPLE_RATE)
 
     def next_frame(self) -> tuple[int, np.ndarray] | None:
         with self._lock:
@@ -279,38 +271,10 @@ class TrackSink(FrameSink):
                 return None
             lag = self.video_end_samples - (self._audio_read + n)
             if lag > max_lag_s * SAMPLE_RATE:
-                self._skip(min(lag - n, self._audio_pos - self._audio_read - n))
-            return self._take(n)
-
-    def _skip(self, n: int) -> None:
-        while n > 0 and self._audio:
-            head = self._audio[0]
-            if len(head) <= n:
-                self._audio.popleft()
-                n -= len(head)
-                self._audio_read += len(head)
-                self._audio_buffered -= len(head)
-            else:
-                self._audio[0] = head[n:]
-                self._audio_read += n
-                self._audio_buffered -= n
-                n = 0
-
-    def _take(self, n: int) -> np.ndarray:
-        out = np.zeros(n, np.float32)
-        got = 0
-        while got < n and self._audio:
-            head = self._audio[0]
-            m = min(n - got, len(head))
-            out[got:got + m] = head[:m]
-            got += m
-            if m == len(head):
-                self._audio.popleft()
-            else:
-                self._audio[0] = head[m:]
-        self._audio_read += got
-        self._audio_buffered -= got
-        return out
+                self._audio_read += self._audio.drop(min(lag - n, self._audio_pos - self._audio_read - n))
+            out, got = self._audio.take(n)
+            self._audio_read += got
+            return out
 
     def close(self) -> None:
         self._closed = True
