@@ -120,3 +120,87 @@ def test_stream_latency(tmp_path: Path):
     assert s["frames"] > 0 and s["fps"] > 0
     assert s["command"].startswith("trtalk bench --stream")
     assert (tmp_path / "stream.md").read_text().count("lookahead") >= 1
+
+
+# ------------------------------------------------------------------- the default plan (issue 23)
+
+
+def test_default_cpu_plan_is_small_and_leaves_out_the_compilers():
+    """On a CPU the default is batch 1 and 8, 3 + 10 runs, every row but torch-compile and aot
+    (minutes of C++ compilation), each of those listed with why and how to include it; CUDA keeps
+    batch 1..64, 10 + 100 runs and every row."""
+    from trtalk.bench.run import CPU_LEFT_OUT, default_plan
+
+    cpu = default_plan("cpu")
+    assert (cpu.batches, cpu.warmup, cpu.iters) == ((1, 8), 3, 10)
+    assert set(cpu.left_out) == {"torch-compile", "aot"} == set(CPU_LEFT_OUT)
+    for reason in cpu.left_out.values():
+        assert "default CPU run" in reason and "--backends" in reason
+    for device in ("cuda", "cuda:1"):
+        gpu = default_plan(device)
+        assert (gpu.batches, gpu.warmup, gpu.iters, gpu.left_out) == ((1, 8, 32, 64), 10, 100, {})
+
+
+def test_left_out_rows_are_listed_with_their_reason_and_run_when_named():
+    from trtalk.bench.run import CPU_LEFT_OUT, PRESETS, BenchConfig, plan_variants
+
+    rows = {v.backend: v for v in plan_variants(BenchConfig(backends=list(PRESETS), left_out=CPU_LEFT_OUT))}
+    assert list(rows) == list(PRESETS)  # nothing silently dropped
+    assert rows["aot"].reason == CPU_LEFT_OUT["aot"]
+    assert rows["torch-compile"].reason == CPU_LEFT_OUT["torch-compile"]
+    assert rows["torch"].reason is None and rows["onnxruntime"].reason is None
+    named = {v.backend: v for v in plan_variants(BenchConfig(backends=["torch-compile", "aot"]))}
+    assert named["torch-compile"].reason is None and named["aot"].reason is None
+
+
+class _Captured(Exception):
+    pass
+
+
+def _bench_config(monkeypatch, argv: list[str]):
+    """The BenchConfig `trtalk bench <argv>` hands to run_bench, and the torch threads then."""
+    import torch
+
+    import trtalk.bench.run
+    import trtalk.cli
+    from trtalk.bench.cli import _run
+    from trtalk.configcli import config_from_args
+
+    seen = {}
+
+    def fake_run_bench(cfg):
+        seen["cfg"], seen["threads"], seen["interop"] = cfg, torch.get_num_threads(), torch.get_num_interop_threads()
+        raise _Captured
+
+    monkeypatch.setattr(trtalk.bench.run, "run_bench", fake_run_bench)
+    args = trtalk.cli.build_parser().parse_args(["bench", *argv])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # so that a count other than 1 below was set by the command
+    try:
+        with pytest.raises(_Captured):
+            _run(config_from_args(args.func.cls, args))
+    finally:
+        torch.set_num_threads(before)
+    return seen
+
+
+def test_default_small_bench_on_cpu_runs_the_cpu_plan_with_the_thread_policy(monkeypatch, capsys):
+    from trtalk.bench.run import CPU_LEFT_OUT, PRESETS
+
+    monkeypatch.setenv("TRTALK_THREADS", "3")
+    seen = _bench_config(monkeypatch, ["--model-config", "small", "--device", "cpu"])
+    cfg = seen["cfg"]
+    assert (cfg.batches, cfg.warmup, cfg.iters) == ([1, 8], 3, 10)
+    assert cfg.backends == list(PRESETS) and cfg.left_out == CPU_LEFT_OUT
+    # trtalk's thread policy is applied (here: $TRTALK_THREADS), one inter-op thread
+    assert seen["threads"] == 3 and seen["interop"] == 1
+    err = capsys.readouterr().err
+    assert "torch-compile and aot left out" in err and "--backends torch-ref,torch,torch-compile" in err
+
+
+def test_named_backends_and_batches_run_as_given(monkeypatch):
+    seen = _bench_config(monkeypatch, ["--model-config", "small", "--device", "cpu", "--backends",
+                                       "torch,aot", "--batch", "1,32", "--threads", "2"])
+    cfg = seen["cfg"]
+    assert cfg.backends == ["torch", "aot"] and cfg.batches == [1, 32] and cfg.left_out == {}
+    assert seen["threads"] == 2 and cfg.threads == 2

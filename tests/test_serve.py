@@ -373,7 +373,11 @@ def test_session_frames_latency_and_mouth_follow_the_speech(server, demo_speech)
     # shipped demo speech is rhythmic, so the mouth's opening itself correlates 0.35 with its own
     # copy 95 frames later (mouth_params, one loop). Measured on main 578c7bb with the mouth model
     # trained on 26 clips: right lag 0.34-0.36 / 0.51, best wrong lag 0.28-0.32 / 0.46 (idle /
-    # loaded), median wrong lag 0.08.
+    # loaded), median wrong lag 0.08. Why not higher: the session's "still" pose is the idle head
+    # motion (`WarpFamily.still_pose`) while the reference is drawn at the photo's pose, and that
+    # motion alone takes the box luma's correlation to 0.28 with the same mouth; the mouth itself is
+    # driven as offline (the same `mouth_from_window` and follower; the live running gain against
+    # the whole-file gain: openings correlate 0.997 on this speech, 0.96-1.00 on the 14 PC-AVS clips).
     assert r > 0.3 and r > float(np.median(lags)) + 0.15 and r > max(lags) - 0.05, \
         (r, max(lags), float(np.median(lags)))
 

@@ -392,6 +392,60 @@ def test_own_pose_closed_mouth_gives_the_photo_back(renderer, face_image_path: P
     assert min(_psnr(f, photo) for f in frames) >= 35.0
 
 
+def _shut_lips(renderer, scale: int = 1):
+    """The astronaut with shut lips: its mesh with the inner lower lip on the inner upper lip (the
+    photo ``scale`` times larger)."""
+    from dataclasses import replace
+
+    import cv2
+
+    from trtalk.warp.avatar import WarpAvatar
+
+    a = renderer.avatar
+    mesh = a.mesh.copy() * scale
+    mesh[list(M.INNER_LOWER_LIP[1:-1]), :2] = mesh[list(M.INNER_UPPER_LIP[1:-1]), :2]
+    crop = cv2.resize(a.crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else a.crop
+    shut = WarpAvatar(crop, mesh, replace(a.cfg, size=crop.shape[1], max_size=crop.shape[1]))
+    assert shut.rest_gap == 0.0 and not shut.photo_teeth
+    return shut
+
+
+def test_shut_lips_open_with_the_whole_lower_lip(renderer) -> None:
+    """On a photo with shut lips (inner contours on top of each other) the whole lower lip drops
+    with the jaw: every inner lower-lip point between the corners moves down at least half as far
+    as the lower lip's middle, and the upper lip does not drop (the lower contour used to fall
+    within the upper lip's polygon, so the mouth opened only at its corners)."""
+    shut = _shut_lips(renderer)
+    up, lo = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
+    mesh = shut.mesh
+    moved = shut.deform(0.6, 0.0, np.eye(3))[:len(mesh), :2] - shut.rest[:len(mesh), :2]
+    down = moved @ shut._v
+    mid = down[M.LOWER_LIP_MID]
+    assert mid > 0.3 * shut.open_gap
+    assert (down[lo] > 0.5 * mid).all(), down[lo] / mid
+    assert (down[up] < 0.1 * mid).all(), down[up] / mid
+
+
+def test_small_opening_is_not_one_band_of_teeth(renderer) -> None:
+    """Drawn teeth (a photo that shows none): a small opening shows the upper teeth over a dark gap
+    (no lower teeth yet, so the column down the middle of the opening reaches the cavity's dark
+    before the lower lip), a wide one shows both rows (teeth just above the lower lip)."""
+    a = _shut_lips(renderer, scale=2)  # a gap of ~9 px at 0.3: enough pixels to tell its halves apart
+    columns = []
+    for open_ in (0.3, 1.0):
+        dst = a.deform(open_, 0.0, np.eye(3))[:, :2]
+        cavity, teeth = a._mouth_masks(dst, open_)
+        x = int(round(dst[M.UPPER_LIP_MID, 0]))
+        y0, y1 = dst[M.UPPER_LIP_MID, 1], dst[M.LOWER_LIP_MID, 1]
+        assert y1 - y0 > 8, (y0, y1)
+        columns.append(teeth[int(np.ceil(y0)):int(y1) + 1, x])
+    small, wide = columns
+    assert small[:len(small) // 2].max() > 0.5, small  # the upper teeth
+    assert small[len(small) // 2:-1].min() < 0.1, small  # the dark between them and the lower lip
+    assert wide[:len(wide) // 2].max() > 0.5, wide
+    assert wide[-(len(wide) // 4) - 1:].max() > 0.3, wide  # the lower teeth on the lower lip
+
+
 def test_size_is_the_frames_long_side(renderer, face_image_path: Path) -> None:
     """``size`` resizes the photo's frame (long side, even sides); at the own pose the output is
     the resized photo."""

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 class BenchCommand:
     """`trtalk bench`: what to compare and where to write it; ``--stream`` measures the live runtime."""
 
-    backends: list[Literal[tuple(PRESETS)]] = option(  # type: ignore[valid-type]
-        default_factory=lambda: list(PRESETS), help="comma-separated rows to compare",
-        default_text="all")
-    batch: list[int] = option(default_factory=lambda: [1, 8, 32, 64], bounds=(1, 256),
-                              help="comma-separated batch sizes, each 1 to 256")
+    backends: list[Literal[tuple(PRESETS)]] | None = option(  # type: ignore[valid-type]
+        None, help="comma-separated rows to compare",
+        default_text="all; on CPU all but torch-compile and aot")
+    batch: list[int] | None = option(None, bounds=(1, 256),
+                                     help="comma-separated batch sizes, each 1 to 256",
+                                     default_text="1,8 on CPU, 1,8,32,64 on CUDA")
     precision: list[Literal["fp32", "fp16"]] | None = option(
         None, help="fp32,fp16 for the backends whose precision is a choice",
         default_text="fp32 on CPU, fp16,fp32 on CUDA")
@@ -71,13 +72,18 @@ def register(sub) -> None:
                             "batch, with FLOPs and fraction of peak; write results.json, results.md and PNG "
                             "plots into --out (default benchmarks/results/<cpu|gpu name>). Seeded random "
                             "weights unless --checkpoint. Backends that cannot run here are listed with the "
-                            "reason. --stream instead measures the streaming runtime's latency.",
+                            "reason. On a CPU the default runs batch 1 and 8 and leaves out torch-compile "
+                            "and aot, whose first builds compile C++ (measured, small model, 2 cores: "
+                            "torch-compile about 120 CPU s per batch size, aot about 100 CPU s once, then cached); "
+                            "--model-config small then takes about 35 s (43 CPU s; 19 s once its ONNX export is "
+                            "cached) on an idle 2-core machine. --stream instead measures the streaming runtime's latency.",
                 basic=("--backends", "--batch", "--device", "--out", "--checkpoint", "--model",
                        "--model-config", "--threads", "--stream"),
-                examples=(("trtalk bench --backends torch,onnxruntime --batch 1,8",
-                           "two backends at batch 1 and 8, tables and plots in benchmarks/results/"),
-                          ("trtalk bench --model-config small --batch 1 --iters 3",
-                           "a quick run of the small model"),
+                examples=(("trtalk bench --model-config small",
+                           "the small model on the default rows, tables and plots in benchmarks/results/ "
+                           "(on a CPU: batch 1 and 8, about a minute of CPU)"),
+                          ("trtalk bench --model-config small --backends torch,torch-compile,aot --batch 1",
+                           "the compiled rows too (on a CPU: minutes of C++ compilation the first time)"),
                           ("trtalk bench --stream --stream-duration 10",
                            "the live runtime's microphone-to-frame latency")))
 
@@ -90,13 +96,14 @@ def _command(argv: list[str] | None = None) -> str:
 def _run(args: BenchCommand) -> int:
     import torch
 
+    from trtalk import threads
     from trtalk.bench.peaks import machine_info, machine_tag
     from trtalk.bench.report import write_report, write_stream_report
-    from trtalk.bench.run import BenchConfig, StreamBenchConfig, run_bench, run_stream_bench
+    from trtalk.bench.run import BenchConfig, StreamBenchConfig, default_plan, run_bench, run_stream_bench
 
     from trtalk.runtime.pipeline import MAX_BATCH
 
-    bad = [b for b in list(args.batch) + [args.stream_batch] if not 1 <= b <= MAX_BATCH]
+    bad = [b for b in list(args.batch or []) + [args.stream_batch] if not 1 <= b <= MAX_BATCH]
     if bad:
         raise TrtalkError(f"batch {bad[0]} is out of range: 1 to {MAX_BATCH}")
     for name, value in (("--warmup", args.warmup), ("--iters", args.iters)):
@@ -109,9 +116,11 @@ def _run(args: BenchCommand) -> int:
         raise TrtalkError(f"--checkpoint {args.checkpoint} does not exist")
     out = args.out or Path("benchmarks") / "results" / machine_tag(machine_info(device))
     command = _command()
+    # trtalk's CPU thread policy, as render and stream apply it: --threads (else $TRTALK_THREADS,
+    # else the CPUs this process may use) compute threads for torch and onnxruntime, one
+    # inter-op thread, idle workers sleeping (trtalk/threads.py)
+    threads.apply(args.threads)
     if args.stream:
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
         mc = args.model_config or ("official" if device.startswith("cuda") else "small")
         cfg = StreamBenchConfig(duration_s=args.stream_duration, pose=args.stream_pose,
                                 backend=args.stream_backend, device=device, model_config=mc,
@@ -127,14 +136,20 @@ def _run(args: BenchCommand) -> int:
               f"p50 {mic['p50']} / p99 {mic['p99']} ms (compute + queueing); fps {result['fps']}")
         print("wrote " + ", ".join(str(p) for p in paths))
         return 0
-    cuda = device.startswith("cuda")
-    cfg = BenchConfig(backends=args.backends, batches=args.batch, precisions=args.precision,
-                      warmup=args.warmup if args.warmup is not None else (10 if cuda else 3),
-                      iters=args.iters if args.iters is not None else (100 if cuda else 10),
+    plan = default_plan(device)
+    left_out = plan.left_out if args.backends is None else {}
+    cfg = BenchConfig(backends=list(args.backends or PRESETS), batches=list(args.batch or plan.batches),
+                      precisions=args.precision,
+                      warmup=args.warmup if args.warmup is not None else plan.warmup,
+                      iters=args.iters if args.iters is not None else plan.iters,
                       device=device, checkpoint=args.checkpoint, model_config=args.model_config or "official",
                       model=args.model,
                       seed=args.seed, cache_dir=args.cache_dir, threads=args.threads,
-                      command=command)
+                      command=command, left_out=left_out)
+    if left_out:
+        everything = ",".join(b for b in PRESETS if not PRESETS[b].cuda_only)
+        print(f"bench: {' and '.join(left_out)} left out on {device} (their first build compiles C++ "
+              f"for minutes); to include them: --backends {everything}", file=sys.stderr)
     result = run_bench(cfg)
     paths = write_report(result, out)
     for run in result["runs"]:

@@ -76,6 +76,18 @@ PRESETS: dict[str, Preset] = {
                   "(fp16 on CUDA, fp32 on CPU; built on first use, loaded without compiling)", {}),
 }
 BACKENDS: dict[str, str] = {name: p.description for name, p in PRESETS.items()}
+
+#: Rows the default run leaves out on a CPU, each with why (shown as the row's reason, and said
+#: before the run): their first build compiles C++ for minutes of CPU, more than every other row
+#: together (`DefaultPlan`). Naming them in --backends runs them.
+CPU_LEFT_OUT: dict[str, str] = {
+    "torch-compile": "left out of the default CPU run: Inductor compiles C++ for each stage and "
+                     "again for each new batch size (small model, 2 cores: about 120 CPU s per batch "
+                     "size); add it to --backends to run it",
+    "aot": "left out of the default CPU run: its first build compiles one AOTInductor package per "
+           "stage (small model, 2 cores: about 100 CPU s; cached afterwards); add it to --backends "
+           "to run it",
+}
 FRAME_STAGES = ("pose", "audio", "generator")
 PRECISIONS = ("fp32", "fp16")
 
@@ -107,6 +119,8 @@ class BenchConfig:
     cache_dir: Path | None = None
     threads: int | None = None  # CPU threads for torch and onnxruntime; None = their defaults
     command: str = ""
+    # rows listed in the report with this reason and not run (the default CPU plan: CPU_LEFT_OUT)
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -170,6 +184,29 @@ class BenchConfig:
         if self.precisions is not None:
             return list(self.precisions)
         return ["fp16", "fp32"] if self.is_cuda else ["fp32"]
+
+
+@dataclass(frozen=True)
+class DefaultPlan:
+    """What `trtalk bench` runs when the command line does not say: batch sizes, untimed and
+    timed runs per batch, and the rows left out (with why).
+
+    On a CPU: batch 1 and 8 (a CPU's frames/s no longer grows past a few frames, while batch 32
+    and 64 cost 4x and 8x batch 8: they were most of the old default's time), 3 + 10 runs, and
+    every row but those of `CPU_LEFT_OUT`. On CUDA: batch 1, 8, 32, 64, 10 + 100 runs, every row.
+    """
+
+    batches: tuple[int, ...]
+    warmup: int
+    iters: int
+    left_out: dict[str, str]
+
+
+def default_plan(device: str) -> DefaultPlan:
+    """The `DefaultPlan` of ``device`` ("cpu", "cuda", "cuda:N")."""
+    if device.startswith("cuda"):
+        return DefaultPlan(batches=(1, 8, 32, 64), warmup=10, iters=100, left_out={})
+    return DefaultPlan(batches=(1, 8), warmup=3, iters=10, left_out=dict(CPU_LEFT_OUT))
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -257,7 +294,9 @@ def plan_variants(cfg: BenchConfig) -> list[Variant]:
         for p in precs:
             label = b if (fixed or len(precs) == 1) else f"{b} {p}"
             v = Variant(b, p, label, device=cfg.device)
-            if PRESETS[b].cuda_only and not cuda:
+            if b in cfg.left_out:
+                v.reason = cfg.left_out[b]
+            elif PRESETS[b].cuda_only and not cuda:
                 v.reason = (f"needs a CUDA GPU; running on {cfg.device} "
                             f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
             elif b == "torch-compile" and p == "fp16" and not cuda:
@@ -373,8 +412,12 @@ def _memory_cuda(device: str) -> dict[str, Any]:
             "device_used_bytes": int(total - free)}
 
 
-def bench_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig, flops: dict[str, int]) -> dict[str, Any]:
-    """Measure one variant over all batches; never raises for a backend that cannot run."""
+def bench_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig, flops: dict[str, int],
+                  step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure one variant over all batches; never raises for a backend that cannot run.
+
+    ``step`` (progress) is called with what starts next: the load, then each batch."""
+    step = step or (lambda _name: None)
     entry: dict[str, Any] = {"label": v.label, "backend": v.backend, "precision": v.precision,
                              "description": BACKENDS[v.backend], "available": v.reason is None,
                              "reason": v.reason, "device": v.device, "notes": v.notes, "batches": []}
@@ -386,6 +429,7 @@ def bench_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig, flops: d
     try:
         with RssSampler() as rss:
             t0 = time.perf_counter()
+            step(f"{v.label}: load")
             runner = open_variant(model, v, cfg)
             entry["load_s"] = round(time.perf_counter() - t0, 3)
             entry["device"] = v.device
@@ -393,6 +437,7 @@ def bench_variant(model: torch.nn.Module, v: Variant, cfg: BenchConfig, flops: d
             entry["peak"] = peak.to_dict()
             entry["stage_backends"] = {s: repr(b) for s, b in runner.backends.items()}
             for batch in cfg.batches:
+                step(f"{v.label} b={batch}")
                 if on_cuda:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
@@ -501,11 +546,22 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     flop_check = compare_with_design(flops, official=cfg.model_config == "official", family=cfg.family)
     log.info("FLOPs per frame (GFLOP): %s", {s: round(f / 1e9, 3) for s, f in flops.items()})
     variants = plan_variants(cfg)
-    with progress.steps(len(variants), "bench", unit="backend") as bar:
+    # one step per load and per batch of each row that runs, one per row that does not
+    sizes = [1 + len(cfg.batches) if v.reason is None else 1 for v in variants]
+    with progress.steps(sum(sizes), "bench", unit="step") as bar:
         runs = []
-        for v in variants:
-            bar.next(v.label)
-            runs.append(bench_variant(model, v, cfg, flops))
+        for v, size in zip(variants, sizes):
+            calls: list[str] = []
+
+            def step(name: str, calls: list[str] = calls) -> None:
+                calls.append(name)
+                bar.next(name)
+
+            if v.reason is not None:
+                step(f"{v.label}: not run")
+            runs.append(bench_variant(model, v, cfg, flops, step=step))
+            if len(calls) < size:  # a row that stopped early: count the steps it did not take
+                bar.bar.update(size - len(calls))
     on_gpu = cfg.is_cuda and info.get("gpu")
     result = {
         "schema": "trtalk-bench/1",
@@ -515,6 +571,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {**{k: (str(v) if isinstance(v, Path) else v)
                       for k, v in dataclasses.asdict(cfg).items() if k not in ("command",)},
                    "precisions": cfg.wanted_precisions(),
+                   "threads_in_use": torch.get_num_threads(),
                    "weights": "checkpoint" if not record.get("random_weights") else
                               f"seeded random (seed {record.get('seed', cfg.seed)}); "
                               "timing does not depend on weight values",

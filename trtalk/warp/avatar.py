@@ -341,6 +341,14 @@ class WarpAvatar:
         lower_lip = np.concatenate([pts[list(M.OUTER_LOWER_LIP)], inner_lo[::-1]])
         in_upper = _inside(upper_lip, pts, 0.5)
         in_lower = _inside(lower_lip, pts, 0.5)
+        # Each lip's own contour points belong to it whatever the tolerance says: on a photo with
+        # shut lips the inner contours coincide, and the lower one fell within 0.5 px of the upper
+        # lip's polygon, so the middle of the lower lip stayed with the upper jaw and the mouth
+        # opened only at its corners (two dark blobs beside a stretched lip).
+        own_lower = list(set(M.OUTER_LOWER_LIP[1:-1]) | set(M.INNER_LOWER_LIP[1:-1]))
+        own_upper = list(set(M.OUTER_UPPER_LIP[1:-1]) | set(M.INNER_UPPER_LIP[1:-1]))
+        in_upper[own_lower], in_lower[own_lower] = False, True
+        in_upper[own_upper], in_lower[own_upper] = True, False
         lateral = 1.0 / (1.0 + (pu / hw) ** 2)
         # Off the lips, a smooth ramp across the split line avoids tearing the cheeks at the corners.
         ramp = np.clip(0.5 + below / (0.06 * s), 0.0, 1.0)
@@ -583,8 +591,9 @@ class WarpAvatar:
 
         The cavity is the inner-lip polygon, softened at the lip edge (lips shade the inside). The
         upper teeth are a row hanging from the upper jaw: the inner upper lip line, less the lip's
-        own lift, down ``_upper_teeth_h`` in the middle; the lower teeth a shorter, dimmer row
-        rising from the inner lower lip, so they move with the chin. Both follow the lip line and
+        own lift, down ``_upper_teeth_h`` in the middle (at most half the local gap); the lower
+        teeth a shorter, dimmer row rising from the inner lower lip once the gap passes a quarter
+        of the full opening, so they move with the chin. Both follow the lip line and
         taper to nothing (and darken) towards the corners. A photo that shows its own teeth
         (:attr:`photo_teeth`) keeps them instead: no drawn rows, and the cavity darkens only the
         middle of the opening, leaving bands along both inner lips where the stretched photo shows
@@ -609,8 +618,14 @@ class WarpAvatar:
         prof = self._teeth_profile[:, None]
         extra = max(open_ * self.open_gap - self.rest_gap, 0.0) / self.open_gap
         lift = (extra * self._raise[list(M.INNER_UPPER_LIP)])[:, None] * down
-        upper_edge = up + lift + prof * self._upper_teeth_h * down
-        lower_edge = lo - prof * self._lower_teeth_h * down
+        # A small opening is never one pale band from lip to lip (at 224 px the two rows and the
+        # blur closed the dark line between them): the upper row takes at most half of the local
+        # gap, and the lower teeth, behind the lower lip in a small opening, rise only once the gap
+        # passes a quarter of the full opening (at most 40 % of the excess).
+        gap = np.clip((lo - (up + lift)) @ down, 0.0, None)[:, None]
+        upper_edge = up + lift + prof * np.minimum(self._upper_teeth_h, 0.5 * gap) * down
+        lower_h = np.minimum(self._lower_teeth_h, 0.4 * np.clip(gap - 0.25 * self.open_gap, 0.0, None))
+        lower_edge = lo - prof * lower_h * down
         if self.photo_teeth:
             # The photo's own teeth: between the inner lips the mesh stretches the photo's mouth, its
             # upper part moving with the upper lip, its lower part with the lower lip (the chin). Leave
@@ -628,8 +643,12 @@ class WarpAvatar:
         teeth = np.zeros((size, size), np.uint8)
         cv2.fillPoly(teeth, [np.round(np.concatenate([up - 2 * prof * down, upper_edge[::-1]]) * 16).astype(np.int32)],
                      215, lineType=cv2.LINE_AA, shift=4)
-        cv2.fillPoly(teeth, [np.round(np.concatenate([lo + 2 * prof * down, lower_edge[::-1]]) * 16).astype(np.int32)],
-                     130, lineType=cv2.LINE_AA, shift=4)
+        if float(lower_h.max()) >= 0.5:
+            # Its overlap under the lip (which keeps the lip edge from a dark seam) grows with it:
+            # a full-width overlap with no row above it was a grey rim along the lower lip.
+            sink = 2.0 * np.clip(lower_h / max(self._lower_teeth_h, 1e-6), 0.0, 1.0)
+            cv2.fillPoly(teeth, [np.round(np.concatenate([lo + sink * prof * down, lower_edge[::-1]]) * 16)
+                                 .astype(np.int32)], 130, lineType=cv2.LINE_AA, shift=4)
         # Teeth darken towards the corners, where the cheeks shade them.
         c0, c1 = dst[M.INNER_UPPER_LIP[0]], dst[M.INNER_UPPER_LIP[-1]]
         mid, half = (c0 + c1) / 2, max(float(np.linalg.norm(c1 - c0)) / 2, 1.0)
