@@ -38,6 +38,7 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from trtalk.errors import TrtalkError
+from trtalk.face.pasteback import FACE_OVAL
 from trtalk.warp import mesh as M
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class WarpAvatar:
         near = np.linalg.norm(anchors[:, None] - mesh[None, :, :2], axis=2).argmin(axis=1)
         anchors3 = np.concatenate([anchors, mesh[near, 2:3]], axis=1)
         self.rest = np.concatenate([mesh, anchors3]).astype(np.float64)
+        self._silhouette_depth(mesh, s, near)
         # Share of the head's rigid motion: 1 on the mesh, falling off over the rings, 0 on the border.
         self.follow = np.concatenate([np.ones(NUM_MESH), follow])
         self.triangles = Delaunay(self.rest[:, :2]).simplices.astype(np.int32)
@@ -287,6 +289,34 @@ class WarpAvatar:
         anchors = np.concatenate(ring_pts + [border])
         follow = np.concatenate(ring_w + [np.zeros(len(border))])
         return anchors, follow
+
+    def _silhouette_depth(self, mesh: np.ndarray, s: float, near: np.ndarray) -> None:
+        """The depth correction of the band along the face's outline, used on the side a turn exposes.
+
+        Near the silhouette of a photo's face the surface is nearly edge-on: a few pixels hold a
+        large, noisy depth step (mediapipe's depth there is a guess). A turn that brings that side
+        into view moves each point sideways in proportion to its depth, so the thin triangles
+        between the outline and the next row of points are stretched by amounts that jump from one
+        triangle to its neighbour, and the skin/background edge inside them (which follows no
+        triangle edge) was stretched into a saw-tooth of spikes. On that side the depth is blended
+        with a smooth version of itself (Gaussian-weighted over the mesh, sigma 0.15 interocular
+        distances; full weight on the outline, none 0.4 interocular distances inside it), so the
+        stretch varies smoothly along the edge. The side the turn hides keeps its depth (the nose
+        and the near cheek need it to occlude). Anchors take their nearest mesh point's correction.
+        """
+        p, z = mesh[:, :2], mesh[:, 2]
+        w = np.exp(-((p[:, None] - p[None]) ** 2).sum(axis=2) / (2.0 * (0.15 * s) ** 2))
+        smooth = (w @ z) / w.sum(axis=1)
+        oval = p[list(FACE_OVAL)].astype(np.float32).reshape(-1, 1, 2)
+        inside = np.array([cv2.pointPolygonTest(oval, (float(x), float(y)), True) for x, y in p])
+        band = np.clip(1.0 - inside / (0.4 * s), 0.0, 1.0)
+        delta = band * (smooth - z)
+        centre = p.mean(axis=0)
+        out = p - centre
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+        #: per control point: the depth correction and the outward direction from the face's centre
+        self._edge_dz = np.concatenate([delta, delta[near]])
+        self._edge_dir = np.concatenate([out, out[near]])
 
     def _warp_region(self) -> None:
         """The frame region the moving triangles can reach (``roi``: x0, y0, x1, y1), the face's
@@ -484,6 +514,13 @@ class WarpAvatar:
         # The jaw swings back a little as it drops.
         mesh[:, 2] += 0.3 * extra * self._jaw
         rot = np.asarray(rotation, dtype=np.float64)
+        # Deeper points move along ``g`` on screen: the side of the face that way is being exposed
+        # and takes the smoothed silhouette depth (see _silhouette_depth); at no turn g = 0, so
+        # the correction fades in with the turn and the photo's own pose is untouched.
+        g = rot[:2, 2]
+        g_len = float(np.hypot(g[0], g[1]))
+        if g_len > 1e-9:
+            p[:, 2] += np.clip(2.0 * (self._edge_dir @ (g / g_len)), 0.0, 1.0) * self._edge_dz
         moved = (p - self.pivot) @ rot.T + self.pivot
         return p + self.follow[:, None] * (moved - p)
 
