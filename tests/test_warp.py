@@ -583,3 +583,41 @@ def test_turn_stretches_the_exposed_cheek_smoothly(renderer) -> None:
                  if len(set(tri[i]) & set(tri[j])) == 2]
         assert len(jumps) > 10
         assert max(jumps) < 1.0, (yaw, max(jumps))
+
+
+def test_closed_parted_lips_leave_no_dark_seam(renderer) -> None:
+    """A photo with parted lips whose dark gap reaches past the tracked inner-lip contour (as the
+    face mesh tracks real mouths: the contour a pixel or two inside the gap): closed, the lips meet
+    with no dark line between them. The inner-lip points used to close onto each other and leave
+    the strip of gap above the upper contour as a dark seam (what the tracker read as parted lips)."""
+    import cv2
+
+    from trtalk.warp.render import WarpRenderer
+
+    a = renderer.avatar
+    mesh = a.mesh.copy()
+    up, lo = list(M.INNER_UPPER_LIP), list(M.INNER_LOWER_LIP)
+    face_h = float(np.linalg.norm(mesh[M.CHIN, :2] - mesh[M.FOREHEAD, :2]))
+    gap = 0.04 * face_h
+    # Part the lips: the inner lower lip (and the lower lip under it) goes down by ``gap``.
+    mesh[lo[1:-1], 1] = mesh[up[1:-1], 1] + gap
+    # and the upper lip is made 6 px thick (the astronaut's is thin).
+    mesh[list(M.OUTER_UPPER_LIP[1:-1]), 1] = np.minimum(mesh[list(M.OUTER_UPPER_LIP[1:-1]), 1], mesh[up[1:-1], 1] - 6.0)
+    photo = a.crop.copy()
+    lip_rgb = np.array([200, 120, 120])
+    # Lips in one colour, the gap dark from 2 px above the upper contour to 1 px below the lower one.
+    for outer, inner in ((M.OUTER_UPPER_LIP, up), (M.OUTER_LOWER_LIP, lo)):
+        poly = np.concatenate([mesh[list(outer), :2], mesh[list(inner)[::-1], :2]])
+        cv2.fillPoly(photo, [np.round(poly).astype(np.int32)], [int(c) for c in lip_rgb])
+    dark = np.concatenate([mesh[up, :2] - [0, 2.0], mesh[lo[::-1], :2] + [0, 1.0]])
+    cv2.fillPoly(photo, [np.round(dark).astype(np.int32)], (25, 12, 12))
+    r = WarpRenderer(photo, mesh=mesh)
+    assert r.avatar.rest_gap > 0.015 * face_h
+    out = r.frame(0.0, 0.0, np.eye(3)).astype(np.float32).mean(axis=2)
+    lip = float(np.mean(lip_rgb))
+    seam = r.avatar.deform(0.0, 0.0, np.eye(3))[up[2:-2], :2]
+    worst = min(float(out[int(round(y)) - 3:int(round(y)) + 4, int(round(x))].min()) for x, y in seam)
+    import os
+    if os.environ.get("SEAM_DBG"):
+        cv2.imwrite("/tmp/seam/t_photo.png", photo[..., ::-1]); cv2.imwrite("/tmp/seam/t_out.png", r.frame(0.0, 0.0, np.eye(3))[..., ::-1])
+    assert worst > 0.6 * lip, (worst, lip)

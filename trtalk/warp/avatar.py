@@ -169,6 +169,82 @@ def _box(pts: np.ndarray, pad: float, h: int, w: int) -> tuple[int, int, int, in
             min(int(np.ceil(hi[0])) + 1, w), min(int(np.ceil(hi[1])) + 1, h))
 
 
+def _lip_edges(image: np.ndarray, mesh2d: np.ndarray) -> np.ndarray:
+    """``mesh2d`` with the inner-lip points of parted lips moved onto the lips' visible edges.
+
+    The face mesh puts the inner-lip contour a pixel or two inside the dark gap between parted
+    lips (mostly under the upper lip's edge). Closing those points together left that strip of dark
+    gap in the lips as a dark seam, which the tracker (and the eye, up close) reads as parted lips:
+    1.7-2.7 % of the face height on the PC-AVS photos. Each interior inner-lip point moves outwards
+    (away from the other lip) along the line to its partner while the image stays darker than
+    halfway between the gap's darkest level and the lip's brightest (up to its outer contour), at
+    most 0.6 of the lip's thickness there (at 224 px the lip edge is a ramp several pixels long),
+    and half a pixel past it; the moves are smoothed along the contour (the corners stay), and the
+    mesh points inside each lip move with its edge, less towards its outer contour (the lip is
+    compressed, no triangle turns over). A gap not darker than the lips (teeth) moves nothing.
+    """
+    out = np.array(mesh2d, dtype=np.float64)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+    def sample(p: np.ndarray) -> np.ndarray:
+        m = p.astype(np.float32).reshape(-1, 1, 2)
+        return cv2.remap(grey, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).ravel()
+
+    up_i, lo_i = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
+    oup_i, olo_i = list(M.OUTER_UPPER_LIP[1:-1]), list(M.OUTER_LOWER_LIP[1:-1])
+    up, lo = out[up_i], out[lo_i]
+    gap = lo - up
+    n = gap / np.maximum(np.linalg.norm(gap, axis=1, keepdims=True), 1e-6)  # upper -> lower
+    max_share = 0.6
+    t = np.linspace(0.0, 1.0, 9)
+    dark = np.array([sample(a + t[:, None] * (b - a)).min() for a, b in zip(up, lo)])
+    steps = np.linspace(0.0, 1.0, 41)
+    moves = []
+    for edge, outer, sign in ((up, out[oup_i], -1.0), (lo, out[olo_i], 1.0)):
+        thick = np.abs(np.sum((outer - edge) * n, axis=1))
+        move = np.zeros(len(edge))
+        for k in range(len(edge)):
+            prof = sample(edge[k] + sign * (steps * thick[k])[:, None] * n[k])
+            lip = float(prof.max())
+            if lip - dark[k] < 12.0:
+                continue  # no dark gap here (teeth, or a dark lip)
+            below = prof[steps <= max_share] < (dark[k] + lip) / 2
+            if not below[0]:
+                continue
+            # Past the last dark sample to the first light one, and half a pixel on (bilinear
+            # sampling of the edge pixel would otherwise bring the gap's dark back as a line).
+            run = int(np.argmin(below)) if not below.all() else len(below) - 1
+            move[k] = min(steps[run] * thick[k] + 0.5, max_share * thick[k])
+        # Smooth along the contour (the corners themselves stay).
+        pad = np.concatenate([move[:1], move, move[-1:]])
+        move = 0.25 * pad[:-2] + 0.5 * pad[1:-1] + 0.25 * pad[2:]
+        moves.append(move)
+        out[up_i if sign < 0 else lo_i] = edge + sign * move[:, None] * n
+        # The mesh points inside this lip move with its edge, less towards its outer contour, so
+        # the lip is compressed and no triangle turns over.
+        inner_c = M.INNER_UPPER_LIP if sign < 0 else M.INNER_LOWER_LIP
+        outer_c = M.OUTER_UPPER_LIP if sign < 0 else M.OUTER_LOWER_LIP
+        lip_poly = np.concatenate([mesh2d[list(outer_c)], mesh2d[list(inner_c)[::-1]]])
+        contours = set(M.INNER_UPPER_LIP) | set(M.INNER_LOWER_LIP) | set(outer_c)
+        others = np.array([i for i in range(len(mesh2d)) if i not in contours])
+        inside = others[_inside(lip_poly, mesh2d[others], 0.5)]
+        if len(inside) and move.max() > 0:
+            axis = mesh2d[M.INNER_UPPER_LIP[-1]] - mesh2d[M.INNER_UPPER_LIP[0]]
+            axis = axis / max(float(np.linalg.norm(axis)), 1e-6)
+            nbar = n.mean(axis=0)
+            nbar = nbar / max(float(np.linalg.norm(nbar)), 1e-6)
+            eu = edge @ axis
+            order = np.argsort(eu)
+            q = mesh2d[inside]
+            qu = q @ axis
+            m_q = np.interp(qu, eu[order], move[order], left=0.0, right=0.0)
+            th_q = np.interp(qu, eu[order], thick[order])
+            e_q = np.interp(qu, eu[order], (edge @ nbar)[order])
+            depth = sign * (q @ nbar - e_q) / np.maximum(th_q, 1e-6)
+            out[inside] = q + (sign * m_q * np.clip(1.0 - depth, 0.0, 1.0))[:, None] * nbar
+    return out
+
+
 def _inside(poly: np.ndarray, pts: np.ndarray, tol: float) -> np.ndarray:
     c = poly.astype(np.float32).reshape(-1, 1, 2)
     return np.array([cv2.pointPolygonTest(c, (float(x), float(y)), True) >= -tol for x, y in pts])
@@ -225,6 +301,11 @@ class WarpAvatar:
         mesh = np.empty_like(mesh3d)
         mesh[:, :2] = mesh3d[:, :2] @ self.crop_m[:, :2].T + self.crop_m[:, 2]
         mesh[:, 2] = mesh3d[:, 2] * scale
+        # The photo's inner-lip gap as the face mesh tracks it (the opening's unit), before the
+        # inner-lip points are moved onto the lips' visible edges.
+        self._tracked_gap = float((mesh[M.LOWER_LIP_MID, :2] - mesh[M.UPPER_LIP_MID, :2]) @ _face_frame(mesh[:, :2])[2])
+        if self._tracked_gap > 0.015 * float(np.linalg.norm(mesh[M.CHIN, :2] - mesh[M.FOREHEAD, :2])):
+            mesh[:, :2] = _lip_edges(self.crop, mesh[:, :2])
         self.mesh = mesh
 
         origin, u, v, s = _face_frame(mesh[:, :2])
@@ -246,6 +327,15 @@ class WarpAvatar:
         self.triangles = Delaunay(self.rest[:, :2]).simplices.astype(np.int32)
         # Triangles touching an anchor are drawn first (behind the face) whatever their depth.
         self._behind = (self.triangles >= NUM_MESH).any(axis=1)
+        # Triangles spanning the mouth's opening are drawn before the face's others: closed, they
+        # collapse onto the seam where the lips meet, and cv2 fills a collapsed triangle's line
+        # of pixels, which then showed the middle of the photo's dark gap as a dark seam; drawn
+        # first, the lips' own triangles cover that line.
+        inner = np.array(sorted(set(M.INNER_UPPER_LIP) | set(M.INNER_LOWER_LIP)))
+        opening = np.concatenate([mesh[list(M.INNER_UPPER_LIP), :2], mesh[list(M.INNER_LOWER_LIP)[::-1], :2]])
+        cand = np.isin(self.triangles, inner).all(axis=1)
+        cand[cand] = _inside(opening, self.rest[self.triangles[cand], :2].mean(axis=1), 0.0)
+        self._opening = cand
 
         self._mouth_weights(origin, u, v, s)
         self._eyelid_rig(s)
@@ -403,12 +493,14 @@ class WarpAvatar:
         # the jaw, travels 70 % of each point's gap, the upper lip 30 %); the rest of the jaw and
         # the upper lip follow with their weights.
         face_h = float(np.linalg.norm(pts[10] - pts[152]))
-        gap0 = float((pts[M.LOWER_LIP_MID] - pts[M.UPPER_LIP_MID]) @ v)
+        gap0 = self._tracked_gap
         self.rest_gap = gap0 if gap0 > 0.015 * face_h else 0.0
         close = np.zeros((NUM_MESH, 2))
         if self.rest_gap > 0.0:
-            close += (-0.7 * self.rest_gap * jaw / max(float(jaw[M.LOWER_LIP_MID]), 1e-6))[:, None] * v
-            close += (0.3 * self.rest_gap * raise_)[:, None] * v
+            # The inner-lip points sit on the lips' visible edges (_lip_edges): close that gap.
+            edge_gap = max(float((pts[M.LOWER_LIP_MID] - pts[M.UPPER_LIP_MID]) @ v), self.rest_gap)
+            close += (-0.7 * edge_gap * jaw / max(float(jaw[M.LOWER_LIP_MID]), 1e-6))[:, None] * v
+            close += (0.3 * edge_gap * raise_)[:, None] * v
             up_i, lo_i = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
             d = pts[lo_i] - pts[up_i]
             close[up_i] = 0.3 * d
@@ -576,6 +668,7 @@ class WarpAvatar:
         step = self.grid_step
         ny, nx = self._lattice
         depth = deformed[tri, 2].mean(axis=1)
+        depth[self._opening] = 1e30
         depth[self._behind] = np.inf
         order = np.argsort(-depth, kind="stable")  # farthest first; nearest drawn last wins
         lo, hi = d.min(axis=1), d.max(axis=1)
