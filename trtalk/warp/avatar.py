@@ -304,9 +304,12 @@ class WarpAvatar:
         # The photo's inner-lip gap as the face mesh tracks it (the opening's unit), before the
         # inner-lip points are moved onto the lips' visible edges.
         self._tracked_gap = float((mesh[M.LOWER_LIP_MID, :2] - mesh[M.UPPER_LIP_MID, :2]) @ _face_frame(mesh[:, :2])[2])
-        if self._tracked_gap > 0.015 * float(np.linalg.norm(mesh[M.CHIN, :2] - mesh[M.FOREHEAD, :2])):
-            mesh[:, :2] = _lip_edges(self.crop, mesh[:, :2])
         self.mesh = mesh
+        if self._tracked_gap > 0.015 * float(np.linalg.norm(mesh[M.CHIN, :2] - mesh[M.FOREHEAD, :2])):
+            # Parted lips over a dark gap (not teeth, which the open mouth shows as they are).
+            self.rest_gap = self._tracked_gap
+            if not self._shows_teeth(mesh[list(M.INNER_UPPER_LIP), :2], mesh[list(M.INNER_LOWER_LIP), :2]):
+                mesh[:, :2] = _lip_edges(self.crop, mesh[:, :2])
 
         origin, u, v, s = _face_frame(mesh[:, :2])
         self.interocular = s
