@@ -617,7 +617,4 @@ def test_closed_parted_lips_leave_no_dark_seam(renderer) -> None:
     lip = float(np.mean(lip_rgb))
     seam = r.avatar.deform(0.0, 0.0, np.eye(3))[up[2:-2], :2]
     worst = min(float(out[int(round(y)) - 3:int(round(y)) + 4, int(round(x))].min()) for x, y in seam)
-    import os
-    if os.environ.get("SEAM_DBG"):
-        cv2.imwrite("/tmp/seam/t_photo.png", photo[..., ::-1]); cv2.imwrite("/tmp/seam/t_out.png", r.frame(0.0, 0.0, np.eye(3))[..., ::-1])
     assert worst > 0.6 * lip, (worst, lip)
