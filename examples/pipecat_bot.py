@@ -1,10 +1,11 @@
 """A Pipecat bot with a trtalk face, in the browser over Pipecat's SmallWebRTCTransport.
 
 The bot "speaks" a wav file (a stand-in for the TTS, so this runs with no API key): every
-``--every`` seconds it sends the file as TTS audio, in 20 ms chunks and faster than real time as
-a TTS does. `TrtalkVideoService` turns it into the talking face and passes the audio on in step
-with the lips. The page's "Interrupt" button sends an `InterruptionFrame` (what Pipecat sends when
-the user starts speaking): the speech stops within a frame, the face goes on.
+``--every`` seconds (and when the page's "Speak" button is pressed) it sends the file as TTS audio,
+in 20 ms chunks and faster than real time as a TTS does. `TrtalkVideoService` turns it into the
+talking face and passes the audio on in step with the lips. The page's "Interrupt" button sends an
+`InterruptionFrame` (what Pipecat sends when the user starts speaking): the speech stops within a
+frame, the face goes on.
 
     pip install -e . && pip install -r requirements-agents.txt
     python examples/pipecat_bot.py --face trtalk/assets/astronaut.png --wav trtalk/assets/demo_speech.wav
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("pipecat_bot")
 
 PAGE = """<!doctype html><meta charset=utf-8><title>trtalk + Pipecat</title>
-<button id=connect>Connect</button> <button id=interrupt disabled>Interrupt</button>
+<button id=connect>Connect</button> <button id=speak disabled>Speak</button>
+<button id=interrupt disabled>Interrupt</button>
 <div><video id=video autoplay playsinline muted width=SIZE height=SIZE></video>
 <audio id=audio autoplay></audio></div>
 <script>
@@ -70,17 +72,21 @@ document.getElementById('connect').onclick = async () => {
   await pc.setRemoteDescription(answer);
   window.bot.connected = true;
   document.getElementById('interrupt').disabled = false;
+  document.getElementById('speak').disabled = false;
 };
+document.getElementById('speak').onclick = () =>
+  fetch('api/say', {method: 'POST', body: JSON.stringify({pc_id: window.bot.pcId})});
 document.getElementById('interrupt').onclick = () =>
   fetch('api/interrupt', {method: 'POST', body: JSON.stringify({pc_id: window.bot.pcId})});
 </script>"""
 
 
 class WavSpeaker(FrameProcessor):
-    """Stand-in for a TTS: every ``every_s`` seconds (first after ``first_s``) the wav as
-    TTSStarted, 20 ms TTSAudioRawFrames at ``speed`` times real time, TTSStopped."""
+    """Stand-in for a TTS: the wav as TTSStarted, 20 ms TTSAudioRawFrames at ``speed`` times real
+    time, TTSStopped; first after ``first_s`` seconds, then ``every_s`` seconds after each
+    utterance's last chunk, and at once on `say` (None: only on `say`)."""
 
-    def __init__(self, wav: Path, rate: int = 24000, every_s: float = 8.0, first_s: float = 1.5,
+    def __init__(self, wav: Path, rate: int = 24000, every_s: float | None = 8.0, first_s: float | None = 1.5,
                  speed: float = 2.0) -> None:
         super().__init__()
         x = load_audio(wav, rate)
@@ -88,8 +94,20 @@ class WavSpeaker(FrameProcessor):
         self.rate, self.every_s, self.first_s, self.speed = rate, every_s, first_s, speed
         self._task: asyncio.Task | None = None
         self._cut = False
+        self._asked = asyncio.Event()
         #: loop time of each utterance's start
         self.sent: list[float] = []
+
+    def say(self) -> None:
+        """Speak now (after the utterance being sent, if any); call on the event loop's thread."""
+        self._asked.set()
+
+    async def _pause(self, seconds: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._asked.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+        self._asked.clear()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -100,7 +118,7 @@ class WavSpeaker(FrameProcessor):
             self._cut = True  # as a TTS does: the interrupted utterance is not sent on
 
     async def _speak(self) -> None:
-        await asyncio.sleep(self.first_s)
+        await self._pause(self.first_s)
         step = self.rate // 50
         while True:
             self.sent.append(asyncio.get_running_loop().time())
@@ -113,15 +131,16 @@ class WavSpeaker(FrameProcessor):
                                                        sample_rate=self.rate, num_channels=1))
                 await asyncio.sleep(0.02 / self.speed)
             await self.push_frame(TTSStoppedFrame())
-            await asyncio.sleep(self.every_s)
+            await self._pause(self.every_s)
 
 
 class BotServer:
     """The page, the WebRTC offer and the interrupt endpoint; one bot pipeline per connection."""
 
-    def __init__(self, face: Path, wav: Path, size: int = 256, model: str = "warp", every_s: float = 8.0,
-                 **controls) -> None:
+    def __init__(self, face: Path, wav: Path, size: int = 256, model: str = "warp", every_s: float | None = 8.0,
+                 first_s: float | None = 1.5, **controls) -> None:
         self.face, self.wav, self.size, self.model, self.every_s = face, wav, size, model, every_s
+        self.first_s = first_s
         self.controls = controls
         self.workers: dict[str, PipelineWorker] = {}
         self.speakers: dict[str, WavSpeaker] = {}
@@ -130,6 +149,7 @@ class BotServer:
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/api/offer", self.offer)
         self.app.router.add_post("/api/interrupt", self.interrupt)
+        self.app.router.add_post("/api/say", self.say)
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.replace("SIZE", str(self.size)), content_type="text/html")
@@ -140,10 +160,14 @@ class BotServer:
         await conn.initialize(sdp=body["sdp"], type=body["type"])
         answer = conn.get_answer()
         pc_id = answer["pc_id"]
+        # video_out_is_live=False: the images are marked sync_with_audio (the live path ignores
+        # the mark). That path sends the newest image, then sleeps 1/video_out_framerate: at 25 the
+        # sending time adds up and it sends ~22 images/s, skipping some of the face's 25. At 30
+        # (aiortc's own video pace) every image is sent, some twice (see TrtalkVideoService).
         transport = SmallWebRTCTransport(webrtc_connection=conn, params=TransportParams(
             audio_in_enabled=True, audio_out_enabled=True, video_out_enabled=True, video_out_is_live=False,
-            video_out_width=self.size, video_out_height=self.size, video_out_framerate=25))
-        speaker = WavSpeaker(self.wav, every_s=self.every_s)
+            video_out_width=self.size, video_out_height=self.size, video_out_framerate=30))
+        speaker = WavSpeaker(self.wav, every_s=self.every_s, first_s=self.first_s)
         service = TrtalkVideoService(avatar=self.face, model=self.model, size=self.size, **self.controls)
         worker = PipelineWorker(Pipeline([transport.input(), speaker, service, transport.output()]),
                                 params=PipelineParams(audio_out_sample_rate=24000), cancel_on_idle_timeout=False)
@@ -161,6 +185,14 @@ class BotServer:
             await WorkerRunner(handle_sigint=False).run(worker)
         finally:
             self.workers.pop(pc_id, None)
+
+    async def say(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.text() or "{}")
+        speaker = self.speakers.get(body.get("pc_id"))
+        if speaker is None or body.get("pc_id") not in self.workers:
+            raise web.HTTPNotFound(text="no such bot")
+        speaker.say()
+        return web.json_response({"ok": True})
 
     async def interrupt(self, request: web.Request) -> web.Response:
         body = json.loads(await request.text() or "{}")

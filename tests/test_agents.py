@@ -164,6 +164,59 @@ def test_face_audio_comes_back_exact_and_lips_follow_it():
     assert r0 > max(near.values()), (r0, near)
 
 
+def test_face_keeps_sound_and_lips_together_over_a_stall():
+    """A stall (the ticks held 0.5 s, as on an overloaded machine) makes the session place the late
+    audio after a gap; the face puts the same gap of silence into its output audio at that place,
+    so the speech comes out whole with one silent gap, and after the stall the lips still follow
+    the sound at lag 0 (without following the gap they would lag it by the stall)."""
+    outs: list[FaceOutput] = []
+    face = AgentFace(PHOTO, "warp", fps=FPS, pose="still", sample_rate=RATE, size=96, on_output=outs.append)
+    speech = _speech(4.0)
+    stalled: list[int] = []
+
+    def stall() -> None:  # on the ticker's thread: holds every face's ticks
+        if not stalled and sum(o.speech for o in outs) >= 25:
+            stalled.append(len(outs))
+            time.sleep(0.5)
+
+    face.start()
+    sid = face.shared.ticker.subscribe(stall)
+    try:
+        _wait(lambda: len(outs) >= 5)
+        face.push_audio(speech, RATE)
+        _wait(lambda: bool(stalled) and sum(o.speech for o in outs) > 0 and not outs[-1].speech)
+        _wait(lambda: len(outs) >= stalled[0] + 90)
+    finally:
+        face.shared.ticker.unsubscribe(sid)
+        renderer = next(iter(face.shared.avatars.values())).state["renderer"]
+        face.close()
+    assert face.error is None
+    assert face._jumped16 > 0.2 * 16000, face._jumped16  # the session did jump
+    audio = _stream(outs)
+    start = int(np.flatnonzero(audio)[0] - np.flatnonzero(speech)[0])
+    seg = audio[start:]
+    gap = int(round(face._jumped16 * RATE / 16000))
+    # the speech comes out whole, with one silent gap of the jump's length in it
+    p = int(np.flatnonzero(seg[:len(speech)] != speech)[0])  # where the output leaves the speech
+    nz = np.concatenate([[0], np.cumsum(seg != 0)])
+    at = [q for q in range(max(0, p - gap), p + 1) if nz[q + gap] == nz[q]
+          and np.array_equal(np.concatenate([seg[:q], seg[q + gap:]])[:len(speech)], speech)]
+    assert at, "the speech does not come out whole around one silent gap"
+    gap_end = start + at[-1] + gap
+    # the lips after the stall: lag 0 against the output audio, as in the test above
+    # (the speech's frames after the gap; lags 8-20 hold the stall's 12)
+    speech_end = start + at[-1] + gap + len(speech)
+    after = [o for o in outs if gap_end < o.slot * SLOT < speech_end + 5 * SLOT]
+    slots = np.array([o.slot for o in after])
+    box = _mouth_box(renderer)
+    mouth = np.array([_mouth_luma(o.image, box) for o in after])
+    ref = _expected_mouth(renderer, audio, slots.max() + 30, box)
+    r0 = _corr(mouth, ref[slots])
+    far = max(abs(_corr(mouth, ref[np.clip(slots + lag, 0, len(ref) - 1)])) for lag in (*range(8, 21), *range(-20, -7)))
+    print(f"stall: jumped {face._jumped16 / 16:.0f} ms; lips after it r {r0:.2f} at lag 0, {far:.2f} at 8-20 frames")
+    assert r0 > 0.5 and r0 > far + 0.2, (r0, far)
+
+
 def test_interrupt_stops_sound_and_lips_within_one_frame():
     """After `interrupt` the next frame carries no speech audio, and the frames made from the
     dropped speech are replaced by the last frame sent (held) until fresh ones come."""

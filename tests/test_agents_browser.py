@@ -1,16 +1,37 @@
 """The Pipecat bot of examples/pipecat_bot.py end to end in Debian's Chromium over Pipecat's
 SmallWebRTCTransport (headless, Playwright driving the system browser, as tests/test_serve_browser.py).
 
-What the page measures, on one clock (performance.now): the received audio's level (a WebAudio
-analyser every 5 ms, shifted by the context's output latency) and, for every displayed video frame
-(requestVideoFrameCallback), the mean luma of the mouth box. The bot speaks the shipped demo speech;
-the reference is the same avatar drawn offline with the mouth that speech gives
-(`trtalk.warp.drive.mouth_params`), laid on the browser's clock at the speech onset found in the
-received audio. The shift that best matches the page's mouth to the reference is the audio/video
-offset as a viewer sees it: it must be inside ITU-R BT.1359's detectability bounds (sound at most 45
-ms ahead of the picture, at most 125 ms behind), at a correlation showing the mouth follows the speech.
-Then an interruption: the audio stops, the face goes on with its mouth at rest, and at the service
-no speech output follows the InterruptionFrame by more than the one frame in flight.
+The test asks the bot to speak (the page's Speak button: the shipped demo speech as TTS audio)
+three times, each after the one before has played out: the first warms up (Chromium's audio
+jitter buffer starts with a backlog of about 200 ms from the connection's first packets, which it
+works off only while speech plays, by playing it faster), the second is measured, the third is
+interrupted 1.5 s in (mid-word). The service records every frame it sends: its slot k on the face's timeline,
+the mean luma of the mouth box and the frame's audio (slot k's frame goes out with the audio of
+[k/25, (k+1)/25) s). The page records, on one clock (performance.now): the received audio's level
+(a WebAudio analyser every 5 ms, shifted by the context's output latency) and, for every displayed
+video frame (requestVideoFrameCallback), the mean luma of the same mouth box.
+
+The A/V offset as a viewer sees it: the page's sound matched against the service's audio gives
+when slot time s is heard (s + D_a); the page's mouth luma matched against the service's frames
+gives when frame k is shown (k/25 + D_v). D_v - D_a is how far the picture is behind the sound;
+ITU-R BT.1359's detectability bounds: sound at most 45 ms ahead of the picture, at most 125 ms
+behind. (The frames' own lip sync, mouth against speech at lag 0, is tests/test_agents.py's; the
+warp avatar's "still" pose is its gentle built-in head motion, which the service's frames carry
+too.) The interruption: at the service no speech output follows the InterruptionFrame but the one
+frame in flight; on the page no speech plays after the last speech audio the service sent, and
+the face goes on with its mouth at rest.
+
+The page-side checks need the measured utterance to have played in real time: the page played it
+no more than 2 frames (80 ms) longer or shorter than the service sent it (loud span against loud
+span), its sound matches the service's at one delay (r >= 0.8), Chromium's audio jitter buffer
+concealed or time-stretched no more than a frame (40 ms, getStats) meanwhile, and no displayed
+frame came more than 250 ms after the one before. (Pipecat's output hands its audio track the next chunk only once
+the track has taken the last 10 ms of the one before, and the track plays silence whenever it
+finds nothing; Chromium's jitter buffer conceals late packets and later plays faster to catch up:
+a stalled sender stretches and then squeezes the speech.) Where it did not, the tests skip only
+when the machine was measurably busy with other work: other processes used 0.5 CPU cores or more
+on average (/proc/stat, less this process and its children: Playwright's driver and Chromium)
+while the measured utterance played. On a machine without other work they fail.
 """
 
 from __future__ import annotations
@@ -41,6 +62,16 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
 FPS = 25.0
 SIZE = 128
+RATE = 24000
+SLOT = RATE // int(FPS)  # output samples per frame
+#: a stretched stream: the page played the measured utterance longer than the service sent it by more
+MAX_STRETCH_MS = 80.0
+#: ... or Chromium's audio jitter buffer concealed or time-stretched more than this meanwhile
+MAX_JITTER_FIXES_MS = 40.0
+#: ... or showed no new frame for this long
+MAX_FRAME_GAP_MS = 250.0
+#: ... which skips the page-side checks only where other processes used this many CPU cores
+BUSY_CORES = 0.5
 
 RECORD_JS = """([x0, y0, x1, y1]) => {
   const rec = window.rec = {audio: [], video: []};
@@ -68,13 +99,32 @@ RECORD_JS = """([x0, y0, x1, y1]) => {
 }"""
 
 
+#: what Chromium's audio jitter buffer (NetEq) did: its mean and target delay, and the audio it
+#: removed (playing faster) and inserted (slower, or concealing missing packets)
+STATS_JS = """async () => {
+  const out = {};
+  (await window.bot.pc.getStats()).forEach((r) => {
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      const n = r.jitterBufferEmittedCount || 1, sr = 48000;
+      out.mean_delay_ms = Math.round(1000 * r.jitterBufferDelay / n);
+      out.target_delay_ms = Math.round(1000 * (r.jitterBufferTargetDelay || 0) / n);
+      out.removed_ms = Math.round(1000 * (r.removedSamplesForAcceleration || 0) / sr);
+      out.inserted_ms = Math.round(1000 * (r.insertedSamplesForDeceleration || 0) / sr);
+      out.concealed_ms = Math.round(1000 * (r.concealedSamples || 0) / sr);
+      out.played_ms = Math.round(1000 * (r.totalSamplesReceived || 0) / sr);
+    }
+  });
+  return out;
+}"""
+
+
 @pytest.fixture(scope="module")
 def bot_server():
     from aiohttp import web
     from pipecat_bot import BotServer
 
     server = BotServer(ROOT / "trtalk" / "assets" / "astronaut.png", ROOT / "trtalk" / "assets" / "demo_speech.wav",
-                       size=SIZE, every_s=4.0, pose="still")  # still: only the mouth moves
+                       size=SIZE, every_s=None, first_s=None, pose="still")  # speaks when asked
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict = {}
@@ -104,26 +154,67 @@ def bot_server():
         thread.join(10)
 
 
-def _onsets(t: np.ndarray, rms: np.ndarray, thr: float, quiet_ms: float = 300.0) -> list[float]:
-    """Times where the level rises above ``thr`` after at least ``quiet_ms`` below it."""
-    out, last_loud = [], -1e9
-    for ti, r in zip(t, rms):
-        if r > thr:
-            if ti - last_loud > quiet_ms:
-                out.append(float(ti))
-            last_loud = ti
+def _jiffies_of(pid: int | str) -> int:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def _descendants(root: int) -> list[int]:
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
     return out
+
+
+def _usage() -> tuple[float, int, int]:
+    """(now, busy jiffies of the machine, jiffies of this process and its descendants: the bot
+    server, the Playwright driver and Chromium)."""
+    f = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    busy = sum(f) - f[3] - f[4]  # all but idle and iowait
+    ours = 0
+    for pid in [os.getpid(), *_descendants(os.getpid())]:
+        try:
+            ours += _jiffies_of(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return time.monotonic(), busy, ours
+
+
+def _others_cores(u0: tuple[float, int, int], u1: tuple[float, int, int]) -> float:
+    """CPU cores used on average by processes other than this test's between two `_usage`s."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((u1[1] - u0[1]) - (u1[2] - u0[2])) / hz / max(u1[0] - u0[0], 1e-6))
+
+
+def _say(page) -> float:
+    """Ask the bot to speak; the page's time of the request."""
+    return page.evaluate("(() => { const t = performance.now(); fetch('api/say', {method: 'POST', "
+                         "body: JSON.stringify({pc_id: window.bot.pcId})}); return t; })()")
 
 
 @pytest.fixture(scope="module")
 def session(bot_server) -> dict:
-    """One bot session in Chromium: the page's records, the service's marks, the mouth box."""
-    from test_agents import _mouth_box
+    """One bot session in Chromium: the page's records, the service's frames, the machine's load."""
+    from test_agents import _mouth_box, _mouth_luma
+
+    from trtalk.audio.decode import load_audio
 
     server, url, loop = bot_server
+    dur_ms = 1000 * len(load_audio(ROOT / "trtalk" / "assets" / "demo_speech.wav", RATE)) / RATE
     args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
             "--disable-background-timer-throttling", "--disable-renderer-backgrounding"]
+    loud = "a[1] > 0.02"
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
@@ -140,12 +231,14 @@ def session(bot_server) -> dict:
                 time.sleep(0.1)
             renderer = next(iter(service.face.shared.avatars.values())).state["renderer"]
             box = _mouth_box(renderer)
-            # service-side record: speech outputs and the interruption, on time.monotonic
-            marks: dict = {"outputs": []}
+            # the service's record: every frame sent (slot, mouth luma, audio, speech) and the
+            # interruption, on time.monotonic
+            outs: list = []
+            marks: dict = {}
             real_out, real_int = service._on_output, service._interrupt
 
             def on_output(out):
-                marks["outputs"].append((time.monotonic(), out.speech))
+                outs.append((time.monotonic(), out.slot, _mouth_luma(out.image, box), out.audio.copy(), out.speech))
                 real_out(out)
 
             def interrupt():
@@ -155,130 +248,243 @@ def session(bot_server) -> dict:
             service.face.on_output = on_output
             service._interrupt = interrupt
             page.evaluate(RECORD_JS, [int(box[1].start), int(box[0].start), int(box[1].stop), int(box[0].stop)])
+            page.wait_for_function("window.rec.video.length >= 25", timeout=60000, polling=100)
 
-            # the first utterance whole (4.64 s), then the second interrupted 1 s in
-            page.wait_for_function("window.rec.audio.filter((a) => a[1] > 0.01).length > 0", timeout=60000)
-            first = page.evaluate("window.rec.audio.find((a) => a[1] > 0.01)[0]")
-            page.wait_for_function(f"window.rec.audio.some((a) => a[0] > {first} + 6000 && a[1] > 0.01)",
-                                   timeout=60000, polling=50)
-            second = page.evaluate(f"window.rec.audio.find((a) => a[0] > {first} + 6000 && a[1] > 0.01)[0]")
-            page.wait_for_function(f"performance.now() > {second} + 1000", timeout=10000, polling=10)
+            # a first utterance whole (Chromium's audio jitter buffer starts out with a backlog from
+            # the connection's first packets and works it off only while speech plays), a second
+            # one whole (measured), then a third one interrupted 1.5 s in
+            stats0 = page.evaluate(STATS_JS)
+            t_say0 = _say(page)
+            page.wait_for_function(f"window.rec.audio.some((a) => a[0] > {t_say0} && {loud})", timeout=60000, polling=50)
+            first = page.evaluate(f"window.rec.audio.find((a) => a[0] > {t_say0} && {loud})[0]")
+            page.wait_for_function(f"performance.now() > {first + dur_ms + 1500}", timeout=60000, polling=50)
+            stats1 = page.evaluate(STATS_JS)
+            u0 = _usage()
+            t_say1 = _say(page)
+            page.wait_for_function(f"window.rec.audio.some((a) => a[0] > {t_say1} && {loud})", timeout=60000, polling=50)
+            first = page.evaluate(f"window.rec.audio.find((a) => a[0] > {t_say1} && {loud})[0]")
+            page.wait_for_function(f"performance.now() > {first + dur_ms + 1500}", timeout=60000, polling=50)
+            u1 = _usage()
+            stats2 = page.evaluate(STATS_JS)
+            t_say2 = _say(page)
+            page.wait_for_function(f"window.rec.audio.some((a) => a[0] > {t_say2} && {loud})", timeout=60000, polling=50)
+            second = page.evaluate(f"window.rec.audio.find((a) => a[0] > {t_say2} && {loud})[0]")
+            page.wait_for_function(f"performance.now() > {second + 1500}", timeout=10000, polling=10)
             marks["requested"] = time.monotonic()
             t_int = page.evaluate("(() => { const t = performance.now(); "
                                   "fetch('api/interrupt', {method: 'POST', body: JSON.stringify({pc_id: window.bot.pcId})});"
                                   " return t; })()")
             page.wait_for_function(f"performance.now() > {t_int} + 2500", timeout=10000, polling=50)
             rec = page.evaluate("window.rec")
+            stats3 = page.evaluate(STATS_JS)
         finally:
             browser.close()
     audio = np.array(rec["audio"]).reshape(-1, 2)
     video = np.array(rec["video"]).reshape(-1, 2)
-    print(f"browser: {len(audio)} audio level samples, {len(video)} video frames")
-    return {"ta": audio[:, 0], "rms": audio[:, 1], "tv": video[:, 0], "luma": video[:, 1], "t_int": t_int,
-            "marks": marks, "renderer": renderer, "box": box}
+    outs.sort(key=lambda o: o[1])
+    print(f"browser: Chromium's audio jitter buffer at the start: {stats0}; after the first utterance: {stats1}; "
+          f"after the measured one: {stats2}; at the end: {stats3}")
+    ses = {"ta": audio[:, 0], "rms": audio[:, 1], "tv": video[:, 0], "luma": video[:, 1], "t_int": t_int,
+           "t_say1": t_say1, "t_say2": t_say2, "marks": marks, "outs": outs,
+           "others_cores": _others_cores(u0, u1),
+           # what the jitter buffer concealed or time-stretched while the measured utterance played
+           "jitter_fixes_ms": sum(stats2.get(k, 0) - stats1.get(k, 0) for k in ("concealed_ms", "removed_ms", "inserted_ms"))}
+    print(f"browser: {len(audio)} audio level samples, {len(video)} video frames; service: {len(outs)} frames; "
+          f"other processes used {ses['others_cores']:.2f} cores during the measured utterance")
+    return ses
 
 
-def _displayed_fps(ses: dict, t0: float, t1: float) -> float:
-    tv = ses["tv"]
-    return float(((tv > t0) & (tv < t1)).sum() / ((t1 - t0) / 1000))
+# -- matching the page against the service ------------------------------------------------------
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
 
-def _realtime(ses: dict) -> tuple[bool, str]:
-    """Whether the page got the first utterance in real time: at least 80 % of the frame rate and
-    its speech at 0.9-1.1x its length (a loaded machine stretches the stream)."""
-    from trtalk.audio.decode import load_audio
+def _service(ses: dict) -> dict:
+    """The service's frames on the slot timeline: k0 (first recorded slot), per slot the mouth luma
+    and the speech flag, the audio from slot k0's start (slot k's frame shows time k/25 s and
+    goes out with [k, k+1)/25 s of audio; slots the pipeline dropped carry theirs in the next)."""
+    if "svc" not in ses:
+        outs = ses["outs"]
+        k0, k1 = outs[0][1], outs[-1][1]
+        luma = np.full(k1 - k0 + 1, np.nan)
+        speech = np.zeros(k1 - k0 + 1, bool)
+        for _, k, lum, _, sp in outs:
+            luma[k - k0], speech[k - k0] = lum, sp
+        audio = np.concatenate([o[3] for o in outs]).astype(np.float64) / 32768.0
+        # utterances: runs of frames carrying speech (the speech's own pauses are pushed audio;
+        # a stall's gap, `AgentFace`, is not, hence runs less than 1 s apart are one)
+        idx = np.flatnonzero(speech)
+        runs = np.split(idx, np.flatnonzero(np.diff(idx) > FPS) + 1) if len(idx) else []
+        ses["svc"] = {"k0": k0, "luma": luma, "audio": audio, "utterances": [(r[0] + k0, r[-1] + k0) for r in runs]}
+    return ses["svc"]
 
+
+def _page_env(ses: dict, grid_ms: np.ndarray) -> np.ndarray:
+    """The page's audio level: RMS of the analyser's levels in [g, g + 50) ms for each g."""
     ta, rms = ses["ta"], ses["rms"]
-    wav = load_audio(ROOT / "trtalk" / "assets" / "demo_speech.wav", 24000)
-    dur_ms = 1000 * len(wav) / 24000
-    onset = _onsets(ta, rms, 0.1 * rms.max())[0]
-    fps = _displayed_fps(ses, onset, onset + dur_ms)
-    wav_loud = np.flatnonzero(np.abs(wav) > 0.1 * np.abs(wav).max())
-    page_loud = ta[(ta >= onset) & (ta < onset + dur_ms + 1500) & (rms > 0.1 * rms.max())]
-    stretch = (page_loud.max() - page_loud.min()) / (1000 * (wav_loud[-1] - wav_loud[0]) / 24000)
-    ok = fps >= 0.8 * FPS and 0.9 < stretch < 1.1
-    return ok, (f"the page showed {fps:.1f} frames/s (of {FPS:g}) and the speech at {stretch:.2f}x its length: "
-                f"this machine cannot stream in real time now (load {os.getloadavg()[0]:.0f})")
+    cum = np.concatenate([[0.0], np.cumsum(rms ** 2)])
+    lo, hi = np.searchsorted(ta, grid_ms), np.searchsorted(ta, grid_ms + 50)
+    n = hi - lo
+    return np.sqrt(np.where(n > 0, (cum[hi] - cum[lo]) / np.maximum(n, 1), 0.0))
+
+
+def _service_env(svc: dict, s_ms: np.ndarray) -> np.ndarray:
+    """The service's audio level: RMS over [s, s + 50) ms of slot time."""
+    x = svc["audio"]
+    cum = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    lo = np.clip(((s_ms / 1000) * RATE - svc["k0"] * SLOT).astype(int), 0, len(x))
+    hi = np.clip(lo + RATE // 20, 0, len(x))
+    return np.sqrt((cum[hi] - cum[lo]) / np.maximum(hi - lo, 1))
+
+
+def _audio_delay(ses: dict, s0: float, s1: float, guess: float, search: float) -> tuple[float, float]:
+    """(D_a, r): slot time s (ms) is heard on the page at s + D_a; the best match of the page's
+    sound level to the service's over [s0, s1) ms of slot time, D_a within guess +- search."""
+    grid = np.arange(s0, s1, 10.0)
+    ref = _service_env(_service(ses), grid)
+    r, d = max((_corr(_page_env(ses, grid + d), ref), d) for d in np.arange(guess - search, guess + search + 1, 5))
+    return float(d), r
+
+
+def _video_delay(ses: dict, s0: float, s1: float, d_a: float, search: float = 400) -> tuple[float, float]:
+    """(D_v, r): frame k is shown on the page from k/25 s + D_v on; the best match of the page's
+    mouth luma to the service's frames over slot time [s0, s1) ms, D_v within d_a +- search."""
+    svc = _service(ses)
+    tv, luma, ref = ses["tv"], ses["luma"], svc["luma"]
+    best = (-2.0, 0.0)
+    for d in np.arange(d_a - search, d_a + search + 1, 5):
+        sel = (tv - d >= s0) & (tv - d < s1)
+        k = np.floor((tv[sel] - d) / 1000 * FPS).astype(int) - svc["k0"]
+        ok = (k >= 0) & (k < len(ref))
+        k, lum = k[ok], luma[sel][ok]
+        good = ~np.isnan(ref[k])
+        if good.sum() > 20:
+            best = max(best, (_corr(lum[good], ref[k[good]]), float(d)))
+    return best[1], best[0]
+
+
+def _measured_utterance(ses: dict) -> dict:
+    """The measured (second) utterance's span in slot time, where the page heard it (D_a, and over its first
+    and second halves), and where the page showed its frames (D_v)."""
+    if "utt1" in ses:
+        return ses["utt1"]
+    svc = _service(ses)
+    assert len(svc["utterances"]) >= 2, "the service sent no second utterance"
+    ka, kb = svc["utterances"][1]
+    s0, s1 = 1000 * ka / FPS, 1000 * (kb + 1) / FPS
+    # a first guess from the onsets: the first loud level on the page after the request, the first
+    # loud 50 ms at the service
+    grid = np.arange(s0, s1, 10.0)
+    env = _service_env(svc, grid)
+    s_on = grid[np.argmax(env > 0.1 * env.max())]
+    ta, rms = ses["ta"], ses["rms"]
+    after = (ta > ses["t_say1"]) & (ta < ses["t_say2"])
+    p_on = ta[after][np.argmax(rms[after] > 0.1 * rms[after].max())]
+    d_a, r_a = _audio_delay(ses, s0, s1, p_on - s_on, 300)
+    d_v, r_v = _video_delay(ses, s0, s1, d_a)
+    # how much longer the page played it: its loud span (first to last 50 ms above a tenth of
+    # the peak) before the second request, against the service's
+    s_loud = grid[env > 0.1 * env.max()]
+    p_grid = np.arange(ses["t_say1"], ses["t_say2"], 10.0)
+    p_env = _page_env(ses, p_grid)
+    p_loud = p_grid[p_env > 0.1 * p_env.max()]
+    stretch = float((p_loud[-1] - p_loud[0]) - (s_loud[-1] - s_loud[0]))
+    tv = ses["tv"][(ses["tv"] > s0 + d_a) & (ses["tv"] < s1 + d_a)]
+    frame_gap = float(np.diff(tv).max()) if len(tv) > 1 else float(s1 - s0)
+    ses["utt1"] = out = {"s0": s0, "s1": s1, "d_a": d_a, "r_a": r_a, "d_v": d_v, "r_v": r_v, "stretch": stretch,
+                         "frame_gap": frame_gap}
+    print(f"browser: measured utterance, {s_loud[-1] - s_loud[0]:.0f} ms sent, {p_loud[-1] - p_loud[0]:.0f} ms on the "
+          f"page; its sound heard {d_a:.0f} ms after slot time (r {r_a:.3f}), its frames shown {d_v:.0f} ms "
+          f"after (r {r_v:.3f})")
+    return out
+
+
+def _require_real_time(ses: dict) -> None:
+    """Skip or fail where the measured utterance did not play in real time (module docstring)."""
+    u = _measured_utterance(ses)
+    bad = []
+    if abs(u["stretch"]) > MAX_STRETCH_MS:
+        bad.append(f"played the measured utterance {u['stretch']:+.0f} ms longer than the service sent it "
+                   f"(more than {MAX_STRETCH_MS:.0f})")
+    if u["r_a"] < 0.8:
+        bad.append(f"its sound matched the service's at one delay only to r {u['r_a']:.2f} (< 0.8)")
+    if ses["jitter_fixes_ms"] > MAX_JITTER_FIXES_MS:
+        bad.append(f"got its audio packets late: Chromium's jitter buffer concealed or time-stretched "
+                   f"{ses['jitter_fixes_ms']:.0f} ms meanwhile (more than {MAX_JITTER_FIXES_MS:.0f})")
+    if u["frame_gap"] > MAX_FRAME_GAP_MS:
+        bad.append(f"showed no new frame for {u['frame_gap']:.0f} ms (more than {MAX_FRAME_GAP_MS:.0f})")
+    if not bad:
+        return
+    why = (f"the page {'; '.join(bad)}: the stream did not play in real time; other processes used "
+           f"{ses['others_cores']:.2f} CPU cores meanwhile")
+    if ses["others_cores"] >= BUSY_CORES:
+        pytest.skip(why + f" (>= {BUSY_CORES}): this machine was busy with other work")
+    pytest.fail(why + f" (< {BUSY_CORES}: the machine was not busy)")
+
+
+def _detrended(x: np.ndarray, n: int = 9) -> np.ndarray:
+    """``x`` less its centred moving average over ``n`` samples (the head's slow motion out, the
+    mouth's syllable-rate motion kept); the ends, where the average is short, are left out."""
+    return (x - np.convolve(x, np.ones(n) / n, mode="same"))[n:-n]
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+def _interrupted_end(ses: dict) -> tuple[float, float]:
+    """(when the page should fall silent, r): the end of the last speech audio the service sent
+    (the interrupted utterance's last speech frame), on the page's clock by that utterance's own
+    match of the page's sound to the service's audio (the measured utterance's delay as the guess)."""
+    svc = _service(ses)
+    assert len(svc["utterances"]) >= 3, "the service sent no third utterance"
+    ka, kb = svc["utterances"][2]
+    s0, s1 = 1000 * ka / FPS, 1000 * (kb + 1) / FPS
+    d_a, r = _audio_delay(ses, s0, s1, _measured_utterance(ses)["d_a"], 300)
+    return s1 + d_a, r
 
 
 def test_pipecat_bot_in_chromium_interruption(session) -> None:
-    """The page gets the face and the bot's speech; after an interruption no speech output leaves
-    the service but the one frame in flight, the face goes on with its mouth at rest, and (where the
-    stream ran in real time) the page's sound is silent from 250 ms after the request (HTTP and
-    Chromium's jitter buffer included) on."""
+    """After an interruption no speech output leaves the service but the one frame in flight; the
+    page plays no speech after the end of the last speech frame the service sent; the face goes on
+    with its mouth at rest."""
     ta, rms, tv, luma, t_int = session["ta"], session["rms"], session["tv"], session["luma"], session["t_int"]
     marks = session["marks"]
     assert len(tv) > 0, "no video frame was displayed"
     assert rms.max() > 0.05  # the speech arrived
     assert "interrupt" in marks, "the InterruptionFrame never reached the service"
-    speech_after = [t for t, sp in marks["outputs"] if sp and t > marks["interrupt"]]
+    speech_after = [t for t, _, _, _, sp in session["outs"] if sp and t > marks["interrupt"]]
     assert len(speech_after) <= 1, speech_after
-    assert (tv > t_int).sum() >= 0.3 * FPS * 2.5  # the face goes on
-    # the page's sound and mouth: only meaningful where the stream ran in real time (a stretched
-    # stream fills Chromium's jitter buffer and the frame queue, which then play on)
-    fps = _displayed_fps(session, t_int - 2000, t_int)
+    late = (tv > t_int + 1000) & (tv < t_int + 2500)
+    assert late.sum() >= 5, "the face stopped after the interruption"
     loud = ta[(ta > t_int) & (rms > 0.01)]
     last_ms = float(loud.max() - t_int) if len(loud) else 0.0
     req_ms = 1000 * (marks["interrupt"] - marks["requested"])
     print(f"browser: last speech sound {last_ms:.0f} ms after the interrupt request; the service got it "
-          f"{req_ms:.0f} ms after it; {fps:.1f} frames/s shown before it")
-    ok, why = _realtime(session)
-    if not ok:
-        pytest.skip(why + "; the service-side checks passed")
-    after = ta > t_int + 250
-    assert after.sum() > 100 and rms[after].max() < 0.01, (last_ms, req_ms)
-    # the mouth at rest: steady after the interruption, against how it moved while speaking
-    onset = _onsets(ta, rms, 0.1 * rms.max())[0]
-    speaking = np.std(luma[(tv > onset) & (tv < onset + 4000)])
-    late = tv > t_int + 1000
-    assert late.sum() >= 5 and np.std(luma[late]) < 0.3 * speaking, (np.std(luma[late]), speaking)
+          f"{req_ms:.0f} ms after it")
+    _require_real_time(session)
+    end, r = _interrupted_end(session)
+    print(f"browser: the service's last speech audio ends on the page {end - t_int:.0f} ms after the request "
+          f"(match r {r:.3f})")
+    # the level's window (50 ms) and its 5 ms steps; Chromium's audio jitter buffer, whose delay
+    # drifts by tens of ms within an utterance, 100
+    after = ta > end + 160
+    assert after.sum() > 100 and rms[after].max() < 0.01, (last_ms, end - t_int, req_ms)
+    # the mouth at rest: the page's mouth luma, the head's slow motion taken out, against how it
+    # moved while the measured utterance played
+    u = _measured_utterance(session)
+    speaking = (tv > u["s0"] + u["d_v"]) & (tv < u["s1"] + u["d_v"])
+    moving, resting = np.std(_detrended(luma[speaking])), np.std(_detrended(luma[tv > t_int + 1000]))
+    print(f"browser: mouth motion (detrended luma std) {moving:.2f} while speaking, {resting:.2f} after the interruption")
+    assert resting < 0.5 * moving, (resting, moving)
 
 
 def test_pipecat_bot_in_chromium_lips_in_sync(session) -> None:
-    """The mouth on the page follows the bot's speech, and the audio/video offset a viewer sees is
-    inside ITU-R BT.1359's bounds (picture at most 45 ms behind the sound, 125 ms ahead)."""
-    from test_agents import _corr, _expected_mouth
-
-    from trtalk.audio.decode import load_audio
-
-    ta, rms, tv, luma = session["ta"], session["rms"], session["tv"], session["luma"]
-    wav = load_audio(ROOT / "trtalk" / "assets" / "demo_speech.wav", 24000)
-    dur_ms = 1000 * len(wav) / 24000
-    onset = _onsets(ta, rms, 0.1 * rms.max())[0]
-    fps = _displayed_fps(session, onset, onset + dur_ms)
-    ok, why = _realtime(session)
-    if not ok:
-        pytest.skip(why + "; the offset of a stretched stream means nothing")
-    # the speech onset on the page's clock: the received level against the file's (RMS over 50 ms
-    # on a 10 ms grid), to 10 ms
-    env_t = np.arange(0, len(wav) / 24000 - 0.05, 0.01)
-    env = np.array([np.sqrt(np.mean(wav[int(t * 24000): int((t + 0.05) * 24000)] ** 2)) for t in env_t])
-
-    def page_env(start_ms: float) -> np.ndarray:
-        out = []
-        for g in start_ms + 1000 * env_t:
-            m = (ta >= g) & (ta < g + 50)
-            out.append(np.sqrt(np.mean(rms[m] ** 2)) if m.any() else 0.0)
-        return np.array(out)
-
-    onset0 = onset - 1000 * env_t[np.argmax(env > 0.1 * env.max())]
-    best_c, t_a = max((_corr(page_env(onset0 + sh), env), onset0 + sh) for sh in np.arange(-200, 201, 10))
-    assert best_c > 0.8, best_c  # the received audio is the speech, in real time
-    # the page's mouth against the avatar's offline mouth for that speech laid at t_a
-    pcm = np.clip(np.round(wav * 32768), -32768, 32767).astype(np.int16)
-    n = int(len(wav) / 24000 * FPS) + 10
-    ref = _expected_mouth(session["renderer"], pcm, n, session["box"])
-    rest = ref[-1]
-    sel = (tv > t_a - 500) & (tv < t_a + dur_ms + 500)
-
-    def corr_at(shift_ms: float) -> float:
-        k = np.floor((tv[sel] - shift_ms - t_a) / 1000 * FPS).astype(int)
-        return _corr(luma[sel], np.where((k >= 0) & (k < n), ref[np.clip(k, 0, n - 1)], rest))
-
-    shifts = np.arange(-300, 301, 5)
-    corrs = np.array([corr_at(sh) for sh in shifts])
-    offset = float(shifts[np.argmax(corrs)])
-    print(f"browser: speech match r {best_c:.3f}; mouth vs speech r {corrs.max():.3f}; picture {offset:+.0f} ms "
-          f"behind the sound; {sel.sum()} frames at {fps:.1f} frames/s")
-    assert corrs.max() > 0.6, corrs.max()
+    """The page shows the face's frames and plays its speech, and the audio/video offset a viewer
+    sees is inside ITU-R BT.1359's bounds (picture at most 45 ms behind the sound, 125 ms ahead)."""
+    u = _measured_utterance(session)
+    _require_real_time(session)
+    assert u["r_v"] > 0.7, u  # the page's mouth is the service's frames'
+    offset = u["d_v"] - u["d_a"]
+    print(f"browser: picture {offset:+.0f} ms behind the sound")
     assert -125 <= offset <= 45, offset

@@ -12,7 +12,9 @@ networks here; every option in `RunnerOptions` means the same on every backend, 
 ``source`` is one of: None (seeded random weights, loudly warned), a checkpoint (official folder
 or .safetensors), an export directory (has ``manifest.json``), or a `PCAVS` / `PDFGC` instance (torch and aot).
 For onnxruntime and tensorrt a checkpoint is exported first into the cache,
-``<cache root>/exports/<checkpoint sha256[:16]>-<precision>-b<max batch>``, reused next time; an
+``<cache root>/exports/<family>-<checkpoint sha256[:16]>-<precision>-v<version>``, reused next time
+whatever the batch (the graphs' batch axis is dynamic; tensorrt reuses a cached engine whose
+batch profile covers the request and builds one only when none does); an
 export directory is used as it is (verified, never rebuilt or copied into the cache). torch and aot
 run the weights an export directory was made from (its manifest's random weights or checkpoint).
 An export directory of random weights (its manifest says so) is warned and stamped like no checkpoint.
@@ -157,6 +159,11 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     """An export directory for ``source`` (checkpoint or None = random weights of ``family``),
     made once per cache key.
 
+    The key is (family, weights, precision, fold, version), not the batch: the ONNX graphs have
+    a dynamic batch axis, so one export serves every batch (``max_batch`` is the batch a new
+    export records in its manifest; engines built from it get their own batch profile). An
+    entry of the older batch-keyed layout (``...-b<N>...``) is reused the same way.
+
     ``fold_up_blur``: the blur folded into the upsampling convs (pays on GPUs, costs on CPU)."""
     from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
 
@@ -166,18 +173,25 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     model, record = load_model(source, seed=seed, config=config, family=family)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
-    tag = f"{registry.spec_of(model).name}-{tag}"
+    family = registry.spec_of(model).name
+    tag = f"{family}-{tag}"
     root = cache_root(cache_dir) / "exports"
-    final = root / f"{tag}-{precision}-b{max_batch}{'-fold' if fold_up_blur else ''}-v{__version__}"
+    fold = "-fold" if fold_up_blur else ""
+    final = root / f"{tag}-{precision}{fold}-v{__version__}"
     if final.exists():
         try:
-            Manifest.read(final).verify(final)
+            _check_cached(final, family, precision, record)
             log.info("using cached export %s", final)
             return final
         except TrtalkError as exc:  # a corrupt cache entry heals: set aside, then rebuilt
             aside = quarantine(final)
             log.warning("cached export %s is unusable (%s); moved it to %s and re-exporting",
                         final, exc, aside.name)
+    else:
+        legacy = _legacy_export(root, f"{tag}-{precision}", f"{fold}-v{__version__}",
+                                family, precision, record)
+        if legacy is not None:
+            return legacy
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -198,6 +212,43 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _check_cached(folder: Path, family: str, precision: str, record: dict) -> None:
+    """TrtalkError unless the cache entry ``folder`` verifies (every graph's sha256) and its
+    manifest says the family, precision and weights its name promises (names are not trusted)."""
+    m = Manifest.read(folder)
+    m.verify(folder)
+    got = m.checkpoint if isinstance(m.checkpoint, dict) else {}
+    want = {"family": family, "precision": precision, "sha256": record.get("sha256")}
+    have = {"family": m.family, "precision": m.options.get("precision"), "sha256": got.get("sha256")}
+    if record.get("random_weights"):
+        want["seed"], have["seed"] = record.get("seed"), got.get("seed")
+    diff = [f"{k} {have[k]!r} != {v!r}" for k, v in want.items() if have[k] != v]
+    if diff:
+        raise TrtalkError(f"its manifest does not match its name ({', '.join(diff)})")
+
+
+def _legacy_export(root: Path, head: str, tail: str, family: str, precision: str,
+                   record: dict) -> Path | None:
+    """A verified cache entry of the batch-keyed layout ``<head>-b<N><tail>`` (its graphs have a
+    dynamic batch axis, so any N serves), the largest N first; None when there is none. An entry
+    that does not verify is left where it is (it is no slot this version writes) and skipped."""
+    pattern = re.compile(rf"{re.escape(head)}-b(\d+){re.escape(tail)}")
+    try:
+        found = [(int(m.group(1)), p) for p in root.iterdir()
+                 if (m := pattern.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return None
+    for _, p in sorted(found, reverse=True):
+        try:
+            _check_cached(p, family, precision, record)
+        except TrtalkError as exc:
+            log.info("skipping cached export %s (%s)", p, exc)
+            continue
+        log.info("using cached export %s (its graphs take any batch)", p)
+        return p
+    return None
 
 
 def quarantine(path: Path) -> Path:
@@ -334,18 +385,22 @@ def _pick_flavour(opts: RunnerOptions) -> str:
 
 
 def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "object", StageSpec]]:
-    """Engine path, key and stage spec per stage: from the export's own engines when they match,
-    else the cache.
+    """Engine path, key and stage spec per stage: the export's own engine, or a cached one, whose
+    batch profile covers ``opts.max_batch`` (same graph, precision and target).
 
-    Builds what is missing (on this machine, for ``opts.compute_capability`` or the local GPU).
+    Builds what is missing (on this machine, for ``opts.compute_capability`` or the local GPU), for
+    batches up to the larger of ``opts.max_batch`` and the export's ``max_batch``, and says why in
+    one INFO line.
     """
+    from trtalk.export.engine_file import covering_key, read_sidecar
     from trtalk.export.tensorrt import BuildOptions, build_engine, engine_key
 
     precision = opts.precision or "fp16"
     d = ensure_export(source, precision, opts.max_batch, opts.cache_dir, opts.config, opts.seed,
                       fold_up_blur=True, family=opts.family)
     m = Manifest.read(d)
-    bopts = BuildOptions(flavour=_pick_flavour(opts), max_batch=m.max_batch,
+    need = opts.max_batch
+    bopts = BuildOptions(flavour=_pick_flavour(opts), max_batch=max(need, m.max_batch),
                          compute_capability=opts.compute_capability)
     cache = EngineCache(opts.cache_dir)
     specs = _specs_from_manifest(m)
@@ -354,11 +409,22 @@ def tensorrt_engines(source, opts: RunnerOptions) -> dict[str, tuple[Path, "obje
         key = engine_key(m.graphs[s].sha256, m.precision, bopts)
         shipped = m.engines.get(s)
         if shipped:
-            ok, reason, _ = check_engine(d / shipped["file"], key)
+            path = d / shipped["file"]
+            sc = read_sidecar(path)
+            theirs = covering_key(sc.get("key") if sc else None, key, need)
+            ok, reason, _ = check_engine(path, theirs if theirs is not None else key)
             if ok:
-                out[s] = (d / shipped["file"], key, specs[s])
+                out[s] = (path, theirs if theirs is not None else key, specs[s])
                 continue
             log.info("export's %s engine not usable here (%s); using the engine cache", s, reason)
+        rec, top = cache.covering(s, key, need)
+        if rec is not None:
+            log.info("engine cache hit: %s (batch up to %d)", rec.path, rec.key.max_batch)
+            out[s] = (rec.path, rec.key, specs[s])
+            continue
+        why = (f"the cached one covers up to {top}" if top else
+               "none is cached for this graph, precision and target")
+        log.info("building %s engine for batch up to %d: %s", s, key.max_batch, why)
         graph = m.graph_path(d, s, verify=False)  # ensure_export verified it
         rec = cache.get_or_build(s, key, lambda tmp, _g=graph, _s=specs[s]: build_engine(
             _g, _s, m.precision, bopts, tmp))

@@ -24,7 +24,8 @@ from typing import Callable
 
 from trtalk.errors import TrtalkError
 from trtalk.fsutil import ENV_CACHE_DIR, cache_root  # noqa: F401  (the cache root, re-exported)
-from trtalk.export.engine_file import EngineKey, EngineRecord, check_engine, sidecar_path, write_engine
+from trtalk.export.engine_file import (EngineKey, EngineRecord, check_engine, covering_key, read_sidecar,
+                                       sidecar_path, write_engine)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,35 @@ class EngineCache:
                     stage, path.name, reason, path.name, stamp)
         prune_corrupt(self.dir)
         return None
+
+    def covering(self, stage: str, key: EngineKey, batch: int) -> tuple[EngineRecord | None, int]:
+        """A verified cached engine that serves ``key``'s graph and target for batches up to
+        ``batch``: ``key`` itself when cached, else the same key but for its batch profile
+        (``max_batch`` >= ``batch``, any ``opt_batch``), the smallest such profile first; with its
+        ``max_batch``. None and the largest ``max_batch`` of the same graph and target that falls
+        short (0: none) when there is none, for the log line of the build that follows.
+
+        The sidecars are not trusted: an entry counts only under the file name its own key gives
+        (`path_for`) and after `lookup` checks its size and sha256 (an unusable one is set aside)."""
+        found: list[tuple[int, EngineKey]] = []
+        try:
+            names = sorted(p for p in self.dir.glob(f"{stage}-*{key.file_suffix}") if p.is_file())
+        except OSError:
+            names = []
+        for path in names:
+            sc = read_sidecar(path)
+            other = covering_key(sc.get("key") if sc else None, key, 1)  # any profile of this target
+            if other is not None and self.path_for(stage, other) == path:
+                found.append((int(other.max_batch), other))
+        largest = 0
+        for top, other in sorted(found, key=lambda t: (t[1] != key, t[0])):
+            if top < batch:
+                largest = max(largest, top)
+                continue
+            rec = self.lookup(stage, other)
+            if rec is not None:
+                return rec, top
+        return None, largest
 
     def get_or_build(self, stage: str, key: EngineKey, build: Callable[[Path], dict]) -> EngineRecord:
         """The cached engine for ``key``, building (atomically) when absent or unusable."""

@@ -117,6 +117,21 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict | None:
     return d
 
 
+def covering_key(raw: object, key: EngineKey, batch: int) -> EngineKey | None:
+    """The key ``raw`` (a sidecar's ``key`` dict) when it is ``key`` but for its batch profile
+    and that profile covers batches up to ``batch`` (``max_batch`` >= ``batch``); else None."""
+    if not isinstance(raw, dict):
+        return None
+    same = {k: v for k, v in key.to_dict().items() if k not in ("max_batch", "opt_batch")}
+    if {k: raw.get(k) for k in same} != same or set(raw) != set(key.to_dict()):
+        return None
+    try:
+        other = type(key)(**raw)
+        return other if int(other.max_batch) >= batch else None
+    except (TypeError, ValueError):
+        return None
+
+
 def check_engine(engine_path: str | os.PathLike, key: EngineKey | None = None) -> tuple[bool, str, dict | None]:
     """(ok, reason, sidecar): is ``engine_path`` a complete engine made for ``key``?
 

@@ -10,6 +10,12 @@ lookahead, 120 ms at 25 fps); `on_output` then gets frame k together with exactl
 frame k's slot, at the TTS's own sample rate. Sound and picture leave together, so the audio is
 delayed by the lookahead (plus the frame's compute) and nothing else.
 
+A stall of the process (the machine overloaded, a long pause of the interpreter) delays the ticks;
+they are caught up at once, and the session places audio that comes more than 0.2 s late after the
+gap (`PushAudioSource`), making the gap's frames from silence. The face follows: the same gap of
+silence goes into the output audio at the same place, so the speech after a stall is delayed with
+its lips, never ahead of them.
+
 `interrupt` drops the audio not yet fed, silences the audio fed but not yet sent out, and holds the
 last sent frame over the slots whose frames were made from the dropped speech: from the next frame
 on neither the sound nor the lips of the interrupted speech are sent. `flush` marks the end of an
@@ -140,6 +146,7 @@ class AgentFace:
         self._pos16 = 0  # 16 kHz samples fed
         self._out_pos = 0  # output-rate samples fed
         self._carry16 = np.zeros(0, np.float32)
+        self._jumped16 = 0  # 16 kHz samples the session jumped over (a stall), also in _pos16
         self._to16: _Resampler | None = None
         self._tl = np.zeros(0, np.float32)  # fed output-rate audio not yet sent, from _tl_base
         self._tl_speech = np.zeros(0, bool)
@@ -232,13 +239,13 @@ class AgentFace:
         block = SAMPLE_RATE * shared_mod.TICK_S
         with self._lock:
             rate = self.sample_rate
+            before = self._out_pos  # where this tick's audio goes on the output timeline
             self._pos16 += int(block)
             target = int(round(self._pos16 * rate / SAMPLE_RATE))
             x, got = self._pending.take(target - self._out_pos)
             speech = got > 0
             self._out_pos = target
-            self._tl = np.concatenate([self._tl, x])
-            self._tl_speech = np.concatenate([self._tl_speech, np.full(len(x), speech)])
+            interruptions = self.interruptions
             if self._to16 is None:
                 self._to16 = _Resampler(rate, SAMPLE_RATE)
             self._carry16 = np.concatenate([self._carry16, self._to16(x)])
@@ -247,6 +254,27 @@ class AgentFace:
             y[:m] = self._carry16[:m]
             self._carry16 = self._carry16[m:]
         self.session.audio.push(y)
+        jump = self.session.audio.jumped - self._jumped16  # > 0: the push came late, after a stall
+        with self._lock:
+            gap = 0
+            if jump > 0:  # the session put silence before this tick's audio: so does the output
+                self._jumped16 += jump
+                self._pos16 += jump
+                target = int(round(self._pos16 * rate / SAMPLE_RATE))
+                gap = target - self._out_pos
+                self._out_pos = target
+                self._marks = [m + gap if m > before else m for m in self._marks]
+                log.debug("%s: a stall: the session placed its audio %d ms late, the output audio gets "
+                          "the same gap", self.id, 1000 * jump // SAMPLE_RATE)
+            if interruptions != self.interruptions:  # interrupted meanwhile: this speech is dropped too
+                x, speech = np.zeros_like(x), False
+            seg = np.concatenate([np.zeros(gap, np.float32), x])
+            flags = np.concatenate([np.zeros(gap, bool), np.full(len(x), speech)])
+            # frames that ran ahead of the fed audio (the session filled a stall's silence) went out
+            # with zeros for it: skip what they covered
+            drop = max(0, self._tl_base + len(self._tl) - before)
+            self._tl = np.concatenate([self._tl, seg[drop:]])
+            self._tl_speech = np.concatenate([self._tl_speech, flags[drop:]])
 
     # -- output (pipeline thread) --------------------------------------------------------------
 

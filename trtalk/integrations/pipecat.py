@@ -9,7 +9,9 @@ Pipecat's own video services (Simli, Tavus, HeyGen) take the TTS's `TTSAudioRawF
 - TTS audio of any sample rate and chunk size goes in; frames come out at ``fps`` and the same
   audio comes out with them, each frame's audio right after it, delayed by the audio lookahead
   (120 ms at 25 fps) plus the frame's compute, so sound and lips meet at the transport. Images are
-  pushed with ``sync_with_audio`` so the output transport shows each one after the audio before it.
+  pushed with ``sync_with_audio`` so the output transport shows each one after the audio before it:
+  use ``TransportParams(video_out_is_live=False, video_out_framerate=30)`` (the live path ignores
+  the mark; the other sends the newest image, then sleeps 1/framerate, so at 25 it sends ~22/s).
 - Between utterances the face stays alive (head motion and blinks with ``pose="auto"``, mouth
   closed); frames keep coming, only speech audio is pushed (silence would keep the transport's
   "bot speaking" state on).

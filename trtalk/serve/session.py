@@ -85,6 +85,12 @@ class PushAudioSource(AudioSource):
         except QueueClosed:
             pass
 
+    @property
+    def jumped(self) -> int:
+        """Samples jumped over so far (pushes that came more than 0.2 s behind the clock): a
+        pusher keeping its own timeline (`trtalk.integrations.face.AgentFace`) follows them."""
+        return self._counted - self.samples_pushed
+
     def first_sample_time(self, timeout: float, stop: threading.Event | None = None) -> float | None:
         deadline = time.monotonic() + timeout
         while not self._started.wait(0.02):
