@@ -16,7 +16,7 @@ A PNG plots the generated and the real angle tracks over 10 s of one clip.
 
 Then (``motion_style.md``, `style_eval`): personal vs generic head motion styles, held out: each
 clip's styles are fitted on its first 60 % and compared on its last 40 %, with a cross table.
-``--write-generic PATH`` also writes the generic style fitted on every clip's first 60 % (how
+``--write-generic PATH`` also writes the generic style fitted on every clip, whole (how
 ``trtalk/assets/motion_style.json`` was made).
 
 The clips are read from a folder (``--clips``; every .mp4 under it); they are not committed. On a
@@ -159,19 +159,18 @@ def plot(path: Path, real: np.ndarray, gen: np.ndarray, en: np.ndarray, title: s
 
 EVAL_SEEDS = tuple(range(8))
 FIT_SHARE = 0.6
-#: the leave-one-out generic styles: 2 simulation seeds and 8 rounds (CPU time; the shipped
-#: generic and the personal styles use fit_motion's defaults, 4 seeds and 12 rounds)
-LOO_SEEDS, LOO_ROUNDS = (1000, 1001), 8
+#: prior seconds of the shrinkage ceiling (`style_eval`)
+SHRINK_SECONDS = (2.0, 5.0, 10.0, 20.0, 40.0)
 
 
 def _fit_pair(args: tuple) -> tuple:
-    """(generic style fitted on the other clips' first 60 %, personal style of clip i)."""
+    """(generic style fitted on the other clips, whole, personal style of clip i on its first 60 %)."""
     from trtalk.motion.fit import PRIOR_SECONDS, fit_motion
     from trtalk.motion.style import MotionStyle
 
-    i, name, fit = args
-    g, _ = fit_motion([t for j, t in enumerate(fit) if j != i], FPS, MotionStyle(), rest=False,
-                      name=f"generic-loo-{i}", seeds=LOO_SEEDS, rounds=LOO_ROUNDS)
+    i, name, fit, whole = args
+    g, _ = fit_motion([t for j, t in enumerate(whole) if j != i], FPS, MotionStyle(), rest=False,
+                      name=f"generic-loo-{i}")
     p, _ = fit_motion([fit[i]], FPS, g, name=name, prior_seconds=PRIOR_SECONDS)
     print(f"styles {name}: fitted", flush=True)
     return g, p
@@ -186,23 +185,37 @@ def _cross_column(args: tuple) -> list[float]:
                            for s in EVAL_SEEDS])) for p in personal]
 
 
+def _deviate(gen, own, gen_own, weight: float):
+    """``gen`` (`Stats`) times (``own`` / ``gen_own``) ** ``weight``, term by term (the correlation:
+    plus ``weight`` times the difference; the pause ratio: ``gen``'s)."""
+    from trtalk.motion.fit import EPS, Stats
+
+    def ratio(k: str) -> np.ndarray:
+        return np.maximum(getattr(gen, k), EPS) * (np.maximum(getattr(own, k), EPS)
+                                                   / np.maximum(getattr(gen_own, k), EPS)) ** weight
+
+    corr = gen.corr + weight * (own.corr - gen_own.corr) if np.isfinite(own.corr) and np.isfinite(gen_own.corr) else gen.corr
+    return Stats(ratio("std"), ratio("p50"), ratio("p90"), ratio("p99"), ratio("band"), corr, gen.pause_ratio)
+
+
 def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarray], out: Path,
-               write_generic: Path | None, command: str, jobs: int = 2) -> dict:
+               command: str, jobs: int = 2) -> dict:
     """Personal vs generic styles, held out: fit on the first 60 % of each clip, generate on the
     last 40 % of its audio (seeds 0-7), compare with the real motion of that 40 % (module
     docstring of `trtalk.motion.fit`: `distance`). The generic style of clip i is fitted on the
-    other clips' first 60 % (leave one out); the personal one on clip i's first 60 %, shrunk
+    other clips, whole (leave one out: it never sees clip i); the personal one on clip i's first 60 %, shrunk
     towards that generic style (`PRIOR_SECONDS`). Also: the cross table (clip j's personal style
     driven by clip i's held-out audio vs clip i's held-out motion), the statistics-copy bound
     (clip i's own first-60 % statistics, no generator, against its last 40 %), and the shipped
-    generic style (fitted on all clips' first 60 %)."""
-    from trtalk.motion.fit import (PRIOR_SECONDS, Stats, Track, distance, fit_motion, motion_stats,
-                                   simulate, speech_level)
-    from trtalk.motion.style import MotionStyle, generic_style, save_style
+    generic style (fitted on all clips, whole), its angle spread on the held-out parts and on
+    whole clips."""
+    from trtalk.motion.fit import PRIOR_SECONDS, Stats, Track, blend, distance, motion_stats, simulate, speech_level
+    from trtalk.motion.style import MotionStyle, generic_style
 
     n = len(names)
     cut = [int(FIT_SHARE * len(a)) for a in real]
     fit = [Track(a[:k], w[:k]) for a, w, k in zip(real, windows, cut)]
+    whole = [Track(a, w) for a, w in zip(real, windows)]
     held = [Track(a[k:], w[k:]) for a, w, k in zip(real, windows, cut)]
     held_stats = [motion_stats(t.angles, speech_level(t.windows), FPS) for t in held]
     fit_stats = [motion_stats(t.angles, speech_level(t.windows), FPS) for t in fit]
@@ -217,7 +230,7 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pairs = list(pool.map(_fit_pair, [(i, names[i], fit) for i in range(n)]))
+        pairs = list(pool.map(_fit_pair, [(i, names[i], fit, whole) for i in range(n)]))
         generic, personal = [g for g, _ in pairs], [p for _, p in pairs]
         cross = np.array(list(pool.map(_cross_column, [(i, personal, held[i], held_stats[i]) for i in range(n)]))).T
     rows = []
@@ -226,31 +239,57 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
                      "personal": float(cross[i, i]), "generic": dist(generic[i], i), "hand_set": dist(hand, i),
                      "copy_fit_stats": distance(fit_stats[i], held_stats[i]),
                      "copy_others_stats": distance(Stats.mean([fit_stats[j] for j in range(n) if j != i]), held_stats[i])})
+    # the ceiling of shrinkage without a generator: clip i's own first-60 % statistics shrunk
+    # towards the other clips' mean by T0 seconds (as `fit_motion` shrinks its target), against the
+    # other clips' mean alone, on the held-out statistics
+    others = [Stats.mean([fit_stats[j] for j in range(n) if j != i]) for i in range(n)]
+    ceiling = {}
+    for t0 in SHRINK_SECONDS:
+        d_own = [distance(blend(fit_stats[i], others[i], cut[i] / FPS / (cut[i] / FPS + t0)), held_stats[i])
+                 for i in range(n)]
+        ceiling[t0] = {"wins": int(sum(d < distance(others[i], held_stats[i]) for i, d in enumerate(d_own))),
+                       "mean": round(float(np.mean(d_own)), 4)}
+    # the ceiling of an ideal personal style: one whose generated statistics on the held-out audio are
+    # the generic style's, times the clip's own first-60 % deviation from the generic's generated
+    # statistics on that part (shrunk by T0 seconds): what a fit without fitting error could give
+    gen_fit = [Stats.mean(gen_stats(generic[i], fit[i])) for i in range(n)]
+    gen_held = [gen_stats(generic[i], held[i]) for i in range(n)]
+    ideal = {}
+    for t0 in SHRINK_SECONDS:
+        d_ideal, d_gen = [], []
+        for i in range(n):
+            wt = cut[i] / FPS / (cut[i] / FPS + t0)
+            d_ideal.append(float(np.mean([distance(_deviate(g, fit_stats[i], gen_fit[i], wt), held_stats[i])
+                                          for g in gen_held[i]])))
+            d_gen.append(float(np.mean([distance(g, held_stats[i]) for g in gen_held[i]])))
+        ideal[t0] = {"wins": int(sum(a < b for a, b in zip(d_ideal, d_gen))), "mean": round(float(np.mean(d_ideal)), 4),
+                     "generic_mean": round(float(np.mean(d_gen)), 4)}
     own = [int(np.argmin(cross[:, i]) == i) for i in range(n)]
     rank = [int((cross[:, i] < cross[i, i]).sum()) + 1 for i in range(n)]
     copy_cross = np.array([[distance(fit_stats[j], held_stats[i]) for i in range(n)] for j in range(n)])
     copy_own = [int(np.argmin(copy_cross[:, i]) == i) for i in range(n)]
-    # the shipped generic style: every clip's first 60 % (4 seeds, 12 rounds: fit_motion's defaults)
-    if write_generic is not None:
-        shipped, rep = fit_motion(fit, FPS, hand, rest=False, name="generic",
-                                  source=f"PC-AVS sample clips ({n} VoxCeleb clips), first 60 % of each")
-        save_style(shipped, write_generic)
-    else:
-        shipped, rep = generic_style(), None
+    # the shipped generic style (``--write-generic`` refits it first, on every clip, whole)
+    shipped = generic_style()
     real_std = np.mean([h.std for h in held_stats], axis=0)
     gen_std = np.mean([np.mean([g.std for g in gen_stats(shipped, held[i])], axis=0) for i in range(n)], axis=0)
     loo_std = np.mean([np.mean([g.std for g in gen_stats(generic[i], held[i])], axis=0) for i in range(n)], axis=0)
     hand_std = np.mean([np.mean([g.std for g in gen_stats(hand, held[i])], axis=0) for i in range(n)], axis=0)
+    real_whole = np.mean([a.std(axis=0) for a in real], axis=0)
+    gen_whole = np.mean([np.mean([g.std for g in gen_stats(shipped, whole[i])], axis=0) for i in range(n)], axis=0)
+    loo_whole = np.mean([np.mean([g.std for g in gen_stats(generic[i], whole[i])], axis=0) for i in range(n)], axis=0)
+    hand_whole = np.mean([np.mean([g.std for g in gen_stats(hand, whole[i])], axis=0) for i in range(n)], axis=0)
     wins = sum(r["personal"] < r["generic"] for r in rows)
     result = {"command": command, "clips": names, "eval_seeds": list(EVAL_SEEDS), "fit_share": FIT_SHARE,
               "prior_seconds": PRIOR_SECONDS, "rows": rows, "personal_wins": wins,
               "copy_fit_stats_wins": sum(r["copy_fit_stats"] < r["copy_others_stats"] for r in rows),
               "cross": cross.round(4).tolist(), "cross_own_closest": sum(own), "cross_own_rank": rank,
-              "copy_cross_own_closest": sum(copy_own),
+              "copy_cross_own_closest": sum(copy_own), "copy_shrunk": {str(k): v for k, v in ceiling.items()},
+              "ideal_personal": {str(k): v for k, v in ideal.items()},
               "held_out_std": {"real_mean": real_std.round(3).tolist(), "generic_shipped": gen_std.round(3).tolist(),
                                "generic_loo": loo_std.round(3).tolist(), "hand_set": hand_std.round(3).tolist()},
-              "generic_style": shipped.to_json(), "generic_fit": rep, "loo_seeds": list(LOO_SEEDS),
-              "loo_rounds": LOO_ROUNDS}
+              "whole_std": {"real_mean": real_whole.round(3).tolist(), "generic_shipped": gen_whole.round(3).tolist(),
+                            "generic_loo": loo_whole.round(3).tolist(), "hand_set": hand_whole.round(3).tolist()},
+              "generic_style": shipped.to_json()}
     (out / "motion_style.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Personal vs generic head motion styles (held out)", "",
           f"Command: `{command}`", "",
@@ -261,8 +300,7 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
           "real motion of that last part.", "",
           "- personal: fitted on the clip's first 60 %, shrunk towards its generic style by "
           f"{PRIOR_SECONDS:g} s worth of it (the default of `trtalk motion fit`);",
-          f"- generic: fitted on the other {n - 1} clips' first 60 % (leave one out; it never sees the clip; "
-          f"{len(LOO_SEEDS)} simulation seeds, {LOO_ROUNDS} rounds);",
+          f"- generic: fitted on the other {n - 1} clips, whole (leave one out; it never sees the clip);",
           "- hand-set: the motion before styles (`MotionStyle()` defaults);",
           "- copy own / copy others: no generator: the real first-60 % statistics of the clip itself, or "
           "the mean of the other clips', used as the prediction (how much a person's own earlier motion tells "
@@ -280,6 +318,16 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
               f"{mean['copy_fit_stats']:.3f} | {mean['copy_others_stats']:.3f} |")
     md += ["", f"Personal closer than generic: **{wins} of {n}** clips. Copy own closer than copy others: "
            f"{result['copy_fit_stats_wins']} of {n}.", "",
+           "Ceiling of any shrinkage, no generator: the clip's own first-60 % statistics shrunk towards the "
+           "other clips' mean (`blend`, weight T / (T + T0), T the fitted seconds) against the other clips' mean "
+           "alone, on the held-out statistics: "
+           + "; ".join(f"T0 = {t0:g} s: closer on {v['wins']} of {n} (mean {v['mean']:.3f})" for t0, v in ceiling.items())
+           + f"; copy others: mean {mean['copy_others_stats']:.3f}.", "",
+           "Ceiling of an ideal personal style (a fit without fitting error): the generic (LOO) style's generated "
+           "statistics on the held-out audio (seeds 0-7), each times the clip's own first-60 % statistics over the "
+           "generic's generated ones on that part, to the power T / (T + T0); against the generic alone: "
+           + "; ".join(f"T0 = {t0:g} s: closer on {v['wins']} of {n} (mean {v['mean']:.3f} vs {v['generic_mean']:.3f})"
+                       for t0, v in ideal.items()) + ".", "",
            "Cross table: row = whose personal style, column = whose held-out audio and motion; cell = distance "
            "(the column's minimum in bold).", "",
            "| style \\ clip | " + " | ".join(str(i) for i in range(n)) + " |", "|---" * (n + 1) + "|"]
@@ -292,12 +340,21 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
            "Angle std on the held-out parts (deg, yaw / pitch / roll; generated: mean over clips and seeds):", "",
            "| | yaw | pitch | roll |", "|---|---|---|---|",
            "| real (tracked) | " + " | ".join(f"{v:.2f}" for v in real_std) + " |",
-           "| generic, shipped (all clips' first 60 %) | " + " | ".join(f"{v:.2f}" for v in gen_std) + " |",
+           "| generic, shipped (all clips, whole) | " + " | ".join(f"{v:.2f}" for v in gen_std) + " |",
            "| generic, leave one out | " + " | ".join(f"{v:.2f}" for v in loo_std) + " |",
            "| hand-set (before styles) | " + " | ".join(f"{v:.2f}" for v in hand_std) + " |",
            "", "Generic within 20 % of the real mean per axis: "
            + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, gen_std, real_std)) + " (shipped); "
-           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_std, real_std)) + " (leave one out).", ""]
+           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_std, real_std)) + " (leave one out).", "",
+           "The same on whole clips (deg; generated: seeds 0-7 on each whole clip's audio):", "",
+           "| | yaw | pitch | roll |", "|---|---|---|---|",
+           "| real (tracked) | " + " | ".join(f"{v:.2f}" for v in real_whole) + " |",
+           "| generic, shipped | " + " | ".join(f"{v:.2f}" for v in gen_whole) + " |",
+           "| generic, leave one out | " + " | ".join(f"{v:.2f}" for v in loo_whole) + " |",
+           "| hand-set (before styles) | " + " | ".join(f"{v:.2f}" for v in hand_whole) + " |",
+           "", "Generic within 20 % of the real mean per axis, whole clips: "
+           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, gen_whole, real_whole)) + " (shipped); "
+           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_whole, real_whole)) + " (leave one out).", ""]
     (out / "motion_style.md").write_text("\n".join(md))
     print("\n".join(md))
     return result
@@ -316,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the tracked angles of each clip here (a rerun tracks nothing)")
     ap.add_argument("--jobs", type=int, default=2, help="processes for the style fits")
     ap.add_argument("--write-generic", type=Path, default=None,
-                    help="also write the generic style fitted on every clip's first 60 %% here "
+                    help="also write the generic style fitted on every clip (whole) here "
                          "(trtalk/assets/motion_style.json is made so)")
     args = ap.parse_args(argv)
     from trtalk.audio import load_audio
@@ -336,16 +393,29 @@ def main(argv: list[str] | None = None) -> int:
         if abs(fps - FPS) > 0.01:
             print(f"skip {clip.name}: {fps} fps")
             continue
-        win = wave_windows(wave, FPS, len(ang))
-        g = HeadMotion(FPS, MotionConfig(seed=args.seed)).run(win)
         real.append(ang)
-        wins.append(win)
+        wins.append(wave_windows(wave, FPS, len(ang)))
+        names.append(clip.name)
+    if args.write_generic is not None:
+        # the shipped generic style: fitted on every clip, whole, before anything below uses it
+        from trtalk.motion.fit import Track, fit_motion
+        from trtalk.motion.style import MotionStyle, generic_style, save_style
+
+        shipped, rep = fit_motion([Track(a, w) for a, w in zip(real, wins)], FPS, MotionStyle(), rest=False,
+                                  name="generic",
+                                  source=f"PC-AVS sample clips ({len(real)} VoxCeleb clips, misc/*.zip), whole")
+        save_style(shipped, args.write_generic)
+        generic_style.cache_clear()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "generic_fit.json").write_text(json.dumps(rep, indent=1) + "\n")
+        print(f"wrote {args.write_generic}: distance {rep['distance']} on unseen seeds")
+    for ang, win, name in zip(real, wins, names):
+        g = HeadMotion(FPS, MotionConfig(seed=args.seed)).run(win)
         gen.append(g)
         if renderer is not None:
             seen.append(rendered_angles(renderer, g))
         energies.append(energy(win))
-        names.append(clip.name)
-        print(f"{clip.parent.name}/{clip.name}: {len(ang)} frames; real yaw std {ang[:, 0].std():.2f}, "
+        print(f"{name}: {len(ang)} frames; real yaw std {ang[:, 0].std():.2f}, "
               f"generated {g[:, 0].std():.2f}")
     result = {"real": stats(real, energies), "generated": stats(gen, energies), "clips": names,
               "generated_tracked": stats(seen, energies) if seen else None,
@@ -382,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "motion_compare.md").write_text("\n".join(md))
     print("\n".join(md))
     if args.styles:
-        style_eval(names, real, wins, args.out, args.write_generic, result["command"], args.jobs)
+        style_eval(names, real, wins, args.out, result["command"], args.jobs)
     return 0
 
 

@@ -185,6 +185,17 @@ class BotServer:
             await WorkerRunner(handle_sigint=False).run(worker)
         finally:
             self.workers.pop(pc_id, None)
+            self.speakers.pop(pc_id, None)
+            service = self.services.pop(pc_id, None)
+            if service is not None:  # the face's session thread and the shared model go with it
+                await service.close()
+
+    async def close(self) -> None:
+        """End every bot: cancel its pipeline and close its face."""
+        for worker in list(self.workers.values()):
+            await worker.cancel()
+        for service in list(self.services.values()):
+            await service.close()
 
     async def say(self, request: web.Request) -> web.Response:
         body = json.loads(await request.text() or "{}")

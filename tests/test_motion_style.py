@@ -41,7 +41,7 @@ def test_fit_recovers_a_known_style() -> None:
     windows = wave_windows(make_speech_wave(40.0, seed=3), FPS)
     known = _known_style()
     angles = simulate(known, windows, FPS, seed=77)  # a seed the fit does not simulate with
-    fitted, report = fit_motion([Track(angles, windows)], FPS, MotionStyle(), rest=False, rounds=8)
+    fitted, report = fit_motion([Track(angles, windows)], FPS, MotionStyle(), rest=False)
     base = MotionStyle()
     amp = np.array(fitted.sway) / np.array(base.sway)
     assert np.allclose(amp, [1.8, 0.6, 1.3], rtol=0.25), amp
@@ -60,14 +60,74 @@ def test_fit_recovers_a_known_style() -> None:
 
 
 def test_fit_shrinks_towards_the_prior_on_short_clips() -> None:
-    """``prior_seconds``: 4 s of video weigh 4 / (4 + 10) against the prior's statistics."""
+    """``prior_seconds``: 4 s of video weigh 4 / (4 + 10) against the prior's statistics, so the
+    shrunk style's motion (simulated with seeds the fits did not use) is closer to the prior's
+    than the unshrunk one's is."""
+    from trtalk.motion.fit import simulated_stats
+
     windows = wave_windows(make_speech_wave(4.0, seed=4), FPS)
     angles = simulate(_known_style(), windows, FPS, seed=9)
-    free, _ = fit_motion([Track(angles, windows)], FPS, MotionStyle(), rest=False, rounds=6)
-    shrunk, rep = fit_motion([Track(angles, windows)], FPS, MotionStyle(), rest=False, rounds=6, prior_seconds=10.0)
+    track = [Track(angles, windows)]
+    few = (1000, 1001, 1002, 1003, 1004, 1005)  # fewer seeds per round than the default 15 (CI time)
+    free, _ = fit_motion(track, FPS, MotionStyle(), rest=False, rounds=6, seeds=few)
+    shrunk, rep = fit_motion(track, FPS, MotionStyle(), rest=False, rounds=6, prior_seconds=10.0, seeds=few)
     assert rep["weight"] == pytest.approx(4 / 14, abs=0.01)
-    base = MotionStyle().sway[0]
-    assert abs(np.log(shrunk.sway[0] / base)) < abs(np.log(free.sway[0] / base))
+    seeds = range(8)
+    prior = simulated_stats(MotionStyle(), track, FPS, seeds)
+    assert distance(simulated_stats(shrunk, track, FPS, seeds), prior) < distance(simulated_stats(free, track, FPS, seeds), prior)
+
+
+def test_fit_simulates_fresh_seeds_each_round(monkeypatch) -> None:
+    """The fit does not fit its simulation seeds' noise: every round simulates with seeds no other
+    round used (enough of them that a round covers `SIM_SECONDS`), and the reported distance is
+    measured with seeds that no round used."""
+    import trtalk.motion.fit as F
+
+    used: list[tuple[int, ...]] = []
+    real = F.simulated_stats
+
+    def spy(style, tracks, fps, seeds=F.FIT_SEEDS):
+        used.append(tuple(seeds))
+        return real(style, tracks, fps, seeds)
+
+    monkeypatch.setattr(F, "simulated_stats", spy)
+    windows = wave_windows(make_speech_wave(3.0, seed=6), FPS)
+    angles = simulate(MotionStyle(), windows, FPS, seed=11)
+    _, rep = F.fit_motion([Track(angles, windows)], FPS, MotionStyle(), rest=False, rounds=4)
+    assert len(used) == 5 and rep["seeds_per_round"] == len(used[0]) == 20  # 60 s / 3 s
+    seen = [set(u) for u in used]
+    for i in range(len(seen)):
+        for j in range(i):
+            assert not seen[i] & seen[j], (i, j)
+    assert len(rep["rounds"]) == 4
+
+
+def test_fit_keeps_amplitudes_under_the_angle_bounds() -> None:
+    """A clip that moves more than the soft bounds allow (roll made with 3x the hand-set amplitude,
+    pushed against the 8 degree bound): the fitted roll amplitudes stay at most `AMP_CAP`, scaled
+    down together (their ratios kept), instead of growing into a range where the angle only
+    saturates."""
+    from trtalk.motion.fit import AMP_CAP
+
+    base = MotionStyle()
+    wild = base.with_(sway=(base.sway[0], base.sway[1], 25.0), posture=(base.posture[0], base.posture[1], 30.0))
+    windows = wave_windows(make_speech_wave(6.0, seed=8), FPS)
+    angles = simulate(wild, windows, FPS, seed=5) * np.array([1.0, 1.0, 2.0])  # larger than the bound gives
+    fitted, _ = fit_motion([Track(angles, windows)], FPS, base, rest=False, rounds=4)
+    for k in ("sway", "posture", "drift"):
+        assert np.all(np.array(getattr(fitted, k)) <= AMP_CAP + 1e-9), (k, getattr(fitted, k))
+    assert max(fitted.sway[2], fitted.posture[2]) == pytest.approx(AMP_CAP[2])
+    assert fitted.posture[2] / fitted.sway[2] == pytest.approx(base.posture[2] / base.sway[2], rel=0.35)
+
+
+def test_shipped_generic_style_is_inside_the_angle_bounds() -> None:
+    """The shipped generic style came from the capped fit (no amplitude beyond the angle bounds)."""
+    from trtalk.motion.fit import AMP_CAP
+
+    g = generic_style()
+    assert g.name == "generic" and g.seconds > 60
+    for k in ("sway", "posture", "drift"):
+        assert np.all(np.array(getattr(g, k)) <= AMP_CAP + 1e-6), (k, getattr(g, k))
 
 
 def test_fit_blinks_recovers_rate_and_duration() -> None:

@@ -75,8 +75,8 @@ def register(sub) -> None:
                             "reason. On a CPU the default runs batch 1 and 8 and leaves out torch-compile "
                             "and aot, whose first builds compile C++ (measured, small model, 2 cores: "
                             "torch-compile about 120 CPU s per batch size, aot about 100 CPU s once, then cached); "
-                            "--model-config small then costs 60-70 CPU s (40-45 once its ONNX export is "
-                            "cached). --stream instead measures the streaming runtime's latency.",
+                            "--model-config small then takes about 35 s (43 CPU s; 19 s once its ONNX export is "
+                            "cached) on an idle 2-core machine. --stream instead measures the streaming runtime's latency.",
                 basic=("--backends", "--batch", "--device", "--out", "--checkpoint", "--model",
                        "--model-config", "--threads", "--stream"),
                 examples=(("trtalk bench --model-config small",

@@ -129,6 +129,13 @@ class TrtalkVideoService(FrameProcessor):
         await super().cleanup()
         await self._stop()
 
+    async def close(self) -> None:
+        """Stop the face and release the shared model now (idempotent). A pipeline that ends with
+        an EndFrame or CancelFrame does this itself; call it where a pipeline may be dropped without
+        one, e.g. when its runner ends early."""
+        await self._stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.face.close)
+
     # -- frames out ----------------------------------------------------------------------------
 
     def _on_output(self, out: FaceOutput) -> None:
