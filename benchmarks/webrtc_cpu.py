@@ -65,23 +65,15 @@ def thread_cpu() -> dict[str, float]:
 
 def chromium_cpu() -> float:
     """CPU seconds of this process's descendant processes (Playwright's driver and Chromium)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    todo, total, hz = [os.getpid()], 0.0, os.sysconf("SC_CLK_TCK")
-    while todo:
-        p = todo.pop()
-        for c in [c for c, pp in parent.items() if pp == p]:
-            todo.append(c)
-            try:
-                f = open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()
-                total += (int(f[11]) + int(f[12])) / hz
-            except (OSError, IndexError, ValueError):
-                pass
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # gone meanwhile
+            pass
     return total
 
 

@@ -38,11 +38,14 @@ import numpy as np
 from scipy.spatial import Delaunay
 
 from trtalk.errors import TrtalkError
+from trtalk.face.pasteback import FACE_OVAL
 from trtalk.warp import mesh as M
 
 logger = logging.getLogger(__name__)
 
 NUM_MESH = 468
+#: where a parted lip's visible edge is, between the gap's darkest level (0) and the lip's (1)
+EDGE_LEVEL = 0.7
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,83 @@ def _box(pts: np.ndarray, pad: float, h: int, w: int) -> tuple[int, int, int, in
             min(int(np.ceil(hi[0])) + 1, w), min(int(np.ceil(hi[1])) + 1, h))
 
 
+def _lip_edges(image: np.ndarray, mesh2d: np.ndarray) -> np.ndarray:
+    """``mesh2d`` with the inner-lip points of parted lips moved onto the lips' visible edges.
+
+    The face mesh puts the inner-lip contour a pixel or two inside the dark gap between parted
+    lips (mostly under the upper lip's edge). Closing those points together left that strip of dark
+    gap in the lips as a dark seam, which the tracker (and the eye, up close) reads as parted lips:
+    1.7-2.7 % of the face height on the PC-AVS photos. Each interior inner-lip point moves outwards
+    (away from the other lip) along the line to its partner while the image stays darker than
+    ``EDGE_LEVEL`` (0.7) of the way from the gap's darkest level to the lip's brightest (up to its
+    outer contour; at 224 px the lip's edge is a ramp several pixels long, and at 0.5 of the way
+    the tracker still read a gap on 7 of 14 PC-AVS photos, at 0.7 on 5), at most 0.6 of the lip's
+    thickness there, and half a pixel past it; the moves are smoothed along the contour (the corners stay), and the
+    mesh points inside each lip move with its edge, less towards its outer contour (the lip is
+    compressed, no triangle turns over). A gap not darker than the lips (teeth) moves nothing.
+    """
+    out = np.array(mesh2d, dtype=np.float64)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+    def sample(p: np.ndarray) -> np.ndarray:
+        m = p.astype(np.float32).reshape(-1, 1, 2)
+        return cv2.remap(grey, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).ravel()
+
+    up_i, lo_i = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
+    oup_i, olo_i = list(M.OUTER_UPPER_LIP[1:-1]), list(M.OUTER_LOWER_LIP[1:-1])
+    up, lo = out[up_i], out[lo_i]
+    gap = lo - up
+    n = gap / np.maximum(np.linalg.norm(gap, axis=1, keepdims=True), 1e-6)  # upper -> lower
+    max_share = 0.6
+    t = np.linspace(0.0, 1.0, 9)
+    dark = np.array([sample(a + t[:, None] * (b - a)).min() for a, b in zip(up, lo)])
+    steps = np.linspace(0.0, 1.0, 41)
+    moves = []
+    for edge, outer, sign in ((up, out[oup_i], -1.0), (lo, out[olo_i], 1.0)):
+        thick = np.abs(np.sum((outer - edge) * n, axis=1))
+        move = np.zeros(len(edge))
+        for k in range(len(edge)):
+            prof = sample(edge[k] + sign * (steps * thick[k])[:, None] * n[k])
+            lip = float(prof.max())
+            if lip - dark[k] < 12.0:
+                continue  # no dark gap here (teeth, or a dark lip)
+            below = prof[steps <= max_share] < dark[k] + EDGE_LEVEL * (lip - dark[k])
+            if not below[0]:
+                continue
+            # Past the last dark sample to the first light one, and half a pixel on (bilinear
+            # sampling of the edge pixel would otherwise bring the gap's dark back as a line).
+            run = int(np.argmin(below)) if not below.all() else len(below) - 1
+            move[k] = min(steps[run] * thick[k] + 0.5, max_share * thick[k])
+        # Smooth along the contour (the corners themselves stay).
+        pad = np.concatenate([move[:1], move, move[-1:]])
+        move = 0.25 * pad[:-2] + 0.5 * pad[1:-1] + 0.25 * pad[2:]
+        moves.append(move)
+        out[up_i if sign < 0 else lo_i] = edge + sign * move[:, None] * n
+        # The mesh points inside this lip move with its edge, less towards its outer contour, so
+        # the lip is compressed and no triangle turns over.
+        inner_c = M.INNER_UPPER_LIP if sign < 0 else M.INNER_LOWER_LIP
+        outer_c = M.OUTER_UPPER_LIP if sign < 0 else M.OUTER_LOWER_LIP
+        lip_poly = np.concatenate([mesh2d[list(outer_c)], mesh2d[list(inner_c)[::-1]]])
+        contours = set(M.INNER_UPPER_LIP) | set(M.INNER_LOWER_LIP) | set(outer_c)
+        others = np.array([i for i in range(len(mesh2d)) if i not in contours])
+        inside = others[_inside(lip_poly, mesh2d[others], 0.5)]
+        if len(inside) and move.max() > 0:
+            axis = mesh2d[M.INNER_UPPER_LIP[-1]] - mesh2d[M.INNER_UPPER_LIP[0]]
+            axis = axis / max(float(np.linalg.norm(axis)), 1e-6)
+            nbar = n.mean(axis=0)
+            nbar = nbar / max(float(np.linalg.norm(nbar)), 1e-6)
+            eu = edge @ axis
+            order = np.argsort(eu)
+            q = mesh2d[inside]
+            qu = q @ axis
+            m_q = np.interp(qu, eu[order], move[order], left=0.0, right=0.0)
+            th_q = np.interp(qu, eu[order], thick[order])
+            e_q = np.interp(qu, eu[order], (edge @ nbar)[order])
+            depth = sign * (q @ nbar - e_q) / np.maximum(th_q, 1e-6)
+            out[inside] = q + (sign * m_q * np.clip(1.0 - depth, 0.0, 1.0))[:, None] * nbar
+    return out
+
+
 def _inside(poly: np.ndarray, pts: np.ndarray, tol: float) -> np.ndarray:
     c = poly.astype(np.float32).reshape(-1, 1, 2)
     return np.array([cv2.pointPolygonTest(c, (float(x), float(y)), True) >= -tol for x, y in pts])
@@ -224,7 +304,15 @@ class WarpAvatar:
         mesh = np.empty_like(mesh3d)
         mesh[:, :2] = mesh3d[:, :2] @ self.crop_m[:, :2].T + self.crop_m[:, 2]
         mesh[:, 2] = mesh3d[:, 2] * scale
+        # The photo's inner-lip gap as the face mesh tracks it (the opening's unit), before the
+        # inner-lip points are moved onto the lips' visible edges.
+        self._tracked_gap = float((mesh[M.LOWER_LIP_MID, :2] - mesh[M.UPPER_LIP_MID, :2]) @ _face_frame(mesh[:, :2])[2])
         self.mesh = mesh
+        if self._tracked_gap > 0.015 * float(np.linalg.norm(mesh[M.CHIN, :2] - mesh[M.FOREHEAD, :2])):
+            # Parted lips over a dark gap (not teeth, which the open mouth shows as they are).
+            self.rest_gap = self._tracked_gap
+            if not self._shows_teeth(mesh[list(M.INNER_UPPER_LIP), :2], mesh[list(M.INNER_LOWER_LIP), :2]):
+                mesh[:, :2] = _lip_edges(self.crop, mesh[:, :2])
 
         origin, u, v, s = _face_frame(mesh[:, :2])
         self.interocular = s
@@ -239,11 +327,21 @@ class WarpAvatar:
         near = np.linalg.norm(anchors[:, None] - mesh[None, :, :2], axis=2).argmin(axis=1)
         anchors3 = np.concatenate([anchors, mesh[near, 2:3]], axis=1)
         self.rest = np.concatenate([mesh, anchors3]).astype(np.float64)
+        self._silhouette_depth(mesh, s, near)
         # Share of the head's rigid motion: 1 on the mesh, falling off over the rings, 0 on the border.
         self.follow = np.concatenate([np.ones(NUM_MESH), follow])
         self.triangles = Delaunay(self.rest[:, :2]).simplices.astype(np.int32)
         # Triangles touching an anchor are drawn first (behind the face) whatever their depth.
         self._behind = (self.triangles >= NUM_MESH).any(axis=1)
+        # Triangles spanning the mouth's opening are drawn before the face's others: closed, they
+        # collapse onto the seam where the lips meet, and cv2 fills a collapsed triangle's line
+        # of pixels, which then showed the middle of the photo's dark gap as a dark seam; drawn
+        # first, the lips' own triangles cover that line.
+        inner = np.array(sorted(set(M.INNER_UPPER_LIP) | set(M.INNER_LOWER_LIP)))
+        opening = np.concatenate([mesh[list(M.INNER_UPPER_LIP), :2], mesh[list(M.INNER_LOWER_LIP)[::-1], :2]])
+        cand = np.isin(self.triangles, inner).all(axis=1)
+        cand[cand] = _inside(opening, self.rest[self.triangles[cand], :2].mean(axis=1), 0.0)
+        self._opening = cand
 
         self._mouth_weights(origin, u, v, s)
         self._eyelid_rig(s)
@@ -287,6 +385,34 @@ class WarpAvatar:
         anchors = np.concatenate(ring_pts + [border])
         follow = np.concatenate(ring_w + [np.zeros(len(border))])
         return anchors, follow
+
+    def _silhouette_depth(self, mesh: np.ndarray, s: float, near: np.ndarray) -> None:
+        """The depth correction of the band along the face's outline, used on the side a turn exposes.
+
+        Near the silhouette of a photo's face the surface is nearly edge-on: a few pixels hold a
+        large, noisy depth step (mediapipe's depth there is a guess). A turn that brings that side
+        into view moves each point sideways in proportion to its depth, so the thin triangles
+        between the outline and the next row of points are stretched by amounts that jump from one
+        triangle to its neighbour, and the skin/background edge inside them (which follows no
+        triangle edge) was stretched into a saw-tooth of spikes. On that side the depth is blended
+        with a smooth version of itself (Gaussian-weighted over the mesh, sigma 0.15 interocular
+        distances; full weight on the outline, none 0.4 interocular distances inside it), so the
+        stretch varies smoothly along the edge. The side the turn hides keeps its depth (the nose
+        and the near cheek need it to occlude). Anchors take their nearest mesh point's correction.
+        """
+        p, z = mesh[:, :2], mesh[:, 2]
+        w = np.exp(-((p[:, None] - p[None]) ** 2).sum(axis=2) / (2.0 * (0.15 * s) ** 2))
+        smooth = (w @ z) / w.sum(axis=1)
+        oval = p[list(FACE_OVAL)].astype(np.float32).reshape(-1, 1, 2)
+        inside = np.array([cv2.pointPolygonTest(oval, (float(x), float(y)), True) for x, y in p])
+        band = np.clip(1.0 - inside / (0.4 * s), 0.0, 1.0)
+        delta = band * (smooth - z)
+        centre = p.mean(axis=0)
+        out = p - centre
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+        #: per control point: the depth correction and the outward direction from the face's centre
+        self._edge_dz = np.concatenate([delta, delta[near]])
+        self._edge_dir = np.concatenate([out, out[near]])
 
     def _warp_region(self) -> None:
         """The frame region the moving triangles can reach (``roi``: x0, y0, x1, y1), the face's
@@ -373,12 +499,14 @@ class WarpAvatar:
         # the jaw, travels 70 % of each point's gap, the upper lip 30 %); the rest of the jaw and
         # the upper lip follow with their weights.
         face_h = float(np.linalg.norm(pts[10] - pts[152]))
-        gap0 = float((pts[M.LOWER_LIP_MID] - pts[M.UPPER_LIP_MID]) @ v)
+        gap0 = self._tracked_gap
         self.rest_gap = gap0 if gap0 > 0.015 * face_h else 0.0
         close = np.zeros((NUM_MESH, 2))
         if self.rest_gap > 0.0:
-            close += (-0.7 * self.rest_gap * jaw / max(float(jaw[M.LOWER_LIP_MID]), 1e-6))[:, None] * v
-            close += (0.3 * self.rest_gap * raise_)[:, None] * v
+            # The inner-lip points sit on the lips' visible edges (_lip_edges): close that gap.
+            edge_gap = max(float((pts[M.LOWER_LIP_MID] - pts[M.UPPER_LIP_MID]) @ v), self.rest_gap)
+            close += (-0.7 * edge_gap * jaw / max(float(jaw[M.LOWER_LIP_MID]), 1e-6))[:, None] * v
+            close += (0.3 * edge_gap * raise_)[:, None] * v
             up_i, lo_i = list(M.INNER_UPPER_LIP[1:-1]), list(M.INNER_LOWER_LIP[1:-1])
             d = pts[lo_i] - pts[up_i]
             close[up_i] = 0.3 * d
@@ -484,6 +612,13 @@ class WarpAvatar:
         # The jaw swings back a little as it drops.
         mesh[:, 2] += 0.3 * extra * self._jaw
         rot = np.asarray(rotation, dtype=np.float64)
+        # Deeper points move along ``g`` on screen: the side of the face that way is being exposed
+        # and takes the smoothed silhouette depth (see _silhouette_depth); at no turn g = 0, so
+        # the correction fades in with the turn and the photo's own pose is untouched.
+        g = rot[:2, 2]
+        g_len = float(np.hypot(g[0], g[1]))
+        if g_len > 1e-9:
+            p[:, 2] += np.clip(2.0 * (self._edge_dir @ (g / g_len)), 0.0, 1.0) * self._edge_dz
         moved = (p - self.pivot) @ rot.T + self.pivot
         return p + self.follow[:, None] * (moved - p)
 
@@ -539,6 +674,7 @@ class WarpAvatar:
         step = self.grid_step
         ny, nx = self._lattice
         depth = deformed[tri, 2].mean(axis=1)
+        depth[self._opening] = 1e30
         depth[self._behind] = np.inf
         order = np.argsort(-depth, kind="stable")  # farthest first; nearest drawn last wins
         lo, hi = d.min(axis=1), d.max(axis=1)
