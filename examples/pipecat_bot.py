@@ -53,7 +53,8 @@ window.bot = {pcId: null, connected: false};
 document.getElementById('connect').onclick = async () => {
   // Open the audio output before any audio arrives: Chromium pulls the jitter buffer only once its
   // audio output runs, and opening the first output stream can take seconds (1.9 s on a machine
-  // without a sound card). Audio arriving meanwhile piles up and plays late, then faster.
+  // without a sound card). Audio arriving meanwhile piles up and plays late, then faster. The
+  // context's clock jumps a few ms at once, then stands until its output runs: wait for 100 ms.
   const ctx = window.bot.audioCtx = new AudioContext();  // in the click: allowed to start
   const opened = ctx.resume().then(async () => {
     for (const t0 = performance.now(); ctx.currentTime < 0.1 && performance.now() - t0 < 5000;)
