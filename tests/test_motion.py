@@ -138,10 +138,12 @@ def test_angle_map_predicts_held_out_renders(pcavs_small, face_image_path: Path,
     info = amap.info
     # Measured: held-out RMS 0.49 of the codes' spread (2.5e-4 absolute), against 0.90 for the
     # codes' mean (the default 5 x 5 x 3 grid: 0.28 vs 0.86); with the small config's small pose
-    # encoder (issue 23) 0.556 vs 0.903 (seeded, deterministic). Random weights respond to pixels
-    # more than to pose, so this is a loose bound: 0.7 of the mean's error.
+    # encoder (issue 23) 0.556 vs 0.903 (seeded, deterministic); since the warp renders take a
+    # smoothed silhouette depth on the side a turn exposes (issue 20: the grid's turned renders
+    # changed at the cheek edge) 0.636 vs 0.958. Random weights respond to pixels more than to
+    # pose, so these are loose bounds: 0.7 of the mean's error, and 0.7 absolute (10 % over 0.636).
     assert info["heldout_rel"] < 0.7 * info["heldout_rel_mean"], info
-    assert info["heldout_rel"] < 0.6, info
+    assert info["heldout_rel"] < 0.7, info
     # Angle 0 is the photo itself: the map gives (nearly) the avatar's own pose code.
     ref = avatar.ref_pose.numpy()
     err0 = np.abs(amap(np.zeros((1, 3)))[0] - ref)
