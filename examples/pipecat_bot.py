@@ -51,6 +51,15 @@ PAGE = """<!doctype html><meta charset=utf-8><title>trtalk + Pipecat</title>
 <script>
 window.bot = {pcId: null, connected: false};
 document.getElementById('connect').onclick = async () => {
+  // Open the audio output before any audio arrives: Chromium pulls the jitter buffer only once its
+  // audio output runs, and opening the first output stream can take seconds (1.9 s on a machine
+  // without a sound card). Audio arriving meanwhile piles up and plays late, then faster. The
+  // context's clock jumps a few ms at once, then stands until its output runs: wait for 100 ms.
+  const ctx = window.bot.audioCtx = new AudioContext();  // in the click: allowed to start
+  const opened = ctx.resume().then(async () => {
+    for (const t0 = performance.now(); ctx.currentTime < 0.1 && performance.now() - t0 < 5000;)
+      await new Promise((ok) => setTimeout(ok, 10));
+  });
   const pc = new RTCPeerConnection();
   window.bot.pc = pc;
   pc.addTransceiver('audio', {direction: 'sendrecv'});
@@ -65,6 +74,7 @@ document.getElementById('connect').onclick = async () => {
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise((ok) => { if (pc.iceGatheringState === 'complete') ok();
     else pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && ok(); });
+  await opened;
   const r = await fetch('api/offer', {method: 'POST', headers: {'Content-Type': 'application/json'},
     body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
   const answer = await r.json();
