@@ -25,7 +25,6 @@ Needs the agents' requirements (requirements-agents.txt) for ``--path pipecat``,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -79,7 +78,6 @@ def chromium_cpu() -> float:
 
 def run_pipecat(args, page_of) -> dict:
     import pipecat_bot
-    from aiohttp import web
     from pipecat.transports.smallwebrtc import transport as swt
 
     sent: list[float] = []
@@ -94,21 +92,8 @@ def run_pipecat(args, page_of) -> dict:
     pipecat_bot.TransportParams = lambda **kw: params(**{**kw, "video_out_framerate": args.video_framerate})
     server = pipecat_bot.BotServer(ROOT / "trtalk/assets/astronaut.png", ROOT / "trtalk/assets/demo_speech.wav",
                                    size=args.size, every_s=args.every, first_s=1.0, pose="still")
-    loop = asyncio.new_event_loop()
-    ready, holder = threading.Event(), {}
-
-    async def serve() -> None:
-        runner = web.AppRunner(server.app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["port"] = site._server.sockets[0].getsockname()[1]
-        ready.set()
-
-    threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()),
-                     name="event-loop", daemon=True).start()
-    ready.wait(30)
-    with page_of(f"http://127.0.0.1:{holder['port']}/") as page:
+    url, _stop = server.start_in_thread()  # the process ends with os._exit (main)
+    with page_of(url) as page:
         page.click("#connect")
         page.wait_for_function("window.bot.connected && window.bot.videoTrack", timeout=60000)
         service = server.services[page.evaluate("window.bot.pcId")]

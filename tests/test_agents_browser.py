@@ -36,10 +36,8 @@ while the measured utterance played. On a machine without other work they fail.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -140,37 +138,15 @@ STATS_JS = """async () => {
 
 @pytest.fixture(scope="module")
 def bot_server():
-    from aiohttp import web
     from pipecat_bot import BotServer
 
     server = BotServer(ROOT / "trtalk" / "assets" / "astronaut.png", ROOT / "trtalk" / "assets" / "demo_speech.wav",
                        size=SIZE, every_s=None, first_s=None, pose="still")  # speaks when asked
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict = {}
-
-    async def serve() -> None:
-        runner = web.AppRunner(server.app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["port"] = site._server.sockets[0].getsockname()[1]
-        holder["runner"] = runner
-        started.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True)
-    thread.start()
-    assert started.wait(30)
+    url, stop = server.start_in_thread()
     try:
-        yield server, f"http://127.0.0.1:{holder['port']}/", loop
+        yield server, url
     finally:
-        async def shutdown() -> None:
-            await server.close()
-            await holder["runner"].cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        stop()
 
 
 def _jiffies_of(pid: int | str) -> int:
@@ -228,7 +204,7 @@ def session(bot_server) -> dict:
 
     from trtalk.audio.decode import load_audio
 
-    server, url, loop = bot_server
+    server, url = bot_server
     dur_ms = 1000 * len(load_audio(ROOT / "trtalk" / "assets" / "demo_speech.wav", RATE)) / RATE
     args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
