@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,34 +211,11 @@ class BotServer:
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Callable[[], None]]:
         """Serve the page from an event loop in a background thread (tests, benchmarks): returns
         the page's URL and a ``stop()`` that ends every bot, the server and the loop."""
-        loop = asyncio.new_event_loop()
-        ready, holder = threading.Event(), {}
+        from trtalk.serve.background import start_runner_in_thread
 
-        async def serve() -> None:
-            runner = web.AppRunner(self.app)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            holder["port"] = site._server.sockets[0].getsockname()[1]
-            holder["runner"] = runner
-            ready.set()
-
-        thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()),
-                                  name="bot-event-loop", daemon=True)
-        thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the bot server did not start within 30 s")
-
-        def stop() -> None:
-            async def shutdown() -> None:
-                await self.close()
-                await holder["runner"].cleanup()
-
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-
-        return f"http://{host}:{holder['port']}/", stop
+        port, stop = start_runner_in_thread(lambda: web.AppRunner(self.app), host, port, name="bot-event-loop",
+                                            before_cleanup=self.close, stop_timeout=30)
+        return f"http://{host}:{port}/", stop
 
     async def say(self, request: web.Request) -> web.Response:
         body = json.loads(await request.text() or "{}")

@@ -167,40 +167,9 @@ async def _serve(app, host: str, port: int) -> None:
 def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
     """Start ``server`` (prepared) on a background event loop; returns (url, stop()) -- for tests
     and the load benchmark."""
-    import threading
-
-    from aiohttp import web
-
     from trtalk.serve.app import make_app, make_runner
+    from trtalk.serve.background import start_runner_in_thread
 
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict = {}
-
-    async def main() -> None:
-        runner = make_runner(make_app(server), server.limits)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        holder["port"] = site._server.sockets[0].getsockname()[1]
-        holder["runner"] = runner
-        ready.set()
-
-    def target() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(main())
-        loop.run_forever()
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-
-    thread = threading.Thread(target=target, name="trtalk-serve-loop", daemon=True)
-    thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("server did not start")
-
-    def stop() -> None:
-        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-
-    return f"http://{host}:{holder['port']}", stop
+    port, stop = start_runner_in_thread(lambda: make_runner(make_app(server), server.limits), host, port,
+                                        name="trtalk-serve-loop")
+    return f"http://{host}:{port}", stop
