@@ -128,6 +128,13 @@ class WavSpeaker(FrameProcessor):
         elif isinstance(frame, InterruptionFrame):
             self._cut = True  # as a TTS does: the interrupted utterance is not sent on
 
+    async def cleanup(self) -> None:
+        """Pipecat's teardown: the speaking task ends with the pipeline (no task left dangling)."""
+        await super().cleanup()
+        if self._task is not None:
+            await self.cancel_task(self._task)
+            self._task = None
+
     async def _speak(self) -> None:
         await self._pause(self.first_s)
         step = self.rate // 50

@@ -322,6 +322,39 @@ def test_pipecat_service_frames_audio_and_interruption():
     assert service.face.closed and shared.active() == []
 
 
+def test_example_tts_stand_in_speaks_and_leaves_no_task_behind():
+    """examples/pipecat_bot.py's WavSpeaker (the stand-in TTS): TTSStarted, the wav as 20 ms
+    TTSAudioRawFrames, TTSStopped; its speaking task ends with the pipeline (Pipecat's teardown,
+    `cleanup`), not left pending for the event loop to destroy."""
+    pytest.importorskip("pipecat")
+    pytest.importorskip("aiohttp")
+    import sys
+
+    from pipecat.frames.frames import TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from pipecat_bot import WavSpeaker
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    speaker = WavSpeaker(SPEECH, first_s=0.0, every_s=30.0, speed=20.0)  # 4.1 s of speech in ~0.2 s
+    pending: list = []
+
+    async def run():
+        down, _ = await run_test(speaker, frames_to_send=[SleepFrame(sleep=1.0)], start_timeout=30.0)
+        pending.extend(t for t in asyncio.all_tasks() if "WavSpeaker" in t.get_name() and not t.done())
+        return down
+
+    down = asyncio.run(run())
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert isinstance(down[0], TTSStartedFrame) and any(isinstance(f, TTSStoppedFrame) for f in down)
+    assert all(len(f.audio) == 2 * 480 for f in audio[:-1])  # 20 ms at 24 kHz
+    pcm = np.concatenate([np.frombuffer(f.audio, np.int16) for f in audio])
+    np.testing.assert_array_equal(pcm, speaker.pcm)
+    assert speaker._task is None and pending == [], pending
+
+
 def test_two_pipecat_services_batch_together():
     """Two Pipecat services (two bots) in one process: their frames are generated in shared
     batches (the scheduler's histogram), each bot gets its own frames."""

@@ -60,6 +60,20 @@ def test_export_for_batch_8_serves_batch_1_without_exporting(tmp_path, export_sp
     assert _ensure(tmp_path, 1, "fp16") != first and export_spy == [8, 1]  # precision is in the key
 
 
+def test_random_weights_warning_only_when_exporting_them(tmp_path, export_spy, caplog):
+    """The loud "exporting seeded random weights" warning comes with an export, not a cache hit."""
+    loud = "NO --checkpoint GIVEN"
+    with caplog.at_level(logging.INFO, logger="trtalk"):
+        first = _ensure(tmp_path, 8)
+    assert export_spy == [8] and sum(loud in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trtalk"):
+        assert _ensure(tmp_path, 1) == first
+    said = [r.getMessage() for r in caplog.records]
+    assert not any(loud in m for m in said), said
+    assert any("using cached export" in m and "random" in m for m in said), said  # the name says so
+
+
 def test_export_of_the_batch_keyed_layout_is_reused(tmp_path, export_spy):
     """A cache written before the key lost its batch (``...-fp32-b8-v<version>``) still serves."""
     first = _ensure(tmp_path, 8)

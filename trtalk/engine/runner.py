@@ -165,12 +165,12 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     entry of the older batch-keyed layout (``...-b<N>...``) is reused the same way.
 
     ``fold_up_blur``: the blur folded into the upsampling convs (pays on GPUs, costs on CPU)."""
-    from trtalk.export.exporter import ExportOptions, export_pcavs, load_model
+    from trtalk.export.exporter import ExportOptions, export_pcavs, load_model, warn_random_weights
 
     if source is not None and _is_export_dir(Path(source)):
         Manifest.read(source).verify(source)  # the user's own folder: report, never touch
         return Path(source)
-    model, record = load_model(source, seed=seed, config=config, family=family)
+    model, record = load_model(source, seed=seed, config=config, family=family, warn=False)
     cfg_hash = hashlib.sha256(model.config.to_json().encode()).hexdigest()[:8]
     tag = record["sha256"][:16] if record["sha256"] else f"random{record['seed']}-{cfg_hash}"
     family = registry.spec_of(model).name
@@ -199,6 +199,8 @@ def ensure_export(source: str | os.PathLike | None, precision: str, max_batch: i
     remove_abandoned(root, re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(?:-(?P<pid>\d+))?\.tmp"),
                      dirs=True)  # what killed exports into this slot left behind
     tmp = root / f".{final.name}.{secrets.token_hex(4)}-{os.getpid()}.tmp"
+    if record["random_weights"]:
+        warn_random_weights(record["seed"])
     try:
         export_pcavs(ExportOptions(out=tmp, precision=precision, max_batch=max_batch,
                                    fold_up_blur=fold_up_blur),

@@ -197,16 +197,22 @@ def require_export_extra() -> None:
                               f"pip install 'trtalk[export]'") from None
 
 
+def warn_random_weights(seed: int) -> None:
+    """The loud warning before seeded random weights are exported."""
+    log.warning("!!! NO --checkpoint GIVEN: exporting SEEDED RANDOM WEIGHTS (seed %d). The "
+                "graphs produce noise, not faces; use them for tests and benchmarks only. !!!", seed)
+
+
 def load_model(checkpoint: str | os.PathLike | None, seed: int = RANDOM_SEED,
-               config: Any = None, family: str | None = None) -> tuple[torch.nn.Module, dict]:
+               config: Any = None, family: str | None = None, *, warn: bool = True) -> tuple[torch.nn.Module, dict]:
     """The model to export and its manifest record (path, sha256, random_weights, seed).
 
     The family is the checkpoint's; for random weights ``family``, else the config's, else
-    `DEFAULT_FAMILY`."""
+    `DEFAULT_FAMILY`. ``warn``: say loudly that random weights are being exported (callers that
+    may find the export already made, `trtalk.engine.runner`, warn only when they export)."""
     if checkpoint is None:
-        log.warning("!!! NO --checkpoint GIVEN: exporting SEEDED RANDOM WEIGHTS (seed %d). The "
-                    "graphs produce noise, not faces; use them for tests and benchmarks only. !!!",
-                    seed)
+        if warn:
+            warn_random_weights(seed)
         spec = registry.with_stages(registry.get(family) if family else
                                     registry.spec_of(config) if config is not None else registry.get(DEFAULT_FAMILY))
         assert spec.random is not None

@@ -107,7 +107,6 @@ class SilenceSource(AudioSource):
         super().__init__("audio:none", capacity, block)
         self.lead_s = max(0.0, lead_s)
         self.duration_s = duration_s
-        self.gain_hint: float | None = None
         self.loop = duration_s is None
 
     def _run(self) -> None:

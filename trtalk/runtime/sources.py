@@ -332,7 +332,6 @@ class AudioFileSource(AudioSource):
         self.loop = loop
         self.fail_at_s = fail_at_s
         self.resume_at_s = resume_at_s
-        self.gain_hint: float | None = None  # whole-file RMS gain, known for files (see stream.py)
 
     @property
     def duration_s(self) -> float | None:
@@ -440,7 +439,6 @@ class MicSource(AudioSource):
         self.latency_s = latency_s
         self.max_skew_s = max_skew_s
         self.resync_s = resync_s
-        self.gain_hint = None
         self.duration_s = None
         # latency: PortAudio's input latency of the open stream (set when it opens); skipped_s:
         # counted time the sample counter jumped ahead (samples lost)

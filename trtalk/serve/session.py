@@ -55,7 +55,6 @@ class PushAudioSource(AudioSource):
 
     def __init__(self, name: str, capacity: int = 512) -> None:
         super().__init__(name, capacity, block=960)  # a WebRTC audio frame: 20 ms at 48 kHz, 320 samples at 16 kHz
-        self.gain_hint = None
         self.duration_s = None
         self._first: float | None = None
         self._counted = 0
