@@ -63,6 +63,7 @@ if not Path(CHROMIUM).is_file():
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
+from pulse_util import load_null_sink, pulse_reason, unload  # noqa: E402
 FPS = 25.0
 SIZE = 128
 RATE = 24000
@@ -141,23 +142,6 @@ HEARD_WINDOW = 256  # samples per level (the analyser's fftSize at 48 kHz)
 HEARD_STEP = HEARD_RATE // 200  # a level every 5 ms
 
 
-def _pulse_reason() -> str | None:
-    """Why the sound the page plays cannot be recorded here, or None."""
-    import shutil
-    import subprocess
-
-    if shutil.which("pactl") is None or shutil.which("parec") is None:
-        return "pulseaudio-utils (pactl, parec) not installed"
-    try:
-        out = subprocess.run(["pactl", "info"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"pactl info failed: {exc}"
-    if out.returncode != 0:
-        said = (out.stderr or out.stdout).strip().splitlines()
-        return f"no PulseAudio server reachable (pactl info: {said[-1] if said else out.returncode})"
-    return None
-
-
 class HeardRecorder:
     """What the page plays as the audio server plays it: a PulseAudio null sink of the test's own
     (Chromium is pointed at it with PULSE_SINK), its monitor read by ``parec`` from start to stop.
@@ -173,12 +157,7 @@ class HeardRecorder:
         import threading
 
         self.sink = f"trtalk_browser_{os.getpid()}"
-        out = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={self.sink}",
-                              f"sink_properties=device.description={self.sink}"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            raise RuntimeError(f"cannot load a PulseAudio null sink: {out.stderr.strip()}")
-        self.module = out.stdout.strip()
+        self.module = load_null_sink(self.sink)
         self.proc = subprocess.Popen(["parec", f"--device={self.sink}.monitor", "--format=s16le",
                                       f"--rate={HEARD_RATE}", "--channels=1", "--latency-msec=5", "--raw"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
@@ -207,7 +186,7 @@ class HeardRecorder:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.thread.join(5)
-        subprocess.run(["pactl", "unload-module", self.module], capture_output=True, timeout=10)
+        unload(self.module)
 
     def levels(self) -> tuple[np.ndarray, np.ndarray]:
         """(when each level was played, on time.monotonic in s; RMS of HEARD_WINDOW samples),
@@ -316,7 +295,7 @@ def session(bot_server) -> dict:
     # the sound as played: Chromium's audio into a null sink of the test's own, recorded (Playwright
     # mutes Chromium by default, --mute-audio: the output then goes nowhere and only a WebAudio tap
     # hears it)
-    no_pulse = _pulse_reason()
+    no_pulse = pulse_reason(("pactl", "parec"))
     heard = None if no_pulse else HeardRecorder()
     env = dict(os.environ, PULSE_SINK=heard.sink) if heard else None
     with playwright_api.sync_playwright() as p:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pulse_util import load_null_sink, pulse_reason, unload
 
 from trtalk.audio import load_audio
 
@@ -40,15 +41,9 @@ TOL_S = 0.040
 
 def _pulse_reason() -> str | None:
     """Why the test cannot run here, or None."""
-    if shutil.which("pactl") is None or shutil.which("pacat") is None:
-        return "pulseaudio-utils (pactl, pacat) not installed"
-    try:
-        out = subprocess.run(["pactl", "info"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"pactl info failed: {exc}"
-    if out.returncode != 0:
-        said = (out.stderr or out.stdout).strip().splitlines()
-        return f"no PulseAudio server reachable (pactl info: {said[-1] if said else out.returncode})"
+    reason = pulse_reason(("pactl", "pacat"))
+    if reason:
+        return reason
     try:
         import sounddevice  # noqa: F401
     except (ImportError, OSError) as exc:
@@ -62,14 +57,12 @@ def null_sink() -> str:
     if reason:
         pytest.skip(reason)
     name = f"trtalk_test_{os.getpid()}"
-    out = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}",
-                          f"sink_properties=device.description={name}"],
-                         capture_output=True, text=True, timeout=10)
-    if out.returncode != 0:
-        pytest.skip(f"cannot load a PulseAudio null sink: {out.stderr.strip()}")
-    module = out.stdout.strip()
+    try:
+        module = load_null_sink(name)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     yield name
-    subprocess.run(["pactl", "unload-module", module], capture_output=True, timeout=10)
+    unload(module)
 
 
 def _lag(seg: np.ndarray, ref: np.ndarray) -> tuple[int, float]:
