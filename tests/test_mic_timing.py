@@ -92,26 +92,19 @@ def fake_sd(monkeypatch: pytest.MonkeyPatch) -> type[FakeDevice]:
 class AudioSink(FrameSink):
     """Keeps the audio the pipeline drove the frames with (what a recording gets)."""
 
+    accepts_audio = True
+
     def __init__(self) -> None:
         self.audio: list[np.ndarray] = []
-        self._frames = 0
-
-    @property
-    def frames_written(self) -> int:
-        return self._frames
-
-    @property
-    def accepts_audio(self) -> bool:
-        return True
 
     def write_audio(self, samples: np.ndarray) -> None:
         self.audio.append(np.array(samples, np.float32))
 
     def write(self, frame: np.ndarray, pts_s: float | None = None) -> None:
-        self._frames += 1
+        self._frames_written += 1
 
     def close(self) -> None:
-        pass
+        self._closed = True
 
 
 class StubRunner:
