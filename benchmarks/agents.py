@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trtalk.audio.decode import load_audio  # noqa: E402
+from trtalk.fsutil import atomic_output  # noqa: E402
 from trtalk.integrations import shared  # noqa: E402
 from trtalk.integrations.face import AgentFace, FaceOutput  # noqa: E402
 
@@ -187,9 +188,8 @@ def main() -> None:
               "model": args.model, "model_config": args.model_config, "size": args.size, "fps": args.fps,
               "rows": rows, "most_agents_holding_fps": max(held) if held else 0}
     out = args.out or ROOT / "benchmarks" / "results" / f"agents_{args.model}{'_' + args.model_config if args.model_config else ''}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.rename(out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     print(f"most agents holding {args.fps:g} frames/s: {result['most_agents_holding_fps']}; wrote {out}")
 
 

@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trtalk.fsutil import atomic_output  # noqa: E402
+
 TEST = "tests/test_agents_browser.py::test_pipecat_bot_in_chromium_lips_in_sync"
 PATTERNS = {
     "picture_behind_sound_ms": r"browser: picture ([+-]?\d+) ms behind the sound",
@@ -77,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
               "bounds_ms": {"picture_behind_at_most": 45, "picture_ahead_at_most": 125},
               "picture_behind_sound_ms": summary, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    with atomic_output(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
     print(json.dumps(summary))
     print(f"wrote {args.out}")
     return 0 if got and summary["passed"] == len(rows) else 1

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trtalk.bench.peaks import machine_info, machine_tag  # noqa: E402
 from trtalk.export.stages import STAGES, example_inputs, stage_module, stage_specs  # noqa: E402
 from trtalk.families.pcavs import PCAVS, PCAVSConfig  # noqa: E402
+from trtalk.fsutil import atomic_output  # noqa: E402
 from trtalk.models.fuse import FuseOptions  # noqa: E402
 
 log = logging.getLogger("benchmarks.rewrites")
@@ -136,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(r, indent=1)), (".md", markdown(r))):
         path = out / f"rewrites_{tag}{suffix}"
-        tmp = path.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(text)
     log.info("wrote %s", out / f"rewrites_{tag}.json")
     return 0
 

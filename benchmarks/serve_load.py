@@ -38,6 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from trtalk.fsutil import atomic_output  # noqa: E402
 
 
 def free_port() -> int:
@@ -194,9 +197,8 @@ def main() -> int:
               "runs": runs, "runs_admission_opened": opened}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if not below else 1
 
 

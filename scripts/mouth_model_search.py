@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from trtalk.fsutil import atomic_output  # noqa: E402
 from trtalk.warp.drive import MouthConfig, mouth_params_from_mel  # noqa: E402
 
 CLOSED = 0.015
@@ -251,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         report["with_extra_clips"] = with_extra(T, specs, data, extras, extra_data, open_gap_fh)
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.report.with_name(args.report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.report)
+    with atomic_output(args.report) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

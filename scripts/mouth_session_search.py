@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train_mouth_model as T  # noqa: E402
+from trtalk.fsutil import atomic_output  # noqa: E402
 from trtalk.warp.avatar import AvatarConfig  # noqa: E402
 from trtalk.warp.drive import MouthConfig  # noqa: E402
 
@@ -263,9 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     "speaker group); shipped runtime vectorised (closure gates, open curve, follower)",
         "rows": rows,
     }
-    tmp = args.report.with_name(args.report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.report)
+    with atomic_output(args.report) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 

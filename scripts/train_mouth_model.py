@@ -80,6 +80,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from trtalk.fsutil import atomic_output  # noqa: E402
 from trtalk.warp import mesh as M  # noqa: E402
 from trtalk.warp.avatar import AvatarConfig  # noqa: E402
 from trtalk.warp.drive import (MouthConfig, MouthModel, mouth_params_from_mel, save_mouth_model,  # noqa: E402
@@ -377,9 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         "held_out": eval_rows, "extra_held_out_rows": extra_rows,
     }
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    tmp_report = args.report.with_name(args.report.name + ".tmp")
-    tmp_report.write_text(json.dumps(report, indent=1) + "\n")
-    tmp_report.replace(args.report)
+    with atomic_output(args.report) as tmp_report:
+        tmp_report.write_text(json.dumps(report, indent=1) + "\n")
     e = report["extra_held_out"]
     print(f"evaluation clips held out: mean r {report['held_out_mean_r']:.3f}, closed agree "
           f"{report['held_out_mean_closed_agree']}; extra clips held out: mean r {e['mean_r']}, closed agree "
