@@ -338,26 +338,27 @@ def style_eval(names: list[str], real: list[np.ndarray], windows: list[np.ndarra
     md += ["", f"Held-out motion closest to its own style: **{sum(own)} of {n}** clips (rank of the own style per "
            f"clip, 1 = closest: {rank}). With the statistics copied instead of generated: {sum(copy_own)} of {n}.", "",
            "Angle std on the held-out parts (deg, yaw / pitch / roll; generated: mean over clips and seeds):", "",
-           "| | yaw | pitch | roll |", "|---|---|---|---|",
-           "| real (tracked) | " + " | ".join(f"{v:.2f}" for v in real_std) + " |",
-           "| generic, shipped (all clips, whole) | " + " | ".join(f"{v:.2f}" for v in gen_std) + " |",
-           "| generic, leave one out | " + " | ".join(f"{v:.2f}" for v in loo_std) + " |",
-           "| hand-set (before styles) | " + " | ".join(f"{v:.2f}" for v in hand_std) + " |",
-           "", "Generic within 20 % of the real mean per axis: "
-           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, gen_std, real_std)) + " (shipped); "
-           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_std, real_std)) + " (leave one out).", "",
+           *_std_table(real_std, gen_std, loo_std, hand_std, "shipped (all clips, whole)", ""),
            "The same on whole clips (deg; generated: seeds 0-7 on each whole clip's audio):", "",
-           "| | yaw | pitch | roll |", "|---|---|---|---|",
-           "| real (tracked) | " + " | ".join(f"{v:.2f}" for v in real_whole) + " |",
-           "| generic, shipped | " + " | ".join(f"{v:.2f}" for v in gen_whole) + " |",
-           "| generic, leave one out | " + " | ".join(f"{v:.2f}" for v in loo_whole) + " |",
-           "| hand-set (before styles) | " + " | ".join(f"{v:.2f}" for v in hand_whole) + " |",
-           "", "Generic within 20 % of the real mean per axis, whole clips: "
-           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, gen_whole, real_whole)) + " (shipped); "
-           + ", ".join(f"{ax} {g / r - 1:+.0%}" for ax, g, r in zip(AXES, loo_whole, real_whole)) + " (leave one out).", ""]
+           *_std_table(real_whole, gen_whole, loo_whole, hand_whole, "shipped", ", whole clips")]
     (out / "motion_style.md").write_text("\n".join(md))
     print("\n".join(md))
     return result
+
+
+def _std_table(real, gen, loo, hand, shipped: str, where: str) -> list[str]:
+    """Markdown: the angle-std table (real, generic shipped and leave-one-out, hand-set) and how far
+    the generic styles are from the real mean per axis."""
+    def row(name: str, v) -> str:
+        return f"| {name} | " + " | ".join(f"{x:.2f}" for x in v) + " |"
+
+    def off(g) -> str:
+        return ", ".join(f"{ax} {a / r - 1:+.0%}" for ax, a, r in zip(AXES, g, real))
+
+    return ["| | yaw | pitch | roll |", "|---|---|---|---|", row("real (tracked)", real),
+            row(f"generic, {shipped}", gen), row("generic, leave one out", loo), row("hand-set (before styles)", hand),
+            "", f"Generic within 20 % of the real mean per axis{where}: {off(gen)} (shipped); {off(loo)} (leave one out).",
+            ""]
 
 
 def main(argv: list[str] | None = None) -> int:
