@@ -42,7 +42,9 @@ while the measured utterance played. On a machine without other work they fail.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,9 +155,6 @@ class HeardRecorder:
     (p90) after the lower envelope."""
 
     def __init__(self) -> None:
-        import subprocess
-        import threading
-
         self.sink = f"trtalk_browser_{os.getpid()}"
         self.module = load_null_sink(self.sink)
         self.proc = subprocess.Popen(["parec", f"--device={self.sink}.monitor", "--format=s16le",
@@ -178,8 +177,6 @@ class HeardRecorder:
             self.reads.append((t, n))
 
     def close(self) -> None:
-        import subprocess
-
         self.proc.terminate()
         try:
             self.proc.wait(5)
